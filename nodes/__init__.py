@@ -1,0 +1,25 @@
+"""The node declarations; the work lives in ../resolver."""
+from .backend import PipeQuantBackend
+from .component_map import PipeQuantComponentMap
+from .load import PipeQuantLoadPipeline
+from .report import PipeQuantMemoryReport
+from .sampler import PipeQuantSampler
+from .save import PipeQuantSavePipeline
+
+NODE_CLASS_MAPPINGS = {
+    "PipeQuantBackend": PipeQuantBackend,
+    "PipeQuantComponentMap": PipeQuantComponentMap,
+    "PipeQuantLoadPipeline": PipeQuantLoadPipeline,
+    "PipeQuantSampler": PipeQuantSampler,
+    "PipeQuantMemoryReport": PipeQuantMemoryReport,
+    "PipeQuantSavePipeline": PipeQuantSavePipeline,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PipeQuantBackend": "Quantization Backend",
+    "PipeQuantComponentMap": "Per-Component Map",
+    "PipeQuantLoadPipeline": "Load Quantized Pipeline",
+    "PipeQuantSampler": "Quantized Pipeline Sampler",
+    "PipeQuantMemoryReport": "Pipeline Memory Report",
+    "PipeQuantSavePipeline": "Save Quantized Pipeline",
+}

@@ -1,0 +1,67 @@
+"""Quantization Backend: one backend and its options, for the whole pipeline (global mode)."""
+from __future__ import annotations
+
+from ..resolver import catalogue
+from ..resolver.backends.base import COMPUTE_DTYPES
+from ..resolver.files import list_files
+from ..resolver.inputs import NO_FILE, spec_from_inputs
+from ..resolver.validate import validate
+from . import comfy
+from .messages import BACKEND_NODE, raise_for, validation_result
+
+CONFIG_TYPE = "PIPELINE_QUANT_CONFIG"
+
+
+def quant_type_choices() -> list[str]:
+    return list(catalogue.all_quant_types())
+
+
+class PipeQuantBackend:
+    DESCRIPTION = ("Pick one quantization backend and its settings. Connect it to Load Quantized Pipeline to "
+                   "quantize every model component (or those listed), or to a Per-Component Map for one component.")
+    CATEGORY = "PipeQuant"
+    RETURN_TYPES = (CONFIG_TYPE,)
+    RETURN_NAMES = ("quant_config",)
+    OUTPUT_TOOLTIPS = ("A quantization config (global mode) for Load Quantized Pipeline or Per-Component Map.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        backends = catalogue.backend_names()
+        return {
+            "required": {
+                "backend": (backends, {"default": "bitsandbytes_4bit" if "bitsandbytes_4bit" in backends else backends[0],
+                                       "tooltip": "Quantization library. bitsandbytes: 4/8-bit on GPU; torchao: int8/float8 "
+                                                  "(CPU too); quanto: int8/int4/float8 (CPU too); gguf: a pre-quantized file."}),
+                "quant_type": (quant_type_choices(), {"default": "nf4",
+                                                      "tooltip": "The backend's quantization type; the list narrows to "
+                                                                 "the chosen backend in the editor."}),
+                "compute_dtype": (list(COMPUTE_DTYPES), {"default": "auto",
+                                                         "tooltip": "dtype the quantized layers compute in; auto = the "
+                                                                    "loader's dtype."}),
+                "components": ("STRING", {"default": "", "tooltip": "Comma-separated components to quantize, e.g. "
+                                                                    "\"transformer, text_encoder_2\". Empty = every model "
+                                                                    "component the backend supports."}),
+                "options": ("STRING", {"default": "{}", "multiline": True,
+                                       "tooltip": "Extra backend options as a JSON object, e.g. {\"double_quant\": true} "
+                                                  "or {\"modules_to_not_convert\": [\"proj_out\"]}."}),
+            },
+            "optional": {
+                "gguf_file": ([NO_FILE] + list_files(comfy.gguf_roots()), {
+                    "default": NO_FILE, "tooltip": "For backend gguf: the .gguf file (from unet, diffusion_models "
+                                                   "or text_encoders) holding one component's weights."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
+        spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
+        if spec is not None:
+            # gguf in global mode is legal here: the config may feed a Per-Component Map.
+            problems = [p for p in validate(spec, gguf_roots=comfy.gguf_roots()) if p.code != "gguf_in_global"]
+        return validation_result(problems, BACKEND_NODE)
+
+    def build(self, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
+        spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
+        raise_for(problems, BACKEND_NODE)
+        return (spec,)

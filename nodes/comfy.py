@@ -1,0 +1,83 @@
+"""The few ComfyUI services the nodes use, imported guarded so the nodes also run without ComfyUI
+(the headless runner, the tests). Outside ComfyUI, model folders come from PIPEQUANT_MODELS /
+PIPEQUANT_GGUF and interrupts from `request_interrupt()`."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..resolver.files import gguf_roots_from_env
+from ..resolver.paths import roots_from_env
+
+try:
+    import folder_paths  # type: ignore
+except ImportError:
+    folder_paths = None
+try:
+    import comfy.model_management as model_management  # type: ignore
+    import comfy.utils as comfy_utils  # type: ignore
+except ImportError:
+    model_management = comfy_utils = None
+
+GGUF_FOLDERS = ("diffusion_models", "unet", "text_encoders")
+_interrupt = threading.Event()
+
+
+class Interrupted(Exception):
+    """Raised between sampling steps when the user interrupts (outside ComfyUI)."""
+
+
+def _comfy_paths(kind: str) -> list[Path]:
+    if folder_paths is None:
+        return []
+    try:
+        return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+    except KeyError:
+        return []
+
+
+def model_roots() -> list[Path]:
+    return _comfy_paths("diffusers") + roots_from_env()
+
+
+def gguf_roots() -> list[Path]:
+    roots: list[Path] = []
+    for kind in GGUF_FOLDERS:
+        roots += [p for p in _comfy_paths(kind) if p not in roots]
+    return roots + gguf_roots_from_env() + model_roots()
+
+
+def free_comfy_models() -> None:
+    """Make room for a big load: ComfyUI's own models go first."""
+    if model_management is not None:
+        model_management.unload_all_models()
+        model_management.soft_empty_cache()
+
+
+def default_device() -> str:
+    if model_management is not None:
+        return str(model_management.get_torch_device())
+    return "auto"
+
+
+def request_interrupt() -> None:
+    _interrupt.set()
+
+
+def check_interrupt() -> None:
+    if model_management is not None:
+        model_management.throw_exception_if_processing_interrupted()
+    if _interrupt.is_set():
+        _interrupt.clear()
+        raise Interrupted("interrupted by the user")
+
+
+class Progress:
+    """ComfyUI's progress bar when there is one; a no-op otherwise."""
+
+    def __init__(self, total: int):
+        self._bar = comfy_utils.ProgressBar(total) if comfy_utils is not None else None
+
+    def update(self, value: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update_absolute(value, total)

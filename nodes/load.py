@@ -1,0 +1,74 @@
+"""Load Quantized Pipeline: validate the whole plan against the model, then load it."""
+from __future__ import annotations
+
+from ..resolver.devices import DEVICES, OFFLOAD_MODES
+from ..resolver.inspect_model import inspect_model
+from ..resolver.load import LoadResult, load_plan, plan_load
+from ..resolver.paths import list_pipelines, resolve_model
+from ..resolver.problems import ValidationError
+from ..resolver.validate import LOAD_DTYPES, validate
+from . import comfy
+from .backend import CONFIG_TYPE
+from .messages import LOAD_NODE, NodeInputError, describe, validation_result
+
+PIPELINE_TYPE = "DIFFUSERS_PIPELINE"
+
+
+class PipeQuantLoadPipeline:
+    DESCRIPTION = ("Load a diffusers pipeline folder (one with model_index.json, under models/diffusers) with the "
+                   "connected quantization. Everything is validated before any weight is read; components whose "
+                   "plan did not change are reused from memory.")
+    CATEGORY = "PipeQuant"
+    RETURN_TYPES = (PIPELINE_TYPE, "STRING")
+    RETURN_NAMES = ("pipeline", "report")
+    OUTPUT_TOOLTIPS = ("The loaded diffusers pipeline.", "Per-component load report (plan, bytes, seconds).")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (list_pipelines(comfy.model_roots()), {
+                    "tooltip": "A diffusers pipeline folder under ComfyUI's models/diffusers (or extra model paths)."}),
+                "dtype": (list(LOAD_DTYPES), {"default": "bfloat16",
+                                              "tooltip": "dtype of the weights that are not quantized."}),
+                "device": (list(DEVICES), {"default": "auto",
+                                           "tooltip": "auto = ComfyUI's GPU when there is one, else CPU."}),
+                "offload": (list(OFFLOAD_MODES), {"default": "none",
+                                                  "tooltip": "none: whole pipeline on the device. model: each model "
+                                                             "moves to the GPU only while it runs. sequential: layer by "
+                                                             "layer (least memory, slowest)."}),
+            },
+            "optional": {
+                "quantization": (CONFIG_TYPE, {"tooltip": "From Quantization Backend (whole pipeline) or "
+                                                          "Per-Component Map. Unconnected = no quantization."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model, dtype, device, offload):
+        try:
+            folder = resolve_model(model, comfy.model_roots())
+            problems = validate(None, inspect_model(folder), dtype=dtype, device=device, offload=offload)
+        except ValidationError as exc:
+            problems = exc.problems
+        return validation_result(problems, LOAD_NODE)
+
+    def load(self, model, dtype, device, offload, quantization=None) -> tuple:
+        result = load_pipeline(model, dtype, device, offload, quantization)
+        return (result, result.table)
+
+
+def load_pipeline(model, dtype, device, offload, quantization=None) -> LoadResult:
+    """Validate everything (naming the node and input at fault), then load."""
+    roots, gguf_roots = comfy.model_roots(), comfy.gguf_roots()
+    if device == "auto":
+        device = comfy.default_device()
+    try:
+        folder = resolve_model(model, roots)
+        plan = plan_load(folder, quantization, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+    except ValidationError as exc:
+        raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
+    comfy.free_comfy_models()
+    progress = comfy.Progress(len(plan.modules()))
+    return load_plan(plan, progress=lambda i, n, name: progress.update(i, n))

@@ -1,0 +1,51 @@
+"""Name the node and the input in every message: "Quantization Backend › options.group_sise: …"."""
+from __future__ import annotations
+
+from ..resolver.problems import Problem, ValidationError, errors
+
+BACKEND_NODE = "Quantization Backend"
+MAP_NODE = "Per-Component Map"
+LOAD_NODE = "Load Quantized Pipeline"
+SPEC_FIELDS = ("backend", "quant_type", "compute_dtype", "components", "options", "gguf_file")
+
+
+def node_for(field: str, default: str) -> str:
+    """Which node owns a problem's field when the loader re-validates the whole upstream spec."""
+    if field.startswith("map["):
+        return f"{MAP_NODE} ({field[4:field.index(']')]})"
+    if field.split(".")[0] in SPEC_FIELDS:
+        return BACKEND_NODE
+    return default
+
+
+def describe(problems: list[Problem], node: str, *, attribute: bool = False) -> str:
+    lines = []
+    for p in problems:
+        owner = node_for(p.field, node) if attribute else node
+        field = p.field.split("].", 1)[1] if p.field.startswith("map[") and "]." in p.field else p.field
+        fix = f" — {p.suggestion}" if p.suggestion else ""
+        lines.append(f"{owner} › {field}: {p.message}{fix}")
+    return "\n".join(lines)
+
+
+def validation_result(problems: list[Problem], node: str):
+    """What VALIDATE_INPUTS returns: True, or one string ComfyUI shows on the node."""
+    bad = errors(problems)
+    return True if not bad else describe(bad, node)
+
+
+def raise_for(problems: list[Problem], node: str, *, attribute: bool = False) -> None:
+    bad = errors(problems)
+    if bad:
+        raise NodeInputError(bad, describe(bad, node, attribute=attribute))
+
+
+class NodeInputError(ValidationError):
+    """A ValidationError whose text already names the node and input (shown as is by ComfyUI)."""
+
+    def __init__(self, problems: list[Problem], text: str):
+        self.text = text
+        super().__init__(problems)
+
+    def render(self) -> str:
+        return getattr(self, "text", "") or super().render()

@@ -1,0 +1,52 @@
+"""Quantized Pipeline Sampler: prompt in, ComfyUI IMAGE out."""
+from __future__ import annotations
+
+from ..resolver.sample import generate
+from . import comfy
+from .load import PIPELINE_TYPE
+
+
+class PipeQuantSampler:
+    DESCRIPTION = ("Generate images with a pipeline from Load Quantized Pipeline. Uses the pipeline's own "
+                   "scheduler; stops between steps when you press Cancel.")
+    CATEGORY = "PipeQuant"
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("Images as ComfyUI IMAGE (batch, height, width, 3) in 0..1.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline."}),
+                "prompt": ("STRING", {"default": "a photo of a cat", "multiline": True, "tooltip": "What to draw."}),
+                "negative_prompt": ("STRING", {"default": "", "multiline": True,
+                                               "tooltip": "What to avoid; ignored by pipelines without one (FLUX)."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
+                "guidance_scale": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 30.0, "step": 0.1,
+                                             "tooltip": "Prompt adherence (FLUX: distilled guidance)."}),
+                "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16, "tooltip": "Image width in pixels."}),
+                "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16, "tooltip": "Image height in pixels."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "Random seed; the same seed gives the same image."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run."}),
+            },
+            "optional": {
+                "max_sequence_length": ("INT", {"default": 0, "min": 0, "max": 512,
+                                                "tooltip": "T5 prompt length (FLUX/SD3); 0 = the pipeline's default."}),
+            },
+        }
+
+    def sample(self, pipeline, prompt, negative_prompt, steps, guidance_scale, width, height, seed, batch_size,
+               max_sequence_length=0):
+        progress = comfy.Progress(steps)
+
+        def on_step(step, total):
+            progress.update(step, total)
+            comfy.check_interrupt()
+
+        comfy.check_interrupt()
+        images = generate(pipeline.pipeline, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                          guidance_scale=guidance_scale, width=width, height=height, seed=seed,
+                          batch_size=batch_size, max_sequence_length=max_sequence_length, on_step=on_step)
+        return (images,)

@@ -1,0 +1,7 @@
+"""One module per backend; `..catalogue` lists them."""
+from .bitsandbytes import BNB_4BIT, BNB_8BIT
+from .gguf import GGUF_BACKEND
+from .quanto import QUANTO
+from .torchao import TORCHAO
+
+ALL_BACKENDS = (BNB_4BIT, BNB_8BIT, TORCHAO, QUANTO, GGUF_BACKEND)

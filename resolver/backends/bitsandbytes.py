@@ -1,0 +1,90 @@
+"""bitsandbytes 4-bit (nf4/fp4) and 8-bit (LLM.int8) backends."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import DIFFUSERS, MODULES_TO_NOT_CONVERT, Backend, Option, QuantType, module_skip_list
+
+DOUBLE_QUANT = Option(
+    "double_quant", "bool", False, "Quantize the quantization constants too (saves ~0.4 bits per weight)."
+)
+THRESHOLD = Option(
+    "llm_int8_threshold", "float", 6.0, "Outlier threshold of LLM.int8; larger keeps fewer columns in fp16.", min=0.0, max=100.0
+)
+
+
+def _diffusers_bnb_runs_here(backend_name: str, config) -> bool:
+    """diffusers' bnb quantizers refuse to load without a GPU; ask them rather than guess, so a
+    patched quantizer (as in the tests) is honoured."""
+    from diffusers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+
+    quantizer = AUTO_QUANTIZER_MAPPING[backend_name](config)
+    try:
+        quantizer.validate_environment()
+    except RuntimeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class BitsAndBytes4Bit(Backend):
+    def cpu_supported(self, library: str) -> bool:
+        if library != DIFFUSERS:
+            return True
+        return _diffusers_bnb_runs_here(self.name, self.config_class(DIFFUSERS)(load_in_4bit=True))
+
+    def build_config(self, library, quant_type, compute_dtype, options):
+        return self.config_class(library)(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_use_double_quant=bool(options.get("double_quant", False)),
+            llm_int8_skip_modules=module_skip_list(options),
+        )
+
+
+@dataclass(frozen=True)
+class BitsAndBytes8Bit(Backend):
+    def cpu_supported(self, library: str) -> bool:
+        if library != DIFFUSERS:
+            return True
+        return _diffusers_bnb_runs_here(self.name, self.config_class(DIFFUSERS)(load_in_8bit=True))
+
+    def build_config(self, library, quant_type, compute_dtype, options):
+        return self.config_class(library)(
+            load_in_8bit=True,
+            llm_int8_threshold=float(options.get("llm_int8_threshold", 6.0)),
+            llm_int8_skip_modules=module_skip_list(options),
+        )
+
+
+BNB_4BIT = BitsAndBytes4Bit(
+    name="bitsandbytes_4bit",
+    label="bitsandbytes 4-bit",
+    modules=("bitsandbytes",),
+    pip="pip install bitsandbytes",
+    quant_types=(
+        QuantType("nf4", "NF4 (4-bit NormalFloat)", 4, ("double_quant", "modules_to_not_convert"),
+                  scale_bytes_per_weight=4 / 64, help="Best 4-bit quality for normally distributed weights."),
+        QuantType("fp4", "FP4 (4-bit float)", 4, ("double_quant", "modules_to_not_convert"),
+                  scale_bytes_per_weight=4 / 64),
+    ),
+    options=(DOUBLE_QUANT, MODULES_TO_NOT_CONVERT),
+    config_compute_dtype=True,
+    savable=("diffusers", "transformers"),
+    help="4-bit weights, dequantized on the fly; quarter of bf16 memory. diffusers needs a GPU for it.",
+)
+
+BNB_8BIT = BitsAndBytes8Bit(
+    name="bitsandbytes_8bit",
+    label="bitsandbytes 8-bit",
+    modules=("bitsandbytes",),
+    pip="pip install bitsandbytes",
+    quant_types=(
+        QuantType("int8", "LLM.int8 (8-bit)", 8, ("llm_int8_threshold", "modules_to_not_convert"),
+                  scale_bytes_per_weight=0.0, help="8-bit weights with fp16 outlier columns."),
+    ),
+    options=(THRESHOLD, MODULES_TO_NOT_CONVERT),
+    savable=("diffusers", "transformers"),
+    help="8-bit weights; half of bf16 memory, slower than bf16. diffusers needs a GPU for it.",
+)

@@ -1,0 +1,54 @@
+"""The backend catalogue: the one place that lists the backends PipeQuant supports.
+
+Each backend must be present in diffusers' own `AUTO_QUANTIZATION_CONFIG_MAPPING`; where the
+installed diffusers lacks one, it is left out rather than offered and failing at load.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .backends import ALL_BACKENDS
+from .backends.base import COMPUTE_DTYPES, DIFFUSERS, TRANSFORMERS, Backend  # noqa: F401 (re-exported)
+
+
+@lru_cache(maxsize=None)
+def config_mapping(library: str) -> dict:
+    """Backend name -> config class, as the library itself declares it ({} if not installed)."""
+    try:
+        if library == DIFFUSERS:
+            from diffusers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
+        elif library == TRANSFORMERS:
+            from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
+        else:
+            return {}
+    except ImportError:
+        return {}
+    return dict(AUTO_QUANTIZATION_CONFIG_MAPPING)
+
+
+@lru_cache(maxsize=None)
+def _backends() -> dict[str, Backend]:
+    known = config_mapping(DIFFUSERS)
+    return {b.name: b for b in ALL_BACKENDS if b.name in known}
+
+
+def backend_names() -> list[str]:
+    return list(_backends())
+
+
+def get_backend(name: str) -> Backend | None:
+    return _backends().get(name)
+
+
+def all_quant_types() -> dict[str, list[str]]:
+    """quant type -> the backends that have it (to say "int8_weight_only belongs to torchao")."""
+    out: dict[str, list[str]] = {}
+    for backend in _backends().values():
+        for q in backend.quant_types:
+            out.setdefault(q.name, []).append(backend.name)
+    return out
+
+
+def describe() -> dict:
+    """The catalogue as JSON-able data (served to the graph editor)."""
+    return {"backends": [b.describe() for b in _backends().values()], "compute_dtypes": list(COMPUTE_DTYPES)}

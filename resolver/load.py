@@ -1,0 +1,195 @@
+"""Load a pipeline with a validated plan: component by component, reusing cached ones.
+
+Each nn.Module component loads through its own class's `from_pretrained` with the config that
+diffusers' `PipelineQuantizationConfig._resolve_quant_config` picks for it (so diffusers'
+`config_mapping` bookkeeping is kept), GGUF ones through `from_single_file`; then
+`DiffusionPipeline.from_pretrained` assembles the pipeline from them and loads the tokenizers and
+scheduler. Loading per component gives per-component timing, progress, cache reuse and errors
+that name the component and its files.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .cache import COMPONENT_CACHE, ComponentCache, free_memory
+from .inspect_model import ComponentInfo, inspect_model
+from .plan import GGUF, Plan, make_plan
+from .problems import ValidationError, errors
+from .report import component_row, format_table, other_row
+from .validate import validate
+
+
+class LoadError(RuntimeError):
+    """A load that passed validation failed inside diffusers/transformers; names what failed."""
+
+    def __init__(self, component: str, files: list[str], cause: BaseException):
+        self.component, self.files = component, files
+        self.cause_type, self.cause_message = type(cause).__name__, str(cause).strip().splitlines()[0][:400] if str(cause).strip() else ""
+        super().__init__(f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: '
+                         f"{self.cause_type}: {self.cause_message}")
+
+
+@contextmanager
+def diffusers_context():
+    """ComfyUI runs nodes under torch.inference_mode(); torchao/quanto tensors break there when
+    moved or offloaded (DESIGN.md). All diffusers work runs outside it, without autograd."""
+    import torch
+
+    _quiet_progress_bars()
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+def _quiet_progress_bars() -> None:
+    """PipeQuant reports progress per component itself; the libraries' bars are noise in ComfyUI's log."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass
+class LoadResult:
+    pipeline: object
+    plan: Plan
+    rows: list[dict]
+
+    @property
+    def table(self) -> str:
+        return format_table(self.rows, self.plan.notes)
+
+    def report(self) -> dict:
+        from .report import totals
+
+        return {"plan": self.plan.describe(), "components": self.rows, "totals": totals(self.rows)}
+
+
+def _component_files_key(info: ComponentInfo, mtime_key: tuple) -> str:
+    prefix = info.name + "/"
+    relevant = [e for e in mtime_key if e[0].startswith(prefix) or e[0] == "model_index.json"]
+    return hashlib.sha1(repr(relevant).encode()).hexdigest()[:16]
+
+
+def cache_key(plan: Plan, name: str) -> tuple:
+    row = plan.components[name]
+    info = plan.model.components[name]
+    files = _component_files_key(info, plan.model.mtime_key)
+    gguf = str(row.gguf_path) if row.gguf_path else ""
+    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload)
+
+
+def plan_load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
+              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> Plan:
+    """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights."""
+    model = inspect_model(model_dir)
+    found = errors(validate(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
+                            allow_pickle=allow_pickle))
+    if found:
+        raise ValidationError(found)
+    return make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+
+
+def load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
+         gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
+         progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
+    plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
+                     allow_pickle=allow_pickle)
+    return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress)
+
+
+def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
+              progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
+    """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached."""
+    modules = plan.modules()
+    pqc = plan.pipeline_quantization_config()
+    loaded, rows, fresh = {}, {}, []
+    try:
+        with diffusers_context():
+            for i, row in enumerate(modules):
+                key = cache_key(plan, row.name)
+                entry = cache.get(key) if cache is not None else None
+                if entry is not None:
+                    loaded[row.name] = entry.module
+                    rows[row.name] = {**entry.report, "reused": True, "load_seconds": 0.0}
+                else:
+                    start = time.perf_counter()
+                    module, config = _load_component(plan, row, pqc, allow_pickle)
+                    loaded[row.name] = module
+                    rows[row.name] = component_row(row, plan.model.components[row.name], module,
+                                                   time.perf_counter() - start, config)
+                    fresh.append((key, row.name))
+                if progress:
+                    progress(i + 1, len(modules), row.name)
+            pipeline = _assemble(plan, loaded, allow_pickle)
+            _place(pipeline, plan)
+    except Exception as exc:
+        component = next((r.name for r in modules if r.name not in loaded), "pipeline")
+        info = plan.model.components.get(component)
+        files = [str(f) for f in info.weight_files] if info else []
+        if isinstance(exc, ValidationError):
+            raise
+        # Drop every reference to partly loaded weights, the traceback's frames included.
+        traceback.clear_frames(exc.__traceback__)
+        loaded.clear()
+        free_memory()
+        raise LoadError(component, files, exc) from None
+    # Rows after placement show the final device; bytes do not change when moving.
+    for name, row in rows.items():
+        if not row["reused"]:
+            from .memory import main_device
+
+            row["device"] = main_device(loaded[name])
+    if cache is not None:
+        for key, name in fresh:
+            cache.put(key, loaded[name], rows[name]["bytes"], rows[name])
+    ordered = [rows[n] if n in rows else other_row(c) for n, c in plan.components.items()]
+    return LoadResult(pipeline, plan, ordered)
+
+
+def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
+    import torch
+
+    info = plan.model.components[row.name]
+    cls = info.model_class()
+    load_dtype = getattr(torch, row.load_dtype)
+    if row.action == GGUF:
+        from diffusers import GGUFQuantizationConfig
+
+        config = GGUFQuantizationConfig(compute_dtype=getattr(torch, row.compute_dtype))
+        module = cls.from_single_file(str(row.gguf_path), quantization_config=config, config=str(plan.model.folder),
+                                      subfolder=row.name, dtype=load_dtype)
+        return module, config
+    is_diffusers = info.library == "diffusers"
+    config = pqc._resolve_quant_config(is_diffusers=is_diffusers, module_name=row.name) if pqc else None
+    kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
+              "dtype": load_dtype}
+    if config is not None:
+        kwargs["quantization_config"] = config
+    module = cls.from_pretrained(str(info.folder), **kwargs)
+    module.eval()
+    return module, config
+
+
+def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(
+        str(plan.model.folder), dtype=getattr(torch, plan.dtype), use_safetensors=not allow_pickle,
+        trust_remote_code=False, custom_pipeline=None, **loaded)
+
+
+def _place(pipeline, plan: Plan) -> None:
+    if plan.offload == "model":
+        pipeline.enable_model_cpu_offload(device=plan.device)
+    elif plan.offload == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=plan.device)
+    elif plan.device != "cpu":
+        pipeline.to(plan.device)

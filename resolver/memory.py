@@ -1,0 +1,70 @@
+"""Count the bytes a model really holds.
+
+`get_memory_footprint()` reports bf16 size for torchao and quanto (their weights are tensor
+subclasses) and misses bnb's quant state: count the storage behind every tensor instead.
+"""
+from __future__ import annotations
+
+
+def _inner_tensors(t):
+    """The plain tensors that hold a (possibly subclassed / quantized) tensor's data."""
+    import torch
+
+    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        for name in names:
+            yield from _inner_tensors(getattr(t, name))
+        return
+    yield t
+    # bitsandbytes keeps its scales beside the weight: Params4bit.quant_state, Int8Params.SCB.
+    state = getattr(t, "quant_state", None)
+    if state is not None:
+        yield from _quant_state_tensors(state)
+    scb = getattr(t, "SCB", None)
+    if isinstance(scb, torch.Tensor):
+        yield scb
+
+
+def _quant_state_tensors(state):
+    import torch
+
+    for value in vars(state).values():
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif hasattr(value, "absmax"):  # nested (double-quant) state
+            yield from _quant_state_tensors(value)
+
+
+def tensor_bytes(module) -> int:
+    """Bytes of every distinct storage behind the module's parameters and buffers."""
+    seen, total = set(), 0
+    tensors = [p for _, p in module.named_parameters(remove_duplicate=False)] + [
+        b for _, b in module.named_buffers(remove_duplicate=False)]
+    for t in tensors:
+        for inner in _inner_tensors(t):
+            if inner.device.type == "meta":
+                continue
+            key = (inner.untyped_storage().data_ptr(), inner.device.type, inner.device.index)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += inner.untyped_storage().nbytes()
+    return total
+
+
+def param_count(module) -> int:
+    """Logical parameter count (quantized weights count as their original shape)."""
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        shape = getattr(p, "quant_state", None)
+        total += shape.shape.numel() if shape is not None and hasattr(shape, "shape") else p.numel()
+    return total
+
+
+def main_device(module) -> str:
+    for p in module.parameters():
+        return str(p.device)
+    return "cpu"

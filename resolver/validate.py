@@ -1,0 +1,278 @@
+"""Validation: every problem at once, each with a code, the field, a message and a fix.
+
+It covers what `PipelineQuantizationConfig` rejects and what diffusers silently accepts (typos in
+component names, configs for tokenizers, unknown options). It reads no weights: only
+model_index.json, config files and file headers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from . import catalogue, devices
+from .backends.base import COMPUTE_DTYPES, Backend, Option
+from .files import find_file, list_files
+from .gguf_file import GGUFFileError, read_gguf
+from .inspect_model import ModelInfo
+from .plan import default_components
+from .problems import Problem
+from .spec import BackendSpec, ComponentMap
+from .suggest import did_you_mean
+
+LOAD_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def validate(spec, model: ModelInfo | None = None, *, dtype: str = "bfloat16", device: str | None = None,
+             offload: str = "none", gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> list[Problem]:
+    """All problems of loading `model` with `spec` (None: no quantization)."""
+    gguf_roots = list(gguf_roots)
+    problems: list[Problem] = []
+    if dtype not in LOAD_DTYPES:
+        problems.append(Problem("dtype_unknown", "dtype", f'unknown dtype "{dtype}"', did_you_mean(str(dtype), LOAD_DTYPES)))
+        dtype = "bfloat16"
+    if device is not None:
+        problems += _check_device(device, offload)
+    target = devices.resolve_device(device) if device and devices.is_known_device(device) else None
+
+    for field, spec_one, components in _entries(spec, model, problems):
+        problems += _check_backend_spec(spec_one, field, dtype, target, offload, gguf_roots, model, components)
+    if model is not None and not allow_pickle:
+        problems += _check_pickle(model)
+    return problems
+
+
+# -- what a spec applies to ------------------------------------------------------------------
+def _entries(spec, model: ModelInfo | None, problems: list[Problem]):
+    """(field prefix, BackendSpec, component names it applies to) for each part of the spec."""
+    if spec is None:
+        return []
+    if isinstance(spec, ComponentMap):
+        if not spec.entries:
+            problems.append(Problem("empty_map", "map", "the Per-Component Map is empty: nothing would be quantized",
+                                    "add a component, or disconnect the map", severity="warning"))
+        out = []
+        for name, one in spec.entries:
+            if model is not None:
+                problems.extend(_check_component_name(name, f"map[{name}].component", model))
+            if one is not None:
+                out.append((f"map[{name}].", one, [name]))
+        return out
+    if isinstance(spec, BackendSpec):
+        if spec.backend == "gguf":
+            problems.append(Problem(
+                "gguf_in_global", "backend",
+                "GGUF cannot quantize a whole pipeline: a .gguf file holds the weights of one model",
+                'feed this Quantization Backend into a Per-Component Map with component "transformer" (or "unet")'))
+        if spec.components is not None and not spec.components:
+            problems.append(Problem("empty_components", "components", "the component list is empty",
+                                    "leave it blank to quantize every model component, or name some"))
+        if model is None:
+            return [("", spec, list(spec.components or []))]
+        if spec.components is None:
+            names = default_components(spec, model) if catalogue.get_backend(spec.backend) else []
+        else:
+            names = []
+            for name in spec.components:
+                found = _check_component_name(name, "components", model)
+                problems.extend(found)
+                if not found:
+                    names.append(name)
+        return [("", spec, names)]
+    problems.append(Problem("spec_malformed", "quantization", f"expected a quantization config, got {type(spec).__name__}",
+                            "connect a Quantization Backend or Per-Component Map node"))
+    return []
+
+
+def _check_component_name(name: str, field: str, model: ModelInfo) -> list[Problem]:
+    info = model.components.get(name)
+    if info is None:
+        return [Problem("unknown_component", field, f'{model.pipeline_class} has no component "{name}"',
+                        did_you_mean(name, model.module_names), name)]
+    if not info.is_module:
+        return [Problem("component_not_module", field,
+                        f'"{name}" is a {info.class_name}, not a model: there are no weights to quantize',
+                        "quantize one of: " + ", ".join(model.module_names), name)]
+    return []
+
+
+# -- one backend spec -----------------------------------------------------------------------
+def _check_backend_spec(spec: BackendSpec, prefix: str, dtype: str, target: str | None, offload: str,
+                        gguf_roots: list[Path], model: ModelInfo | None, components: list[str]) -> list[Problem]:
+    backend = catalogue.get_backend(spec.backend)
+    if backend is None:
+        return [Problem("unknown_backend", prefix + "backend", f'unknown backend "{spec.backend}"',
+                        did_you_mean(spec.backend, catalogue.backend_names()))]
+    problems: list[Problem] = []
+    if not backend.installed():
+        problems.append(Problem("backend_not_installed", prefix + "backend", f"{backend.label} is not installed",
+                                f"install it into ComfyUI's Python: {backend.pip}"))
+    quant = backend.quant_type(spec.quant_type)
+    if quant is None:
+        owners = catalogue.all_quant_types().get(spec.quant_type)
+        valid = [q.name for q in backend.quant_types]
+        if owners:
+            problems.append(Problem("quant_type_wrong_backend", prefix + "quant_type",
+                                    f'"{spec.quant_type}" is a quant type of {", ".join(owners)}, not of {backend.name}',
+                                    f"{backend.name} has: {', '.join(valid)}"))
+        else:
+            problems.append(Problem("unknown_quant_type", prefix + "quant_type",
+                                    f'{backend.name} has no quant type "{spec.quant_type}"', did_you_mean(spec.quant_type, valid)))
+    problems += _check_compute_dtype(spec, prefix, backend, quant, dtype)
+    problems += _check_options(spec.options_dict, prefix, backend, quant)
+    problems += _check_file(spec, prefix, backend, gguf_roots, model, components)
+    if model is not None:
+        for name in components:
+            library = model.components[name].library
+            if library not in backend.libraries:
+                problems.append(Problem("backend_library", prefix + "backend",
+                                        f'{backend.label} cannot quantize "{name}", a {library} model',
+                                        f"{backend.name} works on {', '.join(backend.libraries)} models; use bitsandbytes, torchao or quanto for {name}",
+                                        name))
+    if target is not None and quant is not None:
+        problems += _check_target(backend, quant, prefix, target, offload, model, components)
+    return problems
+
+
+def _check_compute_dtype(spec, prefix, backend: Backend, quant, dtype) -> list[Problem]:
+    if spec.compute_dtype not in COMPUTE_DTYPES:
+        return [Problem("compute_dtype_unknown", prefix + "compute_dtype", f'unknown compute dtype "{spec.compute_dtype}"',
+                        did_you_mean(spec.compute_dtype, COMPUTE_DTYPES))]
+    effective = dtype if spec.compute_dtype == "auto" else spec.compute_dtype
+    if quant is not None and effective not in quant.compute_dtypes:
+        source = "compute_dtype" if spec.compute_dtype != "auto" else "the loader's dtype (compute_dtype is auto)"
+        return [Problem("compute_dtype_unsupported", prefix + "compute_dtype",
+                        f"{backend.name} {quant.name} cannot compute in {effective} ({source})",
+                        f"use {' or '.join(quant.compute_dtypes)}")]
+    return []
+
+
+def _check_options(options: dict, prefix: str, backend: Backend, quant) -> list[Problem]:
+    problems = []
+    for key, value in options.items():
+        option = backend.option(key)
+        field = f"{prefix}options.{key}"
+        if option is None:
+            valid = [o.name for o in backend.options]
+            problems.append(Problem("unknown_option", field, f'{backend.name} has no option "{key}"',
+                                    did_you_mean(key, valid) if valid else f"{backend.name} takes no options: use {{}}"))
+            continue
+        if quant is not None and key not in quant.options:
+            problems.append(Problem("option_not_applicable", field, f'"{key}" does not apply to {backend.name} {quant.name}',
+                                    f"{quant.name} takes: {', '.join(quant.options) or 'no options'}"))
+        problems += _check_value(option, value, field)
+    return problems
+
+
+def _check_value(option: Option, value, field: str) -> list[Problem]:
+    def wrong(expected: str) -> list[Problem]:
+        return [Problem("option_type", field, f"{option.name} must be {expected}, got {value!r}",
+                        f"e.g. {option.default!r}" if option.default not in (None, []) else f"e.g. {expected}")]
+
+    if option.type == "bool":
+        return [] if isinstance(value, bool) else wrong("true or false")
+    if option.type in ("int", "float"):
+        ok = isinstance(value, int) if option.type == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            return wrong("an integer" if option.type == "int" else "a number")
+        if (option.min is not None and value < option.min) or (option.max is not None and value > option.max):
+            return [Problem("option_range", field, f"{option.name}={value} is out of range",
+                            f"use a value from {option.min} to {option.max}")]
+        return []
+    if option.type == "str_list":
+        if not (isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value)):
+            return wrong('a list of module names, e.g. ["proj_out"]')
+        return []
+    if option.type == "choice":
+        if value not in option.choices:
+            return [Problem("option_choice", field, f"{option.name}={value!r} is not one of the choices",
+                            did_you_mean(str(value), [str(c) for c in option.choices]))]
+    return []
+
+
+def _check_file(spec, prefix, backend: Backend, gguf_roots, model, components) -> list[Problem]:
+    field = prefix + "gguf_file"
+    if not backend.needs_file:
+        if spec.gguf_file:
+            return [Problem("gguf_file_unused", field, f"a GGUF file is set but the backend is {backend.name}",
+                            'set backend to "gguf" or clear gguf_file', severity="warning")]
+        return []
+    if not spec.gguf_file:
+        return [Problem("gguf_file_required", field, "the gguf backend needs a .gguf file",
+                        "pick one from the unet / diffusion_models / text_encoders folders")]
+    path = find_file(spec.gguf_file, gguf_roots)
+    if path is None:
+        return [Problem("gguf_file_missing", field, f'no GGUF file "{spec.gguf_file}" in the model folders',
+                        did_you_mean(spec.gguf_file, list_files(gguf_roots)))]
+    try:
+        summary = read_gguf(path)
+    except GGUFFileError as exc:
+        return [Problem("gguf_file_unreadable", field, str(exc), "re-download the file")]
+    problems = []
+    if model is not None:
+        for name in components:
+            info = model.components.get(name)
+            if info is not None and info.tensors and summary.params != info.params:
+                problems.append(Problem(
+                    "gguf_mismatch", field,
+                    f'{path.name} holds {summary.params:,} parameters in {summary.tensors} tensors; '
+                    f'"{name}" ({info.class_name}) has {info.params:,}: the file is for another model',
+                    f"pick the GGUF made from this pipeline's {name}", name))
+    return problems
+
+
+def _check_device(device: str, offload: str) -> list[Problem]:
+    problems = []
+    if not devices.is_known_device(device):
+        return [Problem("device_unknown", "device", f'unknown device "{device}"', did_you_mean(device, devices.DEVICES))]
+    target = devices.resolve_device(device)
+    if target.startswith("cuda") and not devices.cuda_device_exists(target):
+        problems.append(Problem("device_unavailable", "device", f"{target} is not available on this machine",
+                                'use "cpu", or "auto" to pick the GPU when there is one'))
+    if offload not in devices.OFFLOAD_MODES:
+        problems.append(Problem("offload_unknown", "offload", f'unknown offload mode "{offload}"',
+                                did_you_mean(offload, devices.OFFLOAD_MODES)))
+    elif offload != "none" and target == "cpu":
+        problems.append(Problem("offload_needs_cuda", "offload", "CPU offload moves models to a GPU and back: there is none",
+                                'use offload "none" on CPU'))
+    return problems
+
+
+def _check_target(backend, quant, prefix, target, offload, model, components) -> list[Problem]:
+    problems = []
+    on_cpu = target == "cpu"
+    if quant.needs_cuda and on_cpu:
+        problems.append(Problem("needs_cuda", prefix + "quant_type", f"{backend.name} {quant.name} needs a CUDA GPU",
+                                "pick a quant type that runs on CPU: " + ", ".join(
+                                    q.name for q in backend.quant_types if not q.needs_cuda)))
+    cc = devices.compute_capability(target)
+    if cc is not None and quant.min_compute_capability and cc < quant.min_compute_capability:
+        want = ".".join(map(str, quant.min_compute_capability))
+        problems.append(Problem("compute_capability", prefix + "quant_type",
+                                f"{backend.name} {quant.name} needs compute capability {want}+; this GPU is {cc[0]}.{cc[1]}",
+                                "use float8_weight_only or int8_weight_only"))
+    if on_cpu and model is not None:
+        for name in components:
+            library = model.components[name].library
+            if library in backend.libraries and not backend.cpu_supported(library):
+                problems.append(Problem("backend_needs_gpu", prefix + "backend",
+                                        f"{backend.label} needs a GPU to quantize {library} models such as \"{name}\"",
+                                        "use torchao int8_weight_only or quanto on CPU", name))
+    if offload == "sequential" and backend.name.startswith("bitsandbytes"):
+        problems.append(Problem("offload_incompatible", "offload",
+                                "sequential CPU offload fails with bitsandbytes (\"Cannot copy out of meta tensor\")",
+                                'use offload "model" instead'))
+    return problems
+
+
+def _check_pickle(model: ModelInfo) -> list[Problem]:
+    problems = []
+    for name, info in model.components.items():
+        if info.is_module and not info.weight_files:
+            if info.pickle_files:
+                problems.append(Problem("pickle_only", "model",
+                                        f'"{name}" has only pickle weights ({info.pickle_files[0].name}), which can run code when loaded',
+                                        'convert it to safetensors, or opt in with allow_pickle (only for files you trust)', name))
+            else:
+                problems.append(Problem("weights_missing", "model", f'"{name}" has no weight files in {info.folder}',
+                                        "re-download the pipeline", name))
+    return problems

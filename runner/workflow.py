@@ -1,0 +1,124 @@
+"""Read an exported workflow (API or UI format) into the API form: {id: {class_type, inputs}}.
+
+UI format (what ComfyUI's Export writes) keeps widget values as a list in each node's
+`widgets_values`, in the order of the node's INPUT_TYPES; an INT with `control_after_generate`
+(the seed) is followed by one extra value ("fixed", "randomize", …) that is not an input.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..resolver.problems import Problem, ValidationError
+from ..resolver.suggest import did_you_mean
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+UI_ONLY_NODES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
+MUTED, BYPASSED = 2, 4
+
+
+def _fail(code: str, field: str, message: str, suggestion: str = "") -> ValidationError:
+    return ValidationError([Problem(code, field, message, suggestion)])
+
+
+def read_workflow(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise _fail("workflow_unreadable", "workflow", f"cannot read {path}: {exc.strerror}", "check the path") from None
+    except ValueError as exc:
+        raise _fail("workflow_not_json", "workflow", f"{Path(path).name} is not JSON ({exc})",
+                    "export the workflow again from ComfyUI (Workflow › Export, or Export (API))") from None
+    if not isinstance(data, dict):
+        raise _fail("workflow_not_object", "workflow", f"{Path(path).name} holds a {type(data).__name__}, not a workflow",
+                    "export the workflow again from ComfyUI")
+    return data
+
+
+def is_ui_format(data: dict) -> bool:
+    return isinstance(data.get("nodes"), list)
+
+
+def widget_inputs(node_class) -> list[tuple[str, bool]]:
+    """(input name, has a control_after_generate value) for each widget, in widgets_values order."""
+    spec = node_class.INPUT_TYPES()
+    out = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind = entry[0]
+            options = entry[1] if len(entry) > 1 else {}
+            if isinstance(kind, list) or kind in WIDGET_TYPES:
+                # The editor adds a control widget ("fixed", "randomize", …) after seeds.
+                control = options.get("control_after_generate", name in ("seed", "noise_seed") and kind == "INT")
+                out.append((name, bool(control)))
+    return out
+
+
+def to_api(data: dict, node_classes: dict) -> dict:
+    """API-format prompt from either format; raises ValidationError naming the bad node."""
+    if not is_ui_format(data):
+        prompt = data.get("prompt", data)
+        for node_id, node in prompt.items():
+            if not isinstance(node, dict) or "class_type" not in node or not isinstance(node.get("inputs", {}), dict):
+                raise _fail("workflow_node_malformed", f"node {node_id}", "not an API-format node",
+                            'each node needs "class_type" and "inputs"')
+            _check_known(node_id, node["class_type"], node_classes)
+        return prompt
+    nodes = {str(n.get("id")): n for n in data["nodes"] if isinstance(n, dict)}
+    links = {}
+    for link in data.get("links") or []:
+        if isinstance(link, list) and len(link) >= 5:
+            links[link[0]] = (str(link[1]), link[2])
+        elif isinstance(link, dict):
+            links[link.get("id")] = (str(link.get("origin_id")), link.get("origin_slot"))
+    prompt = {}
+    for node_id, node in nodes.items():
+        kind = node.get("type")
+        if kind in UI_ONLY_NODES or node.get("mode") in (MUTED, BYPASSED):
+            continue
+        node_class = _check_known(node_id, kind, node_classes)
+        inputs = {}
+        values = node.get("widgets_values") or []
+        if isinstance(values, dict):
+            inputs.update(values)
+        else:
+            position = 0
+            for name, has_control in widget_inputs(node_class):
+                if position < len(values):
+                    inputs[name] = values[position]
+                position += 2 if has_control else 1
+        for slot in node.get("inputs") or []:
+            link_id = slot.get("link")
+            if link_id is None:
+                continue
+            if link_id not in links:
+                raise _fail("workflow_dangling_link", f"node {node_id} ({kind}).{slot.get('name')}",
+                            f"input is connected to link {link_id}, which the workflow does not have",
+                            "reconnect the input in the editor and export again")
+            source, out_slot = _follow_reroutes(links[link_id], nodes, links)
+            if source not in nodes:
+                raise _fail("workflow_dangling_link", f"node {node_id} ({kind}).{slot.get('name')}",
+                            f"input is connected to node {source}, which the workflow does not have",
+                            "reconnect the input in the editor and export again")
+            inputs[slot["name"]] = [source, out_slot]
+        prompt[node_id] = {"class_type": kind, "inputs": inputs}
+    return prompt
+
+
+def _follow_reroutes(origin, nodes, links):
+    source, slot = origin
+    seen = set()
+    while source in nodes and nodes[source].get("type") == "Reroute" and source not in seen:
+        seen.add(source)
+        link_id = (nodes[source].get("inputs") or [{}])[0].get("link")
+        if link_id not in links:
+            break
+        source, slot = links[link_id]
+    return source, slot
+
+
+def _check_known(node_id, kind, node_classes):
+    if kind not in node_classes:
+        raise _fail("workflow_unknown_node", f"node {node_id}", f'unknown node type "{kind}"',
+                    did_you_mean(str(kind), list(node_classes)))
+    return node_classes[kind]
