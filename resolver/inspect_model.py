@@ -70,7 +70,8 @@ def load_class(library: str | None, class_name: str | None):
     if library not in LIBRARIES or not class_name or not class_name.isidentifier():
         return None
     module = __import__(library)
-    return getattr(module, class_name, None)
+    cls = getattr(module, class_name, None)
+    return cls if isinstance(cls, type) else None  # a function or submodule is not a class to load
 
 
 def _problem(code: str, message: str, suggestion: str, component: str | None = None) -> ValidationError:
@@ -116,14 +117,18 @@ def _inspect_cached(folder: Path, mtime_key: tuple) -> ModelInfo:
     pipeline_class = index.get("_class_name")
     import diffusers
 
-    if not isinstance(pipeline_class, str) or not hasattr(diffusers, pipeline_class):
+    pipeline_cls = getattr(diffusers, pipeline_class, None) if isinstance(pipeline_class, str) and \
+        pipeline_class.isidentifier() else None
+    if not (isinstance(pipeline_cls, type) and issubclass(pipeline_cls, diffusers.DiffusionPipeline)):
         raise _problem("unsafe_class", f'model_index.json names pipeline class "{pipeline_class}", which diffusers does not have',
                        "only pipelines built into diffusers load; custom pipeline code is never run")
     components: dict[str, ComponentInfo] = {}
     for name, entry in index.items():
         if name.startswith("_"):
             continue
-        if not (isinstance(entry, list) and len(entry) == 2):
+        if not isinstance(entry, list):
+            continue  # a pipeline setting such as "requires_safety_checker": false
+        if len(entry) != 2 or not all(v is None or isinstance(v, str) for v in entry):
             raise _problem("model_index_broken", f'model_index.json entry "{name}" is {entry!r}, not [library, class]',
                            "fix model_index.json", name)
         library, class_name = entry

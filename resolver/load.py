@@ -130,14 +130,20 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
             pipeline = _assemble(plan, loaded, allow_pickle)
             _place(pipeline, plan)
     except Exception as exc:
-        component = next((r.name for r in modules if r.name not in loaded), "pipeline")
+        failed = next((r for r in modules if r.name not in loaded), None)
+        component = failed.name if failed is not None else "pipeline"
         info = plan.model.components.get(component)
-        files = [str(f) for f in info.weight_files] if info else []
+        if failed is not None and failed.action == GGUF and failed.gguf_path is not None:
+            files = [str(failed.gguf_path)]  # a GGUF component's weights come from its .gguf file
+        else:
+            files = [str(f) for f in info.weight_files] if info else []
         if isinstance(exc, ValidationError):
             raise
-        # Drop every reference to partly loaded weights, the traceback's frames included.
+        # Drop every reference to partly loaded weights: the traceback's frames, and this frame's
+        # locals (the LoadError's traceback keeps this frame alive as long as a caller holds it).
         traceback.clear_frames(exc.__traceback__)
         loaded.clear()
+        module = entry = pipeline = None  # noqa: F841
         free_memory()
         raise LoadError(component, files, exc) from None
     # Rows after placement show the final device; bytes do not change when moving.

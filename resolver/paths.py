@@ -56,10 +56,17 @@ def resolve_model(name: str, roots: Iterable[Path], field: str = "model") -> Pat
     for root in roots:
         candidate = root / name
         if (candidate / "model_index.json").is_file():
-            if not _inside(candidate.resolve(), root.resolve()):
+            real_root = root.resolve()
+            if not _inside(candidate.resolve(), real_root):
                 raise ValidationError([Problem("model_outside_roots", field,
                                                f'"{name}" is a link that leaves the model folder {root}',
                                                "copy or move the pipeline into the model folder instead of linking it")])
+            for path in sorted(candidate.rglob("*")):  # nor may any file or component folder inside it
+                if not _inside(path.resolve(), real_root):
+                    raise ValidationError([Problem(
+                        "model_outside_roots", field,
+                        f'"{name}" contains {path.relative_to(candidate).as_posix()}, a link that leaves the model folder {root}',
+                        "copy the files into the model folder instead of linking them")])
             return candidate
     known = list_pipelines(roots)
     where = ", ".join(str(r) for r in roots) or "(no model folders configured)"

@@ -137,6 +137,9 @@ def spec_from_dict(data: Any) -> QuantSpec:
         raise fail("spec", f"a quantization spec must be a JSON object, got {type(data).__name__}",
                    'use {"kind": "global", "backend": ..., "quant_type": ...}')
     kind = data.get("kind", GLOBAL)
+    if kind == GRANULAR and "backend" in data:
+        raise fail("kind", "a spec cannot be both granular (a components map) and global (a backend)",
+                   'drop "backend", or use "kind": "global"')
     if kind == GRANULAR:
         components = data.get("components")
         if not isinstance(components, Mapping):

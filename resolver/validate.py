@@ -52,10 +52,10 @@ def _entries(spec, model: ModelInfo | None, problems: list[Problem]):
                                     "add a component, or disconnect the map", severity="warning"))
         out = []
         for name, one in spec.entries:
-            if model is not None:
-                problems.extend(_check_component_name(name, f"map[{name}].component", model))
-            if one is not None:
-                out.append((f"map[{name}].", one, [name]))
+            found = _check_component_name(name, f"map[{name}].component", model) if model is not None else []
+            problems.extend(found)
+            if one is not None:  # a bad name is reported above; its backend is still checked
+                out.append((f"map[{name}].", one, [] if found else [name]))
         return out
     if isinstance(spec, BackendSpec):
         if spec.backend == "gguf":

@@ -1,0 +1,45 @@
+"""Small helpers shared by tests (not fixtures)."""
+from __future__ import annotations
+
+import torch
+
+
+def count_storage_bytes(module: torch.nn.Module) -> int:
+    """Independent count of the bytes behind a module's tensors (quantized storage included)."""
+    seen, total = set(), 0
+
+    def visit(t):
+        nonlocal total
+        if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+            for name in t.__tensor_flatten__()[0]:
+                visit(getattr(t, name))
+            return
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        for extra in ("SCB",):
+            if isinstance(getattr(t, extra, None), torch.Tensor):
+                visit(getattr(t, extra))
+        state = getattr(t, "quant_state", None)
+        while state is not None:
+            for value in vars(state).values():
+                if isinstance(value, torch.Tensor):
+                    visit(value)
+            state = getattr(state, "state2", None)
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        visit(t)
+    return total
+
+
+def quantized_weight_types(module: torch.nn.Module) -> set[str]:
+    """'package.Class' of every weight that is not a plain tensor (bnb, torchao, quanto, GGUF)."""
+    out = set()
+    for m in module.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and (type(w) not in (torch.Tensor, torch.nn.Parameter)
+                                            or type(m).__module__.startswith("optimum.quanto")):
+            kind = type(w) if type(w) not in (torch.Tensor, torch.nn.Parameter) else type(m)
+            out.add(f"{kind.__module__.split('.')[0]}.{kind.__name__}")
+    return out
