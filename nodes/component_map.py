@@ -54,7 +54,7 @@ class PipeQuantComponentMap:
             problems.append(Problem("expected_map", "map",
                                     "a Quantization Backend was connected to `map`, which chains Per-Component Maps",
                                     "connect it to `config` instead"))
-        if config is not None and isinstance(config, BackendSpec) and config.components is not None:
+        if isinstance(config, BackendSpec) and config.components not in (None, (component,)):
             problems.append(Problem("components_in_map", "config",
                                     f"the connected Quantization Backend lists components ({', '.join(config.components)}); "
                                     f'in a map it applies to "{component}" only',

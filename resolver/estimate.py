@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import catalogue
 from .inspect_model import linear_layers
-from .plan import GGUF, NOT_A_MODEL, QUANTIZE, Plan
+from .plan import GGUF, NOT_A_MODEL, PREQUANTIZED, QUANTIZE, Plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -32,6 +32,8 @@ def estimate(plan: Plan) -> dict:
             quantized = sum(n for name, n in linear_layers(info) if not _skipped(name, skip))
             after -= quantized * width
             after += quantized * (quant.bits / 8 + quant.scale_bytes_per_weight)
+        elif row.action == PREQUANTIZED:
+            after = info.disk_bytes  # stored quantized: loads as it is on disk
         elif row.action == GGUF and row.gguf_path is not None:
             after = row.gguf_path.stat().st_size
             quantized = info.params

@@ -25,6 +25,8 @@ class ComponentInfo:
     weight_files: tuple[Path, ...] = ()
     pickle_files: tuple[Path, ...] = ()
     tensors: tuple[TensorInfo, ...] = ()
+    prequantized: str | None = None  # quant_method of a component saved already quantized
+
 
     @property
     def params(self) -> int:
@@ -46,7 +48,8 @@ class ComponentInfo:
 
     def describe(self) -> dict:
         return {"name": self.name, "library": self.library, "class": self.class_name, "is_module": self.is_module,
-                "params": self.params, "bytes": self.disk_bytes, "bytes_by_dtype": self.bytes_by_dtype}
+                "params": self.params, "bytes": self.disk_bytes, "bytes_by_dtype": self.bytes_by_dtype,
+                "prequantized": self.prequantized}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,16 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     plain = [p for p in safetensors if p.name.count(".") == 1]
     pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
     return plain or safetensors, pickles
+
+
+def _prequantized(folder: Path) -> str | None:
+    """The quant_method recorded in config.json by save_pretrained of a quantized model."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    method = (config.get("quantization_config") or {}).get("quant_method") if isinstance(config, dict) else None
+    return str(method) if method else None
 
 
 def _mtime_key(folder: Path) -> tuple:
@@ -152,7 +165,7 @@ def _inspect_cached(folder: Path, mtime_key: tuple) -> ModelInfo:
                     raise _problem("weights_unreadable", f'component "{name}": {exc} ({f})',
                                    "re-download or re-save that file", name) from None
         components[name] = ComponentInfo(name, library, class_name, is_module, sub, tuple(files), tuple(pickles),
-                                         tuple(tensors))
+                                         tuple(tensors), _prequantized(sub) if is_module else None)
     return ModelInfo(folder, pipeline_class, components, mtime_key)
 
 

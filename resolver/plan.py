@@ -16,7 +16,7 @@ from .files import find_file
 from .inspect_model import ModelInfo
 from .spec import BackendSpec, ComponentMap
 
-QUANTIZE, GGUF, KEEP, NOT_A_MODEL = "quantize", "gguf", "keep", "not a model"
+QUANTIZE, GGUF, KEEP, PREQUANTIZED, NOT_A_MODEL = "quantize", "gguf", "keep", "pre-quantized", "not a model"
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,8 @@ def default_components(spec: BackendSpec, model: ModelInfo) -> list[str]:
     name it in `components` to quantize it anyway."""
     backend = catalogue.get_backend(spec.backend)
     return [n for n in model.module_names
-            if model.components[n].library in backend.libraries and not is_autoencoder(model.components[n].class_name)]
+            if model.components[n].library in backend.libraries and not is_autoencoder(model.components[n].class_name)
+            and not model.components[n].prequantized]
 
 
 def make_plan(spec, model: ModelInfo, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
@@ -114,6 +115,10 @@ def make_plan(spec, model: ModelInfo, *, dtype: str = "bfloat16", device: str = 
                                              compute_dtype=dtype, reason="tokenizer/scheduler: nothing to quantize")
             continue
         one = assigned.get(name)
+        if one is None and info.prequantized:
+            components[name] = ComponentPlan(name, info.library, info.class_name, PREQUANTIZED, load_dtype=dtype,
+                                             compute_dtype=dtype, reason=f"saved quantized with {info.prequantized}")
+            continue
         if one is None:
             if name in assigned:
                 why = "left unquantized in the map"

@@ -32,13 +32,15 @@ def _dtype_of(model) -> str:
 
 def component_row(plan_row, info, model, load_seconds: float, config) -> dict:
     """One component's report row; `plan_row` is a ComponentPlan, `info` its ComponentInfo."""
-    before = info.params * DTYPE_BYTES.get(plan_row.load_dtype, 2)
+    width = DTYPE_BYTES.get(plan_row.load_dtype, 2)
+    # A pre-quantized file's header counts packed bytes; the loaded model knows the real shapes.
+    before = (param_count(model) if info.prequantized else info.params) * width
     return {
         "component": plan_row.name,
         "class": plan_row.class_name,
         "library": plan_row.library,
         "action": plan_row.action,
-        "backend": plan_row.spec.backend if plan_row.spec else None,
+        "backend": plan_row.spec.backend if plan_row.spec else info.prequantized,
         "quant_type": plan_row.spec.quant_type if plan_row.spec else None,
         "config": type(config).__name__ if config is not None else None,
         "dtype": _dtype_of(model),
@@ -79,7 +81,10 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     for r in rows:
         if r["action"] == "not a model":
             continue
-        plan = f'{r["backend"]}:{r["quant_type"]}' if r["backend"] else r["action"]
+        if r["quant_type"]:
+            plan = f'{r["backend"]}:{r["quant_type"]}'
+        else:
+            plan = f'{r["backend"]} ({r["action"]})' if r["backend"] else r["action"]
         if r["reused"]:
             plan += " (cached)"
         body.append((r["component"], r["class"] or "-", plan, r["dtype"], r["device"], f'{r["params"]:,}',

@@ -88,6 +88,9 @@ def _check_component_name(name: str, field: str, model: ModelInfo) -> list[Probl
     if info is None:
         return [Problem("unknown_component", field, f'{model.pipeline_class} has no component "{name}"',
                         did_you_mean(name, model.module_names), name)]
+    if info.prequantized:
+        return [Problem("already_quantized", field, f'"{name}" was saved already quantized ({info.prequantized})',
+                        "it loads quantized as it is: remove it from the quantization config", name)]
     if not info.is_module:
         return [Problem("component_not_module", field,
                         f'"{name}" is a {info.class_name}, not a model: there are no weights to quantize',

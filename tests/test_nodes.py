@@ -1,0 +1,163 @@
+"""The nodes as ComfyUI calls them: INPUT_TYPES, VALIDATE_INPUTS, then FUNCTION under inference_mode."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import pipequant
+from pipequant.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from pipequant.resolver import BackendSpec, ComponentMap, ValidationError
+
+Backend = NODE_CLASS_MAPPINGS["PipeQuantBackend"]
+Map = NODE_CLASS_MAPPINGS["PipeQuantComponentMap"]
+Load = NODE_CLASS_MAPPINGS["PipeQuantLoadPipeline"]
+Sampler = NODE_CLASS_MAPPINGS["PipeQuantSampler"]
+Report = NODE_CLASS_MAPPINGS["PipeQuantMemoryReport"]
+Save = NODE_CLASS_MAPPINGS["PipeQuantSavePipeline"]
+
+
+@pytest.fixture
+def roots(monkeypatch, models_root, tiny_flux, flux_gguf):
+    monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
+    monkeypatch.setenv("PIPEQUANT_GGUF", str(flux_gguf.parent))
+    return models_root
+
+
+def run(node_class, **kwargs):
+    """Call a node as ComfyUI's executor does."""
+    with torch.inference_mode():
+        return getattr(node_class(), node_class.FUNCTION)(**kwargs)
+
+
+def test_contract_ids_and_display_names():
+    assert pipequant.NODE_CLASS_MAPPINGS is NODE_CLASS_MAPPINGS
+    assert NODE_DISPLAY_NAME_MAPPINGS == {
+        "PipeQuantBackend": "Quantization Backend", "PipeQuantComponentMap": "Per-Component Map",
+        "PipeQuantLoadPipeline": "Load Quantized Pipeline", "PipeQuantSampler": "Quantized Pipeline Sampler",
+        "PipeQuantMemoryReport": "Pipeline Memory Report", "PipeQuantSavePipeline": "Save Quantized Pipeline"}
+    names = {k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
+             for k, v in NODE_CLASS_MAPPINGS.items()}
+    assert names["PipeQuantBackend"][:5] == ["backend", "quant_type", "compute_dtype", "components", "options"]
+    assert names["PipeQuantComponentMap"][:3] == ["component", "config", "map"]
+    assert names["PipeQuantLoadPipeline"][:5] == ["model", "dtype", "device", "offload", "quantization"]
+    assert names["PipeQuantSampler"][:9] == ["pipeline", "prompt", "negative_prompt", "steps", "guidance_scale",
+                                             "width", "height", "seed", "batch_size"]
+    assert names["PipeQuantSavePipeline"] == ["pipeline", "folder_name"]
+
+
+@pytest.mark.parametrize("node_id", list(NODE_CLASS_MAPPINGS))
+def test_every_input_has_a_tooltip_and_node_a_description(node_id, roots):
+    node = NODE_CLASS_MAPPINGS[node_id]
+    assert node.CATEGORY == "PipeQuant" and len(node.DESCRIPTION) > 40
+    assert callable(getattr(node, node.FUNCTION))
+    for section in ("required", "optional"):
+        for name, entry in node.INPUT_TYPES().get(section, {}).items():
+            assert len(entry) > 1 and entry[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    if getattr(node, "VALIDATE_INPUTS", None):
+        assert isinstance(inspect.getattr_static(node, "VALIDATE_INPUTS"), classmethod)
+
+
+def test_combos_come_from_the_catalogue_and_model_folders(roots):
+    spec = Backend.INPUT_TYPES()
+    assert "torchao" in spec["required"]["backend"][0]
+    assert {"nf4", "int8_weight_only", "int2"} <= set(spec["required"]["quant_type"][0])
+    assert "tiny-flux-transformer-Q8_0.gguf" in spec["optional"]["gguf_file"][0]
+    assert "tiny-flux" in Load.INPUT_TYPES()["required"]["model"][0]
+
+
+def test_backend_validate_inputs_names_node_input_and_fix():
+    ok = Backend.VALIDATE_INPUTS("torchao", "int8_weight_only", "auto", "", "{}")
+    assert ok is True
+    msg = Backend.VALIDATE_INPUTS("torchao", "nf4", "auto", "", '{"group_sise": 1}')
+    assert msg.startswith("Quantization Backend › quant_type:") and "bitsandbytes_4bit" in msg
+    assert "Quantization Backend › options.group_sise" in msg and 'did you mean "group_size"' in msg
+    bad_json = Backend.VALIDATE_INPUTS("torchao", "int8_weight_only", "auto", "", "{double_quant: true}")
+    assert "Quantization Backend › options: options is not valid JSON" in bad_json
+    # gguf is allowed on the Backend node: the config may feed a Per-Component Map.
+    assert Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "tiny-flux-transformer-Q8_0.gguf") is not True
+    assert "gguf_file_missing" not in str(Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "none"))
+
+
+def test_load_validate_inputs_checks_model_and_device(roots):
+    assert Load.VALIDATE_INPUTS("tiny-flux", "bfloat16", "cpu", "none") is True
+    msg = Load.VALIDATE_INPUTS("tiny-flx", "bfloat16", "cpu", "none")
+    assert msg.startswith("Load Quantized Pipeline › model:") and 'did you mean "tiny-flux"' in msg
+    assert "Load Quantized Pipeline › device" in Load.VALIDATE_INPUTS("tiny-flux", "bfloat16", "tpu", "none")
+    assert "model_outside_roots" not in Load.VALIDATE_INPUTS("../etc", "bfloat16", "cpu", "none")
+    assert "are refused" in Load.VALIDATE_INPUTS("../etc", "bfloat16", "cpu", "none")
+
+
+def test_backend_and_map_build_specs():
+    (spec,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto",
+                  components="transformer, text_encoder_2", options="{}")
+    assert spec == BackendSpec.make("quanto", "int8", components=["transformer", "text_encoder_2"])
+    (cfg,) = run(Backend, backend="torchao", quant_type="int8_weight_only", compute_dtype="auto", components="",
+                 options="{}")
+    (m1,) = run(Map, component="transformer", config=cfg)
+    (m2,) = run(Map, component="vae", map=m1)  # no config: leave unquantized
+    assert isinstance(m2, ComponentMap) and m2.as_dict() == {"transformer": cfg, "vae": None}
+    with pytest.raises(ValidationError, match="Per-Component Map \\(transformer\\) › component: .*already mapped upstream"):
+        run(Map, component="transformer", config=cfg, map=m2)
+    with pytest.raises(ValidationError, match="Per-Component Map \\(vae\\) › config: a Per-Component Map was connected"):
+        run(Map, component="vae", config=m1)
+
+
+def test_load_sample_report_in_inference_mode(roots):
+    (cfg,) = run(Backend, backend="torchao", quant_type="int8_weight_only", compute_dtype="auto",
+                 components="transformer", options="{}")
+    pipeline, text = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=cfg)
+    assert "torchao:int8_weight_only" in text and "TOTAL" in text
+    (images,) = run(Sampler, pipeline=pipeline, prompt="a cat", negative_prompt="", steps=2, guidance_scale=3.5,
+                    width=32, height=48, seed=3, batch_size=2, max_sequence_length=32)
+    assert images.shape == (2, 48, 32, 3) and images.dtype == torch.float32
+    assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    (again,) = run(Sampler, pipeline=pipeline, prompt="a cat", negative_prompt="", steps=2, guidance_scale=3.5,
+                   width=32, height=48, seed=3, batch_size=2, max_sequence_length=32)
+    assert torch.equal(images, again)  # same seed, same image
+    out = run(Report, pipeline=pipeline)
+    assert out["result"][0] == out["ui"]["text"][0] and "transformer" in out["ui"]["text"][0]
+
+
+def test_loader_names_the_upstream_node_at_fault(roots):
+    (cfg,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto", components="", options="{}")
+    (m,) = run(Map, component="text_encoder3", config=cfg)
+    with pytest.raises(ValidationError) as err:
+        run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=m)
+    assert str(err.value).startswith("Per-Component Map (text_encoder3) › component:")
+    assert 'did you mean "text_encoder"' in str(err.value)
+
+
+def test_save_refuses_unsavable_and_writes_savable(roots, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPEQUANT_MODELS", str(tmp_path) + ":" + str(roots))
+    import shutil
+
+    shutil.copytree(roots / "tiny-flux", tmp_path / "tiny-flux")
+    (ao,) = run(Backend, backend="torchao", quant_type="int8_weight_only", compute_dtype="auto",
+                components="transformer", options="{}")
+    pipe, _ = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=ao)
+    with pytest.raises(ValidationError, match="Save Quantized Pipeline › pipeline: .*torchao.*cannot be saved"):
+        run(Save, pipeline=pipe, folder_name="flux-ao")
+    with pytest.raises(ValidationError, match="Save Quantized Pipeline › folder_name"):
+        run(Save, pipeline=pipe, folder_name="../escape")
+    (q,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto", components="transformer",
+               options="{}")
+    pipe, _ = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=q)
+    out = run(Save, pipeline=pipe, folder_name="flux-quanto-int8")
+    dest = tmp_path / "flux-quanto-int8"
+    assert str(dest) in out["ui"]["text"][0]
+    assert (dest / "model_index.json").is_file()
+    assert list((dest / "transformer").glob("*.safetensors")) and not list(dest.rglob("*.bin"))
+    # and it loads back pre-quantized through the same node
+    reloaded, text = run(Load, model="flux-quanto-int8", dtype="bfloat16", device="cpu", offload="none")
+    from helpers import quantized_weight_types
+
+    assert quantized_weight_types(reloaded.pipeline.transformer)
+    row = next(r for r in reloaded.rows if r["component"] == "transformer")
+    assert (row["action"], row["backend"]) == ("pre-quantized", "quanto") and "pre-quantized" in text
+    (again,) = run(Map, component="transformer", config=q)
+    with pytest.raises(ValidationError, match="transformer.*already quantized"):
+        run(Load, model="flux-quanto-int8", dtype="bfloat16", device="cpu", offload="none", quantization=again)
+    with pytest.raises(ValidationError, match="already exists"):
+        run(Save, pipeline=pipe, folder_name="flux-quanto-int8")

@@ -1,0 +1,104 @@
+"""The headless runner: every example workflow, in UI and API format, on the tiny pipelines."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipequant.runner.cli import EXAMPLES, apply_overrides, load_prompt, main
+from pipequant.runner.execute import ALL_NODES, execute
+from pipequant.runner.workflow import read_workflow, to_api
+
+WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
+SMALL = [("PipeQuantSampler", "steps", 2), ("PipeQuantSampler", "width", 32), ("PipeQuantSampler", "height", 32),
+         ("PipeQuantSampler", "max_sequence_length", 32), ("PipeQuantLoadPipeline", "device", "cpu")]
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, models_root, tiny_flux, tiny_sd3, flux_gguf):
+    monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
+    monkeypatch.setenv("PIPEQUANT_GGUF", str(flux_gguf.parent))
+    from pipequant.runner.builtin import SaveImage
+
+    monkeypatch.setattr(SaveImage, "output_dir", tmp_path / "out")
+    return tmp_path
+
+
+def _point_at_tiny(prompt: dict, path: Path) -> dict:
+    model = "tiny-sd3" if "sd35" in path.name else "tiny-flux"
+    overrides = SMALL + [("PipeQuantLoadPipeline", "model", model),
+                         ("PipeQuantSavePipeline", "folder_name", f"saved-{os.getpid()}-{path.stem}")]
+    if "gguf" in path.name:
+        overrides.append(("PipeQuantBackend", "gguf_file", "tiny-flux-transformer-Q8_0.gguf"))
+    return apply_overrides(prompt, overrides)
+
+
+def test_there_are_example_workflows_in_ui_format():
+    names = {p.stem for p in WORKFLOWS}
+    assert {"flux_nf4_transformer", "flux_mixed_components", "sd35_torchao_int8", "flux_quantize_and_save"} <= names
+    for path in WORKFLOWS:
+        data = json.loads(path.read_text())
+        assert data["version"] == 0.4 and data["nodes"] and isinstance(data["links"], list)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_runs(path, env, bnb_cpu, models_root):
+    prompt = _point_at_tiny(load_prompt(path), path)
+    ui = execute(prompt)
+    images = [Path(i) for out in ui.values() for i in out.get("images", [])]
+    texts = [t for out in ui.values() for t in out.get("text", [])]
+    if "save" in path.name:
+        saved = models_root / f"saved-{os.getpid()}-{path.stem}"
+        assert (saved / "model_index.json").is_file()
+        assert any(str(saved) in t for t in texts)
+    else:
+        assert images, "no image written"
+        for image in images:
+            assert image.exists() and Image.open(image).size == (32, 32)
+    assert any("TOTAL" in t for t in texts), "memory report missing"
+
+
+def test_ui_and_api_format_give_the_same_prompt(tmp_path):
+    path = EXAMPLES / "flux_mixed_components.json"
+    from_ui = to_api(read_workflow(path), ALL_NODES)
+    api_file = tmp_path / "api.json"
+    api_file.write_text(json.dumps(from_ui))
+    assert to_api(read_workflow(api_file), ALL_NODES) == from_ui
+    sampler = next(n for n in from_ui.values() if n["class_type"] == "PipeQuantSampler")
+    # the seed's "fixed" control value is skipped: batch_size is the value after it
+    assert sampler["inputs"]["seed"] == 42 and sampler["inputs"]["batch_size"] == 1
+    load = next(n for n in from_ui.values() if n["class_type"] == "PipeQuantLoadPipeline")
+    assert load["inputs"]["quantization"][1] == 0 and isinstance(load["inputs"]["quantization"][0], str)
+
+
+def test_cli_run_validate_and_errors(env, models_root, tmp_path, capsys):
+    wf = EXAMPLES / "sd35_torchao_int8.json"
+    common = ["--models", str(models_root), "--output", str(tmp_path / "cli-out"),
+              "--set", "PipeQuantLoadPipeline.model=tiny-sd3"] + [
+        x for k, n, v in SMALL for x in ("--set", f"{k}.{n}={json.dumps(v)}")]
+    assert main(["validate", str(wf)] + common) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["run", str(wf)] + common) == 0
+    assert list((tmp_path / "cli-out").glob("*.png"))
+    # a typo in the model: non-zero exit, message naming the node, the input and a suggestion
+    assert main(["validate", str(wf), "--models", str(models_root), "--set", "PipeQuantLoadPipeline.model=tiny-sd"]) == 2
+    err = capsys.readouterr().err
+    assert "Load Quantized Pipeline" in err and "model" in err and "tiny-sd3" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["run", str(bad)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
+
+
+def test_demo_command_runs_on_a_fresh_cache(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipequant", "demo", "--output", str(tmp_path / "o"),
+                          "--cache", str(tmp_path / "c")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "o").glob("pipequant-demo_*.png"))
+    report = (tmp_path / "o" / "pipequant-demo-report.txt").read_text()
+    assert "transformer" in report and "TOTAL" in report
