@@ -42,33 +42,48 @@ class PipeQuantLoadPipeline:
             "optional": {
                 "quantization": (CONFIG_TYPE, {"tooltip": "From Quantization Backend (whole pipeline) or "
                                                           "Per-Component Map. Unconnected = no quantization."}),
+                "allow_pickle": ("BOOLEAN", {"default": False,
+                                             "tooltip": "Also load components that only have pickle weights (.bin, "
+                                                        ".pt). Pickle files can run arbitrary code when loaded: turn "
+                                                        "this on only for files you trust. Off = safetensors only."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, dtype, device, offload):
+    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False):
         try:
             folder = resolve_model(model, comfy.model_roots())
-            problems = validate(None, inspect_model(folder), dtype=dtype, device=device, offload=offload)
+            problems = validate(None, inspect_model(folder), dtype=dtype, device=device, offload=offload,
+                                allow_pickle=allow_pickle is True)
         except ValidationError as exc:
             problems = exc.problems
         return validation_result(problems, LOAD_NODE)
 
-    def load(self, model, dtype, device, offload, quantization=None) -> tuple:
-        result = load_pipeline(model, dtype, device, offload, quantization)
+    @classmethod
+    def IS_CHANGED(cls, model, **kwargs):
+        """Re-run when the pipeline's files change on disk (ComfyUI otherwise reuses the output)."""
+        try:
+            return str(hash(inspect_model(resolve_model(model, comfy.model_roots())).mtime_key))
+        except ValidationError:
+            return ""  # VALIDATE_INPUTS reports it
+
+    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False) -> tuple:
+        result = load_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
         return (result, result.table)
 
 
-def load_pipeline(model, dtype, device, offload, quantization=None) -> LoadResult:
+def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False) -> LoadResult:
     """Validate everything (naming the node and input at fault), then load."""
     roots, gguf_roots = comfy.model_roots(), comfy.gguf_roots()
+    allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
     if device == "auto":
         device = comfy.default_device()
     try:
         folder = resolve_model(model, roots)
-        plan = plan_load(folder, quantization, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+        plan = plan_load(folder, quantization, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
+                         allow_pickle=allow_pickle)
     except ValidationError as exc:
         raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
     comfy.free_comfy_models()
     progress = comfy.Progress(len(plan.modules()))
-    return load_plan(plan, progress=lambda i, n, name: progress.update(i, n))
+    return load_plan(plan, allow_pickle=allow_pickle, progress=lambda i, n, name: progress.update(i, n))

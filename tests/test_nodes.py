@@ -161,3 +161,16 @@ def test_save_refuses_unsavable_and_writes_savable(roots, tmp_path, monkeypatch)
         run(Load, model="flux-quanto-int8", dtype="bfloat16", device="cpu", offload="none", quantization=again)
     with pytest.raises(ValidationError, match="already exists"):
         run(Save, pipeline=pipe, folder_name="flux-quanto-int8")
+
+
+def test_is_changed_follows_the_files_on_disk(roots, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    shutil.copytree(roots / "tiny-flux", tmp_path / "tiny-flux")
+    monkeypatch.setenv("PIPEQUANT_MODELS", str(tmp_path))
+    first = Load.IS_CHANGED(model="tiny-flux", dtype="bfloat16")
+    assert first == Load.IS_CHANGED(model="tiny-flux", dtype="bfloat16")
+    weights = next((tmp_path / "tiny-flux" / "vae").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert Load.IS_CHANGED(model="tiny-flux", dtype="bfloat16") != first
