@@ -27,12 +27,16 @@ def _diffusers_bnb_runs_here(backend_name: str, config) -> bool:
 
 
 @dataclass(frozen=True)
-class BitsAndBytes4Bit(Backend):
+class _BitsAndBytes(Backend):
     def cpu_supported(self, library: str) -> bool:
         if library != DIFFUSERS:
-            return True
-        return _diffusers_bnb_runs_here(self.name, self.config_class(DIFFUSERS)(load_in_4bit=True))
+            return True  # transformers' bnb path loads on CPU
+        config = self.build_config(DIFFUSERS, self.quant_types[0].name, None, {})
+        return _diffusers_bnb_runs_here(self.name, config)
 
+
+@dataclass(frozen=True)
+class BitsAndBytes4Bit(_BitsAndBytes):
     def build_config(self, library, quant_type, compute_dtype, options):
         return self.config_class(library)(
             load_in_4bit=True,
@@ -44,12 +48,7 @@ class BitsAndBytes4Bit(Backend):
 
 
 @dataclass(frozen=True)
-class BitsAndBytes8Bit(Backend):
-    def cpu_supported(self, library: str) -> bool:
-        if library != DIFFUSERS:
-            return True
-        return _diffusers_bnb_runs_here(self.name, self.config_class(DIFFUSERS)(load_in_8bit=True))
-
+class BitsAndBytes8Bit(_BitsAndBytes):
     def build_config(self, library, quant_type, compute_dtype, options):
         return self.config_class(library)(
             load_in_8bit=True,
