@@ -12,7 +12,10 @@ SPEC_FIELDS = ("backend", "quant_type", "compute_dtype", "components", "options"
 def node_for(field: str, default: str) -> str:
     """Which node owns a problem's field when the loader re-validates the whole upstream spec."""
     if field.startswith("map["):
-        return f"{MAP_NODE} ({field[4:field.index(']')]})"
+        component = field[4:field.index("]")]
+        if field.endswith("].component"):
+            return f"{MAP_NODE} ({component})"
+        return f"{BACKEND_NODE} (feeding the map for {component})"
     if field.split(".")[0] in SPEC_FIELDS:
         return BACKEND_NODE
     return default
@@ -28,10 +31,21 @@ def describe(problems: list[Problem], node: str, *, attribute: bool = False) -> 
     return "\n".join(lines)
 
 
+class NodeMessage(str):
+    """VALIDATE_INPUTS' failure: the text ComfyUI shows on the node, carrying the problems (with
+    their codes) for the headless runner."""
+
+    problems: tuple = ()
+
+
 def validation_result(problems: list[Problem], node: str):
     """What VALIDATE_INPUTS returns: True, or one string ComfyUI shows on the node."""
     bad = errors(problems)
-    return True if not bad else describe(bad, node)
+    if not bad:
+        return True
+    text = NodeMessage(describe(bad, node))
+    text.problems = tuple(bad)
+    return text
 
 
 def raise_for(problems: list[Problem], node: str, *, attribute: bool = False) -> None:

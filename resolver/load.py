@@ -136,7 +136,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
         if failed is not None and failed.action == GGUF and failed.gguf_path is not None:
             files = [str(failed.gguf_path)]  # a GGUF component's weights come from its .gguf file
         else:
-            files = [str(f) for f in info.weight_files] if info else []
+            files = _broken_first([Path(f) for f in (info.weight_files or info.pickle_files)] if info else [])
         if isinstance(exc, ValidationError):
             raise
         # Drop every reference to partly loaded weights: the traceback's frames, and this frame's
@@ -157,6 +157,20 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
             cache.put(key, loaded[name], rows[name]["bytes"], rows[name])
     ordered = [rows[n] if n in rows else other_row(c) for n, c in plan.components.items()]
     return LoadResult(pipeline, plan, ordered)
+
+
+def _broken_first(files: list[Path]) -> list[str]:
+    """The component's files that are now broken (e.g. truncated since validation), else all of them."""
+    from .safetensors_header import HeaderError, read_header
+
+    broken = []
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                read_header(f)
+            except (HeaderError, OSError):
+                broken.append(f)
+    return [str(f) for f in (broken or files)]
 
 
 def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
@@ -180,7 +194,22 @@ def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
         kwargs["quantization_config"] = config
     module = cls.from_pretrained(str(info.folder), **kwargs)
     module.eval()
+    if info.prequantized == "quanto":
+        _align_quanto_weights(module)
     return module, config
+
+
+def _align_quanto_weights(module) -> None:
+    """quanto's CPU int8 kernel crashes the process (a segfault, not an exception) on int8 data
+    that is not 64-byte aligned, which weights memory-mapped from a saved safetensors file can be.
+    Copy those into fresh, aligned storage."""
+    import torch
+
+    for sub in module.modules():
+        weight = getattr(sub, "weight", None)
+        data = getattr(weight, "_data", None)
+        if isinstance(data, torch.Tensor) and data.device.type == "cpu" and data.data_ptr() % 64:
+            weight._data = data.clone()
 
 
 def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):

@@ -65,6 +65,8 @@ def param_count(module) -> int:
 
 
 def main_device(module) -> str:
+    """Where the module's data lives (a quantized wrapper may report "meta"; its storage does not)."""
     for p in module.parameters():
-        return str(p.device)
+        for inner in _inner_tensors(p):
+            return str(inner.device)
     return "cpu"

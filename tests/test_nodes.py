@@ -174,3 +174,28 @@ def test_is_changed_follows_the_files_on_disk(roots, tmp_path, monkeypatch):
     weights = next((tmp_path / "tiny-flux" / "vae").glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert Load.IS_CHANGED(model="tiny-flux", dtype="bfloat16") != first
+
+
+def test_saved_quanto_copy_samples_in_bfloat16(roots, tmp_path):
+    """A saved quanto int8 copy is memory-mapped at load; quanto's CPU kernel segfaulted on its
+    unaligned int8 data. Runs in a child process so that a regression cannot take pytest down."""
+    import subprocess
+    import sys
+
+    script = f"""
+import torch
+from pipequant.resolver import BackendSpec, ComponentCache, load
+from pipequant.resolver.save import save
+from pipequant.resolver.sample import generate
+with torch.inference_mode():
+    r = load({str(roots / 'tiny-flux')!r}, BackendSpec.make("quanto", "int8", components=["transformer"]),
+             device="cpu", cache=None)
+    dest = save(r, "saved", __import__("pathlib").Path({str(tmp_path)!r}))
+    again = load(dest, None, device="cpu", cache=ComponentCache())
+    assert again.rows and any(x["action"] == "pre-quantized" and x["device"] == "cpu" for x in again.rows)
+    image = generate(again.pipeline, prompt="a cat", steps=2, width=32, height=32, max_sequence_length=32)
+    assert torch.isfinite(image).all()
+print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), (out.returncode, out.stderr[-1500:])

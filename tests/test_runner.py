@@ -86,7 +86,7 @@ def test_cli_run_validate_and_errors(env, models_root, tmp_path, capsys):
     assert main(["run", str(wf)] + common) == 0
     assert list((tmp_path / "cli-out").glob("*.png"))
     # a typo in the model: non-zero exit, message naming the node, the input and a suggestion
-    assert main(["validate", str(wf), "--models", str(models_root), "--set", "PipeQuantLoadPipeline.model=tiny-sd"]) == 2
+    assert main(["validate", str(wf), "--models", str(models_root), "--set", "PipeQuantLoadPipeline.model=tiny-sd4"]) == 2
     err = capsys.readouterr().err
     assert "Load Quantized Pipeline" in err and "model" in err and "tiny-sd3" in err
     bad = tmp_path / "bad.json"
