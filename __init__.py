@@ -3,11 +3,9 @@ from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = "./web"
 
-try:  # Inside a ComfyUI server: register the editor's HTTP routes. Elsewhere (tests, CLI): skip.
-    from . import routes as _routes
+# The editor's HTTP routes; register() does nothing outside a ComfyUI server (tests, CLI).
+from . import routes as _routes
 
-    _routes.register()
-except ImportError:
-    pass
+_routes.register()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

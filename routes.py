@@ -1,0 +1,342 @@
+"""HTTP routes for the graph editor (web/js/pipequant.js): the catalogue, a pipeline's components,
+live validation and the memory estimate. Plain aiohttp handlers over the resolver, testable without
+ComfyUI; `register()` adds them to ComfyUI's server when there is one.
+
+The editor sends the quantization spec the way the graph holds it: a Quantization Backend's raw
+widget text ({"kind": "global", "options": "{...}", "components": "a, b"}) and each Per-Component
+Map as {"kind": "map", "component", "config", "map"}, every part tagged with its node id. The
+server evaluates it with the nodes' own code and returns every problem tagged with the node (and
+input) at fault. `spec.to_dict()` JSON is accepted as well.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+from collections.abc import Mapping
+from functools import partial
+
+try:
+    from aiohttp import web
+except ImportError:  # the headless runner and the CLI do not need aiohttp
+    web = None
+
+from .nodes import comfy
+from .nodes.component_map import PipeQuantComponentMap
+from .nodes.messages import SPEC_FIELDS
+from .resolver import catalogue
+from .resolver.estimate import estimate as estimate_plan
+from .resolver.inputs import NO_FILE, parse_components, parse_options
+from .resolver.inspect_model import inspect_model
+from .resolver.load import plan_load
+from .resolver.paths import resolve_model
+from .resolver.problems import Problem, ValidationError, errors
+from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
+from .resolver.validate import validate
+
+PREFIX = "/pipequant"
+MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not from the editor
+MAX_CHAIN = 64  # nested Per-Component Maps
+MAX_NAME = 512
+MAP = "map"  # a Per-Component Map node, as the editor sends it
+
+
+class BadRequest(Exception):
+    """The request itself is malformed (not the user's plan): answered with a 4xx."""
+
+    def __init__(self, message: str, problems: list[Problem] = (), status: int = 400):
+        super().__init__(message)
+        self.problems, self.status = list(problems), status
+
+
+def _shape(field: str, message: str, suggestion: str = "") -> BadRequest:
+    return BadRequest(message, [Problem("request_malformed", field, message, suggestion)])
+
+
+# -- reading requests ---------------------------------------------------------------------
+async def read_json(request) -> dict:
+    """The JSON object in the body, at most MAX_BODY bytes (also when no length is declared)."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _too_large()
+    body, size = [], 0
+    while chunk := await request.content.read(16384):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _too_large()
+        body.append(chunk)
+    try:
+        data = json.loads(b"".join(body))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _shape("body", f"the body is not valid JSON ({str(exc)[:120]})", "send a JSON object") from None
+    if not isinstance(data, dict):
+        raise _shape("body", f"the body must be a JSON object, got {type(data).__name__}", '{"model": ..., "spec": ...}')
+    return data
+
+
+def _too_large() -> BadRequest:
+    return BadRequest(f"the body is larger than {MAX_BODY} bytes",
+                      [Problem("body_too_large", "body", f"the body is larger than {MAX_BODY} bytes",
+                               "send only the model name and the spec")], status=413)
+
+
+def _string(data: Mapping, key: str, default: str | None) -> str | None:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise _shape(key, f'"{key}" must be a string of at most {MAX_NAME} characters', f'"{key}": "..."')
+    return value
+
+
+def _node_id(entry: Mapping):
+    node = entry.get("node")
+    if node is not None and not (isinstance(node, (str, int)) and not isinstance(node, bool)):
+        raise _shape("node", '"node" must be a node id (string or number)')
+    return node
+
+
+# -- the spec, as the editor sends it -------------------------------------------------------
+class SpecReader:
+    """Turns the editor's spec into the spec object the Load node would receive, running the same
+    parsing and Per-Component Map code as the nodes, and remembers which node owns which part."""
+
+    def __init__(self):
+        self.problems: list[dict] = []
+        self.top = None  # node id of the part connected to the Load node
+        self.maps: dict[str, tuple] = {}  # component -> (map node id, config node id)
+
+    def add(self, problems, node) -> None:
+        self.problems += [tagged(p, node) for p in problems]
+
+    def read(self, entry):
+        if entry is None:
+            return None
+        if not isinstance(entry, Mapping):
+            raise _shape("spec", f"a spec must be a JSON object or null, got {type(entry).__name__}")
+        self.top = _node_id(entry)
+        return self._entry(entry, 0)
+
+    def _entry(self, entry, depth: int):
+        if entry is None:
+            return None
+        if not isinstance(entry, Mapping):
+            raise _shape("spec", f"a spec part must be a JSON object or null, got {type(entry).__name__}")
+        if depth > MAX_CHAIN:
+            raise _shape("spec", f"more than {MAX_CHAIN} chained Per-Component Maps")
+        kind = entry.get("kind", GLOBAL)
+        if kind == GLOBAL:
+            return self._global(entry, _node_id(entry))
+        if kind == MAP:
+            return self._map(entry, depth)
+        if kind == GRANULAR:
+            components = entry.get("components")
+            if not isinstance(components, Mapping):
+                raise _shape("components", 'a granular spec needs a "components" object')
+            node = _node_id(entry)
+            mapping = {}
+            for name, part in components.items():
+                spec = self._global(part, node) if part is not None else None
+                mapping[str(name)] = spec
+                self.maps[str(name)] = (node, node)
+            return ComponentMap.make(mapping)
+        raise _shape("kind", f'unknown spec kind "{kind}"', 'use "global", "granular" or "map"')
+
+    def _global(self, entry, node):
+        """A Quantization Backend: its widget text parsed as the node parses it."""
+        if not isinstance(entry, Mapping):
+            raise _shape("spec", "a backend spec must be a JSON object")
+        raw = {k: v for k, v in entry.items() if k != "node"}
+        found: list[Problem] = []
+        if isinstance(raw.get("components"), str):
+            names, more = parse_components(raw["components"])
+            raw["components"], found = (list(names) if names is not None else None), found + more
+        if isinstance(raw.get("options"), str):
+            raw["options"], more = parse_options(raw["options"])
+            found += more
+        if raw.get("gguf_file") in (NO_FILE, ""):
+            raw["gguf_file"] = None
+        if found:
+            self.add(found, node)
+            return None
+        try:
+            return spec_from_dict({**raw, "kind": GLOBAL})
+        except ValidationError as exc:
+            raise BadRequest("malformed backend spec", exc.problems) from None
+
+    def _map(self, entry, depth: int):
+        """A Per-Component Map node: built by the node's own `build`, so its rules apply."""
+        node = _node_id(entry)
+        component = entry.get("component")
+        if not isinstance(component, str) or len(component) > MAX_NAME:
+            raise _shape("component", 'a map needs "component", a string')
+        config_entry = entry.get("config")
+        config = self._entry(config_entry, depth + 1)
+        upstream = self._entry(entry.get("map"), depth + 1)
+        names, found = parse_components(component)
+        if not found and (names is None or len(names) != 1):
+            found = [Problem("component_syntax", "component", f"{component!r} is not a component name",
+                             'one name, e.g. "transformer" or "text_encoder_2"')]
+        if found:
+            self.add([Problem("component_syntax", "component", p.message, p.suggestion) for p in found], node)
+            return upstream
+        try:
+            (result,) = PipeQuantComponentMap().build(component, config, upstream)
+        except ValidationError as exc:
+            self.add(exc.problems, node)
+            return upstream
+        config_node = _node_id(config_entry) if isinstance(config_entry, Mapping) else None
+        self.maps[names[0]] = (node, config_node if config is not None else node)
+        return result
+
+    def owner(self, problem: Problem):
+        """(node id, input name) for a problem found by validating the whole spec."""
+        field = problem.field
+        if field.startswith("map[") and "]" in field:
+            name, _, rest = field[4:].partition("]")
+            rest = rest.lstrip(".")
+            map_node, config_node = self.maps.get(name, (self.top, self.top))
+            return (config_node if rest.split(".")[0] in SPEC_FIELDS else map_node), rest or "component"
+        if field.split(".")[0] in SPEC_FIELDS or field == "map":
+            return self.top, field
+        return None, field  # the Load node's own inputs (model, dtype, device, offload)
+
+
+def tagged(problem: Problem, node, field: str | None = None) -> dict:
+    return {**problem.to_dict(), "node": node, "input": field if field is not None else problem.field}
+
+
+# -- the work, run off the event loop --------------------------------------------------------
+def _options(data: dict) -> dict:
+    """The Load node's own inputs, as its `load` turns them into resolver arguments."""
+    device = _string(data, "device", "auto")
+    allow_pickle = data.get("allow_pickle", False)
+    if not isinstance(allow_pickle, bool):
+        raise _shape("allow_pickle", '"allow_pickle" must be true or false')
+    return {"dtype": _string(data, "dtype", "bfloat16"),
+            "device": comfy.default_device() if device == "auto" else device,
+            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle}
+
+
+def _check(data: dict):
+    reader = SpecReader()
+    spec = reader.read(data.get("spec"))
+    name = _string(data, "model", None)
+    options = _options(data)
+    model, folder = None, None
+    if name is not None:
+        try:
+            folder = resolve_model(name, comfy.model_roots())
+            model = inspect_model(folder)
+        except ValidationError as exc:
+            reader.problems += [tagged(p, None) for p in exc.problems]
+    for p in validate(spec, model, gguf_roots=comfy.gguf_roots(), **options):
+        node, field = reader.owner(p)
+        reader.problems.append(tagged(p, node, field))
+    result = {"model": name, "spec": spec.to_dict() if spec is not None else None, "problems": reader.problems,
+              "ok": not any(p["severity"] == "error" for p in reader.problems)}
+    return result, spec, folder, options
+
+
+def check(data: dict) -> dict:
+    """Every problem of loading `data["model"]` with `data["spec"]`, each tagged with its node."""
+    return _check(data)[0]
+
+
+def estimate(data: dict) -> dict:
+    """The plan's bytes per component before and after quantization (null while it has errors)."""
+    if _string(data, "model", None) is None:
+        raise _shape("model", 'an estimate needs "model"', "pick a pipeline on the Load node")
+    result, spec, folder, options = _check(data)
+    result["estimate"] = None
+    if result["ok"] and folder is not None:
+        try:
+            plan = plan_load(folder, spec, gguf_roots=comfy.gguf_roots(), **options)
+        except ValidationError as exc:  # validate() above agrees; kept so a disagreement shows
+            result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
+            result["ok"] = False
+            return result
+        result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
+    return result
+
+
+def components(name: str) -> dict:
+    folder = resolve_model(name, comfy.model_roots())
+    return {"model": name, **inspect_model(folder).describe()}
+
+
+# -- handlers ---------------------------------------------------------------------------------
+def _json(data, status: int = 200):
+    return web.json_response(data, status=status)
+
+
+def _error(exc: BadRequest | ValidationError, status: int = 400):
+    problems = exc.problems
+    message = str(exc) if isinstance(exc, BadRequest) else (problems[0].message if problems else str(exc))
+    return _json({"error": message, "problems": [p.to_dict() for p in problems]}, getattr(exc, "status", status))
+
+
+async def _off_loop(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+
+
+async def get_backends(request):
+    return _json(await _off_loop(catalogue.describe))
+
+
+async def get_components(request):
+    name = request.query.get("model")
+    if not name or len(name) > MAX_NAME:
+        return _error(_shape("model", "pass ?model=<pipeline name from the model list>"))
+    try:
+        return _json(await _off_loop(components, name))
+    except ValidationError as exc:
+        return _error(exc)
+
+
+async def post_validate(request):
+    try:
+        data = await read_json(request)
+        return _json(await _off_loop(check, data))
+    except BadRequest as exc:
+        return _error(exc)
+
+
+async def post_estimate(request):
+    try:
+        data = await read_json(request)
+        return _json(await _off_loop(estimate, data))
+    except BadRequest as exc:
+        return _error(exc)
+
+
+ROUTES = (
+    ("GET", PREFIX + "/backends", get_backends),
+    ("GET", PREFIX + "/components", get_components),
+    ("POST", PREFIX + "/validate", post_validate),
+    ("POST", PREFIX + "/estimate", post_estimate),
+)
+
+
+def add_routes(table) -> None:
+    """Add the handlers to an aiohttp RouteTableDef (ComfyUI's) or an app's router."""
+    for method, path, handler in ROUTES:
+        if hasattr(table, "add_route"):
+            table.add_route(method, path, handler)
+        else:
+            table.route(method, path)(handler)
+
+
+def register() -> bool:
+    """Inside a ComfyUI server, add the routes to it; elsewhere (tests, CLI), do nothing."""
+    try:
+        from server import PromptServer  # ComfyUI's server module
+    except ImportError:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None or web is None:
+        return False
+    add_routes(instance.routes)
+    # web/js/pipequant.js imports logic.mjs: some Pythons do not know .mjs, and browsers refuse
+    # a module served as application/octet-stream.
+    mimetypes.add_type("text/javascript", ".mjs")
+    return True

@@ -1,0 +1,578 @@
+// PipeQuant graph-editor extension: backend-aware widgets, component pickers, live validation and
+// the memory estimate. It asks the server (routes.py) and presents the answer; every rule stays in
+// the resolver. The pure parts live in logic.mjs (tested with `node --test web/tests`).
+// Served at /extensions/<pack>/js/pipequant.js, hence three levels up to /scripts.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import * as L from "./logic.mjs";
+
+const TICK_MS = 300; // how often the graph is compared with what the server last answered
+const SETTLE_MS = 250; // a changed request waits this long (typing) before it is sent
+const COMPONENTS_TTL_MS = 15000;
+const COMPONENTS_RETRY_MS = 3000;
+const LINE_H = 16;
+const PAD = 5;
+const MARGIN = 15;
+const AUTO = "auto"; // fittedH marker: a new node, sized to its content
+const COLORS = {
+  title: "#d8d8d8", row: "#e0e0e0", muted: "#9a9a9a", total: "#ffffff", note: "#b8c4d8",
+  error: "#ff7b72", warning: "#e3b341", ok: "#7ee787",
+};
+
+const shared = { catalogue: null, catalogueAsked: 0, components: new Map() };
+
+// -- server ------------------------------------------------------------------------------------
+async function getJSON(path, init) {
+  const res = await api.fetchApi(path, init);
+  const body = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+  return { ok: res.ok, status: res.status, body };
+}
+
+function loadCatalogue() {
+  if (shared.catalogue || Date.now() - shared.catalogueAsked < 5000) return;
+  shared.catalogueAsked = Date.now();
+  getJSON("/pipequant/backends").then(({ ok, body }) => {
+    if (ok) shared.catalogue = body;
+  }).catch(() => {});
+}
+
+/** GET /pipequant/components, cached per model (a failure for a few seconds, then asked again). */
+function getComponents(model) {
+  const cached = shared.components.get(model);
+  const ttl = cached?.error ? COMPONENTS_RETRY_MS : COMPONENTS_TTL_MS;
+  if (cached && Date.now() - cached.at < ttl) return cached.promise;
+  const record = { at: Date.now(), value: cached?.value ?? null, error: null, promise: null };
+  record.promise = getJSON(`/pipequant/components?model=${encodeURIComponent(model)}`).then(({ ok, body }) => {
+    if (!ok) throw new Error(body.error ?? "cannot read the model");
+    record.value = body;
+    return body;
+  });
+  record.promise.catch((err) => {
+    record.error = err;
+    record.value = null;
+  });
+  shared.components.set(model, record);
+  return record.promise;
+}
+
+/** The components of `model` if they have arrived (for drawing); asks for them (once) otherwise. */
+function componentsNow(model) {
+  const before = shared.components.get(model);
+  const promise = getComponents(model);
+  if (shared.components.get(model) !== before) promise.then(() => redraw(), () => {}); // a new request
+  return shared.components.get(model)?.value ?? null;
+}
+
+// -- the graph as plain data (see logic.mjs) ---------------------------------------------------
+function linkOf(graph, id) {
+  const links = graph._links ?? graph.links;
+  return links?.get?.(id) ?? links?.[id] ?? null;
+}
+
+function snapshot(graph) {
+  const snap = {};
+  for (const node of graph._nodes ?? graph.nodes ?? []) {
+    const inputs = {};
+    for (const input of node.inputs ?? []) {
+      const link = input.link == null ? null : linkOf(graph, input.link);
+      inputs[input.name] = link ? String(link.origin_id) : null;
+    }
+    const outputs = [];
+    for (const output of node.outputs ?? []) {
+      for (const id of output.links ?? []) {
+        const link = linkOf(graph, id);
+        if (!link) continue;
+        const target = graph.getNodeById(link.target_id);
+        outputs.push({ target: String(link.target_id), input: target?.inputs?.[link.target_slot]?.name });
+      }
+    }
+    const widgets = {};
+    for (const w of node.widgets ?? []) {
+      if (w.name && w.options?.serialize !== false) widgets[w.name] = w.value;
+    }
+    snap[String(node.id)] = { id: String(node.id), type: node.comfyClass ?? node.type, mode: node.mode, widgets, inputs, outputs };
+  }
+  return snap;
+}
+
+function nodesOf(type) {
+  return (app.graph?._nodes ?? app.graph?.nodes ?? []).filter((n) => n.pipequant && n.comfyClass === type);
+}
+
+const widget = (node, name) => node.widgets?.find((w) => w.name === name);
+const values = (node) => Object.fromEntries(L.BACKEND_WIDGETS.map((n) => [n, widget(node, n)?.value]));
+
+function redraw() {
+  app.graph?.setDirtyCanvas(true, true);
+}
+
+// -- hiding widgets (values stay, in order) ------------------------------------------------------
+function setHidden(w, hidden) {
+  if (!!w.hidden === hidden) return false;
+  w.hidden = hidden;
+  w.options ??= {};
+  w.options.hidden = hidden;
+  if (hidden) {
+    w.pipequantOwnSize = Object.prototype.hasOwnProperty.call(w, "computeSize") ? w.computeSize : null;
+    w.computeSize = () => [0, -4]; // no height in the layout
+  } else if (w.pipequantOwnSize) {
+    w.computeSize = w.pipequantOwnSize;
+  } else {
+    delete w.computeSize;
+  }
+  return true;
+}
+
+/** Grow the node to fit its widgets; shrink it only if it was sized by us (not by the user). */
+function fit(node, exact = false) {
+  const st = node.pipequant;
+  const [minW, minH] = node.computeSize();
+  const h = node.size[1];
+  const shrink = exact || st.fittedH === AUTO || st.fittedH === h;
+  const target = shrink || h < minH ? minH : h;
+  const width = Math.max(node.size[0], minW, st.minWidth ?? 0);
+  if (target !== h || width !== node.size[0]) node.setSize([width, target]);
+  if (target === minH) st.fittedH = target;
+  redraw();
+}
+
+// -- the info panel: a drawn widget after the node's own (never serialized) -------------------
+let measureCtx = null;
+function font(bold = false, mono = false) {
+  if (mono) return "11px monospace";
+  return `${bold ? "bold " : ""}12px ${globalThis.LiteGraph?.NODE_FONT ?? "Arial"}`;
+}
+function measure(text, bold = false, mono = false) {
+  measureCtx ??= document.createElement("canvas").getContext("2d");
+  measureCtx.font = font(bold, mono);
+  return measureCtx.measureText(text).width;
+}
+
+function panelItems(node) {
+  const st = node.pipequant;
+  const items = [];
+  for (const p of st.problems) items.push({ kind: p.severity === "warning" ? "warning" : "error", text: `${p.severity === "warning" ? "⚠" : "✖"} ${L.problemText(p)}` });
+  const type = node.comfyClass;
+  if (type === L.BACKEND) {
+    items.push(...L.backendNotes(shared.catalogue, values(node)));
+  } else if (type === L.MAP) {
+    const model = st.model;
+    const name = String(widget(node, "component")?.value ?? "").trim();
+    if (!model) {
+      items.push({ kind: "muted", text: "no model connected: type the component name" });
+    } else {
+      const desc = componentsNow(model);
+      const c = desc?.components?.find((x) => x.name === name);
+      if (c) items.push({ kind: "note", text: `${c.name} — ${c.class} · ${L.formatBytes(c.bytes)} · ${L.formatParams(c.params)} params` });
+      else if (desc) items.push({ kind: "muted", text: `click "component" to pick one of ${model}'s components` });
+    }
+  } else if (type === L.LOAD) {
+    for (const row of L.estimateRows(st.answer?.estimate)) items.push(row);
+    if (st.status) items.push({ kind: "muted", text: st.status });
+  } else if (st.output) {
+    // Memory Report / Save: the text the node returned when it ran (a fixed-width table).
+    for (const text of st.output.split("\n")) items.push({ kind: "row", text, mono: true });
+  }
+  return items;
+}
+
+function layout(node, width) {
+  const st = node.pipequant;
+  const content = node.comfyClass === L.LOAD ? "" : JSON.stringify(node.widgets?.map((w) => w.value));
+  const key = `${st.version}|${width}|${shared.catalogue ? 1 : 0}|${st.model ?? ""}|${shared.components.get(st.model)?.value ? 1 : 0}|${content}`;
+  if (st.layoutKey === key) return st.lines;
+  const inner = Math.max(40, width - 2 * MARGIN - 8);
+  const lines = [];
+  for (const item of panelItems(node)) {
+    const bold = item.kind === "total" || item.kind === "title";
+    if (item.left !== undefined) {
+      const fits = (left) => measure(left, bold) + measure(item.right, bold) + 12 <= inner;
+      if (fits(item.left)) lines.push({ ...item, bold });
+      else if (item.short !== undefined && fits(item.short)) lines.push({ ...item, left: item.short, bold });
+      else lines.push({ kind: item.kind, left: item.left, right: "", bold }, { kind: item.kind, left: "", right: item.right, bold });
+    } else if (item.mono) {
+      lines.push({ kind: item.kind, text: item.text, mono: true });
+    } else {
+      for (const text of L.wrapText(item.text, inner, (t) => measure(t, bold))) lines.push({ kind: item.kind, text, bold });
+    }
+  }
+  const monoWidth = Math.max(0, ...lines.filter((l) => l.mono).map((l) => measure(l.text, false, true)));
+  st.minWidth = monoWidth ? Math.ceil(monoWidth + 2 * MARGIN + 12) : 0;
+  st.layoutKey = key;
+  st.lines = lines;
+  return lines;
+}
+
+function panelHeight(node, width) {
+  const n = layout(node, width).length;
+  return n ? n * LINE_H + 2 * PAD : 0;
+}
+
+function addPanel(node) {
+  const panel = {
+    name: "pipequant_info",
+    type: "pipequant_info",
+    value: "",
+    y: 0,
+    serialize: false,
+    options: { serialize: false },
+    computeSize() {
+      // Always the node's own width: LGraphNode.computeSize passes its *minimum* width, which
+      // would wrap more lines than the panel draws and make the node too tall.
+      const h = panelHeight(node, node.size[0]);
+      return [node.size[0], h ? h : -4];
+    },
+    draw(ctx, _node, width, y) {
+      const lines = layout(node, width);
+      if (!lines.length) return;
+      const x = MARGIN;
+      const w = width - 2 * MARGIN;
+      const h = lines.length * LINE_H + 2 * PAD;
+      ctx.save();
+      const hasError = node.pipequant.problems.some((p) => p.severity !== "warning");
+      ctx.fillStyle = hasError ? "rgba(120, 20, 20, 0.35)" : "rgba(0, 0, 0, 0.28)";
+      ctx.beginPath();
+      ctx.roundRect ? ctx.roundRect(x, y, w, h, 6) : ctx.rect(x, y, w, h);
+      ctx.fill();
+      ctx.textBaseline = "middle";
+      lines.forEach((line, i) => {
+        const ly = y + PAD + i * LINE_H + LINE_H / 2;
+        ctx.font = font(line.bold, line.mono);
+        ctx.fillStyle = COLORS[line.kind] ?? COLORS.row;
+        if (line.left !== undefined) {
+          ctx.textAlign = "left";
+          ctx.fillText(line.left, x + 4, ly);
+          ctx.textAlign = "right";
+          ctx.fillText(line.right, x + w - 4, ly);
+        } else {
+          ctx.textAlign = "left";
+          ctx.fillText(line.text, x + 4, ly);
+        }
+      });
+      ctx.restore();
+    },
+  };
+  node.addCustomWidget(panel);
+}
+
+function contentChanged(node) {
+  node.pipequant.version++;
+  fit(node);
+}
+
+// -- menus ---------------------------------------------------------------------------------------
+const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+
+function showMenu(entries, opts, title) {
+  const LG = globalThis.LiteGraph;
+  return new LG.ContextMenu(entries, {
+    event: opts.e,
+    scale: Math.max(1, opts.canvas?.ds?.scale ?? 1),
+    className: "dark pipequant-menu",
+    title: title ? escapeHtml(title) : undefined,
+  });
+}
+
+function entry(value, label, callback, extra = "") {
+  return { content: value, title: `<span class="pipequant-entry" data-value="${escapeHtml(value)}"${extra}>${escapeHtml(label)}</span>`, callback };
+}
+
+/** Backend combo: a menu that marks the backends that are not installed, with their install line. */
+function hookBackendMenu(node) {
+  const w = widget(node, "backend");
+  if (!w || typeof w.onClick !== "function") return;
+  const original = w.onClick.bind(w);
+  w.onClick = (opts) => {
+    const x = opts.e.canvasX - node.pos[0];
+    const width = w.width || node.size[0];
+    if (!shared.catalogue || x < 40 || x > width - 40) return original(opts); // arrows step as usual
+    const items = L.backendMenu(shared.catalogue).map((b) =>
+      entry(b.value, b.label, () => w.setValue(b.value, opts), b.installed ? "" : ' style="color:#e3b341"'));
+    showMenu(items, opts, "Quantization backend");
+  };
+}
+
+/** The model a node's output reaches (the first Load node downstream), or null. */
+function modelFor(node, options) {
+  return L.modelFed(snapshot(app.graph), String(node.id), options);
+}
+
+/** Per-Component Map `component`: pick from the connected model's components, or type a name. */
+function hookComponentPicker(node) {
+  const w = widget(node, "component");
+  if (!w || typeof w.onClick !== "function") return;
+  const original = w.onClick.bind(w);
+  w.onClick = (opts) => {
+    const model = modelFor(node);
+    if (!model) return original(opts); // no model connected: free text
+    getComponents(model).then((desc) => {
+      const items = L.componentMenu(desc, [String(w.value).trim()]).map((c) =>
+        entry(c.value, c.label, () => w.setValue(c.value, opts)));
+      items.push(null, entry("", "Type a name…", () => original(opts)));
+      showMenu(items, opts, `${model}: component`);
+    }, () => original(opts));
+  };
+}
+
+/** Quantization Backend `components`: toggle the connected model's components in the list (only
+ * when it feeds a Load node directly: in a map, the map's component is the one quantized). */
+function hookComponentsPicker(node) {
+  const w = widget(node, "components");
+  if (!w || typeof w.onClick !== "function") return;
+  const original = w.onClick.bind(w);
+  w.onClick = (opts) => {
+    const model = modelFor(node, { throughMaps: false });
+    if (!model) return original(opts);
+    getComponents(model).then((desc) => {
+      const items = L.componentMenu(desc, L.splitComponents(w.value)).map((c) =>
+        entry(c.value, c.label, () => w.setValue(L.toggleComponent(w.value, c.value), opts)));
+      items.push(null, entry("", "All the backend can take (empty)", () => w.setValue("", opts)),
+        entry("", "Type names…", () => original(opts)));
+      showMenu(items, opts, `${model}: components to quantize`);
+    }, () => original(opts));
+  };
+}
+
+function chainCallback(w, after) {
+  if (!w) return;
+  const previous = w.callback;
+  w.callback = function (...args) {
+    const result = previous?.apply(this, args);
+    after(...args);
+    return result;
+  };
+}
+
+// -- Quantization Backend ------------------------------------------------------------------------
+function visibilityKey(node) {
+  return JSON.stringify(values(node));
+}
+
+/** Narrow quant_type to the backend's, hide what does not apply. Interactive: the user switched the
+ * backend, so a quant type the new backend lacks becomes its first one; on load nothing changes. */
+function applyBackend(node, interactive) {
+  const st = node.pipequant;
+  const catalogue = shared.catalogue;
+  if (!catalogue || st.applying) return;
+  st.applying = true;
+  try {
+    const qt = widget(node, "quant_type");
+    const v = values(node);
+    const names = L.quantTypeNames(catalogue, v.backend);
+    if (qt && names.length) {
+      qt.options.values = names;
+      st.quantValues = names;
+      const next = L.nextQuantType(catalogue, v.backend, qt.value);
+      if (interactive && next !== qt.value) {
+        qt.value = next;
+        qt.callback?.(next);
+      }
+    }
+    const visible = L.backendWidgetVisibility(catalogue, values(node));
+    let changed = false;
+    for (const [name, show] of Object.entries(visible)) {
+      const w = widget(node, name);
+      if (w) changed = setHidden(w, !show) || changed;
+    }
+    const options = widget(node, "options");
+    const el = options?.inputEl ?? options?.element;
+    if (el) {
+      const applicable = L.applicableOptions(catalogue, v.backend, widget(node, "quant_type")?.value);
+      el.placeholder = applicable.length ? L.optionsTemplate(applicable) : "{}";
+      el.title = applicable.length ? L.optionsHelp(applicable).join("\n") : "this quant type takes no options";
+    }
+    st.visibilityKey = visibilityKey(node);
+    st.version++;
+    fit(node, interactive && changed);
+  } finally {
+    st.applying = false;
+  }
+}
+
+function setupBackend(node) {
+  chainCallback(widget(node, "backend"), () => applyBackend(node, true));
+  for (const name of ["quant_type", "components", "options", "gguf_file"]) {
+    chainCallback(widget(node, name), () => applyBackend(node, false));
+  }
+  hookBackendMenu(node);
+  hookComponentsPicker(node);
+}
+
+// -- Load Quantized Pipeline: ask the server when what the answer depends on changed ------------
+async function ask(node, request) {
+  const st = node.pipequant;
+  const seq = ++st.seq;
+  st.status = st.answer ? "" : "checking…";
+  const path = request.model ? "/pipequant/estimate" : "/pipequant/validate";
+  st.inflight++;
+  let status = "";
+  let answer = null;
+  try {
+    const { ok, body } = await getJSON(path, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request),
+    });
+    if (ok) {
+      answer = body;
+      if (!request.model) status = "pick a model to see the memory estimate";
+      else if (!body.estimate) status = "no estimate until the problems marked in red are fixed";
+    } else {
+      answer = { problems: (body.problems ?? []).map((p) => ({ ...p, node: null, input: p.field })), estimate: null };
+      status = body.error ?? "the server refused the request";
+    }
+  } catch (err) {
+    status = `estimate unavailable: ${err?.message ?? err}`;
+  } finally {
+    st.inflight--;
+  }
+  if (seq !== st.seq) return; // a newer request was sent meanwhile
+  st.answer = answer;
+  st.status = status;
+  distributeProblems();
+  contentChanged(node);
+}
+
+function distributeProblems() {
+  const answers = nodesOf(L.LOAD).map((n) => ({ loadId: String(n.id), problems: n.pipequant.answer?.problems ?? [] }));
+  const byNode = L.problemsByNode(answers);
+  for (const node of app.graph?._nodes ?? []) {
+    if (!node.pipequant) continue;
+    const problems = byNode[String(node.id)] ?? [];
+    const key = JSON.stringify(problems);
+    if (key === node.pipequant.problemsKey) continue;
+    node.pipequant.problemsKey = key;
+    node.pipequant.problems = problems;
+    contentChanged(node);
+  }
+}
+
+function tick() {
+  const graph = app.graph;
+  if (!graph || !(graph._nodes ?? []).some((n) => n.pipequant)) return;
+  if (!shared.catalogue) loadCatalogue();
+  for (const node of nodesOf(L.BACKEND)) {
+    const qt = widget(node, "quant_type");
+    if (shared.catalogue && (node.pipequant.visibilityKey !== visibilityKey(node) || (qt && qt.options.values !== node.pipequant.quantValues))) {
+      applyBackend(node, false);
+    }
+  }
+  const snap = snapshot(graph);
+  const now = Date.now();
+  for (const node of nodesOf(L.LOAD)) {
+    const st = node.pipequant;
+    let request;
+    try {
+      request = L.loadRequest(snap, String(node.id));
+    } catch (err) {
+      if (st.key !== "unknown") {
+        st.key = "unknown";
+        st.answer = null;
+        st.status = `no live check: ${err.message}`;
+        distributeProblems();
+        contentChanged(node);
+      }
+      continue;
+    }
+    const key = L.requestKey(request);
+    if (key === st.key) continue;
+    if (key !== st.pendingKey) {
+      st.pendingKey = key;
+      st.pendingAt = now;
+      continue;
+    }
+    if (now - st.pendingAt < SETTLE_MS) continue;
+    st.key = key;
+    ask(node, request);
+  }
+  let removed = false;
+  for (const node of nodesOf(L.MAP)) {
+    const model = L.modelFed(snap, String(node.id));
+    if (model !== node.pipequant.model) {
+      node.pipequant.model = model;
+      if (model) getComponents(model).then(() => contentChanged(node), () => {});
+      contentChanged(node);
+    }
+  }
+  // Problems of Load nodes that were deleted go with them.
+  const loads = new Set(nodesOf(L.LOAD).map((n) => String(n.id)));
+  if (shared.loads && [...shared.loads].some((id) => !loads.has(id))) removed = true;
+  shared.loads = loads;
+  if (removed) distributeProblems();
+}
+
+// -- registration ----------------------------------------------------------------------------------
+function setupNode(node) {
+  if (node.pipequant || !L.PACK_NODES.includes(node.comfyClass)) return;
+  node.pipequant = {
+    version: 0, problems: [], problemsKey: "[]", answer: null, status: "", seq: 0, key: null, inflight: 0,
+    pendingKey: null, pendingAt: 0, visibilityKey: null, model: null, fittedH: AUTO, lines: [], layoutKey: null,
+    output: null, minWidth: 0,
+  };
+  if (!L.PANEL_NODES.includes(node.comfyClass)) return;
+  addPanel(node);
+  node.strokeStyles ??= {};
+  node.strokeStyles.pipequantProblem = function () {
+    if (this.pipequant?.problems?.some((p) => p.severity !== "warning")) return { color: "#ff5a4f" };
+  };
+  if (node.comfyClass === L.BACKEND) setupBackend(node);
+  if (node.comfyClass === L.MAP) {
+    hookComponentPicker(node);
+    chainCallback(widget(node, "component"), () => contentChanged(node));
+  }
+  if (node.comfyClass === L.LOAD) node.pipequant.status = "checking…";
+}
+
+app.registerExtension({
+  name: "pipequant.editor",
+  async setup() {
+    loadCatalogue();
+    setInterval(() => {
+      try {
+        tick();
+      } catch (err) {
+        console.error("[PipeQuant]", err);
+      }
+    }, TICK_MS);
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!L.PACK_NODES.includes(nodeData?.name)) return;
+    const onConfigure = nodeType.prototype.onConfigure;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      const result = onExecuted?.apply(this, arguments);
+      if (this.pipequant && Array.isArray(message?.text)) {
+        this.pipequant.output = message.text.join("\n");
+        contentChanged(this);
+      }
+      return result;
+    };
+    nodeType.prototype.onConfigure = function (info) {
+      const result = onConfigure?.apply(this, arguments);
+      if (this.pipequant) {
+        // Loaded or pasted: keep the saved size and values; the next tick re-applies the view.
+        this.pipequant.fittedH = null;
+        this.pipequant.visibilityKey = null;
+      }
+      return result;
+    };
+  },
+  nodeCreated(node) {
+    setupNode(node);
+  },
+});
+
+/** True when every Load node's answer is for what the graph holds now (the browser test waits on it). */
+function settled() {
+  if (!shared.catalogue || !app.graph) return false;
+  const snap = snapshot(app.graph);
+  return nodesOf(L.LOAD).every((node) => {
+    const st = node.pipequant;
+    let key = "unknown";
+    try {
+      key = L.requestKey(L.loadRequest(snap, String(node.id)));
+    } catch {}
+    return st.key === key && st.inflight === 0;
+  });
+}
+
+// For the browser test and for debugging from the console.
+globalThis.pipequant = { shared, snapshot, settled, logic: L, tick };

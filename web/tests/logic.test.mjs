@@ -1,0 +1,246 @@
+// node --test web/tests — the editor's pure logic, against the catalogue the server serves
+// (fixtures/catalogue.json; tests/test_routes.py checks that it still matches the resolver's).
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+
+import * as L from "../js/logic.mjs";
+
+const catalogue = JSON.parse(readFileSync(new URL("./fixtures/catalogue.json", import.meta.url)));
+const values = (backend, quant_type, extra = {}) =>
+  ({ backend, quant_type, compute_dtype: "auto", components: "", options: "{}", gguf_file: "none", ...extra });
+
+test("quant_type lists only the chosen backend's types", () => {
+  assert.deepEqual(L.quantTypeNames(catalogue, "bitsandbytes_4bit"), ["nf4", "fp4"]);
+  assert.deepEqual(L.quantTypeNames(catalogue, "gguf"), ["from_file"]);
+  assert.ok(L.quantTypeNames(catalogue, "torchao").includes("int8_weight_only"));
+  assert.ok(!L.quantTypeNames(catalogue, "torchao").includes("nf4"));
+  assert.deepEqual(L.quantTypeNames(catalogue, "no-such-backend"), []);
+  assert.deepEqual(L.quantTypeNames(null, "torchao"), []);
+});
+
+test("switching backend keeps a quant type the new backend has, else takes its first", () => {
+  assert.equal(L.nextQuantType(catalogue, "torchao", "nf4"), "int8_weight_only");
+  assert.equal(L.nextQuantType(catalogue, "quanto", "int4"), "int4");
+  assert.equal(L.nextQuantType(catalogue, "gguf", "int8"), "from_file");
+  assert.equal(L.nextQuantType(catalogue, "unknown", "int8"), "int8");
+});
+
+test("which options a quant type takes", () => {
+  const names = (b, q) => L.applicableOptions(catalogue, b, q).map((o) => o.name);
+  assert.deepEqual(names("bitsandbytes_4bit", "nf4"), ["double_quant", "modules_to_not_convert"]);
+  assert.deepEqual(names("torchao", "int4_weight_only"), ["group_size", "modules_to_not_convert"]);
+  assert.deepEqual(names("torchao", "float8_dynamic"), ["granularity", "modules_to_not_convert"]);
+  assert.deepEqual(names("torchao", "int8_weight_only"), ["modules_to_not_convert"]);
+  assert.deepEqual(names("gguf", "from_file"), []);
+  assert.deepEqual(names("torchao", "not-a-type"), ["group_size", "granularity", "modules_to_not_convert"]);
+});
+
+test("widgets shown per backend come from the catalogue's data", () => {
+  const nf4 = L.backendWidgetVisibility(catalogue, values("bitsandbytes_4bit", "nf4"));
+  assert.deepEqual(nf4, { backend: true, quant_type: true, compute_dtype: true, components: true, options: true, gguf_file: false });
+  const gguf = L.backendWidgetVisibility(catalogue, values("gguf", "from_file"));
+  assert.deepEqual(gguf, { backend: true, quant_type: true, compute_dtype: true, components: false, options: false, gguf_file: true });
+  const ao = L.backendWidgetVisibility(catalogue, values("torchao", "int8_weight_only", { options: "" }));
+  assert.equal(ao.options, true);
+  assert.equal(ao.gguf_file, false);
+});
+
+test("a widget that does not apply but holds a value stays visible, so its problem can be fixed", () => {
+  const v = L.backendWidgetVisibility(catalogue,
+    values("gguf", "from_file", { components: "transformer", options: '{"double_quant": true}' }));
+  assert.equal(v.components, true);
+  assert.equal(v.options, true);
+  assert.equal(L.backendWidgetVisibility(catalogue, values("gguf", "from_file", { options: "{ }" })).options, false);
+  assert.equal(L.backendWidgetVisibility(catalogue, values("gguf", "from_file", { options: "{oops" })).options, true);
+  const file = L.backendWidgetVisibility(catalogue, values("torchao", "int8_weight_only", { gguf_file: "a.gguf" }));
+  assert.equal(file.gguf_file, true);
+});
+
+test("an unknown backend (or no catalogue yet) hides nothing", () => {
+  assert.ok(Object.values(L.backendWidgetVisibility(catalogue, values("mystery", "x"))).every(Boolean));
+  assert.ok(Object.values(L.backendWidgetVisibility(null, values("gguf", "from_file"))).every(Boolean));
+});
+
+test("options template and help list names, types and defaults", () => {
+  const options = L.applicableOptions(catalogue, "bitsandbytes_4bit", "nf4");
+  assert.equal(L.optionsTemplate(options), '{"double_quant":false,"modules_to_not_convert":[]}');
+  const help = L.optionsHelp(L.applicableOptions(catalogue, "torchao", "int4_weight_only"));
+  assert.match(help[0], /^group_size \(32 \| 64 \| 128 \| 256, default 128\): /);
+  assert.match(help[1], /^modules_to_not_convert \(list of names, default \[\]\)/);
+  const threshold = L.optionsHelp(L.applicableOptions(catalogue, "bitsandbytes_8bit", "int8"))[0];
+  assert.match(threshold, /^llm_int8_threshold \(float 0–100, default 6\)/);
+});
+
+test("backends that are not installed are marked with their install line", () => {
+  const menu = L.backendMenu(catalogue);
+  assert.deepEqual(menu.map((m) => m.value), catalogue.backends.map((b) => b.name));
+  const quanto = menu.find((m) => m.value === "quanto");
+  assert.equal(quanto.installed, false);
+  assert.equal(quanto.label, "quanto — not installed: pip install optimum-quanto");
+  assert.match(menu.find((m) => m.value === "torchao").label, /^torchao — int8_weight_only, /);
+  const notes = L.backendNotes(catalogue, values("quanto", "int8"));
+  assert.deepEqual(notes[0], { kind: "warning", text: "optimum-quanto is not installed — pip install optimum-quanto" });
+});
+
+test("backend notes: the quant type's help and its options", () => {
+  const notes = L.backendNotes(catalogue, values("bitsandbytes_4bit", "nf4"));
+  assert.equal(notes[0].text, "NF4 (4-bit NormalFloat): Best 4-bit quality for normally distributed weights.");
+  assert.equal(notes[1].text,
+    "options: double_quant (true/false, default false), modules_to_not_convert (list of names, default [])");
+  assert.equal(L.backendNotes(catalogue, values("gguf", "from_file")).length, 1);
+  assert.equal(L.backendNotes(catalogue, values("nope", "x"))[0].kind, "warning");
+  assert.deepEqual(L.backendNotes(null, values("nope", "x")), []);
+});
+
+test("sizes are formatted as the resolver's report does (1024-based)", () => {
+  assert.equal(L.formatBytes(0), "0 B");
+  assert.equal(L.formatBytes(1023), "1023 B");
+  assert.equal(L.formatBytes(1024), "1.00 KB");
+  assert.equal(L.formatBytes(6.5 * 1024 * 1024), "6.50 MB");
+  assert.equal(L.formatBytes(23.8 * 1024 ** 3), "23.80 GB");
+  assert.equal(L.formatBytes(2048 * 1024 ** 3), "2048.00 GB");
+  assert.equal(L.formatBytes(undefined), "?");
+  assert.equal(L.formatParams(11_900_000_000), "12B");
+  assert.equal(L.formatParams(4_760_000_000), "4.8B");
+  assert.equal(L.formatParams(123_000), "123K");
+  assert.equal(L.formatParams(12), "12");
+});
+
+test("estimate rows: per component before → after, then the total", () => {
+  const GB = 1024 ** 3;
+  const rows = L.estimateRows({
+    dtype: "bfloat16", device: "cuda",
+    components: [
+      { component: "transformer", action: "quantize", backend: "bitsandbytes_4bit", quant_type: "nf4", bytes_before: 23.8 * GB, bytes_after: 6.7 * GB },
+      { component: "vae", action: "keep", backend: null, quant_type: null, bytes_before: 0.16 * GB, bytes_after: 0.16 * GB },
+    ],
+    total: { bytes_before: 23.96 * GB, bytes_after: 6.86 * GB },
+  });
+  assert.deepEqual(rows[0], { kind: "title", left: "Estimated memory", right: "bfloat16 · cuda" });
+  assert.deepEqual(rows[1], { kind: "row", left: "transformer  ·  nf4", short: "transformer", right: "23.80 GB → 6.70 GB" });
+  assert.deepEqual(rows[2], { kind: "muted", left: "vae", short: "vae", right: "163.84 MB" });
+  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)" });
+  assert.deepEqual(L.estimateRows(null), []);
+});
+
+const flux = {
+  model: "FLUX.1-dev", pipeline_class: "FluxPipeline",
+  components: [
+    { name: "scheduler", class: "FlowMatchEulerDiscreteScheduler", is_module: false, params: 0, bytes: 0 },
+    { name: "text_encoder_2", class: "T5EncoderModel", is_module: true, params: 4_762_310_656, bytes: 9_524_621_312 },
+    { name: "tokenizer", class: "CLIPTokenizer", is_module: false, params: 0, bytes: 0 },
+    { name: "transformer", class: "FluxTransformer2DModel", is_module: true, params: 11_901_408_320, bytes: 23_802_816_640 },
+  ],
+};
+
+test("the component picker lists the model's modules with class and size", () => {
+  const menu = L.componentMenu(flux, ["transformer"]);
+  assert.deepEqual(menu.map((m) => m.value), ["text_encoder_2", "transformer"]);
+  assert.equal(menu[0].label, "text_encoder_2 — T5EncoderModel · 8.87 GB · 4.8B params");
+  assert.equal(menu[1].label, "✓ transformer — FluxTransformer2DModel · 22.17 GB · 12B params");
+  assert.deepEqual(L.componentMenu(null), []);
+});
+
+test("toggling components in the Backend's comma-separated list", () => {
+  assert.equal(L.toggleComponent("", "transformer"), "transformer");
+  assert.equal(L.toggleComponent("transformer", "text_encoder_2"), "transformer, text_encoder_2");
+  assert.equal(L.toggleComponent("transformer, text_encoder_2", "transformer"), "text_encoder_2");
+  assert.deepEqual(L.splitComponents(" a,b\nc ,, "), ["a", "b", "c"]);
+});
+
+// A graph like example_workflows/flux_mixed_components.json: two Backends, two chained Maps, Load.
+function mixedGraph() {
+  const node = (id, type, widgets, inputs = {}, outputs = []) => ({ id, type, mode: 0, widgets, inputs, outputs });
+  return {
+    1: node("1", L.BACKEND, values("bitsandbytes_4bit", "nf4", { options: '{"double_quant": true}' }), {}, [{ target: "2", input: "config" }]),
+    2: node("2", L.MAP, { component: "transformer" }, { config: "1", map: null }, [{ target: "4", input: "map" }]),
+    3: node("3", L.BACKEND, values("torchao", "int8_weight_only"), {}, [{ target: "4", input: "config" }]),
+    4: node("4", L.MAP, { component: "text_encoder_2" }, { config: "3", map: "2" }, [{ target: "5", input: "quantization" }]),
+    5: node("5", L.LOAD, { model: "FLUX.1-dev", dtype: "bfloat16", device: "auto", offload: "none" }, { quantization: "4" },
+      [{ target: "6", input: "pipeline" }]),
+    6: node("6", "PipeQuantSampler", {}, { pipeline: "5" }),
+  };
+}
+
+test("the Load node's request follows the links through the chain of maps", () => {
+  const request = L.loadRequest(mixedGraph(), "5");
+  assert.deepEqual(request, {
+    model: "FLUX.1-dev", dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: false,
+    spec: {
+      kind: "map", node: "4", component: "text_encoder_2",
+      config: { kind: "global", node: "3", backend: "torchao", quant_type: "int8_weight_only", compute_dtype: "auto", components: "", options: "{}", gguf_file: "none" },
+      map: {
+        kind: "map", node: "2", component: "transformer", map: null,
+        config: { kind: "global", node: "1", backend: "bitsandbytes_4bit", quant_type: "nf4", compute_dtype: "auto", components: "", options: '{"double_quant": true}', gguf_file: "none" },
+      },
+    },
+  });
+  assert.equal(L.requestKey(request), L.requestKey(L.loadRequest(mixedGraph(), "5")));
+});
+
+test("reroutes and bypassed nodes are followed; muted nodes cut the link", () => {
+  const g = mixedGraph();
+  g[7] = { id: "7", type: "Reroute", mode: 0, widgets: {}, inputs: { "": "3" }, outputs: [] };
+  g[4].inputs.config = "7";
+  assert.equal(L.loadRequest(g, "5").spec.config.node, "3");
+  g[4].mode = 4; // bypassed map: its first connected input passes through
+  assert.equal(L.loadRequest(g, "5").spec.node, "3");
+  g[4].mode = 2;
+  assert.equal(L.loadRequest(g, "5").spec, null);
+  g[4].mode = 0;
+  g[4].inputs.config = "8";
+  g[8] = { id: "8", type: "SomethingElse", mode: 0, widgets: {}, inputs: {}, outputs: [] };
+  assert.throws(() => L.loadRequest(g, "5"), L.UnknownSource);
+});
+
+test("a loop of links does not hang", () => {
+  const g = mixedGraph();
+  g[2].inputs.map = "4";
+  assert.throws(() => L.loadRequest(g, "5"), /loop/);
+});
+
+test("a Load node without a model or quantization", () => {
+  const g = mixedGraph();
+  g[5].widgets.model = undefined;
+  g[5].widgets.allow_pickle = "yes"; // only a real true counts
+  g[5].inputs.quantization = null;
+  assert.deepEqual(L.loadRequest(g, "5"), { model: null, dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: false, spec: null });
+});
+
+test("a map finds the model of the Load node it feeds, downstream through other maps", () => {
+  const g = mixedGraph();
+  assert.deepEqual(L.loadsFed(g, "2"), ["5"]);
+  assert.equal(L.modelFed(g, "2"), "FLUX.1-dev");
+  assert.equal(L.modelFed(g, "1"), "FLUX.1-dev");
+  assert.equal(L.modelFed(g, "1", { throughMaps: false }), null); // a Backend feeding a map lists no components
+  g[3].outputs = [{ target: "5", input: "quantization" }];
+  assert.equal(L.modelFed(g, "3", { throughMaps: false }), "FLUX.1-dev");
+  g[4].outputs = [];
+  assert.equal(L.modelFed(g, "2"), null); // not connected: free text
+});
+
+test("problems go to the node they name, the rest to the Load node, once each", () => {
+  const p = (node, code) => ({ node, code, input: "x", message: code, severity: "error" });
+  const by = L.problemsByNode([
+    { loadId: "5", problems: [p("1", "unknown_option"), p(null, "model_not_found"), p("4", "unknown_component")] },
+    { loadId: "9", problems: [p("1", "unknown_option"), p(null, "dtype_unknown")] },
+  ]);
+  assert.deepEqual(Object.keys(by).sort(), ["1", "4", "5", "9"]);
+  assert.equal(by["1"].length, 1);
+  assert.equal(by["5"][0].code, "model_not_found");
+  assert.equal(by["9"][0].code, "dtype_unknown");
+});
+
+test("problem text names the input and the fix", () => {
+  assert.equal(L.problemText({ input: "quant_type", message: "bad", suggestion: "use nf4" }), "quant_type: bad — use nf4");
+  assert.equal(L.problemText({ input: "", message: "bad", suggestion: "" }), "bad");
+});
+
+test("text wraps to the width, cutting words wider than a line", () => {
+  const measure = (t) => t.length; // one unit per character
+  assert.deepEqual(L.wrapText("aaa bbb ccc", 7, measure), ["aaa bbb", "ccc"]);
+  assert.deepEqual(L.wrapText("one\ntwo", 10, measure), ["one", "two"]);
+  assert.deepEqual(L.wrapText("abcdefghij", 4, measure), ["abcd", "efgh", "ij"]);
+  assert.deepEqual(L.wrapText("", 4, measure), [""]);
+});
