@@ -44,6 +44,9 @@ class PipeQuantComponentMap:
         return validation_result(problems, MAP_NODE)
 
     def build(self, component, config=None, map=None):
+        if self.VALIDATE_INPUTS(component) is not True:  # e.g. a workflow that links a node into `component`
+            raise_for([Problem("component_syntax", "component", f"{component!r} is not a component name",
+                               'e.g. "transformer" or "text_encoder_2"')], MAP_NODE)
         component = component.strip()
         problems = []
         if config is not None and not isinstance(config, BackendSpec):

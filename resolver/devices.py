@@ -9,7 +9,7 @@ _CUDA_INDEX = re.compile(r"^cuda:(\d+)$")
 
 
 def is_known_device(device: str) -> bool:
-    return device in DEVICES or bool(_CUDA_INDEX.match(device or ""))
+    return isinstance(device, str) and (device in DEVICES or bool(_CUDA_INDEX.match(device)))
 
 
 def cuda_available() -> bool:

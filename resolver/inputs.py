@@ -38,8 +38,9 @@ def parse_options(text) -> tuple[dict, list[Problem]]:
         return {}, []
     try:
         value = json.loads(text)
-    except ValueError as exc:
-        return {}, [Problem("options_not_json", "options", f"options is not valid JSON ({exc.msg} at column {exc.colno})",
+    except (ValueError, RecursionError) as exc:
+        where = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        return {}, [Problem("options_not_json", "options", f"options is not valid JSON ({where})",
                             'write a JSON object, e.g. {"double_quant": true} — keys and strings in double quotes')]
     if not isinstance(value, dict):
         return {}, [Problem("options_not_object", "options", f"options must be a JSON object, got {type(value).__name__}",
@@ -49,7 +50,14 @@ def parse_options(text) -> tuple[dict, list[Problem]]:
 
 def spec_from_inputs(backend: str, quant_type: str, compute_dtype: str = "auto", components: str = "",
                      options="{}", gguf_file: str | None = None) -> tuple[BackendSpec | None, list[Problem]]:
-    names, problems = parse_components(components)
+    problems = []
+    for name, value in (("backend", backend), ("quant_type", quant_type), ("compute_dtype", compute_dtype),
+                        ("gguf_file", NO_FILE if gguf_file is None else gguf_file)):
+        if not isinstance(value, str):  # e.g. a workflow that links another node's output into a widget
+            problems.append(Problem("spec_malformed", name, f"{name} must be text, got {type(value).__name__}",
+                                    "choose it from the list on the Quantization Backend node"))
+    names, more = parse_components(components)
+    problems += more
     opts, more = parse_options(options)
     problems += more
     if problems:

@@ -133,7 +133,7 @@ def _inspect_cached(folder: Path, mtime_key: tuple) -> ModelInfo:
     pipeline_cls = getattr(diffusers, pipeline_class, None) if isinstance(pipeline_class, str) and \
         pipeline_class.isidentifier() else None
     if not (isinstance(pipeline_cls, type) and issubclass(pipeline_cls, diffusers.DiffusionPipeline)):
-        raise _problem("unsafe_class", f'model_index.json names pipeline class "{pipeline_class}", which diffusers does not have',
+        raise _problem("unsafe_class", f'model_index.json names pipeline class "{pipeline_class}", which is not a pipeline built into diffusers',
                        "only pipelines built into diffusers load; custom pipeline code is never run")
     components: dict[str, ComponentInfo] = {}
     for name, entry in index.items():

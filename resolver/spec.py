@@ -144,6 +144,10 @@ def spec_from_dict(data: Any) -> QuantSpec:
         components = data.get("components")
         if not isinstance(components, Mapping):
             raise fail("components", "a granular spec needs a \"components\" object", 'e.g. {"transformer": {...}}')
+        for k, v in components.items():
+            if v is not None and not isinstance(v, Mapping):
+                raise fail(f"components.{k}", f"the spec for component \"{k}\" must be an object or null, got {type(v).__name__}",
+                           '{"backend": ..., "quant_type": ...}, or null to leave it unquantized')
         return ComponentMap.make({str(k): (spec_from_dict({**v, "kind": GLOBAL}) if v is not None else None)
                                   for k, v in components.items()})
     if kind != GLOBAL:
@@ -169,6 +173,6 @@ def spec_from_json(text: str) -> QuantSpec:
 
     try:
         data = json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError([Problem("spec_malformed", "spec", f"not valid JSON: {exc}", "pass the output of to_json()")])
     return spec_from_dict(data)

@@ -6,6 +6,7 @@ from typing import Iterable
 
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:
+    name = name if isinstance(name, str) else str(name)
     candidates = list(candidates)
     lowered = {c.lower(): c for c in candidates}
     if name.lower() in lowered:

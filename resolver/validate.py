@@ -177,7 +177,7 @@ def _check_value(option: Option, value, field: str) -> list[Problem]:
         ok = isinstance(value, int) if option.type == "int" else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
             return wrong("an integer" if option.type == "int" else "a number")
-        if (option.min is not None and value < option.min) or (option.max is not None and value > option.max):
+        if (option.min is not None and not value >= option.min) or (option.max is not None and not value <= option.max):
             return [Problem("option_range", field, f"{option.name}={value} is out of range",
                             f"use a value from {option.min} to {option.max}")]
         return []

@@ -26,8 +26,8 @@ def read_workflow(path: Path) -> dict:
         data = json.loads(Path(path).read_text())
     except OSError as exc:
         raise _fail("workflow_unreadable", "workflow", f"cannot read {path}: {exc.strerror}", "check the path") from None
-    except ValueError as exc:
-        raise _fail("workflow_not_json", "workflow", f"{Path(path).name} is not JSON ({exc})",
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _fail("workflow_not_json", "workflow", f"{Path(path).name} is not JSON ({str(exc)[:200]})",
                     "export the workflow again from ComfyUI (Workflow › Export, or Export (API))") from None
     if not isinstance(data, dict):
         raise _fail("workflow_not_object", "workflow", f"{Path(path).name} holds a {type(data).__name__}, not a workflow",
@@ -54,22 +54,40 @@ def widget_inputs(node_class) -> list[tuple[str, bool]]:
     return out
 
 
+def _label(node_id, kind) -> str:
+    from ..nodes import NODE_DISPLAY_NAME_MAPPINGS
+
+    name = NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind) if isinstance(kind, str) else kind
+    return f"node {node_id} ({name})"
+
+
+def _key(value) -> bool:
+    """Whether `value` can be a node or link id (JSON numbers and strings; not lists or objects)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def to_api(data: dict, node_classes: dict) -> dict:
     """API-format prompt from either format; raises ValidationError naming the bad node."""
     if not is_ui_format(data):
         prompt = data.get("prompt", data)
+        if not isinstance(prompt, dict):
+            raise _fail("workflow_not_object", "workflow", f'"prompt" holds a {type(prompt).__name__}, not nodes',
+                        "export the workflow again from ComfyUI")
+        out = {}
         for node_id, node in prompt.items():
             if not isinstance(node, dict) or "class_type" not in node or not isinstance(node.get("inputs", {}), dict):
                 raise _fail("workflow_node_malformed", f"node {node_id}", "not an API-format node",
                             'each node needs "class_type" and "inputs"')
             _check_known(node_id, node["class_type"], node_classes)
-        return prompt
+            out[str(node_id)] = {"class_type": node["class_type"], "inputs": dict(node.get("inputs", {}))}
+        return out
     nodes = {str(n.get("id")): n for n in data["nodes"] if isinstance(n, dict)}
     links = {}
-    for link in data.get("links") or []:
-        if isinstance(link, list) and len(link) >= 5:
+    raw_links = data.get("links")
+    for link in raw_links if isinstance(raw_links, list) else []:
+        if isinstance(link, list) and len(link) >= 5 and _key(link[0]):
             links[link[0]] = (str(link[1]), link[2])
-        elif isinstance(link, dict):
+        elif isinstance(link, dict) and _key(link.get("id")):
             links[link.get("id")] = (str(link.get("origin_id")), link.get("origin_slot"))
     prompt = {}
     for node_id, node in nodes.items():
@@ -81,26 +99,30 @@ def to_api(data: dict, node_classes: dict) -> dict:
         values = node.get("widgets_values") or []
         if isinstance(values, dict):
             inputs.update(values)
-        else:
+        elif isinstance(values, list):
             position = 0
             for name, has_control in widget_inputs(node_class):
                 if position < len(values):
                     inputs[name] = values[position]
                 position += 2 if has_control else 1
-        for slot in node.get("inputs") or []:
-            link_id = slot.get("link")
-            if link_id is None:
+        slots = node.get("inputs") or []
+        for slot in slots if isinstance(slots, list) else []:
+            if not isinstance(slot, dict) or slot.get("link") is None:
                 continue
-            if link_id not in links:
-                raise _fail("workflow_dangling_link", f"node {node_id} ({kind}).{slot.get('name')}",
-                            f"input is connected to link {link_id}, which the workflow does not have",
+            link_id, name = slot.get("link"), slot.get("name")
+            if not isinstance(name, str):
+                raise _fail("workflow_node_malformed", _label(node_id, kind), f"an input has no name ({slot!r:.80})",
+                            "export the workflow again from ComfyUI")
+            if not _key(link_id) or link_id not in links:
+                raise _fail("workflow_dangling_link", f"{_label(node_id, kind)}.{name}",
+                            f"input is connected to link {link_id!r:.40}, which the workflow does not have",
                             "reconnect the input in the editor and export again")
             source, out_slot = _follow_reroutes(links[link_id], nodes, links)
             if source not in nodes:
-                raise _fail("workflow_dangling_link", f"node {node_id} ({kind}).{slot.get('name')}",
+                raise _fail("workflow_dangling_link", f"{_label(node_id, kind)}.{name}",
                             f"input is connected to node {source}, which the workflow does not have",
                             "reconnect the input in the editor and export again")
-            inputs[slot["name"]] = [source, out_slot]
+            inputs[name] = [source, out_slot]
         prompt[node_id] = {"class_type": kind, "inputs": inputs}
     return prompt
 
@@ -110,15 +132,16 @@ def _follow_reroutes(origin, nodes, links):
     seen = set()
     while source in nodes and nodes[source].get("type") == "Reroute" and source not in seen:
         seen.add(source)
-        link_id = (nodes[source].get("inputs") or [{}])[0].get("link")
-        if link_id not in links:
+        slots = nodes[source].get("inputs")
+        link_id = slots[0].get("link") if isinstance(slots, list) and slots and isinstance(slots[0], dict) else None
+        if not _key(link_id) or link_id not in links:
             break
         source, slot = links[link_id]
     return source, slot
 
 
 def _check_known(node_id, kind, node_classes):
-    if kind not in node_classes:
+    if not isinstance(kind, str) or kind not in node_classes:
         raise _fail("workflow_unknown_node", f"node {node_id}", f'unknown node type "{kind}"',
                     did_you_mean(str(kind), list(node_classes)))
     return node_classes[kind]
