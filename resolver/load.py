@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .cache import COMPONENT_CACHE, ComponentCache, free_memory
+from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .inspect_model import ComponentInfo, inspect_model
 from .plan import GGUF, Plan, make_plan
 from .problems import ValidationError, errors
@@ -156,6 +156,8 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
         for key, name in fresh:
             cache.put(key, loaded[name], rows[name]["bytes"], rows[name])
     ordered = [rows[n] if n in rows else other_row(c) for n, c in plan.components.items()]
+    if fresh:
+        trim_heap()  # quantizing left freed bf16 temporaries in the heap
     return LoadResult(pipeline, plan, ordered)
 
 

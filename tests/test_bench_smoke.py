@@ -1,0 +1,104 @@
+"""Keep the benchmarks working: every benchmark once, at the smallest size, one repetition.
+
+Runs the real suite (fork-server worker, fresh process per load) on the tiny FLUX pipeline and
+checks that the markdown, JSON and PNG come out with the expected columns and sane values. It
+measures nothing worth reading; `python -m bench` does (bench/README.md).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import config  # noqa: E402
+from bench.suite import BENCHMARKS, run_suite, write  # noqa: E402
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-root")
+    out = tmp_path_factory.mktemp("bench-out")
+    res = run_suite(sizes=["tiny"], reps=1, device="cpu", only=BENCHMARKS, root=root, quiet=True,
+                    log_file=out / "worker.log", validate_reps=2)
+    return res, write(res, out, plot=True), out
+
+
+def test_no_run_failed(results):
+    res, _, out = results
+    assert res["errors"] == [], (res["errors"], (out / "worker.log").read_text()[-3000:])
+
+
+def test_overhead_rows(results):
+    rows = results[0]["overhead"]
+    assert [r["plan"] for r in rows] == list(config.OVERHEAD_PLANS)
+    for r in rows:
+        assert {"ratio", "ratio_cpu", "pipequant_s", "diffusers_s", "delta_ms", "met", "n"} <= set(r)
+        assert _finite_positive(r["ratio"]) and _finite_positive(r["ratio_cpu"]) and r["n"] == 1
+
+
+def test_memory_floor_and_peaks(results):
+    mem = results[0]["memory"]
+    quantized = [c for c in mem["components"] if c["quantized"]]
+    assert {c["plan"] for c in quantized} == {"nf4", "int8wo", "quanto8"}
+    for c in mem["components"]:
+        assert _finite_positive(c["ratio"]) and _finite_positive(c["floor"])
+        # PipeQuant adds nothing to what plain diffusers holds, and no backend is below its floor.
+        assert c["vs_diffusers"] == pytest.approx(1.0, abs=0.01)
+        assert c["ratio"] >= 0.99
+    for p in mem["peaks"]:
+        assert _finite_positive(p["peak_over_resident"]) and p["peak_phase"]
+    phases = {p["phase"] for p in mem["phases"]}
+    assert {"validate+plan", "transformer", "text_encoder_2", "assemble+report"} <= phases
+
+
+def test_reuse_reuses_all_but_the_switched_component(results):
+    rows = results[0]["reuse"]
+    assert len(rows) == len(config.REUSE_SWITCH)
+    for r in rows:
+        assert _finite_positive(r["ratio"]) and 0 < r["share"] < 1
+        assert config.REUSE_COMPONENT not in r["reused"] and "transformer" in r["reused"]
+
+
+def test_prequant_rows(results):
+    rows = results[0]["prequant"]
+    assert [r["plan"] for r in rows] == list(config.PREQUANT_PLANS)
+    for r in rows:
+        assert _finite_positive(r["ratio"]) and r["resident_ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_scaling_and_validate(results):
+    res = results[0]
+    assert {p["plan"] for p in res["scaling"]["points"]} == set(config.OVERHEAD_PLANS)
+    for r in res["validate"]:
+        assert r["weight_files_opened"] >= 1  # headers are opened ...
+        assert r["bytes_read_cold"] < r["weight_bytes_on_disk"]  # ... but weights are not read
+        assert _finite_positive(r["validate_cold_ms"]) and r["validate_warm_ms"] < 100
+
+
+def test_written_files(results):
+    _, written, out = results
+    names = {p.name for p in written}
+    assert {"results.md", "results.json"} <= names
+    md = (out / "results.md").read_text()
+    for heading in ("## Targets", "## 1. Load overhead", "## 2. Memory", "## 3. Component reuse",
+                    "## 4. Pre-quantized reload", "## 5. Scaling", "## 6. Validation"):
+        assert heading in md
+    assert "| size | plan | ratio (CPU time) | ratio (wall) |" in md
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["sizes"] == ["tiny"] and data["meta"]["machine"]["cores"] >= 1
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert "scaling.png" in names and (out / "scaling.png").stat().st_size > 1000
