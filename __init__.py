@@ -1,11 +1,14 @@
 """PipeQuant — ComfyUI entry point. ComfyUI imports this folder by path, so imports are relative."""
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
 WEB_DIRECTORY = "./web"
 
-# The editor's HTTP routes; register() does nothing outside a ComfyUI server (tests, CLI).
-from . import routes as _routes
+# pytest imports this file on its own (no parent package) when the checkout's folder name is not
+# a valid package name; there is nothing to register then.
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-_routes.register()
+    # The editor's HTTP routes; register() does nothing outside a ComfyUI server (tests, CLI).
+    from . import routes as _routes
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+    _routes.register()
+
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -72,18 +72,23 @@ class PipeQuantLoadPipeline:
         return (result, result.table)
 
 
-def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False) -> LoadResult:
-    """Validate everything (naming the node and input at fault), then load."""
-    roots, gguf_roots = comfy.model_roots(), comfy.gguf_roots()
-    allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
+def plan_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False):
+    """Validate the whole plan against the model, reading no weights; errors name the node and
+    input at fault (upstream Backend/Map nodes included)."""
     if device == "auto":
         device = comfy.default_device()
     try:
-        folder = resolve_model(model, roots)
-        plan = plan_load(folder, quantization, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                         allow_pickle=allow_pickle)
+        folder = resolve_model(model, comfy.model_roots())
+        return plan_load(folder, quantization, dtype=dtype, device=device, offload=offload,
+                         gguf_roots=comfy.gguf_roots(), allow_pickle=allow_pickle)
     except ValidationError as exc:
         raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
+
+
+def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False) -> LoadResult:
+    """Validate everything, then free ComfyUI's own models and load."""
+    allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
+    plan = plan_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
     comfy.free_comfy_models()
     progress = comfy.Progress(len(plan.modules()))
     return load_plan(plan, allow_pickle=allow_pickle, progress=lambda i, n, name: progress.update(i, n))

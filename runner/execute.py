@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from ..nodes.load import PipeQuantLoadPipeline
+from ..nodes.load import PipeQuantLoadPipeline, plan_pipeline
 from ..resolver.problems import Problem, ValidationError
 from .builtin import BUILTIN_NODES
 
@@ -120,17 +120,8 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
         kwargs = {name: (run(value[0])[value[1]] if _is_link(value) else value)
                   for name, value in node["inputs"].items() if name in declared}  # ComfyUI ignores the others
         if validate_only and node_class is PipeQuantLoadPipeline:
-            from ..nodes import comfy
-            from ..nodes.messages import LOAD_NODE, NodeInputError, describe
-            from ..resolver.load import plan_load
-            from ..resolver.paths import resolve_model
-
-            try:
-                plan_load(resolve_model(kwargs["model"], comfy.model_roots()), kwargs.get("quantization"),
-                          dtype=kwargs["dtype"], device=kwargs["device"], offload=kwargs["offload"],
-                          gguf_roots=comfy.gguf_roots(), allow_pickle=kwargs.get("allow_pickle", False) is True)
-            except ValidationError as exc:
-                raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
+            plan_pipeline(kwargs["model"], kwargs["dtype"], kwargs["device"], kwargs["offload"],
+                          kwargs.get("quantization"), allow_pickle=kwargs.get("allow_pickle", False) is True)
             out = (None, None)
         elif validate_only and node["class_type"] not in CONFIG_NODES:
             out = (None,) * max(1, len(node_class.RETURN_TYPES))
