@@ -68,7 +68,10 @@ def resolve_model(name: str, roots: Iterable[Path], field: str = "model") -> Pat
                         f'"{name}" contains {path.relative_to(candidate).as_posix()}, a link that leaves the model folder {root}',
                         "copy the files into the model folder instead of linking them")])
             return candidate
-    known = list_pipelines(roots)
-    where = ", ".join(str(r) for r in roots) or "(no model folders configured)"
+    if not roots:
+        raise ValidationError([Problem("model_not_found", field, f'no pipeline "{name}": no model folders are configured',
+                                       "put pipelines under ComfyUI's models/diffusers; on the command line pass "
+                                       f"--models DIR or set {ENV_VAR}")])
+    where = ", ".join(str(r) for r in roots)
     raise ValidationError([Problem("model_not_found", field, f'no pipeline "{name}" under {where}',
-                                   did_you_mean(name, known))])
+                                   did_you_mean(name, list_pipelines(roots)))])

@@ -102,3 +102,10 @@ def test_demo_command_runs_on_a_fresh_cache(tmp_path):
     assert list((tmp_path / "o").glob("pipequant-demo_*.png"))
     report = (tmp_path / "o" / "pipequant-demo-report.txt").read_text()
     assert "transformer" in report and "TOTAL" in report
+
+
+def test_no_model_folder_says_how_to_configure_one(monkeypatch, capsys):
+    monkeypatch.delenv("PIPEQUANT_MODELS", raising=False)
+    assert main(["validate", str(EXAMPLES / "flux_nf4_transformer.json")]) == 2
+    err = capsys.readouterr().err
+    assert "Load Quantized Pipeline" in err and "no model folders are configured" in err and "--models DIR" in err
