@@ -194,6 +194,10 @@ def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
               "dtype": load_dtype}
     if config is not None:
         kwargs["quantization_config"] = config
+        if plan.device.startswith("cuda") and plan.offload == "none":
+            # Quantize where the model will run: torchao's int4 packing has only a CUDA kernel,
+            # and quantizing on the GPU is faster and spares CPU RAM.
+            kwargs["device_map"] = {"": plan.device}
     module = cls.from_pretrained(str(info.folder), **kwargs)
     module.eval()
     if info.prequantized == "quanto":

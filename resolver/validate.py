@@ -260,6 +260,10 @@ def _check_target(backend, quant, prefix, target, offload, model, components) ->
                 problems.append(Problem("backend_needs_gpu", prefix + "backend",
                                         f"{backend.label} needs a GPU to quantize {library} models such as \"{name}\"",
                                         "use torchao int8_weight_only or quanto on CPU", name))
+    if quant.needs_cuda and offload != "none":
+        problems.append(Problem("offload_incompatible", "offload",
+                                f"{backend.name} {quant.name} is quantized on the GPU and cannot be offloaded to the CPU",
+                                'use offload "none", or int8_weight_only / float8_weight_only with offload'))
     if offload == "sequential" and backend.name.startswith("bitsandbytes"):
         problems.append(Problem("offload_incompatible", "offload",
                                 "sequential CPU offload fails with bitsandbytes (\"Cannot copy out of meta tensor\")",

@@ -160,3 +160,50 @@ def test_load_quantized_flux_cuda(tiny_flux, case_id, spec, expected, needs_bnb)
     assert result.plan.device == "cuda"
     _check(result, expected)
     assert all(r["device"].startswith("cuda") for r in result.rows if r["action"] != "not a model")
+
+
+def test_quantized_components_are_quantized_on_the_target_gpu(tiny_flux, monkeypatch):
+    """On CUDA (faked here: only the loader's arguments are checked) quantized components load
+    with device_map on the GPU, since torchao's int4 packing has no CPU kernel; unquantized ones
+    and offloaded plans load on the CPU first."""
+    import importlib
+
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    from pipequant.resolver import devices
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    monkeypatch.setattr(devices, "cuda_device_exists", lambda d: True)
+    monkeypatch.setattr(devices, "compute_capability", lambda d: (9, 0))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(name):
+        def from_pretrained(folder, **kwargs):
+            seen[name] = kwargs
+            raise Stop
+        return from_pretrained
+
+    monkeypatch.setattr(FluxTransformer2DModel, "from_pretrained", capture("transformer"))
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", capture("vae"))
+    loader = importlib.import_module("pipequant.resolver.load")
+    spec = ComponentMap.make({"transformer": G("torchao", "int4_weight_only")})
+    plan = loader.plan_load(tiny_flux, spec, device="cuda")
+    for name in ("transformer", "vae"):
+        with pytest.raises(Stop):
+            loader._load_component(plan, plan.components[name], plan.pipeline_quantization_config(), False)
+    assert seen["transformer"]["device_map"] == {"": "cuda"}
+    assert "device_map" not in seen["vae"]
+    offloaded_spec = ComponentMap.make({"transformer": G("torchao", "int8_weight_only")})
+    offloaded = loader.plan_load(tiny_flux, offloaded_spec, device="cuda", offload="model")
+    with pytest.raises(Stop):
+        loader._load_component(offloaded, offloaded.components["transformer"],
+                               offloaded.pipeline_quantization_config(), False)
+    assert "device_map" not in seen["transformer"]
+    # int4 cannot be quantized on the CPU, so it cannot be offloaded: refused before loading
+    from pipequant.resolver import ValidationError
+
+    with pytest.raises(ValidationError, match="quantized on the GPU and cannot be offloaded"):
+        loader.plan_load(tiny_flux, spec, device="cuda", offload="model")
