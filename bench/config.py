@@ -44,7 +44,7 @@ PLANS: dict[str, Plan] = {
     "bf16": Plan("bf16", "bf16 (no quantization)", None, bits=16),
     "nf4": Plan("nf4", "bnb nf4", _global("bitsandbytes_4bit", "nf4"), savable=True, bits=4,
                 note="diffusers' bnb quantizer patched to run on CPU (bench/bnb_cpu.py)"),
-    "int8wo": Plan("int8wo", "torchao int8 weight-only", _global("torchao", "int8_weight_only"), bits=8,
+    "int8wo": Plan("int8wo", "torchao int8 weight-only", _global("torchao", "int8_weight_only"), savable=True, bits=8,
                    note="plain diffusers needs a granular map (global mode fails for torchao)"),
     "quanto8": Plan("quanto8", "quanto int8", _global("quanto", "int8"), bits=8,
                     note="plain diffusers needs a granular map (global mode fails for quanto)"),
@@ -56,7 +56,7 @@ PLANS: dict[str, Plan] = {
 }
 
 OVERHEAD_PLANS = ("bf16", "nf4", "int8wo", "quanto8")  # benchmark 1, 2 and 5
-PREQUANT_PLANS = ("nf4", "quanto8_tr")  # benchmark 4: one per savable backend
+PREQUANT_PLANS = ("nf4", "int8wo", "quanto8_tr")  # benchmark 4: one per savable backend
 # Benchmark 3: plan A is the global plan; plan B switches text_encoder_2 to another backend.
 REUSE_SWITCH = {"nf4": "int8wo", "int8wo": "quanto8", "quanto8": "nf4"}
 REUSE_COMPONENT = "text_encoder_2"

@@ -178,7 +178,7 @@ def markdown(results: dict, png_name: str | None = None) -> str:
     if results.get("prequant"):
         out += ["## 4. Pre-quantized reload", "",
                 "Load of a pipeline written by Save Quantized Pipeline ÷ quantize-on-load of the same plan (both "
-                "through the Load node, fresh processes). torchao is not savable here; quanto only for diffusers "
+                "through the Load node, fresh processes). torchao int4 is not savable; quanto only for diffusers "
                 "models, so its plan quantizes the transformer only.", ""]
         out += _table(["size", "plan", "ratio", "pre-quantized s", "quantize-on-load s", "peak RSS ratio",
                        "resident ratio"],

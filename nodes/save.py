@@ -12,7 +12,7 @@ SAVE_NODE = "Save Quantized Pipeline"
 
 class PipeQuantSavePipeline:
     DESCRIPTION = ("Save the quantized pipeline (safetensors) into your first diffusers model folder, so it loads "
-                   "pre-quantized next time. Works for bitsandbytes, and quanto on diffusers models.")
+                   "pre-quantized next time. Works for bitsandbytes, torchao int8/float8, and quanto on diffusers models.")
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ()
     FUNCTION = "save"

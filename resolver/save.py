@@ -26,7 +26,11 @@ def save_problems(result: LoadResult, folder_name: str, root: Path | None) -> li
         if row.spec is None:
             continue
         backend = catalogue.get_backend(row.spec.backend)
-        if row.library not in backend.savable:
+        if not backend.quant_type(row.spec.quant_type).savable:
+            problems.append(Problem("not_savable", "pipeline",
+                                    f'"{row.name}" is quantized with {backend.name} {row.spec.quant_type}, which cannot '
+                                    "be saved", "save another quant type, and quantize to this one on load", row.name))
+        elif row.library not in backend.savable:
             can = [b for b in catalogue.backend_names() if row.library in catalogue.get_backend(b).savable]
             problems.append(Problem("not_savable", "pipeline",
                                     f'"{row.name}" is quantized with {backend.name}, which cannot be saved for a '

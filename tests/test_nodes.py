@@ -130,17 +130,21 @@ def test_loader_names_the_upstream_node_at_fault(roots):
 
 
 def test_save_refuses_unsavable_and_writes_savable(roots, tmp_path, monkeypatch):
+    """quanto cannot save transformers models; the same plan on a diffusers model saves and
+    loads back pre-quantized."""
     monkeypatch.setenv("PIPEQUANT_MODELS", str(tmp_path) + ":" + str(roots))
     import shutil
 
     shutil.copytree(roots / "tiny-flux", tmp_path / "tiny-flux")
-    (ao,) = run(Backend, backend="torchao", quant_type="int8_weight_only", compute_dtype="auto",
-                components="transformer", options="{}")
-    pipe, _ = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=ao)
-    with pytest.raises(ValidationError, match="Save Quantized Pipeline › pipeline: .*torchao.*cannot be saved"):
-        run(Save, pipeline=pipe, folder_name="flux-ao")
+    (qt5,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto",
+                 components="text_encoder_2", options="{}")
+    pipe, _ = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=qt5)
+    with pytest.raises(ValidationError, match="Save Quantized Pipeline › pipeline: .*quanto.*cannot be saved for a "
+                                              "transformers model"):
+        run(Save, pipeline=pipe, folder_name="flux-quanto-t5")
     with pytest.raises(ValidationError, match="Save Quantized Pipeline › folder_name"):
         run(Save, pipeline=pipe, folder_name="../escape")
+    assert not (tmp_path / "flux-quanto-t5").exists()
     (q,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto", components="transformer",
                options="{}")
     pipe, _ = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=q)
@@ -199,3 +203,31 @@ print("OK")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), (out.returncode, out.stderr[-1500:])
+
+
+@pytest.mark.parametrize("quant_type", ["int8_weight_only", "float8_weight_only"])
+def test_torchao_saves_and_reloads_bit_exact(roots, tmp_path, quant_type):
+    """torchao's int8/float8 tensors round-trip through safetensors, diffusers and transformers
+    models alike, and the reloaded pipeline draws the same image."""
+    from pipequant.resolver import ComponentCache, load
+    from pipequant.resolver.sample import generate
+    from pipequant.resolver.save import save
+
+    spec = BackendSpec.make("torchao", quant_type, components=["transformer", "text_encoder_2"])
+    with torch.inference_mode():
+        first = load(roots / "tiny-flux", spec, device="cpu", cache=None)
+        before = generate(first.pipeline, prompt="a cat", steps=2, width=32, height=32, max_sequence_length=32)
+        dest = save(first, "ao", tmp_path)
+        again = load(dest, None, device="cpu", cache=ComponentCache())
+        after = generate(again.pipeline, prompt="a cat", steps=2, width=32, height=32, max_sequence_length=32)
+    actions = {r["component"]: (r["action"], r["backend"]) for r in again.rows}
+    assert actions["transformer"] == actions["text_encoder_2"] == ("pre-quantized", "torchao")
+    assert torch.equal(before, after)
+
+
+def test_torchao_int4_is_not_savable():
+    from pipequant.resolver import catalogue
+
+    torchao = catalogue.get_backend("torchao")
+    assert torchao.quant_type("int4_weight_only").savable is False
+    assert torchao.quant_type("int8_weight_only").savable is True

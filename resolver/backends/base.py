@@ -51,6 +51,7 @@ class QuantType:
     compute_dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")
     # Extra bytes per quantized weight for scales/zero points (per-channel or per-group).
     scale_bytes_per_weight: float = 0.0
+    savable: bool = True  # False where save_pretrained cannot write this type (the backend may otherwise)
     help: str = ""
 
     def describe(self) -> dict:
@@ -62,6 +63,7 @@ class QuantType:
             "needs_cuda": self.needs_cuda,
             "min_compute_capability": list(self.min_compute_capability) if self.min_compute_capability else None,
             "compute_dtypes": list(self.compute_dtypes),
+            "savable": self.savable,
             "help": self.help,
         }
 
