@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .inspect_model import ComponentInfo, inspect_model
+from .memory import main_device
 from .plan import GGUF, Plan, make_plan
 from .problems import ValidationError, errors
 from .report import component_row, format_table, other_row
@@ -129,6 +130,8 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
                     progress(i + 1, len(modules), row.name)
             pipeline = _assemble(plan, loaded, allow_pickle)
             _place(pipeline, plan)
+    except ValidationError:
+        raise
     except Exception as exc:
         failed = next((r for r in modules if r.name not in loaded), None)
         component = failed.name if failed is not None else "pipeline"
@@ -137,8 +140,6 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
             files = [str(failed.gguf_path)]  # a GGUF component's weights come from its .gguf file
         else:
             files = _broken_first([Path(f) for f in (info.weight_files or info.pickle_files)] if info else [])
-        if isinstance(exc, ValidationError):
-            raise
         # Drop every reference to partly loaded weights: the traceback's frames, and this frame's
         # locals (the LoadError's traceback keeps this frame alive as long as a caller holds it).
         traceback.clear_frames(exc.__traceback__)
@@ -149,8 +150,6 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
     # Rows after placement show the final device; bytes do not change when moving.
     for name, row in rows.items():
         if not row["reused"]:
-            from .memory import main_device
-
             row["device"] = main_device(loaded[name])
     if cache is not None:
         for key, name in fresh:
