@@ -102,3 +102,15 @@ def test_written_files(results):
     except ImportError:
         return
     assert "scaling.png" in names and (out / "scaling.png").stat().st_size > 1000
+
+
+def test_step_speed_compares_every_plan_with_bf16(tmp_path):
+    from bench.step_speed import PLANS, measure, to_markdown
+    from pipequant.resolver.tiny import ensure_pipeline
+
+    folder = ensure_pipeline("flux", tmp_path)
+    result = measure(folder, "cpu", steps=1, rounds=1, image_tokens=16)
+    assert [r["plan"] for r in result["rows"]] == list(PLANS)
+    assert all(_finite_positive(r["seconds_per_step"]) and _finite_positive(r["vs_bf16"]) for r in result["rows"])
+    assert next(r for r in result["rows"] if r["plan"] == "bf16")["vs_bf16"] == 1.0
+    assert "| bnb nf4 |" in to_markdown(result)
