@@ -104,9 +104,14 @@ def test_written_files(results):
     assert "scaling.png" in names and (out / "scaling.png").stat().st_size > 1000
 
 
-def test_step_speed_compares_every_plan_with_bf16(tmp_path):
+def test_step_speed_compares_every_plan_with_bf16(tmp_path, bnb_cpu, monkeypatch):
+    """In-process: the bench's own (permanent) bnb patch is swapped for the tests' fixture, which
+    is undone afterwards, so later tests still see diffusers refuse bnb on CPU."""
+    from bench import bnb_cpu as bench_bnb
     from bench.step_speed import PLANS, measure, to_markdown
     from pipequant.resolver.tiny import ensure_pipeline
+
+    monkeypatch.setattr(bench_bnb, "apply", lambda: True)
 
     folder = ensure_pipeline("flux", tmp_path)
     result = measure(folder, "cpu", steps=1, rounds=1, image_tokens=16)
