@@ -293,20 +293,20 @@ async def get_components(request):
         return _error(exc)
 
 
-async def post_validate(request):
-    try:
-        data = await read_json(request)
-        return _json(await _off_loop(check, data))
-    except BadRequest as exc:
-        return _error(exc)
+def _json_handler(work):
+    """A POST handler: a bounded JSON body in, `work(body)` run off the event loop, JSON out."""
+    async def handler(request):
+        try:
+            data = await read_json(request)
+            return _json(await _off_loop(work, data))
+        except BadRequest as exc:
+            return _error(exc)
+
+    return handler
 
 
-async def post_estimate(request):
-    try:
-        data = await read_json(request)
-        return _json(await _off_loop(estimate, data))
-    except BadRequest as exc:
-        return _error(exc)
+post_validate = _json_handler(check)
+post_estimate = _json_handler(estimate)
 
 
 ROUTES = (
