@@ -43,7 +43,7 @@ def _one(backend: str, quant_type: str) -> dict:
 PLANS: dict[str, Plan] = {
     "bf16": Plan("bf16", "bf16 (no quantization)", None, bits=16),
     "nf4": Plan("nf4", "bnb nf4", _global("bitsandbytes_4bit", "nf4"), savable=True, bits=4,
-                note="diffusers' bnb quantizer patched to run on CPU (bench/bnb_cpu.py)"),
+                note="diffusers' bnb quantizer patched to run on CPU (pipequant/testing/bnb_cpu.py)"),
     "int8wo": Plan("int8wo", "torchao int8 weight-only", _global("torchao", "int8_weight_only"), savable=True, bits=8,
                    note="plain diffusers needs a granular map (global mode fails for torchao)"),
     "quanto8": Plan("quanto8", "quanto int8", _global("quanto", "int8"), bits=8,

@@ -1,21 +1,18 @@
 """The synthetic FLUX-shaped pipelines the benchmarks load, built once and kept between runs.
 
-Built with `resolver.tiny.build_flux` (random weights, real FLUX.1 layout: double + single
-blocks, CLIP, T5, VAE) and saved as sharded safetensors like a hub snapshot. A folder counts
-as built only when its marker (written last) matches the recipe.
+Built by `pipequant.testing.ensure_pipeline` (random weights, real FLUX.1 layout: double + single
+blocks, CLIP, T5, VAE), saved as sharded safetensors like a hub snapshot (`config.SHARD_SIZE`).
+Saved pre-quantized copies carry their own marker (`SAVED_MARKER`): source recipe + plan.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 from .config import SHARD_SIZE
 
-RECIPE_VERSION = 1
-MARKER = ".pipequant-bench.json"
+SAVED_MARKER = ".pipequant-bench.json"
 
 
 def default_root() -> Path:
@@ -24,41 +21,30 @@ def default_root() -> Path:
 
 
 def folder_name(size: str) -> str:
-    return f"flux-{size}"
+    from pipequant.testing import pipeline_name
+
+    return pipeline_name("flux", size)
 
 
-def _recipe(size: str) -> dict:
-    from pipequant.resolver.tiny import flux_size_kwargs
+def source_recipe(folder: Path) -> dict:
+    """The recipe a built pipeline's marker records (what a saved copy was made from)."""
+    from pipequant.testing import MARKER
 
-    return {"size": size, "kwargs": flux_size_kwargs(size), "max_shard_size": SHARD_SIZE[size],
-            "recipe_version": RECIPE_VERSION}
+    return json.loads((Path(folder) / MARKER).read_text())
 
 
 def marker_matches(folder: Path, recipe: dict) -> bool:
     try:
-        return json.loads((folder / MARKER).read_text()) == recipe
+        return json.loads((folder / SAVED_MARKER).read_text()) == recipe
     except (OSError, ValueError):
         return False
 
 
 def ensure(size: str, root: Path) -> Path:
-    """Build `root/flux-<size>` unless it is there already; return it."""
-    from pipequant.resolver.tiny import build_flux
+    """Build `root/<folder_name(size)>` unless it is there already; return it."""
+    from pipequant.testing import ensure_pipeline
 
-    recipe = _recipe(size)
-    target = Path(root) / folder_name(size)
-    if marker_matches(target, recipe):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        build_flux(tmp, **recipe["kwargs"], max_shard_size=recipe["max_shard_size"])
-        (tmp / MARKER).write_text(json.dumps(recipe, sort_keys=True) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return ensure_pipeline("flux", root, size=size, max_shard_size=SHARD_SIZE[size])
 
 
 def disk_bytes(folder: Path) -> int:

@@ -102,7 +102,7 @@ def markdown(results: dict, png_name: str | None = None) -> str:
            f"{', '.join(f'{x:.1f}' for x in meta['load_average_at_end'] or [])}.", ""]
     if meta.get("bnb_cpu_patch"):
         out += ["bnb nf4 on CPU: diffusers' bitsandbytes quantizers are patched to run without a GPU "
-                "(`bench/bnb_cpu.py`, the tests' patch), in both the PipeQuant and the plain-diffusers runs.", ""]
+                "(`testing/bnb_cpu.py`, the tests' patch), in both the PipeQuant and the plain-diffusers runs.", ""]
     out += ["## Targets", ""]
     out += _table(["measure", "target", "worst measured", "met"], summary(results))
 

@@ -9,12 +9,13 @@ and JSON (bench/results/step_speed.{md,json} by default).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 from pathlib import Path
 
-from . import bnb_cpu, config
+from . import config
 from .pipelines import default_root, ensure
 from .suite import machine
 
@@ -49,11 +50,12 @@ def measure(folder: Path, device: str, steps: int, rounds: int, image_tokens: in
     import torch
 
     from pipequant.resolver import BackendSpec, load
+    from pipequant.testing import bnb_cpu
 
-    if device == "cpu" and bnb_cpu.needed():
-        bnb_cpu.apply()
+    patched = device == "cpu" and bnb_cpu.needed()
     loaded = {}
-    with torch.inference_mode():  # as ComfyUI runs nodes
+    # inference mode: as ComfyUI runs nodes
+    with bnb_cpu.bnb_on_cpu() if patched else contextlib.nullcontext(), torch.inference_mode():
         for name in plans:
             spec = BackendSpec.make(*PLANS[name], components=["transformer"]) if PLANS[name] else None
             loaded[name] = load(folder, spec, device=device, cache=None).pipeline
@@ -67,7 +69,7 @@ def measure(folder: Path, device: str, steps: int, rounds: int, image_tokens: in
     rows = [{"plan": n, "seconds_per_step": statistics.median(t),
              "vs_bf16": round(statistics.median(t) / base, 3) if base else None, "runs": len(t)} for n, t in times.items()]
     return {"machine": machine(), "device": device, "folder": str(folder), "steps": steps, "rounds": rounds,
-            "image_tokens": image_tokens, "bnb_cpu_patch": device == "cpu" and bnb_cpu.needed(), "rows": rows}
+            "image_tokens": image_tokens, "bnb_cpu_patch": patched, "rows": rows}
 
 
 def to_markdown(result: dict) -> str:

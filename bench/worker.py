@@ -19,11 +19,12 @@ import statistics
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 RESULT_PREFIX = "@@bench-result "
 _STATE = {"bnb_cpu_patch": False}
+_PATCHES = ExitStack()
 
 
 # -- prelude ----------------------------------------------------------------------------------
@@ -62,10 +63,11 @@ def prelude(mode: str = "auto") -> dict:
     transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
-    from . import bnb_cpu as patch
+    from pipequant.testing import bnb_cpu
 
-    if mode == "on" or (mode == "auto" and patch.needed()):
-        _STATE["bnb_cpu_patch"] = patch.apply()
+    if not _STATE["bnb_cpu_patch"] and (mode == "on" or (mode == "auto" and bnb_cpu.needed())):
+        _PATCHES.enter_context(bnb_cpu.bnb_on_cpu())  # for the worker's lifetime
+        _STATE["bnb_cpu_patch"] = True
     return {"import_seconds": round(time.perf_counter() - t0, 3), "bnb_cpu_patch": _STATE["bnb_cpu_patch"],
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -271,11 +273,11 @@ def job_save(job: dict) -> dict:
     from pipequant.nodes.load import PipeQuantLoadPipeline
     from pipequant.nodes.save import PipeQuantSavePipeline
 
-    from .pipelines import MARKER, marker_matches
+    from .pipelines import SAVED_MARKER, marker_matches, source_recipe
 
     root, name, dtype = Path(job["root"]), job["name"], job.get("dtype", "bfloat16")
     dest = root / job["dest"]
-    recipe = {"source": json.loads((root / name / MARKER).read_text()), "spec": job["spec"], "dtype": dtype}
+    recipe = {"source": source_recipe(root / name), "spec": job["spec"], "dtype": dtype}
     if marker_matches(dest, recipe):
         return {"save_seconds": None, "kept": True}
     shutil.rmtree(dest, ignore_errors=True)
@@ -284,7 +286,7 @@ def job_save(job: dict) -> dict:
     t0 = time.perf_counter()
     PipeQuantSavePipeline().save(result, job["dest"])
     seconds = time.perf_counter() - t0
-    (dest / MARKER).write_text(json.dumps(recipe, sort_keys=True) + "\n")
+    (dest / SAVED_MARKER).write_text(json.dumps(recipe, sort_keys=True) + "\n")
     return {"save_seconds": round(seconds, 3), "kept": False}
 
 

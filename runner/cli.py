@@ -96,7 +96,7 @@ def demo_overrides(device: str) -> list[tuple[str, str, object]]:
 
 def cmd_demo(args) -> int:
     from ..resolver.devices import resolve_device
-    from ..resolver.tiny import ensure_pipeline
+    from ..testing import ensure_pipeline
 
     models = Path(args.cache) / "models"
     ensure_pipeline("flux", models)

@@ -82,7 +82,7 @@ def free_port() -> int:
 # -- the models the example workflows name -------------------------------------------------------
 def build_models(models_root: Path, diffusion_models: Path) -> dict[str, Path]:
     """Tiny pipelines into ``models_root/<name>`` and GGUF files into ``diffusion_models``."""
-    from pipequant.resolver import tiny
+    from pipequant import testing as tiny
 
     models_root.mkdir(parents=True, exist_ok=True)
     diffusion_models.mkdir(parents=True, exist_ok=True)

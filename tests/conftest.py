@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipequant.resolver import tiny
+from pipequant import testing as tiny
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,26 +50,7 @@ def flux_gguf(models_root, tiny_flux) -> Path:
 
 
 @pytest.fixture
-def bnb_cpu(monkeypatch):
-    """Let diffusers' bitsandbytes 4-bit and 8-bit quantizers load on CPU.
-
-    diffusers refuses without a GPU ("No GPU found. A GPU is needed for quantization.") and
-    defaults the device map to the current CUDA device, although bitsandbytes 0.50 runs both
-    layer kinds on CPU. Inside this fixture the environment check is a no-op and a missing
-    device map becomes ``{"": "cpu"}``; an explicit device map is kept.
-    """
-    from diffusers.quantizers.bitsandbytes.bnb_quantizer import (
-        BnB4BitDiffusersQuantizer,
-        BnB8BitDiffusersQuantizer,
-    )
-
-    def validate_environment(self, *args, **kwargs):
-        return None
-
-    def update_device_map(self, device_map):
-        return {"": "cpu"} if device_map is None else device_map
-
-    for cls in (BnB4BitDiffusersQuantizer, BnB8BitDiffusersQuantizer):
-        monkeypatch.setattr(cls, "validate_environment", validate_environment)
-        monkeypatch.setattr(cls, "update_device_map", update_device_map)
-    yield
+def bnb_cpu():
+    """Let diffusers' bitsandbytes 4-bit and 8-bit quantizers load on CPU (undone afterwards)."""
+    with tiny.bnb_on_cpu():
+        yield

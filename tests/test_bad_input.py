@@ -32,7 +32,7 @@ from pipequant.resolver import BackendSpec, ComponentMap, inspect_model, spec_fr
 from pipequant.resolver.backends.quanto import Quanto
 from pipequant.resolver.paths import resolve_model
 from pipequant.resolver.problems import ValidationError, errors
-from pipequant.resolver.tiny import write_gguf
+from pipequant.testing import write_gguf
 from pipequant.runner import cli
 from pipequant.runner.execute import execute
 from pipequant.runner.workflow import read_workflow

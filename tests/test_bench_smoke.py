@@ -104,17 +104,19 @@ def test_written_files(results):
     assert "scaling.png" in names and (out / "scaling.png").stat().st_size > 1000
 
 
-def test_step_speed_compares_every_plan_with_bf16(tmp_path, bnb_cpu, monkeypatch):
-    """In-process: the bench's own (permanent) bnb patch is swapped for the tests' fixture, which
-    is undone afterwards, so later tests still see diffusers refuse bnb on CPU."""
-    from bench import bnb_cpu as bench_bnb
+def test_step_speed_compares_every_plan_with_bf16(tmp_path):
+    """In-process: the bench's bnb-on-CPU patch is undone when it returns, so later tests still
+    see diffusers refuse bnb on CPU."""
     from bench.step_speed import PLANS, measure, to_markdown
-    from pipequant.resolver.tiny import ensure_pipeline
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+    from pipequant.testing import ensure_pipeline
+    from pipequant.testing.bnb_cpu import needed
 
-    monkeypatch.setattr(bench_bnb, "apply", lambda: True)
-
+    original = BnB4BitDiffusersQuantizer.__dict__["validate_environment"]
     folder = ensure_pipeline("flux", tmp_path)
     result = measure(folder, "cpu", steps=1, rounds=1, image_tokens=16)
+    assert result["bnb_cpu_patch"] is needed()
+    assert BnB4BitDiffusersQuantizer.__dict__["validate_environment"] is original
     assert [r["plan"] for r in result["rows"]] == list(PLANS)
     assert all(_finite_positive(r["seconds_per_step"]) and _finite_positive(r["vs_bf16"]) for r in result["rows"])
     assert next(r for r in result["rows"] if r["plan"] == "bf16")["vs_bf16"] == 1.0

@@ -24,7 +24,7 @@ import torch
 from pipequant.nodes import comfy
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, load, plan_load
-from pipequant.resolver import tiny
+from pipequant import testing as tiny
 from pipequant.resolver.load import load_plan
 from pipequant.resolver.memory import tensor_bytes
 

@@ -1,4 +1,4 @@
-"""The tiny offline pipelines everything else builds on (resolver/tiny.py)."""
+"""The tiny offline pipelines everything else builds on (pipequant.testing)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipequant.resolver import tiny
+from pipequant import testing as tiny
 
 KINDS = {
     "flux": ("tiny_flux", "FluxPipeline"),
@@ -150,14 +150,12 @@ def test_flux_gguf_loads_as_gguf_and_runs(flux_gguf, tiny_flux):
     assert np.isfinite(image).all()
 
 
-def test_gguf_bf16_is_exact_and_bfl_naming_needs_flux_width(tiny_flux, tmp_path):
+def test_gguf_bf16_is_exact_and_k_quants_are_refused(tiny_flux, tmp_path):
     import gguf
 
     out = tiny.write_gguf(tiny_flux, "transformer", tmp_path / "t.gguf", "BF16")
     types = {t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
     assert types == {"BF16", "F32"}
-    with pytest.raises(ValueError, match="3072"):
-        tiny.write_gguf(tiny_flux, "transformer", tmp_path / "b.gguf", naming="bfl")
     with pytest.raises(ValueError, match="K-quants"):
         tiny.write_gguf(tiny_flux, "transformer", tmp_path / "k.gguf", "Q4_K")
 
@@ -173,3 +171,20 @@ def test_bnb_cpu_fixture_loads_4bit_and_8bit(bnb_cpu, tiny_flux):
             str(tiny_flux), subfolder="transformer", quantization_config=config, dtype=torch.bfloat16)
         assert any(isinstance(m, layer) for m in model.modules())
         assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_bnb_on_cpu_is_undone_on_exit(tiny_flux):
+    """Outside the block diffusers refuses bnb without a GPU again (later tests see the truth)."""
+    from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+
+    original = BnB4BitDiffusersQuantizer.__dict__["validate_environment"]
+    with tiny.bnb_on_cpu():
+        assert BnB4BitDiffusersQuantizer.__dict__["validate_environment"] is not original
+    assert BnB4BitDiffusersQuantizer.__dict__["validate_environment"] is original
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(RuntimeError, match="GPU"):
+        FluxTransformer2DModel.from_pretrained(
+            str(tiny_flux), subfolder="transformer", dtype=torch.bfloat16,
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True))

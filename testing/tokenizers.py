@@ -1,0 +1,52 @@
+"""Tokenizers for the tiny pipelines, built from an in-memory vocabulary (no download).
+
+transformers 5 builds ``CLIPTokenizer`` and ``T5Tokenizer`` from a vocabulary given in memory:
+every text tokenizes, each character is (at most) one token.
+"""
+
+from __future__ import annotations
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable characters byte-level BPE uses for the 256 byte values (GPT-2/CLIP)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+CLIP_VOCAB_SIZE = 528  # 256 byte chars + 256 end-of-word variants + bos + eos, rounded up to 16
+CLIP_BOS, CLIP_EOS = 512, 513
+T5_VOCAB_SIZE = 128
+
+
+def clip_tokenizer(max_length: int = 77):
+    """CLIP byte-level BPE tokenizer with a character-level vocabulary (no merges).
+
+    Any text tokenizes (every byte has a token); each character is one token.
+    """
+    from transformers import CLIPTokenizer
+
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = CLIP_BOS
+    vocab["<|endoftext|>"] = CLIP_EOS
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def t5_tokenizer(max_length: int = 512):
+    """T5 (Unigram) tokenizer over printable ASCII characters, no sentinel tokens."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(chr(c), -5.0) for c in range(33, 127)]  # 94 printable characters -> 98 pieces
+    pieces += [("▁" + chr(c), -3.0) for c in range(ord("a"), ord("z") + 1)]  # word starts: 124
+    assert len(pieces) <= T5_VOCAB_SIZE
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
