@@ -29,7 +29,7 @@ from .resolver.estimate import estimate as estimate_plan
 from .resolver.inputs import NO_FILE, parse_components, parse_options
 from .resolver.inspect_model import inspect_model
 from .resolver.load import plan_load
-from .resolver.paths import resolve_model
+from .resolver.roots import resolve_model
 from .resolver.problems import Problem, ValidationError, errors
 from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
 from .resolver.validate import validate

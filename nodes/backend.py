@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..resolver import catalogue
 from ..resolver.backends.base import COMPUTE_DTYPES
-from ..resolver.files import list_files
+from ..resolver.roots import list_files
 from ..resolver.inputs import NO_FILE, spec_from_inputs
 from ..resolver.validate import validate
 from . import comfy

@@ -6,8 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..resolver.files import gguf_roots_from_env
-from ..resolver.paths import roots_from_env
+from ..resolver.roots import GGUF_ENV, MODELS_ENV, env_roots
 
 try:
     import folder_paths  # type: ignore
@@ -37,14 +36,14 @@ def _comfy_paths(kind: str) -> list[Path]:
 
 
 def model_roots() -> list[Path]:
-    return _comfy_paths("diffusers") + roots_from_env()
+    return _comfy_paths("diffusers") + env_roots(MODELS_ENV)
 
 
 def gguf_roots() -> list[Path]:
     roots: list[Path] = []
     for kind in GGUF_FOLDERS:
         roots += [p for p in _comfy_paths(kind) if p not in roots]
-    return roots + gguf_roots_from_env() + model_roots()
+    return roots + env_roots(GGUF_ENV) + model_roots()
 
 
 def free_comfy_models() -> None:

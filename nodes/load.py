@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.inspect_model import inspect_model
 from ..resolver.load import LoadResult, load_plan, plan_load
-from ..resolver.paths import list_pipelines, resolve_model
+from ..resolver.roots import list_pipelines, resolve_model
 from ..resolver.problems import ValidationError
 from ..resolver.validate import LOAD_DTYPES, validate
 from . import comfy

@@ -1,13 +1,17 @@
 """Inspect a pipeline folder from its model_index.json and config files, reading no weights."""
 from __future__ import annotations
 
-import json
+import inspect
+import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from .catalogue import DIFFUSERS, TRANSFORMERS
+from .meta_build import BuildRefused, build_on_meta
 from .problems import Problem, ValidationError
+from .roots import INDEX, Root, walk_pipeline
+from .safe_files import FileProblem, read_json_object
 from .safetensors_header import HeaderError, TensorInfo, read_header
 
 LIBRARIES = (DIFFUSERS, TRANSFORMERS)
@@ -26,7 +30,7 @@ class ComponentInfo:
     pickle_files: tuple[Path, ...] = ()
     tensors: tuple[TensorInfo, ...] = ()
     prequantized: str | None = None  # quant_method of a component saved already quantized
-
+    config: tuple = ()  # the model's config.json, frozen (items); () for tokenizers and schedulers
 
     @property
     def params(self) -> int:
@@ -45,6 +49,10 @@ class ComponentInfo:
 
     def model_class(self):
         return load_class(self.library, self.class_name)
+
+    @property
+    def config_dict(self) -> dict:
+        return _thaw(self.config)
 
     def describe(self) -> dict:
         return {"name": self.name, "library": self.library, "class": self.class_name, "is_module": self.is_module,
@@ -70,7 +78,7 @@ class ModelInfo:
 
 def load_class(library: str | None, class_name: str | None):
     """The class named in model_index.json, from diffusers or transformers only (never custom code)."""
-    if library not in LIBRARIES or not class_name or not class_name.isidentifier():
+    if library not in LIBRARIES or not isinstance(class_name, str) or not class_name.isidentifier():
         return None
     module = __import__(library)
     cls = getattr(module, class_name, None)
@@ -81,8 +89,33 @@ def _problem(code: str, message: str, suggestion: str, component: str | None = N
     return ValidationError([Problem(code, "model", message, suggestion, component)])
 
 
-def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    files = [p for p in sorted(folder.iterdir()) if p.is_file()] if folder.is_dir() else []
+def _file_problem(exc: FileProblem, folder: Path, component: str | None = None) -> ValidationError:
+    try:
+        where = exc.path.relative_to(folder).as_posix()
+    except ValueError:
+        where = exc.path.name
+    message = str(exc) if where in str(exc) else f"{where}: {exc}"
+    return _problem(exc.code, message, exc.suggestion or "re-download the pipeline", component)
+
+
+def _freeze(value):
+    if isinstance(value, dict):
+        return tuple((k, _freeze(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return ("__list__", tuple(_freeze(v) for v in value))
+    return value
+
+
+def _thaw(value):
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__list__":
+        return [_thaw(v) for v in value[1]]
+    if isinstance(value, tuple):
+        return {k: _thaw(v) for k, v in value}
+    return value
+
+
+def _weight_files(folder: Path, present: set[str]) -> tuple[list[Path], list[Path]]:
+    files = [folder / n for n in sorted(present)]
     safetensors = [p for p in files if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS]
     # Prefer the plain files over variants (model.fp16.safetensors) when both are there.
     plain = [p for p in safetensors if p.name.count(".") == 1]
@@ -90,51 +123,131 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return plain or safetensors, pickles
 
 
-def _prequantized(folder: Path) -> str | None:
-    """The quant_method recorded in config.json by save_pretrained of a quantized model."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+# -- which classes a pipeline may hold ---------------------------------------------------------------
+def _role(cls) -> str | None:
+    """What a class is for in a pipeline: pipeline, model, scheduler, tokenizer or processor."""
+    import diffusers
+    import torch
+    import transformers
+
+    if not isinstance(cls, type):
         return None
-    method = (config.get("quantization_config") or {}).get("quant_method") if isinstance(config, dict) else None
-    return str(method) if method else None
+    for role, bases in (("pipeline", (diffusers.DiffusionPipeline,)), ("model", (torch.nn.Module,)),
+                        ("scheduler", (diffusers.SchedulerMixin,)),
+                        ("tokenizer", (transformers.PreTrainedTokenizerBase,)),
+                        ("processor", (transformers.ImageProcessingMixin, transformers.FeatureExtractionMixin,
+                                       transformers.ProcessorMixin))):
+        if issubclass(cls, bases):
+            return role
+    return None
 
 
-def _mtime_key(folder: Path) -> tuple:
-    """Changes whenever a file of the pipeline changes (the component cache keys on it)."""
-    stats = []
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            stats.append((p.relative_to(folder).as_posix(), st.st_mtime_ns, st.st_size))
-    return tuple(stats)
+def _declared_types(annotation) -> list:
+    """The classes an __init__ annotation allows (Optional/Union unpacked; enums of schedulers kept)."""
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        return []
+    args = typing.get_args(annotation)
+    if args:
+        return [t for a in args if a is not type(None) for t in _declared_types(a)]
+    return [annotation]
 
 
-def inspect_model(folder: Path) -> ModelInfo:
+def declared_components(pipeline_cls) -> dict[str, list]:
+    """Component name -> the classes the pipeline's __init__ declares for it ([] = not typed)."""
+    params = inspect.signature(pipeline_cls.__init__).parameters
+    out = {n: _declared_types(p.annotation) for n, p in params.items()
+           if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    for name in getattr(pipeline_cls, "_optional_components", []) or []:
+        out.setdefault(name, [])
+    return out
+
+
+def _fits(cls, declared: list) -> bool:
+    """Whether `cls` may fill a slot declared as `declared`. A model must be the declared class or a
+    subclass; any scheduler may replace a scheduler (diffusers swaps them), any tokenizer a
+    tokenizer, any processor a processor."""
+    import enum
+
+    role = _role(cls)
+    if role in (None, "pipeline"):
+        return False
+    if not declared:
+        return True
+    for want in declared:
+        if isinstance(want, type) and issubclass(want, enum.Enum):  # KarrasDiffusionSchedulers
+            if role == "scheduler":
+                return True
+        elif isinstance(want, type):
+            if role == "model" and issubclass(cls, want):
+                return True
+            if role != "model" and _role(want) == role:
+                return True
+    return False
+
+
+def _check_entry(pipeline_cls, declared: dict, name: str, library, class_name) -> type:
+    if not name.isidentifier() or not name.isascii():
+        raise _problem("component_name_invalid", f'model_index.json names a component {ascii(name)[:80]}: component '
+                       "names are identifiers, never paths", "fix model_index.json (e.g. \"transformer\")")
+    cls = load_class(library, class_name)
+    if cls is None:
+        raise _problem("unsafe_class", f'component "{name}" is {library}.{class_name}: not a diffusers or transformers '
+                       "class", "PipeQuant loads only classes built into diffusers/transformers, never custom or remote "
+                       "code", name)
+    if _role(cls) == "pipeline":
+        raise _problem("component_is_pipeline", f'component "{name}" is a whole pipeline ({class_name}), not a part of '
+                       f"{pipeline_cls.__name__}", "a pipeline's components are models, tokenizers and schedulers: fix "
+                       "model_index.json", name)
+    if name not in declared:
+        raise _problem("component_undeclared", f'{pipeline_cls.__name__} has no component "{name}" (model_index.json '
+                       "names it)", "remove it from model_index.json; " + pipeline_cls.__name__ + " takes: "
+                       + ", ".join(declared), name)
+    if not _fits(cls, declared[name]):
+        want = " or ".join(getattr(t, "__name__", str(t)) for t in declared[name])
+        raise _problem("component_class_mismatch", f'component "{name}" is {class_name}, but {pipeline_cls.__name__} '
+                       f"declares {want} for it", "fix model_index.json, or re-download the pipeline", name)
+    return cls
+
+
+# -- the folder ------------------------------------------------------------------------------------
+def inspect_model(folder: Path, root: Root | None = None) -> ModelInfo:
+    """Every file of the pipeline folder is checked (links stay inside it, or inside what `root`
+    vouches for; only regular files) before anything in it is read."""
     folder = Path(folder)
-    return _inspect_cached(folder.resolve(), _mtime_key(folder))
+    try:
+        stats = tuple((rel, st.st_mtime_ns, st.st_size) for rel, st in walk_pipeline(folder, root))
+    except FileProblem as exc:
+        raise _file_problem(exc, folder) from None
+    return _inspect_cached(folder.resolve(), stats)
+
+
+def _read_json(path: Path, folder: Path, component: str | None = None) -> dict:
+    try:
+        return read_json_object(path)
+    except FileProblem as exc:
+        raise _file_problem(exc, folder, component) from None
 
 
 @lru_cache(maxsize=32)
 def _inspect_cached(folder: Path, mtime_key: tuple) -> ModelInfo:
-    import torch
-
-    index_path = folder / "model_index.json"
+    present = {rel for rel, _, _ in mtime_key}
     try:
-        index = json.loads(index_path.read_text())
-        if not isinstance(index, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise _problem("model_index_broken", f"{index_path} cannot be read: {exc}",
-                       "re-download the pipeline or fix model_index.json") from None
+        index = read_json_object(folder / INDEX)
+    except FileProblem as exc:
+        if exc.code in ("json_invalid", "json_not_object"):
+            raise _problem("model_index_broken", f"{folder / INDEX} cannot be read: {exc}",
+                           "re-download the pipeline or fix model_index.json") from None
+        raise _file_problem(exc, folder) from None
     pipeline_class = index.get("_class_name")
     import diffusers
 
     pipeline_cls = getattr(diffusers, pipeline_class, None) if isinstance(pipeline_class, str) and \
         pipeline_class.isidentifier() else None
     if not (isinstance(pipeline_cls, type) and issubclass(pipeline_cls, diffusers.DiffusionPipeline)):
-        raise _problem("unsafe_class", f'model_index.json names pipeline class "{pipeline_class}", which is not a pipeline built into diffusers',
+        raise _problem("unsafe_class", f'model_index.json names pipeline class "{pipeline_class!s:.80}", which is not a '
+                       "pipeline built into diffusers",
                        "only pipelines built into diffusers load; custom pipeline code is never run")
+    declared = declared_components(pipeline_cls)
     components: dict[str, ComponentInfo] = {}
     for name, entry in index.items():
         if name.startswith("_"):
@@ -142,45 +255,48 @@ def _inspect_cached(folder: Path, mtime_key: tuple) -> ModelInfo:
         if not isinstance(entry, list):
             continue  # a pipeline setting such as "requires_safety_checker": false
         if len(entry) != 2 or not all(v is None or isinstance(v, str) for v in entry):
-            raise _problem("model_index_broken", f'model_index.json entry "{name}" is {entry!r}, not [library, class]',
-                           "fix model_index.json", name)
+            raise _problem("model_index_broken", f'model_index.json entry {ascii(name)[:80]} is {entry!r:.80}, not '
+                           "[library, class]", "fix model_index.json", name)
         library, class_name = entry
         if library is None and class_name is None:
             continue  # an optional component the pipeline does not have
-        cls = load_class(library, class_name)
-        if cls is None:
-            raise _problem("unsafe_class",
-                           f'component "{name}" is {library}.{class_name}: not a diffusers or transformers class',
-                           "PipeQuant loads only classes built into diffusers/transformers, never custom or remote code",
-                           name)
-        sub = folder / name
-        is_module = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
-        files, pickles, tensors = [], [], []
-        if is_module:
-            files, pickles = _weight_files(sub)
-            for f in files:
-                try:
-                    tensors.extend(read_header(f))
-                except HeaderError as exc:
-                    raise _problem("weights_unreadable", f'component "{name}": {exc} ({f})',
-                                   "re-download or re-save that file", name) from None
-        components[name] = ComponentInfo(name, library, class_name, is_module, sub, tuple(files), tuple(pickles),
-                                         tuple(tensors), _prequantized(sub) if is_module else None)
+        cls = _check_entry(pipeline_cls, declared, name, library, class_name)
+        components[name] = _component(folder, name, library, class_name, cls, present)
     return ModelInfo(folder, pipeline_class, components, mtime_key)
+
+
+def _component(folder: Path, name: str, library: str, class_name: str, cls, present: set[str]) -> ComponentInfo:
+    import torch
+
+    sub = folder / name
+    is_module = issubclass(cls, torch.nn.Module)
+    if not is_module:
+        return ComponentInfo(name, library, class_name, False, sub)
+    mine = {rel[len(name) + 1:] for rel in present if rel.startswith(name + "/") and "/" not in rel[len(name) + 1:]}
+    files, pickles = _weight_files(sub, mine)
+    tensors = []
+    for f in files:
+        try:
+            tensors.extend(read_header(f))
+        except HeaderError as exc:
+            raise _problem(exc.code, f'component "{name}": {exc} ({f})', "re-download or re-save that file",
+                           name) from None
+    config = _read_json(sub / "config.json", folder, name) if "config.json" in mine else {}
+    method = config.get("quantization_config")
+    method = method.get("quant_method") if isinstance(method, dict) else None
+    return ComponentInfo(name, library, class_name, True, sub, tuple(files), tuple(pickles), tuple(tensors),
+                         str(method) if method else None, _freeze(config))
 
 
 @lru_cache(maxsize=64)
 def linear_layers(component: ComponentInfo) -> tuple[tuple[str, int], ...]:
-    """(module name, weight numel) of every nn.Linear, from a meta-device instance: no weights read."""
+    """(module name, weight numel) of every nn.Linear, from a meta-device instance: no weights read.
+    The build is bounded (resolver/meta_build.py): an absurd config is a ValidationError."""
     import torch
 
-    cls = component.model_class()
-    with torch.device("meta"):
-        if component.library == DIFFUSERS:
-            model = cls.from_config(cls.load_config(component.folder))
-        else:
-            import transformers
-
-            config = transformers.AutoConfig.from_pretrained(component.folder)
-            model = cls(config)
+    where = f"{component.name}/config.json"
+    try:
+        model = build_on_meta(component.model_class(), component.library, component.config_dict, where)
+    except BuildRefused as exc:
+        raise _problem(exc.code, str(exc), exc.suggestion, component.name) from None
     return tuple((name, m.weight.numel()) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import catalogue, devices
-from .files import find_file
+from .roots import find_file
 from .inspect_model import ModelInfo
 from .spec import BackendSpec, ComponentMap
 

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from . import catalogue, devices
 from .backends.base import COMPUTE_DTYPES, Backend, Option
-from .files import find_file, list_files
+from .roots import find_file, list_files
 from .gguf_file import GGUFFileError, read_gguf
 from .inspect_model import ModelInfo
 from .plan import default_components

@@ -30,7 +30,7 @@ from pipequant.nodes.component_map import PipeQuantComponentMap
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.resolver import BackendSpec, ComponentMap, inspect_model, spec_from_dict, spec_from_json, validate
 from pipequant.resolver.backends.quanto import Quanto
-from pipequant.resolver.paths import resolve_model
+from pipequant.resolver.roots import resolve_model
 from pipequant.resolver.problems import ValidationError, errors
 from pipequant.testing import write_gguf
 from pipequant.runner import cli
