@@ -29,8 +29,10 @@ from .resolver.estimate import estimate as estimate_plan
 from .resolver.inputs import NO_FILE, parse_components, parse_options
 from .resolver.inspect_model import inspect_model
 from .resolver.load import plan_load
+from .resolver.plan import GGUF, KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
 from .resolver.roots import resolve_model
 from .resolver.problems import Problem, ValidationError, errors
+from .resolver.save import folder_problems, plan_problems
 from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
 from .resolver.validate import validate
 
@@ -39,6 +41,7 @@ MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not
 MAX_CHAIN = 64  # nested Per-Component Maps
 MAX_NAME = 512
 MAP = "map"  # a Per-Component Map node, as the editor sends it
+MAX_SAVES = 16  # Save nodes fed by one Load node
 
 
 class BadRequest(Exception):
@@ -191,6 +194,8 @@ class SpecReader:
     def owner(self, problem: Problem):
         """(node id, input name) for a problem found by validating the whole spec."""
         field = problem.field
+        if field == "pipeline" and problem.component:  # a Save rule: the Backend that quantizes it
+            return self.maps.get(problem.component, (self.top, self.top))[1], "backend"
         if field.startswith("map[") and "]" in field:
             name, _, rest = field[4:].partition("]")
             rest = rest.lstrip(".")
@@ -234,7 +239,7 @@ def _check(data: dict):
         reader.problems.append(tagged(p, node, field))
     result = {"model": name, "spec": spec.to_dict() if spec is not None else None, "problems": reader.problems,
               "ok": not any(p["severity"] == "error" for p in reader.problems)}
-    return result, spec, folder, options
+    return result, spec, folder, options, reader
 
 
 def check(data: dict) -> dict:
@@ -246,7 +251,7 @@ def estimate(data: dict) -> dict:
     """The plan's bytes per component before and after quantization (null while it has errors)."""
     if _string(data, "model", None) is None:
         raise _shape("model", 'an estimate needs "model"', "pick a pipeline on the Load node")
-    result, spec, folder, options = _check(data)
+    result, spec, folder, options, spec_owner = _check(data)
     result["estimate"] = None
     if result["ok"] and folder is not None:
         try:
@@ -256,7 +261,40 @@ def estimate(data: dict) -> dict:
             result["ok"] = False
             return result
         result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
+        saves = _saves(data)
+        if saves:
+            result["problems"] += _save_problems(saves, plan, spec_owner)
+            result["ok"] = not any(p["severity"] == "error" for p in result["problems"])
     return result
+
+
+def _saves(data: dict) -> list[tuple]:
+    """The Save Quantized Pipeline nodes the Load node feeds: [(node id, folder name)]."""
+    saves = data.get("save", [])
+    if not isinstance(saves, list) or len(saves) > MAX_SAVES:
+        raise _shape("save", f'"save" must be a list of at most {MAX_SAVES} Save nodes')
+    out = []
+    for entry in saves:
+        if not isinstance(entry, Mapping):
+            raise _shape("save", '"save" entries are {"node": id, "folder_name": "..."}')
+        out.append((_node_id(entry), _string(entry, "folder_name", "")))
+    return out
+
+
+def _save_problems(saves, plan, reader) -> list[dict]:
+    """The Save node's rules, before Run: its folder on the Save node; what cannot be saved on the
+    Backend that quantizes it, and on the Save node too (that is where Run would fail)."""
+    roots = comfy.model_roots()
+    found = plan_problems(plan)
+    out = []
+    for node, folder_name in saves:
+        out += [tagged(p, node) for p in folder_problems(folder_name, roots[0] if roots else None)]
+        out += [tagged(p, node) for p in found]
+    for p in found:
+        owner, field = reader.owner(p)
+        if owner is not None:
+            out.append(tagged(p, owner, field))
+    return out
 
 
 def components(name: str) -> dict:
@@ -279,8 +317,26 @@ async def _off_loop(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
 
 
+def editor_catalogue() -> dict:
+    """The backend catalogue, plus what the editor must not keep copies of: each node's inputs in
+    order with their defaults, the "no file" entry, the plan's action names, this server's device."""
+    from .nodes import NODE_CLASS_MAPPINGS
+
+    inputs, defaults = {}, {}
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        declared = cls.INPUT_TYPES()
+        entries = {**declared.get("required", {}), **declared.get("optional", {})}
+        inputs[node_id] = list(entries)
+        defaults[node_id] = {name: spec[1]["default"] for name, spec in entries.items()
+                             if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
+    device = comfy.default_device()
+    actions = {"quantize": QUANTIZE, "gguf": GGUF, "keep": KEEP, "prequantized": PREQUANTIZED, "not_a_model": NOT_A_MODEL}
+    return {**catalogue.describe(), "editor": {"inputs": inputs, "defaults": defaults, "no_file": NO_FILE,
+                                               "actions": actions, "device": device}}
+
+
 async def get_backends(request):
-    return _json(await _off_loop(catalogue.describe))
+    return _json(await _off_loop(editor_catalogue))
 
 
 async def get_components(request):

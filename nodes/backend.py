@@ -28,12 +28,14 @@ class PipeQuantBackend:
     @classmethod
     def INPUT_TYPES(cls):
         backends = catalogue.backend_names()
+        # A new node starts with what runs on this server (no bitsandbytes on a CPU-only one).
+        default_backend, default_quant = catalogue.default_choice(comfy.default_device())
         return {
             "required": {
-                "backend": (backends, {"default": "bitsandbytes_4bit" if "bitsandbytes_4bit" in backends else backends[0],
+                "backend": (backends, {"default": default_backend,
                                        "tooltip": "Quantization library. bitsandbytes: 4/8-bit on GPU; torchao: int8/float8 "
                                                   "(CPU too); quanto: int8/int4/float8 (CPU too); gguf: a pre-quantized file."}),
-                "quant_type": (quant_type_choices(), {"default": "nf4",
+                "quant_type": (quant_type_choices(), {"default": default_quant,
                                                       "tooltip": "The backend's quantization type; the list narrows to "
                                                                  "the chosen backend in the editor."}),
                 "compute_dtype": (list(COMPUTE_DTYPES), {"default": "auto",

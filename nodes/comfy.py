@@ -80,3 +80,18 @@ class Progress:
     def update(self, value: int, total: int) -> None:
         if self._bar is not None:
             self._bar.update_absolute(value, total)
+
+
+def progress_text(text: str) -> None:
+    """Text under the running node in the editor (ComfyUI's progress text), and a log line."""
+    import logging
+
+    logging.getLogger("pipequant").info(text)
+    try:
+        from comfy_execution.utils import get_executing_context  # type: ignore
+        from server import PromptServer  # type: ignore
+    except ImportError:
+        return
+    context = get_executing_context()
+    if context is not None and getattr(PromptServer, "instance", None) is not None:
+        PromptServer.instance.send_progress_text(text, context.node_id)

@@ -1,6 +1,7 @@
 """Load Quantized Pipeline: validate the whole plan against the model, then load it."""
 from __future__ import annotations
 
+from ..resolver import catalogue
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.inspect_model import inspect_model
 from ..resolver.load import LoadResult, load_plan, plan_load
@@ -85,10 +86,19 @@ def plan_pipeline(model, dtype, device, offload, quantization=None, *, allow_pic
         raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
 
+def first_use_notes(plan) -> list[str]:
+    """What this load does first beyond loading (e.g. quanto builds its C++ extension), once each."""
+    notes = [catalogue.get_backend(r.spec.backend).first_use_note(r.spec.quant_type, plan.device)
+             for r in plan.modules() if r.spec is not None]
+    return list(dict.fromkeys(n for n in notes if n))
+
+
 def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False) -> LoadResult:
     """Validate everything, then free ComfyUI's own models and load."""
     allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
     plan = plan_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
     comfy.free_comfy_models()
+    for note in first_use_notes(plan):
+        comfy.progress_text(note)
     progress = comfy.Progress(len(plan.modules()))
     return load_plan(plan, allow_pickle=allow_pickle, progress=lambda i, n, name: progress.update(i, n))

@@ -52,3 +52,24 @@ def all_quant_types() -> dict[str, list[str]]:
 def describe() -> dict:
     """The catalogue as JSON-able data (served to the graph editor)."""
     return {"backends": [b.describe() for b in _backends().values()], "compute_dtypes": list(COMPUTE_DTYPES)}
+
+
+def runs_on_cpu(backend: Backend) -> bool:
+    """Whether the backend quantizes every library it takes without a GPU."""
+    return all(backend.cpu_supported(library) for library in backend.libraries)
+
+
+def default_choice(device: str) -> tuple[str, str]:
+    """The backend and quant type a new Backend node starts with: the first, in catalogue order,
+    that is installed and runs on `device` (on a CPU-only server: nothing that needs a GPU)."""
+    from .devices import resolve_device
+
+    backends = list(_backends().values())
+    on_cpu = resolve_device(device) == "cpu"
+    for backend in backends:
+        if not backend.installed() or not backend.global_mode or (on_cpu and not runs_on_cpu(backend)):
+            continue
+        for quant in backend.quant_types:
+            if not (on_cpu and quant.needs_cuda):
+                return backend.name, quant.name
+    return backends[0].name, backends[0].quant_types[0].name

@@ -52,6 +52,20 @@ def tensor_bytes(module) -> int:
     return total
 
 
+def _logical_numel(p) -> int:
+    """Weights a parameter stands for: bnb keeps the shape in its quant state, a GGUF parameter
+    holds packed bytes (uint8) and knows its unpacked `quant_shape`."""
+    import torch
+
+    state = getattr(p, "quant_state", None)
+    if state is not None and hasattr(state, "shape"):
+        return state.shape.numel()
+    quant_shape = getattr(p, "quant_shape", None)
+    if quant_shape is not None and p.dtype == torch.uint8:
+        return torch.Size(quant_shape).numel()
+    return p.numel()
+
+
 def param_count(module) -> int:
     """Logical parameter count (quantized weights count as their original shape)."""
     seen, total = set(), 0
@@ -59,8 +73,7 @@ def param_count(module) -> int:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        shape = getattr(p, "quant_state", None)
-        total += shape.shape.numel() if shape is not None and hasattr(shape, "shape") else p.numel()
+        total += _logical_numel(p)
     return total
 
 

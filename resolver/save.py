@@ -11,7 +11,8 @@ from .problems import Problem, ValidationError
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def save_problems(result: LoadResult, folder_name: str, root: Path | None) -> list[Problem]:
+def folder_problems(folder_name: str, root: Path | None) -> list[Problem]:
+    """Whether `folder_name` is a new plain folder under `root` (PipeQuant never overwrites)."""
     problems = []
     if root is None:
         problems.append(Problem("no_model_folder", "folder_name", "there is no diffusers model folder to save into",
@@ -22,7 +23,14 @@ def save_problems(result: LoadResult, folder_name: str, root: Path | None) -> li
     elif root is not None and (root / folder_name).exists():
         problems.append(Problem("folder_exists", "folder_name", f"{root / folder_name} already exists",
                                 "pick a new name; PipeQuant never overwrites a model"))
-    for row in result.plan.modules():
+    return problems
+
+
+def plan_problems(plan) -> list[Problem]:
+    """What stops a pipeline loaded with `plan` from being saved (the catalogue's savable rules):
+    known before any weight is read, so the editor shows it before Run."""
+    problems = []
+    for row in plan.modules():
         if row.spec is None:
             continue
         backend = catalogue.get_backend(row.spec.backend)
@@ -35,10 +43,14 @@ def save_problems(result: LoadResult, folder_name: str, root: Path | None) -> li
             problems.append(Problem("not_savable", "pipeline",
                                     f'"{row.name}" is quantized with {backend.name}, which cannot be saved for a '
                                     f"{row.library} model", f"for {row.name} use one of: {', '.join(can)}", row.name))
-    if result.plan.offload != "none":
+    if plan.offload != "none":
         problems.append(Problem("offloaded", "pipeline", "an offloaded pipeline cannot be saved",
                                 'load it with offload "none" to save it'))
     return problems
+
+
+def save_problems(result: LoadResult, folder_name: str, root: Path | None) -> list[Problem]:
+    return folder_problems(folder_name, root) + plan_problems(result.plan)
 
 
 def save(result: LoadResult, folder_name: str, root: Path | None) -> Path:

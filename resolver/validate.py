@@ -6,6 +6,7 @@ model_index.json, config files and file headers.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -247,6 +248,7 @@ def _check_target(backend, quant, prefix, target, offload, model, components) ->
         problems.append(Problem("needs_cuda", prefix + "quant_type", f"{backend.name} {quant.name} needs a CUDA GPU",
                                 "pick a quant type that runs on CPU: " + ", ".join(
                                     q.name for q in backend.quant_types if not q.needs_cuda)))
+    problems += [replace(p, field=prefix + p.field) for p in backend.target_problems(quant.name, target or "")]
     cc = devices.compute_capability(target)
     if cc is not None and quant.min_compute_capability and cc < quant.min_compute_capability:
         want = ".".join(map(str, quant.min_compute_capability))

@@ -247,11 +247,16 @@ def expected_hidden(catalogue: dict, values: dict) -> list[str]:
     if backend is None:
         return []
     quant = next((q for q in backend["quant_types"] if q["name"] == values["quant_type"]), None)
-    takes_options = bool(quant["options"] if quant else backend["options"])
+    takes = set(quant["options"] if quant else [o["name"] for o in backend["options"]])
+    try:
+        typed = json.loads(values["options"]) if values["options"].strip() else {}
+    except ValueError:
+        typed = None
     hidden = []
     if not backend["global_mode"] and not values["components"].strip():
         hidden.append("components")
-    if not takes_options and values["options"].strip() in ("", "{}"):
+    # The options text hides when the option widgets show all of it (and shows what they cannot).
+    if isinstance(typed, dict) and set(typed) <= takes:
         hidden.append("options")
     if not backend["needs_file"] and values["gguf_file"] in ("", "none"):
         hidden.append("gguf_file")
@@ -428,7 +433,7 @@ def test_estimate_and_validation_errors_show_before_run(editor):
     state = editor.node(load)
     estimate = state["estimate"]
     assert estimate and estimate["total"]["bytes_after"] < estimate["total"]["bytes_before"], state
-    assert state["panel"][0].startswith("Estimated memory | bfloat16")
+    assert state["panel"][0].startswith("Estimated memory | in memory at bfloat16")
     assert state["panel"][-1].startswith("total | ") and "→" in state["panel"][-1]
     assert any(line.startswith("transformer | ") and "→" in line for line in state["panel"]), state["panel"]
     editor.tidy()

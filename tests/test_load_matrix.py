@@ -92,6 +92,9 @@ def test_gguf_transformer_from_file(tiny_flux, flux_gguf):
     row = next(r for r in result.rows if r["component"] == "transformer")
     assert row["action"] == "gguf" and row["config"] == "GGUFQuantizationConfig"
     assert any("from_single_file" in n for n in result.plan.notes)
+    # The report counts the GGUF transformer's weights, not its packed bytes: the same count as
+    # the model folder's own (what every other plan reports).
+    assert row["params"] == result.plan.model.components["transformer"].params
 
 
 def test_global_torchao_expands_per_library(tiny_flux):

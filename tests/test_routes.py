@@ -290,3 +290,75 @@ def test_register_adds_the_routes_to_the_prompt_server(monkeypatch):
     monkeypatch.setitem(sys.modules, "server", fake)
     assert routes.register() is True
     assert {(r.method, r.path) for r in table} == {(m, p) for m, p, _ in routes.ROUTES}
+
+
+# -- the Save node's rules in the live check ---------------------------------------------------
+def _flux_maps(backend_name, quant_type):
+    """Two maps (transformer, text_encoder_2) chained into Load, both fed by Backend node "1"."""
+    shared = backend("1", backend_name, quant_type)
+    return component_map("3", "text_encoder_2", shared, component_map("2", "transformer", shared))
+
+
+def test_estimate_with_a_save_node_flags_what_cannot_be_saved(models):
+    spec = _flux_maps("quanto", "int8")
+    body = {"model": "tiny-flux", "spec": spec, "save": [{"node": "9", "folder_name": "flux-saved"}]}
+    status, result = call("POST", "/pipequant/estimate", json=body)
+    assert status == 200 and result["estimate"] is not None and not result["ok"]
+    # quanto cannot save the transformers-side text_encoder_2: on the Backend and on the Save node
+    on_backend = [p for p in result["problems"] if p["node"] == "1"]
+    assert [(p["code"], p["component"], p["input"]) for p in on_backend] == [("not_savable", "text_encoder_2", "backend")]
+    assert codes(result, "9") == ["not_savable"]
+    # without a Save node downstream the same plan is fine
+    status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": spec})
+    assert status == 200 and result["ok"] and result["problems"] == []
+
+
+def test_estimate_with_a_save_node_checks_its_folder_name(models):
+    spec = _flux_maps("torchao", "int8_weight_only")
+    status, result = call("POST", "/pipequant/estimate", json={
+        "model": "tiny-flux", "spec": spec, "save": [{"node": 9, "folder_name": "../escape"}]})
+    assert status == 200 and codes(result) == ["folder_name_invalid"] and result["problems"][0]["node"] == 9
+    status, result = call("POST", "/pipequant/estimate", json={
+        "model": "tiny-flux", "spec": spec, "save": [{"node": "9", "folder_name": "tiny-flux"}]})
+    assert codes(result, "9") == ["folder_exists"]
+    status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": spec,
+                                                                "save": [{"node": "9", "folder_name": "new-one"}]})
+    assert result["ok"], result
+
+
+@pytest.mark.parametrize("save", ["x", [1], [{"node": [], "folder_name": "a"}], [{"node": "1", "folder_name": 3}],
+                                  [{"node": "1", "folder_name": "a"}] * 17])
+def test_malformed_save_entries_get_400(models, save):
+    status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": None, "save": save})
+    assert status == 400 and result["problems"][0]["field"] in ("save", "node", "folder_name")
+
+
+def test_a_shared_backend_feeding_two_maps_gets_an_estimate(models):
+    status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": _flux_maps("torchao", "int8_weight_only")})
+    assert status == 200 and result["ok"]
+    quantized = {c["component"] for c in result["estimate"]["components"] if c["action"] == "quantize"}
+    assert quantized == {"transformer", "text_encoder_2"}
+
+
+def test_backends_route_carries_the_editors_facts():
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
+    from pipequant.resolver.inputs import NO_FILE
+
+    status, body = call("GET", "/pipequant/backends")
+    editor = body["editor"]
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        declared = cls.INPUT_TYPES()
+        assert editor["inputs"][node_id] == [*declared["required"], *declared.get("optional", {})]
+    assert editor["inputs"]["PipeQuantBackend"][:2] == ["backend", "quant_type"]
+    assert editor["no_file"] == NO_FILE and editor["actions"]["keep"] == "keep"
+    assert editor["defaults"]["PipeQuantBackend"]["backend"] == catalogue.default_choice(editor["device"])[0]
+
+
+def test_a_cpu_only_server_defaults_to_a_backend_that_runs_there():
+    name, quant = catalogue.default_choice("cpu")
+    backend = catalogue.get_backend(name)
+    assert catalogue.runs_on_cpu(backend) and not backend.quant_type(quant).needs_cuda
+    # bitsandbytes (first in the catalogue) needs a GPU for diffusers models: not the CPU default
+    assert not catalogue.runs_on_cpu(catalogue.get_backend(catalogue.backend_names()[0]))
+    assert catalogue.default_choice("cuda") == (catalogue.backend_names()[0],
+                                                catalogue.get_backend(catalogue.backend_names()[0]).quant_types[0].name)

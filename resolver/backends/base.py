@@ -102,6 +102,16 @@ class Backend:
         """Whether a component of `library` can be quantized with this backend without a GPU."""
         return True
 
+    def target_problems(self, quant_type: str, device: str) -> list:
+        """Problems of running `quant_type` on `device` that the fields above do not say (a missing
+        build tool, for example): a list of `Problem` located at "quant_type"."""
+        return []
+
+    def first_use_note(self, quant_type: str, device: str) -> str:
+        """What a first load of `quant_type` on `device` does beyond loading (e.g. builds a C++
+        extension for minutes): shown as progress text and logged; "" when nothing."""
+        return ""
+
     def describe(self) -> dict:
         return {
             "name": self.name,

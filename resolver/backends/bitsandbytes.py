@@ -66,7 +66,7 @@ BNB_4BIT = BitsAndBytes4Bit(
         QuantType("nf4", "NF4 (4-bit NormalFloat)", 4, ("double_quant", "modules_to_not_convert"),
                   scale_bytes_per_weight=4 / 64, help="Best 4-bit quality for normally distributed weights."),
         QuantType("fp4", "FP4 (4-bit float)", 4, ("double_quant", "modules_to_not_convert"),
-                  scale_bytes_per_weight=4 / 64),
+                  scale_bytes_per_weight=4 / 64, help="4-bit floating point; nf4 usually keeps more quality."),
     ),
     options=(DOUBLE_QUANT, MODULES_TO_NOT_CONVERT),
     config_compute_dtype=True,

@@ -5,15 +5,31 @@
 export const BACKEND = "PipeQuantBackend";
 export const MAP = "PipeQuantComponentMap";
 export const LOAD = "PipeQuantLoadPipeline";
-export const PACK_NODES = [BACKEND, MAP, LOAD, "PipeQuantSampler", "PipeQuantMemoryReport", "PipeQuantSavePipeline"];
+export const SAVE = "PipeQuantSavePipeline";
+export const PACK_NODES = [BACKEND, MAP, LOAD, "PipeQuantSampler", "PipeQuantMemoryReport", SAVE];
 // Nodes that get an info panel (the Sampler has nothing to show).
-export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", "PipeQuantSavePipeline"];
-export const BACKEND_WIDGETS = ["backend", "quant_type", "compute_dtype", "components", "options", "gguf_file"];
-export const NO_FILE = "none"; // the gguf_file combo's "no file" entry (resolver/inputs.py NO_FILE)
+export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE];
 const MUTED = 2;
 const BYPASSED = 4;
 
 // -- the catalogue (GET /pipequant/backends) ---------------------------------------------------
+// `catalogue.editor` holds what the nodes declare (input names in order, the "no file" entry,
+// the plan's action names, the default backend for this server's device): the editor reads them
+// from there instead of keeping copies.
+
+/** A node's input (widget) names, in their declared order. */
+export function inputNames(catalogue, nodeType) {
+  return catalogue?.editor?.inputs?.[nodeType] ?? [];
+}
+
+export function noFile(catalogue) {
+  return catalogue?.editor?.no_file;
+}
+
+export function actionName(catalogue, key) {
+  return catalogue?.editor?.actions?.[key];
+}
+
 export function findBackend(catalogue, name) {
   return catalogue?.backends?.find((b) => b.name === name) ?? null;
 }
@@ -61,13 +77,13 @@ function isEmptyOptions(value) {
  * visible, so that a problem it causes can be seen and fixed. Unknown backend: everything shows.
  */
 export function backendWidgetVisibility(catalogue, values) {
-  const visible = Object.fromEntries(BACKEND_WIDGETS.map((name) => [name, true]));
+  const visible = Object.fromEntries(inputNames(catalogue, BACKEND).map((name) => [name, true]));
   const backend = findBackend(catalogue, values.backend);
   if (!backend) return visible;
   visible.components = backend.global_mode || !isBlank(values.components);
   visible.options = applicableOptions(catalogue, values.backend, values.quant_type).length > 0 ||
     !isEmptyOptions(values.options);
-  visible.gguf_file = backend.needs_file || (!isBlank(values.gguf_file) && values.gguf_file !== NO_FILE);
+  visible.gguf_file = backend.needs_file || (!isBlank(values.gguf_file) && values.gguf_file !== noFile(catalogue));
   return visible;
 }
 
@@ -94,15 +110,102 @@ export function optionsHelp(options) {
   return options.map((o) => `${o.name} (${optionType(o)}, default ${JSON.stringify(o.default)}): ${o.help}`);
 }
 
-/** Entries of the backend picker: every backend, with its types, marked when not installed. */
+// -- options as widgets (the JSON text stays the saved form) -------------------------------------
+/** The options text as an object, or null when it is not a JSON object (a problem the server names). */
+export function parseOptions(text) {
+  if (isBlank(text)) return {};
+  try {
+    const value = JSON.parse(text);
+    return value !== null && typeof value === "object" && !Array.isArray(value) ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+const WIDGET_TYPE = { bool: "toggle", int: "number", float: "number", choice: "combo", str_list: "text" };
+
+function sameValue(a, b) {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** What a widget shows for an option's value (a list of names as "a, b"). */
+function shown(option, value) {
+  return option.type === "str_list" ? (Array.isArray(value) ? value.join(", ") : String(value ?? "")) : value;
+}
+
+/**
+ * One widget per option the quant type takes, from the catalogue: its kind (toggle, number with
+ * min/max, combo of the choices, text for a list of names), the value the options text holds
+ * (else the default) and the option's help as tooltip.
+ */
+export function optionWidgets(catalogue, backendName, quantType, text) {
+  const parsed = parseOptions(text) ?? {};
+  return applicableOptions(catalogue, backendName, quantType).map((o) => {
+    const value = Object.prototype.hasOwnProperty.call(parsed, o.name) ? parsed[o.name] : o.default;
+    const spec = { name: o.name, type: WIDGET_TYPE[o.type] ?? "text", value: shown(o, value), help: o.help, options: {} };
+    if (o.type === "choice") spec.options.values = [...(o.choices ?? [])];
+    if (o.type === "int" || o.type === "float") {
+      spec.options = { min: o.min, max: o.max, precision: o.type === "int" ? 0 : 2, round: o.type === "int" ? 1 : 0.01,
+        step: o.type === "int" ? 10 : 1, step2: o.type === "int" ? 1 : 0.1 };
+    }
+    return spec;
+  });
+}
+
+/**
+ * The options text after a widget set `option` to `value`: the other keys as they were, this one
+ * written as the runner reads it (a list of names as a JSON array), or left out when it is the
+ * default. null when the text is not a JSON object (the widgets do not overwrite what was typed).
+ */
+export function setOption(text, option, value) {
+  const parsed = parseOptions(text);
+  if (parsed === null) return null;
+  let v = value;
+  if (option.type === "str_list") v = splitComponents(value);
+  else if (option.type === "int") v = Math.round(Number(value));
+  else if (option.type === "float") v = Number(value);
+  else if (option.type === "bool") v = value === true;
+  const next = { ...parsed };
+  if (sameValue(v, option.default)) delete next[option.name];
+  else next[option.name] = v;
+  return JSON.stringify(next);
+}
+
+/** The options text with only the keys that `applicable` options name; the rest, as [key, value]. */
+export function dropInapplicable(text, applicable) {
+  const parsed = parseOptions(text);
+  if (parsed === null) return { text, dropped: [] };
+  const names = new Set(applicable.map((o) => o.name));
+  const kept = Object.fromEntries(Object.entries(parsed).filter(([k]) => names.has(k)));
+  const dropped = Object.entries(parsed).filter(([k]) => !names.has(k));
+  return { text: dropped.length ? JSON.stringify(kept) : text, dropped };
+}
+
+/** Whether the widgets show all of the options text (else the text itself stays visible to fix). */
+export function optionsFitWidgets(text, applicable) {
+  const parsed = parseOptions(text);
+  if (parsed === null) return false;
+  const names = new Set(applicable.map((o) => o.name));
+  return Object.keys(parsed).every((k) => names.has(k));
+}
+
+/** Libraries a backend cannot quantize on this server without a GPU (from the catalogue's `cpu`). */
+export function gpuOnlyLibraries(backend) {
+  return Object.entries(backend?.cpu ?? {}).filter(([, ok]) => !ok).map(([library]) => library);
+}
+
+/** Entries of the backend picker, plain text: every backend with its types, marked when it is
+ * not installed or needs a GPU for some models (on a server without one). */
 export function backendMenu(catalogue) {
-  return (catalogue?.backends ?? []).map((b) => ({
-    value: b.name,
-    label: b.installed
-      ? `${b.name} — ${b.quant_types.map((q) => q.name).join(", ")}`
-      : `${b.name} — not installed: ${b.install}`,
-    installed: b.installed,
-  }));
+  return (catalogue?.backends ?? []).map((b) => {
+    const gpu = gpuOnlyLibraries(b);
+    let label = `${b.name} — ${b.quant_types.map((q) => q.name).join(", ")}`;
+    if (!b.installed) label = `${b.name} — not installed: ${b.install}`;
+    else if (gpu.length === b.libraries.length) label += " · needs a GPU";
+    else if (gpu.length) label += ` · needs a GPU for ${gpu.join(", ")} models`;
+    if (b.deprecated) label += " · deprecated";
+    return { value: b.name, label, installed: b.installed, gpuOnly: gpu.length > 0 };
+  });
 }
 
 /** Lines of the Backend node's info panel (the problems come separately). */
@@ -111,8 +214,9 @@ export function backendNotes(catalogue, values) {
   if (!backend) return catalogue ? [{ kind: "warning", text: `unknown backend "${values.backend}"` }] : [];
   const notes = [];
   if (!backend.installed) notes.push({ kind: "warning", text: `${backend.label} is not installed — ${backend.install}` });
+  if (backend.deprecated) notes.push({ kind: "warning", text: `${backend.label} is deprecated${backend.deprecated === true ? "" : ": " + backend.deprecated}` });
   const quant = backend.quant_types.find((q) => q.name === values.quant_type);
-  if (quant) notes.push({ kind: "note", text: `${quant.label}${quant.help ? ": " + quant.help : ""}` });
+  if (quant) notes.push({ kind: "note", text: `${quant.label}: ${quant.help}` });
   const options = applicableOptions(catalogue, values.backend, values.quant_type);
   if (options.length) notes.push({ kind: "muted", text: "options: " + optionsSummary(options) });
   return notes;
@@ -138,43 +242,59 @@ export function formatParams(n) {
   return String(n);
 }
 
-/** Rows of the Load node's estimate: [{left, right, kind}]; `short` is `left` without the plan,
- * for a node too narrow for both. */
-export function estimateRows(estimate) {
+/** The dtype most of a component's bytes on disk are stored in (bytes_by_dtype), or "". */
+function diskDtype(component) {
+  const byDtype = Object.entries(component?.bytes_by_dtype ?? {});
+  return byDtype.length ? byDtype.reduce((a, b) => (b[1] > a[1] ? b : a))[0] : "";
+}
+
+/** A component's size on disk, labelled as such: "3.78 MB on disk (float32)". */
+export function diskSize(component) {
+  const dtype = diskDtype(component);
+  return `${formatBytes(component?.bytes)} on disk${dtype ? ` (${dtype})` : ""}`;
+}
+
+/**
+ * Rows of the Load node's estimate: [{left, right, kind}], sizes in memory at the load dtype
+ * (the title says so). `short` is `right` with only the size after quantization, for a node too
+ * narrow for both; the plan label stays in `left` either way.
+ */
+export function estimateRows(estimate, catalogue) {
   if (!estimate) return [];
-  const rows = [{ kind: "title", left: "Estimated memory", right: `${estimate.dtype ?? ""} · ${estimate.device ?? ""}` }];
+  const keep = actionName(catalogue, "keep");
+  const rows = [{ kind: "title", left: "Estimated memory", right: `in memory at ${estimate.dtype ?? "?"} · ${estimate.device ?? ""}` }];
   for (const c of estimate.components ?? []) {
-    const plan = c.backend ? `${c.quant_type}` : c.action === "keep" ? "" : c.action;
+    const plan = c.backend ? `${c.quant_type ?? c.backend}` : c.action === keep ? "" : c.action;
+    const changed = c.bytes_after !== c.bytes_before;
     rows.push({
       kind: c.backend ? "row" : "muted",
       left: plan ? `${c.component}  ·  ${plan}` : c.component,
-      short: c.component,
-      right: c.bytes_after === c.bytes_before
-        ? formatBytes(c.bytes_before)
-        : `${formatBytes(c.bytes_before)} → ${formatBytes(c.bytes_after)}`,
+      right: changed ? `${formatBytes(c.bytes_before)} → ${formatBytes(c.bytes_after)}` : formatBytes(c.bytes_before),
+      short: changed ? `→ ${formatBytes(c.bytes_after)}` : formatBytes(c.bytes_before),
     });
   }
   const t = estimate.total ?? {};
   const percent = t.bytes_before ? ` (${Math.round((100 * t.bytes_after) / t.bytes_before)}%)` : "";
-  rows.push({ kind: "total", left: "total", right: `${formatBytes(t.bytes_before)} → ${formatBytes(t.bytes_after)}${percent}` });
+  rows.push({ kind: "total", left: "total", right: `${formatBytes(t.bytes_before)} → ${formatBytes(t.bytes_after)}${percent}`,
+    short: `→ ${formatBytes(t.bytes_after)}${percent}` });
   return rows;
 }
 
-/** Entries of the component picker: the model's nn.Module components with class and size. */
+/** Entries of the component picker: the model's nn.Module components with class and size on disk. */
 export function componentMenu(description, current = []) {
   const chosen = new Set(current);
   return (description?.components ?? [])
     .filter((c) => c.is_module)
     .map((c) => ({
       value: c.name,
-      label: `${chosen.has(c.name) ? "✓ " : ""}${c.name} — ${c.class} · ${formatBytes(c.bytes)} · ${formatParams(c.params)} params`,
+      label: `${chosen.has(c.name) ? "✓ " : ""}${c.name} — ${c.class} · ${diskSize(c)} · ${formatParams(c.params)} params`,
       bytes: c.bytes,
     }));
 }
 
 /** The Backend's comma-separated components with `name` added or removed. */
 export function toggleComponent(text, name) {
-  const names = String(text ?? "").split(/[,\n]/).map((n) => n.trim()).filter(Boolean);
+  const names = splitComponents(text);
   const next = names.includes(name) ? names.filter((n) => n !== name) : [...names, name];
   return next.join(", ");
 }
@@ -195,12 +315,17 @@ function source(snapshot, id, inputName) {
   return from === undefined || from === null ? null : String(from);
 }
 
-/** Follow Reroutes and bypassed nodes to the node that really produces a value; null if none. */
-function producer(snapshot, id, seen) {
+/**
+ * Follow Reroutes and bypassed nodes to the node that really produces a value; null if none.
+ * `path` holds the nodes on the way from the Load node to here: meeting one of them again is a
+ * real cycle. A node reached twice along different paths (one Backend feeding two Maps) is a
+ * shared producer, not a loop, so each branch gets its own copy of the path.
+ */
+function producer(snapshot, id, path) {
   let current = id;
   while (current !== null) {
-    if (seen.has(current)) throw new UnknownSource("the links form a loop");
-    seen.add(current);
+    if (path.has(current)) throw new UnknownSource("the links form a loop");
+    path.add(current);
     const node = snapshot[current];
     if (!node) return null;
     if (node.mode === MUTED) return null;
@@ -211,44 +336,69 @@ function producer(snapshot, id, seen) {
   return null;
 }
 
+/** The widget values of a node, for the inputs the catalogue says it declares (in that order). */
+function declaredValues(catalogue, node) {
+  const w = node.widgets ?? {};
+  const out = {};
+  for (const name of inputNames(catalogue, node.type)) {
+    if (w[name] !== undefined) out[name] = w[name];
+  }
+  return out;
+}
+
 /**
  * The spec part a node's input receives, as routes.py reads it: a Backend's raw widget text
  * ({"kind": "global"}), a Per-Component Map as {"kind": "map", component, config, map}; each
  * tagged with its node id so that problems come back on the node that caused them.
  */
-export function specFrom(snapshot, id, inputName, seen = new Set()) {
+export function specFrom(snapshot, id, inputName, catalogue, path = new Set([String(id)])) {
   const from = source(snapshot, id, inputName);
   if (from === null) return null;
-  const nodeId = producer(snapshot, from, seen);
+  const here = new Set(path);
+  const nodeId = producer(snapshot, from, here);
   if (nodeId === null) return null;
   const node = snapshot[nodeId];
-  const w = node.widgets ?? {};
-  if (node.type === BACKEND) {
-    return {
-      kind: "global", node: nodeId, backend: w.backend, quant_type: w.quant_type, compute_dtype: w.compute_dtype ?? "auto",
-      components: w.components ?? "", options: w.options ?? "{}", gguf_file: w.gguf_file ?? NO_FILE,
-    };
-  }
+  if (node.type === BACKEND) return { kind: "global", node: nodeId, ...declaredValues(catalogue, node) };
   if (node.type === MAP) {
     return {
-      kind: "map", node: nodeId, component: String(w.component ?? ""),
-      config: specFrom(snapshot, nodeId, "config", seen), map: specFrom(snapshot, nodeId, "map", seen),
+      kind: "map", node: nodeId, component: String(node.widgets?.component ?? ""),
+      config: specFrom(snapshot, nodeId, "config", catalogue, here), map: specFrom(snapshot, nodeId, "map", catalogue, here),
     };
   }
   throw new UnknownSource(`the quantization comes from a ${node.type} node, which the editor cannot read`);
 }
 
-/** The body of POST /pipequant/estimate (or /validate without a model) for one Load node. */
-export function loadRequest(snapshot, loadId) {
-  const w = snapshot[loadId]?.widgets ?? {};
-  return {
-    model: isBlank(w.model) ? null : w.model,
-    dtype: w.dtype ?? "bfloat16",
-    device: w.device ?? "auto",
-    offload: w.offload ?? "none",
-    allow_pickle: w.allow_pickle === true,
-    spec: specFrom(snapshot, loadId, "quantization"),
-  };
+/** Ids of the Save nodes that receive a Load node's pipeline (through Reroutes and bypassed nodes). */
+export function savesFed(snapshot, loadId) {
+  const found = [];
+  const seen = new Set();
+  const queue = [String(loadId)];
+  while (queue.length) {
+    const current = queue.shift();
+    if (seen.has(current)) continue;
+    seen.add(current);
+    for (const { target } of snapshot[current]?.outputs ?? []) {
+      const node = snapshot[String(target)];
+      if (!node || node.mode === MUTED) continue;
+      if (node.type === SAVE && node.mode !== BYPASSED) found.push(String(target));
+      else if (node.type === "Reroute" || node.mode === BYPASSED) queue.push(String(target));
+    }
+  }
+  return [...new Set(found)];
+}
+
+/**
+ * The body of POST /pipequant/estimate (or /validate without a model) for one Load node: its
+ * widget values as the graph holds them (the server checks them), the spec from its links, and the
+ * Save nodes it feeds (their rules are part of the live check).
+ */
+export function loadRequest(snapshot, loadId, catalogue) {
+  const node = snapshot[loadId];
+  const { model, ...inputs } = declaredValues(catalogue, node ?? {});
+  const request = { model: isBlank(model) ? null : model, ...inputs, spec: specFrom(snapshot, loadId, "quantization", catalogue) };
+  const saves = savesFed(snapshot, loadId);
+  if (saves.length) request.save = saves.map((id) => ({ node: id, folder_name: snapshot[id].widgets?.folder_name ?? "" }));
+  return request;
 }
 
 /** Ids of the Load nodes a node's output reaches (through Reroutes, bypassed nodes and, unless

@@ -13,6 +13,10 @@ const COMPONENTS_RETRY_MS = 3000;
 const LINE_H = 16;
 const PAD = 5;
 const MARGIN = 15;
+const MAX_LINES = 12; // a longer panel shows its first lines and "… n more" (a click expands it)
+const MAX_REPORT_WIDTH = 640; // the Memory Report's table shrinks its font, then wraps, beyond this
+const MIN_MONO_PX = 8;
+const GAP = 20; // kept between a grown node and the nodes below it
 const AUTO = "auto"; // fittedH marker: a new node, sized to its content
 const COLORS = {
   title: "#d8d8d8", row: "#e0e0e0", muted: "#9a9a9a", total: "#ffffff", note: "#b8c4d8",
@@ -100,10 +104,43 @@ function nodesOf(type) {
 }
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
-const values = (node) => Object.fromEntries(L.BACKEND_WIDGETS.map((n) => [n, widget(node, n)?.value]));
+const values = (node) => Object.fromEntries(L.inputNames(shared.catalogue, L.BACKEND).map((n) => [n, widget(node, n)?.value]));
 
-function redraw() {
+/** Nodes 2.0 (frontend 1.58's Vue nodes) draws each node as HTML; a canvas-drawn widget there has
+ * its own small canvas, redrawn through `widget.triggerDraw()` (WidgetLegacy.vue). */
+function vueMode() {
+  return globalThis.LiteGraph?.vueNodesMode === true;
+}
+
+function redraw(node) {
+  const nodes = node ? [node] : (app.graph?._nodes ?? []).filter((n) => n.pipequant);
+  for (const n of nodes) {
+    for (const w of n.widgets ?? []) if (w.pipequantDrawn) w.triggerDraw?.();
+    markProblems(n);
+  }
   app.graph?.setDirtyCanvas(true, true);
+}
+
+/** The red outline of a node with errors. On the canvas it is a stroke style (below); a Vue node's
+ * outline comes from the execution-error store, which is for Run's errors, so the live check's
+ * outline is set on the node's element itself. */
+function markProblems(node) {
+  if (!vueMode()) return;
+  const el = document.querySelector(`[data-node-id="${CSS.escape(String(node.id))}"]`);
+  if (!el) return;
+  const bad = node.pipequant?.problems?.some((p) => p.severity !== "warning");
+  el.classList.toggle("pipequant-has-error", !!bad);
+}
+
+function addStyles() {
+  if (document.getElementById("pipequant-styles")) return;
+  const style = document.createElement("style");
+  style.id = "pipequant-styles";
+  style.textContent = `
+    .litemenu-entry.pipequant-unavailable { color: #e3b341 !important; }
+    .pipequant-has-error { outline: 3px solid #ff5a4f; outline-offset: 2px; border-radius: 8px; }
+  `;
+  document.head.append(style);
 }
 
 // -- hiding widgets (values stay, in order) ------------------------------------------------------
@@ -123,28 +160,46 @@ function setHidden(w, hidden) {
   return true;
 }
 
-/** Grow the node to fit its widgets; shrink it only if it was sized by us (not by the user). */
+/** Grow the node to fit its widgets; shrink it only if it was sized by us (not by the user). A
+ * node that grows pushes the nodes just below it down, so that it never covers them. */
 function fit(node, exact = false) {
   const st = node.pipequant;
   const [minW, minH] = node.computeSize();
-  const h = node.size[1];
+  const [w0, h] = node.size;
   const shrink = exact || st.fittedH === AUTO || st.fittedH === h;
   const target = shrink || h < minH ? minH : h;
-  const width = Math.max(node.size[0], minW, st.minWidth ?? 0);
-  if (target !== h || width !== node.size[0]) node.setSize([width, target]);
+  const width = Math.max(w0, minW, st.minWidth ?? 0);
+  if (target !== h || width !== w0) {
+    node.setSize([width, target]);
+    if (target > h && st.fittedH !== AUTO) makeRoom(node, h, target);
+  }
   if (target === minH) st.fittedH = target;
-  redraw();
+  redraw(node);
+}
+
+function makeRoom(node, oldH, newH) {
+  const [x, y] = node.pos;
+  const right = x + node.size[0];
+  const grownBottom = y + newH + GAP;
+  for (const other of app.graph?._nodes ?? []) {
+    if (other === node) continue;
+    const [ox, oy] = other.pos;
+    const title = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+    const below = oy - title >= y + oldH - 1;
+    const overlapsX = ox < right && ox + other.size[0] > x;
+    if (below && overlapsX && oy - title < grownBottom) other.pos[1] += grownBottom - (oy - title);
+  }
 }
 
 // -- the info panel: a drawn widget after the node's own (never serialized) -------------------
 let measureCtx = null;
-function font(bold = false, mono = false) {
-  if (mono) return "11px monospace";
+function font(bold = false, mono = false, monoPx = 11) {
+  if (mono) return `${monoPx}px monospace`;
   return `${bold ? "bold " : ""}12px ${globalThis.LiteGraph?.NODE_FONT ?? "Arial"}`;
 }
-function measure(text, bold = false, mono = false) {
+function measure(text, bold = false, mono = false, monoPx = 11) {
   measureCtx ??= document.createElement("canvas").getContext("2d");
-  measureCtx.font = font(bold, mono);
+  measureCtx.font = font(bold, mono, monoPx);
   return measureCtx.measureText(text).width;
 }
 
@@ -154,6 +209,7 @@ function panelItems(node) {
   for (const p of st.problems) items.push({ kind: p.severity === "warning" ? "warning" : "error", text: `${p.severity === "warning" ? "⚠" : "✖"} ${L.problemText(p)}` });
   const type = node.comfyClass;
   if (type === L.BACKEND) {
+    if (st.dropped) items.push({ kind: "warning", text: st.dropped });
     items.push(...L.backendNotes(shared.catalogue, values(node)));
   } else if (type === L.MAP) {
     const model = st.model;
@@ -163,12 +219,15 @@ function panelItems(node) {
     } else {
       const desc = componentsNow(model);
       const c = desc?.components?.find((x) => x.name === name);
-      if (c) items.push({ kind: "note", text: `${c.name} — ${c.class} · ${L.formatBytes(c.bytes)} · ${L.formatParams(c.params)} params` });
+      if (c) items.push({ kind: "note", text: `${c.name} — ${c.class} · ${L.diskSize(c)} · ${L.formatParams(c.params)} params` });
       else if (desc) items.push({ kind: "muted", text: `click "component" to pick one of ${model}'s components` });
     }
   } else if (type === L.LOAD) {
-    for (const row of L.estimateRows(st.answer?.estimate)) items.push(row);
+    for (const row of L.estimateRows(st.answer?.estimate, shared.catalogue)) items.push(row);
     if (st.status) items.push({ kind: "muted", text: st.status });
+    for (const r of shared.catalogue?.editor?.refused ?? []) {
+      items.push({ kind: "muted", text: `not listed: ${r.name} — ${r.reason}` });
+    }
   } else if (st.output) {
     // Memory Report / Save: the text the node returned when it ran (a fixed-width table).
     for (const text of st.output.split("\n")) items.push({ kind: "row", text, mono: true });
@@ -176,28 +235,53 @@ function panelItems(node) {
   return items;
 }
 
+/** Every line of the panel at `width`: rows wrap anywhere (long paths have no spaces), a row whose
+ * two sides do not fit drops the size before quantization, then goes on two lines. */
+function allLines(node, width) {
+  const st = node.pipequant;
+  const inner = Math.max(40, width - 2 * MARGIN - 8);
+  const lines = [];
+  const items = panelItems(node);
+  const monoItems = items.filter((i) => i.mono);
+  const monoWidth = Math.max(0, ...monoItems.map((i) => measure(i.text, false, true)));
+  const monoPx = monoWidth > inner ? Math.max(MIN_MONO_PX, Math.floor((11 * inner) / monoWidth)) : 11;
+  st.minWidth = monoWidth ? Math.min(MAX_REPORT_WIDTH, Math.ceil(monoWidth + 2 * MARGIN + 12)) : 0;
+  const wrap = (text, bold, mono = false) => L.wrapText(text, inner, (t) => measure(t, bold, mono, monoPx));
+  for (const item of items) {
+    const bold = item.kind === "total" || item.kind === "title";
+    if (item.left !== undefined) {
+      const fits = (right) => measure(item.left, bold) + measure(right, bold) + 12 <= inner;
+      if (fits(item.right)) lines.push({ ...item, bold });
+      else if (item.short !== undefined && fits(item.short)) lines.push({ ...item, right: item.short, bold });
+      else {
+        for (const text of wrap(item.left, bold)) lines.push({ kind: item.kind, text, bold });
+        for (const text of wrap(item.right, bold)) lines.push({ kind: item.kind, left: "", right: text, bold });
+      }
+    } else if (item.mono) {
+      const shrunk = item.text.replace(/\s+$/, "");
+      for (const text of measure(shrunk, false, true, monoPx) <= inner ? [shrunk] : wrap(shrunk, false, true)) {
+        lines.push({ kind: item.kind, text, mono: true, monoPx });
+      }
+    } else {
+      for (const text of wrap(item.text, bold)) lines.push({ kind: item.kind, text, bold });
+    }
+  }
+  return lines;
+}
+
 function layout(node, width) {
   const st = node.pipequant;
   const content = node.comfyClass === L.LOAD ? "" : JSON.stringify(node.widgets?.map((w) => w.value));
-  const key = `${st.version}|${width}|${shared.catalogue ? 1 : 0}|${st.model ?? ""}|${shared.components.get(st.model)?.value ? 1 : 0}|${content}`;
+  const key = `${st.version}|${width}|${st.expanded ? 1 : 0}|${shared.catalogue ? 1 : 0}|${st.model ?? ""}|${shared.components.get(st.model)?.value ? 1 : 0}|${content}`;
   if (st.layoutKey === key) return st.lines;
-  const inner = Math.max(40, width - 2 * MARGIN - 8);
-  const lines = [];
-  for (const item of panelItems(node)) {
-    const bold = item.kind === "total" || item.kind === "title";
-    if (item.left !== undefined) {
-      const fits = (left) => measure(left, bold) + measure(item.right, bold) + 12 <= inner;
-      if (fits(item.left)) lines.push({ ...item, bold });
-      else if (item.short !== undefined && fits(item.short)) lines.push({ ...item, left: item.short, bold });
-      else lines.push({ kind: item.kind, left: item.left, right: "", bold }, { kind: item.kind, left: "", right: item.right, bold });
-    } else if (item.mono) {
-      lines.push({ kind: item.kind, text: item.text, mono: true });
-    } else {
-      for (const text of L.wrapText(item.text, inner, (t) => measure(t, bold))) lines.push({ kind: item.kind, text, bold });
-    }
+  let lines = allLines(node, width);
+  st.truncated = lines.length > MAX_LINES;
+  if (st.truncated && !st.expanded) {
+    const hidden = lines.length - (MAX_LINES - 1);
+    lines = [...lines.slice(0, MAX_LINES - 1), { kind: "muted", text: `… ${hidden} more line${hidden === 1 ? "" : "s"} (click to show)`, toggle: true }];
+  } else if (st.truncated) {
+    lines = [...lines, { kind: "muted", text: "(click to show less)", toggle: true }];
   }
-  const monoWidth = Math.max(0, ...lines.filter((l) => l.mono).map((l) => measure(l.text, false, true)));
-  st.minWidth = monoWidth ? Math.ceil(monoWidth + 2 * MARGIN + 12) : 0;
   st.layoutKey = key;
   st.lines = lines;
   return lines;
@@ -215,12 +299,24 @@ function addPanel(node) {
     value: "",
     y: 0,
     serialize: false,
+    pipequantDrawn: true,
     options: { serialize: false },
-    computeSize() {
-      // Always the node's own width: LGraphNode.computeSize passes its *minimum* width, which
-      // would wrap more lines than the panel draws and make the node too tall.
-      const h = panelHeight(node, node.size[0]);
-      return [node.size[0], h ? h : -4];
+    computeSize(width) {
+      // The node's own width on the canvas: LGraphNode.computeSize passes its *minimum* width,
+      // which would wrap more lines than the panel draws. A Vue node passes its element's width.
+      const w = vueMode() && width ? width : node.size[0];
+      const h = panelHeight(node, w);
+      return [w, h ? h : -4];
+    },
+    mouse(event, pos) {
+      // A click on a long panel shows all of it, or its first lines again.
+      const type = event?.type;
+      if ((type === "pointerdown" || type === "mousedown") && node.pipequant.truncated) {
+        node.pipequant.expanded = !node.pipequant.expanded;
+        contentChanged(node, true);
+        return true;
+      }
+      return false;
     },
     draw(ctx, _node, width, y) {
       const lines = layout(node, width);
@@ -234,10 +330,13 @@ function addPanel(node) {
       ctx.beginPath();
       ctx.roundRect ? ctx.roundRect(x, y, w, h, 6) : ctx.rect(x, y, w, h);
       ctx.fill();
+      ctx.beginPath();
+      ctx.rect(x, y, w, h);
+      ctx.clip(); // nothing is drawn outside the panel, whatever a line measures
       ctx.textBaseline = "middle";
       lines.forEach((line, i) => {
         const ly = y + PAD + i * LINE_H + LINE_H / 2;
-        ctx.font = font(line.bold, line.mono);
+        ctx.font = font(line.bold, line.mono, line.monoPx);
         ctx.fillStyle = COLORS[line.kind] ?? COLORS.row;
         if (line.left !== undefined) {
           ctx.textAlign = "left";
@@ -253,15 +352,24 @@ function addPanel(node) {
     },
   };
   node.addCustomWidget(panel);
+  return panel;
 }
 
-function contentChanged(node) {
+function contentChanged(node, exact = false) {
   node.pipequant.version++;
-  fit(node);
+  node.pipequant.layoutKey = null;
+  fit(node, exact);
 }
 
-// -- menus ---------------------------------------------------------------------------------------
+// -- menus: plain labels on both frontends -------------------------------------------------------
+// Frontend 1.27 writes an entry's `title` as HTML, 1.58 as text; className (the supported way to
+// decorate an entry) works on both.
 const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+
+function menuWritesHtml() {
+  const addItem = globalThis.LiteGraph?.ContextMenu?.prototype?.addItem;
+  return !/textContent/.test(String(addItem));
+}
 
 function showMenu(entries, opts, title) {
   const LG = globalThis.LiteGraph;
@@ -269,15 +377,16 @@ function showMenu(entries, opts, title) {
     event: opts.e,
     scale: Math.max(1, opts.canvas?.ds?.scale ?? 1),
     className: "dark pipequant-menu",
-    title: title ? escapeHtml(title) : undefined,
+    title: title ? (menuWritesHtml() ? escapeHtml(title) : title) : undefined,
   });
 }
 
-function entry(value, label, callback, extra = "") {
-  return { content: value, title: `<span class="pipequant-entry" data-value="${escapeHtml(value)}"${extra}>${escapeHtml(label)}</span>`, callback };
+function entry(value, label, callback, className = "") {
+  const text = menuWritesHtml() ? escapeHtml(label) : label;
+  return { content: text, title: text, callback, className: className || undefined };
 }
 
-/** Backend combo: a menu that marks the backends that are not installed, with their install line. */
+/** Backend combo: a menu that marks backends not installed or needing a GPU (on a server without one). */
 function hookBackendMenu(node) {
   const w = widget(node, "backend");
   if (!w || typeof w.onClick !== "function") return;
@@ -287,7 +396,7 @@ function hookBackendMenu(node) {
     const width = w.width || node.size[0];
     if (!shared.catalogue || x < 40 || x > width - 40) return original(opts); // arrows step as usual
     const items = L.backendMenu(shared.catalogue).map((b) =>
-      entry(b.value, b.label, () => w.setValue(b.value, opts), b.installed ? "" : ' style="color:#e3b341"'));
+      entry(b.value, b.label, () => w.setValue(b.value, opts), b.installed && !b.gpuOnly ? "" : "pipequant-unavailable"));
     showMenu(items, opts, "Quantization backend");
   };
 }
@@ -343,13 +452,82 @@ function chainCallback(w, after) {
   };
 }
 
-// -- Quantization Backend ------------------------------------------------------------------------
+// -- Quantization Backend: options as widgets ------------------------------------------------------
+// One widget per option of the chosen backend and quant type (from the catalogue). They are not
+// serialized: each edit writes the `options` JSON text, which stays the saved form that the node,
+// the runner and old workflows read. The text itself shows only when it holds something the
+// widgets cannot (unknown keys, broken JSON), so that its problem can be seen and fixed.
+const OPTION_PREFIX = "option: ";
+
+function optionWidgetsKey(node) {
+  const v = values(node);
+  return JSON.stringify([v.backend, v.quant_type]);
+}
+
+function syncOptionWidgets(node) {
+  const st = node.pipequant;
+  const v = values(node);
+  const specs = L.optionWidgets(shared.catalogue, v.backend, v.quant_type, v.options);
+  const key = optionWidgetsKey(node);
+  if (st.optionKey === key) {
+    for (const spec of specs) {
+      const w = widget(node, OPTION_PREFIX + spec.name);
+      if (w && w.value !== spec.value) w.value = spec.value; // the text was edited by hand
+    }
+    return false;
+  }
+  st.optionKey = key;
+  for (const w of [...(node.widgets ?? [])]) {
+    if (w.pipequantOption || w === st.panel) node.removeWidget ? node.removeWidget(w) : node.widgets.splice(node.widgets.indexOf(w), 1);
+  }
+  const applicable = L.applicableOptions(shared.catalogue, v.backend, v.quant_type);
+  for (const spec of specs) {
+    const option = applicable.find((o) => o.name === spec.name);
+    const w = node.addWidget(spec.type, OPTION_PREFIX + spec.name, spec.value, (value) => {
+      const text = L.setOption(widget(node, "options")?.value, option, value);
+      if (text === null) return; // hand-typed text that is not JSON: fix it first (its problem says how)
+      const options = widget(node, "options");
+      options.value = text;
+      options.callback?.(text);
+    }, { ...spec.options, serialize: false });
+    w.serialize = false;
+    w.label = spec.name;
+    w.tooltip = spec.help;
+    w.pipequantOption = true;
+  }
+  if (specs.length) {
+    const button = node.addWidget("button", "edit options as JSON", null, () => {
+      st.showJson = !st.showJson;
+      st.visibilityKey = null; // the next tick shows or hides the text
+    }, { serialize: false });
+    button.serialize = false;
+    button.pipequantOption = true;
+  }
+  st.panel = addPanel(node);
+  return true;
+}
+
+/** Interactive backend / quant type change: options the new choice does not take are dropped from
+ * the text, and the panel says which (nothing is lost silently). */
+function dropInapplicableOptions(node) {
+  const v = values(node);
+  const options = widget(node, "options");
+  if (!options) return;
+  const applicable = L.applicableOptions(shared.catalogue, v.backend, v.quant_type);
+  const { text, dropped } = L.dropInapplicable(options.value, applicable);
+  if (!dropped.length) return;
+  options.value = text;
+  node.pipequant.dropped = `dropped option${dropped.length > 1 ? "s" : ""} that ${v.backend} ${v.quant_type} does not take: ` +
+    dropped.map(([k, value]) => `${k}=${JSON.stringify(value)}`).join(", ");
+}
+
 function visibilityKey(node) {
   return JSON.stringify(values(node));
 }
 
 /** Narrow quant_type to the backend's, hide what does not apply. Interactive: the user switched the
- * backend, so a quant type the new backend lacks becomes its first one; on load nothing changes. */
+ * backend, so a quant type the new backend lacks becomes its first one, and options that no longer
+ * apply are dropped; on load nothing changes. */
 function applyBackend(node, interactive) {
   const st = node.pipequant;
   const catalogue = shared.catalogue;
@@ -368,21 +546,19 @@ function applyBackend(node, interactive) {
         qt.callback?.(next);
       }
     }
-    const visible = L.backendWidgetVisibility(catalogue, values(node));
-    let changed = false;
+    if (interactive) dropInapplicableOptions(node);
+    const now = values(node);
+    const visible = L.backendWidgetVisibility(catalogue, now);
+    const applicable = L.applicableOptions(catalogue, now.backend, now.quant_type);
+    if (visible.options && !st.showJson && L.optionsFitWidgets(now.options, applicable)) visible.options = false; // the widgets show it
+    let changed = syncOptionWidgets(node);
     for (const [name, show] of Object.entries(visible)) {
       const w = widget(node, name);
       if (w) changed = setHidden(w, !show) || changed;
     }
-    const options = widget(node, "options");
-    const el = options?.inputEl ?? options?.element;
-    if (el) {
-      const applicable = L.applicableOptions(catalogue, v.backend, widget(node, "quant_type")?.value);
-      el.placeholder = applicable.length ? L.optionsTemplate(applicable) : "{}";
-      el.title = applicable.length ? L.optionsHelp(applicable).join("\n") : "this quant type takes no options";
-    }
     st.visibilityKey = visibilityKey(node);
     st.version++;
+    st.layoutKey = null;
     fit(node, interactive && changed);
   } finally {
     st.applying = false;
@@ -391,7 +567,8 @@ function applyBackend(node, interactive) {
 
 function setupBackend(node) {
   chainCallback(widget(node, "backend"), () => applyBackend(node, true));
-  for (const name of ["quant_type", "components", "options", "gguf_file"]) {
+  chainCallback(widget(node, "quant_type"), () => applyBackend(node, true));
+  for (const name of ["components", "options", "gguf_file"]) {
     chainCallback(widget(node, name), () => applyBackend(node, false));
   }
   hookBackendMenu(node);
@@ -448,10 +625,13 @@ function distributeProblems() {
 function tick() {
   const graph = app.graph;
   if (!graph || !(graph._nodes ?? []).some((n) => n.pipequant)) return;
-  if (!shared.catalogue) loadCatalogue();
+  if (!shared.catalogue) {
+    loadCatalogue();
+    return;
+  }
   for (const node of nodesOf(L.BACKEND)) {
     const qt = widget(node, "quant_type");
-    if (shared.catalogue && (node.pipequant.visibilityKey !== visibilityKey(node) || (qt && qt.options.values !== node.pipequant.quantValues))) {
+    if (node.pipequant.visibilityKey !== visibilityKey(node) || (qt && qt.options.values !== node.pipequant.quantValues)) {
       applyBackend(node, false);
     }
   }
@@ -461,7 +641,7 @@ function tick() {
     const st = node.pipequant;
     let request;
     try {
-      request = L.loadRequest(snap, String(node.id));
+      request = L.loadRequest(snap, String(node.id), shared.catalogue);
     } catch (err) {
       if (st.key !== "unknown") {
         st.key = "unknown";
@@ -497,6 +677,7 @@ function tick() {
   if (shared.loads && [...shared.loads].some((id) => !loads.has(id))) removed = true;
   shared.loads = loads;
   if (removed) distributeProblems();
+  if (vueMode()) for (const node of graph._nodes) if (node.pipequant) markProblems(node); // elements come and go
 }
 
 // -- registration ----------------------------------------------------------------------------------
@@ -505,10 +686,10 @@ function setupNode(node) {
   node.pipequant = {
     version: 0, problems: [], problemsKey: "[]", answer: null, status: "", seq: 0, key: null, inflight: 0,
     pendingKey: null, pendingAt: 0, visibilityKey: null, model: null, fittedH: AUTO, lines: [], layoutKey: null,
-    output: null, minWidth: 0,
+    output: null, minWidth: 0, expanded: false, truncated: false, dropped: "", optionKey: null, panel: null,
   };
   if (!L.PANEL_NODES.includes(node.comfyClass)) return;
-  addPanel(node);
+  node.pipequant.panel = addPanel(node);
   node.strokeStyles ??= {};
   node.strokeStyles.pipequantProblem = function () {
     if (this.pipequant?.problems?.some((p) => p.severity !== "warning")) return { color: "#ff5a4f" };
@@ -524,6 +705,7 @@ function setupNode(node) {
 app.registerExtension({
   name: "pipequant.editor",
   async setup() {
+    addStyles();
     loadCatalogue();
     setInterval(() => {
       try {
@@ -541,6 +723,7 @@ app.registerExtension({
       const result = onExecuted?.apply(this, arguments);
       if (this.pipequant && Array.isArray(message?.text)) {
         this.pipequant.output = message.text.join("\n");
+        this.pipequant.expanded = false;
         contentChanged(this);
       }
       return result;
@@ -551,6 +734,7 @@ app.registerExtension({
         // Loaded or pasted: keep the saved size and values; the next tick re-applies the view.
         this.pipequant.fittedH = null;
         this.pipequant.visibilityKey = null;
+        this.pipequant.optionKey = null;
       }
       return result;
     };
@@ -568,11 +752,11 @@ function settled() {
     const st = node.pipequant;
     let key = "unknown";
     try {
-      key = L.requestKey(L.loadRequest(snap, String(node.id)));
+      key = L.requestKey(L.loadRequest(snap, String(node.id), shared.catalogue));
     } catch {}
     return st.key === key && st.inflight === 0;
   });
 }
 
 // For the browser test and for debugging from the console.
-globalThis.pipequant = { shared, snapshot, settled, logic: L, tick };
+globalThis.pipequant = { shared, snapshot, settled, logic: L, tick, vueMode };

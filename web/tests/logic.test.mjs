@@ -79,6 +79,8 @@ test("backends that are not installed are marked with their install line", () =>
   assert.equal(quanto.installed, false);
   assert.equal(quanto.label, "quanto — not installed: pip install optimum-quanto");
   assert.match(menu.find((m) => m.value === "torchao").label, /^torchao — int8_weight_only, /);
+  // plain text: no markup in any entry (frontend 1.58 shows it raw)
+  assert.ok(menu.every((m) => !/[<>]/.test(m.label)), menu);
   const notes = L.backendNotes(catalogue, values("quanto", "int8"));
   assert.deepEqual(notes[0], { kind: "warning", text: "optimum-quanto is not installed — pip install optimum-quanto" });
 });
@@ -116,11 +118,13 @@ test("estimate rows: per component before → after, then the total", () => {
       { component: "vae", action: "keep", backend: null, quant_type: null, bytes_before: 0.16 * GB, bytes_after: 0.16 * GB },
     ],
     total: { bytes_before: 23.96 * GB, bytes_after: 6.86 * GB },
-  });
-  assert.deepEqual(rows[0], { kind: "title", left: "Estimated memory", right: "bfloat16 · cuda" });
-  assert.deepEqual(rows[1], { kind: "row", left: "transformer  ·  nf4", short: "transformer", right: "23.80 GB → 6.70 GB" });
-  assert.deepEqual(rows[2], { kind: "muted", left: "vae", short: "vae", right: "163.84 MB" });
-  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)" });
+  }, catalogue);
+  // the title says which size this is (in memory at the load dtype, not the size on disk)
+  assert.deepEqual(rows[0], { kind: "title", left: "Estimated memory", right: "in memory at bfloat16 · cuda" });
+  // a narrow node keeps the plan label and drops the size before quantization
+  assert.deepEqual(rows[1], { kind: "row", left: "transformer  ·  nf4", short: "→ 6.70 GB", right: "23.80 GB → 6.70 GB" });
+  assert.deepEqual(rows[2], { kind: "muted", left: "vae", short: "163.84 MB", right: "163.84 MB" });
+  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)", short: "→ 6.86 GB (29%)" });
   assert.deepEqual(L.estimateRows(null), []);
 });
 
@@ -128,7 +132,8 @@ const flux = {
   model: "FLUX.1-dev", pipeline_class: "FluxPipeline",
   components: [
     { name: "scheduler", class: "FlowMatchEulerDiscreteScheduler", is_module: false, params: 0, bytes: 0 },
-    { name: "text_encoder_2", class: "T5EncoderModel", is_module: true, params: 4_762_310_656, bytes: 9_524_621_312 },
+    { name: "text_encoder_2", class: "T5EncoderModel", is_module: true, params: 4_762_310_656, bytes: 9_524_621_312,
+      bytes_by_dtype: { bfloat16: 9_524_621_312 } },
     { name: "tokenizer", class: "CLIPTokenizer", is_module: false, params: 0, bytes: 0 },
     { name: "transformer", class: "FluxTransformer2DModel", is_module: true, params: 11_901_408_320, bytes: 23_802_816_640 },
   ],
@@ -137,8 +142,8 @@ const flux = {
 test("the component picker lists the model's modules with class and size", () => {
   const menu = L.componentMenu(flux, ["transformer"]);
   assert.deepEqual(menu.map((m) => m.value), ["text_encoder_2", "transformer"]);
-  assert.equal(menu[0].label, "text_encoder_2 — T5EncoderModel · 8.87 GB · 4.8B params");
-  assert.equal(menu[1].label, "✓ transformer — FluxTransformer2DModel · 22.17 GB · 12B params");
+  assert.equal(menu[0].label, "text_encoder_2 — T5EncoderModel · 8.87 GB on disk (bfloat16) · 4.8B params");
+  assert.equal(menu[1].label, "✓ transformer — FluxTransformer2DModel · 22.17 GB on disk · 12B params");
   assert.deepEqual(L.componentMenu(null), []);
 });
 
@@ -164,9 +169,9 @@ function mixedGraph() {
 }
 
 test("the Load node's request follows the links through the chain of maps", () => {
-  const request = L.loadRequest(mixedGraph(), "5");
+  const request = L.loadRequest(mixedGraph(), "5", catalogue);
   assert.deepEqual(request, {
-    model: "FLUX.1-dev", dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: false,
+    model: "FLUX.1-dev", dtype: "bfloat16", device: "auto", offload: "none",
     spec: {
       kind: "map", node: "4", component: "text_encoder_2",
       config: { kind: "global", node: "3", backend: "torchao", quant_type: "int8_weight_only", compute_dtype: "auto", components: "", options: "{}", gguf_file: "none" },
@@ -176,36 +181,36 @@ test("the Load node's request follows the links through the chain of maps", () =
       },
     },
   });
-  assert.equal(L.requestKey(request), L.requestKey(L.loadRequest(mixedGraph(), "5")));
+  assert.equal(L.requestKey(request), L.requestKey(L.loadRequest(mixedGraph(), "5", catalogue)));
 });
 
 test("reroutes and bypassed nodes are followed; muted nodes cut the link", () => {
   const g = mixedGraph();
   g[7] = { id: "7", type: "Reroute", mode: 0, widgets: {}, inputs: { "": "3" }, outputs: [] };
   g[4].inputs.config = "7";
-  assert.equal(L.loadRequest(g, "5").spec.config.node, "3");
+  assert.equal(L.loadRequest(g, "5", catalogue).spec.config.node, "3");
   g[4].mode = 4; // bypassed map: its first connected input passes through
-  assert.equal(L.loadRequest(g, "5").spec.node, "3");
+  assert.equal(L.loadRequest(g, "5", catalogue).spec.node, "3");
   g[4].mode = 2;
-  assert.equal(L.loadRequest(g, "5").spec, null);
+  assert.equal(L.loadRequest(g, "5", catalogue).spec, null);
   g[4].mode = 0;
   g[4].inputs.config = "8";
   g[8] = { id: "8", type: "SomethingElse", mode: 0, widgets: {}, inputs: {}, outputs: [] };
-  assert.throws(() => L.loadRequest(g, "5"), L.UnknownSource);
+  assert.throws(() => L.loadRequest(g, "5", catalogue), L.UnknownSource);
 });
 
 test("a loop of links does not hang", () => {
   const g = mixedGraph();
   g[2].inputs.map = "4";
-  assert.throws(() => L.loadRequest(g, "5"), /loop/);
+  assert.throws(() => L.loadRequest(g, "5", catalogue), /loop/);
 });
 
 test("a Load node without a model or quantization", () => {
   const g = mixedGraph();
   g[5].widgets.model = undefined;
-  g[5].widgets.allow_pickle = "yes"; // only a real true counts
+  g[5].widgets.allow_pickle = "yes"; // sent as the graph holds it: the server refuses what is not true/false
   g[5].inputs.quantization = null;
-  assert.deepEqual(L.loadRequest(g, "5"), { model: null, dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: false, spec: null });
+  assert.deepEqual(L.loadRequest(g, "5", catalogue), { model: null, dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: "yes", spec: null });
 });
 
 test("a map finds the model of the Load node it feeds, downstream through other maps", () => {
@@ -243,4 +248,150 @@ test("text wraps to the width, cutting words wider than a line", () => {
   assert.deepEqual(L.wrapText("one\ntwo", 10, measure), ["one", "two"]);
   assert.deepEqual(L.wrapText("abcdefghij", 4, measure), ["abcd", "efgh", "ij"]);
   assert.deepEqual(L.wrapText("", 4, measure), [""]);
+});
+
+// -- the graph walk: shared producers are not loops ------------------------------------------------
+// One Backend feeding two Maps (transformer, text_encoder_2) chained into Load: issue 15, defect 1.
+function sharedGraph() {
+  const node = (id, type, widgets, inputs = {}, outputs = []) => ({ id, type, mode: 0, widgets, inputs, outputs });
+  return {
+    1: node("1", L.BACKEND, values("torchao", "int8_weight_only"), {}, [{ target: "2", input: "config" }, { target: "4", input: "config" }]),
+    2: node("2", L.MAP, { component: "transformer" }, { config: "1", map: null }, [{ target: "4", input: "map" }]),
+    4: node("4", L.MAP, { component: "text_encoder_2" }, { config: "1", map: "2" }, [{ target: "5", input: "quantization" }]),
+    5: node("5", L.LOAD, { model: "FLUX.1-dev", dtype: "bfloat16", device: "auto", offload: "none" }, { quantization: "4" }),
+  };
+}
+
+test("a Backend shared by two chained Maps is a shared producer, not a loop", () => {
+  const spec = L.loadRequest(sharedGraph(), "5", catalogue).spec;
+  assert.equal(spec.component, "text_encoder_2");
+  assert.equal(spec.config.node, "1");
+  assert.equal(spec.map.component, "transformer");
+  assert.equal(spec.map.config.node, "1");
+  assert.deepEqual(spec.config, spec.map.config);
+});
+
+test("a shared producer reached through a Reroute and a bypassed node is still not a loop", () => {
+  const g = sharedGraph();
+  g[7] = { id: "7", type: "Reroute", mode: 0, widgets: {}, inputs: { "": "1" }, outputs: [] };
+  g[8] = { id: "8", type: L.MAP, mode: 4, widgets: { component: "vae" }, inputs: { config: "7", map: null }, outputs: [] };
+  g[2].inputs.config = "7"; // map 2 reads the backend through the reroute
+  g[4].inputs.config = "8"; // map 4 through a bypassed map, then the same reroute
+  const spec = L.loadRequest(g, "5", catalogue).spec;
+  assert.equal(spec.config.node, "1");
+  assert.equal(spec.map.config.node, "1");
+});
+
+test("a diamond of maps (two paths to one map) is not a loop", () => {
+  const g = sharedGraph();
+  // Load <- map 4 (config <- backend 1, map <- map 2); map 2's map <- map 6; map 4 also reads map 6 through a reroute
+  g[6] = { id: "6", type: L.MAP, mode: 0, widgets: { component: "vae" }, inputs: { config: "1", map: null }, outputs: [] };
+  g[2].inputs.map = "6";
+  const spec = L.loadRequest(g, "5", catalogue).spec;
+  assert.equal(spec.map.map.component, "vae");
+  assert.equal(spec.map.map.config.node, "1");
+});
+
+test("real cycles are loops: a map feeding itself, two maps feeding each other, a reroute ring", () => {
+  const self = sharedGraph();
+  self[4].inputs.map = "4";
+  assert.throws(() => L.loadRequest(self, "5", catalogue), /loop/);
+  const pair = sharedGraph();
+  pair[2].inputs.map = "4";
+  assert.throws(() => L.loadRequest(pair, "5", catalogue), /loop/);
+  const ring = sharedGraph();
+  ring[7] = { id: "7", type: "Reroute", mode: 0, widgets: {}, inputs: { "": "8" }, outputs: [] };
+  ring[8] = { id: "8", type: "Reroute", mode: 0, widgets: {}, inputs: { "": "7" }, outputs: [] };
+  ring[2].inputs.config = "7";
+  assert.throws(() => L.loadRequest(ring, "5", catalogue), /loop/);
+  const bypassRing = sharedGraph();
+  bypassRing[2].mode = 4; // a bypassed map whose first input comes back to itself through map 4
+  bypassRing[2].inputs = { config: "4", map: null };
+  assert.throws(() => L.loadRequest(bypassRing, "5", catalogue), /loop/);
+});
+
+test("the Save nodes a Load node feeds go into the request, with their folder names", () => {
+  const g = sharedGraph();
+  g[5].outputs = [{ target: "9", input: "pipeline" }, { target: "10", input: "pipeline" }];
+  g[9] = { id: "9", type: L.SAVE, mode: 0, widgets: { folder_name: "flux-int8" }, inputs: { pipeline: "5" }, outputs: [] };
+  g[10] = { id: "10", type: "Reroute", mode: 0, widgets: {}, inputs: { "": "5" }, outputs: [{ target: "11", input: "pipeline" }] };
+  g[11] = { id: "11", type: L.SAVE, mode: 2, widgets: { folder_name: "muted" }, inputs: { pipeline: "10" }, outputs: [] };
+  assert.deepEqual(L.loadRequest(g, "5", catalogue).save, [{ node: "9", folder_name: "flux-int8" }]);
+  g[11].mode = 0;
+  assert.deepEqual(L.savesFed(g, "5"), ["9", "11"]);
+  delete g[5].outputs;
+  assert.equal(L.loadRequest(g, "5", catalogue).save, undefined);
+});
+
+test("the editor's facts come from the catalogue route (no copies in the JS)", () => {
+  assert.deepEqual(L.inputNames(catalogue, L.BACKEND), ["backend", "quant_type", "compute_dtype", "components", "options", "gguf_file"]);
+  assert.equal(L.noFile(catalogue), catalogue.editor.no_file);
+  assert.equal(L.actionName(catalogue, "keep"), catalogue.editor.actions.keep);
+  assert.deepEqual(L.inputNames(null, L.BACKEND), []);
+  // a widget the catalogue does not name is not sent
+  const g = sharedGraph();
+  g[1].widgets.stray = "x";
+  assert.equal(L.loadRequest(g, "5", catalogue).spec.config.stray, undefined);
+});
+
+// -- menus and help --------------------------------------------------------------------------------
+test("GPU-only backends are marked in the menu, from the catalogue's cpu flags", () => {
+  const menu = Object.fromEntries(L.backendMenu(catalogue).map((m) => [m.value, m]));
+  assert.match(menu.bitsandbytes_4bit.label, / · needs a GPU for diffusers models$/);
+  assert.equal(menu.bitsandbytes_4bit.gpuOnly, true);
+  assert.equal(menu.torchao.gpuOnly, false);
+  assert.doesNotMatch(menu.torchao.label, /GPU/);
+});
+
+test("every quant type has a help line from the catalogue", () => {
+  for (const b of catalogue.backends) {
+    for (const q of b.quant_types) {
+      const note = L.backendNotes(catalogue, values(b.name, q.name)).find((n) => n.kind === "note");
+      assert.ok(q.help && note.text === `${q.label}: ${q.help}`, `${b.name} ${q.name}`);
+    }
+  }
+  const int4 = L.backendNotes(catalogue, values("quanto", "int4")).find((n) => n.kind === "note").text;
+  assert.match(int4, /C\+\+ extension on first use \(about 5 minutes/);
+});
+
+// -- options as widgets ----------------------------------------------------------------------------
+test("one widget per option of the quant type, of the option's kind", () => {
+  const w = L.optionWidgets(catalogue, "torchao", "int4_weight_only", '{"group_size": 64}');
+  assert.deepEqual(w.map((x) => [x.name, x.type, x.value]), [["group_size", "combo", 64], ["modules_to_not_convert", "text", ""]]);
+  assert.deepEqual(w[0].options.values, [32, 64, 128, 256]);
+  const bnb = L.optionWidgets(catalogue, "bitsandbytes_8bit", "int8", "{}");
+  assert.deepEqual(bnb.map((x) => [x.name, x.type, x.value]), [["llm_int8_threshold", "number", 6], ["modules_to_not_convert", "text", ""]]);
+  assert.equal(bnb[0].options.min, 0);
+  assert.equal(bnb[0].options.max, 100);
+  assert.equal(L.optionWidgets(catalogue, "bitsandbytes_4bit", "nf4", "{}")[0].type, "toggle");
+  assert.deepEqual(L.optionWidgets(catalogue, "gguf", "from_file", "{}"), []);
+  // broken JSON: widgets show the defaults and do not overwrite it
+  assert.equal(L.optionWidgets(catalogue, "torchao", "int4_weight_only", "{oops")[0].value, 128);
+});
+
+test("widgets write the options JSON the runner reads; defaults are left out", () => {
+  const opt = (b, q, name) => L.applicableOptions(catalogue, b, q).find((o) => o.name === name);
+  const dq = opt("bitsandbytes_4bit", "nf4", "double_quant");
+  assert.equal(L.setOption("{}", dq, true), '{"double_quant":true}');
+  assert.equal(L.setOption('{"double_quant":true}', dq, false), "{}");
+  const skip = opt("bitsandbytes_4bit", "nf4", "modules_to_not_convert");
+  assert.deepEqual(JSON.parse(L.setOption('{"double_quant": true}', skip, "proj_out, norm_out")),
+    { double_quant: true, modules_to_not_convert: ["proj_out", "norm_out"] });
+  const threshold = opt("bitsandbytes_8bit", "int8", "llm_int8_threshold");
+  assert.equal(L.setOption("", threshold, "7.5"), '{"llm_int8_threshold":7.5}');
+  const group = opt("torchao", "int4_weight_only", "group_size");
+  assert.equal(L.setOption('{"typo_key": 1}', group, 64), '{"typo_key":1,"group_size":64}'); // hand-typed keys stay
+  assert.equal(L.setOption("{not json", group, 64), null);
+});
+
+test("switching backend drops the options the new one does not take, and says which", () => {
+  const applicable = L.applicableOptions(catalogue, "torchao", "int8_weight_only");
+  const { text, dropped } = L.dropInapplicable('{"double_quant": true, "modules_to_not_convert": ["x"]}', applicable);
+  assert.deepEqual(JSON.parse(text), { modules_to_not_convert: ["x"] });
+  assert.deepEqual(dropped, [["double_quant", true]]);
+  assert.deepEqual(L.dropInapplicable("{}", applicable), { text: "{}", dropped: [] });
+  assert.deepEqual(L.dropInapplicable("{bad", applicable), { text: "{bad", dropped: [] });
+  assert.equal(L.optionsFitWidgets('{"modules_to_not_convert": []}', applicable), true);
+  assert.equal(L.optionsFitWidgets('{"modules_to_not_convrt": []}', applicable), false); // its "did you mean" shows
+  assert.equal(L.optionsFitWidgets("{bad", applicable), false);
 });
