@@ -139,3 +139,51 @@ def test_inspect_reads_headers_not_weights(tiny_flux, monkeypatch):
     linears = linear_layers(t)
     assert linears and all(n > 0 for _, n in linears)
     assert sum(n for _, n in linears) < t.params
+
+
+def test_every_quant_type_has_a_help_line():
+    from pipequant.resolver import catalogue as cat
+
+    for name in cat.backend_names():
+        for quant in cat.get_backend(name).quant_types:
+            assert quant.help.strip().endswith("."), (name, quant.name)
+
+
+def test_quanto_packed_types_on_cpu_need_a_compiler_until_the_extension_is_built(monkeypatch):
+    from pipequant.resolver import catalogue as cat
+    from pipequant.resolver.backends import quanto
+    from pipequant.resolver.spec import BackendSpec
+    from pipequant.resolver.validate import validate
+
+    backend = cat.get_backend("quanto")
+    spec = BackendSpec.make("quanto", "int4", "auto", {}, None, None)
+    monkeypatch.setattr(quanto, "cpp_extension_built", lambda: False)
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    problems = [p for p in validate(spec, device="cpu") if p.code == "needs_compiler"]
+    assert len(problems) == 1 and problems[0].field == "quant_type"
+    assert "no-such-compiler-here" in problems[0].message and "quanto int8" in problems[0].suggestion
+    assert "about 5 minutes" in backend.first_use_note("int4", "cpu")
+    # int8 needs no extension; a GPU target is not this check's business; a built extension is fine
+    assert not backend.target_problems("int8", "cpu") and not backend.first_use_note("int8", "cpu")
+    assert not backend.target_problems("int4", "cuda")
+    monkeypatch.setattr(quanto, "cpp_extension_built", lambda: True)
+    assert not backend.target_problems("int4", "cpu") and not backend.first_use_note("int4", "cpu")
+    # with the tools on PATH the check passes, and the note still says what the first load does
+    monkeypatch.setattr(quanto, "cpp_extension_built", lambda: False)
+    monkeypatch.setattr(quanto, "missing_build_tools", lambda: [])
+    assert not backend.target_problems("int4", "cpu") and backend.first_use_note("int4", "cpu")
+
+
+def test_quanto_extension_check_reads_the_build_folder(tmp_path, monkeypatch):
+    import torch
+
+    from pipequant.resolver.backends import quanto
+
+    monkeypatch.setattr(quanto, "_cpp_build_dir", lambda: tmp_path)
+    assert not quanto.cpp_extension_built()
+    (tmp_path / "pytorch_version.txt").write_text(torch.__version__)
+    assert not quanto.cpp_extension_built()  # no library yet
+    (tmp_path / "quanto_cpp.so").write_bytes(b"")
+    assert quanto.cpp_extension_built()
+    (tmp_path / "pytorch_version.txt").write_text("1.0.0")
+    assert not quanto.cpp_extension_built()  # built for another torch: quanto rebuilds it
