@@ -4,20 +4,27 @@ narrows quant_type and hides what does not apply; the component picker lists the
 components; the estimate and validation problems show on the nodes before Run; the graph converts
 with app.graphToPrompt() and runs.
 
-Run:  COMFYUI_DIR=/path/to/ComfyUI python -m pytest tests/test_browser.py -v
+Every test runs twice: against the frontend ComfyUI pins ("pinned") and against a newer
+`comfyui-frontend-package` ("newest", started with --front-end-root $PIPEQUANT_FRONTEND_ROOT;
+skipped with the reason when that is not set or holds no frontend). Nodes 2.0 (Vue nodes) is a
+mode of the newer frontend only.
+
+Run:  COMFYUI_DIR=/path/to/ComfyUI [PIPEQUANT_FRONTEND_ROOT=<wheel>/comfyui_frontend_package/static] \
+      python -m pytest tests/test_browser.py -v
 Needs /usr/bin/chromium (apt-get install chromium) and `pip install playwright` (never
-`playwright install`). Screenshots go to test-artifacts/browser/.
+`playwright install`). Screenshots go to test-artifacts/browser/<frontend>/.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from comfy_server import PACK_DIR, comfy_server, skip_reason  # noqa: F401 (the fixture)
+from comfy_server import PACK_DIR, comfy_server, skip_reason, start_comfyui  # noqa: F401 (the fixture)
 from pipequant.resolver import catalogue as resolver_catalogue
 
 pytestmark = pytest.mark.browser
@@ -28,6 +35,35 @@ README_SHOT = PACK_DIR / "docs" / "editor.png"
 EXAMPLES = PACK_DIR / "example_workflows"
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 BACKEND, MAP, LOAD = "PipeQuantBackend", "PipeQuantComponentMap", "PipeQuantLoadPipeline"
+SAVE, REPORT = "PipeQuantSavePipeline", "PipeQuantMemoryReport"
+FRONTENDS = ("pinned", "newest")
+THUMBNAILS_ENV = "PIPEQUANT_WRITE_THUMBNAILS"  # =1: the tidy screenshots become example_workflows/<name>.jpg
+THUMBNAIL_SIZE = (512, 384)
+
+
+def thumbnail(png: Path, jpg: Path) -> Path:
+    """A small JPEG of a screenshot, for the template browser's card (about 4:3)."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image = image.convert("RGB")
+        image.thumbnail(THUMBNAIL_SIZE)
+        card = Image.new("RGB", THUMBNAIL_SIZE, (32, 32, 32))
+        card.paste(image, ((THUMBNAIL_SIZE[0] - image.width) // 2, (THUMBNAIL_SIZE[1] - image.height) // 2))
+        card.save(jpg, "JPEG", quality=80, optimize=True)
+    return jpg
+FRONTEND_ENV = "PIPEQUANT_FRONTEND_ROOT"
+
+
+def newest_frontend() -> tuple[Path | None, str]:
+    """The newer frontend's static folder, or (None, why it is not there)."""
+    value = os.environ.get(FRONTEND_ENV, "").strip()
+    if not value:
+        return None, f"{FRONTEND_ENV} is not set (point it at <comfyui-frontend-package>/comfyui_frontend_package/static)"
+    root = Path(value).expanduser()
+    if not (root / "index.html").is_file():
+        return None, f"{FRONTEND_ENV}={root} holds no frontend (no index.html)"
+    return root, ""
 
 try:
     from playwright.sync_api import sync_playwright
@@ -51,8 +87,8 @@ if _skip():
 class Editor:
     """The ComfyUI page, with helpers that act as a person would (clicks on the canvas)."""
 
-    def __init__(self, page, server):
-        self.page, self.server = page, server
+    def __init__(self, page, server, frontend: str):
+        self.page, self.server, self.frontend = page, server, frontend
         self.errors: list[str] = []
         self.alerts: list[str] = []
 
@@ -189,20 +225,35 @@ class Editor:
         }""", margin)
 
     def screenshot(self, name: str, clip: dict | None = None) -> Path:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / f"{name}.png"
+        folder = ARTIFACTS / self.frontend
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
         time.sleep(0.3)
         self.page.screenshot(path=str(path), clip=clip)
         return path
 
 
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request, tmp_path_factory):
+    """The session's ComfyUI for the pinned frontend; one started with --front-end-root for the newest."""
+    if request.param == "pinned":
+        yield "pinned", request.getfixturevalue("comfy_server")
+        return
+    root, why = newest_frontend()
+    if root is None:
+        pytest.skip(why)
+    with start_comfyui(tmp_path_factory.mktemp("comfyui-newest"), extra_args=("--front-end-root", str(root))) as s:
+        yield "newest", s
+
+
 @pytest.fixture(scope="module")
-def editor(comfy_server):  # noqa: F811 (the fixture imported above)
+def editor(server):
+    frontend, comfy_server = server  # noqa: F811
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
-        ed = Editor(page, comfy_server)
+        ed = Editor(page, comfy_server, frontend)
 
         def on_console(message):
             text = message.text
@@ -291,6 +342,16 @@ def test_help_pages_are_served(comfy_server):  # noqa: F811
         assert status == 200 and body.startswith(b"# "), node_id
 
 
+def test_every_template_has_its_thumbnail(comfy_server):  # noqa: F811
+    """The template browser asks /api/workflow_templates/<pack>/<name>.jpg for each example."""
+    status, listed = comfy_server.get("/api/workflow_templates")
+    assert status == 200 and sorted(listed[comfy_server.pack_name]) == EXAMPLE_NAMES
+    for name in EXAMPLE_NAMES:
+        status, body = comfy_server.get(f"/api/workflow_templates/{comfy_server.pack_name}/{name}.jpg")
+        assert status == 200 and body[:3] == b"\xff\xd8\xff", name  # a JPEG
+        assert len(body) < 200_000, f"{name}.jpg is {len(body)} bytes: keep thumbnails small"
+
+
 def test_example_workflows_pass_the_editors_schema(editor):
     """ComfyUI checks a loaded workflow against its schema and shows an alert when it fails
     (e.g. a top-level "id" that is not a UUID)."""
@@ -329,7 +390,10 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
     # The same workflow laid out so that grown nodes do not overlap: a picture, and its JSON for
     # whoever updates the example (the hand-written positions predate the estimate panels).
     editor.tidy()
-    editor.screenshot(f"example-{name}-tidy", clip=editor.nodes_box())
+    shot = editor.screenshot(f"example-{name}-tidy", clip=editor.nodes_box())
+    thumbnail(shot, shot.with_suffix(".jpg"))
+    if editor.frontend == "pinned" and os.environ.get(THUMBNAILS_ENV) == "1":
+        shutil.copy(shot.with_suffix(".jpg"), EXAMPLES / f"{name}.jpg")
     tidy = editor.js("() => window.app.graph.serialize()")
     (ARTIFACTS / f"example-{name}.tidy.json").write_text(json.dumps(tidy, indent=2) + "\n")
 
@@ -344,7 +408,10 @@ def test_switching_backend_narrows_quant_type_and_hides_widgets(editor, catalogu
     editor.choose("torchao")
     state = check_backend(editor, catalogue, backend)
     assert state["values"]["quant_type"] == "int8_weight_only"
-    assert "gguf_file" in state["hidden"] and "options" not in state["hidden"]
+    # the options text hides behind its widgets (one per option of the type)
+    assert "gguf_file" in state["hidden"] and "options" in state["hidden"]
+    assert editor.js("(id) => app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => w.label)",
+                     backend) == ["modules_to_not_convert"]
 
     editor.click_widget(backend, "quant_type")
     assert editor.menu() == [q["name"] for q in catalogue["torchao"]["quant_types"]]
@@ -364,7 +431,7 @@ def test_switching_backend_narrows_quant_type_and_hides_widgets(editor, catalogu
     editor.click_widget(backend, "backend")
     editor.choose("bitsandbytes_4bit")
     state = check_backend(editor, catalogue, backend)
-    assert state["values"]["quant_type"] == "nf4" and state["hidden"] == ["gguf_file"]
+    assert state["values"]["quant_type"] == "nf4" and sorted(state["hidden"]) == ["gguf_file", "options"]
     # the values of hidden widgets were kept, in order
     assert state["values"]["options"] == "{}" and state["values"]["gguf_file"] == "none"
 
@@ -435,7 +502,8 @@ def test_estimate_and_validation_errors_show_before_run(editor):
     assert estimate and estimate["total"]["bytes_after"] < estimate["total"]["bytes_before"], state
     assert state["panel"][0].startswith("Estimated memory | in memory at bfloat16")
     assert state["panel"][-1].startswith("total | ") and "→" in state["panel"][-1]
-    assert any(line.startswith("transformer | ") and "→" in line for line in state["panel"]), state["panel"]
+    # the plan label stays, also on a narrow node
+    assert any(line.startswith("transformer  ·  int8_weight_only | ") and "→" in line for line in state["panel"]), state["panel"]
     editor.tidy()
     editor.screenshot("estimate")
 
@@ -456,7 +524,8 @@ def test_estimate_and_validation_errors_show_before_run(editor):
     assert editor.node(load)["problems"] == [] and editor.node(load)["estimate"] is not None
 
 
-def test_convert_and_run(editor, comfy_server):  # noqa: F811
+def test_convert_and_run(editor):
+    comfy_server = editor.server  # noqa: F811 (this frontend's server)
     editor.load(example("sd35_torchao_int8"), "run")
     sampler = editor.ids("PipeQuantSampler")[0]
     for name, value in (("steps", 2), ("width", 32), ("height", 32), ("max_sequence_length", 32)):
@@ -485,13 +554,20 @@ def test_convert_and_run(editor, comfy_server):  # noqa: F811
     editor.page.wait_for_function("(id) => (app.graph.getNodeById(id).pipequant.output || '').includes('TOTAL')",
                                   arg=report, timeout=30_000)
     time.sleep(0.5)
-    panel = editor.node(report)["panel"]
+    state = editor.node(report)
+    panel = state["panel"]
     assert panel[0].split()[:3] == ["component", "class", "plan"] and any(l.startswith("TOTAL") for l in panel), panel
+    # The report's table stays a readable size (it grew to about 970 px before): bounded width and
+    # height, every line inside the node.
+    assert state["size"][0] <= 700 and state["size"][1] <= 400, state["size"]
+    assert_inside(editor, report)
     editor.tidy()
     editor.screenshot("after-run")
 
 
 def test_readme_screenshot(editor):
+    if editor.frontend != "pinned":
+        pytest.skip("the README shows the pinned frontend")
     """A clear picture of the editor for the README: the mixed example, made valid on this CPU
     machine (bitsandbytes needs a GPU: quanto int4 for the transformer), with its estimate."""
     editor.load(example("flux_mixed_components"), "readme")
@@ -507,3 +583,221 @@ def test_readme_screenshot(editor):
     path = editor.screenshot("readme", clip=editor.nodes_box())
     README_SHOT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, README_SHOT)
+
+
+
+# -- issue 15: right on every graph, on both frontends ---------------------------------------------
+def assert_inside(editor: Editor, node_id) -> None:
+    """Every panel line is narrower than the panel, and the panel ends inside the node."""
+    out = editor.js("""(id) => {
+        const n = app.graph.getNodeById(id), st = n.pipequant, panel = n.widgets.find(w => w.name === 'pipequant_info');
+        const ctx = document.createElement('canvas').getContext('2d'), inner = n.size[0] - 2 * 15;
+        const wide = [];
+        for (const l of st.lines) {
+            ctx.font = l.mono ? `${l.monoPx || 11}px monospace` : `${l.bold ? 'bold ' : ''}12px Arial`;
+            const w = l.text !== undefined ? ctx.measureText(l.text).width : ctx.measureText(l.left).width + ctx.measureText(l.right).width;
+            if (w > inner) wide.push([l.text ?? l.left + ' | ' + l.right, Math.round(w), inner]);
+        }
+        return {wide, lines: st.lines.length, bottom: (panel.y || 0) + st.lines.length * 16 + 10, height: n.size[1],
+                vue: window.pipequant.vueMode()};
+    }""", node_id)
+    assert not out["wide"], out
+    assert out["lines"] <= 12, out
+    if not out["vue"]:  # on the canvas the panel is laid out inside the node's own box
+        assert out["bottom"] <= out["height"] + 2, out
+
+
+def overlaps(editor: Editor) -> list:
+    """Pairs of nodes whose boxes (title bar included) overlap."""
+    return editor.js("""() => {
+        const t = LiteGraph.NODE_TITLE_HEIGHT, ns = app.graph._nodes;
+        const box = n => [n.pos[0], n.pos[1] - t, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+        const out = [];
+        for (let i = 0; i < ns.length; i++) for (let j = i + 1; j < ns.length; j++) {
+            const a = box(ns[i]), b = box(ns[j]);
+            if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) out.push([ns[i].id, ns[j].id]);
+        }
+        return out;
+    }""")
+
+
+def shared_backend_graph(editor: Editor) -> tuple[int, int, int]:
+    """The mixed example rewired so that ONE Backend feeds both Per-Component Maps (transformer and
+    text_encoder_2), chained into Load: a DAG with a shared producer. Returns (backend, load, map ids)."""
+    editor.load(example("flux_mixed_components"), "shared")
+    backends = sorted(editor.ids(BACKEND))
+    maps = sorted(editor.ids(MAP))
+    keep, drop = backends[0], backends[1]
+    editor.js("""([keep, drop, maps]) => {
+        const g = app.graph, b = g.getNodeById(keep);
+        g.remove(g.getNodeById(drop));
+        for (const id of maps) { const m = g.getNodeById(id); const slot = m.findInputSlot('config'); b.connect(0, m, slot); }
+        const w = b.widgets.find(w => w.name === 'backend'); w.value = 'torchao'; w.callback?.(w.value);
+        const q = b.widgets.find(w => w.name === 'quant_type'); q.value = 'int8_weight_only'; q.callback?.(q.value);
+    }""", [keep, drop, maps])
+    editor.settle()
+    return keep, editor.ids(LOAD)[0], maps
+
+
+def test_a_shared_producer_is_not_a_loop(editor):
+    backend, load, _maps = shared_backend_graph(editor)
+    state = editor.node(load)
+    assert "loop" not in state["status"], state
+    assert state["estimate"] is not None, state
+    quantized = {r["component"] for r in state["estimate"]["components"] if r["action"] == "quantize"}
+    assert quantized == {"transformer", "text_encoder_2"}, state["estimate"]
+    assert not editor.node(backend)["problems"]
+    editor.tidy()
+    editor.screenshot("shared-producer", clip=editor.nodes_box())
+
+
+def test_menu_entries_are_plain_text(editor):
+    editor.load(example("flux_mixed_components"), "menus")
+    backend = min(editor.ids(BACKEND))
+    editor.click_widget(backend, "backend")
+    editor.menu()
+    entries = editor.js("() => [...document.querySelectorAll('.litecontextmenu .litemenu-entry')].map(e => [e.innerHTML, e.innerText, e.className])")
+    assert entries and all("<" not in html and "<span" not in text for html, text, _ in entries), entries
+    gpu = [e for e in entries if e[1].startswith("bitsandbytes_4bit")]
+    assert gpu and gpu[0][1].endswith("needs a GPU for diffusers models") and "pipequant-unavailable" in gpu[0][2], gpu
+    editor.screenshot("menu-backend")
+    editor.page.keyboard.press("Escape")
+    editor.js("() => document.querySelectorAll('.litecontextmenu').forEach(m => m.remove())")
+    last = max(editor.ids(MAP))
+    editor.click_widget(last, "component")
+    editor.menu()
+    entries = editor.js("() => [...document.querySelectorAll('.litecontextmenu .litemenu-entry')].map(e => [e.innerHTML, e.innerText])")
+    assert all("<" not in html for html, _ in entries), entries
+    assert any(" on disk (" in text for _, text in entries), entries  # the size says what it is
+    editor.screenshot("menu-component")
+    editor.js("() => document.querySelectorAll('.litecontextmenu').forEach(m => m.remove())")
+
+
+def test_save_rules_are_red_before_run(editor):
+    editor.load(example("flux_quantize_and_save"), "save-rules")
+    backend, save = editor.ids(BACKEND)[0], editor.ids(SAVE)[0]
+    editor.click_widget(backend, "backend")
+    editor.choose("quanto")
+    state = editor.node(backend)
+    assert state["values"]["components"] == "transformer, text_encoder_2"
+    assert [(p["code"], p["input"]) for p in state["problems"]] == [("not_savable", "backend")], state
+    assert any("text_encoder_2" in line for line in state["panel"]), state["panel"]
+    assert [p["code"] for p in editor.node(save)["problems"]] == ["not_savable"]
+    red = editor.js("(id) => !!app.graph.getNodeById(id).strokeStyles.pipequantProblem.call(app.graph.getNodeById(id))", backend)
+    assert red
+    editor.tidy()
+    editor.screenshot("save-rules-red", clip=editor.nodes_box())
+    # Only the transformer (a diffusers model): quanto can save it, all green again.
+    editor.set_widget(backend, "components", "transformer")
+    assert not editor.node(backend)["problems"] and not editor.node(save)["problems"]
+
+
+def test_long_text_stays_inside_the_node_and_nodes_do_not_overlap(editor):
+    editor.load(example("flux_nf4_transformer"), "long-text")
+    backend, load = editor.ids(BACKEND)[0], editor.ids(LOAD)[0]
+    editor.click_widget(backend, "backend")
+    editor.choose("torchao")
+    long_name = "a_component_name_with_no_spaces_at_all_" * 4
+    editor.set_widget(backend, "components", f"{long_name}, other_missing_component, text_encoder_3")
+    assert editor.node(backend)["problems"], editor.node(backend)
+    editor.set_widget(load, "model", "models/diffusers/a/very/long/path/without/any/spaces/" * 3)
+    for node_id in (backend, load):
+        assert_inside(editor, node_id)
+    assert not overlaps(editor), overlaps(editor)
+    editor.screenshot("long-text", clip=editor.nodes_box())
+    # A long panel shows its first lines; a click shows all of it.
+    st = editor.js("(id) => ({t: app.graph.getNodeById(id).pipequant.truncated, n: app.graph.getNodeById(id).pipequant.lines.length})", backend)
+    if st["t"]:
+        editor.js("(id) => { const n = app.graph.getNodeById(id); n.pipequant.expanded = true; n.pipequant.layoutKey = null; }", backend)
+        time.sleep(0.5)
+        assert editor.js("(id) => app.graph.getNodeById(id).pipequant.lines.length", backend) > st["n"]
+
+
+def test_new_backend_node_defaults_to_what_runs_here_and_switching_drops_options(editor, catalogue):
+    editor.load(example("flux_nf4_transformer"), "defaults")
+    created = editor.js("""() => { const n = LiteGraph.createNode('PipeQuantBackend'); n.pos = [40, 700]; app.graph.add(n);
+                                   return n.id; }""")
+    time.sleep(0.8)
+    values = editor.node(created)["values"]
+    assert (values["backend"], values["quant_type"]) == resolver_catalogue.default_choice("cpu"), values
+    assert not catalogue[values["backend"]]["cpu"] or all(catalogue[values["backend"]]["cpu"].values())
+    backend = editor.ids(BACKEND)[0]
+    editor.set_widget(backend, "options", '{"double_quant": true}')
+    editor.click_widget(backend, "backend")
+    editor.choose("torchao")
+    state = editor.node(backend)
+    assert json.loads(state["values"]["options"]) == {} and not state["problems"], state
+    assert any("dropped" in line and "double_quant" in " ".join(state["panel"]) for line in state["panel"]), state["panel"]
+    editor.click_widget(backend, "backend")
+    editor.choose("quanto")
+    editor.click_widget(backend, "quant_type")
+    editor.choose("int4")
+    panel = " ".join(editor.node(backend)["panel"])
+    assert "C++ extension on first use" in panel, panel
+    editor.screenshot("defaults-and-help", clip=editor.nodes_box())
+
+
+def test_option_widgets_write_the_json_the_runner_reads(editor, tmp_path):
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
+    from pipequant.resolver.inputs import parse_options
+    from pipequant.runner.workflow import to_api
+
+    editor.load(example("flux_quantize_and_save"), "option-widgets")  # pack nodes only: the runner reads it
+    backend = editor.ids(BACKEND)[0]
+    names = editor.js("(id) => app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => [w.label || w.name, w.type])", backend)
+    assert names == [["double_quant", "toggle"], ["modules_to_not_convert", "text"]], names
+    assert "options" in editor.node(backend)["hidden"]  # the widgets show all of the text
+    editor.js("""(id) => { const n = app.graph.getNodeById(id);
+        for (const [name, v] of [['option: double_quant', true], ['option: modules_to_not_convert', 'proj_out, norm_out']]) {
+            const w = n.widgets.find(w => w.name === name); w.value = v; w.callback?.(v, app.canvas, n); } }""", backend)
+    editor.settle()
+    text = editor.node(backend)["values"]["options"]
+    wanted = {"double_quant": True, "modules_to_not_convert": ["proj_out", "norm_out"]}
+    assert json.loads(text) == wanted
+    prompt = editor.js("async () => (await window.app.graphToPrompt()).output")
+    assert prompt[str(backend)]["inputs"]["options"] == text
+    assert not any(k.startswith("option: ") for k in prompt[str(backend)]["inputs"])
+    workflow = editor.js("() => app.graph.serialize()")
+    api = to_api(workflow, NODE_CLASS_MAPPINGS)
+    assert parse_options(api[str(backend)]["inputs"]["options"]) == (wanted, [])
+    # Reloaded, the widgets show what the text holds; a typo typed by hand shows the text and its fix.
+    editor.load(workflow, "option-widgets-reloaded")
+    got = editor.js("(id) => Object.fromEntries(app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => [w.label, w.value]))", backend)
+    assert got == {"double_quant": True, "modules_to_not_convert": "proj_out, norm_out"}, got
+    editor.set_widget(backend, "options", '{"double_qant": true}')
+    state = editor.node(backend)
+    assert "options" not in state["hidden"] and any("double_quant" in line for line in state["panel"]), state
+    editor.screenshot("option-widgets", clip=editor.nodes_box())
+
+
+def test_panels_redraw_under_nodes_2(editor):
+    if editor.frontend != "newest":
+        pytest.skip("Nodes 2.0 is a mode of the newer frontend")
+    editor.js("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    try:
+        time.sleep(1.0)
+        editor.load(example("flux_nf4_transformer"), "vue")
+        assert editor.js("() => window.pipequant.vueMode()")
+        backend, load = editor.ids(BACKEND)[0], editor.ids(LOAD)[0]
+        picture = lambda node_id: editor.js(  # noqa: E731
+            "(id) => [...document.querySelectorAll(`[data-node-id='${id}'] canvas`)].map(c => c.toDataURL()).join('|')", node_id)
+        red = lambda node_id: editor.js(  # noqa: E731
+            "(id) => !!document.querySelector(`[data-node-id='${id}']`)?.classList.contains('pipequant-has-error')", node_id)
+        before = picture(load)
+        assert before and red(backend)  # bnb on a CPU server
+        editor.screenshot("vue-before")
+        editor.set_widget(backend, "backend", "torchao")
+        editor.set_widget(backend, "quant_type", "int8_weight_only")
+        time.sleep(0.8)
+        assert not red(backend) and editor.node(load)["estimate"] is not None
+        after = picture(load)
+        assert after != before, "the Load node's panel was not redrawn"
+        editor.screenshot("vue-after")
+        editor.set_widget(backend, "quant_type", "int4_weight_only")  # needs CUDA: red again, with its ✖
+        time.sleep(0.8)
+        assert red(backend) and any(line.startswith("✖") for line in editor.node(backend)["panel"])
+        assert picture(backend) != after
+        editor.screenshot("vue-invalid")
+    finally:
+        editor.js("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+        time.sleep(0.5)

@@ -318,11 +318,11 @@ def test_estimate_with_a_save_node_checks_its_folder_name(models):
     status, result = call("POST", "/pipequant/estimate", json={
         "model": "tiny-flux", "spec": spec, "save": [{"node": 9, "folder_name": "../escape"}]})
     assert status == 200 and codes(result) == ["folder_name_invalid"] and result["problems"][0]["node"] == 9
-    status, result = call("POST", "/pipequant/estimate", json={
+    _, result = call("POST", "/pipequant/estimate", json={
         "model": "tiny-flux", "spec": spec, "save": [{"node": "9", "folder_name": "tiny-flux"}]})
     assert codes(result, "9") == ["folder_exists"]
-    status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": spec,
-                                                                "save": [{"node": "9", "folder_name": "new-one"}]})
+    _, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": spec,
+                                                           "save": [{"node": "9", "folder_name": "new-one"}]})
     assert result["ok"], result
 
 

@@ -21,7 +21,7 @@ def _cpp_build_dir() -> Path | None:
     spec = importlib.util.find_spec("optimum.quanto")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0]) / "library" / "extensions" / "cpp" / "build"
+    return Path(next(iter(spec.submodule_search_locations))) / "library" / "extensions" / "cpp" / "build"
 
 
 def cpp_extension_built() -> bool:

@@ -456,26 +456,34 @@ export function problemText(problem) {
   return `${where}${problem.message}${fix}`;
 }
 
-/** Greedy word wrap; `measure(text)` gives a width (canvas measureText in the editor). */
+/** Greedy word wrap; `measure(text)` gives a width (canvas measureText in the editor). A word
+ * wider than the line (a long path) is cut wherever it must be, so nothing is drawn outside. */
 export function wrapText(text, width, measure) {
   const lines = [];
+  const cut = (word) => {
+    const pieces = [];
+    let rest = word;
+    while (rest.length > 1 && measure(rest) > width) {
+      let at = rest.length - 1;
+      while (at > 1 && measure(rest.slice(0, at)) > width) at--;
+      pieces.push(rest.slice(0, at));
+      rest = rest.slice(at);
+    }
+    pieces.push(rest);
+    return pieces;
+  };
   for (const paragraph of String(text).split("\n")) {
     let line = "";
     for (const word of paragraph.split(/\s+/).filter(Boolean)) {
       const candidate = line ? `${line} ${word}` : word;
-      if (!line || measure(candidate) <= width) {
+      if (measure(candidate) <= width) {
         line = candidate;
         continue;
       }
-      lines.push(line);
-      line = word;
-    }
-    // A single word wider than the line is cut so that nothing is drawn outside the node.
-    while (measure(line) > width && line.length > 1) {
-      let cut = line.length - 1;
-      while (cut > 1 && measure(line.slice(0, cut)) > width) cut--;
-      lines.push(line.slice(0, cut));
-      line = line.slice(cut);
+      if (line) lines.push(line);
+      const pieces = cut(word);
+      lines.push(...pieces.slice(0, -1));
+      line = pieces[pieces.length - 1];
     }
     lines.push(line);
   }

@@ -248,6 +248,10 @@ test("text wraps to the width, cutting words wider than a line", () => {
   assert.deepEqual(L.wrapText("one\ntwo", 10, measure), ["one", "two"]);
   assert.deepEqual(L.wrapText("abcdefghij", 4, measure), ["abcd", "efgh", "ij"]);
   assert.deepEqual(L.wrapText("", 4, measure), [""]);
+  // a long word in the middle of a sentence is cut too (long paths have no spaces)
+  assert.deepEqual(L.wrapText('model "a/very/long/path" not found', 8, measure),
+    ["model", '"a/very/', "long/pat", 'h" not', "found"]);
+  for (const line of L.wrapText("x ".repeat(5) + "y".repeat(30) + " z", 7, measure)) assert.ok(line.length <= 7, line);
 });
 
 // -- the graph walk: shared producers are not loops ------------------------------------------------
