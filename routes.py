@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import mimetypes
 from collections.abc import Mapping
 from functools import partial
@@ -30,7 +31,7 @@ from .resolver.inputs import NO_FILE, parse_components, parse_options
 from .resolver.inspect_model import inspect_model
 from .resolver.load import plan_load
 from .resolver.plan import GGUF, KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from .resolver.roots import resolve_model
+from .resolver.roots import refused_pipelines, resolve_model
 from .resolver.problems import Problem, ValidationError, errors
 from .resolver.save import folder_problems, plan_problems
 from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
@@ -331,8 +332,17 @@ def editor_catalogue() -> dict:
                              if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
     device = comfy.default_device()
     actions = {"quantize": QUANTIZE, "gguf": GGUF, "keep": KEEP, "prequantized": PREQUANTIZED, "not_a_model": NOT_A_MODEL}
+    refused = [{"name": name, "reason": why} for name, why in refused_pipelines(comfy.model_roots())]
     return {**catalogue.describe(), "editor": {"inputs": inputs, "defaults": defaults, "no_file": NO_FILE,
-                                               "actions": actions, "device": device}}
+                                               "actions": actions, "device": device, "refused": refused}}
+
+
+def log_refused_folders() -> list[tuple[str, str]]:
+    """One log line per pipeline folder left out of the model list, and why (at startup)."""
+    refused = refused_pipelines(comfy.model_roots())
+    for name, why in refused:
+        logging.getLogger("pipequant").warning("[PipeQuant] pipeline folder %r is not listed: %s", name, why)
+    return refused
 
 
 async def get_backends(request):
@@ -395,4 +405,5 @@ def register() -> bool:
     # web/js/pipequant.js imports logic.mjs: some Pythons do not know .mjs, and browsers refuse
     # a module served as application/octet-stream.
     mimetypes.add_type("text/javascript", ".mjs")
+    log_refused_folders()
     return True

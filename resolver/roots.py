@@ -105,23 +105,40 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
-def list_pipelines(roots: Iterable[Root | Path]) -> list[str]:
-    """Names ('/'-separated) of folders with a regular model_index.json, whose real location stays
-    inside their root. What is listed is what `resolve_model` accepts."""
-    names: set[str] = set()
+def _pipeline_entries(roots: Iterable[Root | Path]) -> Iterator[tuple[str, str]]:
+    """(name, why it is refused, or "") for each folder with a model_index.json under the roots."""
     for root in map(as_root, roots):
         if not root.path.is_dir():
             continue
         for index in sorted(root.path.glob(INDEX)) + sorted(root.path.glob("*/" + INDEX)) + sorted(
                 root.path.glob("*/*/" + INDEX)):
             folder = index.parent
-            try:
-                if folder == root.path or not _is_regular(index) or not contained(folder, root.path, root):
-                    continue
-            except FileProblem:
+            if folder == root.path:
                 continue
-            names.add(folder.relative_to(root.path).as_posix())
-    return sorted(names)
+            try:
+                if not contained(folder, root.path, root):
+                    why = f"a link that leaves the model folder {root.path}"
+                elif not _is_regular(index):
+                    why = f"its {INDEX} is not a regular file"
+                else:
+                    why = ""
+            except FileProblem as exc:
+                why = str(exc)
+            yield folder.relative_to(root.path).as_posix(), why
+
+
+def list_pipelines(roots: Iterable[Root | Path]) -> list[str]:
+    """Names ('/'-separated) of folders with a regular model_index.json, whose real location stays
+    inside their root. What is listed is what `resolve_model` accepts."""
+    return sorted({name for name, why in _pipeline_entries(roots) if not why})
+
+
+def refused_pipelines(roots: Iterable[Root | Path]) -> list[tuple[str, str]]:
+    """(name, why) of pipeline folders the model list leaves out, so that the editor and the log can
+    say so instead of omitting them silently."""
+    roots = list(roots)
+    listed = set(list_pipelines(roots))
+    return sorted({(name, why) for name, why in _pipeline_entries(roots) if why and name not in listed})
 
 
 def _fail(code: str, field: str, message: str, suggestion: str) -> ValidationError:

@@ -246,8 +246,23 @@ def server(request, tmp_path_factory):
         yield "newest", s
 
 
+REFUSED_NAME = "linked-from-elsewhere"
+
+
 @pytest.fixture(scope="module")
-def editor(server):
+def refused_link(server, tmp_path_factory):
+    """A pipeline folder linked into the models root from outside it: refused by the path rules."""
+    _, comfy_server = server  # noqa: F811
+    outside = tmp_path_factory.mktemp("outside") / "pipeline"
+    shutil.copytree(comfy_server.models_root / "FLUX.1-dev", outside)
+    link = comfy_server.models_root / REFUSED_NAME
+    link.symlink_to(outside, target_is_directory=True)
+    yield link
+    link.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def editor(server, refused_link):
     frontend, comfy_server = server  # noqa: F811
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
@@ -801,3 +816,13 @@ def test_panels_redraw_under_nodes_2(editor):
     finally:
         editor.js("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
         time.sleep(0.5)
+
+
+def test_refused_folders_are_named_on_the_load_node(editor):
+    editor.load(example("flux_nf4_transformer"), "refused")
+    load = editor.ids(LOAD)[0]
+    panel = " ".join(editor.node(load)["panel"])
+    assert f"not listed: {REFUSED_NAME} — a link that leaves the model folder" in panel, panel
+    options = editor.js("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'model').options.values", load)
+    assert REFUSED_NAME not in options
+    editor.screenshot("refused-folder", clip=editor.nodes_box())

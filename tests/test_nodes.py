@@ -231,3 +231,21 @@ def test_torchao_int4_is_not_savable():
     torchao = catalogue.get_backend("torchao")
     assert torchao.quant_type("int4_weight_only").savable is False
     assert torchao.quant_type("int8_weight_only").savable is True
+
+
+def test_a_first_quanto_int4_load_on_cpu_says_it_builds_an_extension(tiny_flux, monkeypatch):
+    """quanto int4 on CPU compiles a C++ extension on first use (minutes, progress stuck at 0):
+    the Load node says so as progress text before it starts."""
+    from pipequant.nodes import load as load_node
+    from pipequant.resolver.backends import quanto
+    from pipequant.resolver.load import plan_load
+    from pipequant.resolver.spec import BackendSpec
+
+    monkeypatch.setattr(quanto, "cpp_extension_built", lambda: False)
+    monkeypatch.setattr(quanto, "missing_build_tools", lambda: [])
+    int4 = BackendSpec.make("quanto", "int4", "auto", {}, ("transformer",), None)
+    assert load_node.first_use_notes(plan_load(tiny_flux, int4, device="cpu")) == [quanto.BUILD_NOTE]
+    int8 = BackendSpec.make("quanto", "int8", "auto", {}, ("transformer",), None)
+    assert load_node.first_use_notes(plan_load(tiny_flux, int8, device="cpu")) == []
+    monkeypatch.setattr(quanto, "cpp_extension_built", lambda: True)
+    assert load_node.first_use_notes(plan_load(tiny_flux, int4, device="cpu")) == []

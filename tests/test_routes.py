@@ -109,6 +109,12 @@ def test_components_refuses_a_link_leaving_the_model_folder(models, monkeypatch,
         for name in ("linked-out", "half-linked"):
             status, body = call("GET", "/pipequant/components", params={"model": name})
             assert status == 400 and body["problems"][0]["code"] == "model_outside_roots", body
+        # Not silently missing: the editor's catalogue and the startup log say which and why.
+        status, body = call("GET", "/pipequant/backends")
+        refused = {r["name"]: r["reason"] for r in body["editor"]["refused"]}
+        assert "linked-out" in refused and "leaves the model folder" in refused["linked-out"], refused
+        assert "tiny-flux" not in refused
+        assert ("linked-out", refused["linked-out"]) in routes.log_refused_folders()
     finally:
         link.unlink(missing_ok=True)
         shutil.rmtree(half, ignore_errors=True)
