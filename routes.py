@@ -34,6 +34,7 @@ from .resolver.plan import GGUF, KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
 from .resolver.roots import refused_pipelines, resolve_model
 from .resolver.problems import Problem, ValidationError, errors
 from .resolver.save import folder_problems, plan_problems
+from .resolver.safe_files import json_depth
 from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
 from .resolver.validate import validate
 
@@ -41,6 +42,8 @@ PREFIX = "/pipequant"
 MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not from the editor
 MAX_CHAIN = 64  # nested Per-Component Maps
 MAX_NAME = 512
+WORK_SECONDS = 60
+MAX_DEPTH = 4 * MAX_CHAIN + 16  # a map chain nests two levels per map; anything deeper is not from the editor
 MAP = "map"  # a Per-Component Map node, as the editor sends it
 MAX_SAVES = 16  # Save nodes fed by one Load node
 
@@ -74,6 +77,8 @@ async def read_json(request) -> dict:
         raise _shape("body", f"the body is not valid JSON ({str(exc)[:120]})", "send a JSON object") from None
     if not isinstance(data, dict):
         raise _shape("body", f"the body must be a JSON object, got {type(data).__name__}", '{"model": ..., "spec": ...}')
+    if json_depth(data) > MAX_DEPTH:
+        raise _shape("body", f"the body nests more than {MAX_DEPTH} levels deep", "send the spec as the editor does")
     return data
 
 
@@ -133,6 +138,10 @@ class SpecReader:
         if kind == MAP:
             return self._map(entry, depth)
         if kind == GRANULAR:
+            both = [k for k in ("backend", "quant_type") if k in entry]
+            if both:  # diffusers and spec_from_dict refuse it too: neither part would silently win
+                raise _shape("kind", f'a spec cannot be both granular (a "components" map) and global (it has '
+                             f'"{both[0]}")', 'drop "backend" and "quant_type", or use "kind": "global"')
             components = entry.get("components")
             if not isinstance(components, Mapping):
                 raise _shape("components", 'a granular spec needs a "components" object')
@@ -261,7 +270,12 @@ def estimate(data: dict) -> dict:
             result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
             result["ok"] = False
             return result
-        result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
+        try:
+            result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
+        except ValidationError as exc:  # a config that cannot be built within bounds (resolver/meta_build.py)
+            result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
+            result["ok"] = False
+            return result
         saves = _saves(data)
         if saves:
             result["problems"] += _save_problems(saves, plan, spec_owner)
@@ -289,7 +303,7 @@ def _save_problems(saves, plan, reader) -> list[dict]:
     found = plan_problems(plan)
     out = []
     for node, folder_name in saves:
-        out += [tagged(p, node) for p in folder_problems(folder_name, roots[0] if roots else None)]
+        out += [tagged(p, node) for p in folder_problems(folder_name, roots)]  # free in every root
         out += [tagged(p, node) for p in found]
     for p in found:
         owner, field = reader.owner(p)
@@ -315,7 +329,16 @@ def _error(exc: BadRequest | ValidationError, status: int = 400):
 
 
 async def _off_loop(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+    """Run `fn` in a worker thread, so the server's event loop keeps answering; give up waiting
+    after WORK_SECONDS (the work itself is bounded too: resolver/meta_build.py, safe_files.py)."""
+    future = asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+    try:
+        return await asyncio.wait_for(future, WORK_SECONDS)
+    except asyncio.TimeoutError:
+        raise BadRequest(f"the request took longer than {WORK_SECONDS} s",
+                         [Problem("request_timeout", "model", f"inspecting the model took longer than {WORK_SECONDS} s",
+                                  "the model folder is unusually large or slow to read: check it")], status=503) \
+            from None
 
 
 def editor_catalogue() -> dict:
@@ -355,7 +378,7 @@ async def get_components(request):
         return _error(_shape("model", "pass ?model=<pipeline name from the model list>"))
     try:
         return _json(await _off_loop(components, name))
-    except ValidationError as exc:
+    except (ValidationError, BadRequest) as exc:
         return _error(exc)
 
 

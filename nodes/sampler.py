@@ -1,9 +1,13 @@
 """Quantized Pipeline Sampler: prompt in, ComfyUI IMAGE out."""
 from __future__ import annotations
 
+from ..resolver.limits import image_size_problems, prompt_problems
 from ..resolver.sample import generate
 from . import comfy
 from .load import PIPELINE_TYPE
+from .messages import raise_for, validation_result
+
+SAMPLER_NODE = "Quantized Pipeline Sampler"
 
 
 class PipeQuantSampler:
@@ -37,8 +41,15 @@ class PipeQuantSampler:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompt, negative_prompt):
+        return validation_result(prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt"),
+                                 SAMPLER_NODE)
+
     def sample(self, pipeline, prompt, negative_prompt, steps, guidance_scale, width, height, seed, batch_size,
                max_sequence_length=0):
+        raise_for(prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt")
+                  + image_size_problems(pipeline.plan.model, width, height), SAMPLER_NODE)
         progress = comfy.Progress(steps)
 
         def on_step(step, total):

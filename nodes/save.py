@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from ..resolver.problems import ValidationError
-from ..resolver.save import save
+from ..resolver.save import describe_save, folder_problems, save
 from . import comfy
 from .load import PIPELINE_TYPE
-from .messages import NodeInputError, describe
+from .messages import NodeInputError, describe, validation_result
 
 SAVE_NODE = "Save Quantized Pipeline"
 
@@ -26,10 +26,14 @@ class PipeQuantSavePipeline:
                                        "tooltip": "New folder name under models/diffusers; never overwrites."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder_name):
+        """Before the run: a name that is taken in any model folder is refused now, not after quantizing."""
+        return validation_result(folder_problems(folder_name, comfy.model_roots()), SAVE_NODE)
+
     def save(self, pipeline, folder_name):
-        roots = comfy.model_roots()
         try:
-            dest = save(pipeline, folder_name, roots[0] if roots else None)
+            dest = save(pipeline, folder_name, comfy.model_roots())
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, SAVE_NODE)) from None
-        return {"ui": {"text": [f"saved to {dest}"]}}
+        return {"ui": {"text": [describe_save(pipeline, dest)]}}

@@ -12,10 +12,6 @@ from .plan import GGUF, NOT_A_MODEL, PREQUANTIZED, QUANTIZE, Plan
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def _skipped(module_name: str, skip: list[str]) -> bool:
-    return any(s == module_name or s in module_name.split(".") or module_name.startswith(s + ".") for s in skip)
-
-
 def estimate(plan: Plan) -> dict:
     rows = []
     for row in plan.components.values():
@@ -27,9 +23,11 @@ def estimate(plan: Plan) -> dict:
         after = info.params * width
         quantized = 0
         if row.action == QUANTIZE:
-            quant = catalogue.get_backend(row.spec.backend).quant_type(row.spec.quant_type)
+            backend = catalogue.get_backend(row.spec.backend)
+            quant = backend.quant_type(row.spec.quant_type)
             skip = list(row.spec.options_dict.get("modules_to_not_convert") or [])
-            quantized = sum(n for name, n in linear_layers(info) if not _skipped(name, skip))
+            quantized = sum(n for name, n in linear_layers(info)
+                            if not any(backend.skips(info.library, name, s) for s in skip))
             after -= quantized * width
             after += quantized * (quant.bits / 8 + quant.scale_bytes_per_weight)
         elif row.action == PREQUANTIZED:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from .problems import Problem
+from .safe_files import MAX_JSON_DEPTH, json_depth
 from .spec import BackendSpec
 
 NO_FILE = "none"
@@ -42,6 +43,9 @@ def parse_options(text) -> tuple[dict, list[Problem]]:
         where = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
         return {}, [Problem("options_not_json", "options", f"options is not valid JSON ({where})",
                             'write a JSON object, e.g. {"double_quant": true} — keys and strings in double quotes')]
+    if json_depth(value) > MAX_JSON_DEPTH:
+        return {}, [Problem("options_not_json", "options", f"options nests more than {MAX_JSON_DEPTH} levels deep",
+                            'write a flat JSON object, e.g. {"double_quant": true}')]
     if not isinstance(value, dict):
         return {}, [Problem("options_not_object", "options", f"options must be a JSON object, got {type(value).__name__}",
                             'wrap it in braces, e.g. {"modules_to_not_convert": ["proj_out"]}')]

@@ -289,9 +289,10 @@ def _component(folder: Path, name: str, library: str, class_name: str, cls, pres
 
 
 @lru_cache(maxsize=64)
-def linear_layers(component: ComponentInfo) -> tuple[tuple[str, int], ...]:
-    """(module name, weight numel) of every nn.Linear, from a meta-device instance: no weights read.
-    The build is bounded (resolver/meta_build.py): an absurd config is a ValidationError."""
+def meta_modules(component: ComponentInfo) -> tuple[tuple[str, int | None], ...]:
+    """(module name, weight numel if it is an nn.Linear else None) of every module, from a
+    meta-device instance: no weights read. The build is bounded (resolver/meta_build.py): an
+    absurd config is a ValidationError."""
     import torch
 
     where = f"{component.name}/config.json"
@@ -299,4 +300,10 @@ def linear_layers(component: ComponentInfo) -> tuple[tuple[str, int], ...]:
         model = build_on_meta(component.model_class(), component.library, component.config_dict, where)
     except BuildRefused as exc:
         raise _problem(exc.code, str(exc), exc.suggestion, component.name) from None
-    return tuple((name, m.weight.numel()) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    return tuple((name, m.weight.numel() if isinstance(m, torch.nn.Linear) else None)
+                 for name, m in model.named_modules() if name)
+
+
+def linear_layers(component: ComponentInfo) -> tuple[tuple[str, int], ...]:
+    """(module name, weight numel) of every nn.Linear."""
+    return tuple((name, n) for name, n in meta_modules(component) if n is not None)

@@ -21,10 +21,15 @@ from typing import Callable, Iterable
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .inspect_model import ComponentInfo, inspect_model
 from .memory import main_device
-from .plan import GGUF, Plan, make_plan
+from .plan import GGUF, NOT_A_MODEL, PREQUANTIZED, Plan, make_plan
 from .problems import ValidationError, errors
 from .report import component_row, format_table, other_row
+from .roots import INDEX
 from .validate import validate
+
+
+# Never the network: every diffusers/transformers call reads the local folder only.
+OFFLINE = {"local_files_only": True}
 
 
 class LoadError(RuntimeError):
@@ -111,7 +116,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
     """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached."""
     modules = plan.modules()
     pqc = plan.pipeline_quantization_config()
-    loaded, rows, fresh = {}, {}, []
+    loaded, rows, fresh, others, configs = {}, {}, [], {}, {}
     try:
         with diffusers_context():
             for i, row in enumerate(modules):
@@ -120,31 +125,43 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
                 if entry is not None:
                     loaded[row.name] = entry.module
                     rows[row.name] = {**entry.report, "reused": True, "load_seconds": 0.0}
+                    configs[row.name] = getattr(entry.module, "pipequant_quantization_config", None)
                 else:
                     start = time.perf_counter()
                     module, config = _load_component(plan, row, pqc, allow_pickle)
+                    module.pipequant_quantization_config = configs[row.name] = config
                     loaded[row.name] = module
                     rows[row.name] = component_row(row, plan.model.components[row.name], module,
                                                    time.perf_counter() - start, config)
                     fresh.append((key, row.name))
                 if progress:
                     progress(i + 1, len(modules), row.name)
-            pipeline = _assemble(plan, loaded, allow_pickle)
+            for name, row in plan.components.items():
+                if name not in loaded and row.action == NOT_A_MODEL:
+                    others[name] = _load_other(plan.model.components[name])
+            pipeline = _assemble(plan, {**loaded, **others}, allow_pickle)
+            pipeline.quantization_config = _quantization_config(plan, configs, loaded)
             _place(pipeline, plan)
     except ValidationError:
         raise
     except Exception as exc:
-        failed = next((r for r in modules if r.name not in loaded), None)
+        failed = next((r for r in modules if r.name not in loaded), None) or next(
+            (r for n, r in plan.components.items() if n not in others and r.action == NOT_A_MODEL), None)
         component = failed.name if failed is not None else "pipeline"
         info = plan.model.components.get(component)
         if failed is not None and failed.action == GGUF and failed.gguf_path is not None:
             files = [str(failed.gguf_path)]  # a GGUF component's weights come from its .gguf file
+        elif info is not None and not info.is_module:
+            files = _broken_first(sorted(p for p in info.folder.iterdir() if p.is_file()) if info.folder.is_dir() else [])
+        elif info is None:
+            files = [str(plan.model.folder / INDEX)]
         else:
             files = _broken_first([Path(f) for f in (info.weight_files or info.pickle_files)] if info else [])
         # Drop every reference to partly loaded weights: the traceback's frames, and this frame's
         # locals (the LoadError's traceback keeps this frame alive as long as a caller holds it).
         traceback.clear_frames(exc.__traceback__)
         loaded.clear()
+        others.clear()
         module = entry = pipeline = None  # noqa: F841
         free_memory()
         raise LoadError(component, files, exc) from None
@@ -164,17 +181,42 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
 
 
 def _broken_first(files: list[Path]) -> list[str]:
-    """The component's files that are now broken (e.g. truncated since validation), else all of them."""
+    """The component's files that are now broken (e.g. truncated since validation, a tokenizer
+    file that is not JSON), else all of them."""
+    from .safe_files import FileProblem, read_json
     from .safetensors_header import HeaderError, read_header
 
     broken = []
     for f in files:
-        if f.suffix == ".safetensors":
-            try:
+        try:
+            if f.suffix == ".safetensors":
                 read_header(f)
-            except (HeaderError, OSError):
-                broken.append(f)
+            elif f.suffix == ".json":
+                read_json(f)
+        except (HeaderError, FileProblem, OSError):
+            broken.append(f)
     return [str(f) for f in (broken or files)]
+
+
+def _load_other(info: ComponentInfo):
+    """A tokenizer, scheduler or processor, loaded as diffusers would (from its subfolder), but
+    here, so a broken file is reported with its component's name."""
+    return info.model_class().from_pretrained(str(info.folder), **OFFLINE)
+
+
+def _quantization_config(plan: Plan, configs: dict, loaded: dict):
+    """What diffusers sets on a pipeline it quantized: a PipelineQuantizationConfig holding each
+    quantized component's real config (GGUF and pre-quantized components included)."""
+    mapping = {n: c for n, c in configs.items() if c is not None}
+    for name, row in plan.components.items():
+        quantizer = getattr(loaded.get(name), "hf_quantizer", None)
+        if row.action == PREQUANTIZED and getattr(quantizer, "quantization_config", None) is not None:
+            mapping[name] = quantizer.quantization_config
+    if not mapping:
+        return None
+    from diffusers import PipelineQuantizationConfig
+
+    return PipelineQuantizationConfig(quant_mapping=mapping)
 
 
 def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
@@ -188,12 +230,12 @@ def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
 
         config = GGUFQuantizationConfig(compute_dtype=getattr(torch, row.compute_dtype))
         module = cls.from_single_file(str(row.gguf_path), quantization_config=config, config=str(plan.model.folder),
-                                      subfolder=row.name, dtype=load_dtype)
+                                      subfolder=row.name, dtype=load_dtype, **OFFLINE)
         return module, config
     is_diffusers = info.library == "diffusers"
     config = pqc._resolve_quant_config(is_diffusers=is_diffusers, module_name=row.name) if pqc else None
     kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
-              "dtype": load_dtype}
+              "dtype": load_dtype, **OFFLINE}
     if config is not None:
         kwargs["quantization_config"] = config
         if plan.device.startswith("cuda") and plan.offload == "none":
@@ -226,7 +268,7 @@ def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):
 
     return DiffusionPipeline.from_pretrained(
         str(plan.model.folder), dtype=getattr(torch, plan.dtype), use_safetensors=not allow_pickle,
-        trust_remote_code=False, custom_pipeline=None, **loaded)
+        trust_remote_code=False, custom_pipeline=None, **OFFLINE, **loaded)
 
 
 def _place(pipeline, plan: Plan) -> None:

@@ -113,6 +113,8 @@ def _pipeline_entries(roots: Iterable[Root | Path]) -> Iterator[tuple[str, str]]
         for index in sorted(root.path.glob(INDEX)) + sorted(root.path.glob("*/" + INDEX)) + sorted(
                 root.path.glob("*/*/" + INDEX)):
             folder = index.parent
+            if any(part.startswith(".") for part in folder.relative_to(root.path).parts):
+                continue  # a save in progress (resolver/save.py), or a hidden folder
             if folder == root.path:
                 continue
             try:

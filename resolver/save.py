@@ -1,29 +1,63 @@
-"""Save a quantized pipeline so it loads pre-quantized next time (faster: no quantize-on-load)."""
+"""Save a quantized pipeline so it loads pre-quantized next time (faster: no quantize-on-load).
+
+A save never overwrites nor shadows a model: the name must be free in every model root (a later
+root's "my-flux" would otherwise resolve to the new copy). It is written into a hidden temporary
+folder in the same root and renamed into place only when complete; a failure removes it. An
+exclusive lock (a folder created with mkdir) decides which of two saves to one name wins.
+"""
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable
 
 from . import catalogue
 from .load import LoadResult, diffusers_context
 from .problems import Problem, ValidationError
 
-FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" accepts a final newline
+PARTIAL, LOCK = ".pipequant-partial-", ".pipequant-lock-"
 
 
-def folder_problems(folder_name: str, root: Path | None) -> list[Problem]:
-    """Whether `folder_name` is a new plain folder under `root` (PipeQuant never overwrites)."""
-    problems = []
-    if root is None:
-        problems.append(Problem("no_model_folder", "folder_name", "there is no diffusers model folder to save into",
-                                "configure a diffusers model path"))
-    if not isinstance(folder_name, str) or not FOLDER_NAME.match(folder_name) or ".." in folder_name:
-        problems.append(Problem("folder_name_invalid", "folder_name", f"{folder_name!r} is not a plain folder name",
-                                "use letters, digits, '.', '_' and '-' only, e.g. flux-nf4"))
-    elif root is not None and (root / folder_name).exists():
-        problems.append(Problem("folder_exists", "folder_name", f"{root / folder_name} already exists",
-                                "pick a new name; PipeQuant never overwrites a model"))
-    return problems
+class SaveError(RuntimeError):
+    """Writing failed midway (disk full, permissions); nothing is left behind under the name."""
+
+    def __init__(self, dest: Path, cause: BaseException):
+        self.code, self.dest = "save_failed", dest
+        message = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        super().__init__(f"saving to {dest} failed ({type(cause).__name__}: {message}); nothing was left behind")
+
+
+def _roots(roots) -> list[Path]:
+    if roots is None:
+        return []
+    return [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+
+
+def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Problem]:
+    """Whether `folder_name` is a plain name, free in every root (what the Save node and the editor
+    check before a run; PipeQuant never overwrites nor shadows a model)."""
+    roots = _roots(roots)
+    if not roots:
+        return [Problem("no_model_folder", "folder_name", "there is no diffusers model folder to save into",
+                        "configure a diffusers model path")]
+    if not isinstance(folder_name, str) or not FOLDER_NAME.fullmatch(folder_name) or ".." in folder_name:
+        return [Problem("folder_name_invalid", "folder_name", f"{ascii(folder_name)[:80]} is not a plain folder name",
+                        "use letters, digits, '.', '_' and '-' only (up to 128), e.g. flux-nf4")]
+    for root in roots:
+        target = root / folder_name
+        if os.path.islink(target) and not os.path.exists(target):
+            return [Problem("folder_exists", "folder_name", f"{target} is a link to nothing (its target is gone)",
+                            "remove the dangling link or pick a new name; PipeQuant never writes through a link")]
+        if os.path.lexists(target):
+            shadow = "" if root == roots[0] else f" (in a later model folder: a copy in {roots[0]} would hide it)"
+            return [Problem("folder_exists", "folder_name", f"{target} already exists{shadow}",
+                            "pick a new name; PipeQuant never overwrites or shadows a model")]
+    return []
 
 
 def plan_problems(plan) -> list[Problem]:
@@ -49,15 +83,78 @@ def plan_problems(plan) -> list[Problem]:
     return problems
 
 
-def save_problems(result: LoadResult, folder_name: str, root: Path | None) -> list[Problem]:
-    return folder_problems(folder_name, root) + plan_problems(result.plan)
+def save_problems(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | None) -> list[Problem]:
+    return folder_problems(folder_name, roots) + plan_problems(result.plan)
 
 
-def save(result: LoadResult, folder_name: str, root: Path | None) -> Path:
-    problems = save_problems(result, folder_name, root)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _name_lock(root: Path, folder_name: str):
+    """Exclusive ownership of `folder_name` in `root` while saving. A lock left by a killed save
+    (its process is gone) is taken over, with that save's partial folders."""
+    lock = root / f"{LOCK}{folder_name}"
+    for attempt in (1, 2):
+        try:
+            os.mkdir(lock)
+            break
+        except FileExistsError:
+            try:
+                pid = int((lock / "pid").read_text())
+            except (OSError, ValueError):
+                pid = None
+            if attempt == 2 or pid is None or _alive(pid):
+                raise ValidationError([Problem("save_in_progress", "folder_name",
+                                               f'another save to "{folder_name}" is running in {root}',
+                                               "wait for it, or pick another name")]) from None
+            _remove_partials(root, folder_name)
+            shutil.rmtree(lock, ignore_errors=True)
+    try:
+        (lock / "pid").write_text(str(os.getpid()))
+        yield
+    finally:
+        shutil.rmtree(lock, ignore_errors=True)
+
+
+def _remove_partials(root: Path, folder_name: str) -> None:
+    for stale in root.glob(f"{PARTIAL}{folder_name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | None) -> Path:
+    """Write the pipeline to `<first root>/<folder_name>`, atomically; returns that folder."""
+    roots = _roots(roots)
+    problems = save_problems(result, folder_name, roots)
     if problems:
         raise ValidationError(problems)
-    dest = Path(root) / folder_name
-    with diffusers_context():
-        result.pipeline.save_pretrained(str(dest), safe_serialization=True)
+    root = roots[0]
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / folder_name
+    with _name_lock(root, folder_name):
+        problems = folder_problems(folder_name, roots)  # taken while we waited for the lock?
+        if problems:
+            raise ValidationError(problems)
+        partial = root / f"{PARTIAL}{folder_name}-{uuid.uuid4().hex[:8]}"
+        try:
+            with diffusers_context():
+                result.pipeline.save_pretrained(str(partial), safe_serialization=True)
+            os.rename(partial, dest)  # same file system: atomic; dest is known not to exist
+        except Exception as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise SaveError(dest, exc) from None
     return dest
+
+
+def describe_save(result: LoadResult, dest: Path) -> str:
+    """What was written where, named from the plan (not from the workflow's folder name)."""
+    parts = [f"{r.name}: {r.spec.backend} {r.spec.quant_type}" for r in result.plan.modules() if r.spec is not None]
+    model = result.plan.model.folder.name
+    return f"saved {model} ({'; '.join(parts) or 'unquantized'}) to {dest}"

@@ -46,6 +46,8 @@ class BackendSpec:
     @classmethod
     def make(cls, backend: str, quant_type: str, compute_dtype: str = "auto", options: Mapping | None = None,
              components=None, gguf_file: str | None = None) -> "BackendSpec":
+        if isinstance(components, str):  # one name, as diffusers' components_to_quantize takes it
+            components = (components,)
         return cls(backend, quant_type, compute_dtype, _freeze(dict(options or {})),
                    tuple(components) if components is not None else None, gguf_file or None)
 
@@ -88,6 +90,19 @@ class ComponentMap:
 
     @classmethod
     def make(cls, mapping: Mapping[str, BackendSpec | None]) -> "ComponentMap":
+        from .problems import Problem, ValidationError
+
+        if not isinstance(mapping, Mapping):
+            raise ValidationError([Problem("spec_malformed", "map", f"a component map is built from a mapping of "
+                                           f"component name to BackendSpec, got {type(mapping).__name__}",
+                                           'e.g. ComponentMap.make({"transformer": BackendSpec.make("torchao", '
+                                           '"int8_weight_only")})')])
+        for name, spec in mapping.items():
+            if not isinstance(name, str) or not (spec is None or isinstance(spec, BackendSpec)):
+                raise ValidationError([Problem(
+                    "spec_malformed", f"map[{name!s:.40}]", f"the entry for {name!r:.40} is a {type(spec).__name__}, "
+                    "not a BackendSpec or None", "map each component name to BackendSpec.make(...), or None to "
+                    "leave it unquantized")])
         return cls(tuple(sorted((name, spec.without_components() if spec else None) for name, spec in mapping.items())))
 
     def as_dict(self) -> dict[str, BackendSpec | None]:

@@ -14,11 +14,11 @@ from . import catalogue, devices
 from .backends.base import COMPUTE_DTYPES, Backend, Option
 from .roots import find_file, list_files
 from .gguf_file import GGUFFileError, read_gguf
-from .inspect_model import ModelInfo
+from .inspect_model import ModelInfo, meta_modules
 from .plan import default_components
-from .problems import Problem
+from .problems import Problem, ValidationError
 from .spec import BackendSpec, ComponentMap
-from .suggest import did_you_mean
+from .suggest import closest, did_you_mean
 
 LOAD_DTYPES = ("bfloat16", "float16", "float32")
 
@@ -134,6 +134,45 @@ def _check_backend_spec(spec: BackendSpec, prefix: str, dtype: str, target: str 
                                         name))
     if target is not None and quant is not None:
         problems += _check_target(backend, quant, prefix, target, offload, model, components)
+    if model is not None and not problems:
+        problems += _check_skip_list(spec.options_dict.get("modules_to_not_convert"), prefix, backend, model, components)
+    return problems
+
+
+def _check_skip_list(skip, prefix: str, backend: Backend, model: ModelInfo, components: list[str]) -> list[Problem]:
+    """Each modules_to_not_convert entry must keep something out, as the backend matches it: a
+    typo ("proj_outt") silently quantizes the module (diffusers raises nothing)."""
+    if not skip or not isinstance(skip, (list, tuple)):
+        return []
+    field = prefix + "options.modules_to_not_convert"
+    problems = []
+    for name in components:
+        info = model.components[name]
+        try:
+            modules = meta_modules(info)
+        except ValidationError as exc:  # the config cannot be built within bounds
+            return exc.problems
+        names = [m for m, _ in modules]
+        linears = [m for m, n in modules if n is not None]
+        for entry in skip:
+            if any(backend.skips(info.library, m, entry) for m in linears):
+                continue
+            if any(entry == m or entry in m.split(".") or m.startswith(entry + ".") for m in names):
+                problems.append(Problem(
+                    "option_parent_module", field,
+                    f'{backend.label} keeps a layer unquantized only when its own name is listed: "{entry}" in '
+                    f'"{name}" names a parent module, whose layers would be quantized anyway',
+                    "list the layers themselves, e.g. " + ", ".join(f'"{m}"' for m in list(dict.fromkeys(
+                        x.rsplit(".", 1)[-1] for x in linears if x.startswith(entry + ".") or f".{entry}." in x))[:4]),
+                    name))
+                continue
+            short = sorted(x for x in {m.rsplit(".", 1)[-1] for m in linears} | {m.split(".", 1)[0] for m in names}
+                           if not x.isdigit())
+            guess = closest(entry, short)
+            problems.append(Problem(
+                "option_no_match", field, f'"{entry}" matches no module of "{name}" ({info.class_name}): it would '
+                "keep nothing unquantized", (f'did you mean "{guess}"? ' if guess else "") + "e.g. "
+                + ", ".join(f'"{m}"' for m in short[:8]), name))
     return problems
 
 

@@ -1,4 +1,8 @@
-"""Command line: run or validate exported workflows without the editor, and the demo."""
+"""Command line: run or validate exported workflows without the editor, and the demo.
+
+Exit codes: 0 ok; 2 invalid input (workflow, model folder, plan: nothing was loaded);
+3 a load failed; 4 the run failed after loading (sampling, saving).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +11,17 @@ import os
 import sys
 from pathlib import Path
 
-from ..resolver.problems import Problem, ValidationError
 from ..resolver.load import LoadError
+from ..resolver.problems import Problem, ValidationError
+from ..resolver.save import SaveError
+from ..resolver.suggest import did_you_mean
 from .builtin import SaveImage
-from .execute import ALL_NODES, execute
+from .execute import ALL_NODES, RunError, execute
 from .workflow import read_workflow, to_api
+
+EXIT_OK, EXIT_INVALID, EXIT_LOAD, EXIT_RUN = 0, 2, 3, 4
+EXIT_CODES = ("exit codes: 0 ok; 2 invalid input (nothing was loaded); 3 a load failed; "
+              "4 the run failed after loading (sampling, saving)")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 DEMO_WORKFLOW = EXAMPLES / "flux_nf4_transformer.json"
@@ -19,6 +29,7 @@ DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", Path.home() / ".cache" / 
 
 
 def _parse_set(items: list[str]) -> list[tuple[str, str, object]]:
+    """CLASS.input=value items; a class or input that does not exist is an error, not ignored."""
     out = []
     for item in items:
         target, _, raw = item.partition("=")
@@ -26,12 +37,29 @@ def _parse_set(items: list[str]) -> list[tuple[str, str, object]]:
         if not raw or not name:
             raise ValidationError([Problem("bad_set", "--set", f"{item!r} is not CLASS.input=value",
                                            "e.g. --set PipeQuantSampler.steps=4")])
+        if kind not in ALL_NODES:
+            raise ValidationError([Problem("set_unknown_class", "--set", f'{item!r}: there is no node class "{kind}"',
+                                           did_you_mean(kind, list(ALL_NODES)))])
+        spec = ALL_NODES[kind].INPUT_TYPES()
+        inputs = [*spec.get("required", {}), *spec.get("optional", {})]
+        if name not in inputs:
+            raise ValidationError([Problem("set_unknown_input", "--set", f'{item!r}: {kind} has no input "{name}"',
+                                           did_you_mean(name, inputs))])
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = raw
         out.append((kind, name, value))
     return out
+
+
+def check_overrides(prompt: dict, overrides) -> None:
+    """Each --set must reach a node: one for a class the workflow does not use is an error."""
+    present = {node["class_type"] for node in prompt.values()}
+    for kind, name, _ in overrides:
+        if kind not in present:
+            raise ValidationError([Problem("set_unused", "--set", f"{kind}.{name}: the workflow has no {kind} node",
+                                           "nodes in it: " + ", ".join(sorted(present)))])
 
 
 def apply_overrides(prompt: dict, overrides) -> dict:
@@ -56,16 +84,23 @@ def _configure(args) -> None:
         SaveImage.output_dir = Path(args.output)
 
 
+def _user_prompt(args) -> dict:
+    overrides = _parse_set(args.set)
+    prompt = to_api(read_workflow(args.workflow), ALL_NODES)
+    check_overrides(prompt, overrides)
+    return apply_overrides(prompt, overrides)
+
+
 def cmd_run(args) -> int:
     _configure(args)
-    ui = execute(load_prompt(args.workflow, _parse_set(args.set)))
+    ui = execute(_user_prompt(args))
     _print_ui(ui)
     return 0
 
 
 def cmd_validate(args) -> int:
     _configure(args)
-    execute(load_prompt(args.workflow, _parse_set(args.set)), validate_only=True)
+    execute(_user_prompt(args), validate_only=True)
     print(f"{args.workflow}: OK (validated against the models; no weights read)")
     return 0
 
@@ -118,16 +153,20 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, helptext in (("run", cmd_run, "run an exported workflow (API or UI format)"),
                                  ("validate", cmd_validate, "check a workflow against the models, loading no weights")):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, description=f"{helptext}.\n\n{EXIT_CODES}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("workflow", type=Path)
-        p.add_argument("--models", action="append", default=[], help="a folder of diffusers pipelines (repeatable); "
-                                                                     "default: $PIPEQUANT_MODELS")
+        p.add_argument("--models", action="append", default=[],
+                       help="a folder of diffusers pipelines (repeatable; default: $PIPEQUANT_MODELS). Save Quantized "
+                            "Pipeline writes into the first one, so the copy loads by name")
         p.add_argument("--gguf", action="append", default=[], help="a folder of .gguf files (repeatable)")
-        p.add_argument("--output", default="output", help="where SaveImage/PreviewImage write PNGs")
+        p.add_argument("--output", default="output", help="where SaveImage/PreviewImage write PNGs (saved pipelines go "
+                                                          "to the first --models folder)")
         p.add_argument("--set", action="append", default=[], metavar="CLASS.input=value",
                        help="override an input on every node of a class, e.g. PipeQuantSampler.steps=4")
         p.set_defaults(func=func)
@@ -144,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     except LoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_LOAD
+    except (RunError, SaveError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN

@@ -6,20 +6,73 @@ import inspect
 
 from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from ..nodes.load import PipeQuantLoadPipeline, plan_pipeline
+from ..nodes.sampler import PipeQuantSampler
+from ..resolver.limits import image_size_problems
+from ..resolver.load import LoadError
+from ..resolver.plan import Plan
 from ..resolver.problems import Problem, ValidationError
+from ..resolver.save import SaveError
 from .builtin import BUILTIN_NODES
 
 ALL_NODES = {**NODE_CLASS_MAPPINGS, **BUILTIN_NODES}
 CONFIG_NODES = ("PipeQuantBackend", "PipeQuantComponentMap")  # cheap: they read no weights
 
 
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+class RunError(RuntimeError):
+    """A node failed while running (not bad input, not a failed load): names the node."""
+
+    def __init__(self, label: str, cause: BaseException):
+        self.label = label
+        message = str(cause).strip().splitlines()[0][:400] if str(cause).strip() else ""
+        super().__init__(f"{label} failed: {type(cause).__name__}: {message}")
+
+
 def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int) \
+        and not isinstance(value[1], bool)
 
 
 def _label(node_id: str, prompt: dict) -> str:
     kind = prompt[node_id]["class_type"]
     return f"node {node_id} ({NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind)})"
+
+
+def _type_name(kind) -> str:
+    return "COMBO" if isinstance(kind, list) else str(kind)
+
+
+def types_match(received, wanted) -> bool:
+    """ComfyUI's rule (comfy_execution/validation.py): equal, "*", or overlapping "A,B" unions."""
+    received, wanted = _type_name(received), _type_name(wanted)
+    if received == wanted or "*" in (received, wanted):
+        return True
+    return bool({t.strip() for t in received.split(",")} & {t.strip() for t in wanted.split(",")})
+
+
+def _check_link(node_id: str, name: str, value, entry, prompt: dict) -> list[Problem]:
+    where = f"{_label(node_id, prompt)}.{name}"
+    if not _is_link(value):
+        return [Problem("workflow_bad_link", where, f"{value!r:.80} is not a link [node id, output index]",
+                        "reconnect the input and export again")]
+    if value[0] not in prompt:
+        return [Problem("workflow_dangling_link", where, f"linked to node {value[0]}, which is not in the workflow",
+                        "reconnect the input and export again")]
+    source = ALL_NODES[prompt[value[0]]["class_type"]]
+    outputs = source.RETURN_TYPES
+    if not 0 <= value[1] < len(outputs):
+        return [Problem("workflow_dangling_link", where,
+                        f"linked to output {value[1]} of node {value[0]}, which has {len(outputs)}",
+                        "reconnect the input and export again")]
+    received, wanted = outputs[value[1]], entry[0]
+    if not types_match(received, wanted):
+        return [Problem("workflow_type_mismatch", where,
+                        f"is linked to output {value[1]} of {_label(value[0], prompt)}, a {received}; "
+                        f"this input takes {_type_name(wanted)}",
+                        f"connect a node that outputs {_type_name(wanted)}")]
+    return []
 
 
 def _check_value(entry, value) -> str | None:
@@ -57,18 +110,17 @@ def check_prompt(prompt: dict) -> list[Problem]:
         wanted = inspect.signature(validate).parameters if validate is not None else {}
         declared = {**spec.get("required", {}), **spec.get("optional", {})}
         for name, value in node["inputs"].items():
-            if _is_link(value):
-                if value[0] not in prompt:
-                    problems.append(Problem("workflow_dangling_link", f"{_label(node_id, prompt)}.{name}",
-                                            f"linked to node {value[0]}, which is not in the workflow",
-                                            "reconnect the input and export again"))
-                    continue
-                outputs = len(ALL_NODES[prompt[value[0]]["class_type"]].RETURN_TYPES)
-                if not 0 <= value[1] < outputs:
-                    problems.append(Problem("workflow_dangling_link", f"{_label(node_id, prompt)}.{name}",
-                                            f"linked to output {value[1]} of node {value[0]}, which has {outputs}",
-                                            "reconnect the input and export again"))
-            elif name in declared and name not in wanted:
+            if name not in declared:
+                continue  # ComfyUI ignores inputs a node does not declare
+            kind = declared[name][0]
+            socket = not isinstance(kind, list) and kind not in WIDGET_TYPES  # a link must feed it
+            if isinstance(value, list):  # ComfyUI reads any list as a link
+                problems += _check_link(node_id, name, value, declared[name], prompt)
+            elif socket and not (value is None and name not in spec.get("required", {})):
+                problems.append(Problem("workflow_needs_link", f"{_label(node_id, prompt)}.{name}",
+                                        f"is the constant {value!r:.60}, but this input takes a link from a node "
+                                        f"that outputs {kind}", f"connect a node that outputs {kind}"))
+            elif name not in wanted:
                 valid = _check_value(declared[name], value)
                 if valid is not None:
                     problems.append(Problem("workflow_bad_value", f"{_label(node_id, prompt)}.{name}",
@@ -79,7 +131,7 @@ def check_prompt(prompt: dict) -> list[Problem]:
                                         "required input is missing", "connect it or set its value"))
         if validate is None:
             continue
-        constants = {k: v for k, v in node["inputs"].items() if k in wanted and not _is_link(v)}
+        constants = {k: v for k, v in node["inputs"].items() if k in wanted and not isinstance(v, list)}
         if any(p.default is inspect.Parameter.empty and n not in constants for n, p in wanted.items()):
             continue  # a required widget is linked or missing: reported above / checked at run time
         result = validate(**constants)
@@ -94,48 +146,97 @@ def output_nodes(prompt: dict) -> list[str]:
     return [i for i, n in prompt.items() if getattr(ALL_NODES[n["class_type"]], "OUTPUT_NODE", False)]
 
 
+def _declared(node_class) -> dict:
+    spec = node_class.INPUT_TYPES()
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def _dependencies(prompt: dict, node_id: str) -> list[str]:
+    declared = _declared(ALL_NODES[prompt[node_id]["class_type"]])
+    return [v[0] for k, v in prompt[node_id]["inputs"].items() if k in declared and _is_link(v)]
+
+
+def execution_order(prompt: dict, outputs: list[str]) -> list[str]:
+    """The nodes the outputs need, each after what it links to. Iterative: a chain of thousands of
+    Per-Component Maps is as fine as a short one."""
+    order, state = [], {}  # state: 1 = on the current path, 2 = done
+    for start in outputs:
+        if state.get(start) == 2:
+            continue
+        state[start] = 1
+        stack = [(start, iter(_dependencies(prompt, start)))]
+        while stack:
+            node_id, pending = stack[-1]
+            nxt = next(pending, None)
+            if nxt is None:
+                stack.pop()
+                state[node_id] = 2
+                order.append(node_id)
+            elif state.get(nxt) == 1:
+                raise ValidationError([Problem("workflow_cycle", _label(nxt, prompt), "the workflow has a cycle",
+                                               "remove the loop")])
+            elif state.get(nxt) is None:
+                state[nxt] = 1
+                stack.append((nxt, iter(_dependencies(prompt, nxt))))
+    return order
+
+
 def execute(prompt: dict, *, validate_only: bool = False) -> dict:
-    """Run the prompt; returns {node id: ui dict} of the output nodes. With `validate_only`, config
-    nodes run (they read no weights) and loaders only validate their whole plan."""
+    """Run the prompt; returns {node id: ui dict} of the output nodes. Everything is validated
+    first, reading no weights (config nodes run, loaders validate their whole plan, samplers check
+    the image size against the model), so a run fails before loading when it can."""
     import torch
 
     problems = check_prompt(prompt)
+    outputs = output_nodes(prompt)
+    if not outputs:
+        problems.append(Problem("workflow_no_output", "workflow", "the workflow has no output node: nothing would run",
+                                "add Save Image, Preview Image, Pipeline Memory Report or Save Quantized Pipeline"))
     if problems:
         raise ValidationError(problems)
+    order = execution_order(prompt, outputs)
+    with torch.inference_mode():  # as ComfyUI's executor does
+        _run(prompt, order, validate_only=True)
+        return {} if validate_only else _run(prompt, order, validate_only=False)
+
+
+def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
     results: dict[str, tuple] = {}
     ui: dict[str, dict] = {}
-    visiting: set[str] = set()
-
-    def run(node_id: str):
-        if node_id in results:
-            return results[node_id]
-        if node_id in visiting:
-            raise ValidationError([Problem("workflow_cycle", _label(node_id, prompt), "the workflow has a cycle",
-                                           "remove the loop")])
-        visiting.add(node_id)
+    for node_id in order:
         node = prompt[node_id]
         node_class = ALL_NODES[node["class_type"]]
-        spec = node_class.INPUT_TYPES()
-        declared = {**spec.get("required", {}), **spec.get("optional", {})}
-        kwargs = {name: (run(value[0])[value[1]] if _is_link(value) else value)
+        declared = _declared(node_class)
+        kwargs = {name: (results[value[0]][value[1]] if _is_link(value) else value)
                   for name, value in node["inputs"].items() if name in declared}  # ComfyUI ignores the others
-        if validate_only and node_class is PipeQuantLoadPipeline:
-            plan_pipeline(kwargs["model"], kwargs["dtype"], kwargs["device"], kwargs["offload"],
-                          kwargs.get("quantization"), allow_pickle=kwargs.get("allow_pickle", False) is True)
-            out = (None, None)
-        elif validate_only and node["class_type"] not in CONFIG_NODES:
-            out = (None,) * max(1, len(node_class.RETURN_TYPES))
-        else:
+        if validate_only:
+            results[node_id] = _validate_node(node_id, node, node_class, kwargs, prompt)
+            continue
+        try:
             value = getattr(node_class(), node_class.FUNCTION)(**kwargs)
-            if isinstance(value, dict):
-                ui[node_id] = value.get("ui", {})
-                value = value.get("result", ())
-            out = tuple(value)
-        visiting.discard(node_id)
-        results[node_id] = out
-        return out
-
-    with torch.inference_mode():  # as ComfyUI's executor does
-        for node_id in output_nodes(prompt):
-            run(node_id)
+        except (ValidationError, LoadError, SaveError):
+            raise
+        except Exception as exc:
+            raise RunError(_label(node_id, prompt), exc) from None
+        if isinstance(value, dict):
+            ui[node_id] = value.get("ui", {})
+            value = value.get("result", ())
+        results[node_id] = tuple(value)
     return ui
+
+
+def _validate_node(node_id, node, node_class, kwargs, prompt) -> tuple:
+    """What a node contributes to validation: config nodes run, a loader returns its plan, a
+    sampler checks its image size against the planned model."""
+    if node_class is PipeQuantLoadPipeline:
+        plan = plan_pipeline(kwargs["model"], kwargs["dtype"], kwargs["device"], kwargs["offload"],
+                             kwargs.get("quantization"), allow_pickle=kwargs.get("allow_pickle", False) is True)
+        return (plan, None)
+    if node["class_type"] in CONFIG_NODES:
+        return tuple(getattr(node_class(), node_class.FUNCTION)(**kwargs))
+    if node_class is PipeQuantSampler and isinstance(kwargs.get("pipeline"), Plan):
+        found = image_size_problems(kwargs["pipeline"].model, kwargs.get("width"), kwargs.get("height"))
+        if found:
+            raise ValidationError([Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion)
+                                   for p in found])
+    return (None,) * max(1, len(node_class.RETURN_TYPES))

@@ -10,22 +10,38 @@ import json
 from pathlib import Path
 
 from ..resolver.problems import Problem, ValidationError
+from ..resolver.safe_files import FileProblem, read_bytes
 from ..resolver.suggest import did_you_mean
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 UI_ONLY_NODES = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 MUTED, BYPASSED = 2, 4
+MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
 
 
 def _fail(code: str, field: str, message: str, suggestion: str = "") -> ValidationError:
     return ValidationError([Problem(code, field, message, suggestion)])
 
 
+def _no_duplicate_keys(pairs):
+    """json.loads keeps the last of two equal keys; two nodes with one id would silently become one."""
+    keys = [k for k, _ in pairs]
+    dupes = sorted({k for k in keys if keys.count(k) > 1}) if len(keys) != len(set(keys)) else []
+    if dupes:
+        raise _fail("workflow_duplicate_id", f"node {dupes[0]}", f'the workflow holds key "{dupes[0]:.40}" twice',
+                    "give each node its own id (export the workflow again from ComfyUI)")
+    return dict(pairs)
+
+
 def read_workflow(path: Path) -> dict:
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise _fail("workflow_unreadable", "workflow", f"cannot read {path}: {exc.strerror}", "check the path") from None
+        raw = read_bytes(path, MAX_WORKFLOW_BYTES)
+    except FileProblem as exc:
+        raise _fail("workflow_unreadable", "workflow", f"cannot read {path}: {exc}", "check the path") from None
+    try:
+        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except ValidationError:
+        raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise _fail("workflow_not_json", "workflow", f"{Path(path).name} is not JSON ({str(exc)[:200]})",
                     "export the workflow again from ComfyUI (Workflow › Export, or Export (API))") from None
@@ -81,7 +97,15 @@ def to_api(data: dict, node_classes: dict) -> dict:
             _check_known(node_id, node["class_type"], node_classes)
             out[str(node_id)] = {"class_type": node["class_type"], "inputs": dict(node.get("inputs", {}))}
         return out
-    nodes = {str(n.get("id")): n for n in data["nodes"] if isinstance(n, dict)}
+    nodes = {}
+    for n in data["nodes"]:
+        if not isinstance(n, dict):
+            continue
+        node_id = str(n.get("id"))
+        if node_id in nodes:
+            raise _fail("workflow_duplicate_id", f"node {node_id:.40}", f"two nodes have the id {node_id:.40}: one "
+                        "would silently replace the other", "give each node its own id (export the workflow again)")
+        nodes[node_id] = n
     links = {}
     raw_links = data.get("links")
     for link in raw_links if isinstance(raw_links, list) else []:

@@ -112,6 +112,12 @@ class Backend:
         extension for minutes): shown as progress text and logged; "" when nothing."""
         return ""
 
+    def skips(self, library: str, module_name: str, entry: str) -> bool:
+        """Whether a `modules_to_not_convert` entry keeps the Linear `module_name` unquantized, as
+        the library's quantizer matches it: the module itself, one of its parents, or a part of
+        its dotted name. The estimate and validation ask this, so they agree with the load."""
+        return entry == module_name or entry in module_name.split(".") or module_name.startswith(entry + ".")
+
     def describe(self) -> dict:
         return {
             "name": self.name,

@@ -50,6 +50,13 @@ def _needs_build(quant_type: str, device: str) -> bool:
 
 @dataclass(frozen=True)
 class Quanto(Backend):
+    def skips(self, library, module_name, entry):
+        """diffusers' quanto replaces a Linear unless its *own* name is listed: a parent module's
+        name ("transformer_blocks") keeps nothing out (diffusers/quantizers/quanto/utils.py)."""
+        if library == DIFFUSERS:
+            return module_name.rsplit(".", 1)[-1] == entry
+        return super().skips(library, module_name, entry)
+
     def build_config(self, library, quant_type, compute_dtype, options):
         weights = {"weights_dtype" if library == DIFFUSERS else "weights": quant_type}
         return self.config_class(library)(**weights, modules_to_not_convert=module_skip_list(options))
