@@ -140,8 +140,9 @@ class SpecReader:
         if kind == GRANULAR:
             both = [k for k in ("backend", "quant_type") if k in entry]
             if both:  # diffusers and spec_from_dict refuse it too: neither part would silently win
-                raise _shape("kind", f'a spec cannot be both granular (a "components" map) and global (it has '
-                             f'"{both[0]}")', 'drop "backend" and "quant_type", or use "kind": "global"')
+                message = f'a spec cannot be both granular (a "components" map) and global (it has "{both[0]}")'
+                raise BadRequest(message, [Problem("spec_global_and_granular", "kind", message,
+                                                   'drop "backend" and "quant_type", or use "kind": "global"')])
             components = entry.get("components")
             if not isinstance(components, Mapping):
                 raise _shape("components", 'a granular spec needs a "components" object')

@@ -23,7 +23,12 @@ _STRING, _ARRAY = 8, 9
 
 
 class GGUFFileError(ValueError):
-    pass
+    def __init__(self, message: str, code: str = "gguf_file_unreadable"):
+        self.code = code
+        super().__init__(message)
+
+
+BOUNDS = "gguf_header_bounds"  # a length in the header that the file cannot hold
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class _Cursor:
     def take(self, n: int, what: str) -> int:
         if n < 0 or self.pos + n > len(self.data):
             raise GGUFFileError(f"{self.name}: its header claims {what} of {n:,} bytes at byte {self.pos:,}, past the "
-                                f"end of the {len(self.data):,}-byte file: not a GGUF file, or truncated")
+                                f"end of the {len(self.data):,}-byte file: not a GGUF file, or truncated", BOUNDS)
         start = self.pos
         self.pos += n
         return start
@@ -56,7 +61,7 @@ class _Cursor:
         left = len(self.data) - self.pos
         if n * each > left:
             raise GGUFFileError(f"{self.name}: its header claims {n:,} {what}, more than the {left:,} bytes left in "
-                                "the file can hold: not a GGUF file, or truncated")
+                                "the file can hold: not a GGUF file, or truncated", BOUNDS)
         return n
 
     def string(self, what: str) -> None:
@@ -74,7 +79,7 @@ class _Cursor:
             self.items += n
             if self.items > MAX_ITEMS:
                 raise GGUFFileError(f"{self.name}: its header holds more than {MAX_ITEMS:,} array items: not a model "
-                                    "file PipeQuant can read")
+                                    "file PipeQuant can read", BOUNDS)
             if item in _FIXED:
                 self.take(n * each, "an array")
             else:
@@ -100,7 +105,7 @@ def check_header(data, name: str) -> None:
     left = len(data) - cur.pos
     if n_kv * 13 > left or n_tensors * 24 > left:
         raise GGUFFileError(f"{name}: its header claims {n_kv:,} metadata entries and {n_tensors:,} tensors, more than "
-                            f"its {len(data):,} bytes can hold: not a GGUF file, or truncated")
+                            f"its {len(data):,} bytes can hold: not a GGUF file, or truncated", BOUNDS)
     for _ in range(n_kv):
         cur.string("a metadata key")
         cur.value(cur.unpack("I", "a value type"))

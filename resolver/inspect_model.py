@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .catalogue import DIFFUSERS, TRANSFORMERS
-from .meta_build import BuildRefused, build_on_meta
+from .meta_build import BuildRefused, build_on_meta, check_config
 from .problems import Problem, ValidationError
 from .roots import INDEX, Root, walk_pipeline
 from .safe_files import FileProblem, read_json_object
@@ -282,6 +282,10 @@ def _component(folder: Path, name: str, library: str, class_name: str, cls, pres
             raise _problem(exc.code, f'component "{name}": {exc} ({f})', "re-download or re-save that file",
                            name) from None
     config = _read_json(sub / "config.json", folder, name) if "config.json" in mine else {}
+    try:  # field types and layer counts, before anything builds from it
+        check_config(config, cls, library, f"{name}/config.json")
+    except BuildRefused as exc:
+        raise _problem(exc.code, str(exc), exc.suggestion, name) from None
     method = config.get("quantization_config")
     method = method.get("quant_method") if isinstance(method, dict) else None
     return ComponentInfo(name, library, class_name, True, sub, tuple(files), tuple(pickles), tuple(tensors),

@@ -75,11 +75,15 @@ def check_config(config: dict, cls, library: str, where: str) -> None:
 
 
 @contextmanager
-def bounded(where: str, max_params: int = MAX_PARAMS, max_modules: int = MAX_MODULES, seconds: float = MAX_SECONDS):
+def bounded(where: str, max_params: int | None = None, max_modules: int | None = None, seconds: float | None = None):
     """Stop a model build in this thread once it registers more than `max_params` parameters or
-    `max_modules` modules, or runs longer than `seconds`. Other threads' builds are not counted."""
+    `max_modules` modules, or runs longer than `seconds` (defaults: the module's limits, read at
+    call time). Other threads' builds are not counted."""
     import torch.nn.modules.module as module_mod
 
+    max_params = MAX_PARAMS if max_params is None else max_params
+    max_modules = MAX_MODULES if max_modules is None else max_modules
+    seconds = MAX_SECONDS if seconds is None else seconds
     me = threading.get_ident()
     deadline = time.monotonic() + seconds
     counts = {"params": 0, "modules": 0}

@@ -199,19 +199,25 @@ def walk_pipeline(folder: Path, root: Root | None = None) -> Iterator[tuple[str,
                                   "files and folders: not a pipeline folder", "point at the pipeline folder itself")
             rel = prefix + entry.name
             path = Path(entry.path)
-            if not contained(path, folder, root):
-                raise FileProblem("model_outside_roots", path, f"{rel} is a link that leaves the pipeline folder",
-                                  "copy the files into the model folder instead of linking them")
-            st = os.stat(path)
+            try:
+                if not contained(path, folder, root):
+                    raise FileProblem("model_outside_roots", path, f"{rel} is a link that leaves the pipeline folder",
+                                      "copy the files into the model folder instead of linking them")
+                st = os.stat(path)
+                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                    regular_stat(path)  # raises not_a_regular_file
+            except FileProblem as exc:  # name it by its place in the pipeline: "tokenizer/tokenizer.json"
+                message = str(exc)
+                if not message.startswith(rel):
+                    message = rel + message[len(entry.name):] if message.startswith(entry.name) else f"{rel}: {message}"
+                raise FileProblem(exc.code, path, message, exc.suggestion) from None
             if stat.S_ISDIR(st.st_mode):
                 real = real_path(path)
                 if real not in seen:  # a link to a folder already walked is walked once
                     seen.add(real)
                     stack.append((path, rel + "/"))
-            elif stat.S_ISREG(st.st_mode):
-                yield rel, st
             else:
-                regular_stat(path)  # raises not_a_regular_file, naming it
+                yield rel, st
 
 
 # -- single files found by name (GGUF) ---------------------------------------------------------------

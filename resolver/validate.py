@@ -249,7 +249,7 @@ def _check_file(spec, prefix, backend: Backend, gguf_roots, model, components) -
     try:
         summary = read_gguf(path)
     except GGUFFileError as exc:
-        return [Problem("gguf_file_unreadable", field, str(exc), "re-download the file")]
+        return [Problem(exc.code, field, str(exc), "re-download the file")]
     problems = []
     if model is not None:
         for name in components:

@@ -43,3 +43,9 @@ def quantized_weight_types(module: torch.nn.Module) -> set[str]:
             kind = type(w) if type(w) not in (torch.Tensor, torch.nn.Parameter) else type(m)
             out.add(f"{kind.__module__.split('.')[0]}.{kind.__name__}")
     return out
+
+
+# 100 bytes that claim a 2^40-item array in their metadata (gguf's reader would allocate for each).
+HUGE_ARRAY_GGUF = (b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+                   + (4).to_bytes(8, "little") + b"vals" + (9).to_bytes(4, "little") + (0).to_bytes(4, "little")
+                   + (2**40).to_bytes(8, "little")).ljust(100, b"\0")

@@ -17,20 +17,27 @@ import contextlib
 import copy
 import io
 import json
+import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
+from helpers import HUGE_ARRAY_GGUF
 
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.component_map import PipeQuantComponentMap
 from pipequant.nodes.load import PipeQuantLoadPipeline
+from pipequant.nodes.sampler import PipeQuantSampler
+from pipequant.nodes.save import PipeQuantSavePipeline
 from pipequant.resolver import BackendSpec, ComponentMap, inspect_model, spec_from_dict, spec_from_json, validate
 from pipequant.resolver.backends.quanto import Quanto
 from pipequant.resolver.roots import resolve_model
+from pipequant.resolver.estimate import estimate
+from pipequant.resolver.load import plan_load
 from pipequant.resolver.problems import ValidationError, errors
 from pipequant.testing import write_gguf
 from pipequant.runner import cli
@@ -88,11 +95,70 @@ def env_base(tmp_path_factory, tiny_flux, tiny_sd3, flux_gguf):
     shard.unlink()
     shard.write_bytes(data[: len(data) // 2])
 
+    _hostile(root, tiny_flux)
+    _copy(tiny_sd3, root / "tiny-sd3")
+
     shutil.copy(flux_gguf, gguf / flux_gguf.name)
     (gguf / "half.gguf").write_bytes(flux_gguf.read_bytes()[: flux_gguf.stat().st_size // 2])
+    (gguf / "huge-array.gguf").write_bytes(HUGE_ARRAY_GGUF)
     (gguf / "not-a-gguf.gguf").write_bytes(b"this is a text file, not a GGUF model" * 10)
     write_gguf(tiny_sd3, "transformer", gguf / "sd3-transformer-Q8_0.gguf", "Q8_0")
     return root, gguf, outside
+
+
+def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _fake_header(path: Path, header: bytes) -> None:
+    path.unlink()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 64)
+
+
+def _hostile(root: Path, tiny_flux: Path) -> None:
+    """Pipeline folders a stranger could hand over: each breaks one rule of issue 11."""
+    def copy(name: str) -> Path:
+        return _copy(tiny_flux, root / name)
+
+    def index(name: str, **entries) -> None:
+        _edit_json(copy(name) / "model_index.json", lambda d: d.update(entries))
+
+    index("component-absolute", **{"/elsewhere/transformer": ["diffusers", "FluxTransformer2DModel"]})
+    index("component-dotdot", **{"../../other/text_encoder": ["transformers", "CLIPTextModel"]})
+    index("nested-pipeline", scheduler=["diffusers", "FluxPipeline"])
+    index("undeclared-component", unet=["diffusers", "UNet2DConditionModel"])
+    index("class-mismatch", transformer=["diffusers", "SD3Transformer2DModel"])
+    fifo = copy("fifo-index")
+    (fifo / "model_index.json").unlink()
+    os.mkfifo(fifo / "model_index.json")
+    for name, rel in (("fifo-config", "transformer/config.json"), ("fifo-tokenizer", "tokenizer/tokenizer.json"),
+                      ("fifo-header", "vae/diffusion_pytorch_model.safetensors")):
+        (copy(name) / rel).unlink()
+        os.mkfifo(root / name / rel)
+    device = copy("char-device")
+    (device / "text_encoder" / "config.json").unlink()
+    try:  # /dev/zero's numbers; a FIFO where mknod is not allowed (the row then checks the same rule)
+        os.mknod(device / "text_encoder" / "config.json", 0o644 | stat.S_IFCHR, os.makedev(1, 5))
+    except PermissionError:
+        os.mkfifo(device / "text_encoder" / "config.json")
+    with open(copy("config-huge") / "transformer" / "config.json", "r+b") as f:
+        f.truncate(20 * 1024 * 1024)  # sparse: 20 MB on paper
+    (copy("config-not-json") / "transformer" / "config.json").write_text("num_layers = 1")
+    (copy("config-a-list") / "transformer" / "config.json").write_text("[1, 2]")
+    (copy("index-too-deep") / "model_index.json").write_text('{"_class_name": "FluxPipeline", "x": '
+                                                            + "[" * 100_000 + "]" * 100_000 + "}")
+    _edit_json(copy("field-wrong-type") / "transformer" / "config.json", lambda d: d.update(num_layers="many"))
+    _edit_json(copy("absurd-layers") / "transformer" / "config.json", lambda d: d.update(num_layers=10**9))
+    _edit_json(copy("absurd-t5") / "text_encoder_2" / "config.json", lambda d: d.update(num_layers=10**8))
+    _edit_json(copy("absurd-width") / "transformer" / "config.json", lambda d: d.update(joint_attention_dim=10**10))
+    _fake_header(copy("header-a-list") / "vae" / "diffusion_pytorch_model.safetensors", b"[1, 2, 3]")
+    _fake_header(copy("header-too-deep") / "vae" / "diffusion_pytorch_model.safetensors", b"[" * 50_000 + b"]" * 50_000)
+    _fake_header(copy("header-shape-text") / "vae" / "diffusion_pytorch_model.safetensors",
+                 b'{"w": {"dtype": "F32", "shape": "12", "data_offsets": [0, 48]}}')
+    (copy("symlink-loop") / "loop").symlink_to("loop")
+    (root / "name-taken-later").mkdir()
 
 
 @pytest.fixture
@@ -181,11 +247,24 @@ def api(*edits) -> dict:
     """A copy of API with edits: (node id, input, value) sets an input; (node id, None, dict) replaces a node."""
     prompt = copy.deepcopy(API)
     for node_id, name, value in edits:
-        if name is None:
+        if name is None and value is None:
+            prompt.pop(node_id, None)
+        elif name is None:
             prompt[node_id] = value
+        elif value is None:
+            prompt[node_id]["inputs"].pop(name, None)
         else:
             prompt[node_id]["inputs"][name] = value
     return prompt
+
+
+def sampled(model="tiny-flux", **sampler) -> dict:
+    """API workflow: Load -> Sampler -> Preview, with the sampler's inputs edited."""
+    inputs = {"pipeline": ["3", 0], "prompt": "cat", "negative_prompt": "", "steps": 1, "guidance_scale": 3.5,
+              "width": 32, "height": 32, "seed": 0, "batch_size": 1} | sampler
+    return api(("3", "model", model), ("3", "quantization", None), ("1", None, None), ("2", None, None),
+               ("4", None, None), ("6", None, {"class_type": "PipeQuantSampler", "inputs": inputs}),
+               ("7", None, {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}))
 
 
 def ui(edit: Callable[[dict], None]) -> dict:
@@ -212,6 +291,27 @@ def workflow(content, *, validate_only: bool = True) -> Callable[[Env], Outcome]
         except ValidationError as exc:
             return Outcome(exc.codes, str(exc))
         pytest.fail("the workflow was accepted")
+    return run
+
+
+def set_override(*items: str, workflow_data=None) -> Callable[[Env], Outcome]:
+    """`--set` items as the command line parses and applies them."""
+    def run(env: Env) -> Outcome:
+        path = env.tmp / "workflow.json"
+        path.write_text(json.dumps(workflow_data or API))
+        args = cli.build_parser().parse_args(["validate", str(path), *[a for i in items for a in ("--set", i)]])
+        try:
+            cli._user_prompt(args)
+        except ValidationError as exc:
+            return Outcome(exc.codes, str(exc))
+        pytest.fail("the --set was accepted")
+    return run
+
+
+def node_check(node_class, **inputs) -> Callable[[Env], Outcome]:
+    """A node's VALIDATE_INPUTS (Sampler, Save), as ComfyUI calls it before a run."""
+    def run(env: Env) -> Outcome:
+        return _validated(node_class.VALIDATE_INPUTS(**inputs))
     return run
 
 
@@ -599,6 +699,144 @@ CASES = [
          "device_unknown", None, "device", "Valid: auto, cuda, cpu"),
     Case("resolve-backslash-path", "resolver", resolver(lambda env: resolve_model("..\\secrets", [env.root])),
          "model_outside_roots", None, "model", "pick a pipeline from the model list"),
+    # ---- issue 11: hostile model folders (security, hangs, crashes) --------------------------
+    Case("component-name-absolute", "node", load_validate(model="component-absolute"), "component_name_invalid",
+         LOAD, "model", "never paths"),
+    Case("component-name-dotdot", "node", load_node(model="component-dotdot"), "component_name_invalid",
+         LOAD, "model", "never paths"),
+    Case("route-component-name-path", "route",
+         route("GET", "/pipequant/components", query={"model": "component-dotdot"}, status=400),
+         "component_name_invalid", None, "model", "never paths"),
+    Case("component-nested-pipeline", "node", load_node(model="nested-pipeline"), "component_is_pipeline",
+         LOAD, "model", "a pipeline's components are models, tokenizers and schedulers"),
+    Case("component-undeclared", "node", load_validate(model="undeclared-component"), "component_undeclared",
+         LOAD, "model", "FluxPipeline takes: scheduler, vae"),
+    Case("component-class-mismatch", "node", load_validate(model="class-mismatch"), "component_class_mismatch",
+         LOAD, "model", "declares FluxTransformer2DModel"),
+    Case("fifo-model-index", "node", load_validate(model="fifo-index"), "not_a_regular_file", LOAD, "model",
+         "replace it with the real file"),
+    Case("route-fifo-model-index", "route",
+         route("GET", "/pipequant/components", query={"model": "fifo-index"}, status=400),
+         "not_a_regular_file", None, "model", "replace it with the real file"),
+    Case("fifo-config", "node", load_node(model="fifo-config"), "not_a_regular_file", LOAD, "model",
+         "transformer/config.json is a named pipe"),
+    Case("fifo-tokenizer-file", "node", load_validate(model="fifo-tokenizer"), "not_a_regular_file", LOAD, "model",
+         "tokenizer/tokenizer.json is a named pipe"),
+    Case("fifo-safetensors-header", "node", load_validate(model="fifo-header"), "not_a_regular_file", LOAD, "model",
+         "replace it with the real file"),
+    Case("char-device-config", "route",
+         route("POST", "/pipequant/estimate", {"model": "char-device", "device": "cpu", "spec": ui_spec(node=1)}),
+         "not_a_regular_file", None, "model", "replace it with the real file"),
+    Case("config-too-large", "node", load_validate(model="config-huge"), "file_too_large", LOAD, "model",
+         "re-download the pipeline"),
+    Case("config-not-json", "node", load_node(model="config-not-json"), "json_invalid", LOAD, "model",
+         "config.json is not valid JSON"),
+    Case("config-a-list", "node", load_validate(model="config-a-list"), "json_not_object", LOAD, "model",
+         "config.json holds a JSON list"),
+    Case("model-index-too-deep", "node", load_validate(model="index-too-deep"), "json_too_deep", LOAD, "model",
+         "model_index.json nests more than 64"),
+    Case("config-field-wrong-type", "node", load_node(model="field-wrong-type"), "config_field_type", LOAD, "model",
+         'set "num_layers" to a number'),
+    Case("config-absurd-layers", "route",
+         route("POST", "/pipequant/validate", {"model": "absurd-layers", "device": "cpu", "spec": ui_spec(node=1)}),
+         "model_too_large", None, "model", "does not describe a real model"),
+    Case("config-absurd-t5", "runner", workflow(api(("3", "model", "absurd-t5"))), "model_too_large",
+         f"({LOAD})", "model", "does not describe a real model"),
+    Case("config-absurd-width-estimate", "route",
+         route("POST", "/pipequant/estimate",
+               {"model": "absurd-width", "device": "cpu", "spec": ui_spec(components="transformer", node=1)}),
+         "model_too_large", None, "model", "more than 200,000,000,000 parameters"),
+    Case("config-absurd-width-resolver", "resolver",
+         resolver(lambda env: estimate(plan_load(env.root / "absurd-width", G("torchao", "int8_weight_only"),
+                                                 device="cpu"))),
+         "model_too_large", None, "transformer/config.json", "does not describe a real model"),
+    Case("header-a-list", "node", load_validate(model="header-a-list"), "header_malformed", LOAD, "model",
+         "re-download or re-save that file"),
+    Case("header-too-deep", "node", load_validate(model="header-too-deep"), "json_too_deep", LOAD, "model",
+         "re-download or re-save that file"),
+    Case("header-shape-as-text", "node", load_validate(model="header-shape-text"), "header_malformed", LOAD, "model",
+         "not a list of sizes"),
+    Case("symlink-loop", "node", load_node(model="symlink-loop"), "symlink_loop", LOAD, "model",
+         "replace the link with the file or folder"),
+    Case("model-name-too-long", "node", load_validate(model="x" * 300), "name_too_long", LOAD, "model",
+         "pick a model from the list"),
+    Case("route-model-name-too-long", "route",
+         route("GET", "/pipequant/components", query={"model": "x" * 300}, status=400),
+         "name_too_long", None, "model", "pick a model from the list"),
+    Case("workflow-model-name-too-long", "runner", workflow(api(("3", "model", "y" * 300))), "name_too_long",
+         f"node 3 ({LOAD})", "model", "pick a model from the list"),
+    Case("gguf-huge-array", "resolver",
+         resolver(lambda env: validate(ComponentMap.make({"transformer": G("gguf", "from_file",
+                                                                           gguf_file="huge-array.gguf")}),
+                                       _flux_model(env), gguf_roots=[env.gguf])),
+         "gguf_header_bounds", None, "gguf_file", "re-download the file"),
+    Case("prompt-too-long", "node", node_check(PipeQuantSampler, prompt="a cat " * 2000, negative_prompt=""),
+         "prompt_too_long", "Quantized Pipeline Sampler", "prompt", "cut the rest off anyway"),
+    Case("prompt-lone-surrogate", "node", node_check(PipeQuantSampler, prompt="a cat \ud800", negative_prompt=""),
+         "prompt_not_text", "Quantized Pipeline Sampler", "prompt", "retype or paste the prompt again"),
+    Case("workflow-negative-prompt-too-long", "runner", workflow(sampled(negative_prompt="z" * 9000)),
+         "prompt_too_long", "Quantized Pipeline Sampler", "negative_prompt", "cut the rest off anyway"),
+
+    # ---- issue 11: workflows -------------------------------------------------------------------
+    Case("workflow-link-wrong-type", "runner", workflow(api(("4", "pipeline", ["1", 0]))), "workflow_type_mismatch",
+         "(Pipeline Memory Report)", "pipeline", "connect a node that outputs DIFFUSERS_PIPELINE"),
+    Case("workflow-link-into-a-widget", "runner", workflow(api(("3", "dtype", ["1", 0]))), "workflow_type_mismatch",
+         f"({LOAD})", "dtype", "connect a node that outputs COMBO"),
+    Case("workflow-constant-for-a-link", "runner", workflow(api(("4", "pipeline", "tiny-flux"))),
+         "workflow_needs_link", "(Pipeline Memory Report)", "pipeline", "connect a node that outputs DIFFUSERS_PIPELINE"),
+    Case("workflow-bad-link-shape", "runner", workflow(api(("4", "pipeline", ["3", 0, 1]))), "workflow_bad_link",
+         "(Pipeline Memory Report)", "pipeline", "reconnect the input"),
+    Case("workflow-ui-duplicate-node-id", "runner",
+         workflow(ui(lambda d: d["nodes"].append({**_node(d, "PipeQuantSampler"), "type": "PipeQuantMemoryReport"}))),
+         "workflow_duplicate_id", "node 6", "node 6", "give each node its own id"),
+    Case("workflow-api-duplicate-key", "runner",
+         workflow(json.dumps(API)[:-1] + ', "4": {"class_type": "PreviewImage", "inputs": {}}}'),
+         "workflow_duplicate_id", None, "node 4", "give each node its own id"),
+    Case("workflow-no-output-node", "runner", workflow(api(("4", None, None))), "workflow_no_output",
+         None, "workflow", "add Save Image, Preview Image"),
+    Case("workflow-empty-object", "runner", workflow("{}"), "workflow_no_output", None, "workflow",
+         "add Save Image, Preview Image"),
+    Case("set-unknown-class", "runner", set_override("PipeQuantSamplr.steps=4"), "set_unknown_class",
+         None, "--set", 'did you mean "PipeQuantSampler"'),
+    Case("set-unknown-input", "runner", set_override("PipeQuantLoadPipeline.modle=tiny-flux"), "set_unknown_input",
+         None, "--set", 'did you mean "model"'),
+    Case("set-class-not-in-workflow", "runner", set_override("PipeQuantSampler.steps=4"), "set_unused",
+         None, "--set", "nodes in it: PipeQuantBackend"),
+    Case("workflow-image-above-model-limit", "runner", workflow(sampled("tiny-sd3", width=4096)), "image_too_large",
+         "Quantized Pipeline Sampler", "width", "use width 64 or less"),
+
+    # ---- issue 11: saves ---------------------------------------------------------------------
+    Case("save-name-trailing-newline", "node", node_check(PipeQuantSavePipeline, folder_name="flux-nf4\n"),
+         "folder_name_invalid", "Save Quantized Pipeline", "folder_name", "letters, digits"),
+    Case("save-name-exists", "node", node_check(PipeQuantSavePipeline, folder_name="tiny-flux"), "folder_exists",
+         "Save Quantized Pipeline", "folder_name", "never overwrites or shadows a model"),
+    Case("save-name-in-a-later-root", "node", node_check(PipeQuantSavePipeline, folder_name="name-taken-later"),
+         "folder_exists", "Save Quantized Pipeline", "folder_name", "would hide it",
+         setup=lambda env: env.mp.setenv("PIPEQUANT_MODELS", os.pathsep.join([str(env.tmp), str(env.root)]))),
+    Case("save-onto-dangling-link", "node", node_check(PipeQuantSavePipeline, folder_name="dangling"),
+         "folder_exists", "Save Quantized Pipeline", "folder_name", "remove the dangling link",
+         setup=lambda env: (env.mp.setenv("PIPEQUANT_MODELS", str(env.tmp)),
+                            (env.tmp / "dangling").symlink_to(env.tmp / "gone"))),
+    Case("workflow-save-target-exists", "runner",
+         workflow(api(("4", None, {"class_type": "PipeQuantSavePipeline",
+                                   "inputs": {"pipeline": ["3", 0], "folder_name": "tiny-flux"}}))),
+         "folder_exists", "node 4 (Save Quantized Pipeline)", "folder_name", "never overwrites"),
+
+    # ---- issue 11: silently ignored settings, the Python API -----------------------------------
+    Case("skip-list-no-match", "node",
+         load_node(G("torchao", "int8_weight_only", components=["transformer"],
+                     options={"modules_to_not_convert": ["proj_outt"]})),
+         "option_no_match", BACKEND, "options.modules_to_not_convert", 'did you mean "proj_out"'),
+    Case("skip-list-parent-module-quanto", "node",
+         load_node(G("quanto", "int8", components=["transformer"],
+                     options={"modules_to_not_convert": ["transformer_blocks"]})),
+         "option_parent_module", BACKEND, "options.modules_to_not_convert", "list the layers themselves"),
+    Case("component-map-non-spec", "resolver", resolver(lambda env: ComponentMap.make({"transformer": "nf4"})),
+         "spec_malformed", None, "map[transformer]", "BackendSpec.make"),
+    Case("route-global-and-granular", "route",
+         route("POST", "/pipequant/validate", {"spec": {"kind": "granular", "backend": "torchao", "components": {
+             "transformer": {"backend": "torchao", "quant_type": "int8_weight_only"}}}}, status=400),
+         "spec_global_and_granular", None, "kind", 'use "kind": "global"'),
 ]
 
 
