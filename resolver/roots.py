@@ -51,6 +51,17 @@ def as_root(root: Root | Path | str) -> Root:
     return root if isinstance(root, Root) else Root(Path(root))
 
 
+# Roots with their own link rule (the hub cache), so that a pipeline folder inspected by path alone
+# (inspect_model(folder)) is walked under the rule of the root that holds it.
+LINK_ROOTS: list[Root] = []
+
+
+def root_holding(folder: Path | str) -> Root | None:
+    """The registered link-rule root that `folder` lies in (by its path, before links), if any."""
+    folder = Path(os.path.abspath(folder))
+    return next((r for r in LINK_ROOTS if is_within(folder, Path(os.path.abspath(r.path)))), None)
+
+
 def real_path(path: Path | str) -> Path:
     """`path` with every link followed; a loop or an over-long path is a FileProblem."""
     try:
@@ -182,6 +193,7 @@ def walk_pipeline(folder: Path, root: Root | None = None) -> Iterator[tuple[str,
     FileProblem for anything the load must not open: a link leaving the folder, a FIFO or device,
     a link loop, too many entries."""
     folder = Path(folder)
+    root = root if root is not None else root_holding(folder)
     top = real_path(folder)
     seen = {top}
     stack, count = [(folder, "")], 0

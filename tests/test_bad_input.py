@@ -34,6 +34,7 @@ from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.nodes.save import PipeQuantSavePipeline
 from pipequant.resolver import BackendSpec, ComponentMap, inspect_model, spec_from_dict, spec_from_json, validate
+from pipequant.resolver import meta_build
 from pipequant.resolver.backends.quanto import Quanto
 from pipequant.resolver.roots import resolve_model
 from pipequant.resolver.estimate import estimate
@@ -158,6 +159,10 @@ def _hostile(root: Path, tiny_flux: Path) -> None:
     _fake_header(copy("header-shape-text") / "vae" / "diffusion_pytorch_model.safetensors",
                  b'{"w": {"dtype": "F32", "shape": "12", "data_offsets": [0, 48]}}')
     (copy("symlink-loop") / "loop").symlink_to("loop")
+    dangling = copy("dangling-weights")
+    (dangling / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (dangling / "vae" / "diffusion_pytorch_model.safetensors").symlink_to(dangling / "vae" / "gone.safetensors")
+    copy("slow-build")
     (root / "name-taken-later").mkdir()
 
 
@@ -758,6 +763,14 @@ CASES = [
          "not a list of sizes"),
     Case("symlink-loop", "node", load_node(model="symlink-loop"), "symlink_loop", LOAD, "model",
          "replace the link with the file or folder"),
+    Case("weights-dangling-link", "node", load_validate(model="dangling-weights"), "file_missing", LOAD, "model",
+         "vae/diffusion_pytorch_model.safetensors is a link to nothing"),
+    Case("model-name-lone-surrogate", "node", load_validate(model="tiny-flux\udc80"), "name_invalid", LOAD, "model",
+         "pick a model from the list"),
+    Case("config-build-time-limit", "route",
+         route("POST", "/pipequant/estimate", {"model": "slow-build", "device": "cpu", "spec": ui_spec(node=1)}),
+         "model_build_timeout", None, "model", "far larger than any real one",
+         setup=lambda env: env.mp.setattr(meta_build, "MAX_SECONDS", 0.0)),
     Case("model-name-too-long", "node", load_validate(model="x" * 300), "name_too_long", LOAD, "model",
          "pick a model from the list"),
     Case("route-model-name-too-long", "route",

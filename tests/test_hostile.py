@@ -175,6 +175,55 @@ def test_the_model_list_offers_only_regular_index_files(hostile):
     assert info.value.codes == ["not_a_regular_file"] and 'did you mean "fifo-index"' not in str(info.value)
 
 
+def test_a_route_that_takes_too_long_answers_503(hostile, monkeypatch):
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pipequant import routes
+
+    monkeypatch.setattr(routes, "WORK_SECONDS", 0.2)
+    monkeypatch.setattr(routes, "components", lambda name: time.sleep(1.0) or {})
+
+    async def scenario():
+        app = web.Application()
+        routes.add_routes(app.router)
+        async with TestClient(TestServer(app)) as client:
+            response = await client.get("/pipequant/components", params={"model": "tiny-flux"})
+            return response.status, await response.json()
+
+    status, body = asyncio.run(scenario())
+    assert status == 503 and body["problems"][0]["code"] == "request_timeout"
+
+
+def test_a_root_with_its_own_link_rule_is_the_one_place_links_may_leave_a_folder(tmp_path, tiny_flux, monkeypatch):
+    """The hub-cache layout: snapshot files link into the repo's blobs/. A plain root refuses that;
+    a Root whose allows_link vouches for blobs/ (the hook for the hub cache) lets exactly those in."""
+    from pipequant.resolver import inspect_model, roots
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot = repo / "snapshots" / "abc"
+    shutil.copytree(tiny_flux, snapshot)
+    blob = repo / "blobs" / "vae-weights"
+    blob.parent.mkdir()
+    (snapshot / "vae" / "diffusion_pytorch_model.safetensors").rename(blob)
+    (snapshot / "vae" / "diffusion_pytorch_model.safetensors").symlink_to(blob)
+    with pytest.raises(ValidationError) as info:
+        inspect_model(snapshot)
+    assert info.value.codes == ["model_outside_roots"]
+
+    class BlobsRoot(roots.Root):
+        def allows_link(self, link, target):
+            return roots.is_within(target, roots.real_path(repo / "blobs"))
+
+    monkeypatch.setattr(roots, "LINK_ROOTS", [BlobsRoot(tmp_path / "hub")])
+    assert inspect_model(snapshot).components["vae"].params > 0
+    (snapshot / "text_encoder" / "config.json").unlink()
+    (snapshot / "text_encoder" / "config.json").symlink_to(tiny_flux / "text_encoder" / "config.json")
+    with pytest.raises(ValidationError) as info:  # a link anywhere else is still refused
+        inspect_model(snapshot)
+    assert info.value.codes == ["model_outside_roots"]
+
+
 # -- loads -------------------------------------------------------------------------------------------
 def test_a_broken_tokenizer_file_is_named_with_its_component(tmp_path, tiny_flux):
     folder = shutil.copytree(tiny_flux, tmp_path / "broken-tokenizer")
