@@ -304,7 +304,7 @@ def example(name: str) -> dict:
 
 
 def saved_values(data: dict) -> dict:
-    return {n["id"]: n.get("widgets_values") or [] for n in data["nodes"]}
+    return {str(n["id"]): n.get("widgets_values") or [] for n in data["nodes"]}  # 1.58's ids are strings
 
 
 def expected_hidden(catalogue: dict, values: dict) -> list[str]:
@@ -386,7 +386,7 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
     saved = saved_values(data)
     for node_id in editor.ids(BACKEND) + editor.ids(MAP) + editor.ids(LOAD):
         state = editor.node(node_id)
-        assert list(state["values"].values())[:len(saved[node_id])] == saved[node_id], f"node {node_id} changed: {state}"
+        assert list(state["values"].values())[:len(saved[str(node_id)])] == saved[str(node_id)], f"node {node_id} changed: {state}"
     for node_id in editor.ids(BACKEND):
         check_backend(editor, catalogue, node_id)
     for node_id in editor.ids(LOAD):
@@ -397,8 +397,8 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
     before = view(editor)
     exported = editor.js("() => window.app.graph.serialize()")
     for node in exported["nodes"]:
-        if node["id"] in saved:
-            assert node.get("widgets_values", [])[:len(saved[node["id"]])] == saved[node["id"]], node
+        if str(node["id"]) in saved:
+            assert node.get("widgets_values", [])[:len(saved[str(node["id"])])] == saved[str(node["id"])], node
     editor.load(exported, f"{name}-reloaded")
     assert view(editor) == before
 
@@ -516,7 +516,7 @@ def test_estimate_and_validation_errors_show_before_run(editor):
     estimate = state["estimate"]
     assert estimate and estimate["total"]["bytes_after"] < estimate["total"]["bytes_before"], state
     assert state["panel"][0].startswith("Estimated memory | in memory at bfloat16")
-    assert state["panel"][-1].startswith("total | ") and "→" in state["panel"][-1]
+    assert any(line.startswith("total | ") and "→" in line for line in state["panel"]), state["panel"]
     # the plan label stays, also on a narrow node
     assert any(line.startswith("transformer  ·  int8_weight_only | ") and "→" in line for line in state["panel"]), state["panel"]
     editor.tidy()
@@ -798,20 +798,32 @@ def test_panels_redraw_under_nodes_2(editor):
             "(id) => [...document.querySelectorAll(`[data-node-id='${id}'] canvas`)].map(c => c.toDataURL()).join('|')", node_id)
         red = lambda node_id: editor.js(  # noqa: E731
             "(id) => !!document.querySelector(`[data-node-id='${id}']`)?.classList.contains('pipequant-has-error')", node_id)
-        before = picture(load)
-        assert before and red(backend)  # bnb on a CPU server
+        before = {n: picture(n) for n in (backend, load)}
+        assert before[load] and red(backend)  # bnb on a CPU server
         editor.screenshot("vue-before")
         editor.set_widget(backend, "backend", "torchao")
         editor.set_widget(backend, "quant_type", "int8_weight_only")
         time.sleep(0.8)
         assert not red(backend) and editor.node(load)["estimate"] is not None
-        after = picture(load)
-        assert after != before, "the Load node's panel was not redrawn"
+        after = {n: picture(n) for n in (backend, load)}
+        # Both panels were redrawn: the Load node's estimate, the Backend's help for the new type.
+        assert after[load] != before[load] and after[backend] != before[backend]
+        # and what is drawn is all of the panel: its canvas is as tall as its lines
+        heights = editor.js("""(id) => { const n = app.graph.getNodeById(id), c = document.querySelector(`[data-node-id='${id}'] canvas`);
+            return [c.height / 2, n.pipequant.lines.length * 16 + 10]; }""", load)
+        assert heights[0] >= heights[1], heights
         editor.screenshot("vue-after")
         editor.set_widget(backend, "quant_type", "int4_weight_only")  # needs CUDA: red again, with its ✖
         time.sleep(0.8)
         assert red(backend) and any(line.startswith("✖") for line in editor.node(backend)["panel"])
-        assert picture(backend) != after
+        assert picture(backend) != after[backend]
+        fit = editor.js("""(id) => { const n = app.graph.getNodeById(id), e = document.querySelector(`[data-node-id='${id}']`);
+            const c = [...e.querySelectorAll('canvas')].pop(), box = c.getBoundingClientRect(), p = c.parentElement.getBoundingClientRect();
+            return {overflow: e.scrollHeight - e.clientHeight, canvas: c.height / 2, lines: n.pipequant.lines.length * 16 + 10,
+                    shown: Math.round(p.height), computed: n.widgets.find(w => w.name === 'pipequant_info').computedHeight}; }""", backend)
+        # The panel's canvas is as tall as its lines (known limit: a Vue node keeps its size, so the
+        # last lines of a panel that grew can sit under the node's bottom edge: fit["shown"]).
+        assert fit["overflow"] <= 4 and fit["canvas"] >= fit["lines"], fit
         editor.screenshot("vue-invalid")
     finally:
         editor.js("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")

@@ -115,7 +115,12 @@ function vueMode() {
 function redraw(node) {
   const nodes = node ? [node] : (app.graph?._nodes ?? []).filter((n) => n.pipequant);
   for (const n of nodes) {
-    for (const w of n.widgets ?? []) if (w.pipequantDrawn) w.triggerDraw?.();
+    for (const w of n.widgets ?? []) {
+      if (!w.pipequantDrawn || !w.triggerDraw) continue;
+      // Nodes 2.0 sizes the widget's canvas from computedHeight, which only the canvas layout sets.
+      if (vueMode()) w.computedHeight = Math.max(0, w.computeSize(w.width || n.size[0])[1]);
+      w.triggerDraw();
+    }
     markProblems(n);
   }
   app.graph?.setDirtyCanvas(true, true);
@@ -478,7 +483,7 @@ function syncOptionWidgets(node) {
   }
   st.optionKey = key;
   for (const w of [...(node.widgets ?? [])]) {
-    if (w.pipequantOption || w === st.panel) node.removeWidget ? node.removeWidget(w) : node.widgets.splice(node.widgets.indexOf(w), 1);
+    if (w.pipequantOption) node.removeWidget ? node.removeWidget(w) : node.widgets.splice(node.widgets.indexOf(w), 1);
   }
   const applicable = L.applicableOptions(shared.catalogue, v.backend, v.quant_type);
   for (const spec of specs) {
@@ -503,7 +508,9 @@ function syncOptionWidgets(node) {
     button.serialize = false;
     button.pipequantOption = true;
   }
-  st.panel = addPanel(node);
+  // The panel stays last, and stays the same object: Nodes 2.0 keeps its canvas bound to it.
+  const at = node.widgets.indexOf(st.panel);
+  if (at >= 0 && at !== node.widgets.length - 1) node.widgets.push(...node.widgets.splice(at, 1));
   return true;
 }
 
