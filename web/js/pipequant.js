@@ -263,10 +263,16 @@ function allLines(node, width) {
         for (const text of wrap(item.right, bold)) lines.push({ kind: item.kind, left: "", right: text, bold });
       }
     } else if (item.mono) {
-      const shrunk = item.text.replace(/\s+$/, "");
-      for (const text of measure(shrunk, false, true, monoPx) <= inner ? [shrunk] : wrap(shrunk, false, true)) {
-        lines.push({ kind: item.kind, text, mono: true, monoPx });
+      // A table row is cut, never re-spaced (its columns line up by their spaces).
+      let rest = item.text.replace(/\s+$/, "");
+      const fits = (t) => measure(t, false, true, monoPx) <= inner;
+      while (rest.length > 1 && !fits(rest)) {
+        let at = rest.length - 1;
+        while (at > 1 && !fits(rest.slice(0, at))) at--;
+        lines.push({ kind: item.kind, text: rest.slice(0, at), mono: true, monoPx });
+        rest = rest.slice(at);
       }
+      lines.push({ kind: item.kind, text: rest, mono: true, monoPx });
     } else {
       for (const text of wrap(item.text, bold)) lines.push({ kind: item.kind, text, bold });
     }
