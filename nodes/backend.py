@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..resolver import catalogue
-from ..resolver.backends.base import COMPUTE_DTYPES
+from ..resolver.constants import COMPUTE_DTYPES
 from ..resolver.roots import list_files
 from ..resolver.inputs import NO_FILE, spec_from_inputs
 from ..resolver.validate import validate

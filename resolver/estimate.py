@@ -1,15 +1,14 @@
 """Estimate a plan's memory before loading: from config files and safetensors headers only.
 
 Quantized bytes = quantized Linear weights x bits / 8 + their scales; everything else stays at
-the component's load dtype. GGUF components take the file's size.
+the component's load dtype. Components read from a backend's file (GGUF) take the file's size.
 """
 from __future__ import annotations
 
 from . import catalogue
 from .inspect_model import linear_layers
-from .plan import GGUF, NOT_A_MODEL, PREQUANTIZED, QUANTIZE, Plan
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+from .constants import DTYPE_BYTES, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
+from .plan import Plan
 
 
 def estimate(plan: Plan) -> dict:
@@ -32,7 +31,7 @@ def estimate(plan: Plan) -> dict:
             after += quantized * (quant.bits / 8 + quant.scale_bytes_per_weight)
         elif row.action == PREQUANTIZED:
             after = info.disk_bytes  # stored quantized: loads as it is on disk
-        elif row.action == GGUF and row.gguf_path is not None:
+        elif row.from_file and row.gguf_path is not None:
             after = row.gguf_path.stat().st_size
             quantized = info.params
         rows.append({"component": row.name, "action": row.action,

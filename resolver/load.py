@@ -1,8 +1,7 @@
 """Load a pipeline with a validated plan: component by component, reusing cached ones.
 
-Each nn.Module component loads through its own class's `from_pretrained` with the config that
-diffusers' `PipelineQuantizationConfig._resolve_quant_config` picks for it (so diffusers'
-`config_mapping` bookkeeping is kept), GGUF ones through `from_single_file`; then
+Each nn.Module component loads through its backend's `load_component` with the config its
+backend builds for it (unquantized ones through their class's `from_pretrained`); then
 `DiffusionPipeline.from_pretrained` assembles the pipeline from them and loads the tokenizers and
 scheduler. Loading per component gives per-component timing, progress, cache reuse and errors
 that name the component and its files.
@@ -20,8 +19,10 @@ from typing import Callable, Iterable
 
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .inspect_model import ComponentInfo, inspect_model
+from . import catalogue
+from .constants import DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED
 from .memory import main_device
-from .plan import GGUF, NOT_A_MODEL, PREQUANTIZED, Plan, make_plan
+from .plan import Plan, make_plan
 from .problems import ValidationError, errors
 from .report import component_row, format_table, other_row
 from .roots import INDEX
@@ -92,7 +93,7 @@ def cache_key(plan: Plan, name: str) -> tuple:
     return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload)
 
 
-def plan_load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
+def plan_load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
               gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> Plan:
     """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights."""
     model = inspect_model(model_dir)
@@ -103,7 +104,7 @@ def plan_load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: st
     return make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
 
 
-def load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
+def load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
          gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
          progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
     plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
@@ -115,7 +116,6 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
               progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
     """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached."""
     modules = plan.modules()
-    pqc = plan.pipeline_quantization_config()
     loaded, rows, fresh, others, configs = {}, {}, [], {}, {}
     try:
         with diffusers_context():
@@ -128,7 +128,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
                     configs[row.name] = getattr(entry.module, "pipequant_quantization_config", None)
                 else:
                     start = time.perf_counter()
-                    module, config = _load_component(plan, row, pqc, allow_pickle)
+                    module, config = _load_component(plan, row, allow_pickle)
                     module.pipequant_quantization_config = configs[row.name] = config
                     loaded[row.name] = module
                     rows[row.name] = component_row(row, plan.model.components[row.name], module,
@@ -149,8 +149,8 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
             (r for n, r in plan.components.items() if n not in others and r.action == NOT_A_MODEL), None)
         component = failed.name if failed is not None else "pipeline"
         info = plan.model.components.get(component)
-        if failed is not None and failed.action == GGUF and failed.gguf_path is not None:
-            files = [str(failed.gguf_path)]  # a GGUF component's weights come from its .gguf file
+        if failed is not None and failed.from_file and failed.gguf_path is not None:
+            files = [str(failed.gguf_path)]  # its weights come from the backend's file
         elif info is not None and not info.is_module:
             files = _broken_first(sorted(p for p in info.folder.iterdir() if p.is_file()) if info.folder.is_dir() else [])
         elif info is None:
@@ -219,47 +219,30 @@ def _quantization_config(plan: Plan, configs: dict, loaded: dict):
     return PipelineQuantizationConfig(quant_mapping=mapping)
 
 
-def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
+def _load_component(plan: Plan, row, allow_pickle: bool):
+    """Load one component as planned; returns (module, the config it was quantized with or None)."""
     import torch
 
     info = plan.model.components[row.name]
     cls = info.model_class()
-    load_dtype = getattr(torch, row.load_dtype)
-    if row.action == GGUF:
-        from diffusers import GGUFQuantizationConfig
-
-        config = GGUFQuantizationConfig(compute_dtype=getattr(torch, row.compute_dtype))
-        module = cls.from_single_file(str(row.gguf_path), quantization_config=config, config=str(plan.model.folder),
-                                      subfolder=row.name, dtype=load_dtype, **OFFLINE)
-        return module, config
-    is_diffusers = info.library == "diffusers"
-    config = pqc._resolve_quant_config(is_diffusers=is_diffusers, module_name=row.name) if pqc else None
+    config = row.build_config()
     kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
-              "dtype": load_dtype, **OFFLINE}
-    if config is not None:
-        kwargs["quantization_config"] = config
+              "dtype": getattr(torch, row.load_dtype), **OFFLINE}
+    backend = row.backend
+    if backend is None:
+        module = cls.from_pretrained(str(info.folder), **kwargs)
+    else:
         if plan.device.startswith("cuda") and plan.offload == "none":
             # Quantize where the model will run: torchao's int4 packing has only a CUDA kernel,
             # and quantizing on the GPU is faster and spares CPU RAM.
             kwargs["device_map"] = {"": plan.device}
-    module = cls.from_pretrained(str(info.folder), **kwargs)
+        module = backend.load_component(cls, config, folder=info.folder, pipeline_folder=plan.model.folder,
+                                        name=row.name, file=row.gguf_path, **kwargs)
     module.eval()
-    if info.prequantized == "quanto":
-        _align_quanto_weights(module)
+    saved_by = catalogue.backend_for_saved(info.prequantized)
+    if backend is not None or saved_by is not None:
+        (backend or saved_by).after_load(module, prequantized=backend is None)
     return module, config
-
-
-def _align_quanto_weights(module) -> None:
-    """quanto's CPU int8 kernel crashes the process (a segfault, not an exception) on int8 data
-    that is not 64-byte aligned, which weights memory-mapped from a saved safetensors file can be.
-    Copy those into fresh, aligned storage."""
-    import torch
-
-    for sub in module.modules():
-        weight = getattr(sub, "weight", None)
-        data = getattr(weight, "_data", None)
-        if isinstance(data, torch.Tensor) and data.device.type == "cpu" and data.data_ptr() % 64:
-            weight._data = data.clone()
 
 
 def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):

@@ -1,9 +1,8 @@
 """What the user got: per component, its plan, real bytes, dtype, device and load time."""
 from __future__ import annotations
 
+from .constants import DTYPE_BYTES, NOT_A_MODEL
 from .memory import main_device, param_count, tensor_bytes
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def is_quantized_weight(module) -> bool:
@@ -79,7 +78,7 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     header = ("component", "class", "plan", "dtype", "device", "params", "bytes", "before", "load s")
     body = []
     for r in rows:
-        if r["action"] == "not a model":
+        if r["action"] == NOT_A_MODEL:
             continue
         if r["quant_type"]:
             plan = f'{r["backend"]}:{r["quant_type"]}'

@@ -11,26 +11,23 @@ from pathlib import Path
 from typing import Iterable
 
 from . import catalogue, devices
-from .backends.base import COMPUTE_DTYPES, Backend, Option
+from .backends.base import Backend, Option
+from .constants import COMPUTE_DTYPES, DEFAULT_DTYPE, LOAD_DTYPES
 from .roots import find_file, list_files
-from .gguf_file import GGUFFileError, read_gguf
 from .inspect_model import ModelInfo, meta_modules
 from .plan import default_components
 from .problems import Problem, ValidationError
 from .spec import BackendSpec, ComponentMap
 from .suggest import closest, did_you_mean
 
-LOAD_DTYPES = ("bfloat16", "float16", "float32")
-
-
-def validate(spec, model: ModelInfo | None = None, *, dtype: str = "bfloat16", device: str | None = None,
+def validate(spec, model: ModelInfo | None = None, *, dtype: str = DEFAULT_DTYPE, device: str | None = None,
              offload: str = "none", gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> list[Problem]:
     """All problems of loading `model` with `spec` (None: no quantization)."""
     gguf_roots = list(gguf_roots)
     problems: list[Problem] = []
     if dtype not in LOAD_DTYPES:
         problems.append(Problem("dtype_unknown", "dtype", f'unknown dtype "{dtype}"', did_you_mean(str(dtype), LOAD_DTYPES)))
-        dtype = "bfloat16"
+        dtype = DEFAULT_DTYPE
     if device is not None:
         problems += _check_device(device, offload)
     target = devices.resolve_device(device) if device and devices.is_known_device(device) else None
@@ -59,10 +56,11 @@ def _entries(spec, model: ModelInfo | None, problems: list[Problem]):
                 out.append((f"map[{name}].", one, [] if found else [name]))
         return out
     if isinstance(spec, BackendSpec):
-        if spec.backend == "gguf":
+        backend = catalogue.get_backend(spec.backend)
+        if backend is not None and not backend.global_mode:
+            why = f": a {backend.file_suffix} file holds the weights of one model" if backend.file_suffix else ""
             problems.append(Problem(
-                "gguf_in_global", "backend",
-                "GGUF cannot quantize a whole pipeline: a .gguf file holds the weights of one model",
+                "gguf_in_global", "backend", f"{backend.name} cannot quantize a whole pipeline{why}",
                 'feed this Quantization Backend into a Per-Component Map with component "transformer" (or "unet")'))
         if spec.components is not None and not spec.components:
             problems.append(Problem("empty_components", "components", "the component list is empty",
@@ -130,7 +128,8 @@ def _check_backend_spec(spec: BackendSpec, prefix: str, dtype: str, target: str 
             if library not in backend.libraries:
                 problems.append(Problem("backend_library", prefix + "backend",
                                         f'{backend.label} cannot quantize "{name}", a {library} model',
-                                        f"{backend.name} works on {', '.join(backend.libraries)} models; use bitsandbytes, torchao or quanto for {name}",
+                                        f"{backend.name} works on {', '.join(backend.libraries)} models; "
+                                        f"use {catalogue.one_of(catalogue.quantizers_for(library))} for {name}",
                                         name))
     if target is not None and quant is not None:
         problems += _check_target(backend, quant, prefix, target, offload, model, components)
@@ -236,20 +235,21 @@ def _check_file(spec, prefix, backend: Backend, gguf_roots, model, components) -
     field = prefix + "gguf_file"
     if not backend.needs_file:
         if spec.gguf_file:
-            return [Problem("gguf_file_unused", field, f"a GGUF file is set but the backend is {backend.name}",
-                            'set backend to "gguf" or clear gguf_file', severity="warning")]
+            files = catalogue.one_of([f'"{name}"' for name in catalogue.file_backends()])
+            return [Problem("gguf_file_unused", field, f"a weights file is set but the backend is {backend.name}",
+                            f"set backend to {files} or clear gguf_file", severity="warning")]
         return []
     if not spec.gguf_file:
-        return [Problem("gguf_file_required", field, "the gguf backend needs a .gguf file",
+        return [Problem("gguf_file_required", field, f"the {backend.name} backend needs a {backend.file_suffix} file",
                         "pick one from the unet / diffusion_models / text_encoders folders")]
     path = find_file(spec.gguf_file, gguf_roots)
     if path is None:
-        return [Problem("gguf_file_missing", field, f'no GGUF file "{spec.gguf_file}" in the model folders',
+        return [Problem("gguf_file_missing", field, f'no {backend.name} file "{spec.gguf_file}" in the model folders',
                         did_you_mean(spec.gguf_file, list_files(gguf_roots)))]
     try:
-        summary = read_gguf(path)
-    except GGUFFileError as exc:
-        return [Problem(exc.code, field, str(exc), "re-download the file")]
+        summary = backend.read_file(path)
+    except ValueError as exc:
+        return [Problem(getattr(exc, "code", "gguf_file_unreadable"), field, str(exc), "re-download the file")]
     problems = []
     if model is not None:
         for name in components:
@@ -259,7 +259,7 @@ def _check_file(spec, prefix, backend: Backend, gguf_roots, model, components) -
                     "gguf_mismatch", field,
                     f'{path.name} holds {summary.params:,} parameters in {summary.tensors} tensors; '
                     f'"{name}" ({info.class_name}) has {info.params:,}: the file is for another model',
-                    f"pick the GGUF made from this pipeline's {name}", name))
+                    f"pick the {backend.name} file made from this pipeline's {name}", name))
     return problems
 
 
@@ -293,23 +293,28 @@ def _check_target(backend, quant, prefix, target, offload, model, components) ->
         want = ".".join(map(str, quant.min_compute_capability))
         problems.append(Problem("compute_capability", prefix + "quant_type",
                                 f"{backend.name} {quant.name} needs compute capability {want}+; this GPU is {cc[0]}.{cc[1]}",
-                                "use float8_weight_only or int8_weight_only"))
+                                f"use {catalogue.one_of(_runs_anywhere(backend))}"))
     if on_cpu and model is not None:
         for name in components:
             library = model.components[name].library
             if library in backend.libraries and not backend.cpu_supported(library):
                 problems.append(Problem("backend_needs_gpu", prefix + "backend",
                                         f"{backend.label} needs a GPU to quantize {library} models such as \"{name}\"",
-                                        "use torchao int8_weight_only or quanto on CPU", name))
+                                        f"use {catalogue.one_of(catalogue.cpu_quantizers_for(library))} on CPU", name))
     if quant.needs_cuda and offload != "none":
         problems.append(Problem("offload_incompatible", "offload",
                                 f"{backend.name} {quant.name} is quantized on the GPU and cannot be offloaded to the CPU",
-                                'use offload "none", or int8_weight_only / float8_weight_only with offload'))
-    if offload == "sequential" and backend.name.startswith("bitsandbytes"):
+                                f'use offload "none", or {" / ".join(_runs_anywhere(backend))} with offload'))
+    if offload == "sequential" and not backend.sequential_offload:
         problems.append(Problem("offload_incompatible", "offload",
-                                "sequential CPU offload fails with bitsandbytes (\"Cannot copy out of meta tensor\")",
-                                'use offload "model" instead'))
+                                f'sequential CPU offload fails with {backend.family_name} '
+                                f'("{backend.sequential_offload_error}")', 'use offload "model" instead'))
     return problems
+
+
+def _runs_anywhere(backend: Backend) -> list[str]:
+    """The backend's quant types that need neither CUDA nor a recent GPU."""
+    return [q.name for q in backend.quant_types if not q.needs_cuda and not q.min_compute_capability]
 
 
 def _check_pickle(model: ModelInfo) -> list[Problem]:

@@ -20,12 +20,12 @@ def _ao_config(quant_type: str, options: dict):
         return ao.Int8DynamicActivationInt8WeightConfig()
     if quant_type == "int4_weight_only":
         # The default packing needs the `mslk` kernels, absent from torchao wheels (DESIGN.md).
-        return ao.Int4WeightOnlyConfig(group_size=int(options.get("group_size", 128)),
+        return ao.Int4WeightOnlyConfig(group_size=int(options["group_size"]),
                                        int4_packing_format="tile_packed_to_4d")
     if quant_type == "float8_weight_only":
         return ao.Float8WeightOnlyConfig()
     if quant_type == "float8_dynamic":
-        granularity = ao.PerTensor() if options.get("granularity") == "per_tensor" else ao.PerRow()
+        granularity = ao.PerTensor() if options["granularity"] == "per_tensor" else ao.PerRow()
         return ao.Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
     raise KeyError(quant_type)
 
