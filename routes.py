@@ -5,8 +5,8 @@ ComfyUI; `register()` adds them to ComfyUI's server when there is one.
 The editor sends the quantization spec the way the graph holds it: a Quantization Backend's raw
 widget text ({"kind": "global", "options": "{...}", "components": "a, b"}) and each Per-Component
 Map as {"kind": "map", "component", "config", "map"}, every part tagged with its node id. The
-server evaluates it with the nodes' own code and returns every problem tagged with the node (and
-input) at fault. `spec.to_dict()` JSON is accepted as well.
+server evaluates it with the resolver's rules (the ones the nodes apply) and returns every problem
+tagged with the node (and input) at fault. `spec.to_dict()` JSON is accepted as well.
 """
 from __future__ import annotations
 
@@ -23,16 +23,15 @@ except ImportError:  # the headless runner and the CLI do not need aiohttp
     web = None
 
 from .nodes import comfy
-from .nodes.component_map import PipeQuantComponentMap
-from .nodes.messages import SPEC_FIELDS
 from .resolver import catalogue
+from .resolver.compose import chain
 from .resolver.estimate import estimate as estimate_plan
 from .resolver.inputs import NO_FILE, parse_components, parse_options
 from .resolver.inspect_model import inspect_model
 from .resolver.load import plan_load
-from .resolver.plan import GGUF, KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
+from .resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
+from .resolver.problems import BACKEND, MAP as MAP_PART, SPEC, Problem, ValidationError, errors
 from .resolver.roots import refused_pipelines, resolve_model
-from .resolver.problems import Problem, ValidationError, errors
 from .resolver.save import folder_problems, plan_problems
 from .resolver.safe_files import json_depth
 from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
@@ -178,7 +177,7 @@ class SpecReader:
             raise BadRequest("malformed backend spec", exc.problems) from None
 
     def _map(self, entry, depth: int):
-        """A Per-Component Map node: built by the node's own `build`, so its rules apply."""
+        """A Per-Component Map node: chained by `compose.chain`, the rules the node itself applies."""
         node = _node_id(entry)
         component = entry.get("component")
         if not isinstance(component, str) or len(component) > MAX_NAME:
@@ -194,7 +193,7 @@ class SpecReader:
             self.add([Problem("component_syntax", "component", p.message, p.suggestion) for p in found], node)
             return upstream
         try:
-            (result,) = PipeQuantComponentMap().build(component, config, upstream)
+            result = chain(component, config, upstream)
         except ValidationError as exc:
             self.add(exc.problems, node)
             return upstream
@@ -204,17 +203,14 @@ class SpecReader:
 
     def owner(self, problem: Problem):
         """(node id, input name) for a problem found by validating the whole spec."""
-        field = problem.field
-        if field == "pipeline" and problem.component:  # a Save rule: the Backend that quantizes it
+        if problem.input == "pipeline" and problem.component:  # a Save rule: the Backend that quantizes it
             return self.maps.get(problem.component, (self.top, self.top))[1], "backend"
-        if field.startswith("map[") and "]" in field:
-            name, _, rest = field[4:].partition("]")
-            rest = rest.lstrip(".")
-            map_node, config_node = self.maps.get(name, (self.top, self.top))
-            return (config_node if rest.split(".")[0] in SPEC_FIELDS else map_node), rest or "component"
-        if field.split(".")[0] in SPEC_FIELDS or field == "map":
-            return self.top, field
-        return None, field  # the Load node's own inputs (model, dtype, device, offload)
+        if problem.part in (BACKEND, MAP_PART):
+            map_node, config_node = self.maps.get(problem.entry, (self.top, self.top))
+            return (config_node if problem.part == BACKEND else map_node), problem.input
+        if problem.part == SPEC:
+            return self.top, problem.input
+        return None, problem.input  # the Load node's own inputs (model, dtype, device, offload)
 
 
 def tagged(problem: Problem, node, field: str | None = None) -> dict:
@@ -355,7 +351,8 @@ def editor_catalogue() -> dict:
         defaults[node_id] = {name: spec[1]["default"] for name, spec in entries.items()
                              if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
     device = comfy.default_device()
-    actions = {"quantize": QUANTIZE, "gguf": GGUF, "keep": KEEP, "prequantized": PREQUANTIZED, "not_a_model": NOT_A_MODEL}
+    actions = {"quantize": QUANTIZE, "keep": KEEP, "prequantized": PREQUANTIZED, "not_a_model": NOT_A_MODEL,
+               **{b.name: b.name for b in catalogue.file_backends()}}  # a file backend's name is its action
     refused = [{"name": name, "reason": why} for name, why in refused_pipelines(comfy.model_roots())]
     return {**catalogue.describe(), "editor": {"inputs": inputs, "defaults": defaults, "no_file": NO_FILE,
                                                "actions": actions, "device": device, "refused": refused}}

@@ -1,13 +1,12 @@
 """Load Quantized Pipeline: validate the whole plan against the model, then load it."""
 from __future__ import annotations
 
-from ..resolver import catalogue
+from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
-from ..resolver.inspect_model import inspect_model
-from ..resolver.load import LoadResult, load_plan, plan_load
-from ..resolver.roots import list_pipelines, resolve_model
+from ..resolver.load import load_plan
+from ..resolver.pipeline import check_model, files_key, first_use_notes, plan_named
+from ..resolver.roots import list_pipelines
 from ..resolver.problems import ValidationError
-from ..resolver.validate import LOAD_DTYPES, validate
 from . import comfy
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result
@@ -31,7 +30,7 @@ class PipeQuantLoadPipeline:
             "required": {
                 "model": (list_pipelines(comfy.model_roots()), {
                     "tooltip": "A diffusers pipeline folder under ComfyUI's models/diffusers (or extra model paths)."}),
-                "dtype": (list(LOAD_DTYPES), {"default": "bfloat16",
+                "dtype": (list(LOAD_DTYPES), {"default": DEFAULT_DTYPE,
                                               "tooltip": "dtype of the weights that are not quantized."}),
                 "device": (list(DEVICES), {"default": "auto",
                                            "tooltip": "auto = ComfyUI's GPU when there is one, else CPU."}),
@@ -52,53 +51,32 @@ class PipeQuantLoadPipeline:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False):
-        try:
-            folder = resolve_model(model, comfy.model_roots())
-            problems = validate(None, inspect_model(folder), dtype=dtype, device=device, offload=offload,
-                                allow_pickle=allow_pickle is True)
-        except ValidationError as exc:
-            problems = exc.problems
+        problems = check_model(model, comfy.model_roots(), dtype=dtype, device=device, offload=offload,
+                               allow_pickle=allow_pickle)
         return validation_result(problems, LOAD_NODE)
 
     @classmethod
     def IS_CHANGED(cls, model, **kwargs):
         """Re-run when the pipeline's files change on disk (ComfyUI otherwise reuses the output)."""
+        return files_key(model, comfy.model_roots())
+
+    @classmethod
+    def plan(cls, model, dtype, device, offload, quantization=None, allow_pickle=False, **_load_only):
+        """Validate the whole plan, reading no weights; errors name the node and input at fault
+        (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
+        (`_load_only`: inputs that matter only when loading)."""
         try:
-            return str(hash(inspect_model(resolve_model(model, comfy.model_roots())).mtime_key))
-        except ValidationError:
-            return ""  # VALIDATE_INPUTS reports it
+            return plan_named(model, quantization, roots=comfy.model_roots(), gguf_roots=comfy.gguf_roots(),
+                              dtype=dtype, device=comfy.default_device() if device == "auto" else device,
+                              offload=offload, allow_pickle=allow_pickle)
+        except ValidationError as exc:
+            raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
     def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False) -> tuple:
-        result = load_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
+        plan = self.plan(model, dtype, device, offload, quantization, allow_pickle)
+        comfy.free_comfy_models()
+        for note in first_use_notes(plan):
+            comfy.progress_text(note)
+        progress = comfy.Progress(len(plan.modules()))
+        result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n))
         return (result, result.table)
-
-
-def plan_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False):
-    """Validate the whole plan against the model, reading no weights; errors name the node and
-    input at fault (upstream Backend/Map nodes included)."""
-    if device == "auto":
-        device = comfy.default_device()
-    try:
-        folder = resolve_model(model, comfy.model_roots())
-        return plan_load(folder, quantization, dtype=dtype, device=device, offload=offload,
-                         gguf_roots=comfy.gguf_roots(), allow_pickle=allow_pickle)
-    except ValidationError as exc:
-        raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
-
-
-def first_use_notes(plan) -> list[str]:
-    """What this load does first beyond loading (e.g. quanto builds its C++ extension), once each."""
-    notes = [catalogue.get_backend(r.spec.backend).first_use_note(r.spec.quant_type, plan.device)
-             for r in plan.modules() if r.spec is not None]
-    return list(dict.fromkeys(n for n in notes if n))
-
-
-def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False) -> LoadResult:
-    """Validate everything, then free ComfyUI's own models and load."""
-    allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
-    plan = plan_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
-    comfy.free_comfy_models()
-    for note in first_use_notes(plan):
-        comfy.progress_text(note)
-    progress = comfy.Progress(len(plan.modules()))
-    return load_plan(plan, allow_pickle=allow_pickle, progress=lambda i, n, name: progress.update(i, n))

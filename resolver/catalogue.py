@@ -55,9 +55,9 @@ def backend_for_saved(quant_method: str | None) -> Backend | None:
     return next((b for b in _backends().values() if quant_method and b.saved_as == quant_method), None)
 
 
-def file_backends() -> list[str]:
+def file_backends() -> list[Backend]:
     """Backends whose weights come from a file of their own (a `gguf_file`)."""
-    return [b.name for b in _backends().values() if b.needs_file]
+    return [b for b in _backends().values() if b.needs_file]
 
 
 def quantizers_for(library: str) -> list[str]:

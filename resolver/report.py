@@ -97,3 +97,31 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     out = [line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in body]
     out += [f"note: {n}" for n in notes]
     return "\n".join(out)
+
+
+def live_rows(result) -> list[dict]:
+    """A LoadResult's rows, with bytes and devices re-measured now (offload moves components)."""
+    rows = []
+    for row in result.rows:
+        module = getattr(result.pipeline, row["component"], None)
+        if row["action"] != NOT_A_MODEL and module is not None:
+            row = {**row, "bytes": tensor_bytes(module), "device": main_device(module)}
+        rows.append(row)
+    return rows
+
+
+def cuda_summary() -> str:
+    """One line on CUDA memory now and at its peak ("" without a GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ""
+    gib = 1024**3
+    return (f"\nCUDA: {torch.cuda.memory_allocated() / gib:.2f} GB allocated, "
+            f"peak {torch.cuda.max_memory_allocated() / gib:.2f} GB")
+
+
+def live_report(result) -> str:
+    """The memory table of a loaded pipeline as it is now."""
+    return format_table(live_rows(result), result.plan.notes) + cuda_summary()
+

@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 
 from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from ..nodes.load import PipeQuantLoadPipeline, plan_pipeline
-from ..nodes.sampler import PipeQuantSampler
 from ..resolver.limits import image_size_problems
 from ..resolver.load import LoadError
 from ..resolver.plan import Plan
@@ -226,15 +224,13 @@ def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
 
 
 def _validate_node(node_id, node, node_class, kwargs, prompt) -> tuple:
-    """What a node contributes to validation: config nodes run, a loader returns its plan, a
-    sampler checks its image size against the planned model."""
-    if node_class is PipeQuantLoadPipeline:
-        plan = plan_pipeline(kwargs["model"], kwargs["dtype"], kwargs["device"], kwargs["offload"],
-                             kwargs.get("quantization"), allow_pickle=kwargs.get("allow_pickle", False) is True)
-        return (plan, None)
+    """What a node contributes to validation: config nodes run, a loader (a node class with a
+    `plan` classmethod) returns its plan, a sampler checks its image size against the planned model."""
+    if hasattr(node_class, "plan"):  # a loader: its whole plan, validated, reading no weights
+        return (node_class.plan(**kwargs),) + (None,) * (len(node_class.RETURN_TYPES) - 1)
     if node["class_type"] in CONFIG_NODES:
         return tuple(getattr(node_class(), node_class.FUNCTION)(**kwargs))
-    if node_class is PipeQuantSampler and isinstance(kwargs.get("pipeline"), Plan):
+    if isinstance(kwargs.get("pipeline"), Plan) and "width" in kwargs:  # a sampler fed by a planned loader
         found = image_size_problems(kwargs["pipeline"].model, kwargs.get("width"), kwargs.get("height"))
         if found:
             raise ValidationError([Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion)

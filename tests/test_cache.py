@@ -14,9 +14,9 @@ def _count_loads(monkeypatch) -> list[str]:
     loaded: list[str] = []
     real = load_module._load_component
 
-    def counting(plan, row, pqc, allow_pickle):
+    def counting(plan, row, allow_pickle):
         loaded.append(row.name)
-        return real(plan, row, pqc, allow_pickle)
+        return real(plan, row, allow_pickle)
 
     monkeypatch.setattr(load_module, "_load_component", counting)
     return loaded

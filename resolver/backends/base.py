@@ -92,7 +92,8 @@ class Backend:
     savable: tuple[str, ...] = ()  # libraries whose quantized models save_pretrained can write
     global_mode: bool = True  # usable in a global (whole-pipeline) spec
     needs_file: bool = False  # GGUF: weights come from a file, not from on-the-fly quantization
-    file_suffix: str = ""  # for needs_file backends: the suffix of that file (".gguf")
+    file_suffix: str = ""  # for needs_file backends: the suffix of that file (".gguf") ...
+    file_kind: str = ""  # ... and what users call it ("GGUF")
     # Whether the config itself carries a compute dtype (bnb 4-bit, GGUF); for the others a
     # non-auto compute_dtype is the dtype the component is loaded in.
     config_compute_dtype: bool = False

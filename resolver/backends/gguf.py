@@ -42,6 +42,7 @@ GGUF_BACKEND = GGUF(
     global_mode=False,
     needs_file=True,
     file_suffix=".gguf",
+    file_kind="GGUF",
     config_compute_dtype=True,
     plan_note="GGUF components load with from_single_file: PipelineQuantizationConfig cannot carry GGUF",
     help="Load one diffusers model (the transformer/UNet) from a pre-quantized .gguf file.",
