@@ -1,4 +1,5 @@
-"""The node declarations; the work lives in ../resolver."""
+"""The ComfyUI side: the node declarations (the work lives in ../resolver), the `comfy` shim of
+ComfyUI services (comfy.py) and the editor's HTTP routes (routes.py)."""
 from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
 from .load import PipeQuantLoadPipeline

@@ -340,7 +340,7 @@ async def _http(method: str, path: str, body=None, query=None, raw: bytes | None
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipequant import routes
+    from pipequant.nodes import routes
 
     app = web.Application()
     routes.add_routes(app.router)

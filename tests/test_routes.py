@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipequant import routes
+from pipequant.nodes import routes
 from pipequant.resolver import catalogue
 from pipequant.resolver.spec import BackendSpec, ComponentMap
 
@@ -70,7 +70,7 @@ def test_the_web_tests_catalogue_fixture_matches_the_catalogue():
     def shape(data):
         return [{k: v for k, v in b.items() if k not in ("installed", "cpu")} for b in data["backends"]]
 
-    fixture = json.loads((Path(routes.__file__).parent / "web/tests/fixtures/catalogue.json").read_text())
+    fixture = json.loads((Path(routes.__file__).parents[1] / "web/tests/fixtures/catalogue.json").read_text())
     assert shape(fixture) == shape(catalogue.describe()), "regenerate web/tests/fixtures/catalogue.json (see its test)"
 
 

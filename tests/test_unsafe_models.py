@@ -150,7 +150,7 @@ async def _http(method: str, path: str, *, query=None, body=None):
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipequant import routes
+    from pipequant.nodes import routes
 
     app = web.Application()
     routes.add_routes(app.router)

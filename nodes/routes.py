@@ -22,20 +22,20 @@ try:
 except ImportError:  # the headless runner and the CLI do not need aiohttp
     web = None
 
-from .nodes import comfy
-from .resolver import catalogue
-from .resolver.compose import chain
-from .resolver.estimate import estimate as estimate_plan
-from .resolver.inputs import NO_FILE, parse_components, parse_options
-from .resolver.inspect_model import inspect_model
-from .resolver.load import plan_load
-from .resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from .resolver.problems import BACKEND, MAP as MAP_PART, SPEC, Problem, ValidationError, errors
-from .resolver.roots import refused_pipelines, resolve_model
-from .resolver.save import folder_problems, plan_problems
-from .resolver.safe_files import json_depth
-from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
-from .resolver.validate import validate
+from ..resolver import catalogue
+from ..resolver.compose import chain
+from ..resolver.estimate import estimate as estimate_plan
+from ..resolver.inputs import NO_FILE, parse_components, parse_options
+from ..resolver.inspect_model import inspect_model
+from ..resolver.load import plan_load
+from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
+from ..resolver.problems import BACKEND, MAP as MAP_PART, SPEC, Problem, ValidationError, errors
+from ..resolver.roots import refused_pipelines, resolve_model
+from ..resolver.save import folder_problems, plan_problems
+from ..resolver.safe_files import json_depth
+from ..resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
+from ..resolver.validate import validate
+from . import comfy
 
 PREFIX = "/pipequant"
 MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not from the editor
@@ -341,7 +341,7 @@ async def _off_loop(fn, *args):
 def editor_catalogue() -> dict:
     """The backend catalogue, plus what the editor must not keep copies of: each node's inputs in
     order with their defaults, the "no file" entry, the plan's action names, this server's device."""
-    from .nodes import NODE_CLASS_MAPPINGS
+    from . import NODE_CLASS_MAPPINGS
 
     inputs, defaults = {}, {}
     for node_id, cls in NODE_CLASS_MAPPINGS.items():
