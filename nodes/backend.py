@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..resolver import catalogue
+from ..resolver.catalogue_text import backend_tooltip
 from ..resolver.constants import COMPUTE_DTYPES
 from ..resolver.roots import list_files
 from ..resolver.inputs import NO_FILE, spec_from_inputs
@@ -32,9 +33,7 @@ class PipeQuantBackend:
         default_backend, default_quant = catalogue.default_choice(comfy.default_device())
         return {
             "required": {
-                "backend": (backends, {"default": default_backend,
-                                       "tooltip": "Quantization library. bitsandbytes: 4/8-bit on GPU; torchao: int8/float8 "
-                                                  "(CPU too); quanto: int8/int4/float8 (CPU too); gguf: a pre-quantized file."}),
+                "backend": (backends, {"default": default_backend, "tooltip": backend_tooltip()}),
                 "quant_type": (quant_type_choices(), {"default": default_quant,
                                                       "tooltip": "The backend's quantization type; the list narrows to "
                                                                  "the chosen backend in the editor."}),

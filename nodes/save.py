@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..resolver.problems import ValidationError
+from ..resolver.catalogue_text import save_summary
 from ..resolver.save import describe_save, folder_problems, save
 from . import comfy
 from .load import PIPELINE_TYPE
@@ -12,7 +13,7 @@ SAVE_NODE = "Save Quantized Pipeline"
 
 class PipeQuantSavePipeline:
     DESCRIPTION = ("Save the quantized pipeline (safetensors) into your first diffusers model folder, so it loads "
-                   "pre-quantized next time. Works for bitsandbytes, torchao int8/float8, and quanto on diffusers models.")
+                   "pre-quantized next time. " + save_summary())
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ()
     FUNCTION = "save"

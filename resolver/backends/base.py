@@ -90,6 +90,9 @@ class Backend:
     options: tuple[Option, ...] = ()
     libraries: tuple[str, ...] = (DIFFUSERS, TRANSFORMERS)  # component libraries it can quantize
     savable: tuple[str, ...] = ()  # libraries whose quantized models save_pretrained can write
+    # Libraries whose loader for this backend refuses to run without a GPU (`cpu_supported` asks
+    # the library itself at run time; this is the documented fact).
+    gpu_only_libraries: tuple[str, ...] = ()
     global_mode: bool = True  # usable in a global (whole-pipeline) spec
     needs_file: bool = False  # GGUF: weights come from a file, not from on-the-fly quantization
     file_suffix: str = ""  # for needs_file backends: the suffix of that file (".gguf") ...
@@ -133,7 +136,7 @@ class Backend:
 
     def cpu_supported(self, library: str) -> bool:
         """Whether a component of `library` can be quantized with this backend without a GPU."""
-        return True
+        return library not in self.gpu_only_libraries
 
     def target_problems(self, quant_type: str, device: str) -> list:
         """Problems of running `quant_type` on `device` that the fields above do not say (a missing

@@ -29,13 +29,13 @@ def _diffusers_bnb_runs_here(backend_name: str, config) -> bool:
 # Both bitsandbytes backends: saved as quant_method "bitsandbytes", and sequential offload fails.
 _COMMON = dict(modules=("bitsandbytes",), pip="pip install bitsandbytes", family="bitsandbytes",
                quant_method="bitsandbytes", savable=("diffusers", "transformers"), sequential_offload=False,
-               sequential_offload_error="Cannot copy out of meta tensor")
+               sequential_offload_error="Cannot copy out of meta tensor", gpu_only_libraries=(DIFFUSERS,))
 
 
 @dataclass(frozen=True)
 class _BitsAndBytes(Backend):
     def cpu_supported(self, library: str) -> bool:
-        if library != DIFFUSERS:
+        if library not in self.gpu_only_libraries:
             return True  # transformers' bnb path loads on CPU
         config = self.config_for(DIFFUSERS, self.quant_types[0].name, None, {})
         return _diffusers_bnb_runs_here(self.name, config)
