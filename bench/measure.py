@@ -212,6 +212,7 @@ def component_floor(model, load_dtype: str = "bfloat16") -> dict:
     (layers it skipped, e.g. T5's `wo` under bitsandbytes, are the unquantized rest).
     """
     import torch
+
     from pipequant.resolver.constants import DTYPE_BYTES
     from pipequant.resolver.memory import tensor_bytes
     from pipequant.resolver.report import is_quantized_weight

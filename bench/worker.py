@@ -45,8 +45,13 @@ def prelude(mode: str = "auto") -> dict:
     import diffusers.quantizers.auto  # noqa: F401
     import transformers
     import transformers.quantizers.auto  # noqa: F401
-    from diffusers import (AutoencoderKL, DiffusionPipeline, FluxPipeline, FluxTransformer2DModel,  # noqa: F401
-                           PipelineQuantizationConfig)
+    from diffusers import (  # noqa: F401
+        AutoencoderKL,
+        DiffusionPipeline,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        PipelineQuantizationConfig,
+    )
     from transformers import CLIPTextModel, T5EncoderModel  # noqa: F401
 
     for module in ("bitsandbytes", "torchao.quantization", "optimum.quanto", "gguf"):

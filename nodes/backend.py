@@ -4,8 +4,8 @@ from __future__ import annotations
 from ..resolver import catalogue
 from ..resolver.catalogue_text import backend_tooltip
 from ..resolver.constants import COMPUTE_DTYPES
-from ..resolver.roots import list_files
 from ..resolver.inputs import NO_FILE, spec_from_inputs
+from ..resolver.roots import list_files
 from ..resolver.validate import validate
 from . import comfy
 from .messages import BACKEND_NODE, raise_for, validation_result

@@ -6,6 +6,7 @@ from ..resolver.problems import ValidationError
 from .backend import CONFIG_TYPE
 from .messages import MAP_NODE, raise_for, validation_result
 
+
 class PipeQuantComponentMap:
     DESCRIPTION = ("Give one pipeline component (transformer, text_encoder_2, vae, …) its own quantization. "
                    "Chain several maps through `map`; connect the last one to Load Quantized Pipeline. "

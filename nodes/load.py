@@ -5,8 +5,8 @@ from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.load import load_plan
 from ..resolver.pipeline import check_model, files_key, first_use_notes, plan_named
-from ..resolver.roots import list_pipelines
 from ..resolver.problems import ValidationError
+from ..resolver.roots import list_pipelines
 from . import comfy
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result

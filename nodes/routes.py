@@ -24,15 +24,16 @@ except ImportError:  # the headless runner and the CLI do not need aiohttp
 
 from ..resolver import catalogue
 from ..resolver.compose import chain
+from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
 from ..resolver.estimate import estimate as estimate_plan
 from ..resolver.inputs import NO_FILE, parse_components, parse_options
 from ..resolver.inspect_model import inspect_model
 from ..resolver.load import plan_load
-from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from ..resolver.problems import BACKEND, MAP as MAP_PART, SPEC, Problem, ValidationError, errors
+from ..resolver.problems import BACKEND, SPEC, Problem, ValidationError, errors
+from ..resolver.problems import MAP as MAP_PART
 from ..resolver.roots import refused_pipelines, resolve_model
-from ..resolver.save import folder_problems, plan_problems
 from ..resolver.safe_files import json_depth
+from ..resolver.save import folder_problems, plan_problems
 from ..resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
 from ..resolver.validate import validate
 from . import comfy

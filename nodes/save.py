@@ -1,8 +1,8 @@
 """Save Quantized Pipeline: write a pre-quantized copy into the first diffusers model folder."""
 from __future__ import annotations
 
-from ..resolver.problems import ValidationError
 from ..resolver.catalogue_text import save_summary
+from ..resolver.problems import ValidationError
 from ..resolver.save import describe_save, folder_problems, save
 from . import comfy
 from .load import PIPELINE_TYPE

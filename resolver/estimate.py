@@ -6,8 +6,8 @@ the component's load dtype. Components read from a backend's file (GGUF) take th
 from __future__ import annotations
 
 from . import catalogue
-from .inspect_model import linear_layers
 from .constants import DTYPE_BYTES, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
+from .inspect_model import linear_layers
 from .plan import Plan
 
 

@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
-from .inspect_model import ComponentInfo, inspect_model
 from . import catalogue
+from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .constants import DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED
+from .inspect_model import ComponentInfo, inspect_model
 from .memory import main_device
 from .plan import Plan, make_plan
 from .problems import ValidationError, errors
 from .report import component_row, format_table, other_row
 from .roots import INDEX
 from .validate import validate
-
 
 # Never the network: every diffusers/transformers call reads the local folder only.
 OFFLINE = {"local_files_only": True}

@@ -12,9 +12,9 @@ from .cache import COMPONENT_CACHE, ComponentCache
 from .constants import DEFAULT_DTYPE
 from .inspect_model import inspect_model
 from .load import LoadResult, load_plan, plan_load
-from .roots import resolve_model
 from .plan import Plan
 from .problems import Problem, ValidationError
+from .roots import resolve_model
 from .validate import validate
 
 

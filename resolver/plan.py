@@ -13,8 +13,8 @@ from typing import Iterable
 
 from . import catalogue, devices
 from .constants import ACTIONS, DEFAULT_DTYPE, KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from .roots import find_file
 from .inspect_model import ModelInfo
+from .roots import find_file
 from .spec import BackendSpec, ComponentMap
 
 

@@ -12,12 +12,13 @@ from typing import Iterable
 from . import catalogue, devices
 from .backends.base import Backend, Option
 from .constants import COMPUTE_DTYPES, DEFAULT_DTYPE, LOAD_DTYPES
-from .roots import find_file, list_files
 from .inspect_model import ModelInfo, meta_modules
 from .plan import default_components
 from .problems import Problem, ValidationError
+from .roots import find_file, list_files
 from .spec import BackendSpec, ComponentMap
 from .suggest import closest, did_you_mean
+
 
 def validate(spec, model: ModelInfo | None = None, *, dtype: str = DEFAULT_DTYPE, device: str | None = None,
              offload: str = "none", gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> list[Problem]:

@@ -1,10 +1,11 @@
 """The component cache: changing one component's plan reloads that component only."""
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
-import importlib
 
 G = BackendSpec.make
 load_module = importlib.import_module("pipequant.resolver.load")  # the module, not the function

@@ -3,10 +3,10 @@ backend tables, the Backend and Save tooltips, and the two lists of required pac
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.save import PipeQuantSavePipeline

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import count_storage_bytes, quantized_weight_types
 
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
 from pipequant.resolver.estimate import estimate
 from pipequant.resolver.sample import generate
-
-from helpers import count_storage_bytes, quantized_weight_types
 
 G = BackendSpec.make
 
