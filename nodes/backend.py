@@ -49,8 +49,9 @@ class PipeQuantBackend:
             },
             "optional": {
                 "gguf_file": ([NO_FILE] + list_files(comfy.gguf_roots()), {
-                    "default": NO_FILE, "tooltip": "For backend gguf: the .gguf file (from unet, diffusion_models "
-                                                   "or text_encoders) holding one component's weights."}),
+                    "default": NO_FILE, "tooltip": "For backend gguf: the .gguf file holding one diffusers model's "
+                                                   "weights (the transformer or UNet), from models/diffusion_models, "
+                                                   "models/unet or a diffusers model folder."}),
             },
         }
 
@@ -58,8 +59,7 @@ class PipeQuantBackend:
     def VALIDATE_INPUTS(cls, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
         spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
         if spec is not None:
-            # gguf in global mode is legal here: the config may feed a Per-Component Map.
-            problems = [p for p in validate(spec, gguf_roots=comfy.gguf_roots()) if p.code != "gguf_in_global"]
+            problems = validate(spec, gguf_roots=comfy.gguf_roots(), may_feed_map=True)
         return validation_result(problems, BACKEND_NODE)
 
     def build(self, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):

@@ -18,7 +18,8 @@ try:
 except ImportError:
     model_management = comfy_utils = None
 
-GGUF_FOLDERS = ("diffusion_models", "unet", "text_encoders")
+# Where GGUF files of diffusers models live (text encoders are not: the gguf backend takes none).
+GGUF_FOLDERS = ("diffusion_models", "unet")
 _interrupt = threading.Event()
 
 

@@ -28,7 +28,7 @@ from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
 from ..resolver.estimate import estimate as estimate_plan
 from ..resolver.inputs import NO_FILE, parse_components, parse_options
 from ..resolver.inspect_model import inspect_model
-from ..resolver.load import plan_load
+from ..resolver.plan import make_plan
 from ..resolver.problems import BACKEND, SPEC, Problem, ValidationError, errors
 from ..resolver.problems import MAP as MAP_PART
 from ..resolver.roots import refused_pipelines, resolve_model
@@ -247,7 +247,7 @@ def _check(data: dict):
         reader.problems.append(tagged(p, node, field))
     result = {"model": name, "spec": spec.to_dict() if spec is not None else None, "problems": reader.problems,
               "ok": not any(p["severity"] == "error" for p in reader.problems)}
-    return result, spec, folder, options, reader
+    return result, spec, model, options, reader
 
 
 def check(data: dict) -> dict:
@@ -259,15 +259,11 @@ def estimate(data: dict) -> dict:
     """The plan's bytes per component before and after quantization (null while it has errors)."""
     if _string(data, "model", None) is None:
         raise _shape("model", 'an estimate needs "model"', "pick a pipeline on the Load node")
-    result, spec, folder, options, spec_owner = _check(data)
+    result, spec, model, options, spec_owner = _check(data)
     result["estimate"] = None
-    if result["ok"] and folder is not None:
-        try:
-            plan = plan_load(folder, spec, gguf_roots=comfy.gguf_roots(), **options)
-        except ValidationError as exc:  # validate() above agrees; kept so a disagreement shows
-            result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
-            result["ok"] = False
-            return result
+    if result["ok"] and model is not None:  # validated once, above
+        plan = make_plan(spec, model, dtype=options["dtype"], device=options["device"], offload=options["offload"],
+                         gguf_roots=comfy.gguf_roots())
         try:
             result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
         except ValidationError as exc:  # a config that cannot be built within bounds (resolver/meta_build.py)

@@ -7,13 +7,33 @@ succeeded, so a failed load never leaves a partial entry.
 from __future__ import annotations
 
 import gc
+import logging
+import math
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-DEFAULT_BUDGET = int(float(os.environ.get("PIPEQUANT_CACHE_GB", "64")) * 1024**3)
+BUDGET_ENV = "PIPEQUANT_CACHE_GB"
+DEFAULT_GB = 64.0
+log = logging.getLogger(__name__)
+
+
+def budget_from_env() -> int:
+    """The cache budget in bytes from PIPEQUANT_CACHE_GB, read when used: a malformed value falls
+    back to the default with a warning (it must never stop ComfyUI from loading the pack)."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    gb = DEFAULT_GB
+    if raw:
+        try:
+            gb = float(raw)
+            if not math.isfinite(gb) or gb < 0:
+                raise ValueError(raw)
+        except ValueError:
+            log.warning("PipeQuant: %s=%r is not a number of GB (e.g. 24); using %g", BUDGET_ENV, raw, DEFAULT_GB)
+            gb = DEFAULT_GB
+    return int(gb * 1024**3)
 
 
 @dataclass
@@ -24,8 +44,8 @@ class Entry:
 
 
 class ComponentCache:
-    def __init__(self, budget_bytes: int = DEFAULT_BUDGET):
-        self.budget_bytes = budget_bytes
+    def __init__(self, budget_bytes: int | None = None):
+        self._budget = budget_bytes  # None: PIPEQUANT_CACHE_GB, read at each use
         self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -42,8 +62,13 @@ class ComponentCache:
         with self._lock:
             self._entries[key] = Entry(module, nbytes, report)
             self._entries.move_to_end(key)
-            while self.total_bytes > self.budget_bytes and len(self._entries) > 1:
+            budget = self.budget_bytes
+            while self.total_bytes > budget and len(self._entries) > 1:
                 self._entries.popitem(last=False)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self._budget if self._budget is not None else budget_from_env()
 
     @property
     def total_bytes(self) -> int:
@@ -55,7 +80,8 @@ class ComponentCache:
             return list(self._entries)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
     def clear(self) -> None:
         with self._lock:

@@ -21,8 +21,11 @@ from .suggest import closest, did_you_mean
 
 
 def validate(spec, model: ModelInfo | None = None, *, dtype: str = DEFAULT_DTYPE, device: str | None = None,
-             offload: str = "none", gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> list[Problem]:
-    """All problems of loading `model` with `spec` (None: no quantization)."""
+             offload: str = "none", gguf_roots: Iterable[Path] = (), allow_pickle: bool = False,
+             may_feed_map: bool = False) -> list[Problem]:
+    """All problems of loading `model` with `spec` (None: no quantization). `may_feed_map`: a
+    global spec checked on its own (the Backend node) that may yet feed a Per-Component Map, so
+    a backend that cannot quantize a whole pipeline is no problem there."""
     gguf_roots = list(gguf_roots)
     problems: list[Problem] = []
     if dtype not in LOAD_DTYPES:
@@ -32,7 +35,7 @@ def validate(spec, model: ModelInfo | None = None, *, dtype: str = DEFAULT_DTYPE
         problems += _check_device(device, offload)
     target = devices.resolve_device(device) if device and devices.is_known_device(device) else None
 
-    for entry, spec_one, components in _entries(spec, model, problems):
+    for entry, spec_one, components in _entries(spec, model, problems, may_feed_map):
         found = _check_backend_spec(spec_one, dtype, target, offload, gguf_roots, model, components)
         problems += [p.at(entry) for p in found]
     if model is not None and not allow_pickle:
@@ -41,7 +44,7 @@ def validate(spec, model: ModelInfo | None = None, *, dtype: str = DEFAULT_DTYPE
 
 
 # -- what a spec applies to ------------------------------------------------------------------
-def _entries(spec, model: ModelInfo | None, problems: list[Problem]):
+def _entries(spec, model: ModelInfo | None, problems: list[Problem], may_feed_map: bool = False):
     """(map entry or None, BackendSpec, component names it applies to) for each part of the spec."""
     if spec is None:
         return []
@@ -58,7 +61,7 @@ def _entries(spec, model: ModelInfo | None, problems: list[Problem]):
         return out
     if isinstance(spec, BackendSpec):
         backend = catalogue.get_backend(spec.backend)
-        if backend is not None and not backend.global_mode:
+        if backend is not None and not backend.global_mode and not may_feed_map:
             why = f": a {backend.file_suffix} file holds the weights of one model" if backend.needs_file else ""
             problems.append(Problem(
                 "gguf_in_global", "backend", f"{backend.file_kind or backend.name} cannot quantize a whole pipeline{why}",
@@ -244,7 +247,7 @@ def _check_file(spec, backend: Backend, gguf_roots, model, components) -> list[P
         return []
     if not spec.gguf_file:
         return [Problem("gguf_file_required", field, f"the {backend.name} backend needs a {backend.file_suffix} file",
-                        "pick one from the unet / diffusion_models / text_encoders folders")]
+                        "pick one from the diffusion_models or unet folders, or a diffusers model folder")]
     path = find_file(spec.gguf_file, gguf_roots)
     if path is None:
         return [Problem("gguf_file_missing", field, f'no {backend.file_kind} file "{spec.gguf_file}" in the model folders',

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 
-from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from ..nodes import NODE_CLASS_MAPPINGS
 from ..resolver.limits import image_size_problems
 from ..resolver.load import LoadError
 from ..resolver.plan import Plan
 from ..resolver.problems import Problem, ValidationError
 from ..resolver.save import SaveError
 from .builtin import BUILTIN_NODES
+from .workflow import node_label
 
 ALL_NODES = {**NODE_CLASS_MAPPINGS, **BUILTIN_NODES}
 CONFIG_NODES = ("PipeQuantBackend", "PipeQuantComponentMap")  # cheap: they read no weights
@@ -34,8 +35,7 @@ def _is_link(value) -> bool:
 
 
 def _label(node_id: str, prompt: dict) -> str:
-    kind = prompt[node_id]["class_type"]
-    return f"node {node_id} ({NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind)})"
+    return node_label(node_id, prompt[node_id]["class_type"])
 
 
 def _type_name(kind) -> str:

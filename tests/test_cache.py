@@ -86,3 +86,21 @@ def test_budget_evicts_least_recently_used():
     assert cache.keys() == ["huge"]
     cache.clear()
     assert len(cache) == 0 and cache.total_bytes == 0
+
+
+def test_cache_budget_is_read_when_used_and_a_malformed_one_falls_back(monkeypatch, caplog):
+    """A bad PIPEQUANT_CACHE_GB must not stop the pack from importing: it is parsed when the cache
+    is used, with a warning, and the default applies."""
+    import logging
+
+    from pipequant.resolver import cache as cache_module
+
+    cache = ComponentCache()
+    monkeypatch.setenv("PIPEQUANT_CACHE_GB", "0.5")
+    assert cache.budget_bytes == 1024**3 // 2
+    monkeypatch.setenv("PIPEQUANT_CACHE_GB", "lots")
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        assert cache.budget_bytes == int(cache_module.DEFAULT_GB * 1024**3)
+    assert "PIPEQUANT_CACHE_GB='lots'" in caplog.text
+    monkeypatch.delenv("PIPEQUANT_CACHE_GB")
+    assert cache.budget_bytes == int(cache_module.DEFAULT_GB * 1024**3)

@@ -265,6 +265,24 @@ def test_estimate_before_and_after(models):
     assert total["bytes_after"] == sum(r["bytes_after"] for r in rows.values()) < total["bytes_before"]
 
 
+def test_estimate_validates_once(models, monkeypatch):
+    import importlib
+
+    load_module = importlib.import_module("pipequant.resolver.load")  # the module, not resolver.load()
+    calls = []
+    real = routes.validate
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "validate", counting)
+    monkeypatch.setattr(load_module, "validate", counting)  # plan_load validates too
+    body = routes.estimate({"model": "tiny-flux", "spec": backend(components="transformer"), "device": "cpu"})
+    assert body["ok"] and body["estimate"] is not None
+    assert len(calls) == 1
+
+
 def test_estimate_without_quantization_and_in_float32(models):
     status, body = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": None, "dtype": "float32"})
     total = body["estimate"]["total"]

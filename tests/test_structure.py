@@ -55,3 +55,27 @@ def test_advice_comes_from_the_catalogue():
     assert catalogue.backend_for_saved("quanto").name == "quanto"
     assert catalogue.backend_for_saved(None) is None
     assert catalogue.one_of(["a", "b", "c"]) == "a, b or c" and catalogue.one_of(["a"]) == "a"
+
+
+NODE_IMPORT = re.compile(r"^\s*(from\s+(\.+|pipequant\.)nodes(\.\w+)?\s+import\s+(.+)|import\s+pipequant\.nodes\S*)", re.M)
+# What may cross from outside nodes/ into it: the node registry (the pack's entry point and the
+# runner, which executes workflows as ComfyUI does) and the routes' registration (entry point).
+ALLOWED = {"NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "routes as _routes"}
+
+
+def test_nothing_outside_nodes_reaches_into_node_internals():
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("nodes", "tests", "test-artifacts") or rel.parts[0].startswith("."):
+            continue
+        for match in NODE_IMPORT.finditer(path.read_text()):
+            names = {n.strip() for n in (match.group(4) or "?").split(",")}
+            if match.group(3) or not names <= ALLOWED:
+                found.append(f"{rel}: {match.group(0).strip()}")
+    assert found == []
+
+
+def test_the_resolver_never_imports_comfyui_or_nodes():
+    pattern = re.compile(r"^\s*(from|import)\s+(folder_paths|comfy\b|server\b|\.\.nodes|pipequant\.nodes)", re.M)
+    assert [p.name for p in (ROOT / "resolver").rglob("*.py") if pattern.search(p.read_text())] == []
