@@ -141,7 +141,7 @@ def test_a_request_that_would_block_does_not_starve_the_others(hostile, monkeypa
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipequant import routes
+    from pipequant.nodes import routes
 
     monkeypatch.setenv("PIPEQUANT_MODELS", str(hostile))
 
