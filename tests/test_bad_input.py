@@ -33,8 +33,15 @@ from pipequant.nodes.component_map import PipeQuantComponentMap
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.nodes.save import PipeQuantSavePipeline
-from pipequant.resolver import BackendSpec, ComponentMap, inspect_model, spec_from_dict, spec_from_json, validate
-from pipequant.resolver import meta_build
+from pipequant.resolver import (
+    BackendSpec,
+    ComponentMap,
+    inspect_model,
+    meta_build,
+    spec_from_dict,
+    spec_from_json,
+    validate,
+)
 from pipequant.resolver.backends.quanto import Quanto
 from pipequant.resolver.estimate import estimate
 from pipequant.resolver.load import plan_load
