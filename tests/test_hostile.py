@@ -180,7 +180,7 @@ def test_a_route_that_takes_too_long_answers_503(hostile, monkeypatch):
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipequant import routes
+    from pipequant.nodes import routes
 
     monkeypatch.setattr(routes, "WORK_SECONDS", 0.2)
     monkeypatch.setattr(routes, "components", lambda name: time.sleep(1.0) or {})
