@@ -3,6 +3,7 @@ ComfyUI services (comfy.py) and the editor's HTTP routes (routes.py)."""
 from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
 from .load import PipeQuantLoadPipeline
+from .lora import PipeQuantLoRA
 from .report import PipeQuantMemoryReport
 from .sampler import PipeQuantSampler
 from .save import PipeQuantSavePipeline
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "PipeQuantSampler": PipeQuantSampler,
     "PipeQuantMemoryReport": PipeQuantMemoryReport,
     "PipeQuantSavePipeline": PipeQuantSavePipeline,
+    "PipeQuantLoRA": PipeQuantLoRA,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -23,4 +25,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PipeQuantSampler": "Quantized Pipeline Sampler",
     "PipeQuantMemoryReport": "Pipeline Memory Report",
     "PipeQuantSavePipeline": "Save Quantized Pipeline",
+    "PipeQuantLoRA": "Apply LoRA",
 }

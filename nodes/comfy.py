@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from ..resolver.lora import ENV_VAR as LORAS_ENV
 from ..resolver.roots import GGUF_ENV, MODELS_ENV, env_roots
 
 try:
@@ -45,6 +46,11 @@ def gguf_roots() -> list[Path]:
     for kind in GGUF_FOLDERS:
         roots += [p for p in _comfy_paths(kind) if p not in roots]
     return roots + env_roots(GGUF_ENV) + model_roots()
+
+
+def lora_roots() -> list[Path]:
+    """ComfyUI's `loras` folders (extra model paths included), then PIPEQUANT_LORAS."""
+    return _comfy_paths("loras") + env_roots(LORAS_ENV)
 
 
 def free_comfy_models() -> None:

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 from ..resolver.limits import image_size_problems, prompt_problems
+from ..resolver.lora import activate
+from ..resolver.problems import ValidationError
 from ..resolver.sample import generate
 from . import comfy
 from .load import PIPELINE_TYPE
-from .messages import raise_for, validation_result
+from .messages import NodeInputError, describe, raise_for, validation_result
 
 SAMPLER_NODE = "Quantized Pipeline Sampler"
 
 
 class PipeQuantSampler:
-    DESCRIPTION = ("Generate images with a pipeline from Load Quantized Pipeline. Uses the pipeline's own "
-                   "scheduler; stops between steps when you press Cancel.")
+    DESCRIPTION = ("Generate images with a pipeline from Load Quantized Pipeline (or Apply LoRA). Uses the "
+                   "pipeline's own scheduler; stops between steps when you press Cancel. Connect an image for "
+                   "image-to-image, and a mask too for inpainting.")
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ("IMAGE",)
     OUTPUT_TOOLTIPS = ("Images as ComfyUI IMAGE (batch, height, width, 3) in 0..1.",)
@@ -38,6 +41,11 @@ class PipeQuantSampler:
             "optional": {
                 "max_sequence_length": ("INT", {"default": 0, "min": 0, "max": 512,
                                                 "tooltip": "T5 prompt length (FLUX/SD3); 0 = the pipeline's default."}),
+                "image": ("IMAGE", {"tooltip": "Start from this image (image-to-image); resized to width x height."}),
+                "mask": ("MASK", {"tooltip": "With an image: redraw only where the mask is 1 (inpainting)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "With an image: how much of it is redrawn (0 keeps it, 1 redraws "
+                                                 "it fully); steps x denoise steps run."}),
             },
         }
 
@@ -47,7 +55,7 @@ class PipeQuantSampler:
                                  SAMPLER_NODE)
 
     def sample(self, pipeline, prompt, negative_prompt, steps, guidance_scale, width, height, seed, batch_size,
-               max_sequence_length=0):
+               max_sequence_length=0, image=None, mask=None, denoise=1.0):
         raise_for(prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt")
                   + image_size_problems(pipeline.plan.model, width, height), SAMPLER_NODE)
         progress = comfy.Progress(steps)
@@ -57,7 +65,12 @@ class PipeQuantSampler:
             comfy.check_interrupt()
 
         comfy.check_interrupt()
-        images = generate(pipeline.pipeline, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
-                          guidance_scale=guidance_scale, width=width, height=height, seed=seed,
-                          batch_size=batch_size, max_sequence_length=max_sequence_length, on_step=on_step)
+        try:
+            activate(pipeline)  # exactly the LoRA stack this pipeline object stands for
+            images = generate(pipeline.pipeline, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                              guidance_scale=guidance_scale, width=width, height=height, seed=seed,
+                              batch_size=batch_size, max_sequence_length=max_sequence_length, on_step=on_step,
+                              image=image, mask=mask, denoise=denoise)
+        except ValidationError as exc:
+            raise NodeInputError(exc.problems, describe(exc.problems, SAMPLER_NODE)) from None
         return (images,)

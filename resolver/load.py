@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -21,6 +21,7 @@ from . import catalogue
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .constants import DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED
 from .inspect_model import ComponentInfo, inspect_model
+from .lora import hand_out_plain
 from .memory import main_device
 from .plan import Plan, make_plan
 from .problems import ValidationError, errors
@@ -62,11 +63,16 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadResult:
     pipeline: object
     plan: Plan
     rows: list[dict]
+    loras: tuple = ()  # the adapter stack (resolver.lora.LoraSpec) this pipeline object stands for
+
+    def with_lora(self, spec) -> "LoadResult":
+        """The same loaded pipeline with one more adapter on its stack (this object is unchanged)."""
+        return replace(self, loras=self.loras + (spec,))
 
     @property
     def table(self) -> str:
@@ -122,6 +128,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
                 key = cache_key(plan, row.name)
                 entry = cache.get(key) if cache is not None else None
                 if entry is not None:
+                    hand_out_plain(entry.module)  # adapters other pipelines loaded on it stay off
                     loaded[row.name] = entry.module
                     rows[row.name] = {**entry.report, "reused": True, "load_seconds": 0.0}
                     configs[row.name] = getattr(entry.module, "pipequant_quantization_config", None)

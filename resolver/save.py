@@ -17,6 +17,7 @@ from typing import Iterable
 
 from . import catalogue
 from .load import LoadResult, diffusers_context
+from .lora import strip_adapters
 from .problems import Problem, ValidationError
 
 FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" accepts a final newline
@@ -83,8 +84,15 @@ def plan_problems(plan) -> list[Problem]:
     return problems
 
 
+def lora_problems(result: LoadResult) -> list[Problem]:
+    if not result.loras:
+        return []
+    return [Problem("lora_applied", "pipeline", "this pipeline has LoRAs applied; a saved copy holds the base "
+                    "weights only", "connect the Load node's output directly to Save")]
+
+
 def save_problems(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | None) -> list[Problem]:
-    return folder_problems(folder_name, roots) + plan_problems(result.plan)
+    return folder_problems(folder_name, roots) + plan_problems(result.plan) + lora_problems(result)
 
 
 def _alive(pid: int) -> bool:
@@ -143,6 +151,7 @@ def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | No
         if problems:
             raise ValidationError(problems)
         partial = root / f"{PARTIAL}{folder_name}-{uuid.uuid4().hex[:8]}"
+        strip_adapters(result.pipeline)  # adapters other workflows loaded on shared modules are not weights
         try:
             with diffusers_context():
                 result.pipeline.save_pretrained(str(partial), safe_serialization=True)

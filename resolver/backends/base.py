@@ -62,6 +62,7 @@ class QuantType:
     # Extra bytes per quantized weight for scales/zero points (per-channel or per-group).
     scale_bytes_per_weight: float = 0.0
     savable: bool = True  # False where save_pretrained cannot write this type (the backend may otherwise)
+    lora: bool = True  # whether a component of this type takes a LoRA through diffusers + peft
     help: str = ""
 
     def describe(self) -> dict:
@@ -74,6 +75,7 @@ class QuantType:
             "min_compute_capability": list(self.min_compute_capability) if self.min_compute_capability else None,
             "compute_dtypes": list(self.compute_dtypes),
             "savable": self.savable,
+            "lora": self.lora,
             "help": self.help,
         }
 
@@ -110,6 +112,10 @@ class Backend:
     quant_method: str = ""
     # Added to the notes of every plan with a component on this backend (why it loads differently).
     plan_note: str = ""
+    # diffusers LoRA loader mixins (by class name) that cannot load a LoRA onto this backend's
+    # models, and why; per quant type, QuantType.lora. Measured on CPU (resolver/lora.py uses it).
+    lora_refused_loaders: tuple[str, ...] = ()
+    lora_note: str = ""
     help: str = ""
 
     # -- lookups ---------------------------------------------------------------------------
@@ -133,6 +139,17 @@ class Backend:
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
+
+    def lora_support(self, quant_type: str | None, loader_classes: tuple[str, ...]) -> str | None:
+        """Why a component of this backend cannot take a LoRA in a pipeline whose class has
+        `loader_classes` in its MRO, or None when it can."""
+        q = self.quant_type(quant_type) if quant_type else None
+        if q is not None and not q.lora:
+            return f"{self.name} {q.name} cannot take a LoRA: {self.lora_note or 'peft has no layer for it'}"
+        refused = [c for c in loader_classes if c in self.lora_refused_loaders]
+        if refused:
+            return f"{self.name} cannot take a LoRA in this pipeline ({refused[0]}): {self.lora_note}"
+        return None
 
     def cpu_supported(self, library: str) -> bool:
         """Whether a component of `library` can be quantized with this backend without a GPU."""
@@ -179,6 +196,8 @@ class Backend:
             "global_mode": self.global_mode,
             "needs_file": self.needs_file,
             "cpu": {lib: self.cpu_supported(lib) for lib in self.libraries},
+            "lora_refused_loaders": list(self.lora_refused_loaders),
+            "lora_note": self.lora_note,
             "help": self.help,
         }
 

@@ -111,5 +111,10 @@ QUANTO = Quanto(
     ),
     options=(MODULES_TO_NOT_CONVERT,),
     savable=("diffusers",),  # quanto-quantized transformers models cannot be saved (DESIGN.md)
+    # Measured (diffusers 0.42.1, peft 0.21.2): FLUX's loader reads `<layer>.weight` from the state
+    # dict to expand LoRA shapes, and quanto stores it as `weight._data` (KeyError). UNet pipelines load.
+    lora_refused_loaders=("FluxLoraLoaderMixin",),
+    lora_note="diffusers' FLUX LoRA loader cannot read quanto weights; keep that component unquantized "
+              "or use bitsandbytes, torchao int8/float8 or GGUF for it",
     help="Quanto weight quantization; works on CPU.",
 )

@@ -50,6 +50,7 @@ TORCHAO = TorchAO(
                   help="int8 matmuls; slow without torch.compile."),
         QuantType("int4_weight_only", "int4 weight-only (CUDA, bf16)", 4, ("group_size", "modules_to_not_convert"),
                   needs_cuda=True, compute_dtypes=("bfloat16",), scale_bytes_per_weight=4 / 128, savable=False,
+                  lora=False,
                   help="Quarter of bf16 memory; tinygemm kernels need CUDA and bfloat16. Its GPU-specific "
                        "packing is not saved."),
         QuantType("float8_weight_only", "float8 weight-only", 8, ("modules_to_not_convert",),
@@ -61,5 +62,8 @@ TORCHAO = TorchAO(
     options=(GROUP_SIZE, GRANULARITY, MODULES_TO_NOT_CONVERT),
     # int8 and float8 tensor subclasses round-trip through safetensors bit for bit (measured on CPU).
     savable=("diffusers", "transformers"),
+    # peft 0.21's torchao LoRA layer refuses int4 weights ("only supports int8 weights for now").
+    lora_note="peft's torchao LoRA layer takes int8 and float8 weights only; use int8_weight_only for "
+              "that component",
     help="PyTorch-native int8/int4/float8 tensor subclasses; composes with torch.compile.",
 )

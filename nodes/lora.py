@@ -1,0 +1,64 @@
+"""Apply LoRA: put one more LoRA on a loaded pipeline's adapter stack (chain several)."""
+from __future__ import annotations
+
+from ..resolver.load import LoadResult
+from ..resolver.lora import STRENGTH_RANGE, list_loras, load_adapter, make_spec, resolve_lora
+from ..resolver.problems import ValidationError
+from . import comfy
+from .load import PIPELINE_TYPE
+from .messages import NodeInputError, describe, validation_result
+
+LORA_NODE = "Apply LoRA"
+
+
+class PipeQuantLoRA:
+    DESCRIPTION = ("Apply a LoRA (.safetensors from models/loras: diffusers/peft, kohya or xlabs layout) to a loaded "
+                   "pipeline. Chain several to stack them. The weights load once; changing a strength or removing "
+                   "the node needs no reload.")
+    CATEGORY = "PipeQuant"
+    RETURN_TYPES = (PIPELINE_TYPE,)
+    RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("The same pipeline with this LoRA added to its stack.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        lo, hi = STRENGTH_RANGE
+        return {
+            "required": {
+                "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline or another Apply LoRA."}),
+                "lora_name": (list_loras(comfy.lora_roots()), {"tooltip": "A LoRA file under ComfyUI's models/loras."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": lo, "max": hi, "step": 0.01,
+                                       "tooltip": "How strongly the LoRA changes the transformer/UNet; 0 = off."}),
+            },
+            "optional": {
+                "strength_text_encoder": ("FLOAT", {"default": 1.0, "min": lo, "max": hi, "step": 0.01,
+                                                    "tooltip": "Strength on the text encoders, for LoRAs that carry "
+                                                               "text-encoder weights."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name):
+        try:
+            resolve_lora(lora_name, comfy.lora_roots())
+        except ValidationError as exc:
+            return validation_result(exc.problems, LORA_NODE)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name, **kwargs):
+        """Re-run when the LoRA file changes on disk."""
+        try:
+            stat = resolve_lora(lora_name, comfy.lora_roots()).stat()
+            return f"{stat.st_size}:{stat.st_mtime_ns}"
+        except (ValidationError, OSError):
+            return ""
+
+    def apply(self, pipeline: LoadResult, lora_name, strength, strength_text_encoder=1.0):
+        try:
+            spec = make_spec(lora_name, comfy.lora_roots(), strength, strength_text_encoder)
+            load_adapter(pipeline, spec)  # checked against the pipeline before anything changes
+        except ValidationError as exc:
+            raise NodeInputError(exc.problems, describe(exc.problems, LORA_NODE)) from None
+        return (pipeline.with_lora(spec),)
