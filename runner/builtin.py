@@ -1,7 +1,16 @@
-"""Stand-ins for the two ComfyUI nodes our workflows end in, so they run without ComfyUI."""
+"""Stand-ins for the ComfyUI core nodes our workflows use (SaveImage, PreviewImage, LoadImage), so
+they run without ComfyUI."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from ..resolver.problems import Problem, ValidationError
+from ..resolver.roots import contained, list_files
+from ..resolver.safe_files import FileProblem
+from ..resolver.suggest import did_you_mean
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 class SaveImage:
@@ -43,4 +52,66 @@ class PreviewImage(SaveImage):
         return super().save_images(images, "preview")
 
 
-BUILTIN_NODES = {"SaveImage": SaveImage, "PreviewImage": PreviewImage}
+class LoadImage:
+    """Reads an image by name from the input folder, as ComfyUI's LoadImage does: (IMAGE, MASK), the
+    mask being 1 - alpha (zeros, 64 x 64, without alpha). Names only: no paths out of the folder."""
+
+    input_dir = Path("input")
+    CATEGORY = "image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = [n for suffix in IMAGE_SUFFIXES for n in list_files([cls.input_dir], suffix)]
+        return {"required": {"image": (sorted(names), {"image_upload": True})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        try:
+            cls.resolve(image)
+        except ValidationError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def resolve(cls, name) -> Path:
+        folder = Path(cls.input_dir)
+
+        def fail(code, message, fix):
+            return ValidationError([Problem(code, "image", message, fix)])
+
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or "\\" in name \
+                or ".." in Path(name).parts or not name.lower().endswith(IMAGE_SUFFIXES):
+            raise fail("image_outside_input", f"{name!r:.80} is not an image name in the input folder",
+                       f"use a {'/'.join(IMAGE_SUFFIXES)} file name under {folder} (--input DIR)")
+        path = folder / name
+        if not os.path.lexists(path):
+            names = [n for suffix in IMAGE_SUFFIXES for n in list_files([folder], suffix)]
+            raise fail("image_not_found", f'no image "{name}" in {folder}', did_you_mean(name, names))
+        try:
+            inside = contained(path, folder)
+        except FileProblem as exc:
+            raise fail(exc.code, f'"{name}": {exc}', exc.suggestion) from None
+        if not inside or not path.is_file():
+            raise fail("image_outside_input", f'"{name}" is a link out of the input folder, or not a file',
+                       "copy the image into the input folder")
+        return path
+
+    def load_image(self, image):
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        with Image.open(self.resolve(image)) as raw:
+            picture = ImageOps.exif_transpose(raw)
+            rgb = torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)[None]
+            if "A" in picture.getbands():
+                alpha = np.asarray(picture.getchannel("A"), dtype=np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)[None]
+            else:
+                mask = torch.zeros((1, 64, 64), dtype=torch.float32)
+        return (rgb, mask)
+
+
+BUILTIN_NODES = {"SaveImage": SaveImage, "PreviewImage": PreviewImage, "LoadImage": LoadImage}

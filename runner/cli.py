@@ -15,7 +15,7 @@ from ..resolver.load import LoadError
 from ..resolver.problems import Problem, ValidationError
 from ..resolver.save import SaveError
 from ..resolver.suggest import did_you_mean
-from .builtin import SaveImage
+from .builtin import LoadImage, SaveImage
 from .execute import ALL_NODES, RunError, execute
 from .workflow import read_workflow, to_api
 
@@ -80,8 +80,12 @@ def _configure(args) -> None:
         os.environ["PIPEQUANT_MODELS"] = os.pathsep.join(str(Path(m).resolve()) for m in args.models)
     if getattr(args, "gguf", None):
         os.environ["PIPEQUANT_GGUF"] = os.pathsep.join(str(Path(m).resolve()) for m in args.gguf)
+    if getattr(args, "loras", None):
+        os.environ["PIPEQUANT_LORAS"] = os.pathsep.join(str(Path(m).resolve()) for m in args.loras)
     if getattr(args, "output", None):
         SaveImage.output_dir = Path(args.output)
+    if getattr(args, "input", None):
+        LoadImage.input_dir = Path(args.input)
 
 
 def _user_prompt(args) -> dict:
@@ -165,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder of diffusers pipelines (repeatable; default: $PIPEQUANT_MODELS). Save Quantized "
                             "Pipeline writes into the first one, so the copy loads by name")
         p.add_argument("--gguf", action="append", default=[], help="a folder of .gguf files (repeatable)")
+        p.add_argument("--loras", action="append", default=[], help="a folder of LoRA .safetensors files "
+                                                                   "(repeatable); default: $PIPEQUANT_LORAS")
+        p.add_argument("--input", default="input", help="where LoadImage reads images (by name)")
         p.add_argument("--output", default="output", help="where SaveImage/PreviewImage write PNGs (saved pipelines go "
                                                           "to the first --models folder)")
         p.add_argument("--set", action="append", default=[], metavar="CLASS.input=value",

@@ -79,3 +79,20 @@ def write_kohya_lora(pipeline_dir: Path, out: Path, *, rank: int = 4, scale: flo
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out))
     return out
+
+
+EXAMPLE_LORA = "example_flux_lora.safetensors"  # the names the LoRA + image-to-image template uses
+EXAMPLE_IMAGE = "example.png"
+
+
+def write_example_files(flux_dir: Path, loras: Path, inputs: Path) -> None:
+    """The LoRA and input image `example_workflows/flux_lora_img2img.json` names, for a tiny FLUX."""
+    import numpy as np
+    from PIL import Image
+
+    if not (Path(loras) / EXAMPLE_LORA).is_file():
+        write_peft_lora(flux_dir, Path(loras) / EXAMPLE_LORA, text_encoder="text_encoder")
+    Path(inputs).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    pixels = np.stack([yy, xx, 0.5 + 0.4 * np.sin(6 * xx)], -1)
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(Path(inputs) / EXAMPLE_IMAGE)

@@ -9,6 +9,7 @@ folder::
     <root>/custom_nodes/PipeQuant ->  the pack (a symlink to this repository)
     <root>/models/diffusers/          tiny pipelines, under the names the example workflows use
     <root>/models/diffusion_models/   the GGUF file the GGUF example names
+    <root>/models/loras/              the LoRA the LoRA template names (its image goes to base/input)
     <root>/base/                      --base-directory: ComfyUI's own models, user, input, temp
     <root>/output/                    --output-directory
     <root>/server.log                 stdout + stderr of the server
@@ -215,13 +216,19 @@ def start_comfyui(root: Path, *, pack_dir: Path = PACK_DIR, with_models: bool = 
     diffusion_models = root / "models" / "diffusion_models"
     models_root.mkdir(parents=True, exist_ok=True)
     diffusion_models.mkdir(parents=True, exist_ok=True)
-    if with_models:
-        build_models(models_root, diffusion_models)
+    loras = root / "models" / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
     output_dir, base = root / "output", root / "base"
     for folder in (output_dir, base / "custom_nodes", base / "models", base / "input", base / "user", base / "temp"):
         folder.mkdir(parents=True, exist_ok=True)  # main.py lists base/custom_nodes before anything else
+    if with_models:
+        built = build_models(models_root, diffusion_models)
+        from pipequant.testing import write_example_files
+
+        write_example_files(built["FLUX.1-dev"], loras, base / "input")  # what the LoRA template names
     yaml_path = write_extra_paths(root / "extra_model_paths.yaml", {
-        "custom_nodes": custom_nodes, "diffusers": models_root, "diffusion_models": diffusion_models})
+        "custom_nodes": custom_nodes, "diffusers": models_root, "diffusion_models": diffusion_models,
+        "loras": loras})
 
     port = free_port()
     cmd = [str(comfyui_python(comfy)), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),

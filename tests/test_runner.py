@@ -23,9 +23,13 @@ SMALL = [("PipeQuantSampler", "steps", 2), ("PipeQuantSampler", "width", 32), ("
 def env(monkeypatch, tmp_path, models_root, tiny_flux, tiny_sd3, flux_gguf):
     monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
     monkeypatch.setenv("PIPEQUANT_GGUF", str(flux_gguf.parent))
-    from pipequant.runner.builtin import SaveImage
+    from pipequant.runner.builtin import LoadImage, SaveImage
+    from pipequant.testing import write_example_files
 
     monkeypatch.setattr(SaveImage, "output_dir", tmp_path / "out")
+    write_example_files(tiny_flux, tmp_path / "loras", tmp_path / "input")  # what the LoRA template names
+    monkeypatch.setenv("PIPEQUANT_LORAS", str(tmp_path / "loras"))
+    monkeypatch.setattr(LoadImage, "input_dir", tmp_path / "input")
     return tmp_path
 
 
