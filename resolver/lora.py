@@ -249,10 +249,11 @@ def _evict(pipeline, keep: set[str]) -> None:
         _recent.remove(name)
 
 
-def _weights(pipeline, spec: LoraSpec) -> dict[str, float]:
-    """Per-component strengths: text encoders get strength_text_encoder, the rest strength."""
+def _weights(spec: LoraSpec, carried: dict[str, list[str]]) -> dict[str, float]:
+    """Per-component strengths of the components that carry this adapter: text encoders get
+    strength_text_encoder, the rest strength."""
     return {c: (spec.strength_text_encoder if c.startswith("text_encoder") else spec.strength)
-            for c in getattr(pipeline, "_lora_loadable_modules", ())}
+            for c, names in carried.items() if spec.adapter_name in names}
 
 
 def activate(result) -> None:
@@ -271,7 +272,8 @@ def activate(result) -> None:
                 pipeline.disable_lora()
                 return
             pipeline.enable_lora()
-            pipeline.set_adapters([s.adapter_name for s in stack], [_weights(pipeline, s) for s in stack])
+            carried = pipeline.get_list_adapters()
+            pipeline.set_adapters([s.adapter_name for s in stack], [_weights(s, carried) for s in stack])
         for spec in stack:
             _touch(spec.adapter_name)
 
