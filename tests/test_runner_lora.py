@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pipequant.resolver.problems import ValidationError
 from pipequant.runner.builtin import LoadImage
 from pipequant.runner.cli import EXAMPLES, load_prompt, main
-from pipequant.resolver.problems import ValidationError
 from pipequant.testing import write_example_files
 
 TEMPLATE = "flux_lora_img2img.json"
