@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from ..resolver.roots import GGUF_ENV, MODELS_ENV, env_roots
+from . import comfy_memory
 
 try:
     import folder_paths  # type: ignore
@@ -17,6 +18,8 @@ try:
     import comfy.utils as comfy_utils  # type: ignore
 except ImportError:
     model_management = comfy_utils = None
+
+comfy_memory.install(model_management)  # "Unload models" / POST /free empties our cache too
 
 GGUF_FOLDERS = ("diffusion_models", "unet", "text_encoders")
 _interrupt = threading.Event()
@@ -46,11 +49,14 @@ def gguf_roots() -> list[Path]:
     return roots + env_roots(GGUF_ENV) + model_roots()
 
 
-def free_comfy_models() -> None:
-    """Make room for a big load: ComfyUI's own models go first."""
-    if model_management is not None:
-        model_management.unload_all_models()
-        model_management.soft_empty_cache()
+def free_comfy_models(device: str, needed_bytes: float = 1e30) -> None:
+    """Make room for a load of `needed_bytes` on `device`: ComfyUI's own models go first."""
+    comfy_memory.make_room(model_management, device, needed_bytes)
+
+
+def track_loaded(result) -> None:
+    """Show the loaded components to ComfyUI's model management (so it can unload them)."""
+    comfy_memory.track(model_management, result)
 
 
 def default_device() -> str:

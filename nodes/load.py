@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from ..resolver import catalogue
+from ..resolver.cache import COMPONENT_CACHE
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
+from ..resolver.estimate import estimate
 from ..resolver.inspect_model import inspect_model
 from ..resolver.load import LoadResult, load_plan, plan_load
 from ..resolver.roots import list_pipelines, resolve_model
@@ -64,7 +66,9 @@ class PipeQuantLoadPipeline:
     def IS_CHANGED(cls, model, **kwargs):
         """Re-run when the pipeline's files change on disk (ComfyUI otherwise reuses the output)."""
         try:
-            return str(hash(inspect_model(resolve_model(model, comfy.model_roots())).mtime_key))
+            info = inspect_model(resolve_model(model, comfy.model_roots()))
+            # ...and after ComfyUI unloaded this pipeline to free memory (the next run reloads it).
+            return f"{hash(info.mtime_key)}:{COMPONENT_CACHE.releases(info.folder)}"
         except ValidationError:
             return ""  # VALIDATE_INPUTS reports it
 
@@ -97,8 +101,10 @@ def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pic
     """Validate everything, then free ComfyUI's own models and load."""
     allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
     plan = plan_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
-    comfy.free_comfy_models()
+    comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
     for note in first_use_notes(plan):
         comfy.progress_text(note)
     progress = comfy.Progress(len(plan.modules()))
-    return load_plan(plan, allow_pickle=allow_pickle, progress=lambda i, n, name: progress.update(i, n))
+    result = load_plan(plan, allow_pickle=allow_pickle, progress=lambda i, n, name: progress.update(i, n))
+    comfy.track_loaded(result)
+    return result

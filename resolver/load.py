@@ -62,11 +62,35 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-@dataclass
+class PipelineReleased(RuntimeError):
+    """The pipeline's weights were given back to the host (ComfyUI's memory management)."""
+
+
+@dataclass(eq=False)  # identity semantics: the cache tracks live results in a WeakSet
 class LoadResult:
-    pipeline: object
+    _pipeline: object
     plan: Plan
     rows: list[dict]
+    released: str = ""  # why the pipeline was emptied, once it was
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            raise PipelineReleased(f"the pipeline {self.plan.model.folder.name} was unloaded ({self.released}); "
+                                   "run the workflow again to reload it")
+        return self._pipeline
+
+    @property
+    def folder(self) -> str:
+        return str(self.plan.model.folder)
+
+    def uses(self, module) -> bool:
+        pipeline = self._pipeline
+        return pipeline is not None and any(c is module for c in pipeline.components.values())
+
+    def release(self, reason: str) -> None:
+        """Drop the reference to the pipeline, so its weights can be freed."""
+        self._pipeline, self.released = None, reason
 
     @property
     def table(self) -> str:
@@ -177,7 +201,10 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
         # Quantizing left freed bf16 temporaries in the heap (0.5-0.8 GB at 200M parameters); giving
         # them back takes ~30 ms, off the load's path (ctypes releases the GIL).
         threading.Thread(target=trim_heap, name="pipequant-trim-heap", daemon=True).start()
-    return LoadResult(pipeline, plan, ordered)
+    result = LoadResult(pipeline, plan, ordered)
+    if cache is not None:
+        cache.hold(result)
+    return result
 
 
 def _broken_first(files: list[Path]) -> list[str]:
