@@ -34,7 +34,7 @@ class PipeQuantBackend:
             "required": {
                 "backend": (backends, {"default": default_backend,
                                        "tooltip": "Quantization library. bitsandbytes: 4/8-bit on GPU; torchao: int8/float8 "
-                                                  "(CPU too); quanto: int8/int4/float8 (CPU too); gguf: a pre-quantized file."}),
+                                                  "(CPU too); quanto: int8/int4/float8 (CPU too; deprecated by diffusers); sdnq: 8/6/4-bit (CPU too; optional, pip install sdnq); gguf: a pre-quantized file."}),
                 "quant_type": (quant_type_choices(), {"default": default_quant,
                                                       "tooltip": "The backend's quantization type; the list narrows to "
                                                                  "the chosen backend in the editor."}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from ..resolver import hub_cache
 from ..resolver.roots import GGUF_ENV, MODELS_ENV, env_roots
 from . import comfy_memory
 
@@ -38,15 +39,21 @@ def _comfy_paths(kind: str) -> list[Path]:
         return []
 
 
-def model_roots() -> list[Path]:
+def folder_roots() -> list[Path]:
+    """The ordinary diffusers model folders (saves go to the first)."""
     return _comfy_paths("diffusers") + env_roots(MODELS_ENV)
+
+
+def model_roots() -> list:
+    """Where pipelines are found: the model folders, then the Hugging Face cache (read-only)."""
+    return folder_roots() + hub_cache.default_root()
 
 
 def gguf_roots() -> list[Path]:
     roots: list[Path] = []
     for kind in GGUF_FOLDERS:
         roots += [p for p in _comfy_paths(kind) if p not in roots]
-    return roots + env_roots(GGUF_ENV) + model_roots()
+    return roots + env_roots(GGUF_ENV) + folder_roots()
 
 
 def free_comfy_models(device: str, needed_bytes: float = 1e30) -> None:

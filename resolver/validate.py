@@ -110,6 +110,9 @@ def _check_backend_spec(spec: BackendSpec, prefix: str, dtype: str, target: str 
     if not backend.installed():
         problems.append(Problem("backend_not_installed", prefix + "backend", f"{backend.label} is not installed",
                                 f"install it into ComfyUI's Python: {backend.pip}"))
+    if backend.deprecated:
+        problems.append(Problem("backend_deprecated", prefix + "backend", f"{backend.label} is deprecated",
+                                backend.deprecated, severity="warning"))
     quant = backend.quant_type(spec.quant_type)
     if quant is None:
         owners = catalogue.all_quant_types().get(spec.quant_type)

@@ -5,6 +5,9 @@
 - A node that needs room calls ComfyUI's `free_memory()` (as the core upscaler does): ComfyUI
   evicts our components, and the next run of our workflow reloads them.
 
+The same server reads a fake Hugging Face cache (HF_HUB_CACHE): a snapshot is listed by its repo
+name and loads; one whose file links out of its repo's blobs/ is neither listed nor loaded.
+
 The server gets one extra custom node, `PQTestNeedsMemory`: it asks ComfyUI's real
 `free_memory()` for more than is free, the way a core node that needs room does (on a CPU
 server with RAM to spare no core node would ever need to).
@@ -18,9 +21,11 @@ import time
 import psutil
 import pytest
 from comfy_server import skip_reason, start_comfyui
+from hub_cache_fake import add_snapshot
 
 pytestmark = pytest.mark.comfyui
 
+HUB_REPO, HUB_BAD_REPO = "black-forest-labs/FLUX.1-dev", "someone/linked-out"
 MODEL = "flux-20m"  # a 20.6 M-parameter transformer: ~80 MB in float32, enough to see RSS move
 PRESSURE_NODE = '''
 import comfy.model_management as mm
@@ -61,8 +66,18 @@ def server(tmp_path_factory):
     built = tiny.ensure_pipeline("flux", root / "build", size="20m")
     models.mkdir(parents=True)
     shutil.copytree(built, models / MODEL)
-    with start_comfyui(root, with_models=False) as srv:
-        yield srv
+    small = tiny.ensure_pipeline("flux", root / "build")
+    add_snapshot(root / "hub", HUB_REPO, small)
+    bad = add_snapshot(root / "hub", HUB_BAD_REPO, small)
+    vae = bad / "vae" / "diffusion_pytorch_model.safetensors"
+    outside = root / "outside.safetensors"
+    shutil.copyfile(vae, outside)
+    vae.unlink()
+    vae.symlink_to(outside)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_HUB_CACHE", str(root / "hub"))
+        with start_comfyui(root, with_models=False) as srv:
+            yield srv
 
 
 def our_prompt(seed: int = 1, allow_pickle: bool = False) -> dict:
@@ -164,3 +179,19 @@ def test_a_core_node_needing_memory_gets_ours_and_the_next_run_reloads(server):
     # ...and without pressure in between, the cache serves the next load again.
     warm = run_ok(server, our_prompt(seed=5, allow_pickle=True))
     assert all(reused(warm).values()), warm["outputs"]["2"]["text"][0]
+
+
+def test_hub_cache_snapshot_is_listed_by_repo_name_and_loads(server):
+    status, info = server.get("/object_info/PipeQuantLoadPipeline")
+    assert status == 200
+    models = info["PipeQuantLoadPipeline"]["input"]["required"]["model"][0]
+    assert HUB_REPO in models and MODEL in models
+    assert HUB_BAD_REPO not in models  # its VAE links out of the repo's blobs/
+    prompt = our_prompt(seed=7)
+    prompt["1"]["inputs"].update(model=HUB_REPO, dtype="bfloat16")
+    entry = run_ok(server, prompt)
+    assert "transformer" in entry["outputs"]["2"]["text"][0] and entry["outputs"]["4"]["images"]
+
+    prompt["1"]["inputs"]["model"] = HUB_BAD_REPO
+    status, body = server.queue(prompt)
+    assert status == 400 and "1" in body["node_errors"], body

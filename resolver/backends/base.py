@@ -86,6 +86,7 @@ class Backend:
     # non-auto compute_dtype is the dtype the component is loaded in.
     config_compute_dtype: bool = False
     help: str = ""
+    deprecated: str = ""  # why and what instead, when the library deprecates this backend (still works)
     extra: dict = field(default_factory=dict)
 
     # -- lookups ---------------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Backend:
             "needs_file": self.needs_file,
             "cpu": {lib: self.cpu_supported(lib) for lib in self.libraries},
             "help": self.help,
+            "deprecated": self.deprecated,
         }
 
     # -- building --------------------------------------------------------------------------

@@ -98,4 +98,6 @@ QUANTO = Quanto(
     options=(MODULES_TO_NOT_CONVERT,),
     savable=("diffusers",),  # quanto-quantized transformers models cannot be saved (DESIGN.md)
     help="Quanto weight quantization; works on CPU.",
+    deprecated="diffusers 0.42 deprecates quanto (removed in diffusers 1.0); it still works here. "
+               "For new workflows use torchao (int8/float8) or SDNQ.",
 )
