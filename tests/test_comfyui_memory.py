@@ -57,7 +57,7 @@ def server(tmp_path_factory):
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    from pipequant.resolver import tiny
+    from pipequant import testing as tiny
 
     root = tmp_path_factory.mktemp("comfyui-memory")
     (root / "custom_nodes" / "pq_test_pressure").mkdir(parents=True)

@@ -101,3 +101,16 @@ def test_saves_never_go_to_the_hub_cache(monkeypatch, hub, tmp_path):
     assert comfy.model_roots() == [tmp_path / "mine", HubCacheRoot(hub)]
     assert all(not isinstance(r, HubCacheRoot) for r in comfy.gguf_roots())
     assert os.fspath(comfy.folder_roots()[0]) != os.fspath(hub)
+
+
+def test_a_linked_blobs_folder_is_refused(hub, tmp_path):
+    """blobs/ itself a link elsewhere would make "inside blobs/" mean anywhere."""
+    import shutil
+
+    repo = hub / ("models--" + REPO.replace("/", "--"))
+    elsewhere = tmp_path / "elsewhere-blobs"
+    shutil.move(str(repo / "blobs"), str(elsewhere))
+    (repo / "blobs").symlink_to(elsewhere, target_is_directory=True)
+    assert list_pipelines([HubCacheRoot(hub)]) == []
+    with pytest.raises(ValidationError, match="is a link that leaves the pipeline folder"):
+        resolve_model(REPO, [HubCacheRoot(hub)])
