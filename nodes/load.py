@@ -10,6 +10,9 @@ from ..resolver.load import LoadResult, load_plan, plan_load
 from ..resolver.roots import list_pipelines, resolve_model
 from ..resolver.problems import ValidationError
 from ..resolver.validate import LOAD_DTYPES, validate
+from ..resolver.variant import DEFAULT as DEFAULT_VARIANT
+from ..resolver.variant import choices
+from ..resolver.variant import problems as variant_problems
 from . import comfy
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result
@@ -49,15 +52,21 @@ class PipeQuantLoadPipeline:
                                              "tooltip": "Also load components that only have pickle weights (.bin, "
                                                         ".pt). Pickle files can run arbitrary code when loaded: turn "
                                                         "this on only for files you trust. Off = safetensors only."}),
+                "variant": (variant_choices(), {"default": DEFAULT_VARIANT,
+                                                "tooltip": "Which weight files to read where the folder has "
+                                                           "variants (model.fp16.safetensors: fp16). default = the "
+                                                           "plain files; a component without the variant's files "
+                                                           "loads its plain ones."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False):
+    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT):
         try:
             folder = resolve_model(model, comfy.model_roots())
-            problems = validate(None, inspect_model(folder), dtype=dtype, device=device, offload=offload,
-                                allow_pickle=allow_pickle is True)
+            info = inspect_model(folder, variant=variant)
+            problems = variant_problems(info, variant) + validate(
+                None, info, dtype=dtype, device=device, offload=offload, allow_pickle=allow_pickle is True)
         except ValidationError as exc:
             problems = exc.problems
         return validation_result(problems, LOAD_NODE)
@@ -72,12 +81,26 @@ class PipeQuantLoadPipeline:
         except ValidationError:
             return ""  # VALIDATE_INPUTS reports it
 
-    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False) -> tuple:
-        result = load_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
+    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False,
+             variant=DEFAULT_VARIANT) -> tuple:
+        result = load_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle, variant=variant)
         return (result, result.table)
 
 
-def plan_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False):
+def variant_choices() -> list[str]:
+    """"default" plus the variants the listed pipelines have (fp16, bf16, ...)."""
+    roots = comfy.model_roots()
+    folders = []
+    for name in list_pipelines(roots):
+        try:
+            folders.append(resolve_model(name, roots))
+        except ValidationError:
+            continue
+    return choices(folders)
+
+
+def plan_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False,
+                  variant: str = DEFAULT_VARIANT):
     """Validate the whole plan against the model, reading no weights; errors name the node and
     input at fault (upstream Backend/Map nodes included)."""
     if device == "auto":
@@ -85,7 +108,7 @@ def plan_pipeline(model, dtype, device, offload, quantization=None, *, allow_pic
     try:
         folder = resolve_model(model, comfy.model_roots())
         return plan_load(folder, quantization, dtype=dtype, device=device, offload=offload,
-                         gguf_roots=comfy.gguf_roots(), allow_pickle=allow_pickle)
+                         gguf_roots=comfy.gguf_roots(), allow_pickle=allow_pickle, variant=variant)
     except ValidationError as exc:
         raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
@@ -97,10 +120,11 @@ def first_use_notes(plan) -> list[str]:
     return list(dict.fromkeys(n for n in notes if n))
 
 
-def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False) -> LoadResult:
+def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False,
+                  variant: str = DEFAULT_VARIANT) -> LoadResult:
     """Validate everything, then free ComfyUI's own models and load."""
     allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
-    plan = plan_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle)
+    plan = plan_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle, variant=variant)
     comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
     for note in first_use_notes(plan):
         comfy.progress_text(note)

@@ -26,6 +26,7 @@ from .problems import ValidationError, errors
 from .report import component_row, format_table, other_row
 from .roots import INDEX
 from .validate import validate
+from .variant import problems as variant_problems
 
 
 # Never the network: every diffusers/transformers call reads the local folder only.
@@ -113,25 +114,28 @@ def cache_key(plan: Plan, name: str) -> tuple:
     info = plan.model.components[name]
     files = _component_files_key(info, plan.model.mtime_key)
     gguf = str(row.gguf_path) if row.gguf_path else ""
-    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload)
+    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload, info.variant)
 
 
 def plan_load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
-              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> Plan:
-    """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights."""
-    model = inspect_model(model_dir)
-    found = errors(validate(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                            allow_pickle=allow_pickle))
+              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, variant: str | None = None) -> Plan:
+    """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights.
+    `variant` ("fp16"): the weight variant to read where a component has it."""
+    model = inspect_model(model_dir, variant=variant)
+    found = errors(variant_problems(model, variant) + validate(
+        spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots, allow_pickle=allow_pickle))
     if found:
         raise ValidationError(found)
-    return make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+    plan = make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+    plan.variant = model.variant
+    return plan
 
 
 def load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
          gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
-         progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
+         progress: Callable[[int, int, str], None] | None = None, variant: str | None = None) -> LoadResult:
     plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                     allow_pickle=allow_pickle)
+                     allow_pickle=allow_pickle, variant=variant)
     return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress)
 
 
@@ -263,6 +267,8 @@ def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
     config = pqc._resolve_quant_config(is_diffusers=is_diffusers, module_name=row.name) if pqc else None
     kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
               "dtype": load_dtype, **OFFLINE}
+    if info.variant:
+        kwargs["variant"] = info.variant  # the files inspection read (and the estimate counted)
     if config is not None:
         kwargs["quantization_config"] = config
         if plan.device.startswith("cuda") and plan.offload == "none":

@@ -230,7 +230,8 @@ def _validate_node(node_id, node, node_class, kwargs, prompt) -> tuple:
     sampler checks its image size against the planned model."""
     if node_class is PipeQuantLoadPipeline:
         plan = plan_pipeline(kwargs["model"], kwargs["dtype"], kwargs["device"], kwargs["offload"],
-                             kwargs.get("quantization"), allow_pickle=kwargs.get("allow_pickle", False) is True)
+                             kwargs.get("quantization"), allow_pickle=kwargs.get("allow_pickle", False) is True,
+                             variant=kwargs.get("variant", "default"))
         return (plan, None)
     if node["class_type"] in CONFIG_NODES:
         return tuple(getattr(node_class(), node_class.FUNCTION)(**kwargs))
