@@ -74,6 +74,11 @@ def totals(rows: list[dict]) -> dict:
             "load_seconds": round(sum(r["load_seconds"] for r in rows), 3)}
 
 
+LEGEND = ("bytes = what the component holds in memory now (quantized storage and scales counted); before = the "
+          "same weights unquantized, at the load dtype; TOTAL's ratio = bytes / before; (cached) = reused from "
+          "memory, not loaded again")
+
+
 def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     """A fixed-width table a person can read on a node or in a terminal."""
     header = ("component", "class", "plan", "dtype", "device", "params", "bytes", "before", "load s")
@@ -97,4 +102,5 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     line = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
     out = [line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in body]
     out += [f"note: {n}" for n in notes]
+    out.append(LEGEND)
     return "\n".join(out)

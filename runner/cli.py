@@ -17,11 +17,10 @@ from ..resolver.save import SaveError
 from ..resolver.suggest import did_you_mean
 from .builtin import SaveImage
 from .execute import ALL_NODES, RunError, execute
+from .quiet import quiet_third_party
 from .workflow import read_workflow, to_api
 
 EXIT_OK, EXIT_INVALID, EXIT_LOAD, EXIT_RUN = 0, 2, 3, 4
-EXIT_CODES = ("exit codes: 0 ok; 2 invalid input (nothing was loaded); 3 a load failed; "
-              "4 the run failed after loading (sampling, saving)")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 DEMO_WORKFLOW = EXAMPLES / "flux_nf4_transformer.json"
@@ -144,6 +143,8 @@ def cmd_demo(args) -> int:
           + (" — bitsandbytes needs a GPU here, using torchao int8_weight_only" if swapped else ""))
     ui = execute(load_prompt(DEMO_WORKFLOW, overrides))
     _print_ui(ui)
+    print("note: the image is noise on purpose: the tiny pipeline has random weights (no download). It shows the "
+          "plumbing works; point --models at a real pipeline with `run` for a picture.")
     report = "\n".join(t for out in ui.values() for t in out.get("text", []))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,33 +153,67 @@ def cmd_demo(args) -> int:
     return 0
 
 
+EXIT_CODES = """exit codes:
+  0  success
+  1  an unexpected error (a bug: please report it with the traceback)
+  2  invalid input, nothing was loaded: the workflow, a model name, a backend option (named in the message)
+  3  a load failed after validation (the message names the component and its files)
+  4  the run failed after loading (sampling, saving)"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show the third-party libraries' import warnings (hidden by default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, helptext in (("run", cmd_run, "run an exported workflow (API or UI format)"),
-                                 ("validate", cmd_validate, "check a workflow against the models, loading no weights")):
-        p = sub.add_parser(name, help=helptext, description=f"{helptext}.\n\n{EXIT_CODES}",
+    commands = (
+        ("run", cmd_run, "run an exported workflow (API or UI format)",
+         "Run a workflow exported from ComfyUI (Save / Export, or Export (API)) without the editor. Images from "
+         "SaveImage/PreviewImage go to --output; text outputs (the memory report) are printed."),
+        ("validate", cmd_validate, "check a workflow against the models, loading no weights",
+         "Check every node's inputs and the whole plan against the model folders, reading only configs and file "
+         "headers (no weights). Prints OK or every problem found; writes nothing."),
+    )
+    for name, func, helptext, description in commands:
+        p = sub.add_parser(name, help=helptext, description=description, epilog=EXIT_CODES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("workflow", type=Path)
-        p.add_argument("--models", action="append", default=[],
-                       help="a folder of diffusers pipelines (repeatable; default: $PIPEQUANT_MODELS). Save Quantized "
-                            "Pipeline writes into the first one, so the copy loads by name")
-        p.add_argument("--gguf", action="append", default=[], help="a folder of .gguf files (repeatable)")
-        p.add_argument("--output", default="output", help="where SaveImage/PreviewImage write PNGs (saved pipelines go "
-                                                          "to the first --models folder)")
+        p.add_argument("workflow", type=Path, help="the workflow .json file")
+        p.add_argument("--models", action="append", default=[], metavar="DIR",
+                       help="a folder of diffusers pipelines, repeatable (default: $PIPEQUANT_MODELS, then the "
+                            "Hugging Face cache unless PIPEQUANT_HF_CACHE=off). Save Quantized Pipeline writes into "
+                            "the first one, so the copy loads by name")
+        p.add_argument("--gguf", action="append", default=[], metavar="DIR",
+                       help="a folder of .gguf files, repeatable (default: $PIPEQUANT_GGUF, then the model folders)")
+        p.add_argument("--output", default="output", metavar="DIR",
+                       help="where SaveImage/PreviewImage write PNGs (default: ./output; validate writes "
+                            "nothing; saved pipelines go to the first --models folder)")
         p.add_argument("--set", action="append", default=[], metavar="CLASS.input=value",
-                       help="override an input on every node of a class, e.g. PipeQuantSampler.steps=4")
+                       help="override an input on every node of a class, repeatable, e.g. PipeQuantSampler.steps=4")
+        _common(p)
         p.set_defaults(func=func)
-    p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it")
-    p.add_argument("--output", default="pipequant-output")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the tiny pipeline is built once")
+    p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it",
+                       description="Build a tiny FLUX-shaped pipeline with random weights (no download, once, in "
+                                   "--cache) and run example_workflows/flux_nf4_transformer.json on it (torchao "
+                                   "int8 instead of bitsandbytes without a GPU). Writes the image (noise: the "
+                                   "weights are random) and the memory report to --output.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="pipequant-output", metavar="DIR",
+                   help="where the image and pipequant-demo-report.txt go (default: ./pipequant-output)")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), metavar="DIR",
+                   help=f"where the tiny pipeline is built once (default: $PIPEQUANT_CACHE or {DEFAULT_CACHE})")
+    _common(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_third_party()  # before anything imports torch & co.
     try:
         return args.func(args)
     except ValidationError as exc:

@@ -35,6 +35,15 @@ def _type(name: str, bits: int, group: int, help: str) -> QuantType:
 
 @dataclass(frozen=True)
 class SDNQ(Backend):
+    def config_class(self, library: str) -> type:
+        import sdnq  # noqa: F401 (transformers' mapping gains "sdnq" only now)
+
+        from ..catalogue import config_mapping
+
+        if self.name not in config_mapping(library):
+            config_mapping.cache_clear()  # read before the import
+        return config_mapping(library)[self.name]
+
     def build_config(self, library, quant_type, compute_dtype, options):
         import sdnq  # registers SDNQ's quantizer with transformers
 
