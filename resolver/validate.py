@@ -110,9 +110,6 @@ def _check_backend_spec(spec: BackendSpec, prefix: str, dtype: str, target: str 
     if not backend.installed():
         problems.append(Problem("backend_not_installed", prefix + "backend", f"{backend.label} is not installed",
                                 f"install it into ComfyUI's Python: {backend.pip}"))
-    if backend.deprecated:
-        problems.append(Problem("backend_deprecated", prefix + "backend", f"{backend.label} is deprecated",
-                                backend.deprecated, severity="warning"))
     quant = backend.quant_type(spec.quant_type)
     if quant is None:
         owners = catalogue.all_quant_types().get(spec.quant_type)
@@ -139,6 +136,9 @@ def _check_backend_spec(spec: BackendSpec, prefix: str, dtype: str, target: str 
         problems += _check_target(backend, quant, prefix, target, offload, model, components)
     if model is not None and not problems:
         problems += _check_skip_list(spec.options_dict.get("modules_to_not_convert"), prefix, backend, model, components)
+    if backend.deprecated:  # a warning, after the checks that run only on an error-free spec
+        problems.append(Problem("backend_deprecated", prefix + "backend", f"{backend.label} is deprecated",
+                                backend.deprecated, severity="warning"))
     return problems
 
 
