@@ -182,6 +182,28 @@ class Backend:
             "help": self.help,
         }
 
+    # -- what the quantizer converts (for estimates) ----------------------------------------
+    def quantized_weights(self, model, library: str, config, candidates: list[str]) -> set[str]:
+        """Which of `candidates` (Linear weight names of `model`, a throwaway meta-device instance
+        of the component) the library's own quantizer quantizes: it is asked, not second-guessed,
+        so its skip lists (``modules_to_not_convert``, ``_keep_in_fp32_modules``, tied and output
+        embeddings) are the ones a real load applies. The model may be modified."""
+        if library == DIFFUSERS:
+            from diffusers.quantizers.auto import DiffusersAutoQuantizer
+
+            quantizer = DiffusersAutoQuantizer.from_config(config, pre_quantized=False)
+            keep = type(model)._keep_in_fp32_modules
+            keep = ([keep] if isinstance(keep, str) else list(keep)) if keep and quantizer.use_keep_in_fp32_modules \
+                else []
+            quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=keep)
+            params = dict(model.named_parameters())
+            return {n for n in candidates if n in params and quantizer.check_if_quantized_param(model, params[n], n, {})}
+        from transformers.quantizers import AutoHfQuantizer
+
+        quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
+        quantizer.preprocess_model(model=model, device_map=None, dtype=None)
+        return {n for n in candidates if quantizer.param_needs_quantization(model, n)}
+
     # -- hooks -----------------------------------------------------------------------------
     def config_class(self, library: str) -> type:
         """The library's own config class for this backend, read from its AUTO mapping."""
