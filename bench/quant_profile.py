@@ -63,10 +63,8 @@ def _runs_here(qt) -> bool:
 
     if qt.needs_cuda and not torch.cuda.is_available():
         return False
-    if qt.min_compute_capability and (not torch.cuda.is_available()
-                                      or torch.cuda.get_device_capability() < qt.min_compute_capability):
-        return False
-    return True
+    return not (qt.min_compute_capability and (not torch.cuda.is_available()
+                                               or torch.cuda.get_device_capability() < qt.min_compute_capability))
 
 
 def _fit(points):
@@ -80,9 +78,8 @@ def _fit(points):
 
 def _measure(folder: Path, reference, backend, qt, options) -> tuple[dict, dict]:
     import torch
-    from transformers import CLIPTextModel
-
     from pipequant.resolver.memory import tensor_bytes
+    from transformers import CLIPTextModel
 
     dtype = getattr(torch, DTYPE)
     kwargs = {"dtype": dtype}

@@ -306,6 +306,25 @@ def _save_problems(saves, plan, reader) -> list[dict]:
     return out
 
 
+def auto_plan(data: dict) -> dict:
+    """The Auto Quantization Plan node's plan before Run: its table, components and predicted peak."""
+    from .resolver.planner import NothingFits
+    from .resolver.planner.request import plan_for
+
+    name = _string(data, "model", None)
+    if name is None or len(name) > MAX_NAME:
+        raise _shape("model", 'a plan needs "model"', "pick a pipeline on the node")
+    inputs = {k: data[k] for k in ("budget_gb", "goal", "width", "height", "batch_size", "allow_offload") if k in data}
+    try:
+        result = plan_for(resolve_model(name, comfy.model_roots()), **inputs)
+    except NothingFits as exc:
+        return {"ok": False, "fits": False, "error": str(exc), "smallest_peak_bytes": exc.smallest_peak, "problems": []}
+    except ValidationError as exc:
+        return {"ok": False, "fits": False, "error": exc.problems[0].message if exc.problems else str(exc),
+                "problems": [p.to_dict() for p in exc.problems]}
+    return {"ok": True, **result.to_json(), "table": result.table()}
+
+
 def components(name: str) -> dict:
     folder = resolve_model(name, comfy.model_roots())
     return {"model": name, **inspect_model(folder).describe()}
@@ -391,6 +410,7 @@ def _json_handler(work):
 
 post_validate = _json_handler(check)
 post_estimate = _json_handler(estimate)
+post_plan = _json_handler(auto_plan)
 
 
 ROUTES = (
@@ -398,6 +418,7 @@ ROUTES = (
     ("GET", PREFIX + "/components", get_components),
     ("POST", PREFIX + "/validate", post_validate),
     ("POST", PREFIX + "/estimate", post_estimate),
+    ("POST", PREFIX + "/plan", post_plan),
 )
 
 

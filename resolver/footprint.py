@@ -7,12 +7,13 @@ transformer), never from a hand-written list.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .catalogue import DIFFUSERS
 from .inspect_model import ComponentInfo
+from .meta_build import BuildRefused, build_on_meta
+from .problems import Problem, ValidationError
 
 FLOAT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -37,20 +38,14 @@ class Layout:
         return sum(t.numel for t in self.tensors)
 
 
-_build_lock = threading.Lock()
-
-
 def meta_model(info: ComponentInfo):
-    """A fresh instance of the component on the meta device, from its config (no weights read)."""
-    import torch
-
-    cls = info.model_class()
-    with _build_lock, torch.device("meta"):  # the device context is global to torch's factory functions
-        if info.library == DIFFUSERS:
-            return cls.from_config(cls.load_config(info.folder))
-        import transformers
-
-        return cls(transformers.AutoConfig.from_pretrained(info.folder))
+    """A fresh instance of the component on the meta device, from its checked config, within the
+    bounds of `meta_build` (no weights read; an absurd config is a ValidationError)."""
+    where = f"{info.name}/config.json"
+    try:
+        return build_on_meta(info.model_class(), info.library, info.config_dict, where)
+    except BuildRefused as exc:
+        raise ValidationError([Problem(exc.code, "model", str(exc), exc.suggestion, info.name)]) from None
 
 
 @lru_cache(maxsize=64)
@@ -127,4 +122,4 @@ def component_bytes(info: ComponentInfo, load_dtype: str, quantized: frozenset[s
             total += t.numel * (4 if t.name in fp32 else width)
         else:
             total += t.numel * t.itemsize
-    return int(round(total))
+    return round(total)

@@ -152,6 +152,36 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Plan a model for a budget and goal; exit 0 when a plan fits, 2 when none does."""
+    from ..resolver.planner import NothingFits
+    from ..resolver.planner.request import plan_for, profile_from
+    from ..resolver.roots import env_roots, resolve_model
+
+    _configure(args)
+    profile = None
+    if args.device_profile:
+        try:
+            profile = profile_from(json.loads(args.device_profile))
+        except ValueError as exc:
+            raise ValidationError([Problem("device_profile_invalid", "--device-profile", f"not JSON: {exc}",
+                                           '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, '
+                                           '"compute_capability": [8, 9]}')]) from None
+    folder = resolve_model(args.model, env_roots(), field="MODEL")
+    try:
+        result = plan_for(folder, budget_gb=args.budget, goal=args.goal, width=args.width, height=args.height,
+                          batch_size=args.batch_size, allow_offload=not args.no_offload, profile=profile)
+    except NothingFits as exc:
+        if args.json:
+            print(json.dumps({"components": {}, "offload": None, "predicted_peak_bytes": exc.smallest_peak,
+                              "fits": False, "rejected": [], "error": str(exc)}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json()) if args.json else result.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="CLASS.input=value",
                        help="override an input on every node of a class, e.g. PipeQuantSampler.steps=4")
         p.set_defaults(func=func)
+    from ..resolver.planner.search import GOALS
+
+    p = sub.add_parser("plan", help="choose each component's quantization to fit a GPU budget, and say why")
+    p.add_argument("model", help="a pipeline folder name under --models")
+    p.add_argument("--models", action="append", default=[], help="a folder of diffusers pipelines (repeatable)")
+    p.add_argument("--budget", type=float, default=0.0, help="GiB (2^30 bytes); 0 = the device's free memory")
+    p.add_argument("--goal", choices=GOALS, default="balanced")
+    p.add_argument("--device-profile", help='JSON: {"name": str, "total_gb": float, "free_gb": float, '
+                                            '"compute_capability": [major, minor] | null}; default: this machine')
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--no-offload", action="store_true", help="plans keep every component on the device")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it")
     p.add_argument("--output", default="pipequant-output")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the tiny pipeline is built once")

@@ -186,10 +186,8 @@ def _sizes(tensors, dtype):
 
 
 def _tokenizers():
-    try:
-        from .tokenizers import clip_tokenizer, t5_tokenizer
-    except ImportError:  # before the testing package split
-        from pipequant.resolver.tiny import _clip_tokenizer as clip_tokenizer, _t5_tokenizer as t5_tokenizer
+    from .tokenizers import clip_tokenizer, t5_tokenizer
+
     return clip_tokenizer, t5_tokenizer
 
 

@@ -3,28 +3,12 @@ skip lists as the quantizers derive them, variants, and no weight byte read."""
 from __future__ import annotations
 
 import pytest
-
 from pipequant.resolver.estimate import component_estimate
 from pipequant.resolver.inspect_model import inspect_model
 from pipequant.resolver.plan import KEEP, QUANTIZE
 from pipequant.testing import hollow
 
 GB = 1000 ** 3  # shared/DESIGN.md's H100 figures are torch byte counts / 1e9 (23.80 = 11.9 B params x 2 bytes)
-
-
-@pytest.fixture(scope="session")
-def hollow_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("hollow")
-
-
-@pytest.fixture(scope="session")
-def flux_dev(hollow_root):
-    return hollow.ensure_hollow("flux-dev", hollow_root)
-
-
-@pytest.fixture(scope="session")
-def sdxl(hollow_root):
-    return hollow.ensure_hollow("sdxl", hollow_root)
 
 
 def test_hollow_flux_is_full_size_on_paper_and_tiny_on_disk(flux_dev):
