@@ -70,3 +70,31 @@ def test_variant_follows_the_files_the_load_reads(sdxl):
     assert default["bytes_read"] == pytest.approx(2 * fp16["bytes_read"], rel=0.001)  # fp32 files vs fp16 files
     assert default["bytes_after"] == fp16["bytes_after"]  # both load as fp16
     assert fp16["bytes_read"] / GB == pytest.approx(hollow.PARAMS["sdxl_unet"] * 2 / GB, rel=0.001)
+
+
+def test_prequantized_before_is_the_unquantized_size(tiny_flux, tmp_path):
+    """A component saved quantized: "before" is what it would hold unquantized, not its packed bytes;
+    "after" is what is stored."""
+    import shutil
+
+    import torch
+    from pipequant.resolver.load import diffusers_context
+    from pipequant.resolver.memory import tensor_bytes
+    from pipequant.resolver.plan import PREQUANTIZED
+    from transformers import BitsAndBytesConfig, T5EncoderModel
+
+    copy = tmp_path / "prequantized"
+    shutil.copytree(tiny_flux, copy)
+    with diffusers_context():
+        plain = T5EncoderModel.from_pretrained(tiny_flux / "text_encoder_2", dtype=torch.bfloat16)
+        unquantized = tensor_bytes(plain)
+        quantized = T5EncoderModel.from_pretrained(
+            tiny_flux / "text_encoder_2", dtype=torch.bfloat16,
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))
+        shutil.rmtree(copy / "text_encoder_2")
+        quantized.save_pretrained(copy / "text_encoder_2")
+    info = inspect_model(copy).components["text_encoder_2"]
+    assert info.prequantized
+    est = component_estimate(info, PREQUANTIZED, "bfloat16", "bfloat16")
+    assert est["bytes_before"] == pytest.approx(unquantized, rel=0.01)
+    assert est["bytes_after"] == info.disk_bytes < est["bytes_before"]

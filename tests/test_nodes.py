@@ -36,7 +36,8 @@ def test_contract_ids_and_display_names():
     assert NODE_DISPLAY_NAME_MAPPINGS == {
         "PipeQuantBackend": "Quantization Backend", "PipeQuantComponentMap": "Per-Component Map",
         "PipeQuantLoadPipeline": "Load Quantized Pipeline", "PipeQuantSampler": "Quantized Pipeline Sampler",
-        "PipeQuantMemoryReport": "Pipeline Memory Report", "PipeQuantSavePipeline": "Save Quantized Pipeline"}
+        "PipeQuantMemoryReport": "Pipeline Memory Report", "PipeQuantSavePipeline": "Save Quantized Pipeline",
+        "PipeQuantAutoPlan": "Auto Quantization Plan"}
     names = {k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
              for k, v in NODE_CLASS_MAPPINGS.items()}
     assert names["PipeQuantBackend"][:5] == ["backend", "quant_type", "compute_dtype", "components", "options"]
@@ -45,6 +46,8 @@ def test_contract_ids_and_display_names():
     assert names["PipeQuantSampler"][:9] == ["pipeline", "prompt", "negative_prompt", "steps", "guidance_scale",
                                              "width", "height", "seed", "batch_size"]
     assert names["PipeQuantSavePipeline"] == ["pipeline", "folder_name"]
+    assert names["PipeQuantAutoPlan"] == ["model", "budget_gb", "goal", "width", "height", "batch_size", "allow_offload"]
+    assert NODE_CLASS_MAPPINGS["PipeQuantAutoPlan"].RETURN_TYPES == ("PIPELINE_QUANT_CONFIG", "STRING")
 
 
 @pytest.mark.parametrize("node_id", list(NODE_CLASS_MAPPINGS))

@@ -58,6 +58,7 @@ class AutoPlan:
         """The command's --json shape (issue 12), plus what the editor shows."""
         return {"components": {n: {"backend": c.backend, "quant_type": c.quant_type, "options": c.options_dict,
                                    "predicted_bytes": c.bytes, "speed": c.speed, "error_proxy": c.error,
+                                   "unquantized_modules": list(c.kept_linears),
                                    "role": self.roles.get(n), "why": self.reasons[n]}
                                for n, c in self.choices.items()},
                 "offload": self.offload, "dtype": self.dtype, "predicted_peak_bytes": self.peak.total,
@@ -177,7 +178,11 @@ def _why(plan: AutoPlan, c: Choice) -> str:
     if plan.goal in ("quality", "balanced") and role != DENOISER:
         what = "needed to fit: the budget cannot hold it unquantized" if plan.goal == "quality" else what
     unknown = " (error not measured)" if c.error is None else ""
-    return f"{c.label}: {what}{speed}{err}{unknown}"
+    kept = ""
+    if c.kept_linears:
+        tails = sorted({n.split(".")[-1] for n in c.kept_linears})
+        kept = f"; the quantizer keeps {len(c.kept_linears)} Linear layers unquantized ({', '.join(tails[:3])})"
+    return f"{c.label}: {what}{speed}{err}{unknown}{kept}"
 
 
 def _rejected(plan: AutoPlan, per, unavailable: list[Unavailable], incompatible, pool) -> list[dict]:

@@ -33,6 +33,7 @@ class Choice:
     error: float | None = None  # relative RMS output error; None: not measured
     deprecated: bool = False
     prequantized: bool = False
+    kept_linears: tuple[str, ...] = ()  # Linear layers the quantizer leaves unquantized
 
     @property
     def label(self) -> str:
@@ -184,5 +185,6 @@ def _choices(info: ComponentInfo, cc: tuple[int, int] | None, dtype: str, varian
                 largest = _largest(info, dtype, quantized_params(info, backend.name, qt.name, opts), storage)
                 choices.append(Choice(name, backend.name, qt.name, tuple(sorted(opts.items())), est["bytes_after"],
                                       largest, speed["speed"] if speed else None, speed["source"] if speed else "",
-                                      error["rel_rms_error"] if error else None, deprecated(backend.name)))
+                                      error["rel_rms_error"] if error else None, deprecated(backend.name),
+                                      kept_linears=tuple(est["unquantized_linears"])))
     return tuple(choices), tuple(unavailable)
