@@ -78,8 +78,9 @@ def _fit(points):
 
 def _measure(folder: Path, reference, backend, qt, options) -> tuple[dict, dict]:
     import torch
-    from pipequant.resolver.memory import tensor_bytes
     from transformers import CLIPTextModel
+
+    from pipequant.resolver.memory import tensor_bytes
 
     dtype = getattr(torch, DTYPE)
     kwargs = {"dtype": dtype}

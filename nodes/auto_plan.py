@@ -23,7 +23,7 @@ class PipeQuantAutoPlan:
     OUTPUT_TOOLTIPS = ("A per-component quantization map (granular mode) for Load Quantized Pipeline.",
                        ("The plan table: per component its choice, bytes, speed, error and why; the predicted peak; "
                         "the alternatives rejected and why."))
-    FUNCTION = "plan"
+    FUNCTION = "make_plan"
     OUTPUT_NODE = True
 
     @classmethod
@@ -58,7 +58,7 @@ class PipeQuantAutoPlan:
             problems += exc.problems
         return validation_result(problems, AUTO_PLAN_NODE)
 
-    def plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
+    def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
         try:
             folder = resolve_model(model, comfy.model_roots())
             result = plan_for(folder, budget_gb=budget_gb, goal=goal, width=width, height=height,

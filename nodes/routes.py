@@ -308,8 +308,8 @@ def _save_problems(saves, plan, reader) -> list[dict]:
 
 def auto_plan(data: dict) -> dict:
     """The Auto Quantization Plan node's plan before Run: its table, components and predicted peak."""
-    from .resolver.planner import NothingFits
-    from .resolver.planner.request import plan_for
+    from ..resolver.planner import NothingFits
+    from ..resolver.planner.request import plan_for
 
     name = _string(data, "model", None)
     if name is None or len(name) > MAX_NAME:

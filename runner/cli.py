@@ -173,7 +173,7 @@ def cmd_plan(args) -> int:
                           batch_size=args.batch_size, allow_offload=not args.no_offload, profile=profile)
     except NothingFits as exc:
         if args.json:
-            print(json.dumps({"components": {}, "offload": None, "predicted_peak_bytes": exc.smallest_peak,
+            print(json.dumps({"components": {}, "offload": exc.mode, "predicted_peak_bytes": exc.smallest_peak,
                               "fits": False, "rejected": [], "error": str(exc)}))
         else:
             print(f"error: {exc}", file=sys.stderr)

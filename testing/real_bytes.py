@@ -51,9 +51,9 @@ def load_bytes(folder: Path, library: str, class_name: str, dtype: str, backend=
     kwargs = {"dtype": getattr(torch, dtype), "low_cpu_mem_usage": True}
     if backend is not None:
         full = {o.name: o.default for o in backend.options} | dict(options or {})
+        # No device_map: diffusers' torchao quantizer adds every module mapped to "cpu" to its skip
+        # list, so {"": "cpu"} would load unquantized (the pack passes a device map only for CUDA).
         kwargs["quantization_config"] = backend.build_config(library, quant_type, getattr(torch, dtype), full)
-        if library == "diffusers":
-            kwargs["device_map"] = {"": "cpu"}
     with diffusers_context():
         model = cls.from_pretrained(folder, **kwargs)
         n = tensor_bytes(model)
@@ -66,7 +66,7 @@ def cached_models(root: Path, library: str, class_name: str, config: dict, layer
     """Write the few-layer models once under `root` (for several loads): `base` layers of every
     kind, then one more of each kind in turn. Returns kind (None: the base) -> folder."""
     out = {}
-    base_cfg = {**config, **{f: base for f in layer_fields}}
+    base_cfg = {**config, **dict.fromkeys(layer_fields, base)}
     for kind in [None, *layer_fields]:
         cfg = dict(base_cfg)
         if kind is not None:

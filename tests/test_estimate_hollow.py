@@ -3,6 +3,7 @@ skip lists as the quantizers derive them, variants, and no weight byte read."""
 from __future__ import annotations
 
 import pytest
+
 from pipequant.resolver.estimate import component_estimate
 from pipequant.resolver.inspect_model import inspect_model
 from pipequant.resolver.plan import KEEP, QUANTIZE
@@ -78,10 +79,11 @@ def test_prequantized_before_is_the_unquantized_size(tiny_flux, tmp_path):
     import shutil
 
     import torch
+    from transformers import BitsAndBytesConfig, T5EncoderModel
+
     from pipequant.resolver.load import diffusers_context
     from pipequant.resolver.memory import tensor_bytes
     from pipequant.resolver.plan import PREQUANTIZED
-    from transformers import BitsAndBytesConfig, T5EncoderModel
 
     copy = tmp_path / "prequantized"
     shutil.copytree(tiny_flux, copy)

@@ -5,6 +5,7 @@ CPU. The FLUX transformer (about 1 GB per extra block) is measured by `python -m
 from __future__ import annotations
 
 import pytest
+
 from pipequant.resolver import catalogue
 from pipequant.resolver.estimate import component_estimate
 from pipequant.resolver.inspect_model import inspect_model

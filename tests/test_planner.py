@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+
 from pipequant.resolver.inspect_model import inspect_model
 from pipequant.resolver.planner import GIB, DeviceProfile, NothingFits, _offload_ok, auto_plan
 from pipequant.resolver.planner.candidates import component_choices, load_dtype_for, roles
@@ -132,8 +133,7 @@ def test_plan_json_shape_of_the_command(flux_dev, capsys):
 
 
 def test_route_validates_and_plans(flux_dev, monkeypatch):
-    from pipequant import routes
-    from pipequant.nodes import comfy
+    from pipequant.nodes import comfy, routes
 
     monkeypatch.setattr(comfy, "model_roots", lambda: [flux_dev.parent])
     ok = routes.auto_plan({"model": flux_dev.name, "budget_gb": 24, "goal": "quality"})

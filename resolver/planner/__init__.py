@@ -98,12 +98,14 @@ def _offload_ok(choice: Choice, mode: str) -> str | None:
 @cache
 def _offload_problem(backend_name: str, quant_type: str, mode: str) -> str | None:
     from .. import catalogue
-    from ..validate import _check_target
 
     backend = catalogue.get_backend(backend_name)
-    found = [p for p in _check_target(backend, backend.quant_type(quant_type), "", "cuda", mode, None, [])
-             if p.code == "offload_incompatible"]
-    return found[0].message if found else None
+    if backend.quant_type(quant_type).needs_cuda:
+        return f"{backend.name} {quant_type} is quantized on the GPU and cannot be offloaded to the CPU"
+    if mode == "sequential" and not getattr(backend, "sequential_offload", True):
+        return (f"sequential CPU offload fails with {getattr(backend, 'family_name', backend.label)} "
+                f"(\"{getattr(backend, 'sequential_offload_error', '')}\")")
+    return None
 
 
 def _budget_problem(message: str, suggestion: str) -> ValidationError:
