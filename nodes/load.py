@@ -1,6 +1,7 @@
 """Load Quantized Pipeline: validate the whole plan against the model, then load it."""
 from __future__ import annotations
 
+from ..resolver.compile import COMPILE_MODES
 from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.load import load_plan
@@ -46,13 +47,20 @@ class PipeQuantLoadPipeline:
                                              "tooltip": "Also load components that only have pickle weights (.bin, "
                                                         ".pt). Pickle files can run arbitrary code when loaded: turn "
                                                         "this on only for files you trust. Off = safetensors only."}),
+                "compile": (list(COMPILE_MODES), {"default": "none",
+                                                  "tooltip": "torch.compile the denoiser. regional: its repeated "
+                                                             "blocks (fast to compile, as fast as full). full: the "
+                                                             "whole model. It compiles on the first run (seconds to "
+                                                             "minutes) and not again; a new resolution may recompile "
+                                                             "once. Layers a backend cannot compile stay eager, and a "
+                                                             "failed compile falls back to eager (see the report)."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False):
+    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False, compile="none"):
         problems = check_model(model, comfy.model_roots(), dtype=dtype, device=device, offload=offload,
-                               allow_pickle=allow_pickle)
+                               allow_pickle=allow_pickle, compile=compile)
         return validation_result(problems, LOAD_NODE)
 
     @classmethod
@@ -61,22 +69,23 @@ class PipeQuantLoadPipeline:
         return files_key(model, comfy.model_roots())
 
     @classmethod
-    def plan(cls, model, dtype, device, offload, quantization=None, allow_pickle=False, **_load_only):
+    def plan(cls, model, dtype, device, offload, quantization=None, allow_pickle=False, compile="none", **_load_only):
         """Validate the whole plan, reading no weights; errors name the node and input at fault
         (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
         (`_load_only`: inputs that matter only when loading)."""
         try:
             return plan_named(model, quantization, roots=comfy.model_roots(), gguf_roots=comfy.gguf_roots(),
                               dtype=dtype, device=comfy.default_device() if device == "auto" else device,
-                              offload=offload, allow_pickle=allow_pickle)
+                              offload=offload, allow_pickle=allow_pickle, compile=compile)
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
-    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False) -> tuple:
-        plan = self.plan(model, dtype, device, offload, quantization, allow_pickle)
+    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False, compile="none") -> tuple:
+        plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, compile)
         comfy.free_comfy_models()
         for note in first_use_notes(plan):
             comfy.progress_text(note)
         progress = comfy.Progress(len(plan.modules()))
-        result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n))
+        result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n),
+                           compile=compile)
         return (result, result.table)

@@ -227,7 +227,8 @@ def _options(data: dict) -> dict:
         raise _shape("allow_pickle", '"allow_pickle" must be true or false')
     return {"dtype": _string(data, "dtype", "bfloat16"),
             "device": comfy.default_device() if device == "auto" else device,
-            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle}
+            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle,
+            "compile": _string(data, "compile", "none")}
 
 
 def _check(data: dict):

@@ -19,12 +19,12 @@ from .validate import validate
 
 
 def check_model(model: str, roots: Iterable[Path], *, dtype: str = DEFAULT_DTYPE, device: str | None = None,
-                offload: str = "none", allow_pickle: bool = False) -> list[Problem]:
+                offload: str = "none", allow_pickle: bool = False, compile: str = "none") -> list[Problem]:
     """Problems of the loader's own inputs (no quantization spec), reading no weights."""
     try:
         folder = resolve_model(model, roots)
         return validate(None, inspect_model(folder), dtype=dtype, device=device, offload=offload,
-                        allow_pickle=allow_pickle is True)
+                        allow_pickle=allow_pickle is True, compile=compile)
     except ValidationError as exc:
         return exc.problems
 
@@ -39,12 +39,12 @@ def files_key(model: str, roots: Iterable[Path]) -> str:
 
 def plan_named(model: str, spec=None, *, roots: Iterable[Path], gguf_roots: Iterable[Path] = (),
                dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
-               allow_pickle: bool = False) -> Plan:
+               allow_pickle: bool = False, compile: str = "none") -> Plan:
     """Validate the whole plan for pipeline `model` (a name under `roots`); raises ValidationError
     with every problem. Reads no weights. Only an explicit True opts in to pickle weights."""
     folder = resolve_model(model, roots)
     return plan_load(folder, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                     allow_pickle=allow_pickle is True)
+                     allow_pickle=allow_pickle is True, compile=compile)
 
 
 def first_use_notes(plan: Plan) -> list[str]:

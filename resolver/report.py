@@ -123,5 +123,5 @@ def cuda_summary() -> str:
 
 def live_report(result) -> str:
     """The memory table of a loaded pipeline as it is now."""
-    return format_table(live_rows(result), result.plan.notes) + cuda_summary()
+    return format_table(live_rows(result), result.notes) + cuda_summary()
 

@@ -100,7 +100,10 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     _configure(args)
-    execute(_user_prompt(args), validate_only=True)
+    ui = execute(_user_prompt(args), validate_only=True)
+    for out in ui.values():
+        for warning in out.get("warnings", []):
+            print(warning)
     print(f"{args.workflow}: OK (validated against the models; no weights read)")
     return 0
 

@@ -63,6 +63,11 @@ class QuantType:
     scale_bytes_per_weight: float = 0.0
     savable: bool = True  # False where save_pretrained cannot write this type (the backend may otherwise)
     help: str = ""
+    # torch.compile: whether this type is meant to run compiled (slow eager, fast compiled), and the
+    # layers (regexes on qualified module names) that fail to compile and stay eager, with why.
+    compile_recommended: bool = False
+    compile_eager_layers: tuple[str, ...] = ()
+    compile_eager_reason: str = ""
 
     def describe(self) -> dict:
         return {
@@ -75,6 +80,7 @@ class QuantType:
             "compute_dtypes": list(self.compute_dtypes),
             "savable": self.savable,
             "help": self.help,
+            "compile_recommended": self.compile_recommended,
         }
 
 
