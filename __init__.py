@@ -7,7 +7,7 @@ if __package__:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
     # The editor's HTTP routes; register() does nothing outside a ComfyUI server (tests, CLI).
-    from . import routes as _routes
+    from .nodes import routes as _routes
 
     _routes.register()
 

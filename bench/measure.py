@@ -169,7 +169,6 @@ class PhaseMeter:
 
 
 # -- the theoretical floor ------------------------------------------------------------------
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def _logical_shape(weight):
@@ -200,9 +199,9 @@ def _scheme(module, weight) -> tuple[str, float, int]:
 
 
 def _inner_bytes(t) -> int:
-    from pipequant.resolver.memory import _inner_tensors
+    from pipequant.resolver.memory import inner_tensors
 
-    return sum(i.untyped_storage().nbytes() for i in _inner_tensors(t) if i.device.type != "meta")
+    return sum(i.untyped_storage().nbytes() for i in inner_tensors(t) if i.device.type != "meta")
 
 
 def component_floor(model, load_dtype: str = "bfloat16") -> dict:
@@ -213,6 +212,8 @@ def component_floor(model, load_dtype: str = "bfloat16") -> dict:
     (layers it skipped, e.g. T5's `wo` under bitsandbytes, are the unquantized rest).
     """
     import torch
+
+    from pipequant.resolver.constants import DTYPE_BYTES
     from pipequant.resolver.memory import tensor_bytes
     from pipequant.resolver.report import is_quantized_weight
 

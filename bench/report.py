@@ -248,7 +248,7 @@ def plot_scaling(results: dict, path: Path) -> bool:
     if len({p["params"] for p in points}) > 1:
         lo, hi = min(p["params"] for p in points) / 1e6, max(p["params"] for p in points) / 1e6
         for ax in (ax1, ax2):
-            ref = [v for v in (ax.get_ylim()[1] * 0.5,)]
+            ref = [ax.get_ylim()[1] * 0.5]
             ax.plot([lo, hi], [ref[0] * lo / hi, ref[0]], "k:", label="linear (slope 1)")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 

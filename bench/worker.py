@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 import traceback
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 RESULT_PREFIX = "@@bench-result "
@@ -45,8 +45,13 @@ def prelude(mode: str = "auto") -> dict:
     import diffusers.quantizers.auto  # noqa: F401
     import transformers
     import transformers.quantizers.auto  # noqa: F401
-    from diffusers import (AutoencoderKL, DiffusionPipeline, FluxPipeline, FluxTransformer2DModel,  # noqa: F401
-                           PipelineQuantizationConfig)
+    from diffusers import (  # noqa: F401
+        AutoencoderKL,
+        DiffusionPipeline,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        PipelineQuantizationConfig,
+    )
     from transformers import CLIPTextModel, T5EncoderModel  # noqa: F401
 
     for module in ("bitsandbytes", "torchao.quantization", "optimum.quanto", "gguf"):
@@ -54,8 +59,7 @@ def prelude(mode: str = "auto") -> dict:
             __import__(module)
         except ImportError:
             pass
-    import pipequant.nodes  # noqa: F401
-    import pipequant.nodes.load  # noqa: F401
+    import pipequant.resolver.pipeline  # noqa: F401
     import pipequant.resolver.save  # noqa: F401
 
     # Progress bars and warnings off for both paths (PipeQuant turns the bars off itself).
@@ -74,11 +78,6 @@ def prelude(mode: str = "auto") -> dict:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _models_env(root: str) -> None:
-    """The Load node finds pipelines by name under PIPEQUANT_MODELS (outside ComfyUI)."""
-    os.environ["PIPEQUANT_MODELS"] = str(root)
-
-
 def _spec(data):
     from pipequant.resolver.spec import spec_from_dict
 
@@ -92,32 +91,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@contextmanager
-def _instrumented(meter):
-    """Mark a phase when validation/planning ends and after each component (the Load node's own
-    progress callback), by wrapping two names in the node module. Costs microseconds."""
-    import pipequant.nodes.comfy as comfy_mod
-    import pipequant.nodes.load as load_mod
+def _load(root, name: str, spec, dtype: str, device: str, meter=None):
+    """What the Load node runs (resolver.pipeline: find by name, validate + plan, load); with a
+    `meter`, a phase mark when planning ends and after each component. Costs microseconds."""
+    from pipequant.resolver.load import load_plan
+    from pipequant.resolver.pipeline import plan_named
 
-    original_plan, original_progress = load_mod.plan_load, comfy_mod.Progress
-
-    def plan_load(*args, **kwargs):
-        plan = original_plan(*args, **kwargs)
-        meter.mark("validate+plan")
-        return plan
-
-    class Progress:
-        def __init__(self, total):
-            pass
-
-        def update(self, value, total):
-            meter.mark(f"component#{value}")
-
-    load_mod.plan_load, comfy_mod.Progress = plan_load, Progress
-    try:
-        yield
-    finally:
-        load_mod.plan_load, comfy_mod.Progress = original_plan, original_progress
+    plan = plan_named(name, spec, roots=[Path(root)], dtype=dtype, device=device)
+    if meter is None:
+        return load_plan(plan)
+    meter.mark("validate+plan")
+    return load_plan(plan, progress=lambda i, n, component: meter.mark(f"component#{i}"))
 
 
 def _module_components(pipeline) -> dict:
@@ -150,18 +134,13 @@ def job_load(job: dict) -> dict:
 
     root, name, device, dtype = job["root"], job["name"], job.get("device", "cpu"), job.get("dtype", "bfloat16")
     detail = bool(job.get("detail"))
-    _models_env(root)
     gc.collect()
     spec = _spec(job.get("spec"))
     meter = PhaseMeter(cuda=device.startswith("cuda"), sample=detail)
     names = None
     if job["mode"] == "pipequant":
-        from pipequant.nodes.load import PipeQuantLoadPipeline
-
-        node = PipeQuantLoadPipeline()
         c0, t0 = cpu_seconds(), time.perf_counter()
-        with _instrumented(meter):
-            result, _table = node.load(name, dtype, device, "none", spec)
+        result = _load(root, name, spec, dtype, device, meter)
         _sync(device)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         pipeline = result.pipeline
@@ -214,18 +193,15 @@ def job_load(job: dict) -> dict:
 def job_reuse(job: dict) -> dict:
     """Benchmark 3 in one process: plan A loaded (cache warm); then, interleaved, plan B (one
     text encoder switched) reusing A's cached components vs plan B with an empty cache."""
-    from pipequant.nodes.load import PipeQuantLoadPipeline
     from pipequant.resolver.cache import COMPONENT_CACHE
 
     root, name, device, dtype = job["root"], job["name"], job.get("device", "cpu"), job.get("dtype", "bfloat16")
-    _models_env(root)
     spec_a, spec_b = _spec(job["spec_a"]), _spec(job["spec_b"])
-    node = PipeQuantLoadPipeline()
 
     def load(spec):
         gc.collect()
         t0 = time.perf_counter()
-        result, _ = node.load(name, dtype, device, "none", spec)
+        result = _load(root, name, spec, dtype, device)
         _sync(device)
         dt = time.perf_counter() - t0
         rows = {r["component"]: r for r in result.rows if r["action"] != "not a model"}
@@ -266,12 +242,11 @@ def job_reuse(job: dict) -> dict:
 
 
 def job_save(job: dict) -> dict:
-    """Load a plan through the Load node and write it with the Save Quantized Pipeline node.
+    """Load a plan as the Load node does and write it as the Save Quantized Pipeline node does.
     Kept between runs: skipped when the copy's marker matches its source and plan."""
     import shutil
 
-    from pipequant.nodes.load import PipeQuantLoadPipeline
-    from pipequant.nodes.save import PipeQuantSavePipeline
+    from pipequant.resolver.save import save
 
     from .pipelines import SAVED_MARKER, marker_matches, source_recipe
 
@@ -281,10 +256,9 @@ def job_save(job: dict) -> dict:
     if marker_matches(dest, recipe):
         return {"save_seconds": None, "kept": True}
     shutil.rmtree(dest, ignore_errors=True)
-    _models_env(str(root))
-    result, _ = PipeQuantLoadPipeline().load(name, dtype, job.get("device", "cpu"), "none", _spec(job["spec"]))
+    result = _load(root, name, _spec(job["spec"]), dtype, job.get("device", "cpu"))
     t0 = time.perf_counter()
-    PipeQuantSavePipeline().save(result, job["dest"])
+    save(result, job["dest"], root)
     seconds = time.perf_counter() - t0
     (dest / SAVED_MARKER).write_text(json.dumps(recipe, sort_keys=True) + "\n")
     return {"save_seconds": round(seconds, 3), "kept": False}
@@ -352,13 +326,10 @@ def job_sample(job: dict) -> dict:
     """GPU only: per-step sampling time of a loaded plan (first step is warm-up)."""
     import torch
 
-    from pipequant.nodes.load import PipeQuantLoadPipeline
     from pipequant.resolver.sample import generate
 
-    _models_env(job["root"])
     device = job.get("device", "cuda")
-    result, _ = PipeQuantLoadPipeline().load(job["name"], job.get("dtype", "bfloat16"), device, "none",
-                                           _spec(job.get("spec")))
+    result = _load(job["root"], job["name"], _spec(job.get("spec")), job.get("dtype", "bfloat16"), device)
     stamps = []
 
     def on_step(step, total):

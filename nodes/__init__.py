@@ -1,4 +1,6 @@
-"""The node declarations; the work lives in ../resolver."""
+"""The ComfyUI side: the node declarations (the work lives in ../resolver), the `comfy` shim of
+ComfyUI services (comfy.py) and the editor's HTTP routes (routes.py)."""
+from .auto_plan import PipeQuantAutoPlan
 from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
 from .load import PipeQuantLoadPipeline
@@ -13,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "PipeQuantSampler": PipeQuantSampler,
     "PipeQuantMemoryReport": PipeQuantMemoryReport,
     "PipeQuantSavePipeline": PipeQuantSavePipeline,
+    "PipeQuantAutoPlan": PipeQuantAutoPlan,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -22,4 +25,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PipeQuantSampler": "Quantized Pipeline Sampler",
     "PipeQuantMemoryReport": "Pipeline Memory Report",
     "PipeQuantSavePipeline": "Save Quantized Pipeline",
+    "PipeQuantAutoPlan": "Auto Quantization Plan",
 }

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from ..resolver import catalogue
-from ..resolver.backends.base import COMPUTE_DTYPES
-from ..resolver.roots import list_files
+from ..resolver.catalogue_text import backend_tooltip
+from ..resolver.constants import COMPUTE_DTYPES
 from ..resolver.inputs import NO_FILE, spec_from_inputs
+from ..resolver.roots import list_files
 from ..resolver.validate import validate
 from . import comfy
 from .messages import BACKEND_NODE, raise_for, validation_result
@@ -32,9 +33,7 @@ class PipeQuantBackend:
         default_backend, default_quant = catalogue.default_choice(comfy.default_device())
         return {
             "required": {
-                "backend": (backends, {"default": default_backend,
-                                       "tooltip": "Quantization library. bitsandbytes: 4/8-bit on GPU; torchao: int8/float8 "
-                                                  "(CPU too); quanto: int8/int4/float8 (CPU too; deprecated by diffusers); sdnq: 8/6/4-bit (CPU too; optional, pip install sdnq); gguf: a pre-quantized file."}),
+                "backend": (backends, {"default": default_backend, "tooltip": backend_tooltip()}),
                 "quant_type": (quant_type_choices(), {"default": default_quant,
                                                       "tooltip": "The backend's quantization type; the list narrows to "
                                                                  "the chosen backend in the editor."}),
@@ -50,8 +49,9 @@ class PipeQuantBackend:
             },
             "optional": {
                 "gguf_file": ([NO_FILE] + list_files(comfy.gguf_roots()), {
-                    "default": NO_FILE, "tooltip": "For backend gguf: the .gguf file (from unet, diffusion_models "
-                                                   "or text_encoders) holding one component's weights."}),
+                    "default": NO_FILE, "tooltip": "For backend gguf: the .gguf file holding one diffusers model's "
+                                                   "weights (the transformer or UNet), from models/diffusion_models, "
+                                                   "models/unet or a diffusers model folder."}),
             },
         }
 
@@ -59,8 +59,7 @@ class PipeQuantBackend:
     def VALIDATE_INPUTS(cls, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
         spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
         if spec is not None:
-            # gguf in global mode is legal here: the config may feed a Per-Component Map.
-            problems = [p for p in validate(spec, gguf_roots=comfy.gguf_roots()) if p.code != "gguf_in_global"]
+            problems = validate(spec, gguf_roots=comfy.gguf_roots(), may_feed_map=True)
         return validation_result(problems, BACKEND_NODE)
 
     def build(self, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):

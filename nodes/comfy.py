@@ -22,7 +22,8 @@ except ImportError:
 
 comfy_memory.install(model_management)  # "Unload models" / POST /free empties our cache too
 
-GGUF_FOLDERS = ("diffusion_models", "unet", "text_encoders")
+# Where GGUF files of diffusers models live (text encoders are not: the gguf backend takes none).
+GGUF_FOLDERS = ("diffusion_models", "unet")
 _interrupt = threading.Event()
 
 

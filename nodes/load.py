@@ -1,18 +1,17 @@
 """Load Quantized Pipeline: validate the whole plan against the model, then load it."""
 from __future__ import annotations
 
-from ..resolver import catalogue
 from ..resolver.cache import COMPONENT_CACHE
+from ..resolver.compile import COMPILE_MODES
+from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.estimate import estimate
-from ..resolver.inspect_model import inspect_model
-from ..resolver.load import LoadResult, load_plan, plan_load
-from ..resolver.roots import list_pipelines, resolve_model
+from ..resolver.load import load_plan
+from ..resolver.pipeline import check_model, files_key, first_use_notes, plan_named
 from ..resolver.problems import ValidationError
-from ..resolver.validate import LOAD_DTYPES, validate
+from ..resolver.roots import list_pipelines, resolve_model
 from ..resolver.variant import DEFAULT as DEFAULT_VARIANT
 from ..resolver.variant import choices
-from ..resolver.variant import problems as variant_problems
 from . import comfy
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result
@@ -36,7 +35,7 @@ class PipeQuantLoadPipeline:
             "required": {
                 "model": (list_pipelines(comfy.model_roots()), {
                     "tooltip": "A diffusers pipeline folder under ComfyUI's models/diffusers (or extra model paths)."}),
-                "dtype": (list(LOAD_DTYPES), {"default": "bfloat16",
+                "dtype": (list(LOAD_DTYPES), {"default": DEFAULT_DTYPE,
                                               "tooltip": "dtype of the weights that are not quantized."}),
                 "device": (list(DEVICES), {"default": "auto",
                                            "tooltip": "auto = ComfyUI's GPU when there is one, else CPU."}),
@@ -57,33 +56,56 @@ class PipeQuantLoadPipeline:
                                                            "variants (model.fp16.safetensors: fp16). default = the "
                                                            "plain files; a component without the variant's files "
                                                            "loads its plain ones."}),
+                "compile": (list(COMPILE_MODES), {"default": "none",
+                                                  "tooltip": "torch.compile the denoiser. regional: its repeated "
+                                                             "blocks (fast to compile, as fast as full). full: the "
+                                                             "whole model. It compiles on the first run (seconds to "
+                                                             "minutes) and not again; a new resolution may recompile "
+                                                             "once. Layers a backend cannot compile stay eager, and a "
+                                                             "failed compile falls back to eager (see the report)."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT):
-        try:
-            folder = resolve_model(model, comfy.model_roots())
-            info = inspect_model(folder, variant=variant)
-            problems = variant_problems(info, variant) + validate(
-                None, info, dtype=dtype, device=device, offload=offload, allow_pickle=allow_pickle is True)
-        except ValidationError as exc:
-            problems = exc.problems
+    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT,
+                        compile="none"):
+        problems = check_model(model, comfy.model_roots(), dtype=dtype, device=device, offload=offload,
+                               allow_pickle=allow_pickle, compile=compile, variant=variant)
         return validation_result(problems, LOAD_NODE)
 
     @classmethod
     def IS_CHANGED(cls, model, **kwargs):
         """Re-run when the pipeline's files change on disk (ComfyUI otherwise reuses the output)."""
+        # ...and after ComfyUI unloaded this pipeline to free memory (the next run reloads it).
+        key = files_key(model, comfy.model_roots())
         try:
-            info = inspect_model(resolve_model(model, comfy.model_roots()))
-            # ...and after ComfyUI unloaded this pipeline to free memory (the next run reloads it).
-            return f"{hash(info.mtime_key)}:{COMPONENT_CACHE.releases(info.folder)}"
+            return f"{key}:{COMPONENT_CACHE.releases(resolve_model(model, comfy.model_roots()))}"
         except ValidationError:
-            return ""  # VALIDATE_INPUTS reports it
+            return key
 
-    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False,
-             variant=DEFAULT_VARIANT) -> tuple:
-        result = load_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle, variant=variant)
+    @classmethod
+    def plan(cls, model, dtype, device, offload, quantization=None, allow_pickle=False, variant=DEFAULT_VARIANT,
+             compile="none", **_load_only):
+        """Validate the whole plan, reading no weights; errors name the node and input at fault
+        (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
+        (`_load_only`: inputs that matter only when loading)."""
+        try:
+            return plan_named(model, quantization, roots=comfy.model_roots(), gguf_roots=comfy.gguf_roots(),
+                              dtype=dtype, device=comfy.default_device() if device == "auto" else device,
+                              offload=offload, allow_pickle=allow_pickle, compile=compile, variant=variant)
+        except ValidationError as exc:
+            raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
+
+    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False, variant=DEFAULT_VARIANT,
+             compile="none") -> tuple:
+        plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
+        comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
+        for note in first_use_notes(plan):
+            comfy.progress_text(note)
+        progress = comfy.Progress(len(plan.modules()))
+        result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n),
+                           compile=compile)
+        comfy.track_loaded(result)
         return (result, result.table)
 
 
@@ -97,38 +119,3 @@ def variant_choices() -> list[str]:
         except ValidationError:
             continue
     return choices(folders)
-
-
-def plan_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False,
-                  variant: str = DEFAULT_VARIANT):
-    """Validate the whole plan against the model, reading no weights; errors name the node and
-    input at fault (upstream Backend/Map nodes included)."""
-    if device == "auto":
-        device = comfy.default_device()
-    try:
-        folder = resolve_model(model, comfy.model_roots())
-        return plan_load(folder, quantization, dtype=dtype, device=device, offload=offload,
-                         gguf_roots=comfy.gguf_roots(), allow_pickle=allow_pickle, variant=variant)
-    except ValidationError as exc:
-        raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
-
-
-def first_use_notes(plan) -> list[str]:
-    """What this load does first beyond loading (e.g. quanto builds its C++ extension), once each."""
-    notes = [catalogue.get_backend(r.spec.backend).first_use_note(r.spec.quant_type, plan.device)
-             for r in plan.modules() if r.spec is not None]
-    return list(dict.fromkeys(n for n in notes if n))
-
-
-def load_pipeline(model, dtype, device, offload, quantization=None, *, allow_pickle: bool = False,
-                  variant: str = DEFAULT_VARIANT) -> LoadResult:
-    """Validate everything, then free ComfyUI's own models and load."""
-    allow_pickle = allow_pickle is True  # only an explicit true opts in (never a truthy string from a workflow)
-    plan = plan_pipeline(model, dtype, device, offload, quantization, allow_pickle=allow_pickle, variant=variant)
-    comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
-    for note in first_use_notes(plan):
-        comfy.progress_text(note)
-    progress = comfy.Progress(len(plan.modules()))
-    result = load_plan(plan, allow_pickle=allow_pickle, progress=lambda i, n, name: progress.update(i, n))
-    comfy.track_loaded(result)
-    return result

@@ -1,22 +1,20 @@
 """Name the node and the input in every message: "Quantization Backend › options.group_sise: …"."""
 from __future__ import annotations
 
-from ..resolver.problems import Problem, ValidationError, errors
+from ..resolver.problems import BACKEND, MAP, SPEC, Problem, ValidationError, errors
 
 BACKEND_NODE = "Quantization Backend"
 MAP_NODE = "Per-Component Map"
 LOAD_NODE = "Load Quantized Pipeline"
-SPEC_FIELDS = ("backend", "quant_type", "compute_dtype", "components", "options", "gguf_file")
 
 
-def node_for(field: str, default: str) -> str:
-    """Which node owns a problem's field when the loader re-validates the whole upstream spec."""
-    if field.startswith("map["):
-        component = field[4:field.index("]")]
-        if field.endswith("].component"):
-            return f"{MAP_NODE} ({component})"
-        return f"{BACKEND_NODE} (feeding the map for {component})"
-    if field.split(".")[0] in SPEC_FIELDS:
+def node_for(problem: Problem, default: str) -> str:
+    """Which node owns a problem when the loader re-validates the whole upstream spec."""
+    if problem.part == MAP:
+        return f"{MAP_NODE} ({problem.entry})"
+    if problem.part == BACKEND:
+        return f"{BACKEND_NODE} (feeding the map for {problem.entry})"
+    if problem.part == SPEC and problem.input != "map":
         return BACKEND_NODE
     return default
 
@@ -24,10 +22,9 @@ def node_for(field: str, default: str) -> str:
 def describe(problems: list[Problem], node: str, *, attribute: bool = False) -> str:
     lines = []
     for p in problems:
-        owner = node_for(p.field, node) if attribute else node
-        field = p.field.split("].", 1)[1] if p.field.startswith("map[") and "]." in p.field else p.field
+        owner = node_for(p, node) if attribute else node
         fix = f" — {p.suggestion}" if p.suggestion else ""
-        lines.append(f"{owner} › {field}: {p.message}{fix}")
+        lines.append(f"{owner} › {p.input}: {p.message}{fix}")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ SAMPLER_NODE = "Quantized Pipeline Sampler"
 
 class PipeQuantSampler:
     DESCRIPTION = ("Generate images with a pipeline from Load Quantized Pipeline. Uses the pipeline's own "
-                   "scheduler; stops between steps when you press Cancel.")
+                   "scheduler; stops within one block of the model when you press Cancel.")
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ("IMAGE",)
     OUTPUT_TOOLTIPS = ("Images as ComfyUI IMAGE (batch, height, width, 3) in 0..1.",)
@@ -59,5 +59,6 @@ class PipeQuantSampler:
         comfy.check_interrupt()
         images = generate(pipeline.pipeline, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                           guidance_scale=guidance_scale, width=width, height=height, seed=seed,
-                          batch_size=batch_size, max_sequence_length=max_sequence_length, on_step=on_step)
+                          batch_size=batch_size, max_sequence_length=max_sequence_length, on_step=on_step,
+                          check_interrupt=comfy.check_interrupt)
         return (images,)

@@ -1,6 +1,7 @@
 """Save Quantized Pipeline: write a pre-quantized copy into the first diffusers model folder."""
 from __future__ import annotations
 
+from ..resolver.catalogue_text import save_summary
 from ..resolver.problems import ValidationError
 from ..resolver.save import describe_save, folder_problems, save
 from . import comfy
@@ -12,7 +13,7 @@ SAVE_NODE = "Save Quantized Pipeline"
 
 class PipeQuantSavePipeline:
     DESCRIPTION = ("Save the quantized pipeline (safetensors) into your first diffusers model folder, so it loads "
-                   "pre-quantized next time. Works for bitsandbytes, torchao int8/float8, and quanto on diffusers models.")
+                   "pre-quantized next time. " + save_summary())
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ()
     FUNCTION = "save"

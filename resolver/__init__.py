@@ -3,7 +3,8 @@
 Importable without ComfyUI; the nodes, the HTTP routes and the command line are thin layers over it.
 """
 from .cache import COMPONENT_CACHE, ComponentCache
-from .catalogue import backend_names, describe as describe_catalogue, get_backend
+from .catalogue import backend_names, get_backend
+from .catalogue import describe as describe_catalogue
 from .inspect_model import inspect_model
 from .load import LoadError, LoadResult, diffusers_context, load, plan_load
 from .plan import make_plan

@@ -22,10 +22,9 @@ from typing import Any, Hashable
 
 from .machine import total_ram_bytes, total_vram_bytes
 
-log = logging.getLogger("pipequant")
-
-BUDGET_ENV_VAR = "PIPEQUANT_CACHE_GB"
+BUDGET_ENV = "PIPEQUANT_CACHE_GB"
 RAM_SHARE, VRAM_SHARE = 0.5, 0.8  # of the machine's RAM and GPU memory, when the env var is unset
+log = logging.getLogger(__name__)
 
 
 def machine_budget() -> int:
@@ -33,19 +32,21 @@ def machine_budget() -> int:
     return int(RAM_SHARE * total_ram_bytes() + VRAM_SHARE * total_vram_bytes())
 
 
-def default_budget() -> int:
-    """$PIPEQUANT_CACHE_GB (GB, >= 0) when it is a number, else the machine's share."""
-    raw = os.environ.get(BUDGET_ENV_VAR, "").strip()
+def budget_from_env() -> int:
+    """The cache budget in bytes: $PIPEQUANT_CACHE_GB (GB, >= 0), read when used, else the
+    machine's share. A malformed value falls back with a warning (it must never stop ComfyUI
+    from loading the pack)."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
     if not raw:
         return machine_budget()
     try:
         gb = float(raw)
         if not math.isfinite(gb) or gb < 0:
-            raise ValueError
+            raise ValueError(raw)
     except ValueError:
         budget = machine_budget()
         log.warning("PipeQuant: %s=%r is not a size in GB (a number >= 0); using %.1f GB (half the RAM plus "
-                    "80 %% of the GPU memory)", BUDGET_ENV_VAR, raw, budget / 1024**3)
+                    "80 %% of the GPU memory)", BUDGET_ENV, raw, budget / 1024**3)
         return budget
     return int(gb * 1024**3)
 
@@ -59,21 +60,11 @@ class Entry:
 
 class ComponentCache:
     def __init__(self, budget_bytes: int | None = None):
-        self._budget = budget_bytes  # None: default_budget(), read when first needed
+        self._budget = budget_bytes  # None: PIPEQUANT_CACHE_GB, read at each use
         self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
         self._lock = threading.RLock()
         self._holders: weakref.WeakSet = weakref.WeakSet()  # live results: .uses(module), .release(why)
         self._releases: dict[str, int] = {}  # model folder -> how many of its pipelines were released
-
-    @property
-    def budget_bytes(self) -> int:
-        if self._budget is None:
-            self._budget = default_budget()
-        return self._budget
-
-    @budget_bytes.setter
-    def budget_bytes(self, value: int) -> None:
-        self._budget = value
 
     def get(self, key: Hashable) -> Entry | None:
         with self._lock:
@@ -88,8 +79,13 @@ class ComponentCache:
         with self._lock:
             self._entries[key] = Entry(module, nbytes, report)
             self._entries.move_to_end(key)
-            while self.total_bytes > self.budget_bytes and len(self._entries) > 1:
+            budget = self.budget_bytes
+            while self.total_bytes > budget and len(self._entries) > 1:
                 self._entries.popitem(last=False)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self._budget if self._budget is not None else budget_from_env()
 
     @property
     def total_bytes(self) -> int:
@@ -101,7 +97,8 @@ class ComponentCache:
             return list(self._entries)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
     def clear(self) -> None:
         with self._lock:

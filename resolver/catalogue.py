@@ -8,7 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .backends import ALL_BACKENDS
-from .backends.base import COMPUTE_DTYPES, DIFFUSERS, TRANSFORMERS, Backend  # noqa: F401 (re-exported)
+from .backends.base import DIFFUSERS, TRANSFORMERS, Backend  # noqa: F401 (re-exported)
+from .constants import COMPUTE_DTYPES
 
 
 @lru_cache(maxsize=None)
@@ -47,6 +48,43 @@ def all_quant_types() -> dict[str, list[str]]:
         for q in backend.quant_types:
             out.setdefault(q.name, []).append(backend.name)
     return out
+
+
+def backend_for_saved(quant_method: str | None) -> Backend | None:
+    """The backend that wrote a pre-quantized component (its config.json's quant_method)."""
+    return next((b for b in _backends().values() if quant_method and b.saved_as == quant_method), None)
+
+
+def file_backends() -> list[Backend]:
+    """Backends whose weights come from a file of their own (a `gguf_file`)."""
+    return [b for b in _backends().values() if b.needs_file]
+
+
+def quantizers_for(library: str) -> list[str]:
+    """The backend families that quantize `library` models on load (advice: "use X, Y or Z")."""
+    return list(dict.fromkeys(b.family_name for b in _backends().values()
+                              if library in b.libraries and not b.needs_file))
+
+
+def cpu_quantizers_for(library: str) -> list[str]:
+    """What quantizes `library` models on this machine without a GPU: a family whose quant types
+    all run on CPU by its name, otherwise "<backend> <first quant type that runs on CPU>"."""
+    out: list[str] = []
+    for b in _backends().values():
+        if library not in b.libraries or b.needs_file or not b.cpu_supported(library):
+            continue
+        on_cpu = [q.name for q in b.quant_types if not q.needs_cuda]
+        if not on_cpu:
+            continue
+        choice = b.family_name if len(on_cpu) == len(b.quant_types) else f"{b.name} {on_cpu[0]}"
+        if choice not in out and b.family_name not in out:
+            out.append(choice)
+    return out
+
+
+def one_of(names: list[str]) -> str:
+    """"a", "a or b", "a, b or c"."""
+    return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def describe() -> dict:

@@ -36,7 +36,6 @@ class GGUFSummary:
     path: Path
     tensors: int
     params: int
-    qtypes: tuple[str, ...]
 
 
 class _Cursor:
@@ -139,5 +138,4 @@ def read_gguf(path: Path) -> GGUFSummary:
     end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size:
         raise GGUFFileError(f"{path.name} is truncated: its tensors need {end} bytes, the file has {size}")
-    return GGUFSummary(path, len(reader.tensors), sum(int(t.n_elements) for t in reader.tensors),
-                       tuple(sorted({t.tensor_type.name for t in reader.tensors})))
+    return GGUFSummary(path, len(reader.tensors), sum(int(t.n_elements) for t in reader.tensors))

@@ -11,10 +11,10 @@ from .catalogue import DIFFUSERS, TRANSFORMERS
 from .meta_build import BuildRefused, build_on_meta, check_config
 from .problems import Problem, ValidationError
 from .roots import INDEX, Root, walk_pipeline
-from .variant import normalize as normalize_variant
-from .variant import variant_of
 from .safe_files import FileProblem, read_json_object
 from .safetensors_header import HeaderError, TensorInfo, read_header
+from .variant import normalize as normalize_variant
+from .variant import variant_of
 
 LIBRARIES = (DIFFUSERS, TRANSFORMERS)
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")

@@ -1,8 +1,7 @@
 """Load a pipeline with a validated plan: component by component, reusing cached ones.
 
-Each nn.Module component loads through its own class's `from_pretrained` with the config that
-diffusers' `PipelineQuantizationConfig._resolve_quant_config` picks for it (so diffusers'
-`config_mapping` bookkeeping is kept), GGUF ones through `from_single_file`; then
+Each nn.Module component loads through its backend's `load_component` with the config its
+backend builds for it (unquantized ones through their class's `from_pretrained`); then
 `DiffusionPipeline.from_pretrained` assembles the pipeline from them and loads the tokenizers and
 scheduler. Loading per component gives per-component timing, progress, cache reuse and errors
 that name the component and its files.
@@ -18,16 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import catalogue
+from .blocks import denoiser_name, install_interrupt_hooks
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
+from .compile import COMPILE_MODES, CompileState, compile_component
+from .constants import DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED
 from .inspect_model import ComponentInfo, inspect_model
 from .memory import main_device
-from .plan import GGUF, NOT_A_MODEL, PREQUANTIZED, Plan, make_plan
-from .problems import ValidationError, errors
+from .plan import Plan, make_plan
+from .problems import Problem, ValidationError, errors
 from .report import component_row, format_table, other_row
 from .roots import INDEX
 from .validate import validate
 from .variant import problems as variant_problems
-
 
 # Never the network: every diffusers/transformers call reads the local folder only.
 OFFLINE = {"local_files_only": True}
@@ -73,6 +75,11 @@ class LoadResult:
     plan: Plan
     rows: list[dict]
     released: str = ""  # why the pipeline was emptied, once it was
+    compiled: CompileState | None = None  # its notes grow if compile falls back to eager at run time
+
+    @property
+    def notes(self) -> list[str]:
+        return [*self.plan.notes, *(self.compiled.notes if self.compiled else [])]
 
     @property
     def pipeline(self):
@@ -95,7 +102,7 @@ class LoadResult:
 
     @property
     def table(self) -> str:
-        return format_table(self.rows, self.plan.notes)
+        return format_table(self.rows, self.notes)
 
     def report(self) -> dict:
         from .report import totals
@@ -109,46 +116,59 @@ def _component_files_key(info: ComponentInfo, mtime_key: tuple) -> str:
     return hashlib.sha1(repr(relevant).encode()).hexdigest()[:16]
 
 
-def cache_key(plan: Plan, name: str) -> tuple:
+def cache_key(plan: Plan, name: str, compile: str = "none") -> tuple:
+    """Compiled and eager copies of the denoiser are separate entries: compile changes the module
+    in place, and a workflow without compile must never receive a compiled one."""
     row = plan.components[name]
     info = plan.model.components[name]
     files = _component_files_key(info, plan.model.mtime_key)
     gguf = str(row.gguf_path) if row.gguf_path else ""
-    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload, info.variant)
+    mode = compile if name == denoiser_name(plan.components) else "none"
+    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload, mode, info.variant)
 
 
-def plan_load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
-              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, variant: str | None = None) -> Plan:
+def plan_load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
+              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, compile: str = "none",
+              variant: str | None = None) -> Plan:
     """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights.
-    `variant` ("fp16"): the weight variant to read where a component has it."""
+    Warnings (a slow plan) become the plan's notes. `variant` ("fp16"): the weight variant to read
+    where a component has it."""
     model = inspect_model(model_dir, variant=variant)
-    found = errors(variant_problems(model, variant) + validate(
-        spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots, allow_pickle=allow_pickle))
+    problems = variant_problems(model, variant) + validate(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
+                        allow_pickle=allow_pickle, compile=compile)
+    found = errors(problems)
     if found:
         raise ValidationError(found)
     plan = make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+    plan.notes += [f"warning: {p}" for p in problems if p.severity == "warning"]
     plan.variant = model.variant
     return plan
 
 
-def load(model_dir: Path, spec=None, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
+def load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
          gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
-         progress: Callable[[int, int, str], None] | None = None, variant: str | None = None) -> LoadResult:
+         progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
+         compile_backend="inductor", variant: str | None = None) -> LoadResult:
     plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                     allow_pickle=allow_pickle, variant=variant)
-    return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress)
+                     allow_pickle=allow_pickle, compile=compile, variant=variant)
+    return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress, compile=compile,
+                     compile_backend=compile_backend)
 
 
 def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
-              progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
-    """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached."""
+              progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
+              compile_backend="inductor") -> LoadResult:
+    """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached.
+    `compile` (none/regional/full) wraps the denoiser for torch.compile; it compiles on first use."""
+    if compile not in COMPILE_MODES:
+        raise ValidationError([Problem("compile_unknown", "compile", f'unknown compile mode "{compile}"',
+                                       "use one of: " + ", ".join(COMPILE_MODES))])
     modules = plan.modules()
-    pqc = plan.pipeline_quantization_config()
     loaded, rows, fresh, others, configs = {}, {}, [], {}, {}
     try:
         with diffusers_context():
             for i, row in enumerate(modules):
-                key = cache_key(plan, row.name)
+                key = cache_key(plan, row.name, compile)
                 entry = cache.get(key) if cache is not None else None
                 if entry is not None:
                     loaded[row.name] = entry.module
@@ -156,7 +176,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
                     configs[row.name] = getattr(entry.module, "pipequant_quantization_config", None)
                 else:
                     start = time.perf_counter()
-                    module, config = _load_component(plan, row, pqc, allow_pickle)
+                    module, config = _load_component(plan, row, allow_pickle)
                     module.pipequant_quantization_config = configs[row.name] = config
                     loaded[row.name] = module
                     rows[row.name] = component_row(row, plan.model.components[row.name], module,
@@ -170,6 +190,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
             pipeline = _assemble(plan, {**loaded, **others}, allow_pickle)
             pipeline.quantization_config = _quantization_config(plan, configs, loaded)
             _place(pipeline, plan)
+            compiled = _prepare_denoiser(plan, loaded, compile, compile_backend)
     except ValidationError:
         raise
     except Exception as exc:
@@ -177,8 +198,8 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
             (r for n, r in plan.components.items() if n not in others and r.action == NOT_A_MODEL), None)
         component = failed.name if failed is not None else "pipeline"
         info = plan.model.components.get(component)
-        if failed is not None and failed.action == GGUF and failed.gguf_path is not None:
-            files = [str(failed.gguf_path)]  # a GGUF component's weights come from its .gguf file
+        if failed is not None and failed.from_file and failed.gguf_path is not None:
+            files = [str(failed.gguf_path)]  # its weights come from the backend's file
         elif info is not None and not info.is_module:
             files = _broken_first(sorted(p for p in info.folder.iterdir() if p.is_file()) if info.folder.is_dir() else [])
         elif info is None:
@@ -205,10 +226,21 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
         # Quantizing left freed bf16 temporaries in the heap (0.5-0.8 GB at 200M parameters); giving
         # them back takes ~30 ms, off the load's path (ctypes releases the GIL).
         threading.Thread(target=trim_heap, name="pipequant-trim-heap", daemon=True).start()
-    result = LoadResult(pipeline, plan, ordered)
+    result = LoadResult(pipeline, plan, ordered, compiled=compiled)
     if cache is not None:
         cache.hold(result)
     return result
+
+
+def _prepare_denoiser(plan: Plan, loaded: dict, compile: str, compile_backend) -> CompileState | None:
+    """Hook the denoiser's blocks for Cancel within a step, then wrap it for compile."""
+    name = denoiser_name(loaded)
+    if name is None:
+        return None
+    install_interrupt_hooks(loaded[name])
+    spec = plan.components[name].spec
+    quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
+    return compile_component(loaded[name], name, compile, quant, backend=compile_backend)
 
 
 def _broken_first(files: list[Path]) -> list[str]:
@@ -250,49 +282,32 @@ def _quantization_config(plan: Plan, configs: dict, loaded: dict):
     return PipelineQuantizationConfig(quant_mapping=mapping)
 
 
-def _load_component(plan: Plan, row, pqc, allow_pickle: bool):
+def _load_component(plan: Plan, row, allow_pickle: bool):
+    """Load one component as planned; returns (module, the config it was quantized with or None)."""
     import torch
 
     info = plan.model.components[row.name]
     cls = info.model_class()
-    load_dtype = getattr(torch, row.load_dtype)
-    if row.action == GGUF:
-        from diffusers import GGUFQuantizationConfig
-
-        config = GGUFQuantizationConfig(compute_dtype=getattr(torch, row.compute_dtype))
-        module = cls.from_single_file(str(row.gguf_path), quantization_config=config, config=str(plan.model.folder),
-                                      subfolder=row.name, dtype=load_dtype, **OFFLINE)
-        return module, config
-    is_diffusers = info.library == "diffusers"
-    config = pqc._resolve_quant_config(is_diffusers=is_diffusers, module_name=row.name) if pqc else None
+    config = row.build_config()
     kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
-              "dtype": load_dtype, **OFFLINE}
+              "dtype": getattr(torch, row.load_dtype), **OFFLINE}
     if info.variant:
         kwargs["variant"] = info.variant  # the files inspection read (and the estimate counted)
-    if config is not None:
-        kwargs["quantization_config"] = config
+    backend = row.backend
+    if backend is None:
+        module = cls.from_pretrained(str(info.folder), **kwargs)
+    else:
         if plan.device.startswith("cuda") and plan.offload == "none":
             # Quantize where the model will run: torchao's int4 packing has only a CUDA kernel,
             # and quantizing on the GPU is faster and spares CPU RAM.
             kwargs["device_map"] = {"": plan.device}
-    module = cls.from_pretrained(str(info.folder), **kwargs)
+        module = backend.load_component(cls, config, folder=info.folder, pipeline_folder=plan.model.folder,
+                                        name=row.name, file=row.gguf_path, **kwargs)
     module.eval()
-    if info.prequantized == "quanto":
-        _align_quanto_weights(module)
+    saved_by = catalogue.backend_for_saved(info.prequantized)
+    if backend is not None or saved_by is not None:
+        (backend or saved_by).after_load(module, prequantized=backend is None)
     return module, config
-
-
-def _align_quanto_weights(module) -> None:
-    """quanto's CPU int8 kernel crashes the process (a segfault, not an exception) on int8 data
-    that is not 64-byte aligned, which weights memory-mapped from a saved safetensors file can be.
-    Copy those into fresh, aligned storage."""
-    import torch
-
-    for sub in module.modules():
-        weight = getattr(sub, "weight", None)
-        data = getattr(weight, "_data", None)
-        if isinstance(data, torch.Tensor) and data.device.type == "cpu" and data.data_ptr() % 64:
-            weight._data = data.clone()
 
 
 def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):

@@ -6,17 +6,17 @@ subclasses) and misses bnb's quant state: count the storage behind every tensor 
 from __future__ import annotations
 
 
-def _inner_tensors(t):
+def inner_tensors(t):
     """The plain tensors that hold a (possibly subclassed / quantized) tensor's data."""
     import torch
 
     if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
         names, _ = t.__tensor_flatten__()
         for name in names:
-            yield from _inner_tensors(getattr(t, name))
+            yield from inner_tensors(getattr(t, name))
         return
     yield t
-    # bitsandbytes keeps its scales beside the weight: Params4bit.quant_state, Int8Params.SCB.
+    # bnb keeps its scales beside the weight: Params4bit.quant_state, Int8Params.SCB.
     state = getattr(t, "quant_state", None)
     if state is not None:
         yield from _quant_state_tensors(state)
@@ -41,7 +41,7 @@ def tensor_bytes(module) -> int:
     tensors = [p for _, p in module.named_parameters(remove_duplicate=False)] + [
         b for _, b in module.named_buffers(remove_duplicate=False)]
     for t in tensors:
-        for inner in _inner_tensors(t):
+        for inner in inner_tensors(t):
             if inner.device.type == "meta":
                 continue
             key = (inner.untyped_storage().data_ptr(), inner.device.type, inner.device.index)
@@ -80,6 +80,6 @@ def param_count(module) -> int:
 def main_device(module) -> str:
     """Where the module's data lives (a quantized wrapper may report "meta"; its storage does not)."""
     for p in module.parameters():
-        for inner in _inner_tensors(p):
+        for inner in inner_tensors(p):
             return str(inner.device)
     return "cpu"

@@ -15,8 +15,8 @@ import time
 from contextlib import contextmanager
 
 MAX_PARAMS = 200_000_000_000  # 10x the largest diffusion component today (FLUX.1 12B, T5-XXL 4.8B)
-MAX_MODULES = 200_000  # FLUX.1-dev has ~1 500, T5-XXL ~700
-MAX_SECONDS = 30.0  # the 12B FLUX transformer builds in about 1 s
+MAX_MODULES = 50_000  # FLUX.1-dev has ~1 500, T5-XXL ~700
+MAX_SECONDS = 20.0  # the 12B FLUX transformer builds in about 1 s
 MAX_COUNT = 10_000  # a layer, block or head count above this is not a model
 COUNT_FIELD = re.compile(r".*(layers?|blocks|depth|heads?)|layers_per_block")
 

@@ -1,9 +1,9 @@
 """Turn a validated spec and an inspected model into a per-component plan and real configs.
 
 Diffusers' global mode only works where the diffusers and transformers config classes share a
-signature (bitsandbytes). The plan therefore always expands to a granular `quant_mapping`,
-building each component's config from its own library's class, and keeps GGUF components out
-of it (they load through `from_single_file`).
+signature. The plan therefore always expands to one config per component, each built by its
+backend from its own library's class; components whose weights come from a backend's file load
+through that backend's `load_component`.
 """
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Iterable
 
 from . import catalogue, devices
-from .roots import find_file
+from .constants import ACTIONS, DEFAULT_DTYPE, KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
 from .inspect_model import ModelInfo
+from .roots import find_file
 from .spec import BackendSpec, ComponentMap
-
-QUANTIZE, GGUF, KEEP, PREQUANTIZED, NOT_A_MODEL = "quantize", "gguf", "keep", "pre-quantized", "not a model"
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,20 @@ class ComponentPlan:
     class_name: str | None
     action: str
     spec: BackendSpec | None = None  # the per-component spec (no component list)
-    load_dtype: str = "bfloat16"
-    compute_dtype: str = "bfloat16"
-    gguf_path: Path | None = None
+    load_dtype: str = DEFAULT_DTYPE
+    compute_dtype: str = DEFAULT_DTYPE
+    gguf_path: Path | None = None  # the weights file of a backend that reads one (`from_file`)
     reason: str = ""
+
+    @property
+    def backend(self):
+        """The catalogue's backend for this component's spec, or None."""
+        return catalogue.get_backend(self.spec.backend) if self.spec is not None else None
+
+    @property
+    def from_file(self) -> bool:
+        """Weights come from the backend's own file (GGUF): the action is the backend's name."""
+        return self.action not in ACTIONS
 
     def build_config(self):
         """The real diffusers/transformers config object for this component, or None."""
@@ -37,9 +46,8 @@ class ComponentPlan:
             return None
         import torch
 
-        backend = catalogue.get_backend(self.spec.backend)
-        options = {o.name: o.default for o in backend.options} | self.spec.options_dict
-        return backend.build_config(self.library, self.spec.quant_type, getattr(torch, self.compute_dtype), options)
+        return self.backend.config_for(self.library, self.spec.quant_type, getattr(torch, self.compute_dtype),
+                                       self.spec.options_dict)
 
     def fingerprint(self) -> str:
         """What makes this component's loaded weights differ: spec, dtypes and file."""
@@ -68,7 +76,8 @@ class Plan:
         return [c for c in self.components.values() if c.action != NOT_A_MODEL]
 
     def pipeline_quantization_config(self):
-        """diffusers' own PipelineQuantizationConfig for the components it can quantize, or None."""
+        """diffusers' own PipelineQuantizationConfig for the components it can quantize, or None.
+        The loader does not use it (it builds each component's config through its backend)."""
         mapping = {c.name: c.build_config() for c in self.components.values() if c.action == QUANTIZE}
         if not mapping:
             return None
@@ -104,7 +113,7 @@ def default_components(spec: BackendSpec, model: ModelInfo) -> list[str]:
             and not model.components[n].prequantized]
 
 
-def make_plan(spec, model: ModelInfo, *, dtype: str = "bfloat16", device: str = "auto", offload: str = "none",
+def make_plan(spec, model: ModelInfo, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
               gguf_roots: Iterable[Path] = ()) -> Plan:
     """Assumes `validate` found no errors."""
     assigned = _assignments(spec, model)
@@ -134,15 +143,15 @@ def make_plan(spec, model: ModelInfo, *, dtype: str = "bfloat16", device: str = 
         compute = dtype if one.compute_dtype == "auto" else one.compute_dtype
         load_dtype = dtype if backend.config_compute_dtype else compute
         if backend.needs_file:
-            components[name] = ComponentPlan(name, info.library, info.class_name, GGUF, one, load_dtype, compute,
-                                             find_file(one.gguf_file, gguf_roots))
+            components[name] = ComponentPlan(name, info.library, info.class_name, backend.name, one, load_dtype,
+                                             compute, find_file(one.gguf_file, gguf_roots))
         else:
             libraries.add(info.library)
             components[name] = ComponentPlan(name, info.library, info.class_name, QUANTIZE, one, load_dtype, compute)
     notes = []
-    if isinstance(spec, BackendSpec) and spec.backend in ("torchao", "quanto") and len(libraries) > 1:
+    if isinstance(spec, BackendSpec) and len(libraries) > 1 and catalogue.get_backend(spec.backend).expands_per_library():
         notes.append(f"global {spec.backend} expanded per library: diffusers rejects one global config for it "
                      "(its diffusers and transformers config classes differ)")
-    if any(c.action == GGUF for c in components.values()):
-        notes.append("GGUF components load with from_single_file: PipelineQuantizationConfig cannot carry GGUF")
+    used = [c.backend for c in components.values() if c.action != NOT_A_MODEL and c.spec is not None]
+    notes += list(dict.fromkeys(b.plan_note for b in used if b.plan_note))
     return Plan(model, dtype, devices.resolve_device(device), offload, components, notes)

@@ -1,9 +1,8 @@
 """What the user got: per component, its plan, real bytes, dtype, device and load time."""
 from __future__ import annotations
 
+from .constants import DTYPE_BYTES, NOT_A_MODEL
 from .memory import main_device, param_count, tensor_bytes
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def is_quantized_weight(module) -> bool:
@@ -84,7 +83,7 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     header = ("component", "class", "plan", "dtype", "device", "params", "bytes", "before", "load s")
     body = []
     for r in rows:
-        if r["action"] == "not a model":
+        if r["action"] == NOT_A_MODEL:
             continue
         if r["quant_type"]:
             plan = f'{r["backend"]}:{r["quant_type"]}'
@@ -104,3 +103,31 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     out += [f"note: {n}" for n in notes]
     out.append(LEGEND)
     return "\n".join(out)
+
+
+def live_rows(result) -> list[dict]:
+    """A LoadResult's rows, with bytes and devices re-measured now (offload moves components)."""
+    rows = []
+    for row in result.rows:
+        module = getattr(result.pipeline, row["component"], None)
+        if row["action"] != NOT_A_MODEL and module is not None:
+            row = {**row, "bytes": tensor_bytes(module), "device": main_device(module)}
+        rows.append(row)
+    return rows
+
+
+def cuda_summary() -> str:
+    """One line on CUDA memory now and at its peak ("" without a GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ""
+    gib = 1024**3
+    return (f"\nCUDA: {torch.cuda.memory_allocated() / gib:.2f} GB allocated, "
+            f"peak {torch.cuda.max_memory_allocated() / gib:.2f} GB")
+
+
+def live_report(result) -> str:
+    """The memory table of a loaded pipeline as it is now."""
+    return format_table(live_rows(result), result.notes) + cuda_summary()
+

@@ -4,13 +4,16 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from .blocks import interrupt_check
 from .load import diffusers_context
 
 
 def generate(pipeline, *, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 3.5,
              width: int = 1024, height: int = 1024, seed: int = 0, batch_size: int = 1,
-             max_sequence_length: int = 0, on_step: Callable[[int, int], None] | None = None):
-    """`on_step(step, total)` runs after every step; raising from it stops sampling there."""
+             max_sequence_length: int = 0, on_step: Callable[[int, int], None] | None = None,
+             check_interrupt: Callable[[], None] | None = None):
+    """`on_step(step, total)` runs after every step; raising from it stops sampling there.
+    `check_interrupt()` runs before every block of the denoiser; raising from it stops within the step."""
     import torch
 
     accepted = inspect.signature(pipeline.__call__).parameters
@@ -28,6 +31,6 @@ def generate(pipeline, *, prompt: str, negative_prompt: str = "", steps: int = 2
 
         kwargs["callback_on_step_end"] = callback
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    with diffusers_context():
+    with diffusers_context(), interrupt_check(check_interrupt):
         images = pipeline(**kwargs).images
     return torch.from_numpy(images).float().clamp(0, 1)

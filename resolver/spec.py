@@ -95,8 +95,8 @@ class ComponentMap:
         if not isinstance(mapping, Mapping):
             raise ValidationError([Problem("spec_malformed", "map", f"a component map is built from a mapping of "
                                            f"component name to BackendSpec, got {type(mapping).__name__}",
-                                           'e.g. ComponentMap.make({"transformer": BackendSpec.make("torchao", '
-                                           '"int8_weight_only")})')])
+                                           'e.g. ComponentMap.make({"transformer": BackendSpec.make(backend, '
+                                           'quant_type)})')])
         for name, spec in mapping.items():
             if not isinstance(name, str) or not (spec is None or isinstance(spec, BackendSpec)):
                 raise ValidationError([Problem(

@@ -99,7 +99,10 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     _configure(args)
-    execute(_user_prompt(args), validate_only=True)
+    ui = execute(_user_prompt(args), validate_only=True)
+    for out in ui.values():
+        for warning in out.get("warnings", []):
+            print(warning)
     print(f"{args.workflow}: OK (validated against the models; no weights read)")
     return 0
 
@@ -153,6 +156,36 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Plan a model for a budget and goal; exit 0 when a plan fits, 2 when none does."""
+    from ..resolver.planner import NothingFits
+    from ..resolver.planner.request import plan_for, profile_from
+    from ..resolver.roots import env_roots, resolve_model
+
+    _configure(args)
+    profile = None
+    if args.device_profile:
+        try:
+            profile = profile_from(json.loads(args.device_profile))
+        except ValueError as exc:
+            raise ValidationError([Problem("device_profile_invalid", "--device-profile", f"not JSON: {exc}",
+                                           '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, '
+                                           '"compute_capability": [8, 9]}')]) from None
+    folder = resolve_model(args.model, env_roots(), field="MODEL")
+    try:
+        result = plan_for(folder, budget_gb=args.budget, goal=args.goal, width=args.width, height=args.height,
+                          batch_size=args.batch_size, allow_offload=not args.no_offload, profile=profile)
+    except NothingFits as exc:
+        if args.json:
+            print(json.dumps({"components": {}, "offload": exc.mode, "predicted_peak_bytes": exc.smallest_peak,
+                              "fits": False, "rejected": [], "error": str(exc)}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json()) if args.json else result.table())
+    return 0
+
+
 EXIT_CODES = """exit codes:
   0  success
   1  an unexpected error (a bug: please report it with the traceback)
@@ -195,6 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override an input on every node of a class, repeatable, e.g. PipeQuantSampler.steps=4")
         _common(p)
         p.set_defaults(func=func)
+    from ..resolver.planner.search import GOALS
+
+    p = sub.add_parser("plan", help="choose each component's quantization to fit a GPU budget, and say why",
+                       description="Plan MODEL for a memory budget and goal, reading only configs and headers; prints the "
+                                   "plan table (or --json). Exit 0 when a plan fits, 2 when none does.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a pipeline folder name under --models")
+    p.add_argument("--models", action="append", default=[], help="a folder of diffusers pipelines (repeatable)")
+    p.add_argument("--budget", type=float, default=0.0, help="GiB (2^30 bytes); 0 = the device's free memory")
+    p.add_argument("--goal", choices=GOALS, default="balanced")
+    p.add_argument("--device-profile", help='JSON: {"name": str, "total_gb": float, "free_gb": float, '
+                                            '"compute_capability": [major, minor] | null}; default: this machine')
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--no-offload", action="store_true", help="plans keep every component on the device")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    _common(p)
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it",
                        description="Build a tiny FLUX-shaped pipeline with random weights (no download, once, in "
                                    "--cache) and run example_workflows/flux_nf4_transformer.json on it (torchao "

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import inspect
 
-from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from ..nodes.load import PipeQuantLoadPipeline, plan_pipeline
-from ..nodes.sampler import PipeQuantSampler
+from ..nodes import NODE_CLASS_MAPPINGS
 from ..resolver.limits import image_size_problems
 from ..resolver.load import LoadError
 from ..resolver.plan import Plan
 from ..resolver.problems import Problem, ValidationError
 from ..resolver.save import SaveError
 from .builtin import BUILTIN_NODES
+from .workflow import node_label
 
 ALL_NODES = {**NODE_CLASS_MAPPINGS, **BUILTIN_NODES}
 CONFIG_NODES = ("PipeQuantBackend", "PipeQuantComponentMap")  # cheap: they read no weights
@@ -36,8 +35,7 @@ def _is_link(value) -> bool:
 
 
 def _label(node_id: str, prompt: dict) -> str:
-    kind = prompt[node_id]["class_type"]
-    return f"node {node_id} ({NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind)})"
+    return node_label(node_id, prompt[node_id]["class_type"])
 
 
 def _type_name(kind) -> str:
@@ -196,8 +194,8 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
         raise ValidationError(problems)
     order = execution_order(prompt, outputs)
     with torch.inference_mode():  # as ComfyUI's executor does
-        _run(prompt, order, validate_only=True)
-        return {} if validate_only else _run(prompt, order, validate_only=False)
+        checked = _run(prompt, order, validate_only=True)
+        return checked if validate_only else _run(prompt, order, validate_only=False)
 
 
 def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
@@ -211,6 +209,9 @@ def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
                   for name, value in node["inputs"].items() if name in declared}  # ComfyUI ignores the others
         if validate_only:
             results[node_id] = _validate_node(node_id, node, node_class, kwargs, prompt)
+            warnings = [n for n in getattr(results[node_id][0], "notes", []) if n.startswith("warning: ")]
+            if warnings:  # a slow plan: reported, never blocking
+                ui[node_id] = {"warnings": warnings}
             continue
         try:
             value = getattr(node_class(), node_class.FUNCTION)(**kwargs)
@@ -226,16 +227,13 @@ def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
 
 
 def _validate_node(node_id, node, node_class, kwargs, prompt) -> tuple:
-    """What a node contributes to validation: config nodes run, a loader returns its plan, a
-    sampler checks its image size against the planned model."""
-    if node_class is PipeQuantLoadPipeline:
-        plan = plan_pipeline(kwargs["model"], kwargs["dtype"], kwargs["device"], kwargs["offload"],
-                             kwargs.get("quantization"), allow_pickle=kwargs.get("allow_pickle", False) is True,
-                             variant=kwargs.get("variant", "default"))
-        return (plan, None)
+    """What a node contributes to validation: config nodes run, a loader (a node class with a
+    `plan` classmethod) returns its plan, a sampler checks its image size against the planned model."""
+    if hasattr(node_class, "plan"):  # a loader: its whole plan, validated, reading no weights
+        return (node_class.plan(**kwargs),) + (None,) * (len(node_class.RETURN_TYPES) - 1)
     if node["class_type"] in CONFIG_NODES:
         return tuple(getattr(node_class(), node_class.FUNCTION)(**kwargs))
-    if node_class is PipeQuantSampler and isinstance(kwargs.get("pipeline"), Plan):
+    if isinstance(kwargs.get("pipeline"), Plan) and "width" in kwargs:  # a sampler fed by a planned loader
         found = image_size_problems(kwargs["pipeline"].model, kwargs.get("width"), kwargs.get("height"))
         if found:
             raise ValidationError([Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion)

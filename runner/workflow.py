@@ -3,6 +3,9 @@
 UI format (what ComfyUI's Export writes) keeps widget values as a list in each node's
 `widgets_values`, in the order of the node's INPUT_TYPES; an INT with `control_after_generate`
 (the seed) is followed by one extra value ("fixed", "randomize", …) that is not an input.
+As ComfyUI's editor does when it queues a prompt, muted nodes (mode 2) are left out and an input
+linked to one stays unconnected; a bypassed node (mode 4) is left out and its outputs pass
+through its input of the same type.
 """
 from __future__ import annotations
 
@@ -70,7 +73,8 @@ def widget_inputs(node_class) -> list[tuple[str, bool]]:
     return out
 
 
-def _label(node_id, kind) -> str:
+def node_label(node_id, kind) -> str:
+    """How messages name a node: "node 3 (Load Quantized Pipeline)"."""
     from ..nodes import NODE_DISPLAY_NAME_MAPPINGS
 
     name = NODE_DISPLAY_NAME_MAPPINGS.get(kind, kind) if isinstance(kind, str) else kind
@@ -135,15 +139,18 @@ def to_api(data: dict, node_classes: dict) -> dict:
                 continue
             link_id, name = slot.get("link"), slot.get("name")
             if not isinstance(name, str):
-                raise _fail("workflow_node_malformed", _label(node_id, kind), f"an input has no name ({slot!r:.80})",
+                raise _fail("workflow_node_malformed", node_label(node_id, kind), f"an input has no name ({slot!r:.80})",
                             "export the workflow again from ComfyUI")
             if not _key(link_id) or link_id not in links:
-                raise _fail("workflow_dangling_link", f"{_label(node_id, kind)}.{name}",
+                raise _fail("workflow_dangling_link", f"{node_label(node_id, kind)}.{name}",
                             f"input is connected to link {link_id!r:.40}, which the workflow does not have",
                             "reconnect the input in the editor and export again")
-            source, out_slot = _follow_reroutes(links[link_id], nodes, links)
+            origin = _follow(links[link_id], nodes, links)
+            if origin is None:  # from a muted node, or a bypassed one with nothing to pass through
+                continue
+            source, out_slot = origin
             if source not in nodes:
-                raise _fail("workflow_dangling_link", f"{_label(node_id, kind)}.{name}",
+                raise _fail("workflow_dangling_link", f"{node_label(node_id, kind)}.{name}",
                             f"input is connected to node {source}, which the workflow does not have",
                             "reconnect the input in the editor and export again")
             inputs[name] = [source, out_slot]
@@ -151,17 +158,44 @@ def to_api(data: dict, node_classes: dict) -> dict:
     return prompt
 
 
-def _follow_reroutes(origin, nodes, links):
+def _follow(origin, nodes, links):
+    """The (node, output) a link really comes from, through Reroutes and bypassed nodes; None when
+    it comes from a muted node or a bypassed one with no connected input of the output's type."""
     source, slot = origin
     seen = set()
-    while source in nodes and nodes[source].get("type") == "Reroute" and source not in seen:
+    while source in nodes and source not in seen:
+        node = nodes[source]
+        if node.get("mode") == MUTED:
+            return None
+        if node.get("type") == "Reroute":
+            slots = node.get("inputs")
+            passed = slots[0] if isinstance(slots, list) and slots and isinstance(slots[0], dict) else None
+        elif node.get("mode") == BYPASSED:
+            passed = _pass_through(node, slot)
+            if passed is None:
+                return None
+        else:
+            break
         seen.add(source)
-        slots = nodes[source].get("inputs")
-        link_id = slots[0].get("link") if isinstance(slots, list) and slots and isinstance(slots[0], dict) else None
+        link_id = passed.get("link") if passed is not None else None
         if not _key(link_id) or link_id not in links:
             break
         source, slot = links[link_id]
     return source, slot
+
+
+def _pass_through(node: dict, slot) -> dict | None:
+    """The input a bypassed node passes output `slot` through: the input at the same index if it
+    has the output's type, else the first connected input that has it (as ComfyUI's editor)."""
+    outputs, inputs = node.get("outputs"), node.get("inputs")
+    if not isinstance(outputs, list) or not isinstance(inputs, list) or not isinstance(slot, int) \
+            or not 0 <= slot < len(outputs) or not isinstance(outputs[slot], dict):
+        return None
+    kind = outputs[slot].get("type")
+    typed = [i for i in inputs if isinstance(i, dict) and i.get("type") == kind and i.get("link") is not None]
+    if slot < len(inputs) and inputs[slot] in typed:
+        return inputs[slot]
+    return typed[0] if typed else None
 
 
 def _check_known(node_id, kind, node_classes):

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-
 # Tensors real FLUX GGUF files (city96's convert.py + llama.cpp patch) keep in high precision
 # when quantizing, by original (BFL) name fragment. Everything 1-D or with <= 1024 values is F32.
 _FLUX_KEEP_F32 = ("img_in.", "time_in.in_layer.", "vector_in.in_layer.", "guidance_in.in_layer.", "final_layer.linear.")

@@ -33,17 +33,24 @@ from pipequant.nodes.component_map import PipeQuantComponentMap
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.nodes.save import PipeQuantSavePipeline
-from pipequant.resolver import BackendSpec, ComponentMap, inspect_model, spec_from_dict, spec_from_json, validate
-from pipequant.resolver import meta_build
+from pipequant.resolver import (
+    BackendSpec,
+    ComponentMap,
+    inspect_model,
+    meta_build,
+    spec_from_dict,
+    spec_from_json,
+    validate,
+)
 from pipequant.resolver.backends.quanto import Quanto
-from pipequant.resolver.roots import resolve_model
 from pipequant.resolver.estimate import estimate
 from pipequant.resolver.load import plan_load
 from pipequant.resolver.problems import ValidationError, errors
-from pipequant.testing import write_gguf
+from pipequant.resolver.roots import resolve_model
 from pipequant.runner import cli
 from pipequant.runner.execute import execute
 from pipequant.runner.workflow import read_workflow
+from pipequant.testing import write_gguf
 
 G = BackendSpec.make
 BACKEND, MAP, LOAD = "Quantization Backend", "Per-Component Map", "Load Quantized Pipeline"
@@ -340,7 +347,7 @@ async def _http(method: str, path: str, body=None, query=None, raw: bytes | None
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipequant import routes
+    from pipequant.nodes import routes
 
     app = web.Application()
     routes.add_routes(app.router)

@@ -107,8 +107,9 @@ def test_written_files(results):
 def test_step_speed_compares_every_plan_with_bf16(tmp_path):
     """In-process: the bench's bnb-on-CPU patch is undone when it returns, so later tests still
     see diffusers refuse bnb on CPU."""
-    from bench.step_speed import PLANS, measure, to_markdown
     from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+
+    from bench.step_speed import PLANS, measure, to_markdown
     from pipequant.testing import ensure_pipeline
     from pipequant.testing.bnb_cpu import needed
 

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from comfy_server import PACK_DIR, comfy_server, skip_reason, start_comfyui  # noqa: F401 (the fixture)
+
 from pipequant.resolver import catalogue as resolver_catalogue
 
 pytestmark = pytest.mark.browser

@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 import torch
+
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
 
 G = BackendSpec.make
@@ -15,9 +16,9 @@ def _count_loads(monkeypatch) -> list[str]:
     loaded: list[str] = []
     real = load_module._load_component
 
-    def counting(plan, row, pqc, allow_pickle):
+    def counting(plan, row, allow_pickle):
         loaded.append(row.name)
-        return real(plan, row, pqc, allow_pickle)
+        return real(plan, row, allow_pickle)
 
     monkeypatch.setattr(load_module, "_load_component", counting)
     return loaded
@@ -99,7 +100,10 @@ def test_default_budget_is_a_share_of_the_machine(monkeypatch):
     assert 0.5 * ram <= budget <= 0.5 * ram + 0.8 * 256 * 1024**3  # half the RAM, plus any GPU's share
     assert budget != 64 * 1024**3
     monkeypatch.setenv("PIPEQUANT_CACHE_GB", "1.5")
-    assert cache_module.default_budget() == int(1.5 * 1024**3)
+    assert cache_module.budget_from_env() == int(1.5 * 1024**3)
+    cache = ComponentCache()  # made before the variable changes: it is read when used
+    monkeypatch.setenv("PIPEQUANT_CACHE_GB", "0.5")
+    assert cache.budget_bytes == 1024**3 // 2
 
 
 @pytest.mark.parametrize("raw", ["lots", "-1", "nan", "inf", "12GB"])

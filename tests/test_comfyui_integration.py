@@ -13,8 +13,8 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from comfy_server import PACK_DIR, PACK_NAME, comfy_server  # noqa: F401 (the fixture)
+
 from pipequant.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from pipequant.runner.builtin import BUILTIN_NODES
 from pipequant.runner.workflow import read_workflow, to_api

@@ -17,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from pipequant import routes
-from pipequant.nodes import comfy
+from pipequant.nodes import comfy, routes
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.resolver import COMPONENT_CACHE, BackendSpec, ComponentMap, plan_load
 from pipequant.resolver.load import cache_key

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipequant import testing as tiny
 from pipequant.nodes import comfy
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, load, plan_load
-from pipequant import testing as tiny
 from pipequant.resolver.load import load_plan
 from pipequant.resolver.memory import tensor_bytes
 

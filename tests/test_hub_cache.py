@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from hub_cache_fake import add_snapshot
+
 from pipequant.resolver import ComponentCache, ValidationError, load
 from pipequant.resolver.hub_cache import ENV_VAR, HubCacheRoot, cache_dir, default_root
 from pipequant.resolver.roots import list_pipelines, resolve_model

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import count_storage_bytes, quantized_weight_types
 
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
 from pipequant.resolver.estimate import estimate
 from pipequant.resolver.sample import generate
-
-from helpers import count_storage_bytes, quantized_weight_types
 
 G = BackendSpec.make
 
@@ -196,14 +195,13 @@ def test_quantized_components_are_quantized_on_the_target_gpu(tiny_flux, monkeyp
     plan = loader.plan_load(tiny_flux, spec, device="cuda")
     for name in ("transformer", "vae"):
         with pytest.raises(Stop):
-            loader._load_component(plan, plan.components[name], plan.pipeline_quantization_config(), False)
+            loader._load_component(plan, plan.components[name], False)
     assert seen["transformer"]["device_map"] == {"": "cuda"}
     assert "device_map" not in seen["vae"]
     offloaded_spec = ComponentMap.make({"transformer": G("torchao", "int8_weight_only")})
     offloaded = loader.plan_load(tiny_flux, offloaded_spec, device="cuda", offload="model")
     with pytest.raises(Stop):
-        loader._load_component(offloaded, offloaded.components["transformer"],
-                               offloaded.pipeline_quantization_config(), False)
+        loader._load_component(offloaded, offloaded.components["transformer"], False)
     assert "device_map" not in seen["transformer"]
     # int4 cannot be quantized on the CPU, so it cannot be offloaded: refused before loading
     from pipequant.resolver import ValidationError

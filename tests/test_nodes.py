@@ -36,7 +36,8 @@ def test_contract_ids_and_display_names():
     assert NODE_DISPLAY_NAME_MAPPINGS == {
         "PipeQuantBackend": "Quantization Backend", "PipeQuantComponentMap": "Per-Component Map",
         "PipeQuantLoadPipeline": "Load Quantized Pipeline", "PipeQuantSampler": "Quantized Pipeline Sampler",
-        "PipeQuantMemoryReport": "Pipeline Memory Report", "PipeQuantSavePipeline": "Save Quantized Pipeline"}
+        "PipeQuantMemoryReport": "Pipeline Memory Report", "PipeQuantSavePipeline": "Save Quantized Pipeline",
+        "PipeQuantAutoPlan": "Auto Quantization Plan"}
     names = {k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
              for k, v in NODE_CLASS_MAPPINGS.items()}
     assert names["PipeQuantBackend"][:5] == ["backend", "quant_type", "compute_dtype", "components", "options"]
@@ -45,6 +46,8 @@ def test_contract_ids_and_display_names():
     assert names["PipeQuantSampler"][:9] == ["pipeline", "prompt", "negative_prompt", "steps", "guidance_scale",
                                              "width", "height", "seed", "batch_size"]
     assert names["PipeQuantSavePipeline"] == ["pipeline", "folder_name"]
+    assert names["PipeQuantAutoPlan"] == ["model", "budget_gb", "goal", "width", "height", "batch_size", "allow_offload"]
+    assert NODE_CLASS_MAPPINGS["PipeQuantAutoPlan"].RETURN_TYPES == ("PIPELINE_QUANT_CONFIG", "STRING")
 
 
 @pytest.mark.parametrize("node_id", list(NODE_CLASS_MAPPINGS))
@@ -67,7 +70,7 @@ def test_combos_come_from_the_catalogue_and_model_folders(roots):
     assert "tiny-flux" in Load.INPUT_TYPES()["required"]["model"][0]
 
 
-def test_backend_validate_inputs_names_node_input_and_fix():
+def test_backend_validate_inputs_names_node_input_and_fix(roots):
     ok = Backend.VALIDATE_INPUTS("torchao", "int8_weight_only", "auto", "", "{}")
     assert ok is True
     msg = Backend.VALIDATE_INPUTS("torchao", "nf4", "auto", "", '{"group_sise": 1}')
@@ -76,8 +79,9 @@ def test_backend_validate_inputs_names_node_input_and_fix():
     bad_json = Backend.VALIDATE_INPUTS("torchao", "int8_weight_only", "auto", "", "{double_quant: true}")
     assert "Quantization Backend › options: options is not valid JSON" in bad_json
     # gguf is allowed on the Backend node: the config may feed a Per-Component Map.
-    assert Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "tiny-flux-transformer-Q8_0.gguf") is not True
-    assert "gguf_file_missing" not in str(Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "none"))
+    assert Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "tiny-flux-transformer-Q8_0.gguf") is True
+    no_file = Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "none")
+    assert [p.code for p in no_file.problems] == ["gguf_file_required"]
 
 
 def test_load_validate_inputs_checks_model_and_device(roots):
@@ -85,8 +89,9 @@ def test_load_validate_inputs_checks_model_and_device(roots):
     msg = Load.VALIDATE_INPUTS("tiny-flx", "bfloat16", "cpu", "none")
     assert msg.startswith("Load Quantized Pipeline › model:") and 'did you mean "tiny-flux"' in msg
     assert "Load Quantized Pipeline › device" in Load.VALIDATE_INPUTS("tiny-flux", "bfloat16", "tpu", "none")
-    assert "model_outside_roots" not in Load.VALIDATE_INPUTS("../etc", "bfloat16", "cpu", "none")
-    assert "are refused" in Load.VALIDATE_INPUTS("../etc", "bfloat16", "cpu", "none")
+    outside = Load.VALIDATE_INPUTS("../etc", "bfloat16", "cpu", "none")
+    assert [p.code for p in outside.problems] == ["model_outside_roots"]
+    assert "are refused" in outside and "model_outside_roots" not in outside  # the user reads words, not codes
 
 
 def test_backend_and_map_build_specs():
@@ -249,3 +254,22 @@ def test_a_first_quanto_int4_load_on_cpu_says_it_builds_an_extension(tiny_flux, 
     assert load_node.first_use_notes(plan_load(tiny_flux, int8, device="cpu")) == []
     monkeypatch.setattr(quanto, "cpp_extension_built", lambda: True)
     assert load_node.first_use_notes(plan_load(tiny_flux, int4, device="cpu")) == []
+
+
+def test_gguf_combo_lists_only_files_the_gguf_backend_can_take(monkeypatch, tmp_path):
+    """Text-encoder GGUFs are refused by the gguf backend (diffusers models only): not offered."""
+    from types import SimpleNamespace
+
+    from pipequant.nodes import comfy
+
+    folders = {kind: tmp_path / kind for kind in ("diffusion_models", "unet", "text_encoders", "diffusers")}
+    for kind, folder in folders.items():
+        folder.mkdir()
+        (folder / f"{kind}-file.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(comfy, "folder_paths", SimpleNamespace(get_folder_paths=lambda kind: [str(folders[kind])]
+                                                                if kind in folders else []))
+    monkeypatch.delenv("PIPEQUANT_GGUF", raising=False)
+    monkeypatch.delenv("PIPEQUANT_MODELS", raising=False)
+    offered = set(Backend.INPUT_TYPES()["optional"]["gguf_file"][0])
+    assert {"diffusion_models-file.gguf", "unet-file.gguf", "diffusers-file.gguf"} <= offered
+    assert "text_encoders-file.gguf" not in offered

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipequant import routes
+from pipequant.nodes import routes
 from pipequant.resolver import catalogue
 from pipequant.resolver.spec import BackendSpec, ComponentMap
 
@@ -70,7 +70,7 @@ def test_the_web_tests_catalogue_fixture_matches_the_catalogue():
     def shape(data):
         return [{k: v for k, v in b.items() if k not in ("installed", "cpu")} for b in data["backends"]]
 
-    fixture = json.loads((Path(routes.__file__).parent / "web/tests/fixtures/catalogue.json").read_text())
+    fixture = json.loads((Path(routes.__file__).parents[1] / "web/tests/fixtures/catalogue.json").read_text())
     assert shape(fixture) == shape(catalogue.describe()), "regenerate web/tests/fixtures/catalogue.json (see its test)"
 
 
@@ -265,6 +265,24 @@ def test_estimate_before_and_after(models):
     assert total["bytes_after"] == sum(r["bytes_after"] for r in rows.values()) < total["bytes_before"]
 
 
+def test_estimate_validates_once(models, monkeypatch):
+    import importlib
+
+    load_module = importlib.import_module("pipequant.resolver.load")  # the module, not resolver.load()
+    calls = []
+    real = routes.validate
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "validate", counting)
+    monkeypatch.setattr(load_module, "validate", counting)  # plan_load validates too
+    body = routes.estimate({"model": "tiny-flux", "spec": backend(components="transformer"), "device": "cpu"})
+    assert body["ok"] and body["estimate"] is not None
+    assert len(calls) == 1
+
+
 def test_estimate_without_quantization_and_in_float32(models):
     status, body = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": None, "dtype": "float32"})
     total = body["estimate"]["total"]
@@ -317,8 +335,9 @@ def test_estimate_with_a_save_node_flags_what_cannot_be_saved(models):
     # without a Save node downstream the same plan is fine
     status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": spec})
     assert status == 200 and result["ok"]
-    # only quanto's deprecation, as a warning the editor shows on the Backend node
-    assert {(p["code"], p["severity"]) for p in result["problems"]} == {("backend_deprecated", "warning")}
+    # warnings only: quanto's deprecation (on the Backend node) and the measured slow plan
+    assert {(p["code"], p["severity"]) for p in result["problems"]} == {("backend_deprecated", "warning"),
+                                                                        ("slow_plan", "warning")}
 
 
 def test_estimate_with_a_save_node_checks_its_folder_name(models):

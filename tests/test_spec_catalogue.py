@@ -176,6 +176,7 @@ def test_quanto_packed_types_on_cpu_need_a_compiler_until_the_extension_is_built
 
 def test_quanto_extension_check_reads_the_build_folder(tmp_path, monkeypatch):
     import torch
+
     from pipequant.resolver.backends import quanto
 
     monkeypatch.setattr(quanto, "_cpp_build_dir", lambda: tmp_path)

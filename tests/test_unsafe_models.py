@@ -20,8 +20,7 @@ from safetensors.torch import load_file
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, load
-from pipequant.resolver.roots import list_files
-from pipequant.resolver.roots import list_pipelines, resolve_model
+from pipequant.resolver.roots import list_files, list_pipelines, resolve_model
 from pipequant.runner import cli
 from pipequant.runner.execute import execute
 
@@ -150,7 +149,7 @@ async def _http(method: str, path: str, *, query=None, body=None):
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipequant import routes
+    from pipequant.nodes import routes
 
     app = web.Application()
     routes.add_routes(app.router)

@@ -26,12 +26,18 @@ def _diffusers_bnb_runs_here(backend_name: str, config) -> bool:
     return True
 
 
+# Both bitsandbytes backends: saved as quant_method "bitsandbytes", and sequential offload fails.
+_COMMON = dict(modules=("bitsandbytes",), pip="pip install bitsandbytes", family="bitsandbytes",
+               quant_method="bitsandbytes", savable=("diffusers", "transformers"), sequential_offload=False,
+               sequential_offload_error="Cannot copy out of meta tensor", gpu_only_libraries=(DIFFUSERS,))
+
+
 @dataclass(frozen=True)
 class _BitsAndBytes(Backend):
     def cpu_supported(self, library: str) -> bool:
-        if library != DIFFUSERS:
+        if library not in self.gpu_only_libraries:
             return True  # transformers' bnb path loads on CPU
-        config = self.build_config(DIFFUSERS, self.quant_types[0].name, None, {})
+        config = self.config_for(DIFFUSERS, self.quant_types[0].name, None, {})
         return _diffusers_bnb_runs_here(self.name, config)
 
 
@@ -42,7 +48,7 @@ class BitsAndBytes4Bit(_BitsAndBytes):
             load_in_4bit=True,
             bnb_4bit_quant_type=quant_type,
             bnb_4bit_compute_dtype=compute_dtype,
-            bnb_4bit_use_double_quant=bool(options.get("double_quant", False)),
+            bnb_4bit_use_double_quant=bool(options["double_quant"]),
             llm_int8_skip_modules=module_skip_list(options),
         )
 
@@ -52,7 +58,7 @@ class BitsAndBytes8Bit(_BitsAndBytes):
     def build_config(self, library, quant_type, compute_dtype, options):
         return self.config_class(library)(
             load_in_8bit=True,
-            llm_int8_threshold=float(options.get("llm_int8_threshold", 6.0)),
+            llm_int8_threshold=float(options["llm_int8_threshold"]),
             llm_int8_skip_modules=module_skip_list(options),
         )
 
@@ -60,8 +66,6 @@ class BitsAndBytes8Bit(_BitsAndBytes):
 BNB_4BIT = BitsAndBytes4Bit(
     name="bitsandbytes_4bit",
     label="bitsandbytes 4-bit",
-    modules=("bitsandbytes",),
-    pip="pip install bitsandbytes",
     quant_types=(
         QuantType("nf4", "NF4 (4-bit NormalFloat)", 4, ("double_quant", "modules_to_not_convert"),
                   scale_bytes_per_weight=4 / 64, help="Best 4-bit quality for normally distributed weights."),
@@ -70,20 +74,18 @@ BNB_4BIT = BitsAndBytes4Bit(
     ),
     options=(DOUBLE_QUANT, MODULES_TO_NOT_CONVERT),
     config_compute_dtype=True,
-    savable=("diffusers", "transformers"),
+    **_COMMON,
     help="4-bit weights, dequantized on the fly; quarter of bf16 memory. diffusers needs a GPU for it.",
 )
 
 BNB_8BIT = BitsAndBytes8Bit(
     name="bitsandbytes_8bit",
     label="bitsandbytes 8-bit",
-    modules=("bitsandbytes",),
-    pip="pip install bitsandbytes",
     quant_types=(
         QuantType("int8", "LLM.int8 (8-bit)", 8, ("llm_int8_threshold", "modules_to_not_convert"),
                   scale_bytes_per_weight=0.0, help="8-bit weights with fp16 outlier columns."),
     ),
     options=(THRESHOLD, MODULES_TO_NOT_CONVERT),
-    savable=("diffusers", "transformers"),
+    **_COMMON,
     help="8-bit weights; half of bf16 memory, slower than bf16. diffusers needs a GPU for it.",
 )

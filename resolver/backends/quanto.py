@@ -76,6 +76,20 @@ class Quanto(Backend):
     def first_use_note(self, quant_type, device):
         return BUILD_NOTE if _needs_build(quant_type, device) else ""
 
+    def after_load(self, module, *, prequantized):
+        """quanto's CPU int8 kernel crashes the process (a segfault, not an exception) on int8
+        data that is not 64-byte aligned, which weights memory-mapped from a saved safetensors
+        file can be: copy those into fresh, aligned storage."""
+        if not prequantized:
+            return
+        import torch
+
+        for sub in module.modules():
+            weight = getattr(sub, "weight", None)
+            data = getattr(weight, "_data", None)
+            if isinstance(data, torch.Tensor) and data.device.type == "cpu" and data.data_ptr() % 64:
+                weight._data = data.clone()
+
 
 _PACKED_HELP = ("On CPU, optimum-quanto builds a C++ extension on first use (about 5 minutes; needs a C++ compiler "
                 "and ninja).")

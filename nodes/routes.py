@@ -5,8 +5,8 @@ ComfyUI; `register()` adds them to ComfyUI's server when there is one.
 The editor sends the quantization spec the way the graph holds it: a Quantization Backend's raw
 widget text ({"kind": "global", "options": "{...}", "components": "a, b"}) and each Per-Component
 Map as {"kind": "map", "component", "config", "map"}, every part tagged with its node id. The
-server evaluates it with the nodes' own code and returns every problem tagged with the node (and
-input) at fault. `spec.to_dict()` JSON is accepted as well.
+server evaluates it with the resolver's rules (the ones the nodes apply) and returns every problem
+tagged with the node (and input) at fault. `spec.to_dict()` JSON is accepted as well.
 """
 from __future__ import annotations
 
@@ -22,21 +22,21 @@ try:
 except ImportError:  # the headless runner and the CLI do not need aiohttp
     web = None
 
-from .nodes import comfy
-from .nodes.component_map import PipeQuantComponentMap
-from .nodes.messages import SPEC_FIELDS
-from .resolver import catalogue
-from .resolver.estimate import estimate as estimate_plan
-from .resolver.inputs import NO_FILE, parse_components, parse_options
-from .resolver.inspect_model import inspect_model
-from .resolver.load import plan_load
-from .resolver.plan import GGUF, KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from .resolver.roots import refused_pipelines, resolve_model
-from .resolver.problems import Problem, ValidationError, errors
-from .resolver.save import folder_problems, plan_problems
-from .resolver.safe_files import json_depth
-from .resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
-from .resolver.validate import validate
+from ..resolver import catalogue
+from ..resolver.compose import chain
+from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
+from ..resolver.estimate import estimate as estimate_plan
+from ..resolver.inputs import NO_FILE, parse_components, parse_options
+from ..resolver.inspect_model import inspect_model
+from ..resolver.plan import make_plan
+from ..resolver.problems import BACKEND, SPEC, Problem, ValidationError, errors
+from ..resolver.problems import MAP as MAP_PART
+from ..resolver.roots import refused_pipelines, resolve_model
+from ..resolver.safe_files import json_depth
+from ..resolver.save import folder_problems, plan_problems
+from ..resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
+from ..resolver.validate import validate
+from . import comfy
 
 PREFIX = "/pipequant"
 MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not from the editor
@@ -178,7 +178,7 @@ class SpecReader:
             raise BadRequest("malformed backend spec", exc.problems) from None
 
     def _map(self, entry, depth: int):
-        """A Per-Component Map node: built by the node's own `build`, so its rules apply."""
+        """A Per-Component Map node: chained by `compose.chain`, the rules the node itself applies."""
         node = _node_id(entry)
         component = entry.get("component")
         if not isinstance(component, str) or len(component) > MAX_NAME:
@@ -194,7 +194,7 @@ class SpecReader:
             self.add([Problem("component_syntax", "component", p.message, p.suggestion) for p in found], node)
             return upstream
         try:
-            (result,) = PipeQuantComponentMap().build(component, config, upstream)
+            result = chain(component, config, upstream)
         except ValidationError as exc:
             self.add(exc.problems, node)
             return upstream
@@ -204,17 +204,14 @@ class SpecReader:
 
     def owner(self, problem: Problem):
         """(node id, input name) for a problem found by validating the whole spec."""
-        field = problem.field
-        if field == "pipeline" and problem.component:  # a Save rule: the Backend that quantizes it
+        if problem.input == "pipeline" and problem.component:  # a Save rule: the Backend that quantizes it
             return self.maps.get(problem.component, (self.top, self.top))[1], "backend"
-        if field.startswith("map[") and "]" in field:
-            name, _, rest = field[4:].partition("]")
-            rest = rest.lstrip(".")
-            map_node, config_node = self.maps.get(name, (self.top, self.top))
-            return (config_node if rest.split(".")[0] in SPEC_FIELDS else map_node), rest or "component"
-        if field.split(".")[0] in SPEC_FIELDS or field == "map":
-            return self.top, field
-        return None, field  # the Load node's own inputs (model, dtype, device, offload)
+        if problem.part in (BACKEND, MAP_PART):
+            map_node, config_node = self.maps.get(problem.entry, (self.top, self.top))
+            return (config_node if problem.part == BACKEND else map_node), problem.input
+        if problem.part == SPEC:
+            return self.top, problem.input
+        return None, problem.input  # the Load node's own inputs (model, dtype, device, offload)
 
 
 def tagged(problem: Problem, node, field: str | None = None) -> dict:
@@ -230,7 +227,8 @@ def _options(data: dict) -> dict:
         raise _shape("allow_pickle", '"allow_pickle" must be true or false')
     return {"dtype": _string(data, "dtype", "bfloat16"),
             "device": comfy.default_device() if device == "auto" else device,
-            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle}
+            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle,
+            "compile": _string(data, "compile", "none")}
 
 
 def _check(data: dict):
@@ -250,7 +248,7 @@ def _check(data: dict):
         reader.problems.append(tagged(p, node, field))
     result = {"model": name, "spec": spec.to_dict() if spec is not None else None, "problems": reader.problems,
               "ok": not any(p["severity"] == "error" for p in reader.problems)}
-    return result, spec, folder, options, reader
+    return result, spec, model, options, reader
 
 
 def check(data: dict) -> dict:
@@ -262,15 +260,11 @@ def estimate(data: dict) -> dict:
     """The plan's bytes per component before and after quantization (null while it has errors)."""
     if _string(data, "model", None) is None:
         raise _shape("model", 'an estimate needs "model"', "pick a pipeline on the Load node")
-    result, spec, folder, options, spec_owner = _check(data)
+    result, spec, model, options, spec_owner = _check(data)
     result["estimate"] = None
-    if result["ok"] and folder is not None:
-        try:
-            plan = plan_load(folder, spec, gguf_roots=comfy.gguf_roots(), **options)
-        except ValidationError as exc:  # validate() above agrees; kept so a disagreement shows
-            result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
-            result["ok"] = False
-            return result
+    if result["ok"] and model is not None:  # validated once, above
+        plan = make_plan(spec, model, dtype=options["dtype"], device=options["device"], offload=options["offload"],
+                         gguf_roots=comfy.gguf_roots())
         try:
             result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
         except ValidationError as exc:  # a config that cannot be built within bounds (resolver/meta_build.py)
@@ -313,6 +307,25 @@ def _save_problems(saves, plan, reader) -> list[dict]:
     return out
 
 
+def auto_plan(data: dict) -> dict:
+    """The Auto Quantization Plan node's plan before Run: its table, components and predicted peak."""
+    from ..resolver.planner import NothingFits
+    from ..resolver.planner.request import plan_for
+
+    name = _string(data, "model", None)
+    if name is None or len(name) > MAX_NAME:
+        raise _shape("model", 'a plan needs "model"', "pick a pipeline on the node")
+    inputs = {k: data[k] for k in ("budget_gb", "goal", "width", "height", "batch_size", "allow_offload") if k in data}
+    try:
+        result = plan_for(resolve_model(name, comfy.model_roots()), **inputs)
+    except NothingFits as exc:
+        return {"ok": False, "fits": False, "error": str(exc), "smallest_peak_bytes": exc.smallest_peak, "problems": []}
+    except ValidationError as exc:
+        return {"ok": False, "fits": False, "error": exc.problems[0].message if exc.problems else str(exc),
+                "problems": [p.to_dict() for p in exc.problems]}
+    return {"ok": True, **result.to_json(), "table": result.table()}
+
+
 def components(name: str) -> dict:
     folder = resolve_model(name, comfy.model_roots())
     return {"model": name, **inspect_model(folder).describe()}
@@ -345,7 +358,7 @@ async def _off_loop(fn, *args):
 def editor_catalogue() -> dict:
     """The backend catalogue, plus what the editor must not keep copies of: each node's inputs in
     order with their defaults, the "no file" entry, the plan's action names, this server's device."""
-    from .nodes import NODE_CLASS_MAPPINGS
+    from . import NODE_CLASS_MAPPINGS
 
     inputs, defaults = {}, {}
     for node_id, cls in NODE_CLASS_MAPPINGS.items():
@@ -355,7 +368,8 @@ def editor_catalogue() -> dict:
         defaults[node_id] = {name: spec[1]["default"] for name, spec in entries.items()
                              if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
     device = comfy.default_device()
-    actions = {"quantize": QUANTIZE, "gguf": GGUF, "keep": KEEP, "prequantized": PREQUANTIZED, "not_a_model": NOT_A_MODEL}
+    actions = {"quantize": QUANTIZE, "keep": KEEP, "prequantized": PREQUANTIZED, "not_a_model": NOT_A_MODEL,
+               **{b.name: b.name for b in catalogue.file_backends()}}  # a file backend's name is its action
     refused = [{"name": name, "reason": why} for name, why in refused_pipelines(comfy.model_roots())]
     return {**catalogue.describe(), "editor": {"inputs": inputs, "defaults": defaults, "no_file": NO_FILE,
                                                "actions": actions, "device": device, "refused": refused}}
@@ -397,6 +411,7 @@ def _json_handler(work):
 
 post_validate = _json_handler(check)
 post_estimate = _json_handler(estimate)
+post_plan = _json_handler(auto_plan)
 
 
 ROUTES = (
@@ -404,6 +419,7 @@ ROUTES = (
     ("GET", PREFIX + "/components", get_components),
     ("POST", PREFIX + "/validate", post_validate),
     ("POST", PREFIX + "/estimate", post_estimate),
+    ("POST", PREFIX + "/plan", post_plan),
 )
 
 
