@@ -3,8 +3,10 @@
 `python -m bench.step_speed --device cuda --size 2b --image-tokens 4096` is the GPU measurement the
 issue asks for (bnb nf4 vs bf16 per step); on CPU it gives a baseline at small sizes. Each plan
 is loaded once through the resolver, warmed up, then timed in interleaved rounds (plan order
-rotates every round) so drift on a shared machine hits all plans alike. Writes a markdown table
-and JSON (bench/results/step_speed.{md,json} by default).
+rotates every round) so drift on a shared machine hits all plans alike. `--modes eager,regional`
+times each plan eager and with the Load node's regional compile side by side (the warm-up run is
+where compile happens: its extra time is reported as compile time); speed factors are against bf16
+eager. Writes a markdown table and JSON (bench/results/step_speed.{md,json} by default).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def _seconds_per_step(pipe, device: str, steps: int, image_tokens: int) -> float
 
     from pipequant.resolver.load import diffusers_context
 
-    side = int(math.isqrt(image_tokens)) * 2 * pipe.vae_scale_factor
+    side = math.isqrt(image_tokens) * 2 * pipe.vae_scale_factor
     generator = torch.Generator("cpu").manual_seed(0)
     with diffusers_context():
         if device.startswith("cuda"):
@@ -46,30 +48,44 @@ def _seconds_per_step(pipe, device: str, steps: int, image_tokens: int) -> float
     return (time.perf_counter() - start) / steps
 
 
-def measure(folder: Path, device: str, steps: int, rounds: int, image_tokens: int, plans=tuple(PLANS)) -> dict:
+def measure(folder: Path, device: str, steps: int, rounds: int, image_tokens: int, plans=tuple(PLANS),
+            modes=("eager",)) -> dict:
     import torch
 
-    from pipequant.resolver import BackendSpec, load
+    from pipequant.resolver import BackendSpec, ComponentCache, load
     from pipequant.testing import bnb_cpu
 
     patched = device == "cpu" and bnb_cpu.needed()
-    loaded = {}
+    loaded, compile_seconds, notes = {}, {}, {}
+    cache = ComponentCache()  # text encoders and VAE shared; compiled and eager transformers kept apart
+    variants = [(name, mode) for name in plans for mode in modes]
     # inference mode: as ComfyUI runs nodes
     with bnb_cpu.bnb_on_cpu() if patched else contextlib.nullcontext(), torch.inference_mode():
-        for name in plans:
+        for name, mode in variants:
             spec = BackendSpec.make(*PLANS[name], components=["transformer"]) if PLANS[name] else None
-            loaded[name] = load(folder, spec, device=device, cache=None).pipeline
-            _seconds_per_step(loaded[name], device, 1, image_tokens)  # warm-up
-        times = {name: [] for name in plans}
+            result = load(folder, spec, device=device, cache=cache, compile="none" if mode == "eager" else mode)
+            loaded[name, mode] = result.pipeline
+            start = time.perf_counter()
+            _seconds_per_step(result.pipeline, device, 1, image_tokens)  # warm-up; compiles when compiling
+            compile_seconds[name, mode] = time.perf_counter() - start
+            notes[name, mode] = result.compiled.notes if result.compiled else []
+        times = {v: [] for v in variants}
         for r in range(rounds):
-            order = list(plans[r % len(plans):]) + list(plans[:r % len(plans)])
-            for name in order:
-                times[name].append(_seconds_per_step(loaded[name], device, steps, image_tokens))
-    base = statistics.median(times["bf16"]) if "bf16" in times else None
-    rows = [{"plan": n, "seconds_per_step": statistics.median(t),
-             "vs_bf16": round(statistics.median(t) / base, 3) if base else None, "runs": len(t)} for n, t in times.items()]
+            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            for v in order:
+                times[v].append(_seconds_per_step(loaded[v], device, steps, image_tokens))
+    base = statistics.median(times["bf16", "eager"]) if ("bf16", "eager") in times else None
+    rows = []
+    for (name, mode), t in times.items():
+        step = statistics.median(t)
+        row = {"plan": name, "mode": mode, "seconds_per_step": step,
+               "vs_bf16": round(step / base, 3) if base else None,
+               "speed_vs_bf16": round(base / step, 3) if base else None, "runs": len(t), "notes": notes[name, mode]}
+        if mode != "eager":
+            row["compile_seconds"] = round(max(0.0, compile_seconds[name, mode] - step), 1)  # warm-up minus a step
+        rows.append(row)
     return {"machine": machine(), "device": device, "folder": str(folder), "steps": steps, "rounds": rounds,
-            "image_tokens": image_tokens, "bnb_cpu_patch": patched, "rows": rows}
+            "image_tokens": image_tokens, "bnb_cpu_patch": patched, "modes": list(modes), "rows": rows}
 
 
 def to_markdown(result: dict) -> str:
@@ -77,8 +93,13 @@ def to_markdown(result: dict) -> str:
              f"Device `{result['device']}`, {result['image_tokens']} image tokens, {result['steps']} steps x "
              f"{result['rounds']} interleaved rounds, median; pipeline `{Path(result['folder']).name}`."
              + (" bnb on CPU uses the tests' patch." if result["bnb_cpu_patch"] else ""), "",
-             "| plan | step ÷ bf16 step | s per step |", "|---|---|---|"]
-    lines += [f"| {r['plan']} | {r['vs_bf16']} | {r['seconds_per_step']:.4f} |" for r in result["rows"]]
+             "| plan | mode | step ÷ bf16 eager step | speed vs bf16 eager | s per step | compile s | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        compile_s = r.get("compile_seconds", "-")
+        note = "; ".join(r.get("notes", [])).replace("|", "/")[:160]
+        lines.append(f"| {r['plan']} | {r.get('mode', 'eager')} | {r['vs_bf16']} | {r.get('speed_vs_bf16', '-')} | "
+                     f"{r['seconds_per_step']:.4f} | {compile_s} | {note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,11 +111,19 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--image-tokens", type=int, default=1024,
                    help="transformer image tokens (FLUX at 1024x1024: 4096; default 1024 = 512x512)")
+    p.add_argument("--modes", default="eager",
+                   help="comma-separated: eager, regional, full (e.g. eager,regional: side by side in one run)")
+    p.add_argument("--plans", default=",".join(PLANS), help="comma-separated plan names: " + ", ".join(PLANS))
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    plans = tuple(n.strip() for n in args.plans.split(",") if n.strip())
+    unknown = [m for m in modes if m not in ("eager", "regional", "full")] + [n for n in plans if n not in PLANS]
+    if unknown:
+        p.error(f"unknown mode or plan: {', '.join(unknown)}")
     result = measure(ensure(args.size, args.root or default_root()), args.device, args.steps, args.rounds,
-                     args.image_tokens)
+                     args.image_tokens, plans, modes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "step_speed.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "step_speed.md").write_text(to_markdown(result))

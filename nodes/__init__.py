@@ -1,5 +1,6 @@
 """The ComfyUI side: the node declarations (the work lives in ../resolver), the `comfy` shim of
 ComfyUI services (comfy.py) and the editor's HTTP routes (routes.py)."""
+from .auto_plan import PipeQuantAutoPlan
 from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
 from .load import PipeQuantLoadPipeline
@@ -15,6 +16,7 @@ NODE_CLASS_MAPPINGS = {
     "PipeQuantSampler": PipeQuantSampler,
     "PipeQuantMemoryReport": PipeQuantMemoryReport,
     "PipeQuantSavePipeline": PipeQuantSavePipeline,
+    "PipeQuantAutoPlan": PipeQuantAutoPlan,
     "PipeQuantLoRA": PipeQuantLoRA,
 }
 
@@ -25,5 +27,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PipeQuantSampler": "Quantized Pipeline Sampler",
     "PipeQuantMemoryReport": "Pipeline Memory Report",
     "PipeQuantSavePipeline": "Save Quantized Pipeline",
+    "PipeQuantAutoPlan": "Auto Quantization Plan",
     "PipeQuantLoRA": "Apply LoRA",
 }

@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from ..resolver import hub_cache
 from ..resolver.lora import ENV_VAR as LORAS_ENV
 from ..resolver.roots import GGUF_ENV, MODELS_ENV, env_roots
+from . import comfy_memory
 
 try:
     import folder_paths  # type: ignore
@@ -18,6 +20,8 @@ try:
     import comfy.utils as comfy_utils  # type: ignore
 except ImportError:
     model_management = comfy_utils = None
+
+comfy_memory.install(model_management)  # "Unload models" / POST /free empties our cache too
 
 # Where GGUF files of diffusers models live (text encoders are not: the gguf backend takes none).
 GGUF_FOLDERS = ("diffusion_models", "unet")
@@ -37,15 +41,21 @@ def _comfy_paths(kind: str) -> list[Path]:
         return []
 
 
-def model_roots() -> list[Path]:
+def folder_roots() -> list[Path]:
+    """The ordinary diffusers model folders (saves go to the first)."""
     return _comfy_paths("diffusers") + env_roots(MODELS_ENV)
+
+
+def model_roots() -> list:
+    """Where pipelines are found: the model folders, then the Hugging Face cache (read-only)."""
+    return folder_roots() + hub_cache.default_root()
 
 
 def gguf_roots() -> list[Path]:
     roots: list[Path] = []
     for kind in GGUF_FOLDERS:
         roots += [p for p in _comfy_paths(kind) if p not in roots]
-    return roots + env_roots(GGUF_ENV) + model_roots()
+    return roots + env_roots(GGUF_ENV) + folder_roots()
 
 
 def lora_roots() -> list[Path]:
@@ -53,11 +63,14 @@ def lora_roots() -> list[Path]:
     return _comfy_paths("loras") + env_roots(LORAS_ENV)
 
 
-def free_comfy_models() -> None:
-    """Make room for a big load: ComfyUI's own models go first."""
-    if model_management is not None:
-        model_management.unload_all_models()
-        model_management.soft_empty_cache()
+def free_comfy_models(device: str, needed_bytes: float = 1e30) -> None:
+    """Make room for a load of `needed_bytes` on `device`: ComfyUI's own models go first."""
+    comfy_memory.make_room(model_management, device, needed_bytes)
+
+
+def track_loaded(result) -> None:
+    """Show the loaded components to ComfyUI's model management (so it can unload them)."""
+    comfy_memory.track(model_management, result)
 
 
 def default_device() -> str:

@@ -1,12 +1,17 @@
 """Load Quantized Pipeline: validate the whole plan against the model, then load it."""
 from __future__ import annotations
 
+from ..resolver.cache import COMPONENT_CACHE
+from ..resolver.compile import COMPILE_MODES
 from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
+from ..resolver.estimate import estimate
 from ..resolver.load import load_plan
 from ..resolver.pipeline import check_model, files_key, first_use_notes, plan_named
 from ..resolver.problems import ValidationError
-from ..resolver.roots import list_pipelines
+from ..resolver.roots import list_pipelines, resolve_model
+from ..resolver.variant import DEFAULT as DEFAULT_VARIANT
+from ..resolver.variant import choices
 from . import comfy
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result
@@ -46,37 +51,71 @@ class PipeQuantLoadPipeline:
                                              "tooltip": "Also load components that only have pickle weights (.bin, "
                                                         ".pt). Pickle files can run arbitrary code when loaded: turn "
                                                         "this on only for files you trust. Off = safetensors only."}),
+                "variant": (variant_choices(), {"default": DEFAULT_VARIANT,
+                                                "tooltip": "Which weight files to read where the folder has "
+                                                           "variants (model.fp16.safetensors: fp16). default = the "
+                                                           "plain files; a component without the variant's files "
+                                                           "loads its plain ones."}),
+                "compile": (list(COMPILE_MODES), {"default": "none",
+                                                  "tooltip": "torch.compile the denoiser. regional: its repeated "
+                                                             "blocks (fast to compile, as fast as full). full: the "
+                                                             "whole model. It compiles on the first run (seconds to "
+                                                             "minutes) and not again; a new resolution may recompile "
+                                                             "once. Layers a backend cannot compile stay eager, and a "
+                                                             "failed compile falls back to eager (see the report)."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False):
+    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT,
+                        compile="none"):
         problems = check_model(model, comfy.model_roots(), dtype=dtype, device=device, offload=offload,
-                               allow_pickle=allow_pickle)
+                               allow_pickle=allow_pickle, compile=compile, variant=variant)
         return validation_result(problems, LOAD_NODE)
 
     @classmethod
     def IS_CHANGED(cls, model, **kwargs):
         """Re-run when the pipeline's files change on disk (ComfyUI otherwise reuses the output)."""
-        return files_key(model, comfy.model_roots())
+        # ...and after ComfyUI unloaded this pipeline to free memory (the next run reloads it).
+        key = files_key(model, comfy.model_roots())
+        try:
+            return f"{key}:{COMPONENT_CACHE.releases(resolve_model(model, comfy.model_roots()))}"
+        except ValidationError:
+            return key
 
     @classmethod
-    def plan(cls, model, dtype, device, offload, quantization=None, allow_pickle=False, **_load_only):
+    def plan(cls, model, dtype, device, offload, quantization=None, allow_pickle=False, variant=DEFAULT_VARIANT,
+             compile="none", **_load_only):
         """Validate the whole plan, reading no weights; errors name the node and input at fault
         (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
         (`_load_only`: inputs that matter only when loading)."""
         try:
             return plan_named(model, quantization, roots=comfy.model_roots(), gguf_roots=comfy.gguf_roots(),
                               dtype=dtype, device=comfy.default_device() if device == "auto" else device,
-                              offload=offload, allow_pickle=allow_pickle)
+                              offload=offload, allow_pickle=allow_pickle, compile=compile, variant=variant)
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
-    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False) -> tuple:
-        plan = self.plan(model, dtype, device, offload, quantization, allow_pickle)
-        comfy.free_comfy_models()
+    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False, variant=DEFAULT_VARIANT,
+             compile="none") -> tuple:
+        plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
+        comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
         for note in first_use_notes(plan):
             comfy.progress_text(note)
         progress = comfy.Progress(len(plan.modules()))
-        result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n))
+        result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n),
+                           compile=compile)
+        comfy.track_loaded(result)
         return (result, result.table)
+
+
+def variant_choices() -> list[str]:
+    """"default" plus the variants the listed pipelines have (fp16, bf16, ...)."""
+    roots = comfy.model_roots()
+    folders = []
+    for name in list_pipelines(roots):
+        try:
+            folders.append(resolve_model(name, roots))
+        except ValidationError:
+            continue
+    return choices(folders)

@@ -227,7 +227,8 @@ def _options(data: dict) -> dict:
         raise _shape("allow_pickle", '"allow_pickle" must be true or false')
     return {"dtype": _string(data, "dtype", "bfloat16"),
             "device": comfy.default_device() if device == "auto" else device,
-            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle}
+            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle,
+            "compile": _string(data, "compile", "none")}
 
 
 def _check(data: dict):
@@ -304,6 +305,25 @@ def _save_problems(saves, plan, reader) -> list[dict]:
         if owner is not None:
             out.append(tagged(p, owner, field))
     return out
+
+
+def auto_plan(data: dict) -> dict:
+    """The Auto Quantization Plan node's plan before Run: its table, components and predicted peak."""
+    from ..resolver.planner import NothingFits
+    from ..resolver.planner.request import plan_for
+
+    name = _string(data, "model", None)
+    if name is None or len(name) > MAX_NAME:
+        raise _shape("model", 'a plan needs "model"', "pick a pipeline on the node")
+    inputs = {k: data[k] for k in ("budget_gb", "goal", "width", "height", "batch_size", "allow_offload") if k in data}
+    try:
+        result = plan_for(resolve_model(name, comfy.model_roots()), **inputs)
+    except NothingFits as exc:
+        return {"ok": False, "fits": False, "error": str(exc), "smallest_peak_bytes": exc.smallest_peak, "problems": []}
+    except ValidationError as exc:
+        return {"ok": False, "fits": False, "error": exc.problems[0].message if exc.problems else str(exc),
+                "problems": [p.to_dict() for p in exc.problems]}
+    return {"ok": True, **result.to_json(), "table": result.table()}
 
 
 def components(name: str) -> dict:
@@ -391,6 +411,7 @@ def _json_handler(work):
 
 post_validate = _json_handler(check)
 post_estimate = _json_handler(estimate)
+post_plan = _json_handler(auto_plan)
 
 
 ROUTES = (
@@ -398,6 +419,7 @@ ROUTES = (
     ("GET", PREFIX + "/components", get_components),
     ("POST", PREFIX + "/validate", post_validate),
     ("POST", PREFIX + "/estimate", post_estimate),
+    ("POST", PREFIX + "/plan", post_plan),
 )
 
 

@@ -14,7 +14,7 @@ SAMPLER_NODE = "Quantized Pipeline Sampler"
 
 class PipeQuantSampler:
     DESCRIPTION = ("Generate images with a pipeline from Load Quantized Pipeline (or Apply LoRA). Uses the "
-                   "pipeline's own scheduler; stops between steps when you press Cancel. Connect an image for "
+                   "pipeline's own scheduler; stops within one block of the model when you press Cancel. Connect an image for "
                    "image-to-image, and a mask too for inpainting.")
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ("IMAGE",)
@@ -70,7 +70,8 @@ class PipeQuantSampler:
             images = generate(pipeline.pipeline, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                               guidance_scale=guidance_scale, width=width, height=height, seed=seed,
                               batch_size=batch_size, max_sequence_length=max_sequence_length, on_step=on_step,
-                              image=image, mask=mask, denoise=denoise)
+                              image=image, mask=mask, denoise=denoise,
+                              check_interrupt=comfy.check_interrupt)
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, SAMPLER_NODE)) from None
         return (images,)

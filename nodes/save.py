@@ -30,11 +30,11 @@ class PipeQuantSavePipeline:
     @classmethod
     def VALIDATE_INPUTS(cls, folder_name):
         """Before the run: a name that is taken in any model folder is refused now, not after quantizing."""
-        return validation_result(folder_problems(folder_name, comfy.model_roots()), SAVE_NODE)
+        return validation_result(folder_problems(folder_name, comfy.folder_roots()), SAVE_NODE)
 
     def save(self, pipeline, folder_name):
         try:
-            dest = save(pipeline, folder_name, comfy.model_roots())
+            dest = save(pipeline, folder_name, comfy.folder_roots())  # never the Hugging Face cache
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, SAVE_NODE)) from None
         return {"ui": {"text": [describe_save(pipeline, dest)]}}

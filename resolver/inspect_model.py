@@ -13,6 +13,8 @@ from .problems import Problem, ValidationError
 from .roots import INDEX, Root, walk_pipeline
 from .safe_files import FileProblem, read_json_object
 from .safetensors_header import HeaderError, TensorInfo, read_header
+from .variant import normalize as normalize_variant
+from .variant import variant_of
 
 LIBRARIES = (DIFFUSERS, TRANSFORMERS)
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
@@ -31,6 +33,12 @@ class ComponentInfo:
     tensors: tuple[TensorInfo, ...] = ()
     prequantized: str | None = None  # quant_method of a component saved already quantized
     config: tuple = ()  # the model's config.json, frozen (items); () for tokenizers and schedulers
+    all_weight_files: tuple[Path, ...] = ()  # every safetensors file, whatever its variant
+
+    @property
+    def variant(self) -> str | None:
+        """The variant of the weight files this component will load (None: the plain ones)."""
+        return variant_of(self.weight_files[0].name) if self.weight_files else None
 
     @property
     def params(self) -> int:
@@ -66,6 +74,7 @@ class ModelInfo:
     pipeline_class: str
     components: dict[str, ComponentInfo] = field(default_factory=dict)
     mtime_key: tuple = ()
+    variant: str | None = None  # the weight variant asked for ("fp16"); None: the plain files
 
     @property
     def module_names(self) -> list[str]:
@@ -114,13 +123,15 @@ def _thaw(value):
     return value
 
 
-def _weight_files(folder: Path, present: set[str]) -> tuple[list[Path], list[Path]]:
+def _weight_files(folder: Path, present: set[str], variant: str | None = None) -> tuple[list[Path], list[Path]]:
     files = [folder / n for n in sorted(present)]
     safetensors = [p for p in files if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS]
-    # Prefer the plain files over variants (model.fp16.safetensors) when both are there.
+    # The variant's files when asked for one and the component has them; else the plain files
+    # (model.safetensors) over variants (model.fp16.safetensors) when both are there.
+    chosen = [p for p in safetensors if variant_of(p.name) == variant] if variant else []
     plain = [p for p in safetensors if p.name.count(".") == 1]
     pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
-    return plain or safetensors, pickles
+    return chosen or plain or safetensors, pickles
 
 
 # -- which classes a pipeline may hold ---------------------------------------------------------------
@@ -210,15 +221,16 @@ def _check_entry(pipeline_cls, declared: dict, name: str, library, class_name) -
 
 
 # -- the folder ------------------------------------------------------------------------------------
-def inspect_model(folder: Path, root: Root | None = None) -> ModelInfo:
+def inspect_model(folder: Path, root: Root | None = None, variant: str | None = None) -> ModelInfo:
     """Every file of the pipeline folder is checked (links stay inside it, or inside what `root`
-    vouches for; only regular files) before anything in it is read."""
+    vouches for; only regular files) before anything in it is read. `variant` ("fp16"): read that
+    variant's weight files where a component has them."""
     folder = Path(folder)
     try:
         stats = tuple((rel, st.st_mtime_ns, st.st_size) for rel, st in walk_pipeline(folder, root))
     except FileProblem as exc:
         raise _file_problem(exc, folder) from None
-    return _inspect_cached(folder.resolve(), stats)
+    return _inspect_cached(folder.resolve(), stats, normalize_variant(variant))
 
 
 def _read_json(path: Path, folder: Path, component: str | None = None) -> dict:
@@ -229,7 +241,7 @@ def _read_json(path: Path, folder: Path, component: str | None = None) -> dict:
 
 
 @lru_cache(maxsize=32)
-def _inspect_cached(folder: Path, mtime_key: tuple) -> ModelInfo:
+def _inspect_cached(folder: Path, mtime_key: tuple, variant: str | None = None) -> ModelInfo:
     present = {rel for rel, _, _ in mtime_key}
     try:
         index = read_json_object(folder / INDEX)
@@ -261,11 +273,12 @@ def _inspect_cached(folder: Path, mtime_key: tuple) -> ModelInfo:
         if library is None and class_name is None:
             continue  # an optional component the pipeline does not have
         cls = _check_entry(pipeline_cls, declared, name, library, class_name)
-        components[name] = _component(folder, name, library, class_name, cls, present)
-    return ModelInfo(folder, pipeline_class, components, mtime_key)
+        components[name] = _component(folder, name, library, class_name, cls, present, variant)
+    return ModelInfo(folder, pipeline_class, components, mtime_key, variant)
 
 
-def _component(folder: Path, name: str, library: str, class_name: str, cls, present: set[str]) -> ComponentInfo:
+def _component(folder: Path, name: str, library: str, class_name: str, cls, present: set[str],
+               variant: str | None = None) -> ComponentInfo:
     import torch
 
     sub = folder / name
@@ -273,7 +286,8 @@ def _component(folder: Path, name: str, library: str, class_name: str, cls, pres
     if not is_module:
         return ComponentInfo(name, library, class_name, False, sub)
     mine = {rel[len(name) + 1:] for rel in present if rel.startswith(name + "/") and "/" not in rel[len(name) + 1:]}
-    files, pickles = _weight_files(sub, mine)
+    files, pickles = _weight_files(sub, mine, variant)
+    every = tuple(sub / n for n in sorted(mine) if n.endswith(".safetensors"))
     tensors = []
     for f in files:
         try:
@@ -289,7 +303,7 @@ def _component(folder: Path, name: str, library: str, class_name: str, cls, pres
     method = config.get("quantization_config")
     method = method.get("quant_method") if isinstance(method, dict) else None
     return ComponentInfo(name, library, class_name, True, sub, tuple(files), tuple(pickles), tuple(tensors),
-                         str(method) if method else None, _freeze(config))
+                         str(method) if method else None, _freeze(config), every)
 
 
 @lru_cache(maxsize=64)

@@ -13,21 +13,24 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
 from . import catalogue
+from .blocks import denoiser_name, install_interrupt_hooks
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
+from .compile import COMPILE_MODES, CompileState, compile_component
 from .constants import DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED
 from .inspect_model import ComponentInfo, inspect_model
 from .lora import hand_out_plain
 from .memory import main_device
 from .plan import Plan, make_plan
-from .problems import ValidationError, errors
+from .problems import Problem, ValidationError, errors
 from .report import component_row, format_table, other_row
 from .roots import INDEX
 from .validate import validate
+from .variant import problems as variant_problems
 
 # Never the network: every diffusers/transformers call reads the local folder only.
 OFFLINE = {"local_files_only": True}
@@ -63,20 +66,54 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-@dataclass(frozen=True)
+class PipelineReleased(RuntimeError):
+    """The pipeline's weights were given back to the host (ComfyUI's memory management)."""
+
+
+@dataclass(eq=False)  # identity semantics: the cache tracks live results in a WeakSet
 class LoadResult:
-    pipeline: object
+    _pipeline: object
     plan: Plan
     rows: list[dict]
     loras: tuple = ()  # the adapter stack (resolver.lora.LoraSpec) this pipeline object stands for
+    holder: object = field(default=None, repr=False)  # the cache that may release this pipeline
+    released: str = ""  # why the pipeline was emptied, once it was
+    compiled: CompileState | None = None  # its notes grow if compile falls back to eager at run time
+
+    @property
+    def notes(self) -> list[str]:
+        return [*self.plan.notes, *(self.compiled.notes if self.compiled else [])]
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            raise PipelineReleased(f"the pipeline {self.plan.model.folder.name} was unloaded ({self.released}); "
+                                   "run the workflow again to reload it")
+        return self._pipeline
+
+    @property
+    def folder(self) -> str:
+        return str(self.plan.model.folder)
+
+    def uses(self, module) -> bool:
+        pipeline = self._pipeline
+        return pipeline is not None and any(c is module for c in pipeline.components.values())
+
+    def release(self, reason: str) -> None:
+        """Drop the reference to the pipeline, so its weights can be freed."""
+        self._pipeline, self.released = None, reason
 
     def with_lora(self, spec) -> "LoadResult":
-        """The same loaded pipeline with one more adapter on its stack (this object is unchanged)."""
-        return replace(self, loras=self.loras + (spec,))
+        """The same loaded pipeline with one more adapter on its stack (this object is unchanged);
+        the copy is held by the same cache, so a release empties it too."""
+        new = replace(self, loras=self.loras + (spec,))
+        if self.holder is not None:
+            self.holder.hold(new)
+        return new
 
     @property
     def table(self) -> str:
-        return format_table(self.rows, self.plan.notes)
+        return format_table(self.rows, self.notes)
 
     def report(self) -> dict:
         from .report import totals
@@ -90,42 +127,59 @@ def _component_files_key(info: ComponentInfo, mtime_key: tuple) -> str:
     return hashlib.sha1(repr(relevant).encode()).hexdigest()[:16]
 
 
-def cache_key(plan: Plan, name: str) -> tuple:
+def cache_key(plan: Plan, name: str, compile: str = "none") -> tuple:
+    """Compiled and eager copies of the denoiser are separate entries: compile changes the module
+    in place, and a workflow without compile must never receive a compiled one."""
     row = plan.components[name]
     info = plan.model.components[name]
     files = _component_files_key(info, plan.model.mtime_key)
     gguf = str(row.gguf_path) if row.gguf_path else ""
-    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload)
+    mode = compile if name == denoiser_name(plan.components) else "none"
+    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload, mode, info.variant)
 
 
 def plan_load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
-              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False) -> Plan:
-    """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights."""
-    model = inspect_model(model_dir)
-    found = errors(validate(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                            allow_pickle=allow_pickle))
+              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, compile: str = "none",
+              variant: str | None = None) -> Plan:
+    """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights.
+    Warnings (a slow plan) become the plan's notes. `variant` ("fp16"): the weight variant to read
+    where a component has it."""
+    model = inspect_model(model_dir, variant=variant)
+    problems = variant_problems(model, variant) + validate(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
+                        allow_pickle=allow_pickle, compile=compile)
+    found = errors(problems)
     if found:
         raise ValidationError(found)
-    return make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+    plan = make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+    plan.notes += [f"warning: {p}" for p in problems if p.severity == "warning"]
+    plan.variant = model.variant
+    return plan
 
 
 def load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
          gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
-         progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
+         progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
+         compile_backend="inductor", variant: str | None = None) -> LoadResult:
     plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                     allow_pickle=allow_pickle)
-    return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress)
+                     allow_pickle=allow_pickle, compile=compile, variant=variant)
+    return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress, compile=compile,
+                     compile_backend=compile_backend)
 
 
 def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
-              progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
-    """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached."""
+              progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
+              compile_backend="inductor") -> LoadResult:
+    """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached.
+    `compile` (none/regional/full) wraps the denoiser for torch.compile; it compiles on first use."""
+    if compile not in COMPILE_MODES:
+        raise ValidationError([Problem("compile_unknown", "compile", f'unknown compile mode "{compile}"',
+                                       "use one of: " + ", ".join(COMPILE_MODES))])
     modules = plan.modules()
     loaded, rows, fresh, others, configs = {}, {}, [], {}, {}
     try:
         with diffusers_context():
             for i, row in enumerate(modules):
-                key = cache_key(plan, row.name)
+                key = cache_key(plan, row.name, compile)
                 entry = cache.get(key) if cache is not None else None
                 if entry is not None:
                     hand_out_plain(entry.module)  # adapters other pipelines loaded on it stay off
@@ -148,6 +202,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
             pipeline = _assemble(plan, {**loaded, **others}, allow_pickle)
             pipeline.quantization_config = _quantization_config(plan, configs, loaded)
             _place(pipeline, plan)
+            compiled = _prepare_denoiser(plan, loaded, compile, compile_backend)
     except ValidationError:
         raise
     except Exception as exc:
@@ -183,7 +238,22 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
         # Quantizing left freed bf16 temporaries in the heap (0.5-0.8 GB at 200M parameters); giving
         # them back takes ~30 ms, off the load's path (ctypes releases the GIL).
         threading.Thread(target=trim_heap, name="pipequant-trim-heap", daemon=True).start()
-    return LoadResult(pipeline, plan, ordered)
+    result = LoadResult(pipeline, plan, ordered, compiled=compiled)
+    if cache is not None:
+        result.holder = cache
+        cache.hold(result)
+    return result
+
+
+def _prepare_denoiser(plan: Plan, loaded: dict, compile: str, compile_backend) -> CompileState | None:
+    """Hook the denoiser's blocks for Cancel within a step, then wrap it for compile."""
+    name = denoiser_name(loaded)
+    if name is None:
+        return None
+    install_interrupt_hooks(loaded[name])
+    spec = plan.components[name].spec
+    quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
+    return compile_component(loaded[name], name, compile, quant, backend=compile_backend)
 
 
 def _broken_first(files: list[Path]) -> list[str]:
@@ -234,6 +304,8 @@ def _load_component(plan: Plan, row, allow_pickle: bool):
     config = row.build_config()
     kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
               "dtype": getattr(torch, row.load_dtype), **OFFLINE}
+    if info.variant:
+        kwargs["variant"] = info.variant  # the files inspection read (and the estimate counted)
     backend = row.backend
     if backend is None:
         module = cls.from_pretrained(str(info.folder), **kwargs)

@@ -16,15 +16,18 @@ from .plan import Plan
 from .problems import Problem, ValidationError
 from .roots import resolve_model
 from .validate import validate
+from .variant import problems as variant_problems
 
 
 def check_model(model: str, roots: Iterable[Path], *, dtype: str = DEFAULT_DTYPE, device: str | None = None,
-                offload: str = "none", allow_pickle: bool = False) -> list[Problem]:
+                offload: str = "none", allow_pickle: bool = False, compile: str = "none",
+                variant: str | None = None) -> list[Problem]:
     """Problems of the loader's own inputs (no quantization spec), reading no weights."""
     try:
         folder = resolve_model(model, roots)
-        return validate(None, inspect_model(folder), dtype=dtype, device=device, offload=offload,
-                        allow_pickle=allow_pickle is True)
+        info = inspect_model(folder, variant=variant)
+        return variant_problems(info, variant) + validate(None, info, dtype=dtype, device=device, offload=offload,
+                                                          allow_pickle=allow_pickle is True, compile=compile)
     except ValidationError as exc:
         return exc.problems
 
@@ -39,12 +42,12 @@ def files_key(model: str, roots: Iterable[Path]) -> str:
 
 def plan_named(model: str, spec=None, *, roots: Iterable[Path], gguf_roots: Iterable[Path] = (),
                dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
-               allow_pickle: bool = False) -> Plan:
+               allow_pickle: bool = False, compile: str = "none", variant: str | None = None) -> Plan:
     """Validate the whole plan for pipeline `model` (a name under `roots`); raises ValidationError
     with every problem. Reads no weights. Only an explicit True opts in to pickle weights."""
     folder = resolve_model(model, roots)
     return plan_load(folder, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                     allow_pickle=allow_pickle is True)
+                     allow_pickle=allow_pickle is True, compile=compile, variant=variant)
 
 
 def first_use_notes(plan: Plan) -> list[str]:

@@ -70,6 +70,7 @@ class Plan:
     offload: str
     components: dict[str, ComponentPlan]
     notes: list[str] = field(default_factory=list)
+    variant: str | None = None  # diffusers weight variant ("fp16"); None: the plain files
 
     def modules(self) -> list[ComponentPlan]:
         return [c for c in self.components.values() if c.action != NOT_A_MODEL]

@@ -73,6 +73,11 @@ def totals(rows: list[dict]) -> dict:
             "load_seconds": round(sum(r["load_seconds"] for r in rows), 3)}
 
 
+LEGEND = ("bytes = what the component holds in memory now (quantized storage and scales counted); before = the "
+          "same weights unquantized, at the load dtype; TOTAL's ratio = bytes / before; (cached) = reused from "
+          "memory, not loaded again")
+
+
 def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     """A fixed-width table a person can read on a node or in a terminal."""
     header = ("component", "class", "plan", "dtype", "device", "params", "bytes", "before", "load s")
@@ -96,6 +101,7 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     line = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
     out = [line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in body]
     out += [f"note: {n}" for n in notes]
+    out.append(LEGEND)
     return "\n".join(out)
 
 
@@ -123,5 +129,5 @@ def cuda_summary() -> str:
 
 def live_report(result) -> str:
     """The memory table of a loaded pipeline as it is now."""
-    return format_table(live_rows(result), result.plan.notes) + cuda_summary()
+    return format_table(live_rows(result), result.notes) + cuda_summary()
 

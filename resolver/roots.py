@@ -46,6 +46,24 @@ class Root:
         cache: a snapshot's links into the same repo's blobs/ folder, and nowhere else)."""
         return False
 
+    # A root whose names are not its sub-folders (the Hugging Face hub cache: `org/name` stands
+    # for `models--org--name/snapshots/<rev>`) overrides these two.
+    def locate(self, name: str) -> Path | None:
+        """The folder pipeline `name` stands for under this root."""
+        return self.path / name
+
+    def candidates(self) -> Iterator[tuple[str, Path]]:
+        """(name, folder) of every folder holding a model_index.json, before any check."""
+        for index in sorted(self.path.glob(INDEX)) + sorted(self.path.glob("*/" + INDEX)) + sorted(
+                self.path.glob("*/*/" + INDEX)):
+            if index.parent != self.path:
+                yield index.parent.relative_to(self.path).as_posix(), index.parent
+
+
+# Pipeline folders found through a root with its own link rule, so that every later walk of the
+# folder (inspection, the estimate, the load) applies that rule without being handed the root.
+_VOUCHED: dict[Path, Root] = {}
+
 
 def as_root(root: Root | Path | str) -> Root:
     return root if isinstance(root, Root) else Root(Path(root))
@@ -121,23 +139,22 @@ def _pipeline_entries(roots: Iterable[Root | Path]) -> Iterator[tuple[str, str]]
     for root in map(as_root, roots):
         if not root.path.is_dir():
             continue
-        for index in sorted(root.path.glob(INDEX)) + sorted(root.path.glob("*/" + INDEX)) + sorted(
-                root.path.glob("*/*/" + INDEX)):
-            folder = index.parent
-            if any(part.startswith(".") for part in folder.relative_to(root.path).parts):
+        for name, folder in root.candidates():
+            if any(part.startswith(".") for part in name.split("/")):
                 continue  # a save in progress (resolver/save.py), or a hidden folder
-            if folder == root.path:
-                continue
             try:
                 if not contained(folder, root.path, root):
                     why = f"a link that leaves the model folder {root.path}"
-                elif not _is_regular(index):
+                elif not _is_regular(folder / INDEX):
                     why = f"its {INDEX} is not a regular file"
                 else:
                     why = ""
+                    if type(root).allows_link is not Root.allows_link:  # its own rule: check every file now
+                        for _ in walk_pipeline(folder, root):
+                            pass
             except FileProblem as exc:
                 why = str(exc)
-            yield folder.relative_to(root.path).as_posix(), why
+            yield name, why
 
 
 def list_pipelines(roots: Iterable[Root | Path]) -> list[str]:
@@ -165,7 +182,9 @@ def resolve_model(name: str, roots: Iterable[Root | Path], field: str = "model")
     if bad is not None:
         raise ValidationError([bad])
     for root in roots:
-        candidate = root.path / name
+        candidate = root.locate(name)
+        if candidate is None:
+            continue
         index = candidate / INDEX
         try:
             if not os.path.lexists(index):
@@ -179,6 +198,8 @@ def resolve_model(name: str, roots: Iterable[Root | Path], field: str = "model")
         except FileProblem as exc:
             raise _fail(exc.code, field, f'"{name}": {exc}', exc.suggestion or "fix or remove that pipeline folder") \
                 from None
+        if type(root).allows_link is not Root.allows_link:
+            _VOUCHED[real_path(candidate)] = root
         return candidate
     if not roots:
         raise _fail("model_not_found", field, f'no pipeline "{name}": no model folders are configured',
@@ -195,6 +216,7 @@ def walk_pipeline(folder: Path, root: Root | None = None) -> Iterator[tuple[str,
     folder = Path(folder)
     root = root if root is not None else root_holding(folder)
     top = real_path(folder)
+    root = root or _VOUCHED.get(top)
     seen = {top}
     stack, count = [(folder, "")], 0
     while stack:

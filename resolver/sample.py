@@ -6,15 +6,18 @@ import inspect
 from typing import Callable
 
 from . import img2img
+from .blocks import interrupt_check
 from .load import diffusers_context
 
 
 def generate(pipeline, *, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 3.5,
              width: int = 1024, height: int = 1024, seed: int = 0, batch_size: int = 1,
              max_sequence_length: int = 0, on_step: Callable[[int, int], None] | None = None,
-             image=None, mask=None, denoise: float = 1.0):
+             image=None, mask=None, denoise: float = 1.0,
+             check_interrupt: Callable[[], None] | None = None):
     """`on_step(step, total)` runs after every step; raising from it stops sampling there. With
-    `image` it runs image-to-image (`denoise`: how much of it is redrawn), with `mask` too inpainting."""
+    `image` it runs image-to-image (`denoise`: how much of it is redrawn), with `mask` too inpainting.
+    `check_interrupt()` runs before every block of the denoiser; raising from it stops within the step."""
     import torch
 
     img2img.check_inputs(image, mask, denoise, batch_size)
@@ -44,6 +47,6 @@ def generate(pipeline, *, prompt: str, negative_prompt: str = "", steps: int = 2
 
         kwargs["callback_on_step_end"] = callback
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
-    with diffusers_context():
+    with diffusers_context(), interrupt_check(check_interrupt):
         images = pipeline(**kwargs).images
     return torch.from_numpy(images).float().clamp(0, 1)

@@ -11,18 +11,20 @@ from typing import Iterable
 
 from . import catalogue, devices
 from .backends.base import Backend, Option
+from .compile import COMPILE_MODES
 from .constants import COMPUTE_DTYPES, DEFAULT_DTYPE, LOAD_DTYPES
 from .inspect_model import ModelInfo, meta_modules
 from .plan import default_components
 from .problems import Problem, ValidationError
 from .roots import find_file, list_files
+from .slow_plan import slow_plan_warnings
 from .spec import BackendSpec, ComponentMap
 from .suggest import closest, did_you_mean
 
 
 def validate(spec, model: ModelInfo | None = None, *, dtype: str = DEFAULT_DTYPE, device: str | None = None,
              offload: str = "none", gguf_roots: Iterable[Path] = (), allow_pickle: bool = False,
-             may_feed_map: bool = False) -> list[Problem]:
+             may_feed_map: bool = False, compile: str = "none") -> list[Problem]:
     """All problems of loading `model` with `spec` (None: no quantization). `may_feed_map`: a
     global spec checked on its own (the Backend node) that may yet feed a Per-Component Map, so
     a backend that cannot quantize a whole pipeline is no problem there."""
@@ -34,10 +36,19 @@ def validate(spec, model: ModelInfo | None = None, *, dtype: str = DEFAULT_DTYPE
     if device is not None:
         problems += _check_device(device, offload)
     target = devices.resolve_device(device) if device and devices.is_known_device(device) else None
+    if compile not in COMPILE_MODES:
+        problems.append(Problem("compile_unknown", "compile", f'unknown compile mode "{compile}"',
+                                did_you_mean(str(compile), COMPILE_MODES)))
+        compile = "none"
 
-    for entry, spec_one, components in _entries(spec, model, problems, may_feed_map):
+    entries = list(_entries(spec, model, problems, may_feed_map))
+    for entry, spec_one, components in entries:
         found = _check_backend_spec(spec_one, dtype, target, offload, gguf_roots, model, components)
         problems += [p.at(entry) for p in found]
+    if model is not None and target is not None and not any(p.severity == "error" for p in problems):
+        # a plan that cannot load gets its errors only; how fast it would run comes after
+        assigned = {name: spec_one for _, spec_one, components in entries for name in components}
+        problems += slow_plan_warnings(assigned, model, target, compile)
     if model is not None and not allow_pickle:
         problems += _check_pickle(model)
     return problems
@@ -139,6 +150,9 @@ def _check_backend_spec(spec: BackendSpec, dtype: str, target: str | None, offlo
         problems += _check_target(backend, quant, target, offload, model, components)
     if model is not None and not problems:
         problems += _check_skip_list(spec.options_dict.get("modules_to_not_convert"), backend, model, components)
+    if backend.deprecated:  # a warning, after the checks that run only on an error-free spec
+        problems.append(Problem("backend_deprecated", "backend", f"{backend.label} is deprecated",
+                                backend.deprecated, severity="warning"))
     return problems
 
 

@@ -17,11 +17,10 @@ from ..resolver.save import SaveError
 from ..resolver.suggest import did_you_mean
 from .builtin import LoadImage, SaveImage
 from .execute import ALL_NODES, RunError, execute
+from .quiet import quiet_third_party
 from .workflow import read_workflow, to_api
 
 EXIT_OK, EXIT_INVALID, EXIT_LOAD, EXIT_RUN = 0, 2, 3, 4
-EXIT_CODES = ("exit codes: 0 ok; 2 invalid input (nothing was loaded); 3 a load failed; "
-              "4 the run failed after loading (sampling, saving)")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 DEMO_WORKFLOW = EXAMPLES / "flux_nf4_transformer.json"
@@ -104,7 +103,10 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     _configure(args)
-    execute(_user_prompt(args), validate_only=True)
+    ui = execute(_user_prompt(args), validate_only=True)
+    for out in ui.values():
+        for warning in out.get("warnings", []):
+            print(warning)
     print(f"{args.workflow}: OK (validated against the models; no weights read)")
     return 0
 
@@ -148,6 +150,8 @@ def cmd_demo(args) -> int:
           + (" — bitsandbytes needs a GPU here, using torchao int8_weight_only" if swapped else ""))
     ui = execute(load_prompt(DEMO_WORKFLOW, overrides))
     _print_ui(ui)
+    print("note: the image is noise on purpose: the tiny pipeline has random weights (no download). It shows the "
+          "plumbing works; point --models at a real pipeline with `run` for a picture.")
     report = "\n".join(t for out in ui.values() for t in out.get("text", []))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,36 +160,120 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Plan a model for a budget and goal; exit 0 when a plan fits, 2 when none does."""
+    from ..resolver.planner import NothingFits
+    from ..resolver.planner.request import plan_for, profile_from
+    from ..resolver.roots import env_roots, resolve_model
+
+    _configure(args)
+    profile = None
+    if args.device_profile:
+        try:
+            profile = profile_from(json.loads(args.device_profile))
+        except ValueError as exc:
+            raise ValidationError([Problem("device_profile_invalid", "--device-profile", f"not JSON: {exc}",
+                                           '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, '
+                                           '"compute_capability": [8, 9]}')]) from None
+    folder = resolve_model(args.model, env_roots(), field="MODEL")
+    try:
+        result = plan_for(folder, budget_gb=args.budget, goal=args.goal, width=args.width, height=args.height,
+                          batch_size=args.batch_size, allow_offload=not args.no_offload, profile=profile)
+    except NothingFits as exc:
+        if args.json:
+            print(json.dumps({"components": {}, "offload": exc.mode, "predicted_peak_bytes": exc.smallest_peak,
+                              "fits": False, "rejected": [], "error": str(exc)}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json()) if args.json else result.table())
+    return 0
+
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  an unexpected error (a bug: please report it with the traceback)
+  2  invalid input, nothing was loaded: the workflow, a model name, a backend option (named in the message)
+  3  a load failed after validation (the message names the component and its files)
+  4  the run failed after loading (sampling, saving)"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show the third-party libraries' import warnings (hidden by default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, helptext in (("run", cmd_run, "run an exported workflow (API or UI format)"),
-                                 ("validate", cmd_validate, "check a workflow against the models, loading no weights")):
-        p = sub.add_parser(name, help=helptext, description=f"{helptext}.\n\n{EXIT_CODES}",
+    commands = (
+        ("run", cmd_run, "run an exported workflow (API or UI format)",
+         "Run a workflow exported from ComfyUI (Save / Export, or Export (API)) without the editor. Images from "
+         "SaveImage/PreviewImage go to --output; text outputs (the memory report) are printed."),
+        ("validate", cmd_validate, "check a workflow against the models, loading no weights",
+         "Check every node's inputs and the whole plan against the model folders, reading only configs and file "
+         "headers (no weights). Prints OK or every problem found; writes nothing."),
+    )
+    for name, func, helptext, description in commands:
+        p = sub.add_parser(name, help=helptext, description=description, epilog=EXIT_CODES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("workflow", type=Path)
-        p.add_argument("--models", action="append", default=[],
-                       help="a folder of diffusers pipelines (repeatable; default: $PIPEQUANT_MODELS). Save Quantized "
-                            "Pipeline writes into the first one, so the copy loads by name")
-        p.add_argument("--gguf", action="append", default=[], help="a folder of .gguf files (repeatable)")
-        p.add_argument("--loras", action="append", default=[], help="a folder of LoRA .safetensors files "
-                                                                   "(repeatable); default: $PIPEQUANT_LORAS")
-        p.add_argument("--input", default="input", help="where LoadImage reads images (by name)")
-        p.add_argument("--output", default="output", help="where SaveImage/PreviewImage write PNGs (saved pipelines go "
-                                                          "to the first --models folder)")
+        p.add_argument("workflow", type=Path, help="the workflow .json file")
+        p.add_argument("--models", action="append", default=[], metavar="DIR",
+                       help="a folder of diffusers pipelines, repeatable (default: $PIPEQUANT_MODELS, then the "
+                            "Hugging Face cache unless PIPEQUANT_HF_CACHE=off). Save Quantized Pipeline writes into "
+                            "the first one, so the copy loads by name")
+        p.add_argument("--gguf", action="append", default=[], metavar="DIR",
+                       help="a folder of .gguf files, repeatable (default: $PIPEQUANT_GGUF, then the model folders)")
+        p.add_argument("--loras", action="append", default=[], metavar="DIR",
+                       help="a folder of LoRA .safetensors files, repeatable (default: $PIPEQUANT_LORAS)")
+        p.add_argument("--input", default="input", metavar="DIR",
+                       help="where LoadImage reads images, by name (default: ./input)")
+        p.add_argument("--output", default="output", metavar="DIR",
+                       help="where SaveImage/PreviewImage write PNGs (default: ./output; validate writes "
+                            "nothing; saved pipelines go to the first --models folder)")
         p.add_argument("--set", action="append", default=[], metavar="CLASS.input=value",
-                       help="override an input on every node of a class, e.g. PipeQuantSampler.steps=4")
+                       help="override an input on every node of a class, repeatable, e.g. PipeQuantSampler.steps=4")
+        _common(p)
         p.set_defaults(func=func)
-    p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it")
-    p.add_argument("--output", default="pipequant-output")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the tiny pipeline is built once")
+    from ..resolver.planner.search import GOALS
+
+    p = sub.add_parser("plan", help="choose each component's quantization to fit a GPU budget, and say why",
+                       description="Plan MODEL for a memory budget and goal, reading only configs and headers; prints the "
+                                   "plan table (or --json). Exit 0 when a plan fits, 2 when none does.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a pipeline folder name under --models")
+    p.add_argument("--models", action="append", default=[], help="a folder of diffusers pipelines (repeatable)")
+    p.add_argument("--budget", type=float, default=0.0, help="GiB (2^30 bytes); 0 = the device's free memory")
+    p.add_argument("--goal", choices=GOALS, default="balanced")
+    p.add_argument("--device-profile", help='JSON: {"name": str, "total_gb": float, "free_gb": float, '
+                                            '"compute_capability": [major, minor] | null}; default: this machine')
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--no-offload", action="store_true", help="plans keep every component on the device")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    _common(p)
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it",
+                       description="Build a tiny FLUX-shaped pipeline with random weights (no download, once, in "
+                                   "--cache) and run example_workflows/flux_nf4_transformer.json on it (torchao "
+                                   "int8 instead of bitsandbytes without a GPU). Writes the image (noise: the "
+                                   "weights are random) and the memory report to --output.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="pipequant-output", metavar="DIR",
+                   help="where the image and pipequant-demo-report.txt go (default: ./pipequant-output)")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), metavar="DIR",
+                   help=f"where the tiny pipeline is built once (default: $PIPEQUANT_CACHE or {DEFAULT_CACHE})")
+    _common(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_third_party()  # before anything imports torch & co.
     try:
         return args.func(args)
     except ValidationError as exc:

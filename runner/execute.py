@@ -194,8 +194,8 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
         raise ValidationError(problems)
     order = execution_order(prompt, outputs)
     with torch.inference_mode():  # as ComfyUI's executor does
-        _run(prompt, order, validate_only=True)
-        return {} if validate_only else _run(prompt, order, validate_only=False)
+        checked = _run(prompt, order, validate_only=True)
+        return checked if validate_only else _run(prompt, order, validate_only=False)
 
 
 def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
@@ -209,6 +209,9 @@ def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
                   for name, value in node["inputs"].items() if name in declared}  # ComfyUI ignores the others
         if validate_only:
             results[node_id] = _validate_node(node_id, node, node_class, kwargs, prompt)
+            warnings = [n for n in getattr(results[node_id][0], "notes", []) if n.startswith("warning: ")]
+            if warnings:  # a slow plan: reported, never blocking
+                ui[node_id] = {"warnings": warnings}
             continue
         try:
             value = getattr(node_class(), node_class.FUNCTION)(**kwargs)

@@ -41,6 +41,26 @@ def tiny_sd(models_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hollow_root(tmp_path_factory) -> Path:
+    """Hollow full-size pipelines (real configs, sparse safetensors: headers only)."""
+    return tmp_path_factory.mktemp("hollow")
+
+
+@pytest.fixture(scope="session")
+def flux_dev(hollow_root) -> Path:
+    from pipequant.testing import hollow
+
+    return hollow.ensure_hollow("flux-dev", hollow_root)
+
+
+@pytest.fixture(scope="session")
+def sdxl(hollow_root) -> Path:
+    from pipequant.testing import hollow
+
+    return hollow.ensure_hollow("sdxl", hollow_root)
+
+
+@pytest.fixture(scope="session")
 def flux_gguf(models_root, tiny_flux) -> Path:
     """Q8_0 GGUF of the tiny FLUX transformer (diffusers tensor names)."""
     out = models_root / "gguf" / "tiny-flux-transformer-Q8_0.gguf"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 
+import pytest
 import torch
 
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
@@ -88,19 +89,62 @@ def test_budget_evicts_least_recently_used():
     assert len(cache) == 0 and cache.total_bytes == 0
 
 
-def test_cache_budget_is_read_when_used_and_a_malformed_one_falls_back(monkeypatch, caplog):
-    """A bad PIPEQUANT_CACHE_GB must not stop the pack from importing: it is parsed when the cache
-    is used, with a warning, and the default applies."""
-    import logging
-
+# -- the budget follows the machine; a host can take the memory back -------------------------------
+def test_default_budget_is_a_share_of_the_machine(monkeypatch):
     from pipequant.resolver import cache as cache_module
+    from pipequant.resolver.machine import total_ram_bytes
 
-    cache = ComponentCache()
+    monkeypatch.delenv("PIPEQUANT_CACHE_GB", raising=False)
+    budget = ComponentCache().budget_bytes
+    ram = total_ram_bytes()
+    assert 0.5 * ram <= budget <= 0.5 * ram + 0.8 * 256 * 1024**3  # half the RAM, plus any GPU's share
+    assert budget != 64 * 1024**3
+    monkeypatch.setenv("PIPEQUANT_CACHE_GB", "1.5")
+    assert cache_module.budget_from_env() == int(1.5 * 1024**3)
+    cache = ComponentCache()  # made before the variable changes: it is read when used
     monkeypatch.setenv("PIPEQUANT_CACHE_GB", "0.5")
     assert cache.budget_bytes == 1024**3 // 2
-    monkeypatch.setenv("PIPEQUANT_CACHE_GB", "lots")
-    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
-        assert cache.budget_bytes == int(cache_module.DEFAULT_GB * 1024**3)
-    assert "PIPEQUANT_CACHE_GB='lots'" in caplog.text
-    monkeypatch.delenv("PIPEQUANT_CACHE_GB")
-    assert cache.budget_bytes == int(cache_module.DEFAULT_GB * 1024**3)
+
+
+@pytest.mark.parametrize("raw", ["lots", "-1", "nan", "inf", "12GB"])
+def test_malformed_budget_falls_back_with_a_warning(monkeypatch, caplog, raw):
+    from pipequant.resolver import cache as cache_module
+
+    monkeypatch.setenv("PIPEQUANT_CACHE_GB", raw)
+    with caplog.at_level("WARNING", logger="pipequant"):
+        budget = ComponentCache().budget_bytes
+    assert budget == cache_module.machine_budget()
+    assert f"PIPEQUANT_CACHE_GB={raw!r} is not a size in GB" in caplog.text
+
+
+def test_release_empties_the_cache_entry_and_every_pipeline_using_it(tiny_flux):
+    import gc
+    import weakref
+
+    from pipequant.resolver.load import PipelineReleased
+
+    cache = ComponentCache()
+    with torch.inference_mode():
+        first = load(tiny_flux, None, device="cpu", cache=cache)
+        second = load(tiny_flux, None, device="cpu", cache=cache)  # same components, from the cache
+    transformer = weakref.ref(first.pipeline.transformer)
+    assert second.pipeline.transformer is transformer() and len(cache) == 4
+    assert cache.releases(first.folder) == 0
+
+    freed = cache.release(transformer(), "the host needed memory")
+    gc.collect()
+    assert freed > 0 and len(cache) == 3  # the other components stay cached
+    assert transformer() is None, "nothing may keep the released weights alive"
+    for result in (first, second):
+        with pytest.raises(PipelineReleased, match="unloaded \\(the host needed memory\\); run the workflow again"):
+            _ = result.pipeline
+    assert cache.releases(first.folder) == 2  # the Load node's IS_CHANGED reads this: the next run reloads
+
+    with torch.inference_mode():
+        third = load(tiny_flux, None, device="cpu", cache=cache)
+    reused = {r["component"]: r["reused"] for r in third.rows if r["action"] != "not a model"}
+    assert reused == {"text_encoder": True, "text_encoder_2": True, "transformer": False, "vae": True}
+    assert cache.release_all("unload models") > 0
+    assert len(cache) == 0
+    with pytest.raises(PipelineReleased):
+        _ = third.pipeline

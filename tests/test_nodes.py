@@ -37,6 +37,7 @@ def test_contract_ids_and_display_names():
         "PipeQuantBackend": "Quantization Backend", "PipeQuantComponentMap": "Per-Component Map",
         "PipeQuantLoadPipeline": "Load Quantized Pipeline", "PipeQuantSampler": "Quantized Pipeline Sampler",
         "PipeQuantMemoryReport": "Pipeline Memory Report", "PipeQuantSavePipeline": "Save Quantized Pipeline",
+        "PipeQuantAutoPlan": "Auto Quantization Plan",
         "PipeQuantLoRA": "Apply LoRA"}
     names = {k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
              for k, v in NODE_CLASS_MAPPINGS.items()}
@@ -48,6 +49,8 @@ def test_contract_ids_and_display_names():
     assert names["PipeQuantSavePipeline"] == ["pipeline", "folder_name"]
     assert names["PipeQuantLoRA"] == ["pipeline", "lora_name", "strength", "strength_text_encoder"]
     assert names["PipeQuantSampler"][9:13] == ["max_sequence_length", "image", "mask", "denoise"]
+    assert names["PipeQuantAutoPlan"] == ["model", "budget_gb", "goal", "width", "height", "batch_size", "allow_offload"]
+    assert NODE_CLASS_MAPPINGS["PipeQuantAutoPlan"].RETURN_TYPES == ("PIPELINE_QUANT_CONFIG", "STRING")
 
 
 @pytest.mark.parametrize("node_id", list(NODE_CLASS_MAPPINGS))

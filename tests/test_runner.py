@@ -35,7 +35,8 @@ def env(monkeypatch, tmp_path, models_root, tiny_flux, tiny_sd3, flux_gguf):
 
 def _point_at_tiny(prompt: dict, path: Path) -> dict:
     model = "tiny-sd3" if "sd35" in path.name else "tiny-flux"
-    overrides = SMALL + [("PipeQuantLoadPipeline", "model", model),
+    overrides = SMALL + [("PipeQuantLoadPipeline", "model", model), ("PipeQuantAutoPlan", "model", model),
+                         ("PipeQuantAutoPlan", "width", 64), ("PipeQuantAutoPlan", "height", 64),
                          ("PipeQuantSavePipeline", "folder_name", f"saved-{os.getpid()}-{path.stem}")]
     if "gguf" in path.name:
         overrides.append(("PipeQuantBackend", "gguf_file", "tiny-flux-transformer-Q8_0.gguf"))

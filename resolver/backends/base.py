@@ -64,6 +64,11 @@ class QuantType:
     savable: bool = True  # False where save_pretrained cannot write this type (the backend may otherwise)
     lora: bool = True  # whether a component of this type takes a LoRA through diffusers + peft
     help: str = ""
+    # torch.compile: whether this type is meant to run compiled (slow eager, fast compiled), and the
+    # layers (regexes on qualified module names) that fail to compile and stay eager, with why.
+    compile_recommended: bool = False
+    compile_eager_layers: tuple[str, ...] = ()
+    compile_eager_reason: str = ""
 
     def describe(self) -> dict:
         return {
@@ -77,6 +82,7 @@ class QuantType:
             "savable": self.savable,
             "lora": self.lora,
             "help": self.help,
+            "compile_recommended": self.compile_recommended,
         }
 
 
@@ -117,6 +123,7 @@ class Backend:
     lora_refused_loaders: tuple[str, ...] = ()
     lora_note: str = ""
     help: str = ""
+    deprecated: str = ""  # why and what instead, when the library deprecates this backend (still works)
 
     # -- lookups ---------------------------------------------------------------------------
     def quant_type(self, name: str) -> QuantType | None:
@@ -199,7 +206,30 @@ class Backend:
             "lora_refused_loaders": list(self.lora_refused_loaders),
             "lora_note": self.lora_note,
             "help": self.help,
+            "deprecated": self.deprecated,
         }
+
+    # -- what the quantizer converts (for estimates) ----------------------------------------
+    def quantized_weights(self, model, library: str, config, candidates: list[str]) -> set[str]:
+        """Which of `candidates` (Linear weight names of `model`, a throwaway meta-device instance
+        of the component) the library's own quantizer quantizes: it is asked, not second-guessed,
+        so its skip lists (``modules_to_not_convert``, ``_keep_in_fp32_modules``, tied and output
+        embeddings) are the ones a real load applies. The model may be modified."""
+        if library == DIFFUSERS:
+            from diffusers.quantizers.auto import DiffusersAutoQuantizer
+
+            quantizer = DiffusersAutoQuantizer.from_config(config, pre_quantized=False)
+            keep = type(model)._keep_in_fp32_modules
+            keep = ([keep] if isinstance(keep, str) else list(keep)) if keep and quantizer.use_keep_in_fp32_modules \
+                else []
+            quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=keep)
+            params = dict(model.named_parameters())
+            return {n for n in candidates if n in params and quantizer.check_if_quantized_param(model, params[n], n, {})}
+        from transformers.quantizers import AutoHfQuantizer
+
+        quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
+        quantizer.preprocess_model(model=model, device_map=None, dtype=None)
+        return {n for n in candidates if quantizer.param_needs_quantization(model, n)}
 
     # -- hooks -----------------------------------------------------------------------------
     def config_class(self, library: str) -> type:

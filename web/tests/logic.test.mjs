@@ -77,7 +77,7 @@ test("backends that are not installed are marked with their install line", () =>
   assert.deepEqual(menu.map((m) => m.value), catalogue.backends.map((b) => b.name));
   const quanto = menu.find((m) => m.value === "quanto");
   assert.equal(quanto.installed, false);
-  assert.equal(quanto.label, "quanto — not installed: pip install optimum-quanto");
+  assert.equal(quanto.label, "quanto — not installed: pip install optimum-quanto · deprecated");  // the catalogue says so (diffusers 0.42)
   assert.match(menu.find((m) => m.value === "torchao").label, /^torchao — int8_weight_only, /);
   // plain text: no markup in any entry (frontend 1.58 shows it raw)
   assert.ok(menu.every((m) => !/[<>]/.test(m.label)), menu);
