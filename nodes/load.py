@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..resolver.compile import COMPILE_MODES
 from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
+from ..resolver.disk_cache import DiskCache
 from ..resolver.load import load_plan
 from ..resolver.pipeline import check_model, files_key, first_use_notes, plan_named
 from ..resolver.problems import ValidationError
@@ -47,6 +48,10 @@ class PipeQuantLoadPipeline:
                                              "tooltip": "Also load components that only have pickle weights (.bin, "
                                                         ".pt). Pickle files can run arbitrary code when loaded: turn "
                                                         "this on only for files you trust. Off = safetensors only."}),
+                "disk_cache": ("BOOLEAN", {"default": True,
+                                           "tooltip": "Keep quantized components on disk (models/pipequant_cache) "
+                                                      "and load them from there next time instead of quantizing "
+                                                      "again. Off = quantize this load from the original files."}),
                 "compile": (list(COMPILE_MODES), {"default": "none",
                                                   "tooltip": "torch.compile the denoiser. regional: its repeated "
                                                              "blocks (fast to compile, as fast as full). full: the "
@@ -80,12 +85,14 @@ class PipeQuantLoadPipeline:
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
-    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False, compile="none") -> tuple:
+    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False, disk_cache=True,
+             compile="none") -> tuple:
         plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, compile)
         comfy.free_comfy_models()
         for note in first_use_notes(plan):
             comfy.progress_text(note)
         progress = comfy.Progress(len(plan.modules()))
+        folder = comfy.disk_cache_folder() if disk_cache is not False else None
         result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n),
-                           compile=compile)
+                           compile=compile, disk_cache=DiskCache(folder) if folder is not None else None)
         return (result, result.table)
