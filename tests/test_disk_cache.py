@@ -110,7 +110,7 @@ def test_key_misses_on_edited_files_plan_and_library_versions(own_flux, monkeypa
     assert entry_key(plan_load(own_flux, TRANSFORMER_INT8, device="cpu"), row) == key  # stable
 
     other_plans = [G("torchao", "float8_weight_only", components=["transformer"]),
-                   G("torchao", "int8_weight_only", components=["transformer"], options={"modules_to_not_convert": ["x"]})]
+                   G("torchao", "int8_weight_only", components=["transformer"], options={"modules_to_not_convert": ["norm_out"]})]
     for spec in other_plans:
         changed = plan_load(own_flux, spec, device="cpu")
         assert entry_key(changed, changed.components["transformer"]) != key, spec
