@@ -134,6 +134,9 @@ def job_load(job: dict) -> dict:
 
     root, name, device, dtype = job["root"], job["name"], job.get("device", "cpu"), job.get("dtype", "bfloat16")
     detail = bool(job.get("detail"))
+    # The on-disk cache of quantized components only where a benchmark asks for it (bench.disk_cache):
+    # every other load must quantize, or the comparisons with plain diffusers would be unfair.
+    os.environ["PIPEQUANT_DISK_CACHE"] = job.get("disk_cache") or "off"
     gc.collect()
     spec = _spec(job.get("spec"))
     meter = PhaseMeter(cuda=device.startswith("cuda"), sample=detail)
@@ -182,6 +185,7 @@ def job_load(job: dict) -> dict:
             comps[cname]["report_bytes"] = row["bytes"]
             comps[cname]["report_load_seconds"] = row["load_seconds"]
             comps[cname]["quantized_layers"] = row["quantized_layers"]
+            comps[cname]["disk_cache"] = row.get("disk_cache")
     total = sum(c["bytes"] for c in comps.values())
     out = {"wall": round(wall, 4), "cpu": round(cpu, 4), "memory": mem, "phases": phases, "components": comps,
            "total_bytes": total}
@@ -361,6 +365,7 @@ JOBS = {"build": job_build, "load": job_load, "reuse": job_reuse, "save": job_sa
 
 
 def run_job(job: dict) -> dict:
+    os.environ["PIPEQUANT_DISK_CACHE"] = "off"  # job_load turns it on where a job names a folder
     try:
         out = JOBS[job["kind"]](job)
         out["ok"] = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..resolver import hub_cache
+from ..resolver import disk_cache, hub_cache
 from ..resolver.lora import ENV_VAR as LORAS_ENV
 from ..resolver.roots import GGUF_ENV, MODELS_ENV, env_roots
 from . import comfy_memory
@@ -25,7 +25,18 @@ comfy_memory.install(model_management)  # "Unload models" / POST /free empties o
 
 # Where GGUF files of diffusers models live (text encoders are not: the gguf backend takes none).
 GGUF_FOLDERS = ("diffusion_models", "unet")
+CACHE_FOLDER = "pipequant_cache"  # ComfyUI model folder of the disk cache (extra_model_paths.yaml can move it)
 _interrupt = threading.Event()
+
+
+def _register_cache_folder() -> None:
+    """models/pipequant_cache, unless extra_model_paths.yaml already named one. Its own folder
+    kind, so no model list (diffusers, checkpoints, ...) ever shows a cache entry."""
+    if folder_paths is not None and CACHE_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[CACHE_FOLDER] = ([str(Path(folder_paths.models_dir) / CACHE_FOLDER)], set())
+
+
+_register_cache_folder()
 
 
 class Interrupted(Exception):
@@ -61,6 +72,13 @@ def gguf_roots() -> list[Path]:
 def lora_roots() -> list[Path]:
     """ComfyUI's `loras` folders (extra model paths included), then PIPEQUANT_LORAS."""
     return _comfy_paths("loras") + env_roots(LORAS_ENV)
+
+
+def disk_cache_folder() -> Path | None:
+    """Where quantized components are cached: PIPEQUANT_DISK_CACHE ("off" = nowhere), else
+    ComfyUI's pipequant_cache folder, else the user's cache folder (the headless runner)."""
+    comfy_folders = _comfy_paths(CACHE_FOLDER)
+    return disk_cache.configured_folder(comfy_folders[0] if comfy_folders else None)
 
 
 def free_comfy_models(device: str, needed_bytes: float = 1e30) -> None:

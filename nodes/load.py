@@ -5,6 +5,7 @@ from ..resolver.cache import COMPONENT_CACHE
 from ..resolver.compile import COMPILE_MODES
 from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.devices import DEVICES, OFFLOAD_MODES
+from ..resolver.disk_cache import DiskCache
 from ..resolver.estimate import estimate
 from ..resolver.load import load_plan
 from ..resolver.pipeline import check_model, files_key, first_use_notes, plan_named
@@ -56,6 +57,10 @@ class PipeQuantLoadPipeline:
                                                            "variants (model.fp16.safetensors: fp16). default = the "
                                                            "plain files; a component without the variant's files "
                                                            "loads its plain ones."}),
+                "disk_cache": ("BOOLEAN", {"default": True,
+                                           "tooltip": "Keep quantized components on disk (models/pipequant_cache) "
+                                                      "and load them from there next time instead of quantizing "
+                                                      "again. Off = quantize this load from the original files."}),
                 "compile": (list(COMPILE_MODES), {"default": "none",
                                                   "tooltip": "torch.compile the denoiser. regional: its repeated "
                                                              "blocks (fast to compile, as fast as full). full: the "
@@ -97,14 +102,15 @@ class PipeQuantLoadPipeline:
             raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
     def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False, variant=DEFAULT_VARIANT,
-             compile="none") -> tuple:
+             disk_cache=True, compile="none") -> tuple:
         plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
         comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
         for note in first_use_notes(plan):
             comfy.progress_text(note)
         progress = comfy.Progress(len(plan.modules()))
+        folder = comfy.disk_cache_folder() if disk_cache is not False else None
         result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n),
-                           compile=compile)
+                           compile=compile, disk_cache=DiskCache(folder) if folder is not None else None)
         comfy.track_loaded(result)
         return (result, result.table)
 

@@ -22,6 +22,7 @@ from .blocks import denoiser_name, install_interrupt_hooks
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .compile import COMPILE_MODES, CompileState, compile_component
 from .constants import DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED
+from .disk_cache import DiskCache
 from .inspect_model import ComponentInfo, inspect_model
 from .lora import hand_out_plain
 from .memory import main_device
@@ -79,10 +80,11 @@ class LoadResult:
     holder: object = field(default=None, repr=False)  # the cache that may release this pipeline
     released: str = ""  # why the pipeline was emptied, once it was
     compiled: CompileState | None = None  # its notes grow if compile falls back to eager at run time
+    load_notes: list[str] = field(default_factory=list)  # what happened during the load (disk cache)
 
     @property
     def notes(self) -> list[str]:
-        return [*self.plan.notes, *(self.compiled.notes if self.compiled else [])]
+        return [*self.plan.notes, *self.load_notes, *(self.compiled.notes if self.compiled else [])]
 
     @property
     def pipeline(self):
@@ -118,7 +120,8 @@ class LoadResult:
     def report(self) -> dict:
         from .report import totals
 
-        return {"plan": self.plan.describe(), "components": self.rows, "totals": totals(self.rows)}
+        return {"plan": self.plan.describe(), "components": self.rows, "totals": totals(self.rows),
+                "notes": list(self.notes)}
 
 
 def _component_files_key(info: ComponentInfo, mtime_key: tuple) -> str:
@@ -159,23 +162,24 @@ def plan_load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device:
 def load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
          gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
          progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
-         compile_backend="inductor", variant: str | None = None) -> LoadResult:
+         compile_backend="inductor", variant: str | None = None,
+         disk_cache: DiskCache | None = None) -> LoadResult:
     plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
                      allow_pickle=allow_pickle, compile=compile, variant=variant)
     return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress, compile=compile,
-                     compile_backend=compile_backend)
+                     compile_backend=compile_backend, disk_cache=disk_cache)
 
 
 def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
               progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
-              compile_backend="inductor") -> LoadResult:
+              compile_backend="inductor", disk_cache: DiskCache | None = None) -> LoadResult:
     """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached.
     `compile` (none/regional/full) wraps the denoiser for torch.compile; it compiles on first use."""
     if compile not in COMPILE_MODES:
         raise ValidationError([Problem("compile_unknown", "compile", f'unknown compile mode "{compile}"',
                                        "use one of: " + ", ".join(COMPILE_MODES))])
     modules = plan.modules()
-    loaded, rows, fresh, others, configs = {}, {}, [], {}, {}
+    loaded, rows, fresh, others, configs, notes = {}, {}, [], {}, {}, []
     try:
         with diffusers_context():
             for i, row in enumerate(modules):
@@ -188,11 +192,14 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
                     configs[row.name] = getattr(entry.module, "pipequant_quantization_config", None)
                 else:
                     start = time.perf_counter()
-                    module, config = _load_component(plan, row, allow_pickle)
+                    module, config, disk = _load_or_read(plan, row, allow_pickle, disk_cache)
                     module.pipequant_quantization_config = configs[row.name] = config
                     loaded[row.name] = module
                     rows[row.name] = component_row(row, plan.model.components[row.name], module,
                                                    time.perf_counter() - start, config)
+                    if disk is not None:
+                        rows[row.name].update(disk.row_fields())
+                        notes += _disk_notes(row.name, disk)
                     fresh.append((key, row.name))
                 if progress:
                     progress(i + 1, len(modules), row.name)
@@ -238,7 +245,7 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
         # Quantizing left freed bf16 temporaries in the heap (0.5-0.8 GB at 200M parameters); giving
         # them back takes ~30 ms, off the load's path (ctypes releases the GIL).
         threading.Thread(target=trim_heap, name="pipequant-trim-heap", daemon=True).start()
-    result = LoadResult(pipeline, plan, ordered, compiled=compiled)
+    result = LoadResult(pipeline, plan, ordered, compiled=compiled, load_notes=notes)
     if cache is not None:
         result.holder = cache
         cache.hold(result)
@@ -295,11 +302,45 @@ def _quantization_config(plan: Plan, configs: dict, loaded: dict):
     return PipelineQuantizationConfig(quant_mapping=mapping)
 
 
-def _load_component(plan: Plan, row, allow_pickle: bool):
+def _load_or_read(plan: Plan, row, allow_pickle: bool, disk_cache: DiskCache | None):
+    """(module, config, disk cache Outcome or None). The disk cache writes a fresh entry inside
+    its `load` call, before this returns the module to anything else (see DiskCache.load)."""
+    if disk_cache is None:
+        return (*_load_component(plan, row, allow_pickle), None)
+    module, config, outcome = disk_cache.load(plan, row, lambda: _load_component(plan, row, allow_pickle),
+                                              lambda folder: _load_saved(plan, row, folder))
+    if config is None:  # read from an entry: the config it was saved with
+        config = getattr(getattr(module, "hf_quantizer", None), "quantization_config", None)
+    return module, config, outcome
+
+
+def _load_saved(plan: Plan, row, folder: Path):
+    """A disk cache entry loads exactly as a pre-quantized component folder does (safetensors only)."""
+    from .inspect_model import WEIGHT_STEMS
+    from .safe_files import read_json_object
+
+    source = plan.model.components[row.name]
+    files = tuple(p for p in sorted(folder.iterdir())
+                  if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS)
+    method = read_json_object(folder / "config.json").get("quantization_config") or {}
+    info = replace(source, folder=folder, weight_files=files, pickle_files=(),
+                   prequantized=str(method.get("quant_method")) if isinstance(method, dict) else None)
+    module, _ = _load_component(plan, replace(row, action=PREQUANTIZED, spec=None), False, info)
+    return module
+
+
+def _disk_notes(name: str, disk) -> list[str]:
+    notes = [f"disk cache: {disk.warning}"] if disk.warning else []
+    if disk.status == "not cached":
+        notes.append(f"disk cache: {name} not cached: {disk.reason}")
+    return notes
+
+
+def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | None = None):
     """Load one component as planned; returns (module, the config it was quantized with or None)."""
     import torch
 
-    info = plan.model.components[row.name]
+    info = info or plan.model.components[row.name]
     cls = info.model_class()
     config = row.build_config()
     kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,

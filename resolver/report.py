@@ -50,6 +50,7 @@ def component_row(plan_row, info, model, load_seconds: float, config) -> dict:
         "bytes_before": before,
         "load_seconds": round(load_seconds, 3),
         "reused": False,
+        "disk_cache": None,  # "read" | "written" | "not cached" when the load used the disk cache
     }
 
 
@@ -57,7 +58,7 @@ def other_row(plan_row) -> dict:
     return {"component": plan_row.name, "class": plan_row.class_name, "library": plan_row.library,
             "action": plan_row.action, "backend": None, "quant_type": None, "config": None, "dtype": "-",
             "device": "-", "params": 0, "quantized_layers": 0, "bytes": 0, "bytes_before": 0,
-            "load_seconds": 0.0, "reused": False}
+            "load_seconds": 0.0, "reused": False, "disk_cache": None}
 
 
 def human_bytes(n: float) -> str:
@@ -91,6 +92,8 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
             plan = f'{r["backend"]} ({r["action"]})' if r["backend"] else r["action"]
         if r["reused"]:
             plan += " (cached)"
+        elif r.get("disk_cache") == "read":
+            plan += " (disk cache)"
         body.append((r["component"], r["class"] or "-", plan, r["dtype"], r["device"], f'{r["params"]:,}',
                      human_bytes(r["bytes"]), human_bytes(r["bytes_before"]), f'{r["load_seconds"]:.2f}'))
     t = totals(rows)

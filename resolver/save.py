@@ -137,6 +137,21 @@ def _remove_partials(root: Path, folder_name: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def save_component(module, dest: Path) -> None:
+    """Write one component pre-quantized, with the arguments DiffusionPipeline.save_pretrained
+    gives each component (what save() below writes per component, and what the disk cache
+    writes): safetensors, and no PEFT adapter layout."""
+    import inspect
+
+    accepts = inspect.signature(module.save_pretrained).parameters
+    kwargs = {}
+    if "safe_serialization" in accepts:
+        kwargs["safe_serialization"] = True
+    if "save_peft_format" in accepts:
+        kwargs["save_peft_format"] = False
+    module.save_pretrained(str(dest), **kwargs)
+
+
 def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | None) -> Path:
     """Write the pipeline to `<first root>/<folder_name>`, atomically; returns that folder."""
     roots = _roots(roots)

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from ..resolver.load import LoadError
@@ -25,6 +26,11 @@ EXIT_OK, EXIT_INVALID, EXIT_LOAD, EXIT_RUN = 0, 2, 3, 4
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 DEMO_WORKFLOW = EXAMPLES / "flux_nf4_transformer.json"
 DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", Path.home() / ".cache" / "pipequant"))
+
+
+DISK_CACHE_HELP = ("Quantized components are cached on disk after their first load and read from there next time: "
+                   "folder $PIPEQUANT_DISK_CACHE (default ~/.cache/pipequant/quantized; 'off' disables it), at most "
+                   "$PIPEQUANT_DISK_CACHE_GB GB (default 64). See 'python -m pipequant cache list'.")
 
 
 def _parse_set(items: list[str]) -> list[tuple[str, str, object]]:
@@ -190,6 +196,54 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _cache_folder(args) -> Path:
+    from ..resolver.disk_cache import configured_folder, default_folder
+
+    return Path(args.folder) if args.folder else (configured_folder() or default_folder())
+
+
+def _entry_line(e: dict) -> str:
+    from ..resolver.report import human_bytes
+
+    source, plan = e["source"], e["plan"]
+    where = f'{source.get("model", "?")} / {source.get("component", "?")}' if source else "(unreadable entry)"
+    what = f'{plan.get("backend")}:{plan.get("quant_type")} {plan.get("load_dtype")}' if plan else "-"
+    used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
+    return f'{e["key"][:12]}  {human_bytes(e["bytes"]):>10}  {used}  {what:<32}  {where}'
+
+
+def cmd_cache(args) -> int:
+    from ..resolver.disk_cache import DiskCache
+    from ..resolver.report import human_bytes
+
+    cache = DiskCache(_cache_folder(args))
+    if args.action == "list":
+        entries = cache.entries()
+        if args.older_than is not None:
+            entries = [e for e in entries if e["last_used"] < time.time() - args.older_than * 86400]
+        print(f"{cache.folder}: {len(entries)} entries, {human_bytes(sum(e['bytes'] for e in entries))}")
+        if entries:
+            print(f'{"key":<12}  {"size":>10}  {"last used":<16}  {"plan":<32}  source')
+        for e in entries:
+            print(_entry_line(e))
+    else:
+        removed = cache.clear(older_than_days=args.older_than)
+        for e in removed:
+            print(f"removed {_entry_line(e)}")
+        print(f"{cache.folder}: removed {len(removed)} entries, {human_bytes(sum(e['bytes'] for e in removed))}")
+    return 0
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (e.g. 30)")
+    return value
+
+
 EXIT_CODES = """exit codes:
   0  success
   1  an unexpected error (a bug: please report it with the traceback)
@@ -207,16 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = (
-        ("run", cmd_run, "run an exported workflow (API or UI format)",
-         "Run a workflow exported from ComfyUI (Save / Export, or Export (API)) without the editor. Images from "
-         "SaveImage/PreviewImage go to --output; text outputs (the memory report) are printed."),
-        ("validate", cmd_validate, "check a workflow against the models, loading no weights",
-         "Check every node's inputs and the whole plan against the model folders, reading only configs and file "
-         "headers (no weights). Prints OK or every problem found; writes nothing."),
-    )
-    for name, func, helptext, description in commands:
-        p = sub.add_parser(name, help=helptext, description=description, epilog=EXIT_CODES,
+    for name, func, helptext in (("run", cmd_run, "run an exported workflow (API or UI format)"),
+                                 ("validate", cmd_validate, "check a workflow against the models, loading no weights")):
+        p = sub.add_parser(name, help=helptext, description=f"{helptext}.\n\n{EXIT_CODES}",
+                           epilog=DISK_CACHE_HELP if name == "run" else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("workflow", type=Path, help="the workflow .json file")
         p.add_argument("--models", action="append", default=[], metavar="DIR",
@@ -267,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"where the tiny pipeline is built once (default: $PIPEQUANT_CACHE or {DEFAULT_CACHE})")
     _common(p)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("cache", help="list or clear the on-disk cache of quantized components",
+                       description=DISK_CACHE_HELP + " In ComfyUI the folder is models/pipequant_cache. "
+                                   "Least recently used entries are evicted first.")
+    p.add_argument("action", choices=("list", "clear"))
+    p.add_argument("--older-than", type=_days, metavar="DAYS", help="only entries not used for DAYS days")
+    p.add_argument("--folder", help="the cache folder (default: $PIPEQUANT_DISK_CACHE or ~/.cache/pipequant/quantized)")
+    p.set_defaults(func=cmd_cache)
     return parser
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipequant import testing as tiny
+
+# The on-disk cache of quantized components is on by default for users; the suite turns it off so
+# that no test reads another test's (or another checkout's) entries from ~/.cache. Tests of the
+# cache point PIPEQUANT_DISK_CACHE at their own temp folder. Subprocesses inherit this.
+os.environ["PIPEQUANT_DISK_CACHE"] = "off"
 
 
 def pytest_collection_modifyitems(config, items):

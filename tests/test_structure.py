@@ -49,7 +49,7 @@ def test_global_expansion_follows_diffusers_own_signature_check(name, expands):
 
 
 def test_advice_comes_from_the_catalogue():
-    assert catalogue.quantizers_for("transformers") == ["bitsandbytes", "torchao", "quanto"]
+    assert catalogue.quantizers_for("transformers") == ["bitsandbytes", "torchao", "quanto", "sdnq"]
     assert [b.name for b in catalogue.file_backends()] == ["gguf"]
     assert catalogue.backend_for_saved("bitsandbytes").family_name == "bitsandbytes"
     assert catalogue.backend_for_saved("quanto").name == "quanto"

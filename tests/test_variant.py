@@ -44,7 +44,8 @@ def test_inspection_and_estimate_follow_the_variant(with_fp16):
     # before-bytes are counted at the load dtype, so the plan's size is the same; the files differ
     before = estimate(plan_load(with_fp16, None, dtype="float32", device="cpu"))
     after = estimate(plan_load(with_fp16, None, dtype="float32", device="cpu", variant="fp16"))
-    assert before["total"] == after["total"]
+    same = {k: v for k, v in before["total"].items() if k != "bytes_read"}  # bytes_read follows the files
+    assert same == {k: v for k, v in after["total"].items() if k != "bytes_read"}
 
 
 def test_the_load_reads_the_variant_files(with_fp16):

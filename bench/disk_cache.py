@@ -1,0 +1,155 @@
+"""Disk cache benchmark: a cold load that reads the cache ÷ the cold first load that wrote it.
+
+    python -m bench.disk_cache [--sizes 200m] [--plans nf4,int8wo,quanto8_tr] [--rounds 2]
+
+Per round and plan, interleaved, each a fresh process forked from the bench worker (imports
+shared, nothing loaded), each through the Load node, each cold:
+  off     the load as it is without the cache (quantize on load)
+  first   the first load with the cache on: quantizes and writes the entry (cache emptied before)
+  second  the next load: reads the entry
+"Cold" means the pipeline's and the cache's files are evicted from the page cache before every
+load: with /proc/sys/vm/drop_caches where it is writable (--drop-caches; it drops every user's
+page cache, so it is not the default on a shared machine), else posix_fadvise(DONTNEED) on each
+file, checked with fincore where it exists. Writes bench/results/disk_cache/results.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from .config import PLANS
+from .pipelines import ensure, folder_name
+from .suite import Worker, machine
+
+DEFAULT_PLANS = ("nf4", "int8wo", "quanto8_tr")
+OUT = Path(__file__).resolve().parent / "results" / "disk_cache"
+
+
+def _files(*folders: Path) -> list[Path]:
+    return [p for f in folders if f.is_dir() for p in f.rglob("*") if p.is_file()]
+
+
+def evict(folders: list[Path], drop_caches: bool) -> dict:
+    """Make the next read of these folders come from the disk; returns what it did and how
+    many of their bytes were still resident after (fincore), where that can be measured."""
+    files = _files(*folders)
+    how = "fadvise"
+    if drop_caches:
+        try:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
+            how = "drop_caches"
+        except OSError:
+            pass
+    if how == "fadvise":
+        for p in files:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # dirty pages cannot be dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return {"how": how, "resident_bytes": _resident(files)}
+
+
+def _resident(files: list[Path]) -> int | None:
+    if not files or shutil.which("fincore") is None:
+        return None
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", *map(str, files)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return None
+    return sum(int(x) for x in out.stdout.split())
+
+
+def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log) -> dict:
+    raw = []
+    cache_root = root / "disk-cache-bench"
+    root.mkdir(parents=True, exist_ok=True)
+    with Worker("fork", log=root / "disk-cache-bench.log", threads=1) as worker:
+        for size in sizes:
+            pipeline = ensure(size, root)
+            for rnd in range(rounds):
+                for key in plans:
+                    folder = cache_root / f"{size}-{key}"
+                    shutil.rmtree(folder, ignore_errors=True)
+                    for kind in ("off", "first", "second"):
+                        cold = evict([pipeline, folder], drop_caches)
+                        job = {"kind": "load", "mode": "pipequant", "root": str(root), "name": folder_name(size),
+                               "spec": PLANS[key].spec, "size": size, "plan": key,
+                               "disk_cache": str(folder) if kind != "off" else None}
+                        out = worker.run(job)
+                        if not out.get("ok"):
+                            raise RuntimeError(f"{size} {key} {kind}: {out.get('error')}\n{out.get('traceback', '')}")
+                        status = {n: c.get("disk_cache") for n, c in out["components"].items()}
+                        raw.append({"size": size, "plan": key, "round": rnd, "kind": kind, "wall": out["wall"],
+                                    "cpu": out["cpu"], "cold": cold, "disk_cache": status,
+                                    "entry_bytes": sum(p.stat().st_size for p in _files(folder))})
+                        log(f"{size} {key:<10} round {rnd} {kind:<6} {out['wall']:7.2f} s  "
+                            f"(evicted by {cold['how']}, resident after: {cold['resident_bytes']})  {status}")
+    return {"machine": machine(), "rounds": rounds, "runs": raw, "summary": summarize(raw, sizes, plans)}
+
+
+def summarize(raw, sizes, plans) -> list[dict]:
+    rows = []
+    for size in sizes:
+        for key in plans:
+            runs = [r for r in raw if r["size"] == size and r["plan"] == key]
+            wall = {k: [r["wall"] for r in runs if r["kind"] == k] for k in ("off", "first", "second")}
+            per_round = [s / f for s, f in zip(wall["second"], wall["first"])]
+            rows.append({"size": size, "plan": key, "label": PLANS[key].label,
+                         "off_s": statistics.median(wall["off"]), "first_s": statistics.median(wall["first"]),
+                         "second_s": statistics.median(wall["second"]),
+                         "second_over_first": round(statistics.median(per_round), 3),
+                         "second_over_first_rounds": [round(x, 3) for x in per_round],
+                         "second_over_off": round(statistics.median(
+                             [s / o for s, o in zip(wall["second"], wall["off"])]), 3),
+                         "first_over_off": round(statistics.median(
+                             [f / o for f, o in zip(wall["first"], wall["off"])]), 3),
+                         "entry_bytes": max(r["entry_bytes"] for r in runs)})
+    return rows
+
+
+def write(results: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    m = results["machine"]
+    how = results["runs"][0]["cold"]["how"] if results["runs"] else "-"
+    intro = (f"`python -m bench.disk_cache`, {results['rounds']} interleaved rounds (medians), fresh process per "
+             f"load, 1 torch thread, page cache evicted before every load ({how}). Machine: {m.get('cpu', '?')}, "
+             f"{m.get('cores', '?')} cores, GPU: {m.get('gpu') or 'none'}.")
+    header = ("| size | plan | off (quantize on load) s | first (quantize + write) s | second (read) s | "
+              "**second ÷ first** | second ÷ off | first ÷ off | entry |")
+    lines = ["# Disk cache: cold second load ÷ cold first load", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["summary"]:
+        lines.append(f"| {r['size']} | {r['label']} | {r['off_s']:.2f} | {r['first_s']:.2f} | {r['second_s']:.2f} | "
+                     f"**{r['second_over_first']:.3f}** ({', '.join(map(str, r['second_over_first_rounds']))}) | "
+                     f"{r['second_over_off']:.3f} | {r['first_over_off']:.3f} | {r['entry_bytes'] / 1e6:.0f} MB |")
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    return out_dir / "results.md"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.disk_cache", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="200m", help="comma-separated: tiny, 20m, 200m, 2b")
+    parser.add_argument("--plans", default=",".join(DEFAULT_PLANS), help=f"comma-separated keys of {list(PLANS)}")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--root", type=Path, default=Path(os.environ.get("PIPEQUANT_BENCH_DIR", "/tmp/pqbench")))
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--drop-caches", action="store_true", help="drop the whole page cache (root; shared machines: no)")
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    results = run(args.sizes.split(","), args.plans.split(","), args.rounds, args.root, args.drop_caches,
+                  lambda msg: print(f"[{time.time() - t0:6.0f} s] {msg}", flush=True))
+    print(write(results, args.out).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
