@@ -36,7 +36,7 @@ def _node_load(**kwargs):
 def test_disk_cache_input_is_last_optional_boolean_default_on():
     optional = PipeQuantLoadPipeline.INPUT_TYPES()["optional"]
     names = list(optional)
-    assert names.index("disk_cache") == names.index("allow_pickle") + 1
+    assert names.index("disk_cache") == names.index("variant") + 1 == names.index("allow_pickle") + 2  # agreed order
     kind, options = optional["disk_cache"]
     assert kind == "BOOLEAN" and options["default"] is True and options["tooltip"]
 
