@@ -370,9 +370,16 @@ export function specFrom(snapshot, id, inputName, catalogue, path = new Set([Str
 
 /** Ids of the Save nodes that receive a Load node's pipeline (through Reroutes and bypassed nodes). */
 export function savesFed(snapshot, loadId) {
+  return downstream(snapshot, loadId, (node) => node.type === SAVE && node.mode !== BYPASSED,
+    (node) => node.type === "Reroute" || node.mode === BYPASSED);
+}
+
+/** Ids of the nodes `isTarget` picks among those a node's output reaches, walking on through the
+ * nodes `passesThrough` picks (muted nodes cut the link). */
+function downstream(snapshot, startId, isTarget, passesThrough) {
   const found = [];
   const seen = new Set();
-  const queue = [String(loadId)];
+  const queue = [String(startId)];
   while (queue.length) {
     const current = queue.shift();
     if (seen.has(current)) continue;
@@ -380,8 +387,8 @@ export function savesFed(snapshot, loadId) {
     for (const { target } of snapshot[current]?.outputs ?? []) {
       const node = snapshot[String(target)];
       if (!node || node.mode === MUTED) continue;
-      if (node.type === SAVE && node.mode !== BYPASSED) found.push(String(target));
-      else if (node.type === "Reroute" || node.mode === BYPASSED) queue.push(String(target));
+      if (isTarget(node)) found.push(String(target));
+      else if (passesThrough(node)) queue.push(String(target));
     }
   }
   return [...new Set(found)];
@@ -404,21 +411,8 @@ export function loadRequest(snapshot, loadId, catalogue) {
 /** Ids of the Load nodes a node's output reaches (through Reroutes, bypassed nodes and, unless
  * `throughMaps` is false, Per-Component Maps). */
 export function loadsFed(snapshot, id, { throughMaps = true } = {}) {
-  const found = [];
-  const seen = new Set();
-  const queue = [String(id)];
-  while (queue.length) {
-    const current = queue.shift();
-    if (seen.has(current)) continue;
-    seen.add(current);
-    for (const { target } of snapshot[current]?.outputs ?? []) {
-      const node = snapshot[String(target)];
-      if (!node || node.mode === MUTED) continue;
-      if (node.type === LOAD) found.push(String(target));
-      else if ((throughMaps && node.type === MAP) || node.type === "Reroute" || node.mode === BYPASSED) queue.push(String(target));
-    }
-  }
-  return [...new Set(found)];
+  return downstream(snapshot, id, (node) => node.type === LOAD,
+    (node) => (throughMaps && node.type === MAP) || node.type === "Reroute" || node.mode === BYPASSED);
 }
 
 /** The model on the first Load node that `id` feeds, or null (then the picker falls back to free text). */
