@@ -24,7 +24,7 @@ from .workflow import read_workflow, to_api
 EXIT_OK, EXIT_INVALID, EXIT_LOAD, EXIT_RUN = 0, 2, 3, 4
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
-DEMO_WORKFLOW = EXAMPLES / "flux_nf4_transformer.json"
+DEMO_WORKFLOW = EXAMPLES / "FLUX NF4 transformer.json"
 DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", Path.home() / ".cache" / "pipequant"))
 
 
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it",
                        description="Build a tiny FLUX-shaped pipeline with random weights (no download, once, in "
-                                   "--cache) and run example_workflows/flux_nf4_transformer.json on it (torchao "
+                                   "--cache) and run example_workflows/FLUX NF4 transformer.json on it (torchao "
                                    "int8 instead of bitsandbytes without a GPU). Writes the image (noise: the "
                                    "weights are random) and the memory report to --output.",
                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)

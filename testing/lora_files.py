@@ -86,7 +86,7 @@ EXAMPLE_IMAGE = "example.png"
 
 
 def write_example_files(flux_dir: Path, loras: Path, inputs: Path) -> None:
-    """The LoRA and input image `example_workflows/flux_lora_img2img.json` names, for a tiny FLUX."""
+    """The LoRA and input image `example_workflows/FLUX LoRA image-to-image.json` names, for a tiny FLUX."""
     import numpy as np
     from PIL import Image
 

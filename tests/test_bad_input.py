@@ -281,7 +281,7 @@ def sampled(model="tiny-flux", **sampler) -> dict:
 
 def ui(edit: Callable[[dict], None]) -> dict:
     """The bundled per-component example (UI format), pointed at tiny-flux, with `edit` applied."""
-    data = json.loads((EXAMPLES / "flux_mixed_components.json").read_text())
+    data = json.loads((EXAMPLES / "FLUX per-component mix.json").read_text())
     for node in data["nodes"]:
         if node["type"] == "PipeQuantLoadPipeline":
             node["widgets_values"][:3] = ["tiny-flux", "bfloat16", "cpu"]

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from comfy_server import PACK_DIR, comfy_server, skip_reason, start_comfyui  # noqa: F401 (the fixture)
@@ -362,7 +363,7 @@ def test_every_template_has_its_thumbnail(comfy_server):  # noqa: F811
     status, listed = comfy_server.get("/api/workflow_templates")
     assert status == 200 and sorted(listed[comfy_server.pack_name]) == EXAMPLE_NAMES
     for name in EXAMPLE_NAMES:
-        status, body = comfy_server.get(f"/api/workflow_templates/{comfy_server.pack_name}/{name}.jpg")
+        status, body = comfy_server.get(f"/api/workflow_templates/{comfy_server.pack_name}/{quote(name)}.jpg")
         assert status == 200 and body[:3] == b"\xff\xd8\xff", name  # a JPEG
         assert len(body) < 200_000, f"{name}.jpg is {len(body)} bytes: keep thumbnails small"
 
@@ -377,6 +378,52 @@ def test_example_workflows_pass_the_editors_schema(editor):
         if alerts:
             bad[name] = alerts
     assert not bad, f"the editor rejects these example workflows' JSON: {bad}"
+
+
+def open_template_browser(editor: Editor) -> None:
+    """The template browser (the menu's Browse Templates), on this pack's category."""
+    category = editor.page.get_by_text(editor.server.pack_name, exact=True).first
+    for _ in range(3):  # a dialog still closing ignores the command
+        editor.js("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        try:
+            category.wait_for(timeout=5_000)
+            break
+        except Exception:
+            time.sleep(1.0)
+    else:
+        editor.screenshot("failure-template-browser")
+        raise AssertionError("the template browser did not open")
+    category.click()
+    editor.page.wait_for_selector(f'[data-testid="template-workflow-{EXAMPLE_NAMES[0]}"]', timeout=15_000)
+
+
+def test_template_browser_shows_readable_titles_and_opens_every_template(editor):
+    """The template browser titles a custom node's template by its file name (both frontends: the
+    title is `name`, the JSON's own title is not read): readable names, their thumbnails, and each
+    one opens as the graph it holds."""
+    open_template_browser(editor)
+    time.sleep(1.0)  # thumbnails
+    cards = editor.js("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')]
+        .filter(e => e.querySelector('h3'))
+        .map(e => ({title: e.querySelector('h3').innerText.trim(), thumbnail: e.querySelector('img')?.naturalWidth ?? 0}))""")
+    editor.screenshot("template-browser")
+    titles = [c["title"] for c in cards]
+    assert sorted(titles) == EXAMPLE_NAMES, titles
+    assert not [t for t in titles if "_" in t], titles
+    assert all(c["thumbnail"] > 0 for c in cards), cards  # each <name>.jpg was served and decoded
+    editor.page.keyboard.press("Escape")
+    editor.page.wait_for_selector('[data-testid^="template-workflow-"]', state="detached", timeout=10_000)
+    for name in EXAMPLE_NAMES:
+        editor.js("() => app.graph.clear()")
+        open_template_browser(editor)
+        editor.page.locator(f'[data-testid="template-workflow-{name}"]').click()
+        wanted = sorted(n["type"] for n in example(name)["nodes"])
+        editor.page.wait_for_function("(n) => app.graph._nodes.length === n", arg=len(wanted), timeout=15_000)
+        editor.settle()
+        assert sorted(editor.js("() => app.graph._nodes.map(n => n.type)")) == wanted, name
+        assert not editor.page.locator('[data-testid^="template-workflow-"]').count(), "the browser stayed open"
+        editor.tidy()
+        editor.screenshot(f"template-{name}", clip=editor.nodes_box())
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
@@ -414,7 +461,7 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
 
 
 def test_switching_backend_narrows_quant_type_and_hides_widgets(editor, catalogue):
-    editor.load(example("flux_nf4_transformer"), "switch")
+    editor.load(example("FLUX NF4 transformer"), "switch")
     backend = editor.ids(BACKEND)[0]
     editor.click_widget(backend, "backend")
     entries = editor.menu()
@@ -452,7 +499,7 @@ def test_switching_backend_narrows_quant_type_and_hides_widgets(editor, catalogu
 
 
 def test_not_installed_backend_is_marked(editor):
-    editor.load(example("flux_nf4_transformer"), "installed")
+    editor.load(example("FLUX NF4 transformer"), "installed")
     backend = editor.ids(BACKEND)[0]
     # Pretend quanto is missing, as on a machine without optimum-quanto.
     editor.js("""() => { const b = window.pipequant.shared.catalogue.backends.find(b => b.name === 'quanto');
@@ -467,7 +514,7 @@ def test_not_installed_backend_is_marked(editor):
 
 
 def test_component_picker_lists_the_models_components(editor):
-    editor.load(example("flux_mixed_components"), "picker")
+    editor.load(example("FLUX per-component mix"), "picker")
     maps = editor.ids(MAP)
     last = max(maps, key=lambda i: editor.node(i)["values"]["component"] == "text_encoder_2")
     editor.click_widget(last, "component")
@@ -490,7 +537,7 @@ def test_component_picker_lists_the_models_components(editor):
 
 
 def test_backend_components_picker_toggles_names(editor):
-    editor.load(example("sd35_torchao_int8"), "components")
+    editor.load(example("SD3.5 torchao int8 (global)"), "components")
     backend, load = editor.ids(BACKEND)[0], editor.ids(LOAD)[0]
     quantized = lambda: sorted(r["component"] for r in editor.node(load)["estimate"]["components"]  # noqa: E731
                                if r["action"] == "quantize")
@@ -510,7 +557,7 @@ def test_backend_components_picker_toggles_names(editor):
 
 
 def test_estimate_and_validation_errors_show_before_run(editor):
-    editor.load(example("sd35_torchao_int8"), "estimate")
+    editor.load(example("SD3.5 torchao int8 (global)"), "estimate")
     load, backend = editor.ids(LOAD)[0], editor.ids(BACKEND)[0]
     state = editor.node(load)
     estimate = state["estimate"]
@@ -541,7 +588,7 @@ def test_estimate_and_validation_errors_show_before_run(editor):
 
 def test_convert_and_run(editor):
     comfy_server = editor.server  # noqa: F811 (this frontend's server)
-    editor.load(example("sd35_torchao_int8"), "run")
+    editor.load(example("SD3.5 torchao int8 (global)"), "run")
     sampler = editor.ids("PipeQuantSampler")[0]
     for name, value in (("steps", 2), ("width", 32), ("height", 32), ("max_sequence_length", 32)):
         editor.set_widget(sampler, name, value)
@@ -585,7 +632,7 @@ def test_readme_screenshot(editor):
         pytest.skip("the README shows the pinned frontend")
     """A clear picture of the editor for the README: the mixed example, made valid on this CPU
     machine (bitsandbytes needs a GPU: quanto int4 for the transformer), with its estimate."""
-    editor.load(example("flux_mixed_components"), "readme")
+    editor.load(example("FLUX per-component mix"), "readme")
     first = min(editor.ids(BACKEND))
     editor.click_widget(first, "backend")
     editor.choose("quanto")
@@ -639,7 +686,7 @@ def overlaps(editor: Editor) -> list:
 def shared_backend_graph(editor: Editor) -> tuple[int, int, int]:
     """The mixed example rewired so that ONE Backend feeds both Per-Component Maps (transformer and
     text_encoder_2), chained into Load: a DAG with a shared producer. Returns (backend, load, map ids)."""
-    editor.load(example("flux_mixed_components"), "shared")
+    editor.load(example("FLUX per-component mix"), "shared")
     backends = sorted(editor.ids(BACKEND))
     maps = sorted(editor.ids(MAP))
     keep, drop = backends[0], backends[1]
@@ -667,7 +714,7 @@ def test_a_shared_producer_is_not_a_loop(editor):
 
 
 def test_menu_entries_are_plain_text(editor):
-    editor.load(example("flux_mixed_components"), "menus")
+    editor.load(example("FLUX per-component mix"), "menus")
     backend = min(editor.ids(BACKEND))
     editor.click_widget(backend, "backend")
     editor.menu()
@@ -689,7 +736,7 @@ def test_menu_entries_are_plain_text(editor):
 
 
 def test_save_rules_are_red_before_run(editor):
-    editor.load(example("flux_quantize_and_save"), "save-rules")
+    editor.load(example("FLUX quantize once and save"), "save-rules")
     backend, save = editor.ids(BACKEND)[0], editor.ids(SAVE)[0]
     editor.click_widget(backend, "backend")
     editor.choose("quanto")
@@ -708,7 +755,7 @@ def test_save_rules_are_red_before_run(editor):
 
 
 def test_long_text_stays_inside_the_node_and_nodes_do_not_overlap(editor):
-    editor.load(example("flux_nf4_transformer"), "long-text")
+    editor.load(example("FLUX NF4 transformer"), "long-text")
     backend, load = editor.ids(BACKEND)[0], editor.ids(LOAD)[0]
     editor.click_widget(backend, "backend")
     editor.choose("torchao")
@@ -729,7 +776,7 @@ def test_long_text_stays_inside_the_node_and_nodes_do_not_overlap(editor):
 
 
 def test_new_backend_node_defaults_to_what_runs_here_and_switching_drops_options(editor, catalogue):
-    editor.load(example("flux_nf4_transformer"), "defaults")
+    editor.load(example("FLUX NF4 transformer"), "defaults")
     created = editor.js("""() => { const n = LiteGraph.createNode('PipeQuantBackend'); n.pos = [40, 700]; app.graph.add(n);
                                    return n.id; }""")
     time.sleep(0.8)
@@ -757,7 +804,7 @@ def test_option_widgets_write_the_json_the_runner_reads(editor, tmp_path):
     from pipequant.resolver.inputs import parse_options
     from pipequant.runner.workflow import to_api
 
-    editor.load(example("flux_quantize_and_save"), "option-widgets")  # pack nodes only: the runner reads it
+    editor.load(example("FLUX quantize once and save"), "option-widgets")  # pack nodes only: the runner reads it
     backend = editor.ids(BACKEND)[0]
     names = editor.js("(id) => app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => [w.label || w.name, w.type])", backend)
     assert names == [["double_quant", "toggle"], ["modules_to_not_convert", "text"]], names
@@ -791,7 +838,7 @@ def test_panels_redraw_under_nodes_2(editor):
     editor.js("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
     try:
         time.sleep(1.0)
-        editor.load(example("flux_nf4_transformer"), "vue")
+        editor.load(example("FLUX NF4 transformer"), "vue")
         assert editor.js("() => window.pipequant.vueMode()")
         backend, load = editor.ids(BACKEND)[0], editor.ids(LOAD)[0]
         picture = lambda node_id: editor.js(  # noqa: E731
@@ -820,7 +867,7 @@ def test_panels_redraw_under_nodes_2(editor):
 
 
 def test_refused_folders_are_named_on_the_load_node(editor):
-    editor.load(example("flux_nf4_transformer"), "refused")
+    editor.load(example("FLUX NF4 transformer"), "refused")
     load = editor.ids(LOAD)[0]
     panel = " ".join(editor.node(load)["panel"])
     assert f"not listed: {REFUSED_NAME} — a link that leaves the model folder" in panel, panel

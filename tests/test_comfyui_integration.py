@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import struct
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from comfy_server import PACK_DIR, PACK_NAME, comfy_server  # noqa: F401 (the fixture)
@@ -53,6 +55,11 @@ def node_id(prompt: dict, class_type: str) -> str:
 
 def uses_bitsandbytes(prompt: dict) -> bool:
     return any(n["inputs"]["backend"].startswith("bitsandbytes") for n in nodes(prompt, "PipeQuantBackend"))
+
+
+def slug(name: str) -> str:
+    """A template's name as a folder or file prefix (template names have spaces and parentheses)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
 def cpu_variant(name: str, prompt: dict) -> dict:
@@ -137,16 +144,20 @@ def test_example_workflows_are_templates(comfy_server):
     status, templates = comfy_server.get("/api/workflow_templates")
     assert status == 200
     assert sorted(templates.get(PACK_NAME, [])) == EXAMPLE_NAMES
-    status, body = comfy_server.get(f"/api/workflow_templates/{PACK_NAME}/{EXAMPLE_NAMES[0]}.json")
-    assert status == 200
-    assert body == json.loads((EXAMPLES / f"{EXAMPLE_NAMES[0]}.json").read_text())
+    # The template browser's title is the file name: readable names, with spaces and parentheses,
+    # served as the browser asks for them (percent-encoded).
+    assert all("_" not in name for name in EXAMPLE_NAMES), EXAMPLE_NAMES
+    for name in EXAMPLE_NAMES:
+        status, body = comfy_server.get(f"/api/workflow_templates/{PACK_NAME}/{quote(name)}.json")
+        assert status == 200, name
+        assert body == json.loads((EXAMPLES / f"{name}.json").read_text())
 
 
 # -- every example runs ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_workflow_runs(comfy_server, name):
     ui, prompt = example(name)
-    prompt = cpu_variant(name, prompt)
+    prompt = cpu_variant(slug(name), prompt)
     entry = comfy_server.run(prompt, ui, timeout=150)
     assert_success(entry, comfy_server)
     outputs = entry["outputs"]
@@ -154,7 +165,7 @@ def test_example_workflow_runs(comfy_server, name):
     for save_id in [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]:
         images = outputs[save_id]["images"]
         assert len(images) == 1 and images[0]["type"] == "output"
-        assert images[0]["filename"].startswith(f"pq-it-{name}")
+        assert images[0]["filename"].startswith(f"pq-it-{slug(name)}")
         path = comfy_server.output_dir / images[0]["subfolder"] / images[0]["filename"]
         assert path.is_file(), f"{path} was not written"
         assert png_size(path) == (SIZE, SIZE)
@@ -198,10 +209,10 @@ def reload_prompt(model: str, dtype: str) -> dict:
 
 
 def test_prequantized_quanto_copy_samples_in_bfloat16(comfy_server):
-    ui, prompt = example("flux_quantize_and_save")
-    prompt = cpu_variant("flux_quantize_and_save-bf16", prompt)
+    ui, prompt = example("FLUX quantize once and save")
+    prompt = cpu_variant("save-bf16", prompt)
     assert_success(comfy_server.run(prompt, ui, timeout=150), comfy_server)
-    entry = comfy_server.run(reload_prompt("flux_quantize_and_save-bf16-quanto-int8", "bfloat16"), timeout=150)
+    entry = comfy_server.run(reload_prompt("save-bf16-quanto-int8", "bfloat16"), timeout=150)
     assert_success(entry, comfy_server)
     assert_server_serves(comfy_server)
 
@@ -263,7 +274,7 @@ BAD_BACKEND_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_BACKEND_INPUTS))
 def test_bad_backend_input_is_a_400_on_the_backend_node(comfy_server, case):
     inputs, field, expected = BAD_BACKEND_INPUTS[case]
-    ui, prompt = example("flux_nf4_transformer")
+    ui, prompt = example("FLUX NF4 transformer")
     backend_id = node_id(prompt, "PipeQuantBackend")
     prompt[backend_id]["inputs"].update(inputs)
     status, body = comfy_server.queue(prompt, ui)
@@ -284,7 +295,7 @@ def test_bad_backend_input_is_a_400_on_the_backend_node(comfy_server, case):
 
 
 def test_unknown_model_is_a_400_on_the_load_node(comfy_server):
-    ui, prompt = example("sd35_torchao_int8")
+    ui, prompt = example("SD3.5 torchao int8 (global)")
     load_id = node_id(prompt, "PipeQuantLoadPipeline")
     prompt[load_id]["inputs"]["model"] = "stable-diffusion-3.5-medum"
     status, body = comfy_server.queue(prompt, ui)
@@ -298,7 +309,7 @@ def test_unknown_model_is_a_400_on_the_load_node(comfy_server):
 def test_component_typo_is_an_execution_error_and_the_server_carries_on(comfy_server):
     """A Per-Component Map's component is checked against the model only when the loader runs:
     ComfyUI reports it as an execution_error in /history, with our message, then keeps working."""
-    ui, prompt = example("flux_gguf_transformer")
+    ui, prompt = example("FLUX GGUF transformer")
     map_id, load_id = node_id(prompt, "PipeQuantComponentMap"), node_id(prompt, "PipeQuantLoadPipeline")
     prompt[map_id]["inputs"]["component"] = "transformr"
     status, body = comfy_server.queue(prompt, ui)

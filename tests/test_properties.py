@@ -238,7 +238,7 @@ def test_random_api_workflows(world, edits, wrap):
     _validate_workflow({"prompt": prompt} if wrap else prompt)
 
 
-UI = json.loads((EXAMPLES / "flux_mixed_components.json").read_text())
+UI = json.loads((EXAMPLES / "FLUX per-component mix.json").read_text())
 ui_edit = st.one_of(
     st.tuples(st.just("node-field"), st.integers(0, 9), st.sampled_from(["type", "inputs", "widgets_values", "mode",
                                                                           "id"]), widget),

@@ -15,6 +15,10 @@ from pipequant.runner.execute import ALL_NODES, execute
 from pipequant.runner.workflow import read_workflow, to_api
 
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
+# Copies of every released example, under the name it was released with (the templates were
+# renamed for their titles in the template browser; their contents did not change). They must keep
+# loading and running: users' saved workflows look like them.
+RELEASED = sorted((Path(__file__).parent / "workflows").glob("*.json"))
 SMALL = [("PipeQuantSampler", "steps", 2), ("PipeQuantSampler", "width", 32), ("PipeQuantSampler", "height", 32),
          ("PipeQuantSampler", "max_sequence_length", 32), ("PipeQuantLoadPipeline", "device", "cpu")]
 
@@ -34,30 +38,36 @@ def env(monkeypatch, tmp_path, models_root, tiny_flux, tiny_sd3, flux_gguf):
 
 
 def _point_at_tiny(prompt: dict, path: Path) -> dict:
-    model = "tiny-sd3" if "sd35" in path.name else "tiny-flux"
+    model = "tiny-sd3" if "sd3" in path.name.lower() else "tiny-flux"
     overrides = SMALL + [("PipeQuantLoadPipeline", "model", model), ("PipeQuantAutoPlan", "model", model),
                          ("PipeQuantAutoPlan", "width", 64), ("PipeQuantAutoPlan", "height", 64),
                          ("PipeQuantSavePipeline", "folder_name", f"saved-{os.getpid()}-{path.stem}")]
-    if "gguf" in path.name:
+    if "gguf" in path.name.lower():
         overrides.append(("PipeQuantBackend", "gguf_file", "tiny-flux-transformer-Q8_0.gguf"))
     return apply_overrides(prompt, overrides)
 
 
 def test_there_are_example_workflows_in_ui_format():
     names = {p.stem for p in WORKFLOWS}
-    assert {"flux_nf4_transformer", "flux_mixed_components", "sd35_torchao_int8", "flux_quantize_and_save"} <= names
+    assert {"FLUX NF4 transformer", "FLUX per-component mix", "SD3.5 torchao int8 (global)", "FLUX quantize once and save"} <= names
     for path in WORKFLOWS:
         data = json.loads(path.read_text())
         assert data["version"] == 0.4 and data["nodes"] and isinstance(data["links"], list)
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_runs(path, env, bnb_cpu, models_root):
+def test_every_template_is_a_released_copy():
+    copies = {p.read_bytes(): p.name for p in RELEASED}
+    missing = [p.name for p in WORKFLOWS if p.read_bytes() not in copies]
+    assert not missing, f"add a copy of each released template to tests/workflows/: {missing}"
+
+
+@pytest.mark.parametrize("path", RELEASED, ids=[p.stem for p in RELEASED])
+def test_released_workflow_runs(path, env, bnb_cpu, models_root):
     prompt = _point_at_tiny(load_prompt(path), path)
     ui = execute(prompt)
     images = [Path(i) for out in ui.values() for i in out.get("images", [])]
     texts = [t for out in ui.values() for t in out.get("text", [])]
-    if "save" in path.name:
+    if "save" in path.name.lower():
         saved = models_root / f"saved-{os.getpid()}-{path.stem}"
         assert (saved / "model_index.json").is_file()
         assert any(str(saved) in t for t in texts)
@@ -69,7 +79,7 @@ def test_example_workflow_runs(path, env, bnb_cpu, models_root):
 
 
 def test_ui_and_api_format_give_the_same_prompt(tmp_path):
-    path = EXAMPLES / "flux_mixed_components.json"
+    path = EXAMPLES / "FLUX per-component mix.json"
     from_ui = to_api(read_workflow(path), ALL_NODES)
     api_file = tmp_path / "api.json"
     api_file.write_text(json.dumps(from_ui))
@@ -82,7 +92,7 @@ def test_ui_and_api_format_give_the_same_prompt(tmp_path):
 
 
 def test_cli_run_validate_and_errors(env, models_root, tmp_path, capsys):
-    wf = EXAMPLES / "sd35_torchao_int8.json"
+    wf = EXAMPLES / "SD3.5 torchao int8 (global).json"
     common = ["--models", str(models_root), "--output", str(tmp_path / "cli-out"),
               "--set", "PipeQuantLoadPipeline.model=tiny-sd3"] + [
         x for k, n, v in SMALL for x in ("--set", f"{k}.{n}={json.dumps(v)}")]
@@ -111,6 +121,6 @@ def test_demo_command_runs_on_a_fresh_cache(tmp_path):
 
 def test_no_model_folder_says_how_to_configure_one(monkeypatch, capsys):
     monkeypatch.delenv("PIPEQUANT_MODELS", raising=False)
-    assert main(["validate", str(EXAMPLES / "flux_nf4_transformer.json")]) == 2
+    assert main(["validate", str(EXAMPLES / "FLUX NF4 transformer.json")]) == 2
     err = capsys.readouterr().err
     assert "Load Quantized Pipeline" in err and "no model folders are configured" in err and "--models DIR" in err

@@ -13,8 +13,8 @@ from pipequant.runner.builtin import LoadImage
 from pipequant.runner.cli import EXAMPLES, load_prompt, main
 from pipequant.testing import write_example_files
 
-TEMPLATE = "flux_lora_img2img.json"
-COPY = Path(__file__).parent / "workflows" / TEMPLATE
+TEMPLATE = "FLUX LoRA image-to-image.json"
+COPY = Path(__file__).parent / "workflows" / "flux_lora_img2img.json"  # as released
 
 
 @pytest.fixture

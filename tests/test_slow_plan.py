@@ -84,7 +84,7 @@ def test_the_alternative_must_run_on_the_gpu_and_fit_the_same_memory(tiny_flux, 
 
 
 def test_cli_validate_prints_the_warning(monkeypatch, models_root, tiny_sd3, capsys):
-    wf = EXAMPLES / "sd35_torchao_int8.json"
+    wf = EXAMPLES / "SD3.5 torchao int8 (global).json"
     args = ["validate", str(wf), "--models", str(models_root), "--set", "PipeQuantLoadPipeline.model=tiny-sd3",
             "--set", "PipeQuantLoadPipeline.device=cpu",
             "--set", "PipeQuantSampler.width=32", "--set", "PipeQuantSampler.height=32",

@@ -154,7 +154,7 @@ test("toggling components in the Backend's comma-separated list", () => {
   assert.deepEqual(L.splitComponents(" a,b\nc ,, "), ["a", "b", "c"]);
 });
 
-// A graph like example_workflows/flux_mixed_components.json: two Backends, two chained Maps, Load.
+// A graph like example_workflows/FLUX per-component mix.json: two Backends, two chained Maps, Load.
 function mixedGraph() {
   const node = (id, type, widgets, inputs = {}, outputs = []) => ({ id, type, mode: 0, widgets, inputs, outputs });
   return {
