@@ -9,6 +9,7 @@ from functools import lru_cache
 
 from .backends import ALL_BACKENDS
 from .backends.base import DIFFUSERS, TRANSFORMERS, Backend  # noqa: F401 (re-exported)
+from .class_facts import quantization_methods
 from .constants import COMPUTE_DTYPES
 
 
@@ -29,7 +30,7 @@ def config_mapping(library: str) -> dict:
 
 @lru_cache(maxsize=None)
 def _backends() -> dict[str, Backend]:
-    known = config_mapping(DIFFUSERS)
+    known = quantization_methods(DIFFUSERS)  # the names only: no import of diffusers to list them
     return {b.name: b for b in ALL_BACKENDS if b.name in known}
 
 

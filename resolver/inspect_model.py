@@ -1,13 +1,11 @@
 """Inspect a pipeline folder from its model_index.json and config files, reading no weights."""
 from __future__ import annotations
 
-import inspect
-import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .catalogue import DIFFUSERS, TRANSFORMERS
+from .class_facts import ANY_SCHEDULER, class_info, load_class, pipeline_components
 from .meta_build import BuildRefused, build_on_meta, check_config
 from .problems import Problem, ValidationError
 from .roots import INDEX, Root, walk_pipeline
@@ -16,7 +14,6 @@ from .safetensors_header import HeaderError, TensorInfo, read_header
 from .variant import normalize as normalize_variant
 from .variant import variant_of
 
-LIBRARIES = (DIFFUSERS, TRANSFORMERS)
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -85,15 +82,6 @@ class ModelInfo:
                 "components": [c.describe() for c in self.components.values()]}
 
 
-def load_class(library: str | None, class_name: str | None):
-    """The class named in model_index.json, from diffusers or transformers only (never custom code)."""
-    if library not in LIBRARIES or not isinstance(class_name, str) or not class_name.isidentifier():
-        return None
-    module = __import__(library)
-    cls = getattr(module, class_name, None)
-    return cls if isinstance(cls, type) else None  # a function or submodule is not a class to load
-
-
 def _problem(code: str, message: str, suggestion: str, component: str | None = None) -> ValidationError:
     return ValidationError([Problem(code, "model", message, suggestion, component)])
 
@@ -135,89 +123,48 @@ def _weight_files(folder: Path, present: set[str], variant: str | None = None) -
 
 
 # -- which classes a pipeline may hold ---------------------------------------------------------------
-def _role(cls) -> str | None:
-    """What a class is for in a pipeline: pipeline, model, scheduler, tokenizer or processor."""
-    import diffusers
-    import torch
-    import transformers
-
-    if not isinstance(cls, type):
-        return None
-    for role, bases in (("pipeline", (diffusers.DiffusionPipeline,)), ("model", (torch.nn.Module,)),
-                        ("scheduler", (diffusers.SchedulerMixin,)),
-                        ("tokenizer", (transformers.PreTrainedTokenizerBase,)),
-                        ("processor", (transformers.ImageProcessingMixin, transformers.FeatureExtractionMixin,
-                                       transformers.ProcessorMixin))):
-        if issubclass(cls, bases):
-            return role
-    return None
-
-
-def _declared_types(annotation) -> list:
-    """The classes an __init__ annotation allows (Optional/Union unpacked; enums of schedulers kept)."""
-    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
-        return []
-    args = typing.get_args(annotation)
-    if args:
-        return [t for a in args if a is not type(None) for t in _declared_types(a)]
-    return [annotation]
-
-
-def declared_components(pipeline_cls) -> dict[str, list]:
-    """Component name -> the classes the pipeline's __init__ declares for it ([] = not typed)."""
-    params = inspect.signature(pipeline_cls.__init__).parameters
-    out = {n: _declared_types(p.annotation) for n, p in params.items()
-           if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    for name in getattr(pipeline_cls, "_optional_components", []) or []:
-        out.setdefault(name, [])
-    return out
-
-
-def _fits(cls, declared: list) -> bool:
-    """Whether `cls` may fill a slot declared as `declared`. A model must be the declared class or a
-    subclass; any scheduler may replace a scheduler (diffusers swaps them), any tokenizer a
-    tokenizer, any processor a processor."""
-    import enum
-
-    role = _role(cls)
+def _fits(info: dict, slots: list) -> bool:
+    """Whether a class (its facts) may fill a slot the pipeline declares as `slots`. A model must be
+    the declared class or a subclass; any scheduler may replace a scheduler (diffusers swaps them),
+    any tokenizer a tokenizer, any processor a processor."""
+    role = info["role"]
     if role in (None, "pipeline"):
         return False
-    if not declared:
+    if not slots:
         return True
-    for want in declared:
-        if isinstance(want, type) and issubclass(want, enum.Enum):  # KarrasDiffusionSchedulers
+    for want, want_role in slots:
+        if want == ANY_SCHEDULER:
             if role == "scheduler":
                 return True
-        elif isinstance(want, type):
-            if role == "model" and issubclass(cls, want):
-                return True
-            if role != "model" and _role(want) == role:
-                return True
+        elif role == "model" and want in info["bases"]:
+            return True
+        elif role != "model" and want_role == role:
+            return True
     return False
 
 
-def _check_entry(pipeline_cls, declared: dict, name: str, library, class_name) -> type:
+def _check_entry(pipeline_class: str, declared: dict, name: str, library, class_name) -> dict:
     if not name.isidentifier() or not name.isascii():
         raise _problem("component_name_invalid", f'model_index.json names a component {ascii(name)[:80]}: component '
                        "names are identifiers, never paths", "fix model_index.json (e.g. \"transformer\")")
-    cls = load_class(library, class_name)
-    if cls is None:
+    info = class_info(library, class_name)
+    if info is None:
         raise _problem("unsafe_class", f'component "{name}" is {library}.{class_name}: not a diffusers or transformers '
                        "class", "PipeQuant loads only classes built into diffusers/transformers, never custom or remote "
                        "code", name)
-    if _role(cls) == "pipeline":
+    if info["role"] == "pipeline":
         raise _problem("component_is_pipeline", f'component "{name}" is a whole pipeline ({class_name}), not a part of '
-                       f"{pipeline_cls.__name__}", "a pipeline's components are models, tokenizers and schedulers: fix "
+                       f"{pipeline_class}", "a pipeline's components are models, tokenizers and schedulers: fix "
                        "model_index.json", name)
     if name not in declared:
-        raise _problem("component_undeclared", f'{pipeline_cls.__name__} has no component "{name}" (model_index.json '
-                       "names it)", "remove it from model_index.json; " + pipeline_cls.__name__ + " takes: "
+        raise _problem("component_undeclared", f'{pipeline_class} has no component "{name}" (model_index.json '
+                       "names it)", "remove it from model_index.json; " + pipeline_class + " takes: "
                        + ", ".join(declared), name)
-    if not _fits(cls, declared[name]):
-        want = " or ".join(getattr(t, "__name__", str(t)) for t in declared[name])
-        raise _problem("component_class_mismatch", f'component "{name}" is {class_name}, but {pipeline_cls.__name__} '
+    if not _fits(info, declared[name]):
+        want = " or ".join(q.split(".", 1)[-1] for q, _ in declared[name])
+        raise _problem("component_class_mismatch", f'component "{name}" is {class_name}, but {pipeline_class} '
                        f"declares {want} for it", "fix model_index.json, or re-download the pipeline", name)
-    return cls
+    return info
 
 
 # -- the folder ------------------------------------------------------------------------------------
@@ -251,15 +198,11 @@ def _inspect_cached(folder: Path, mtime_key: tuple, variant: str | None = None) 
                            "re-download the pipeline or fix model_index.json") from None
         raise _file_problem(exc, folder) from None
     pipeline_class = index.get("_class_name")
-    import diffusers
-
-    pipeline_cls = getattr(diffusers, pipeline_class, None) if isinstance(pipeline_class, str) and \
-        pipeline_class.isidentifier() else None
-    if not (isinstance(pipeline_cls, type) and issubclass(pipeline_cls, diffusers.DiffusionPipeline)):
+    declared = pipeline_components(pipeline_class)
+    if declared is None:
         raise _problem("unsafe_class", f'model_index.json names pipeline class "{pipeline_class!s:.80}", which is not a '
                        "pipeline built into diffusers",
                        "only pipelines built into diffusers load; custom pipeline code is never run")
-    declared = declared_components(pipeline_cls)
     components: dict[str, ComponentInfo] = {}
     for name, entry in index.items():
         if name.startswith("_"):
@@ -272,18 +215,15 @@ def _inspect_cached(folder: Path, mtime_key: tuple, variant: str | None = None) 
         library, class_name = entry
         if library is None and class_name is None:
             continue  # an optional component the pipeline does not have
-        cls = _check_entry(pipeline_cls, declared, name, library, class_name)
-        components[name] = _component(folder, name, library, class_name, cls, present, variant)
+        info = _check_entry(pipeline_class, declared, name, library, class_name)
+        components[name] = _component(folder, name, library, class_name, info, present, variant)
     return ModelInfo(folder, pipeline_class, components, mtime_key, variant)
 
 
-def _component(folder: Path, name: str, library: str, class_name: str, cls, present: set[str],
+def _component(folder: Path, name: str, library: str, class_name: str, info: dict, present: set[str],
                variant: str | None = None) -> ComponentInfo:
-    import torch
-
     sub = folder / name
-    is_module = issubclass(cls, torch.nn.Module)
-    if not is_module:
+    if info["role"] != "model":
         return ComponentInfo(name, library, class_name, False, sub)
     mine = {rel[len(name) + 1:] for rel in present if rel.startswith(name + "/") and "/" not in rel[len(name) + 1:]}
     files, pickles = _weight_files(sub, mine, variant)
@@ -297,7 +237,7 @@ def _component(folder: Path, name: str, library: str, class_name: str, cls, pres
                            name) from None
     config = _read_json(sub / "config.json", folder, name) if "config.json" in mine else {}
     try:  # field types and layer counts, before anything builds from it
-        check_config(config, cls, library, f"{name}/config.json")
+        check_config(config, info["defaults"], f"{name}/config.json")
     except BuildRefused as exc:
         raise _problem(exc.code, str(exc), exc.suggestion, name) from None
     method = config.get("quantization_config")

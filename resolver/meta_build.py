@@ -8,11 +8,12 @@ parameter and module as it is registered and stop the build past a size or time 
 """
 from __future__ import annotations
 
-import inspect
 import re
 import threading
 import time
 from contextlib import contextmanager
+
+from .class_facts import config_defaults
 
 MAX_PARAMS = 200_000_000_000  # 10x the largest diffusion component today (FLUX.1 12B, T5-XXL 4.8B)
 MAX_MODULES = 50_000  # FLUX.1-dev has ~1 500, T5-XXL ~700
@@ -27,17 +28,6 @@ class BuildRefused(ValueError):
     def __init__(self, code: str, message: str, suggestion: str = "re-download the pipeline or fix its config.json"):
         self.code, self.suggestion = code, suggestion
         super().__init__(message)
-
-
-def _defaults(cls, library: str) -> dict:
-    """The config fields the class declares, with their default values."""
-    if library == "diffusers":
-        params = inspect.signature(cls.__init__).parameters
-        return {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
-    try:
-        return dict(vars(cls.config_class()))
-    except Exception:  # a config class that needs arguments: no defaults to compare with
-        return {}
 
 
 def _wrong_type(value, default) -> str | None:
@@ -57,9 +47,9 @@ def _wrong_type(value, default) -> str | None:
     return None
 
 
-def check_config(config: dict, cls, library: str, where: str) -> None:
-    """Field types and counts, before anything is built; raises BuildRefused naming the field."""
-    defaults = _defaults(cls, library)
+def check_config(config: dict, defaults: dict, where: str) -> None:
+    """Field types (against the class's defaults, class_facts.config_defaults) and counts, before
+    anything is built; raises BuildRefused naming the field."""
     for key, value in config.items():
         if key.startswith("_") or not isinstance(key, str):
             continue
@@ -122,7 +112,7 @@ def build_on_meta(cls, library: str, config: dict, where: str):
     """An instance of `cls` on the meta device (no memory for weights), from a checked config."""
     import torch
 
-    check_config(config, cls, library, where)
+    check_config(config, config_defaults(cls, library), where)
     with bounded(where), torch.device("meta"):
         try:
             if library == "diffusers":

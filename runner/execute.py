@@ -183,8 +183,6 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
     """Run the prompt; returns {node id: ui dict} of the output nodes. Everything is validated
     first, reading no weights (config nodes run, loaders validate their whole plan, samplers check
     the image size against the model), so a run fails before loading when it can."""
-    import torch
-
     problems = check_prompt(prompt)
     outputs = output_nodes(prompt)
     if not outputs:
@@ -193,9 +191,13 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
     if problems:
         raise ValidationError(problems)
     order = execution_order(prompt, outputs)
+    checked = _run(prompt, order, validate_only=True)  # reads configs and headers: no torch needed
+    if validate_only:
+        return checked
+    import torch
+
     with torch.inference_mode():  # as ComfyUI's executor does
-        checked = _run(prompt, order, validate_only=True)
-        return checked if validate_only else _run(prompt, order, validate_only=False)
+        return _run(prompt, order, validate_only=False)
 
 
 def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:

@@ -14,7 +14,6 @@ elsewhere.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,13 +181,10 @@ class Backend:
         """Whether a global spec must become one config per component library: diffusers
         refuses a global config when its and transformers' config classes take different
         arguments (torchao, quanto). Computed, as diffusers computes it."""
-        from ..catalogue import config_mapping
+        from ..class_facts import config_parameters
 
-        classes = [config_mapping(lib).get(self.name) for lib in (DIFFUSERS, TRANSFORMERS)]
-        if None in classes:
-            return False
-        params = [set(inspect.signature(c.__init__).parameters) - {"self"} for c in classes]
-        return params[0] != params[1]
+        params = [config_parameters(lib, self.name) for lib in (DIFFUSERS, TRANSFORMERS)]
+        return None not in params and params[0] != params[1]
 
     def describe(self) -> dict:
         return {

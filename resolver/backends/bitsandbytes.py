@@ -1,8 +1,10 @@
 """bitsandbytes 4-bit (nf4/fp4) and 8-bit (LLM.int8) backends."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
+from ..devices import cuda_available
 from .base import DIFFUSERS, MODULES_TO_NOT_CONVERT, Backend, Option, QuantType, module_skip_list
 
 DOUBLE_QUANT = Option(
@@ -37,6 +39,8 @@ class _BitsAndBytes(Backend):
     def cpu_supported(self, library: str) -> bool:
         if library not in self.gpu_only_libraries:
             return True  # transformers' bnb path loads on CPU
+        if "diffusers" not in sys.modules and not cuda_available():
+            return False  # what the quantizer would answer, without importing diffusers (3 s) to ask it
         config = self.config_for(DIFFUSERS, self.quant_types[0].name, None, {})
         return _diffusers_bnb_runs_here(self.name, config)
 

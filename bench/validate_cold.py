@@ -1,0 +1,86 @@
+"""Cold start of `python -m pipequant validate`, beside importing the libraries it no longer needs.
+
+Each run is a fresh interpreter. A: validate the bundled FLUX example (torchao int8 on the
+transformer, CPU) against a pipeline, reading headers and configs only. B: `import torch,
+diffusers, transformers`, which validate used to pay before anything else (about 10 s of its
+11 s). Runs alternate A B A B so a drift of the machine's speed hits both; the ratio is taken
+pair by pair. Pipelines: the tiny FLUX the demo builds, and the hollow full-size FLUX.1-dev
+(real configs, sparse 33 GB of safetensors where only headers can be read).
+
+    python -m bench.validate_cold [--root DIR] [--runs 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_workflows" / "flux_nf4_transformer.json"
+SETS = ("PipeQuantLoadPipeline.device=cpu", "PipeQuantBackend.backend=torchao",
+        "PipeQuantBackend.quant_type=int8_weight_only", "PipeQuantBackend.options={}")
+IMPORTS = "import torch, diffusers, transformers"
+# Printed by the validate child, after it ran: which heavy libraries it imported.
+PROBE = ("import sys, runpy; sys.argv = ['pipequant', *sys.argv[1:]]\n"
+         "try:\n    runpy.run_module('pipequant', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+         "print('IMPORTED', sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+         "sys.exit(code)")
+
+
+def _timed(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIPEQUANT_HF_CACHE": "off"})
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} … failed:\n{done.stdout}{done.stderr}")
+    return took, done.stdout
+
+
+def measure(models: Path, name: str, runs: int) -> dict:
+    validate = [sys.executable, "-c", PROBE, "validate", str(EXAMPLE), "--models", str(models),
+                "--set", f"PipeQuantLoadPipeline.model={name}", *(x for s in SETS for x in ("--set", s))]
+    imports = [sys.executable, "-c", IMPORTS]
+    _timed(validate), _timed(imports)  # warm-up: page cache, .pyc files
+    a, b, imported = [], [], set()
+    for _ in range(runs):
+        took, out = _timed(validate)
+        a.append(took)
+        imported.update(json.loads(out.split("IMPORTED", 1)[1].strip().replace("'", '"')))
+        b.append(_timed(imports)[0])
+    return {"pipeline": name, "runs": runs, "validate_s": statistics.median(a), "imports_s": statistics.median(b),
+            "ratio": statistics.median(x / y for x, y in zip(a, b)), "imported": sorted(imported)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.validate_cold", description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=Path(os.environ.get("PIPEQUANT_BENCH_DIR", "/tmp/pipequant-bench")),
+                   help="where the pipelines are built once (default $PIPEQUANT_BENCH_DIR or /tmp/pipequant-bench)")
+    p.add_argument("--runs", type=int, default=5, help="pairs of runs per pipeline (default 5)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    from pipequant.testing import ensure_pipeline
+    from pipequant.testing.hollow import build_flux_dev
+
+    tiny = ensure_pipeline("flux", args.root / "tiny")
+    hollow = args.root / "hollow" / "FLUX.1-dev"
+    if not (hollow / "model_index.json").exists():
+        build_flux_dev(hollow)
+    rows = [measure(tiny.parent, tiny.name, args.runs), measure(hollow.parent, hollow.name, args.runs)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "validate_cold.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["| pipeline | validate, median s | import torch+diffusers+transformers, median s | ratio (pairwise median) "
+             "| heavy libraries validate imported |", "|---|---|---|---|---|"]
+    lines += [f"| {r['pipeline']} | {r['validate_s']:.2f} | {r['imports_s']:.2f} | {r['ratio']:.3f} | "
+              f"{', '.join(r['imported']) or 'none'} |" for r in rows]
+    (args.out / "validate_cold.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
