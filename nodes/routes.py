@@ -316,6 +316,9 @@ def auto_plan(data: dict) -> dict:
     if name is None or len(name) > MAX_NAME:
         raise _shape("model", 'a plan needs "model"', "pick a pipeline on the node")
     inputs = {k: data[k] for k in ("budget_gb", "goal", "width", "height", "batch_size", "allow_offload") if k in data}
+    variant = _string(data, "variant", None)
+    if variant is not None:
+        inputs["variant"] = variant
     try:
         result = plan_for(resolve_model(name, comfy.model_roots()), **inputs)
     except NothingFits as exc:

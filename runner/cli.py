@@ -184,7 +184,8 @@ def cmd_plan(args) -> int:
     folder = resolve_model(args.model, env_roots(), field="MODEL")
     try:
         result = plan_for(folder, budget_gb=args.budget, goal=args.goal, width=args.width, height=args.height,
-                          batch_size=args.batch_size, allow_offload=not args.no_offload, profile=profile)
+                          batch_size=args.batch_size, allow_offload=not args.no_offload, profile=profile,
+                          variant=args.variant)
     except NothingFits as exc:
         if args.json:
             print(json.dumps({"components": {}, "offload": exc.mode, "predicted_peak_bytes": exc.smallest_peak,
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--no-offload", action="store_true", help="plans keep every component on the device")
+    p.add_argument("--variant", default="default",
+                   help="plan from this weight variant's files (e.g. fp16: model.fp16.safetensors), as the Load node's "
+                        "variant will read them (default: the plain files)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     _common(p)
     p.set_defaults(func=cmd_plan)

@@ -78,3 +78,22 @@ def test_a_missing_variant_is_a_clear_error_before_any_weight_is_read(with_fp16,
     result = PipeQuantLoadPipeline.VALIDATE_INPUTS(with_fp16.name, "bfloat16", "cpu", "none", variant="bf16")
     assert result is not True and "variant" in result and "bf16" in result
     assert PipeQuantLoadPipeline.VALIDATE_INPUTS(with_fp16.name, "bfloat16", "cpu", "none", variant="fp16") is True
+
+
+def test_the_auto_plan_reads_the_same_variant_as_the_load(with_fp16, monkeypatch):
+    from pipequant.nodes.auto_plan import PipeQuantAutoPlan
+    from pipequant.resolver.planner.device import GIB, DeviceProfile
+    from pipequant.resolver.planner.request import plan_for
+
+    gpu = DeviceProfile("test GPU", 80 * GIB, 80 * GIB, (9, 0))
+    plain, fp16 = plan_for(with_fp16, budget_gb=1, profile=gpu), plan_for(with_fp16, budget_gb=1, profile=gpu,
+                                                                             variant="fp16")
+    assert plain.model.components["transformer"].variant is None and plain.to_json()["variant"] is None
+    assert fp16.model.components["transformer"].variant == "fp16" and fp16.to_json()["variant"] == "fp16"
+    assert "weights from the fp16 files" in fp16.table() and "weights from" not in plain.table()
+    with pytest.raises(ValidationError) as err:
+        plan_for(with_fp16, budget_gb=1, profile=gpu, variant="bf16")
+    assert err.value.problems[0].field == "variant" and "fp16" in err.value.problems[0].suggestion
+    # The node takes it as its last, optional input, with the Load node's choices.
+    optional = PipeQuantAutoPlan.INPUT_TYPES()["optional"]
+    assert list(optional) == ["variant"] and optional["variant"][1]["default"] == "default"

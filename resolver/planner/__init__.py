@@ -65,14 +65,16 @@ class AutoPlan:
                 "predicted_resident_bytes": sum(c.bytes for c in self.choices.values()),
                 "working_bytes": self.peak.working, "budget_bytes": self.budget, "fits": self.fits,
                 "goal": self.goal, "device": self.profile.describe(), "working_memory": self.working.describe(),
-                "spec": self.spec.to_dict(), "rejected": self.rejected, "notes": self.notes}
+                "spec": self.spec.to_dict(), "rejected": self.rejected, "notes": self.notes,
+                "variant": self.model.variant}
 
     def table(self) -> str:
         def gib(b):
             return f"{b / GIB:.2f}"
 
         lines = [(f"Auto plan for {self.model.folder.name} on {self.profile.name} — goal {self.goal}, budget "
-                  f"{gib(self.budget)} GiB, load dtype {self.dtype}, offload {self.offload}"),
+                  f"{gib(self.budget)} GiB, load dtype {self.dtype}, offload {self.offload}"
+                  + (f", weights from the {self.model.variant} files" if self.model.variant else "")),
                  f"{'component':<16} {'choice':<34} {'GiB':>7} {'speed':>6} {'error':>7}  why"]
         for n, c in self.choices.items():
             speed = "—" if self.roles.get(n) != DENOISER else ("?" if c.speed is None else f"{c.speed:.2f}")

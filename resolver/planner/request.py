@@ -5,6 +5,8 @@ from pathlib import Path
 
 from ..inspect_model import inspect_model
 from ..problems import Problem, ValidationError
+from ..variant import normalize as normalize_variant
+from ..variant import problems as variant_problems
 from . import AutoPlan, auto_plan
 from .device import GIB, DeviceProfile, ProfileError, detect
 from .search import GOALS
@@ -46,13 +48,17 @@ def profile_from(data) -> DeviceProfile:
 def plan_for(folder: Path, *, budget_gb: float = 0, goal: str = "balanced", width: int = 1024, height: int = 1024,
              batch_size: int = 1, allow_offload: bool = True, profile: DeviceProfile | None = None,
              variant: str | None = None) -> AutoPlan:
-    """Check the inputs, inspect the model (headers only) and plan. Raises ValidationError for bad
-    input, `NothingFits` when no plan fits."""
+    """Check the inputs, inspect the model (headers only; `variant`'s files where a component has
+    them, as the Load node will read) and plan. Raises ValidationError for bad input, `NothingFits`
+    when no plan fits."""
     problems = check_inputs(budget_gb, goal, width, height, batch_size)
     if problems:
         raise ValidationError(problems)
-    model = inspect_model(folder)
+    model = inspect_model(folder, variant=variant)
+    wrong = variant_problems(model, variant)  # a variant no component has files for
+    if wrong:
+        raise ValidationError(wrong)
     profile = profile or detect()
     budget = int(budget_gb * GIB) if budget_gb else None
     return auto_plan(model, profile, budget, goal, width=width, height=height, batch_size=batch_size,
-                     allow_offload=bool(allow_offload), variant=variant)
+                     allow_offload=bool(allow_offload), variant=normalize_variant(variant))
