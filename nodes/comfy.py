@@ -9,6 +9,7 @@ from pathlib import Path
 from ..resolver import disk_cache, hub_cache
 from ..resolver.lora import ENV_VAR as LORAS_ENV
 from ..resolver.roots import GGUF_ENV, MODELS_ENV, env_roots
+from ..resolver.safe_files import FileProblem, read_json_object
 from . import comfy_memory
 
 try:
@@ -25,6 +26,8 @@ comfy_memory.install(model_management)  # "Unload models" / POST /free empties o
 
 # Where GGUF files of diffusers models live (text encoders are not: the gguf backend takes none).
 GGUF_FOLDERS = ("diffusion_models", "unet")
+HUB_CACHE_SETTING = "PipeQuant.HubCache"  # the id web/js/settings.js registers
+SETTINGS_FILE = "comfy.settings.json"  # where ComfyUI keeps a user's settings
 CACHE_FOLDER = "pipequant_cache"  # ComfyUI model folder of the disk cache (extra_model_paths.yaml can move it)
 _interrupt = threading.Event()
 
@@ -57,9 +60,23 @@ def folder_roots() -> list[Path]:
     return _comfy_paths("diffusers") + env_roots(MODELS_ENV)
 
 
+def hub_cache_setting() -> bool:
+    """The editor's setting "Read pipelines from the Hugging Face cache" (web/js/settings.js), as
+    ComfyUI stores it: in the default user's comfy.settings.json. On unless turned off there."""
+    user_directory = getattr(folder_paths, "get_user_directory", None)
+    if user_directory is None:  # not inside ComfyUI
+        return True
+    try:
+        settings = read_json_object(Path(user_directory()) / "default" / SETTINGS_FILE)
+    except FileProblem:  # no settings saved yet
+        return True
+    return settings.get(HUB_CACHE_SETTING) is not False
+
+
 def model_roots() -> list:
-    """Where pipelines are found: the model folders, then the Hugging Face cache (read-only)."""
-    return folder_roots() + hub_cache.default_root()
+    """Where pipelines are found: the model folders, then the Hugging Face cache (read-only)
+    unless the editor's setting or PIPEQUANT_HF_CACHE=off turns it off."""
+    return folder_roots() + (hub_cache.default_root() if hub_cache_setting() else [])
 
 
 def gguf_roots() -> list[Path]:

@@ -181,6 +181,27 @@ def test_a_core_node_needing_memory_gets_ours_and_the_next_run_reloads(server):
     assert all(reused(warm).values()), warm["outputs"]["2"]["text"][0]
 
 
+def test_the_editor_setting_turns_the_hub_cache_off_and_on(server):
+    """Settings dialog → PipeQuant → "Read pipelines from the Hugging Face cache": the editor saves
+    it through ComfyUI's own /settings route (what web/js/settings.js registers); the model list follows."""
+    def listed():
+        status, info = server.get("/object_info/PipeQuantLoadPipeline")
+        assert status == 200
+        return info["PipeQuantLoadPipeline"]["input"]["required"]["model"][0]
+
+    assert HUB_REPO in listed()
+    try:
+        assert server.post("/settings/PipeQuant.HubCache", False)[0] == 200
+        assert HUB_REPO not in listed() and MODEL in listed()
+        prompt = our_prompt(seed=9)
+        prompt["1"]["inputs"]["model"] = HUB_REPO
+        status, body = server.queue(prompt)
+        assert status == 400 and "1" in body["node_errors"], body  # not a model root any more
+    finally:
+        assert server.post("/settings/PipeQuant.HubCache", True)[0] == 200
+    assert HUB_REPO in listed()
+
+
 def test_hub_cache_snapshot_is_listed_by_repo_name_and_loads(server):
     status, info = server.get("/object_info/PipeQuantLoadPipeline")
     assert status == 200

@@ -3,6 +3,7 @@ through links into the repo's own blobs/, any other link refused."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,30 @@ def test_a_linked_blobs_folder_is_refused(hub, tmp_path):
     assert list_pipelines([HubCacheRoot(hub)]) == []
     with pytest.raises(ValidationError, match="is a link that leaves the pipeline folder"):
         resolve_model(REPO, [HubCacheRoot(hub)])
+
+
+def test_the_editor_setting_is_read_from_comfyuis_settings_file(monkeypatch, hub, tmp_path):
+    """The Settings dialog's switch (web/js/settings.js) as ComfyUI saves it: user/default/comfy.settings.json."""
+    import json
+    import types
+
+    from pipequant.nodes import comfy
+
+    web = (Path(__file__).resolve().parent.parent / "web" / "js" / "settings.js").read_text()
+    assert f'"{comfy.HUB_CACHE_SETTING}"' in web  # the editor registers the id the server reads
+    user = tmp_path / "user"
+    monkeypatch.setattr(comfy, "folder_paths", types.SimpleNamespace(get_user_directory=lambda: str(user),
+                                                                     get_folder_paths=lambda kind: []))
+    monkeypatch.setenv(ENV_VAR, str(hub))
+    assert comfy.hub_cache_setting() and comfy.model_roots() == [HubCacheRoot(hub)]  # no settings saved yet
+    settings = user / "default" / comfy.SETTINGS_FILE
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"Comfy.Locale": "en", comfy.HUB_CACHE_SETTING: False}))
+    assert not comfy.hub_cache_setting() and comfy.model_roots() == []
+    settings.write_text(json.dumps({comfy.HUB_CACHE_SETTING: True}))
+    assert comfy.model_roots() == [HubCacheRoot(hub)]
+    settings.write_text("{not json")  # a broken file: the default (on), never an error in the node list
+    assert comfy.hub_cache_setting()
+    monkeypatch.setenv(ENV_VAR, "off")  # the server's switch wins over the editor's
+    settings.write_text(json.dumps({comfy.HUB_CACHE_SETTING: True}))
+    assert comfy.model_roots() == []
