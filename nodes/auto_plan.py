@@ -6,10 +6,8 @@ from ..resolver.planner.request import check_inputs, plan_for
 from ..resolver.planner.search import GOALS
 from ..resolver.problems import Problem, ValidationError
 from ..resolver.roots import list_pipelines, resolve_model
-from ..resolver.variant import DEFAULT as DEFAULT_VARIANT
 from . import comfy
 from .backend import CONFIG_TYPE
-from .load import variant_choices
 from .messages import raise_for, validation_result
 
 AUTO_PLAN_NODE = "Auto Quantization Plan"
@@ -49,17 +47,10 @@ class PipeQuantAutoPlan:
                                               "tooltip": "Allow CPU offload when nothing fits on the GPU (the table "
                                                          "then says which offload to set on the Load node)."}),
             },
-            "optional": {
-                "variant": (variant_choices(), {"default": DEFAULT_VARIANT,
-                                                "tooltip": "The same weight variant as on Load Quantized Pipeline "
-                                                           "(fp16: plan from model.fp16.safetensors). default = the "
-                                                           "plain files."}),
-            },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, budget_gb, goal, width, height, batch_size, allow_offload=True,
-                        variant=DEFAULT_VARIANT):
+    def VALIDATE_INPUTS(cls, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
         problems = check_inputs(budget_gb, goal, width, height, batch_size)
         try:
             resolve_model(model, comfy.model_roots())
@@ -67,11 +58,11 @@ class PipeQuantAutoPlan:
             problems += exc.problems
         return validation_result(problems, AUTO_PLAN_NODE)
 
-    def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True, variant=DEFAULT_VARIANT):
+    def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
         try:
             folder = resolve_model(model, comfy.model_roots())
             result = plan_for(folder, budget_gb=budget_gb, goal=goal, width=width, height=height,
-                              batch_size=batch_size, allow_offload=allow_offload, variant=variant)
+                              batch_size=batch_size, allow_offload=allow_offload)
         except NothingFits as exc:
             raise_for([Problem("nothing_fits", "budget_gb", str(exc), "")], AUTO_PLAN_NODE)
         except ValidationError as exc:

@@ -81,7 +81,6 @@ def test_a_missing_variant_is_a_clear_error_before_any_weight_is_read(with_fp16,
 
 
 def test_the_auto_plan_reads_the_same_variant_as_the_load(with_fp16, monkeypatch):
-    from pipequant.nodes.auto_plan import PipeQuantAutoPlan
     from pipequant.resolver.planner.device import GIB, DeviceProfile
     from pipequant.resolver.planner.request import plan_for
 
@@ -94,6 +93,3 @@ def test_the_auto_plan_reads_the_same_variant_as_the_load(with_fp16, monkeypatch
     with pytest.raises(ValidationError) as err:
         plan_for(with_fp16, budget_gb=1, profile=gpu, variant="bf16")
     assert err.value.problems[0].field == "variant" and "fp16" in err.value.problems[0].suggestion
-    # The node takes it as its last, optional input, with the Load node's choices.
-    optional = PipeQuantAutoPlan.INPUT_TYPES()["optional"]
-    assert list(optional) == ["variant"] and optional["variant"][1]["default"] == "default"

@@ -5,7 +5,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const NODE = "PipeQuantAutoPlan";
-const INPUTS = ["model", "budget_gb", "goal", "width", "height", "batch_size", "allow_offload", "variant"];
+const INPUTS = ["model", "budget_gb", "goal", "width", "height", "batch_size", "allow_offload"];
 const SETTLE_MS = 400;
 const LINE_H = 15;
 const GIB = 1024 ** 3;
