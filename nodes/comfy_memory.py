@@ -80,6 +80,19 @@ class ComponentHandle:
     def partially_unload(self, device, memory_to_free) -> int:
         return 0  # a quantized component cannot be half moved: unload releases it whole
 
+    # Asked by newer cores (Dynamic VRAM, pinned host memory; ComfyUI ≈ 0.15+), in free_memory's loop.
+    def is_dynamic(self) -> bool:
+        return False  # not paged in on demand by ComfyUI's allocator: resident where the plan put it
+
+    def model_mmap_residency(self, free: bool = False) -> tuple[int, int]:
+        return 0, 0  # no weights in ComfyUI's memory-mapped files
+
+    def pinned_memory_size(self) -> int:
+        return 0
+
+    def partially_unload_ram(self, ram_to_unload) -> int:
+        return 0  # no pinned host copy to give back; detach() releases the component itself
+
     def detach(self, unpatch_all: bool = True) -> None:
         global _collect_pending
         module = self._module()
@@ -104,6 +117,21 @@ def _loaded_model_class(model_management):
             return True
 
     return PipeQuantLoadedModel
+
+
+def dynamic_vram_note() -> str | None:
+    """What PipeQuant does under ComfyUI's Dynamic VRAM, when this core has it turned on."""
+    try:
+        from comfy.cli_args import enables_dynamic_vram  # type: ignore  (ComfyUI ≈ 0.15 and later)
+    except ImportError:
+        return None
+    try:
+        on = bool(enables_dynamic_vram())
+    except Exception:  # a core whose flag reader needs more than the parsed arguments
+        return None
+    return ("PipeQuant: ComfyUI's Dynamic VRAM is on. PipeQuant's components are not paged by it: they stay "
+            "where their plan puts them (or move with the Load node's offload) and are released when ComfyUI frees "
+            "memory or unloads models") if on else None
 
 
 def supported(model_management) -> bool:
@@ -163,6 +191,9 @@ def install(model_management) -> None:
     device."""
     if not supported(model_management) or getattr(model_management.unload_all_models, "_pipequant", False):
         return
+    note = dynamic_vram_note()
+    if note:
+        log.info(note)
     original_free = model_management.free_memory
 
     @functools.wraps(original_free)
