@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-EXAMPLE = Path(__file__).resolve().parent.parent / "example_workflows" / "flux_nf4_transformer.json"
 SETS = ("PipeQuantLoadPipeline.device=cpu", "PipeQuantBackend.backend=torchao",
         "PipeQuantBackend.quant_type=int8_weight_only", "PipeQuantBackend.options={}")
 IMPORTS = "import torch, diffusers, transformers"
@@ -42,7 +41,9 @@ def _timed(cmd: list[str]) -> tuple[float, str]:
 
 
 def measure(models: Path, name: str, runs: int) -> dict:
-    validate = [sys.executable, "-c", PROBE, "validate", str(EXAMPLE), "--models", str(models),
+    from pipequant.runner.cli import DEMO_WORKFLOW
+
+    validate = [sys.executable, "-c", PROBE, "validate", str(DEMO_WORKFLOW), "--models", str(models),
                 "--set", f"PipeQuantLoadPipeline.model={name}", *(x for s in SETS for x in ("--set", s))]
     imports = [sys.executable, "-c", IMPORTS]
     _timed(validate), _timed(imports)  # warm-up: page cache, .pyc files

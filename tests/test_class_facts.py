@@ -12,8 +12,8 @@ import pytest
 from pipequant.resolver import catalogue, class_facts
 from pipequant.resolver.devices import NO_GPU_UNLESS
 from pipequant.resolver.inspect_model import _inspect_cached, inspect_model
+from pipequant.runner.cli import DEMO_WORKFLOW
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLPipeline", "StableDiffusionPipeline",
                     "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 
@@ -112,7 +112,7 @@ def test_validate_imports_neither_torch_nor_diffusers(tiny_flux, flux_dev, tmp_p
     gpu_files = any(Path(p).exists() for p in NO_GPU_UNLESS)
     for folder in (tiny_flux, flux_dev):
         done = subprocess.run(
-            [sys.executable, "-c", probe, "validate", str(ROOT / "example_workflows" / "flux_nf4_transformer.json"),
+            [sys.executable, "-c", probe, "validate", str(DEMO_WORKFLOW),
              "--models", str(folder.parent), "--set", f"PipeQuantLoadPipeline.model={folder.name}",
              "--set", "PipeQuantLoadPipeline.device=cpu", "--set", "PipeQuantBackend.backend=torchao",
              "--set", "PipeQuantBackend.quant_type=int8_weight_only", "--set", "PipeQuantBackend.options={}"],
