@@ -866,6 +866,105 @@ def test_panels_redraw_under_nodes_2(editor):
         time.sleep(0.5)
 
 
+class nodes_2:
+    """Nodes 2.0 (Vue nodes) on for the block: a mode of the newer frontend only."""
+
+    def __init__(self, editor: Editor):
+        self.editor = editor
+
+    def __enter__(self):
+        if self.editor.frontend != "newest":
+            pytest.skip("Nodes 2.0 is a mode of the newer frontend")
+        self.editor.js("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+        time.sleep(1.0)
+        return self.editor
+
+    def __exit__(self, *exc):
+        self.editor.js("async () => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+        time.sleep(0.5)
+
+
+def element_boxes(editor: Editor) -> dict:
+    """Each node's element on the page (Nodes 2.0), its height in graph units against its size, and
+    the boxes of its drawn panels."""
+    return editor.js("""() => Object.fromEntries(app.graph._nodes.map(n => {
+        const el = document.querySelector(`[data-node-id='${n.id}']`), r = el.getBoundingClientRect();
+        const box = (b) => [b.left, b.top, b.right, b.bottom];
+        return [n.id, {box: box(r), height: el.offsetHeight, size: [...n.size], title: LiteGraph.NODE_TITLE_HEIGHT,
+                       panels: [...el.querySelectorAll('canvas')].map(c => box(c.getBoundingClientRect()))}];
+    }))""")
+
+
+def assert_laid_out(editor: Editor) -> None:
+    """Every panel inside its node's element, every element as tall as its node's size (so the
+    graph's box is what is drawn), and no two elements overlapping."""
+    boxes = element_boxes(editor)
+    for node_id, b in boxes.items():
+        left, top, right, bottom = b["box"]
+        for panel in b["panels"]:
+            assert left - 1 <= panel[0] and panel[2] <= right + 1 and top - 1 <= panel[1] and panel[3] <= bottom + 1, (node_id, b)
+        assert b["height"] <= b["size"][1] + b["title"] + 2, (node_id, b)
+    ids = list(boxes)
+    overlapping = [(a, c) for i, a in enumerate(ids) for c in ids[i + 1:]
+                   if boxes[a]["box"][0] < boxes[c]["box"][2] and boxes[c]["box"][0] < boxes[a]["box"][2]
+                   and boxes[a]["box"][1] < boxes[c]["box"][3] and boxes[c]["box"][1] < boxes[a]["box"][3]]
+    assert not overlapping, (overlapping, boxes)
+
+
+def test_grown_panels_stay_inside_their_node_under_nodes_2(editor):
+    with nodes_2(editor):
+        editor.load(example("FLUX NF4 transformer"), "vue-layout")
+        backend, report = editor.ids(BACKEND)[0], editor.ids(REPORT)[0]
+        # A node right under the Backend, which its error panel grows towards.
+        editor.js("""([b, r]) => { const nb = app.graph.getNodeById(b), nr = app.graph.getNodeById(r);
+            nr.pos = [nb.pos[0], nb.pos[1] + nb.size[1] + 60]; app.graph.setDirtyCanvas(true, true); }""", [backend, report])
+        time.sleep(1.0)
+        assert_laid_out(editor)
+        long_name = "a_component_name_with_no_spaces_at_all_" * 4
+        editor.set_widget(backend, "components", f"{long_name}, other_missing_component, text_encoder_3")
+        time.sleep(1.0)  # the element re-rendered, the size followed it
+        assert len(editor.node(backend)["problems"]) >= 3
+        assert_laid_out(editor)
+        editor.screenshot("vue-grown-panel")
+        # A click on the long panel shows all of it: taller still, still inside, still apart.
+        truncated = editor.js("(id) => app.graph.getNodeById(id).pipequant.truncated", backend)
+        assert truncated
+        before = element_boxes(editor)[str(backend)]["height"]
+        panel = editor.page.locator(f"[data-node-id='{backend}'] canvas").last
+        panel.click(position={"x": 40, "y": 12})
+        editor.page.wait_for_function("(id) => app.graph.getNodeById(id).pipequant.expanded", arg=backend, timeout=5000)
+        time.sleep(1.0)
+        boxes = element_boxes(editor)
+        assert boxes[str(backend)]["height"] > before, boxes[str(backend)]
+        assert_laid_out(editor)
+        editor.screenshot("vue-expanded-panel")
+
+
+def test_gpu_only_backends_are_marked_in_the_nodes_2_select(editor):
+    with nodes_2(editor):
+        catalogue = {b["name"]: b for b in editor.js("() => window.pipequant.shared.catalogue.backends")}  # the server's
+        editor.load(example("FLUX NF4 transformer"), "vue-select")
+        backend = editor.ids(BACKEND)[0]
+        editor.page.locator(f"[data-node-id='{backend}'] .lg-node-widget", has_text="backend").first.locator("button").first.click()
+        editor.page.wait_for_selector("[role=option]", timeout=5000)
+        options = editor.js("() => [...document.querySelectorAll('[role=option]')].map(e => e.innerText.trim())")
+        editor.screenshot("vue-backend-select")
+        assert [o.split(" · ")[0] for o in options] == list(catalogue), options
+        for name, option in zip(catalogue, options):
+            gpu = [lib for lib, ok in (catalogue[name]["cpu"] or {}).items() if not ok]
+            if catalogue[name]["installed"] and gpu:
+                assert "needs a GPU" in option, option
+            else:
+                assert "GPU" not in option, option
+        assert any("needs a GPU" in o for o in options)  # a CPU server: bitsandbytes
+        editor.page.locator("[role=option]", has_text="torchao").first.click()
+        editor.settle()
+        state = editor.node(backend)
+        assert state["values"]["backend"] == "torchao" and state["values"]["quant_type"] == "int8_weight_only", state
+        prompt = editor.js("async () => (await window.app.graphToPrompt()).output")
+        assert prompt[str(backend)]["inputs"]["backend"] == "torchao"  # the value stays the plain name
+
+
 def test_refused_folders_are_named_on_the_load_node(editor):
     editor.load(example("FLUX NF4 transformer"), "refused")
     load = editor.ids(LOAD)[0]

@@ -194,27 +194,42 @@ export function gpuOnlyLibraries(backend) {
   return Object.entries(backend?.cpu ?? {}).filter(([, ok]) => !ok).map(([library]) => library);
 }
 
-/** Entries of the backend picker, plain text: every backend with its types, marked when it is
- * not installed or needs a GPU for some models (on a server without one). */
+/** What a backend's name is marked with where it is offered: needs a GPU for some models (on a
+ * server without one), deprecated. Not installed: `install` adds how to install it. */
+function backendMarks(b, { install = true } = {}) {
+  const gpu = gpuOnlyLibraries(b);
+  let marks = "";
+  if (!b.installed) marks = install ? ` — not installed: ${b.install}` : " · not installed";
+  else if (gpu.length === b.libraries.length) marks = " · needs a GPU";
+  else if (gpu.length) marks = ` · needs a GPU for ${gpu.join(", ")} models`;
+  if (b.deprecated) marks += " · deprecated";
+  return marks;
+}
+
+/** Entries of the backend picker, plain text: every backend with its types and its marks. */
 export function backendMenu(catalogue) {
   return (catalogue?.backends ?? []).map((b) => {
-    const gpu = gpuOnlyLibraries(b);
-    let label = `${b.name} — ${b.quant_types.map((q) => q.name).join(", ")}`;
-    if (!b.installed) label = `${b.name} — not installed: ${b.install}`;
-    else if (gpu.length === b.libraries.length) label += " · needs a GPU";
-    else if (gpu.length) label += ` · needs a GPU for ${gpu.join(", ")} models`;
-    if (b.deprecated) label += " · deprecated";
-    return { value: b.name, label, installed: b.installed, gpuOnly: gpu.length > 0 };
+    const types = b.installed ? ` — ${b.quant_types.map((q) => q.name).join(", ")}` : "";
+    return { value: b.name, label: `${b.name}${types}${backendMarks(b)}`, installed: b.installed,
+      gpuOnly: gpuOnlyLibraries(b).length > 0 };
   });
 }
 
-/** Lines of the Backend node's info panel (the problems come separately). */
-export function backendNotes(catalogue, values) {
+/** A backend's label in a select that shows one line per value (Nodes 2.0's own select): its
+ * name and marks, no types. Unknown names stay as they are. */
+export function backendLabel(catalogue, name) {
+  const b = findBackend(catalogue, name);
+  return b ? `${b.name}${backendMarks(b, { install: false })}` : String(name);
+}
+
+/** Lines of the Backend node's info panel (the problems come separately; a deprecation the
+ * server already reports among them is not said twice). */
+export function backendNotes(catalogue, values, problems = []) {
   const backend = findBackend(catalogue, values.backend);
   if (!backend) return catalogue ? [{ kind: "warning", text: `unknown backend "${values.backend}"` }] : [];
   const notes = [];
   if (!backend.installed) notes.push({ kind: "warning", text: `${backend.label} is not installed — ${backend.install}` });
-  if (backend.deprecated) notes.push({ kind: "warning", text: `${backend.label} is deprecated${backend.deprecated === true ? "" : ": " + backend.deprecated}` });
+  if (backend.deprecated && !problems.some((p) => p.code === "backend_deprecated")) notes.push({ kind: "warning", text: `${backend.label} is deprecated${backend.deprecated === true ? "" : ": " + backend.deprecated}` });
   const quant = backend.quant_types.find((q) => q.name === values.quant_type);
   if (quant) notes.push({ kind: "note", text: `${quant.label}: ${quant.help}` });
   const options = applicableOptions(catalogue, values.backend, values.quant_type);

@@ -116,14 +116,32 @@ function redraw(node) {
   const nodes = node ? [node] : (app.graph?._nodes ?? []).filter((n) => n.pipequant);
   for (const n of nodes) {
     for (const w of n.widgets ?? []) {
-      if (!w.pipequantDrawn || !w.triggerDraw) continue;
-      // Nodes 2.0 sizes the widget's canvas from computedHeight, which only the canvas layout sets.
-      if (vueMode()) w.computedHeight = Math.max(0, w.computeSize(w.width || n.size[0])[1]);
-      w.triggerDraw();
+      if (w.pipequantDrawn && w.triggerDraw) w.triggerDraw();
     }
     markProblems(n);
   }
   app.graph?.setDirtyCanvas(true, true);
+}
+
+function nodeElement(node) {
+  return document.querySelector(`[data-node-id="${CSS.escape(String(node.id))}"]`);
+}
+
+/** Nodes 2.0 lays widgets out as HTML, taller than the canvas's computeSize counts them: the
+ * node's element grows past its size (a min-height), while the graph keeps the old box, so a grown
+ * panel ends below the node's edge and over the nodes under it. The size follows the element
+ * (pushing those nodes down), and the difference is kept so that the next fit starts from it. */
+function followElement(node) {
+  const el = nodeElement(node);
+  if (!el || node.flags?.collapsed) return;
+  const st = node.pipequant;
+  const needed = el.offsetHeight - (globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30);
+  const h = node.size[1];
+  if (needed <= h + 1) return;
+  st.vueExtra = Math.max(0, needed - node.computeSize()[1]);
+  node.setSize([node.size[0], needed]);
+  if (st.fittedH !== AUTO) makeRoom(node, h, needed);
+  st.fittedH = needed;
 }
 
 /** The red outline of a node with errors. On the canvas it is a stroke style (below); a Vue node's
@@ -131,7 +149,7 @@ function redraw(node) {
  * outline is set on the node's element itself. */
 function markProblems(node) {
   if (!vueMode()) return;
-  const el = document.querySelector(`[data-node-id="${CSS.escape(String(node.id))}"]`);
+  const el = nodeElement(node);
   if (!el) return;
   const bad = node.pipequant?.problems?.some((p) => p.severity !== "warning");
   el.classList.toggle("pipequant-has-error", !!bad);
@@ -169,7 +187,8 @@ function setHidden(w, hidden) {
  * node that grows pushes the nodes just below it down, so that it never covers them. */
 function fit(node, exact = false) {
   const st = node.pipequant;
-  const [minW, minH] = node.computeSize();
+  const [minW, canvasH] = node.computeSize();
+  const minH = canvasH + (vueMode() ? st.vueExtra : 0);
   const [w0, h] = node.size;
   const shrink = exact || st.fittedH === AUTO || st.fittedH === h;
   const target = shrink || h < minH ? minH : h;
@@ -215,7 +234,7 @@ function panelItems(node) {
   const type = node.comfyClass;
   if (type === L.BACKEND) {
     if (st.dropped) items.push({ kind: "warning", text: st.dropped });
-    items.push(...L.backendNotes(shared.catalogue, values(node)));
+    items.push(...L.backendNotes(shared.catalogue, values(node), st.problems));
   } else if (type === L.MAP) {
     const model = st.model;
     const name = String(widget(node, "component")?.value ?? "").trim();
@@ -312,10 +331,11 @@ function addPanel(node) {
     serialize: false,
     pipequantDrawn: true,
     options: { serialize: false },
-    computeSize(width) {
-      // The node's own width on the canvas: LGraphNode.computeSize passes its *minimum* width,
-      // which would wrap more lines than the panel draws. A Vue node passes its element's width.
-      const w = vueMode() && width ? width : node.size[0];
+    computeSize() {
+      // The width the panel is drawn at: on the canvas the node's own (LGraphNode.computeSize
+      // passes its *minimum* width, which would wrap more lines than the panel draws); in Nodes 2.0
+      // the width its element gave it at the last draw.
+      const w = (vueMode() && this?.width) || node.size[0];
       const h = panelHeight(node, w);
       return [w, h ? h : -4];
     },
@@ -362,8 +382,18 @@ function addPanel(node) {
       ctx.restore();
     },
   };
-  node.addCustomWidget(panel);
-  return panel;
+  // Nodes 2.0 sizes the widget's canvas from computedHeight when it is set (WidgetLegacy.vue), and
+  // what sets it there is the canvas layout, at another width: there, it is the height at the
+  // width the panel is drawn at.
+  // (1.58 adds a copy of the object: the property goes on what was added.)
+  const added = node.addCustomWidget(panel) ?? panel;
+  let canvasHeight = added.computedHeight;
+  Object.defineProperty(added, "computedHeight", {
+    get: () => (vueMode() ? Math.max(0, added.computeSize()[1]) : canvasHeight),
+    set: (value) => { canvasHeight = value; },
+    enumerable: true, configurable: true,
+  });
+  return added;
 }
 
 function contentChanged(node, exact = false) {
@@ -397,10 +427,16 @@ function entry(value, label, callback, className = "") {
   return { content: text, title: text, callback, className: className || undefined };
 }
 
-/** Backend combo: a menu that marks backends not installed or needing a GPU (on a server without one). */
+/** Backend combo: a menu that marks backends not installed or needing a GPU (on a server without
+ * one). Nodes 2.0 draws its own select, which asks `options.getOptionLabel(value)` for each line
+ * (WidgetSelect in 1.58); on the canvas that frontend also shows it as the value, so it marks
+ * there only (the canvas has the menu below). The values stay the plain names. */
 function hookBackendMenu(node) {
   const w = widget(node, "backend");
-  if (!w || typeof w.onClick !== "function") return;
+  if (!w) return;
+  w.options ??= {};
+  w.options.getOptionLabel = (value) => (vueMode() && shared.catalogue ? L.backendLabel(shared.catalogue, value) : value);
+  if (typeof w.onClick !== "function") return;
   const original = w.onClick.bind(w);
   w.onClick = (opts) => {
     const x = opts.e.canvasX - node.pos[0];
@@ -690,7 +726,13 @@ function tick() {
   if (shared.loads && [...shared.loads].some((id) => !loads.has(id))) removed = true;
   shared.loads = loads;
   if (removed) distributeProblems();
-  if (vueMode()) for (const node of graph._nodes) if (node.pipequant) markProblems(node); // elements come and go
+  if (vueMode()) {
+    for (const node of graph._nodes) {
+      if (!node.pipequant) continue;
+      markProblems(node); // elements come and go
+      followElement(node);
+    }
+  }
 }
 
 // -- registration ----------------------------------------------------------------------------------
@@ -699,7 +741,7 @@ function setupNode(node) {
   node.pipequant = {
     version: 0, problems: [], problemsKey: "[]", answer: null, status: "", seq: 0, key: null, inflight: 0,
     pendingKey: null, pendingAt: 0, visibilityKey: null, model: null, fittedH: AUTO, lines: [], layoutKey: null,
-    output: null, minWidth: 0, expanded: false, truncated: false, dropped: "", optionKey: null, panel: null,
+    output: null, minWidth: 0, expanded: false, truncated: false, dropped: "", optionKey: null, panel: null, vueExtra: 0,
   };
   if (!L.PANEL_NODES.includes(node.comfyClass)) return;
   node.pipequant.panel = addPanel(node);

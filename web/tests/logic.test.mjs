@@ -85,6 +85,13 @@ test("backends that are not installed are marked with their install line", () =>
   assert.deepEqual(notes[0], { kind: "warning", text: "optimum-quanto is not installed — pip install optimum-quanto" });
 });
 
+test("a deprecation is said once: by the server's warning when there is one, else by the catalogue", () => {
+  const deprecated = (notes) => notes.filter((n) => /deprecated/.test(n.text)).length;
+  assert.equal(deprecated(L.backendNotes(catalogue, values("quanto", "int8"))), 1);
+  const warned = [{ code: "backend_deprecated", input: "backend", severity: "warning", message: "optimum-quanto is deprecated" }];
+  assert.equal(deprecated(L.backendNotes(catalogue, values("quanto", "int8"), warned)), 0);
+});
+
 test("backend notes: the quant type's help and its options", () => {
   const notes = L.backendNotes(catalogue, values("bitsandbytes_4bit", "nf4"));
   assert.equal(notes[0].text, "NF4 (4-bit NormalFloat): Best 4-bit quality for normally distributed weights.");
@@ -345,6 +352,16 @@ test("GPU-only backends are marked in the menu, from the catalogue's cpu flags",
   assert.equal(menu.bitsandbytes_4bit.gpuOnly, true);
   assert.equal(menu.torchao.gpuOnly, false);
   assert.doesNotMatch(menu.torchao.label, /GPU/);
+});
+
+test("a select that shows one line per backend gets the same marks, without the types", () => {
+  assert.equal(L.backendLabel(catalogue, "bitsandbytes_4bit"), "bitsandbytes_4bit · needs a GPU for diffusers models");
+  assert.equal(L.backendLabel(catalogue, "torchao"), "torchao");
+  assert.equal(L.backendLabel(catalogue, "quanto"), "quanto · not installed · deprecated");
+  assert.equal(L.backendLabel(catalogue, "gguf"), "gguf");
+  assert.equal(L.backendLabel(catalogue, "no_such"), "no_such");
+  const gpuOnly = { ...catalogue, backends: catalogue.backends.map((b) => (b.name === "gguf" ? { ...b, cpu: { diffusers: false } } : b)) };
+  assert.equal(L.backendLabel(gpuOnly, "gguf"), "gguf · needs a GPU"); // every library it takes
 });
 
 test("every quant type has a help line from the catalogue", () => {
