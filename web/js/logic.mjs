@@ -439,28 +439,43 @@ export function modelFed(snapshot, id, options = {}) {
   return null;
 }
 
+// Where a problem is, as the server says (routes.py): `node` is the node at fault (null: the Load
+// node asked), `input` that node's input; `part` and `entry` say which part of the plan it is
+// (part "backend": the Quantization Backend of Per-Component Map entry `entry`). The message text
+// is only ever shown.
+const ENTRY_PART = "backend";
+
 /**
  * Problems per node id, from the answers for each Load node: a problem tagged with a node goes to
  * it, an untagged one to the Load node it was asked for. Duplicates (one Backend feeding two
- * Load nodes) are shown once.
+ * Load nodes) are shown once; one Backend feeding several map entries gets one problem naming
+ * each entry it concerns (`entries`).
  */
 export function problemsByNode(answers) {
   const out = {};
-  const seen = new Set();
+  const seen = new Map();
   for (const { loadId, problems } of answers) {
     for (const p of problems ?? []) {
       const node = String(p.node ?? loadId);
       const key = `${node}|${p.code}|${p.input}|${p.message}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      (out[node] ??= []).push(p);
+      const entry = p.part === ENTRY_PART && p.entry != null ? String(p.entry) : null;
+      const known = seen.get(key);
+      if (known) {
+        if (entry && !known.entries.includes(entry)) known.entries.push(entry);
+        continue;
+      }
+      const placed = { ...p, entries: entry ? [entry] : [] };
+      seen.set(key, placed);
+      (out[node] ??= []).push(placed);
     }
   }
   return out;
 }
 
+/** "input: message — fix"; on a Backend feeding map entries, the input names them. */
 export function problemText(problem) {
-  const where = problem.input ? `${problem.input}: ` : "";
+  const entries = problem.entries?.length ? ` (for ${problem.entries.join(", ")})` : "";
+  const where = problem.input ? `${problem.input}${entries}: ` : "";
   const fix = problem.suggestion ? ` — ${problem.suggestion}` : "";
   return `${where}${problem.message}${fix}`;
 }

@@ -244,6 +244,35 @@ test("problems go to the node they name, the rest to the Load node, once each", 
   assert.equal(by["9"][0].code, "dtype_unknown");
 });
 
+// An answer of POST /pipequant/validate as routes.py gives it (copied from a real one): one
+// Backend (node 1) shared by two chained Maps (2: "transfomer", a typo; 3: text_encoder_2), the
+// Load node asked with dtype "float8".
+const SHARED_ANSWER = [
+  { code: "dtype_unknown", node: null, input: "dtype", part: "load", entry: null, message: 'unknown dtype "float8"', severity: "error" },
+  { code: "unknown_component", node: "2", input: "component", part: "map", entry: "transfomer", message: 'FluxPipeline has no component "transfomer"', severity: "error" },
+  { code: "option_choice", node: "1", input: "options.group_size", part: "backend", entry: "text_encoder_2", message: "group_size=3 is not one of the choices", severity: "error" },
+  { code: "needs_cuda", node: "1", input: "quant_type", part: "backend", entry: "text_encoder_2", message: "torchao int4_weight_only needs a CUDA GPU", severity: "error" },
+  { code: "option_choice", node: "1", input: "options.group_size", part: "backend", entry: "transfomer", message: "group_size=3 is not one of the choices", severity: "error" },
+  { code: "needs_cuda", node: "1", input: "quant_type", part: "backend", entry: "transfomer", message: "torchao int4_weight_only needs a CUDA GPU", severity: "error" },
+];
+
+test("each problem goes to the node and input the server names, never read from its message", () => {
+  const by = L.problemsByNode([{ loadId: "5", problems: SHARED_ANSWER }]);
+  assert.deepEqual(Object.keys(by).sort(), ["1", "2", "5"]);
+  assert.deepEqual(by["5"].map((p) => [p.code, p.input]), [["dtype_unknown", "dtype"]]); // the Load node's own input
+  assert.deepEqual(by["2"].map((p) => [p.code, p.input]), [["unknown_component", "component"]]);
+  // The shared Backend: each problem once, naming both map entries it concerns.
+  assert.deepEqual(by["1"].map((p) => [p.code, p.input, p.entries]), [
+    ["option_choice", "options.group_size", ["text_encoder_2", "transfomer"]],
+    ["needs_cuda", "quant_type", ["text_encoder_2", "transfomer"]],
+  ]);
+  assert.equal(L.problemText(by["1"][1]), "quant_type (for text_encoder_2, transfomer): torchao int4_weight_only needs a CUDA GPU");
+  assert.equal(L.problemText(by["2"][0]), 'component: FluxPipeline has no component "transfomer"'); // a Map names its entry itself
+  // A message that names another node's input or component moves nothing.
+  const misleading = { ...SHARED_ANSWER[1], node: "7", message: 'the Load node\'s dtype and map "transformer" are fine' };
+  assert.deepEqual(Object.keys(L.problemsByNode([{ loadId: "5", problems: [misleading] }])), ["7"]);
+});
+
 test("problem text names the input and the fix", () => {
   assert.equal(L.problemText({ input: "quant_type", message: "bad", suggestion: "use nf4" }), "quant_type: bad — use nf4");
   assert.equal(L.problemText({ input: "", message: "bad", suggestion: "" }), "bad");
