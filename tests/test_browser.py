@@ -38,7 +38,7 @@ EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 BACKEND, MAP, LOAD = "PipeQuantBackend", "PipeQuantComponentMap", "PipeQuantLoadPipeline"
 SAVE, REPORT = "PipeQuantSavePipeline", "PipeQuantMemoryReport"
 FRONTENDS = ("pinned", "newest")
-THUMBNAILS_ENV = "PIPEQUANT_WRITE_THUMBNAILS"  # =1: the tidy screenshots become example_workflows/<name>.jpg
+THUMBNAILS_ENV = "PIPEQUANT_WRITE_THUMBNAILS"  # =1: the tidy screenshots become example_workflows/<name>.jpg, docs/editor.png
 THUMBNAIL_SIZE = (512, 384)
 
 
@@ -438,7 +438,8 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
         check_backend(editor, catalogue, node_id)
     for node_id in editor.ids(LOAD):
         load = editor.node(node_id)
-        assert load["estimate"] is not None or any(p["problems"] for p in view(editor).values()), load
+        planned = "Auto Quantization Plan node shows its plan" in load["status"]  # fed by PipeQuantAutoPlan
+        assert load["estimate"] is not None or planned or any(p["problems"] for p in view(editor).values()), load
     editor.screenshot(f"example-{name}")
 
     before = view(editor)
@@ -505,7 +506,7 @@ def test_not_installed_backend_is_marked(editor):
     editor.js("""() => { const b = window.pipequant.shared.catalogue.backends.find(b => b.name === 'quanto');
                          b.installed = false; }""")
     editor.click_widget(backend, "backend")
-    assert "quanto — not installed: pip install optimum-quanto" in editor.menu()
+    assert any(e.startswith("quanto — not installed: pip install optimum-quanto") for e in editor.menu())
     editor.choose("quanto")
     panel = " ".join(editor.node(backend)["panel"])  # wrapped to the node's width
     assert "optimum-quanto is not installed — pip install optimum-quanto" in panel, panel
@@ -570,7 +571,9 @@ def test_estimate_and_validation_errors_show_before_run(editor):
     editor.screenshot("estimate")
 
     editor.set_widget(load, "dtype", "float32")  # the loader's dtype changes the estimate
-    assert editor.node(load)["estimate"]["total"]["bytes_before"] == 2 * estimate["total"]["bytes_before"]
+    # twice the bytes, but for what loads in float32 at either dtype (the model's keep-in-fp32 modules)
+    before, after = estimate["total"]["bytes_before"], editor.node(load)["estimate"]["total"]["bytes_before"]
+    assert 1.99 * before < after <= 2 * before, (before, after)
     editor.set_widget(load, "dtype", "bfloat16")
 
     editor.set_widget(backend, "options", '{"group_size": 64, "modules_to_not_convrt": []}')
@@ -628,24 +631,32 @@ def test_convert_and_run(editor):
 
 
 def test_readme_screenshot(editor):
+    """A clear picture of the editor for the README: the mixed example, made valid on this CPU
+    machine (bitsandbytes needs a GPU: torchao int8 for the transformer), with its estimate.
+    Written to docs/editor.png with PIPEQUANT_WRITE_THUMBNAILS=1."""
     if editor.frontend != "pinned":
         pytest.skip("the README shows the pinned frontend")
-    """A clear picture of the editor for the README: the mixed example, made valid on this CPU
-    machine (bitsandbytes needs a GPU: quanto int4 for the transformer), with its estimate."""
     editor.load(example("FLUX per-component mix"), "readme")
     first = min(editor.ids(BACKEND))
     editor.click_widget(first, "backend")
-    editor.choose("quanto")
-    editor.click_widget(first, "quant_type")
-    editor.choose("int4")
-    editor.set_widget(first, "options", "{}")
+    editor.choose("torchao")
     load = editor.node(min(editor.ids(LOAD)))
     assert load["estimate"] is not None and not load["problems"], load
-    editor.tidy()
-    path = editor.screenshot("readme", clip=editor.nodes_box())
-    README_SHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, README_SHOT)
-
+    assert not [p for b in editor.ids(BACKEND) for p in editor.node(b)["problems"]]
+    # The test's own refused folder (a temp path) is not part of the picture.
+    refused = editor.js("() => window.pipequant.shared.catalogue.editor.refused")
+    editor.js("() => { window.pipequant.shared.catalogue.editor.refused = []; }")
+    try:
+        editor.set_widget(min(editor.ids(LOAD)), "dtype", "bfloat16")  # drawn again
+        editor.js("(id) => { const n = app.graph.getNodeById(id); n.pipequant.layoutKey = null; app.graph.setDirtyCanvas(true, true); }",
+                  min(editor.ids(LOAD)))
+        editor.tidy()
+        path = editor.screenshot("readme", clip=editor.nodes_box())
+    finally:
+        editor.js("(r) => { window.pipequant.shared.catalogue.editor.refused = r; }", refused)
+    if os.environ.get(THUMBNAILS_ENV) == "1":
+        README_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, README_SHOT)
 
 
 # -- issue 15: right on every graph, on both frontends ---------------------------------------------
@@ -742,16 +753,17 @@ def test_save_rules_are_red_before_run(editor):
     editor.choose("quanto")
     state = editor.node(backend)
     assert state["values"]["components"] == "transformer, text_encoder_2"
-    assert [(p["code"], p["input"]) for p in state["problems"]] == [("not_savable", "backend")], state
+    errors = [(p["code"], p["input"]) for p in state["problems"] if p["severity"] == "error"]
+    assert errors == [("not_savable", "backend")], state  # (and quanto's deprecation warning)
     assert any("text_encoder_2" in line for line in state["panel"]), state["panel"]
-    assert [p["code"] for p in editor.node(save)["problems"]] == ["not_savable"]
+    assert [p["code"] for p in editor.node(save)["problems"] if p["severity"] == "error"] == ["not_savable"]
     red = editor.js("(id) => !!app.graph.getNodeById(id).strokeStyles.pipequantProblem.call(app.graph.getNodeById(id))", backend)
     assert red
     editor.tidy()
     editor.screenshot("save-rules-red", clip=editor.nodes_box())
     # Only the transformer (a diffusers model): quanto can save it, all green again.
     editor.set_widget(backend, "components", "transformer")
-    assert not editor.node(backend)["problems"] and not editor.node(save)["problems"]
+    assert not [p for p in editor.node(backend)["problems"] + editor.node(save)["problems"] if p["severity"] == "error"]
 
 
 def test_long_text_stays_inside_the_node_and_nodes_do_not_overlap(editor):
@@ -794,6 +806,9 @@ def test_new_backend_node_defaults_to_what_runs_here_and_switching_drops_options
     editor.choose("quanto")
     editor.click_widget(backend, "quant_type")
     editor.choose("int4")
+    editor.js("""(id) => { const n = app.graph.getNodeById(id); n.pipequant.expanded = true; n.pipequant.layoutKey = null;
+                           app.graph.setDirtyCanvas(true, true); }""", backend)
+    time.sleep(0.5)  # drawn again, all of it
     panel = " ".join(editor.node(backend)["panel"])
     assert "C++ extension on first use" in panel, panel
     editor.screenshot("defaults-and-help", clip=editor.nodes_box())

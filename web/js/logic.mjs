@@ -6,6 +6,7 @@ export const BACKEND = "PipeQuantBackend";
 export const MAP = "PipeQuantComponentMap";
 export const LOAD = "PipeQuantLoadPipeline";
 export const SAVE = "PipeQuantSavePipeline";
+export const AUTO_PLAN = "PipeQuantAutoPlan"; // shows its own plan (autoplan.js)
 export const PACK_NODES = [BACKEND, MAP, LOAD, "PipeQuantSampler", "PipeQuantMemoryReport", SAVE];
 // Nodes that get an info panel (the Sampler has nothing to show).
 export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE];
@@ -380,6 +381,7 @@ export function specFrom(snapshot, id, inputName, catalogue, path = new Set([Str
       config: specFrom(snapshot, nodeId, "config", catalogue, here), map: specFrom(snapshot, nodeId, "map", catalogue, here),
     };
   }
+  if (node.type === AUTO_PLAN) throw new UnknownSource("the Auto Quantization Plan node shows its plan and predicted peak");
   throw new UnknownSource(`the quantization comes from a ${node.type} node, which the editor cannot read`);
 }
 

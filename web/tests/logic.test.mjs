@@ -445,3 +445,12 @@ test("switching backend drops the options the new one does not take, and says wh
   assert.equal(L.optionsFitWidgets('{"modules_to_not_convrt": []}', applicable), false); // its "did you mean" shows
   assert.equal(L.optionsFitWidgets("{bad", applicable), false);
 });
+
+test("a Load node fed by the Auto Quantization Plan says where its plan shows", () => {
+  const g = sharedGraph();
+  g[9] = { id: "9", type: L.AUTO_PLAN, mode: 0, widgets: {}, inputs: {}, outputs: [{ target: "5", input: "quantization" }] };
+  g[5].inputs.quantization = "9";
+  assert.throws(() => L.loadRequest(g, "5", catalogue), /Auto Quantization Plan node shows its plan/);
+  g[9].type = "SomeOtherNode";
+  assert.throws(() => L.loadRequest(g, "5", catalogue), /a SomeOtherNode node, which the editor cannot read/);
+});
