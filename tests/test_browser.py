@@ -980,6 +980,48 @@ def test_gpu_only_backends_are_marked_in_the_nodes_2_select(editor):
         assert prompt[str(backend)]["inputs"]["backend"] == "torchao"  # the value stays the plain name
 
 
+def plan_panel(editor: Editor, node_id) -> dict:
+    """The Auto Quantization Plan node's plan lines and where its drawn panel sits."""
+    return editor.js("""(id) => { const n = app.graph.getNodeById(id), w = n.widgets.find(w => w.name === 'pipequant_plan');
+        return {lines: n.pipequantPlan.lines, y: w.y, height: w.computeSize()[1], size: [...n.size]}; }""", node_id)
+
+
+def test_auto_plan_node_shows_its_plan_in_the_node(editor):
+    editor.load(example("FLUX automatic plan"), "auto-plan")
+    plan = editor.ids("PipeQuantAutoPlan")[0]
+    editor.page.wait_for_function("(id) => app.graph.getNodeById(id).pipequantPlan.lines[0].startsWith('peak ')",
+                                  arg=plan, timeout=30_000)
+    time.sleep(0.8)  # laid out and drawn
+    state = plan_panel(editor, plan)
+    components = {line.split(":")[0] for line in state["lines"][1:]}
+    assert {"transformer", "text_encoder", "text_encoder_2", "vae"} <= components, state
+    assert state["height"] >= len(state["lines"]) * 15 + 10 and state["y"] + state["height"] <= state["size"][1] + 2, state
+    # The saved width is kept (long lines wrap), so the node does not grow over the Load node beside it.
+    saved = next(n for n in example("FLUX automatic plan")["nodes"] if n["type"] == "PipeQuantAutoPlan")
+    assert state["size"][0] == saved["size"][0] and not overlaps(editor), (state, overlaps(editor))
+    editor.screenshot("auto-plan-as-saved", clip=editor.nodes_box())
+    editor.tidy()
+    editor.screenshot("auto-plan", clip=editor.nodes_box())
+
+
+def test_auto_plan_node_shows_its_plan_under_nodes_2(editor):
+    with nodes_2(editor):
+        editor.load(example("FLUX automatic plan"), "vue-auto-plan")
+        plan = editor.ids("PipeQuantAutoPlan")[0]
+        editor.page.wait_for_function("(id) => app.graph.getNodeById(id).pipequantPlan.lines[0].startsWith('peak ')",
+                                      arg=plan, timeout=30_000)
+        time.sleep(1.0)
+        drawn = editor.js("""(id) => { const el = document.querySelector(`[data-node-id='${id}']`);
+            const c = [...el.querySelectorAll('canvas')].pop(), blank = document.createElement('canvas');
+            blank.width = c.width; blank.height = c.height;
+            const r = c.getBoundingClientRect(), e = el.getBoundingClientRect();
+            return {painted: c.toDataURL() !== blank.toDataURL(), height: c.height / 2,
+                    inside: r.top >= e.top - 1 && r.bottom <= e.bottom + 1}; }""", plan)
+        lines = plan_panel(editor, plan)["lines"]
+        assert drawn["painted"] and drawn["inside"] and drawn["height"] >= len(lines) * 15 + 10, (drawn, lines)
+        editor.screenshot("vue-auto-plan")
+
+
 def test_refused_folders_are_named_on_the_load_node(editor):
     editor.load(example("FLUX NF4 transformer"), "refused")
     load = editor.ids(LOAD)[0]

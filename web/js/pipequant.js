@@ -5,6 +5,7 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import * as L from "./logic.mjs";
+import { addDrawnWidget, vueMode } from "./drawn.mjs";
 
 const TICK_MS = 300; // how often the graph is compared with what the server last answered
 const SETTLE_MS = 250; // a changed request waits this long (typing) before it is sent
@@ -105,12 +106,6 @@ function nodesOf(type) {
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 const values = (node) => Object.fromEntries(L.inputNames(shared.catalogue, L.BACKEND).map((n) => [n, widget(node, n)?.value]));
-
-/** Nodes 2.0 (frontend 1.58's Vue nodes) draws each node as HTML; a canvas-drawn widget there has
- * its own small canvas, redrawn through `widget.triggerDraw()` (WidgetLegacy.vue). */
-function vueMode() {
-  return globalThis.LiteGraph?.vueNodesMode === true;
-}
 
 function redraw(node) {
   const nodes = node ? [node] : (app.graph?._nodes ?? []).filter((n) => n.pipequant);
@@ -382,18 +377,7 @@ function addPanel(node) {
       ctx.restore();
     },
   };
-  // Nodes 2.0 sizes the widget's canvas from computedHeight when it is set (WidgetLegacy.vue), and
-  // what sets it there is the canvas layout, at another width: there, it is the height at the
-  // width the panel is drawn at.
-  // (1.58 adds a copy of the object: the property goes on what was added.)
-  const added = node.addCustomWidget(panel) ?? panel;
-  let canvasHeight = added.computedHeight;
-  Object.defineProperty(added, "computedHeight", {
-    get: () => (vueMode() ? Math.max(0, added.computeSize()[1]) : canvasHeight),
-    set: (value) => { canvasHeight = value; },
-    enumerable: true, configurable: true,
-  });
-  return added;
+  return addDrawnWidget(node, panel);
 }
 
 function contentChanged(node, exact = false) {
