@@ -114,8 +114,8 @@ class SpecReader:
         self.top = None  # node id of the part connected to the Load node
         self.maps: dict[str, tuple] = {}  # component -> (map node id, config node id)
 
-    def add(self, problems, node) -> None:
-        self.problems += [tagged(p, node) for p in problems]
+    def add(self, problems, node, part: str | None = None) -> None:
+        self.problems += [tagged(p, node, part=part) for p in problems]
 
     def read(self, entry):
         if entry is None:
@@ -191,12 +191,12 @@ class SpecReader:
             found = [Problem("component_syntax", "component", f"{component!r} is not a component name",
                              'one name, e.g. "transformer" or "text_encoder_2"')]
         if found:
-            self.add([Problem("component_syntax", "component", p.message, p.suggestion) for p in found], node)
+            self.add([Problem("component_syntax", "component", p.message, p.suggestion) for p in found], node, MAP_PART)
             return upstream
         try:
             result = chain(component, config, upstream)
-        except ValidationError as exc:
-            self.add(exc.problems, node)
+        except ValidationError as exc:  # the Map node's own inputs (component, config, map)
+            self.add(exc.problems, node, MAP_PART)
             return upstream
         config_node = _node_id(config_entry) if isinstance(config_entry, Mapping) else None
         self.maps[names[0]] = (node, config_node if config is not None else node)
@@ -214,8 +214,13 @@ class SpecReader:
         return None, problem.input  # the Load node's own inputs (model, dtype, device, offload)
 
 
-def tagged(problem: Problem, node, field: str | None = None) -> dict:
-    return {**problem.to_dict(), "node": node, "input": field if field is not None else problem.field}
+def tagged(problem: Problem, node, field: str | None = None, part: str | None = None) -> dict:
+    """The problem as the editor places it: on `node`, at its input `field`; `part` when the node's
+    kind is known here and not from the problem (a Map's own rules, checked before the plan is)."""
+    out = {**problem.to_dict(), "node": node, "input": field if field is not None else problem.field}
+    if part is not None:
+        out["part"] = part
+    return out
 
 
 # -- the work, run off the event loop --------------------------------------------------------

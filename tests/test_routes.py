@@ -169,6 +169,25 @@ def test_validate_runs_the_map_nodes_own_rules(models):
     assert codes(body, "8") == ["component_syntax"]
 
 
+def test_each_problem_says_which_part_of_the_plan_it_is(models):
+    """The structured location agrees with the node it is on: a Map's own rules are part "map",
+    the Backend of a map entry part "backend" with the entry, the loader's inputs part "load"."""
+    cases = [
+        (component_map("3", "transformer", backend("2"), component_map("1", "transformer", backend("2"))), "3"),
+        (component_map("5", "transformer", backend("4", components="transformer, vae")), "5"),
+        (component_map("7", "vae", None, backend("6")), "7"),
+        (component_map("8", "text encoder", backend("6")), "8"),
+        (component_map("9", "transfomer", backend("6")), "9"),
+    ]
+    for spec, map_node in cases:
+        _, body = call("POST", "/pipequant/validate", json={"model": "tiny-flux", "spec": spec})
+        assert [(p["node"], p["part"]) for p in body["problems"]] == [(map_node, "map")], body
+    entry = component_map("11", "text_encoder_2", backend("10", quant_type="nf4"))
+    _, body = call("POST", "/pipequant/validate", json={"model": "tiny-flux", "spec": entry, "dtype": "float8"})
+    placed = {(p["node"], p["part"], p["entry"], p["input"]) for p in body["problems"]}
+    assert placed == {("10", "backend", "text_encoder_2", "quant_type"), (None, "load", None, "dtype")}, body
+
+
 def test_validate_global_problems_go_to_the_backend_node(models):
     spec = backend("4", backend="gguf", quant_type="from_file", components="transformer, vea", options='{"x": 1}')
     status, body = call("POST", "/pipequant/validate", json={"model": "tiny-flux", "spec": spec, "device": "cpu"})
