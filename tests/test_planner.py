@@ -130,6 +130,8 @@ def test_plan_json_shape_of_the_command(flux_dev, capsys):
     assert "no plan fits" in capsys.readouterr().err
     assert main(["plan", flux_dev.name, "--models", root, "--device-profile", "[1]"]) == 2
     assert "device profile" in capsys.readouterr().err
+    assert main(["plan", flux_dev.name, "--models", root, "--variant", "fp16", "--device-profile", profile]) == 2
+    assert 'no "fp16" weight files' in capsys.readouterr().err
 
 
 def test_route_validates_and_plans(flux_dev, monkeypatch):
@@ -142,6 +144,10 @@ def test_route_validates_and_plans(flux_dev, monkeypatch):
     assert bad["ok"] is False and {p["field"] for p in bad["problems"]} >= {"budget_gb", "goal", "width"}
     with pytest.raises(routes.BadRequest):
         routes.auto_plan({})
+    missing = routes.auto_plan({"model": flux_dev.name, "budget_gb": 24, "variant": "fp16"})  # no fp16 files
+    assert missing["ok"] is False and [p["field"] for p in missing["problems"]] == ["variant"]
+    with pytest.raises(routes.BadRequest):
+        routes.auto_plan({"model": flux_dev.name, "variant": ["fp16"]})
 
 
 def test_tiny_auto_plan_loads_samples_and_holds_what_it_predicted(tiny_flux):
