@@ -9,23 +9,14 @@ from functools import lru_cache
 
 from .backends import ALL_BACKENDS
 from .backends.base import DIFFUSERS, TRANSFORMERS, Backend  # noqa: F401 (re-exported)
-from .class_facts import quantization_methods
+from .class_facts import live_config_classes, quantization_methods
 from .constants import COMPUTE_DTYPES
 
 
 @lru_cache(maxsize=None)
 def config_mapping(library: str) -> dict:
     """Backend name -> config class, as the library itself declares it ({} if not installed)."""
-    try:
-        if library == DIFFUSERS:
-            from diffusers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
-        elif library == TRANSFORMERS:
-            from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
-        else:
-            return {}
-    except ImportError:
-        return {}
-    return dict(AUTO_QUANTIZATION_CONFIG_MAPPING)
+    return live_config_classes(library)
 
 
 @lru_cache(maxsize=None)

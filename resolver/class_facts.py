@@ -18,7 +18,8 @@ import typing
 from functools import lru_cache
 from pathlib import Path
 
-DIFFUSERS, TRANSFORMERS = "diffusers", "transformers"
+from .backends.base import DIFFUSERS, TRANSFORMERS
+
 LIBRARIES = (DIFFUSERS, TRANSFORMERS)
 FACTS_FILE = Path(__file__).parent / "data" / "class_facts.json"
 ANY_SCHEDULER = "<any scheduler>"  # a slot typed with diffusers' KarrasDiffusionSchedulers enum
@@ -122,29 +123,30 @@ def live_class(library: str, class_name: str) -> dict | None:
     return {"role": role, "bases": [qualified(c) for c in cls.__mro__], "defaults": config_defaults(cls, library)}
 
 
-def live_quantization_methods(library: str) -> list[str]:
-    """The quant_method names the library maps to a config class ([] if it is not installed)."""
+def live_config_classes(library: str) -> dict:
+    """quant_method -> config class, as the library's own AUTO mapping declares it ({} if the
+    library is not installed). The one place that imports those mappings."""
     try:
         if library == DIFFUSERS:
             from diffusers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
-        else:
+        elif library == TRANSFORMERS:
             from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
+        else:
+            return {}
     except ImportError:
-        return []
-    return list(AUTO_QUANTIZATION_CONFIG_MAPPING)
+        return {}
+    return dict(AUTO_QUANTIZATION_CONFIG_MAPPING)
+
+
+def live_quantization_methods(library: str) -> list[str]:
+    """The quant_method names the library maps to a config class ([] if it is not installed)."""
+    return list(live_config_classes(library))
 
 
 def live_config_parameters(library: str) -> dict[str, list[str]]:
     """quant_method -> the arguments its config class takes (global specs compare them)."""
-    try:
-        if library == DIFFUSERS:
-            from diffusers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
-        else:
-            from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
-    except ImportError:
-        return {}
     return {method: sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
-            for method, cls in AUTO_QUANTIZATION_CONFIG_MAPPING.items()}
+            for method, cls in live_config_classes(library).items()}
 
 
 # -- the generated file ----------------------------------------------------------------------------
