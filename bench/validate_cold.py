@@ -24,11 +24,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETS = ("PipeQuantLoadPipeline.device=cpu", "PipeQuantBackend.backend=torchao",
         "PipeQuantBackend.quant_type=int8_weight_only", "PipeQuantBackend.options={}")
 IMPORTS = "import torch, diffusers, transformers"
-# Printed by the validate child, after it ran: which heavy libraries it imported.
-PROBE = ("import sys, runpy; sys.argv = ['pipequant', *sys.argv[1:]]\n"
+HEAVY = ("torch", "diffusers", "transformers", "torchao")
+# `python -m pipequant ARGS`, then a last line saying which heavy libraries it imported.
+PROBE = ("import sys, runpy; sys.argv = ['pipequant', *sys.argv[1:]]; code = 0\n"
          "try:\n    runpy.run_module('pipequant', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-         "print('IMPORTED', sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+         f"print('IMPORTED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
          "sys.exit(code)")
+
+
+def validate_command(models: Path, name: str) -> list[str]:
+    """Validate the bundled example against pipeline `name` under `models`, through PROBE."""
+    from pipequant.runner.cli import DEMO_WORKFLOW
+
+    return [sys.executable, "-c", PROBE, "validate", str(DEMO_WORKFLOW), "--models", str(models),
+            "--set", f"PipeQuantLoadPipeline.model={name}", *(x for s in SETS for x in ("--set", s))]
+
+
+def imported_by(stdout: str) -> list[str]:
+    """The heavy libraries PROBE's process imported, from its last line."""
+    return json.loads(stdout.rsplit("IMPORTED", 1)[1].strip().replace("'", '"'))
 
 
 def _timed(cmd: list[str]) -> tuple[float, str]:
@@ -41,17 +55,14 @@ def _timed(cmd: list[str]) -> tuple[float, str]:
 
 
 def measure(models: Path, name: str, runs: int) -> dict:
-    from pipequant.runner.cli import DEMO_WORKFLOW
-
-    validate = [sys.executable, "-c", PROBE, "validate", str(DEMO_WORKFLOW), "--models", str(models),
-                "--set", f"PipeQuantLoadPipeline.model={name}", *(x for s in SETS for x in ("--set", s))]
+    validate = validate_command(models, name)
     imports = [sys.executable, "-c", IMPORTS]
     _timed(validate), _timed(imports)  # warm-up: page cache, .pyc files
     a, b, imported = [], [], set()
     for _ in range(runs):
         took, out = _timed(validate)
         a.append(took)
-        imported.update(json.loads(out.split("IMPORTED", 1)[1].strip().replace("'", '"')))
+        imported.update(imported_by(out))
         b.append(_timed(imports)[0])
     return {"pipeline": name, "runs": runs, "validate_s": statistics.median(a), "imports_s": statistics.median(b),
             "ratio": statistics.median(x / y for x, y in zip(a, b)), "imported": sorted(imported)}

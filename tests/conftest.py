@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipequant import testing as tiny
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
 
 # The on-disk cache of quantized components is on by default for users; the suite turns it off so
 # that no test reads another test's (or another checkout's) entries from ~/.cache. Tests of the

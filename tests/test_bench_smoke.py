@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from bench import config  # noqa: E402
-from bench.suite import BENCHMARKS, run_suite, write  # noqa: E402
+from bench import config
+from bench.suite import BENCHMARKS, run_suite, write
 
 
 def _finite_positive(value) -> bool:

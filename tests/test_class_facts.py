@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.validate_cold import imported_by, validate_command
 from pipequant.resolver import catalogue, class_facts
 from pipequant.resolver.devices import NO_GPU_UNLESS
 from pipequant.resolver.inspect_model import _inspect_cached, inspect_model
-from pipequant.runner.cli import DEMO_WORKFLOW
 
 SAMPLE_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLPipeline", "StableDiffusionPipeline",
                     "FluxImg2ImgPipeline", "FluxInpaintPipeline")
@@ -105,21 +105,12 @@ def test_unknown_names_are_refused_with_or_without_the_file(live_only):
 
 def test_validate_imports_neither_torch_nor_diffusers(tiny_flux, flux_dev, tmp_path):
     """What makes its cold start a fraction of a second (bench.validate_cold measures it)."""
-    probe = ("import runpy, sys\nsys.argv = ['pipequant', *sys.argv[1:]]\n"
-             "try:\n    runpy.run_module('pipequant', run_name='__main__')\nexcept SystemExit as e:\n"
-             "    assert not e.code, e.code\n"
-             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'torchao') if m in sys.modules))")
     gpu_files = any(Path(p).exists() for p in NO_GPU_UNLESS)
     for folder in (tiny_flux, flux_dev):
-        done = subprocess.run(
-            [sys.executable, "-c", probe, "validate", str(DEMO_WORKFLOW),
-             "--models", str(folder.parent), "--set", f"PipeQuantLoadPipeline.model={folder.name}",
-             "--set", "PipeQuantLoadPipeline.device=cpu", "--set", "PipeQuantBackend.backend=torchao",
-             "--set", "PipeQuantBackend.quant_type=int8_weight_only", "--set", "PipeQuantBackend.options={}"],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path, env={"PATH": "/usr/bin:/bin",
-                                                                              "PIPEQUANT_HF_CACHE": "off",
-                                                                              "PYTHONPATH": ":".join(sys.path)})
+        env = {"PATH": "/usr/bin:/bin", "PIPEQUANT_HF_CACHE": "off", "PYTHONPATH": ":".join(sys.path)}
+        done = subprocess.run(validate_command(folder.parent, folder.name), capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env=env)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "OK (validated against the models" in done.stdout
-        imported = json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"'))
+        imported = imported_by(done.stdout)
         assert imported == (["torch"] if gpu_files else []), imported
