@@ -15,7 +15,6 @@ file, checked with fincore where it exists. Writes bench/results/disk_cache/resu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from .config import PLANS
 from .pipelines import ensure, folder_name
+from .report import write_results
 from .suite import Worker, machine
 
 DEFAULT_PLANS = ("nf4", "int8wo", "quanto8_tr")
@@ -117,8 +117,6 @@ def summarize(raw, sizes, plans) -> list[dict]:
 
 
 def write(results: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     m = results["machine"]
     how = results["runs"][0]["cold"]["how"] if results["runs"] else "-"
     intro = (f"`python -m bench.disk_cache`, {results['rounds']} interleaved rounds (medians), fresh process per "
@@ -131,8 +129,7 @@ def write(results: dict, out_dir: Path) -> Path:
         lines.append(f"| {r['size']} | {r['label']} | {r['off_s']:.2f} | {r['first_s']:.2f} | {r['second_s']:.2f} | "
                      f"**{r['second_over_first']:.3f}** ({', '.join(map(str, r['second_over_first_rounds']))}) | "
                      f"{r['second_over_off']:.3f} | {r['first_over_off']:.3f} | {r['entry_bytes'] / 1e6:.0f} MB |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    return out_dir / "results.md"
+    return write_results(out_dir, "results", results, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:

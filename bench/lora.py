@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from . import config
 from .pipelines import default_root, ensure
+from .report import write_results
 from .suite import machine
 
 PLANS = {"bf16": None, "bnb nf4": ("bitsandbytes_4bit", "nf4"), "bnb int8": ("bitsandbytes_8bit", "int8"),
@@ -96,9 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
     result = measure(ensure(args.size, args.root or default_root()), args.rounds, args.rank)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lora.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "lora.md").write_text(to_markdown(result))
+    write_results(args.out, "lora", result, to_markdown(result))
     print(to_markdown(result))
     return 0
 

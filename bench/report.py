@@ -1,6 +1,7 @@
 """The results as markdown (ratios first) and the scaling plot."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .config import PLANS
@@ -271,3 +272,11 @@ def plot_scaling(results: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def write_results(out: Path, stem: str, data, markdown: str) -> Path:
+    """`out/<stem>.json` (every figure, raw) and `out/<stem>.md` (the table); the .md path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
+    return out / f"{stem}.md"

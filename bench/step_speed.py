@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
 from pathlib import Path
 
 from . import config
 from .pipelines import default_root, ensure
+from .report import write_results
 from .suite import machine
 
 PLANS = {"bf16": None, "bnb nf4": ("bitsandbytes_4bit", "nf4"), "torchao int8 wo": ("torchao", "int8_weight_only"),
@@ -124,9 +124,7 @@ def main(argv=None) -> int:
         p.error(f"unknown mode or plan: {', '.join(unknown)}")
     result = measure(ensure(args.size, args.root or default_root()), args.device, args.steps, args.rounds,
                      args.image_tokens, plans, modes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step_speed.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "step_speed.md").write_text(to_markdown(result))
+    write_results(args.out, "step_speed", result, to_markdown(result))
     print(to_markdown(result))
     return 0
 

@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from .pipelines import default_root
+from .report import write_results
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SETS = ("PipeQuantLoadPipeline.device=cpu", "PipeQuantBackend.backend=torchao",
         "PipeQuantBackend.quant_type=int8_weight_only", "PipeQuantBackend.options={}")
@@ -70,26 +73,26 @@ def measure(models: Path, name: str, runs: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.validate_cold", description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=Path(os.environ.get("PIPEQUANT_BENCH_DIR", "/tmp/pipequant-bench")),
-                   help="where the pipelines are built once (default $PIPEQUANT_BENCH_DIR or /tmp/pipequant-bench)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="where the pipelines are built once (default: validate_cold/ in the benches' folder, "
+                        "$PIPEQUANT_BENCH_DIR or ~/.cache/pipequant-bench)")
     p.add_argument("--runs", type=int, default=5, help="pairs of runs per pipeline (default 5)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    root = args.root or default_root() / "validate_cold"
     from pipequant.testing import ensure_pipeline
     from pipequant.testing.hollow import build_flux_dev
 
-    tiny = ensure_pipeline("flux", args.root / "tiny")
-    hollow = args.root / "hollow" / "FLUX.1-dev"
+    tiny = ensure_pipeline("flux", root / "tiny")
+    hollow = root / "hollow" / "FLUX.1-dev"
     if not (hollow / "model_index.json").exists():
         build_flux_dev(hollow)
     rows = [measure(tiny.parent, tiny.name, args.runs), measure(hollow.parent, hollow.name, args.runs)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "validate_cold.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["| pipeline | validate, median s | import torch+diffusers+transformers, median s | ratio (pairwise median) "
              "| heavy libraries validate imported |", "|---|---|---|---|---|"]
     lines += [f"| {r['pipeline']} | {r['validate_s']:.2f} | {r['imports_s']:.2f} | {r['ratio']:.3f} | "
               f"{', '.join(r['imported']) or 'none'} |" for r in rows]
-    (args.out / "validate_cold.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "validate_cold", rows, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
