@@ -39,7 +39,9 @@ def _timed(fn) -> float:
 def measure(folder: Path, rounds: int, rank: int, plans=tuple(PLANS)) -> dict:
     import torch
 
-    from pipequant.resolver import BackendSpec, load, lora
+    from pipequant.resolver import BackendSpec
+    from pipequant.resolver.keep import load
+    from pipequant.resolver.run import lora
     from pipequant.testing import bnb_cpu, write_peft_lora
 
     lora_dir = Path(tempfile.mkdtemp(prefix="pq-bench-lora-"))

@@ -26,8 +26,8 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch, diffusers, transformers  # noqa: F401
 t1 = time.perf_counter()
-from pipequant.resolver.inspect_model import inspect_model
-from pipequant.resolver.planner import GIB, DeviceProfile, auto_plan
+from pipequant.resolver.files.inspect_model import inspect_model
+from pipequant.resolver.decide.planner import GIB, DeviceProfile, auto_plan
 
 def rchar():
     with open("/proc/self/io") as f:

@@ -43,7 +43,7 @@ def _model(folder: Path):
 
 
 def _cases():
-    from pipequant.resolver import catalogue
+    from pipequant.resolver.known import catalogue
 
     for name in catalogue.backend_names():
         backend = catalogue.get_backend(name)
@@ -80,7 +80,7 @@ def _measure(folder: Path, reference, backend, qt, options) -> tuple[dict, dict]
     import torch
     from transformers import CLIPTextModel
 
-    from pipequant.resolver.memory import tensor_bytes
+    from pipequant.resolver.keep.memory import tensor_bytes
 
     dtype = getattr(torch, DTYPE)
     kwargs = {"dtype": dtype}
@@ -115,7 +115,7 @@ def _measure(folder: Path, reference, backend, qt, options) -> tuple[dict, dict]
 
 
 def run() -> tuple[list[dict], list[dict]]:
-    from pipequant.resolver.load import diffusers_context
+    from pipequant.resolver.run.context import diffusers_context
 
     storage, errors = [], []
     with tempfile.TemporaryDirectory() as tmp, diffusers_context():
@@ -141,7 +141,7 @@ def _key(r: dict) -> tuple:
 
 
 def write(storage: list[dict], errors: list[dict]) -> None:
-    from pipequant.resolver import measured
+    from pipequant.resolver.known import measured
 
     data = json.loads(measured.DATA_FILE.read_text(encoding="utf-8"))
     for section, new in (("storage", storage), ("error", errors)):

@@ -33,7 +33,7 @@ def _seconds_per_step(pipe, device: str, steps: int, image_tokens: int) -> float
 
     import torch
 
-    from pipequant.resolver.load import diffusers_context
+    from pipequant.resolver.run.context import diffusers_context
 
     side = math.isqrt(image_tokens) * 2 * pipe.vae_scale_factor
     generator = torch.Generator("cpu").manual_seed(0)
@@ -52,7 +52,8 @@ def measure(folder: Path, device: str, steps: int, rounds: int, image_tokens: in
             modes=("eager",)) -> dict:
     import torch
 
-    from pipequant.resolver import BackendSpec, ComponentCache, load
+    from pipequant.resolver import BackendSpec, ComponentCache
+    from pipequant.resolver.keep import load
     from pipequant.testing import bnb_cpu
 
     patched = device == "cpu" and bnb_cpu.needed()

@@ -59,8 +59,8 @@ def prelude(mode: str = "auto") -> dict:
             __import__(module)
         except ImportError:
             pass
-    import pipequant.resolver.pipeline  # noqa: F401
-    import pipequant.resolver.save  # noqa: F401
+    import pipequant.resolver.keep.pipeline  # noqa: F401
+    import pipequant.resolver.keep.save  # noqa: F401
 
     # Progress bars and warnings off for both paths (PipeQuant turns the bars off itself).
     diffusers.utils.logging.disable_progress_bar()
@@ -79,7 +79,7 @@ def prelude(mode: str = "auto") -> dict:
 
 # -- helpers ----------------------------------------------------------------------------------
 def _spec(data):
-    from pipequant.resolver.spec import spec_from_dict
+    from pipequant.resolver.links.spec import spec_from_dict
 
     return spec_from_dict(data) if data else None
 
@@ -94,8 +94,8 @@ def _sync(device: str) -> None:
 def _load(root, name: str, spec, dtype: str, device: str, meter=None):
     """What the Load node runs (resolver.pipeline: find by name, validate + plan, load); with a
     `meter`, a phase mark when planning ends and after each component. Costs microseconds."""
-    from pipequant.resolver.load import load_plan
-    from pipequant.resolver.pipeline import plan_named
+    from pipequant.resolver.keep.load import load_plan
+    from pipequant.resolver.keep.pipeline import plan_named
 
     plan = plan_named(name, spec, roots=[Path(root)], dtype=dtype, device=device)
     if meter is None:
@@ -111,7 +111,7 @@ def _module_components(pipeline) -> dict:
 
 
 def _component_stats(pipeline, detail: bool, load_dtype: str) -> dict:
-    from pipequant.resolver.memory import param_count, tensor_bytes
+    from pipequant.resolver.keep.memory import param_count, tensor_bytes
 
     from .measure import component_floor
 
@@ -197,7 +197,7 @@ def job_load(job: dict) -> dict:
 def job_reuse(job: dict) -> dict:
     """Benchmark 3 in one process: plan A loaded (cache warm); then, interleaved, plan B (one
     text encoder switched) reusing A's cached components vs plan B with an empty cache."""
-    from pipequant.resolver.cache import COMPONENT_CACHE
+    from pipequant.resolver.keep.cache import COMPONENT_CACHE
 
     root, name, device, dtype = job["root"], job["name"], job.get("device", "cpu"), job.get("dtype", "bfloat16")
     spec_a, spec_b = _spec(job["spec_a"]), _spec(job["spec_b"])
@@ -250,7 +250,7 @@ def job_save(job: dict) -> dict:
     Kept between runs: skipped when the copy's marker matches its source and plan."""
     import shutil
 
-    from pipequant.resolver.save import save
+    from pipequant.resolver.keep.save import save
 
     from .pipelines import SAVED_MARKER, marker_matches, source_recipe
 
@@ -276,12 +276,12 @@ def job_validate(job: dict) -> dict:
     import safetensors.torch
     import torch
 
-    from pipequant.resolver.load import plan_load
+    from pipequant.resolver.keep.load import plan_load
 
     from .measure import io_read_bytes
 
     try:
-        from pipequant.resolver.estimate import estimate
+        from pipequant.resolver.decide.estimate import estimate
     except ImportError:  # not in every checkout
         estimate = None
 
@@ -330,7 +330,7 @@ def job_sample(job: dict) -> dict:
     """GPU only: per-step sampling time of a loaded plan (first step is warm-up)."""
     import torch
 
-    from pipequant.resolver.sample import generate
+    from pipequant.resolver.run.sample import generate
 
     device = job.get("device", "cuda")
     result = _load(job["root"], job["name"], _spec(job.get("spec")), job.get("dtype", "bfloat16"), device)

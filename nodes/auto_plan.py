@@ -1,11 +1,11 @@
 """Auto Quantization Plan: choose each component's quantization to fit the GPU, and say why."""
 from __future__ import annotations
 
-from ..resolver.planner import NothingFits
-from ..resolver.planner.request import check_inputs, plan_for
-from ..resolver.planner.search import GOALS
+from ..resolver.decide.planner import NothingFits
+from ..resolver.decide.planner.request import check_inputs, plan_for
+from ..resolver.decide.planner.search import GOALS
+from ..resolver.files.roots import list_pipelines, resolve_model
 from ..resolver.problems import Problem, ValidationError
-from ..resolver.roots import list_pipelines, resolve_model
 from . import comfy
 from .backend import CONFIG_TYPE
 from .messages import raise_for, validation_result

@@ -1,12 +1,12 @@
 """Quantization Backend: one backend and its options, for the whole pipeline (global mode)."""
 from __future__ import annotations
 
-from ..resolver import catalogue
-from ..resolver.catalogue_text import backend_tooltip
 from ..resolver.constants import COMPUTE_DTYPES
-from ..resolver.inputs import NO_FILE, spec_from_inputs
-from ..resolver.roots import list_files
-from ..resolver.validate import validate
+from ..resolver.decide.validate import validate
+from ..resolver.files.roots import list_files
+from ..resolver.known import catalogue
+from ..resolver.known.catalogue_text import backend_tooltip
+from ..resolver.links.inputs import NO_FILE, spec_from_inputs
 from . import comfy
 from .messages import BACKEND_NODE, raise_for, validation_result
 

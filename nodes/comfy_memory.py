@@ -16,9 +16,9 @@ import functools
 import logging
 import weakref
 
-from ..resolver.cache import COMPONENT_CACHE, trim_heap
-from ..resolver.cache import free_memory as release_freed_memory
-from ..resolver.memory import main_device, tensor_bytes
+from ..resolver.keep.cache import COMPONENT_CACHE, trim_heap
+from ..resolver.keep.cache import free_memory as release_freed_memory
+from ..resolver.keep.memory import main_device, tensor_bytes
 
 log = logging.getLogger("pipequant")
 

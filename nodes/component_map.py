@@ -1,7 +1,7 @@
 """Per-Component Map: give one component its own config (granular mode); chain several."""
 from __future__ import annotations
 
-from ..resolver.compose import chain, component_problems
+from ..resolver.links.compose import chain, component_problems
 from ..resolver.problems import ValidationError
 from .backend import CONFIG_TYPE
 from .messages import MAP_NODE, raise_for, validation_result

@@ -1,18 +1,17 @@
 """Load Quantized Pipeline: validate the whole plan against the model, then load it."""
 from __future__ import annotations
 
-from ..resolver.cache import COMPONENT_CACHE
-from ..resolver.compile import COMPILE_MODES
-from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
-from ..resolver.devices import DEVICES, OFFLOAD_MODES
-from ..resolver.disk_cache import DiskCache
-from ..resolver.estimate import estimate
-from ..resolver.load import load_plan
-from ..resolver.pipeline import check_model, files_key, first_use_notes, plan_named
+from ..resolver.constants import COMPILE_MODES, DEFAULT_DTYPE, LOAD_DTYPES
+from ..resolver.decide.estimate import estimate
+from ..resolver.files.roots import list_pipelines, resolve_model
+from ..resolver.files.variant import DEFAULT as DEFAULT_VARIANT
+from ..resolver.files.variant import choices
+from ..resolver.keep.cache import COMPONENT_CACHE
+from ..resolver.keep.disk_cache import DiskCache
+from ..resolver.keep.load import load_plan
+from ..resolver.keep.pipeline import check_model, files_key, first_use_notes, plan_named
+from ..resolver.known.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.problems import ValidationError
-from ..resolver.roots import list_pipelines, resolve_model
-from ..resolver.variant import DEFAULT as DEFAULT_VARIANT
-from ..resolver.variant import choices
 from . import comfy
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result

@@ -1,9 +1,9 @@
 """Apply LoRA: put one more LoRA on a loaded pipeline's adapter stack (chain several)."""
 from __future__ import annotations
 
-from ..resolver.load import LoadResult
-from ..resolver.lora import STRENGTH_RANGE, list_loras, load_adapter, make_spec, resolve_lora
+from ..resolver.keep.load import LoadResult
 from ..resolver.problems import ValidationError
+from ..resolver.run.lora import STRENGTH_RANGE, list_loras, load_adapter, make_spec, resolve_lora
 from . import comfy
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result

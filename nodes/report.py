@@ -1,7 +1,7 @@
 """Pipeline Memory Report: what each component holds right now (bytes, dtype, device)."""
 from __future__ import annotations
 
-from ..resolver.report import live_report
+from ..resolver.keep.report import live_report
 from .load import PIPELINE_TYPE
 
 

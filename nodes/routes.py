@@ -22,20 +22,20 @@ try:
 except ImportError:  # the headless runner and the CLI do not need aiohttp
     web = None
 
-from ..resolver import catalogue
-from ..resolver.compose import chain
 from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from ..resolver.estimate import estimate as estimate_plan
-from ..resolver.inputs import NO_FILE, parse_components, parse_options
-from ..resolver.inspect_model import inspect_model
-from ..resolver.plan import make_plan
+from ..resolver.decide.estimate import estimate as estimate_plan
+from ..resolver.decide.plan import make_plan
+from ..resolver.decide.validate import validate
+from ..resolver.files.inspect_model import inspect_model
+from ..resolver.files.roots import refused_pipelines, resolve_model
+from ..resolver.keep.save import folder_problems, plan_problems
+from ..resolver.known import catalogue
+from ..resolver.links.compose import chain
+from ..resolver.links.inputs import NO_FILE, parse_components, parse_options
+from ..resolver.links.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
 from ..resolver.problems import BACKEND, SPEC, Problem, ValidationError, errors
 from ..resolver.problems import MAP as MAP_PART
-from ..resolver.roots import refused_pipelines, resolve_model
 from ..resolver.safe_files import json_depth
-from ..resolver.save import folder_problems, plan_problems
-from ..resolver.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
-from ..resolver.validate import validate
 from . import comfy
 
 PREFIX = "/pipequant"
@@ -314,8 +314,8 @@ def _save_problems(saves, plan, reader) -> list[dict]:
 
 def auto_plan(data: dict) -> dict:
     """The Auto Quantization Plan node's plan before Run: its table, components and predicted peak."""
-    from ..resolver.planner import NothingFits
-    from ..resolver.planner.request import plan_for
+    from ..resolver.decide.planner import NothingFits
+    from ..resolver.decide.planner.request import plan_for
 
     name = _string(data, "model", None)
     if name is None or len(name) > MAX_NAME:

@@ -1,10 +1,10 @@
 """Quantized Pipeline Sampler: prompt in, ComfyUI IMAGE out."""
 from __future__ import annotations
 
-from ..resolver.limits import image_size_problems, prompt_problems
-from ..resolver.lora import activate
+from ..resolver.decide.limits import image_size_problems, prompt_problems
 from ..resolver.problems import ValidationError
-from ..resolver.sample import generate
+from ..resolver.run.lora import activate
+from ..resolver.run.sample import generate
 from . import comfy
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, raise_for, validation_result

@@ -1,9 +1,9 @@
 """Save Quantized Pipeline: write a pre-quantized copy into the first diffusers model folder."""
 from __future__ import annotations
 
-from ..resolver.catalogue_text import save_summary
+from ..resolver.keep.save import describe_save, folder_problems, save
+from ..resolver.known.catalogue_text import save_summary
 from ..resolver.problems import ValidationError
-from ..resolver.save import describe_save, folder_problems, save
 from . import comfy
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result

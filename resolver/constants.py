@@ -20,3 +20,18 @@ KEEP = "keep"
 PREQUANTIZED = "pre-quantized"
 NOT_A_MODEL = "not a model"
 ACTIONS = (QUANTIZE, KEEP, PREQUANTIZED, NOT_A_MODEL)
+
+# The two libraries a component's class comes from (each has its own quantization config classes).
+DIFFUSERS = "diffusers"
+TRANSFORMERS = "transformers"
+
+#: torch.compile modes for the denoiser (``run/compile.py``).
+COMPILE_MODES = ("none", "regional", "full")
+
+#: diffusers' component names for the model run every step.
+DENOISERS = ("transformer", "unet")
+
+
+def denoiser_name(names) -> str | None:
+    """The denoiser among a pipeline's component names, or None."""
+    return next((n for n in DENOISERS if n in names), None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..resolver.files.roots import contained, list_files
 from ..resolver.problems import Problem, ValidationError
-from ..resolver.roots import contained, list_files
 from ..resolver.safe_files import FileProblem
 from ..resolver.suggest import did_you_mean
 

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..resolver.load import LoadError
+from ..resolver.keep.load import LoadError
+from ..resolver.keep.save import SaveError
 from ..resolver.problems import Problem, ValidationError
-from ..resolver.save import SaveError
 from ..resolver.suggest import did_you_mean
 from .builtin import LoadImage, SaveImage
 from .execute import ALL_NODES, RunError, execute
@@ -131,7 +131,7 @@ def demo_overrides(device: str) -> list[tuple[str, str, object]]:
                  ("PipeQuantSampler", "steps", 4), ("PipeQuantSampler", "width", 128),
                  ("PipeQuantSampler", "height", 128), ("PipeQuantSampler", "max_sequence_length", 64),
                  ("SaveImage", "filename_prefix", "pipequant-demo")]
-    from ..resolver.catalogue import DIFFUSERS, get_backend
+    from ..resolver.known.catalogue import DIFFUSERS, get_backend
 
     if not get_backend("bitsandbytes_4bit").cpu_supported(DIFFUSERS) and device == "cpu":
         # diffusers' bnb loader needs a GPU: use the int8 plan that runs everywhere.
@@ -142,7 +142,7 @@ def demo_overrides(device: str) -> list[tuple[str, str, object]]:
 
 
 def cmd_demo(args) -> int:
-    from ..resolver.devices import resolve_device
+    from ..resolver.known.devices import resolve_device
     from ..testing import ensure_pipeline
 
     models = Path(args.cache) / "models"
@@ -168,9 +168,9 @@ def cmd_demo(args) -> int:
 
 def cmd_plan(args) -> int:
     """Plan a model for a budget and goal; exit 0 when a plan fits, 2 when none does."""
-    from ..resolver.planner import NothingFits
-    from ..resolver.planner.request import plan_for, profile_from
-    from ..resolver.roots import env_roots, resolve_model
+    from ..resolver.decide.planner import NothingFits
+    from ..resolver.decide.planner.request import plan_for, profile_from
+    from ..resolver.files.roots import env_roots, resolve_model
 
     _configure(args)
     profile = None
@@ -198,13 +198,13 @@ def cmd_plan(args) -> int:
 
 
 def _cache_folder(args) -> Path:
-    from ..resolver.disk_cache import configured_folder, default_folder
+    from ..resolver.keep.disk_cache import configured_folder, default_folder
 
     return Path(args.folder) if args.folder else (configured_folder() or default_folder())
 
 
 def _entry_line(e: dict) -> str:
-    from ..resolver.report import human_bytes
+    from ..resolver.keep.report import human_bytes
 
     source, plan = e["source"], e["plan"]
     where = f'{source.get("model", "?")} / {source.get("component", "?")}' if source else "(unreadable entry)"
@@ -214,8 +214,8 @@ def _entry_line(e: dict) -> str:
 
 
 def cmd_cache(args) -> int:
-    from ..resolver.disk_cache import DiskCache
-    from ..resolver.report import human_bytes
+    from ..resolver.keep.disk_cache import DiskCache
+    from ..resolver.keep.report import human_bytes
 
     cache = DiskCache(_cache_folder(args))
     if args.action == "list":
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override an input on every node of a class, repeatable, e.g. PipeQuantSampler.steps=4")
         _common(p)
         p.set_defaults(func=func)
-    from ..resolver.planner.search import GOALS
+    from ..resolver.decide.planner.search import GOALS
 
     p = sub.add_parser("plan", help="choose each component's quantization to fit a GPU budget, and say why",
                        description="Plan MODEL for a memory budget and goal, reading only configs and headers; prints the "

@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 
 from ..nodes import NODE_CLASS_MAPPINGS
-from ..resolver.limits import image_size_problems
-from ..resolver.load import LoadError
-from ..resolver.plan import Plan
+from ..resolver.decide.limits import image_size_problems
+from ..resolver.decide.plan import Plan
+from ..resolver.keep.load import LoadError
+from ..resolver.keep.save import SaveError
 from ..resolver.problems import Problem, ValidationError
-from ..resolver.save import SaveError
 from .builtin import BUILTIN_NODES
 from .workflow import node_label
 

@@ -44,8 +44,8 @@ def load_bytes(folder: Path, library: str, class_name: str, dtype: str, backend=
     import torch
     import transformers
 
-    from ..resolver.load import diffusers_context
-    from ..resolver.memory import tensor_bytes
+    from ..resolver.keep.memory import tensor_bytes
+    from ..resolver.run.context import diffusers_context
 
     cls = getattr(diffusers if library == "diffusers" else transformers, class_name)
     kwargs = {"dtype": getattr(torch, dtype), "low_cpu_mem_usage": True}

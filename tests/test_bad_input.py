@@ -33,20 +33,14 @@ from pipequant.nodes.component_map import PipeQuantComponentMap
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.nodes.save import PipeQuantSavePipeline
-from pipequant.resolver import (
-    BackendSpec,
-    ComponentMap,
-    inspect_model,
-    meta_build,
-    spec_from_dict,
-    spec_from_json,
-    validate,
-)
-from pipequant.resolver.backends.quanto import Quanto
-from pipequant.resolver.estimate import estimate
-from pipequant.resolver.load import plan_load
+from pipequant.resolver import BackendSpec, ComponentMap, spec_from_dict, spec_from_json
+from pipequant.resolver.decide import validate
+from pipequant.resolver.decide.estimate import estimate
+from pipequant.resolver.files import inspect_model, meta_build
+from pipequant.resolver.files.roots import resolve_model
+from pipequant.resolver.keep.load import plan_load
+from pipequant.resolver.known.backends.quanto import Quanto
 from pipequant.resolver.problems import ValidationError, errors
-from pipequant.resolver.roots import resolve_model
 from pipequant.runner import cli
 from pipequant.runner.execute import execute
 from pipequant.runner.workflow import read_workflow

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import pytest
 from comfy_server import PACK_DIR, comfy_server, skip_reason, start_comfyui  # noqa: F401 (the fixture)
 
-from pipequant.resolver import catalogue as resolver_catalogue
+from pipequant.resolver.known import catalogue as resolver_catalogue
 
 pytestmark = pytest.mark.browser
 
@@ -816,7 +816,7 @@ def test_new_backend_node_defaults_to_what_runs_here_and_switching_drops_options
 
 def test_option_widgets_write_the_json_the_runner_reads(editor, tmp_path):
     from pipequant.nodes import NODE_CLASS_MAPPINGS
-    from pipequant.resolver.inputs import parse_options
+    from pipequant.resolver.links.inputs import parse_options
     from pipequant.runner.workflow import to_api
 
     editor.load(example("FLUX quantize once and save"), "option-widgets")  # pack nodes only: the runner reads it

@@ -6,10 +6,11 @@ import importlib
 import pytest
 import torch
 
-from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
+from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap
+from pipequant.resolver.keep import load
 
 G = BackendSpec.make
-load_module = importlib.import_module("pipequant.resolver.load")  # the module, not the function
+load_module = importlib.import_module("pipequant.resolver.keep.load")  # the module, not the function
 
 
 def _count_loads(monkeypatch) -> list[str]:
@@ -91,8 +92,8 @@ def test_budget_evicts_least_recently_used():
 
 # -- the budget follows the machine; a host can take the memory back -------------------------------
 def test_default_budget_is_a_share_of_the_machine(monkeypatch):
-    from pipequant.resolver import cache as cache_module
-    from pipequant.resolver.machine import total_ram_bytes
+    from pipequant.resolver.keep import cache as cache_module
+    from pipequant.resolver.known.machine import total_ram_bytes
 
     monkeypatch.delenv("PIPEQUANT_CACHE_GB", raising=False)
     budget = ComponentCache().budget_bytes
@@ -108,7 +109,7 @@ def test_default_budget_is_a_share_of_the_machine(monkeypatch):
 
 @pytest.mark.parametrize("raw", ["lots", "-1", "nan", "inf", "12GB"])
 def test_malformed_budget_falls_back_with_a_warning(monkeypatch, caplog, raw):
-    from pipequant.resolver import cache as cache_module
+    from pipequant.resolver.keep import cache as cache_module
 
     monkeypatch.setenv("PIPEQUANT_CACHE_GB", raw)
     with caplog.at_level("WARNING", logger="pipequant"):
@@ -121,7 +122,7 @@ def test_release_empties_the_cache_entry_and_every_pipeline_using_it(tiny_flux):
     import gc
     import weakref
 
-    from pipequant.resolver.load import PipelineReleased
+    from pipequant.resolver.keep.load import PipelineReleased
 
     cache = ComponentCache()
     with torch.inference_mode():

@@ -10,7 +10,7 @@ import tomllib
 
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.save import PipeQuantSavePipeline
-from pipequant.resolver import catalogue, catalogue_text
+from pipequant.resolver.known import catalogue, catalogue_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_generated_sections_match_the_catalogue(path):
     text = (ROOT / path).read_text()
     assert catalogue_text.render(path, text) == text, (
-        f"{path} drifted from the backend catalogue: run python -m pipequant.resolver.catalogue_text")
+        f"{path} drifted from the backend catalogue: run python -m pipequant.resolver.known.catalogue_text")
 
 
 def test_a_changed_fact_shows_as_drift():

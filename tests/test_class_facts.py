@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench.validate_cold import imported_by, validate_command
-from pipequant.resolver import catalogue, class_facts
-from pipequant.resolver.devices import NO_GPU_UNLESS
-from pipequant.resolver.inspect_model import _inspect_cached, inspect_model
+from pipequant.resolver.files.inspect_model import _inspect_cached, inspect_model
+from pipequant.resolver.known import catalogue, class_facts
+from pipequant.resolver.known.devices import NO_GPU_UNLESS
 
 SAMPLE_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLPipeline", "StableDiffusionPipeline",
                     "FluxImg2ImgPipeline", "FluxInpaintPipeline")
@@ -41,7 +41,7 @@ def _json(value):
 def test_the_file_is_for_the_versions_the_pack_is_tested_with():
     table = json.loads(class_facts.FACTS_FILE.read_text())
     assert table["versions"] == class_facts.installed_versions(), (
-        "regenerate resolver/data/class_facts.json: python -m pipequant.resolver.class_facts")
+        "regenerate resolver/data/class_facts.json: python -m pipequant.resolver.known.class_facts")
 
 
 def test_the_file_agrees_with_the_live_classes():

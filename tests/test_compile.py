@@ -16,10 +16,11 @@ from torch._dynamo.utils import counters
 from pipequant.nodes import comfy
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.nodes.sampler import PipeQuantSampler
-from pipequant.resolver import BackendSpec, ComponentCache, load
-from pipequant.resolver.blocks import repeated_blocks
-from pipequant.resolver.compile import compile_state
-from pipequant.resolver.sample import generate
+from pipequant.resolver import BackendSpec, ComponentCache
+from pipequant.resolver.keep import load
+from pipequant.resolver.run.blocks import repeated_blocks
+from pipequant.resolver.run.compile import compile_state
+from pipequant.resolver.run.sample import generate
 
 SMALL = {"prompt": "a fox", "steps": 2, "width": 32, "height": 32, "max_sequence_length": 16}
 

@@ -20,7 +20,7 @@ import torch
 from pipequant.nodes import comfy, routes
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.resolver import COMPONENT_CACHE, BackendSpec, ComponentMap, plan_load
-from pipequant.resolver.load import cache_key
+from pipequant.resolver.keep.load import cache_key
 
 SPEC = ComponentMap.make({"transformer": BackendSpec.make("torchao", "int8_weight_only"),
                           "text_encoder_2": BackendSpec.make("torchao", "int8_weight_only")})

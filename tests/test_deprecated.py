@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from pipequant.resolver import BackendSpec, ComponentCache, inspect_model, load, validate
-from pipequant.resolver.catalogue import describe, get_backend
+from pipequant.resolver import BackendSpec, ComponentCache
+from pipequant.resolver.decide import validate
+from pipequant.resolver.files import inspect_model
+from pipequant.resolver.keep import load
+from pipequant.resolver.known.catalogue import describe, get_backend
 
 
 def test_catalogue_marks_quanto_deprecated_and_only_quanto():

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipequant.resolver import BackendSpec, ComponentMap, disk_cache
-from pipequant.resolver.disk_cache import ENTRY_FILE, DiskCache, check_entry, entry_key, not_cacheable
-from pipequant.resolver.load import load, plan_load
-from pipequant.resolver.sample import generate
-from pipequant.resolver.save import save_component
+from pipequant.resolver import BackendSpec, ComponentMap
+from pipequant.resolver.keep import disk_cache
+from pipequant.resolver.keep.disk_cache import ENTRY_FILE, DiskCache, check_entry, entry_key, not_cacheable
+from pipequant.resolver.keep.load import load, plan_load
+from pipequant.resolver.keep.save import save_component
+from pipequant.resolver.run.sample import generate
 
 G = BackendSpec.make
 INT8 = G("torchao", "int8_weight_only", components=["transformer", "text_encoder_2"])
@@ -377,7 +378,7 @@ def test_a_gguf_load_writes_nothing(tiny_flux, flux_gguf, tmp_path):
 
 
 def test_entries_are_never_model_names(tiny_flux, tmp_path):
-    from pipequant.resolver.roots import list_pipelines
+    from pipequant.resolver.files.roots import list_pipelines
 
     cache = DiskCache(tmp_path / "models" / "cache")
     _load(tiny_flux, TRANSFORMER_INT8, cache)

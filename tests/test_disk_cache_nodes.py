@@ -42,7 +42,7 @@ def test_disk_cache_input_is_last_optional_boolean_default_on():
 
 
 def test_node_writes_then_reads_and_the_toggle_turns_it_off(cache_env):
-    from pipequant.resolver.cache import COMPONENT_CACHE
+    from pipequant.resolver.keep.cache import COMPONENT_CACHE
 
     COMPONENT_CACHE.clear()
     rows, _ = _node_load()
@@ -60,7 +60,7 @@ def test_node_writes_then_reads_and_the_toggle_turns_it_off(cache_env):
 def test_off_in_the_environment_means_no_cache(monkeypatch, models_root, tiny_flux, tmp_path):
     monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
     monkeypatch.setenv("PIPEQUANT_DISK_CACHE", "off")
-    from pipequant.resolver.cache import COMPONENT_CACHE
+    from pipequant.resolver.keep.cache import COMPONENT_CACHE
 
     COMPONENT_CACHE.clear()
     rows, _ = _node_load()
@@ -80,7 +80,7 @@ def _prompt(model="tiny-flux") -> dict:
 
 
 def test_runner_caches_across_runs_and_cli_lists_and_clears(cache_env, capsys):
-    from pipequant.resolver.cache import COMPONENT_CACHE
+    from pipequant.resolver.keep.cache import COMPONENT_CACHE
 
     for expected in ("written", "read"):
         COMPONENT_CACHE.clear()

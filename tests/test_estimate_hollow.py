@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipequant.resolver.estimate import component_estimate
-from pipequant.resolver.inspect_model import inspect_model
-from pipequant.resolver.plan import KEEP, QUANTIZE
+from pipequant.resolver.decide.estimate import component_estimate
+from pipequant.resolver.decide.plan import KEEP, QUANTIZE
+from pipequant.resolver.files.inspect_model import inspect_model
 from pipequant.testing import hollow
 
 GB = 1000 ** 3  # shared/DESIGN.md's H100 figures are torch byte counts / 1e9 (23.80 = 11.9 B params x 2 bytes)
@@ -81,9 +81,9 @@ def test_prequantized_before_is_the_unquantized_size(tiny_flux, tmp_path):
     import torch
     from transformers import BitsAndBytesConfig, T5EncoderModel
 
-    from pipequant.resolver.load import diffusers_context
-    from pipequant.resolver.memory import tensor_bytes
-    from pipequant.resolver.plan import PREQUANTIZED
+    from pipequant.resolver.decide.plan import PREQUANTIZED
+    from pipequant.resolver.keep.memory import tensor_bytes
+    from pipequant.resolver.run.context import diffusers_context
 
     copy = tmp_path / "prequantized"
     shutil.copytree(tiny_flux, copy)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipequant.resolver import catalogue
-from pipequant.resolver.estimate import component_estimate
-from pipequant.resolver.inspect_model import inspect_model
-from pipequant.resolver.plan import KEEP, QUANTIZE
+from pipequant.resolver.decide.estimate import component_estimate
+from pipequant.resolver.decide.plan import KEEP, QUANTIZE
+from pipequant.resolver.files.inspect_model import inspect_model
+from pipequant.resolver.known import catalogue
 from pipequant.testing import hollow
 from pipequant.testing.real_bytes import cached_models, extrapolate, load_bytes
 

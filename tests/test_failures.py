@@ -24,9 +24,10 @@ import torch
 from pipequant import testing as tiny
 from pipequant.nodes import comfy
 from pipequant.nodes.sampler import PipeQuantSampler
-from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, load, plan_load
-from pipequant.resolver.load import load_plan
-from pipequant.resolver.memory import tensor_bytes
+from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, plan_load
+from pipequant.resolver.keep import load
+from pipequant.resolver.keep.load import load_plan
+from pipequant.resolver.keep.memory import tensor_bytes
 
 G = BackendSpec.make
 MB = 1024 * 1024

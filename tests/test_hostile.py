@@ -21,11 +21,12 @@ import pytest
 import torch
 from helpers import HUGE_ARRAY_GGUF
 
-from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, load
-from pipequant.resolver.estimate import estimate
-from pipequant.resolver.load import plan_load
-from pipequant.resolver.roots import list_pipelines, resolve_model
-from pipequant.resolver.save import LOCK, PARTIAL, SaveError, save
+from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError
+from pipequant.resolver.decide.estimate import estimate
+from pipequant.resolver.files.roots import list_pipelines, resolve_model
+from pipequant.resolver.keep import load
+from pipequant.resolver.keep.load import plan_load
+from pipequant.resolver.keep.save import LOCK, PARTIAL, SaveError, save
 from pipequant.runner import cli
 
 G = BackendSpec.make
@@ -115,12 +116,12 @@ def test_absurd_configs_stop_building_quickly(tmp_path, tiny_flux, change, code)
     (folder / "transformer" / "config.json").write_text(json.dumps({**config, **change}))
     out = run_child(f"""
         import json, time
-        from pipequant.resolver import meta_build
+        from pipequant.resolver.files import meta_build
         meta_build.MAX_SECONDS = 1.0
         meta_build.MAX_MODULES = 10**9  # so that the slow build meets the time limit, not the layer count
         from pipequant.resolver import BackendSpec, ValidationError
-        from pipequant.resolver.estimate import estimate
-        from pipequant.resolver.load import plan_load
+        from pipequant.resolver.decide.estimate import estimate
+        from pipequant.resolver.keep.load import plan_load
         estimate(plan_load({str(tiny_flux)!r}, BackendSpec.make("torchao", "int8_weight_only"), device="cpu"))
         t = time.monotonic()  # the libraries' lazy imports are done: time only the refusal
         try:
@@ -199,7 +200,7 @@ def test_a_route_that_takes_too_long_answers_503(hostile, monkeypatch):
 def test_a_root_with_its_own_link_rule_is_the_one_place_links_may_leave_a_folder(tmp_path, tiny_flux, monkeypatch):
     """The hub-cache layout: snapshot files link into the repo's blobs/. A plain root refuses that;
     a Root whose allows_link vouches for blobs/ (the hook for the hub cache) lets exactly those in."""
-    from pipequant.resolver import inspect_model, roots
+    from pipequant.resolver.files import inspect_model, roots
 
     repo = tmp_path / "hub" / "models--org--tiny"
     snapshot = repo / "snapshots" / "abc"

@@ -9,9 +9,10 @@ import pytest
 import torch
 from hub_cache_fake import add_snapshot
 
-from pipequant.resolver import ComponentCache, ValidationError, load
-from pipequant.resolver.hub_cache import ENV_VAR, HubCacheRoot, cache_dir, default_root
-from pipequant.resolver.roots import list_pipelines, resolve_model
+from pipequant.resolver import ComponentCache, ValidationError
+from pipequant.resolver.files.hub_cache import ENV_VAR, HubCacheRoot, cache_dir, default_root
+from pipequant.resolver.files.roots import list_pipelines, resolve_model
+from pipequant.resolver.keep import load
 
 REPO = "black-forest-labs/FLUX.1-dev"
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from pipequant.nodes import NODE_CLASS_MAPPINGS
-from pipequant.resolver import img2img
-from pipequant.resolver.load import diffusers_context, load
+from pipequant.resolver.keep.load import load
 from pipequant.resolver.problems import ValidationError
-from pipequant.resolver.sample import generate
+from pipequant.resolver.run import img2img
+from pipequant.resolver.run.context import diffusers_context
+from pipequant.resolver.run.sample import generate
 
 Sampler = NODE_CLASS_MAPPINGS["PipeQuantSampler"]
 KW = dict(prompt="a cat", steps=4, width=32, height=32, max_sequence_length=32, seed=1)

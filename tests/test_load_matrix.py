@@ -10,9 +10,10 @@ import pytest
 import torch
 from helpers import count_storage_bytes, quantized_weight_types
 
-from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
-from pipequant.resolver.estimate import estimate
-from pipequant.resolver.sample import generate
+from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap
+from pipequant.resolver.decide.estimate import estimate
+from pipequant.resolver.keep import load
+from pipequant.resolver.run.sample import generate
 
 G = BackendSpec.make
 
@@ -172,7 +173,7 @@ def test_quantized_components_are_quantized_on_the_target_gpu(tiny_flux, monkeyp
 
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-    from pipequant.resolver import devices
+    from pipequant.resolver.known import devices
 
     monkeypatch.setattr(devices, "cuda_available", lambda: True)
     monkeypatch.setattr(devices, "cuda_device_exists", lambda d: True)
@@ -190,7 +191,7 @@ def test_quantized_components_are_quantized_on_the_target_gpu(tiny_flux, monkeyp
 
     monkeypatch.setattr(FluxTransformer2DModel, "from_pretrained", capture("transformer"))
     monkeypatch.setattr(AutoencoderKL, "from_pretrained", capture("vae"))
-    loader = importlib.import_module("pipequant.resolver.load")
+    loader = importlib.import_module("pipequant.resolver.keep.load")
     spec = ComponentMap.make({"transformer": G("torchao", "int4_weight_only")})
     plan = loader.plan_load(tiny_flux, spec, device="cuda")
     for name in ("transformer", "vae"):

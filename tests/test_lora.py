@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from pipequant.nodes import NODE_CLASS_MAPPINGS
-from pipequant.resolver import lora
-from pipequant.resolver.cache import ComponentCache
-from pipequant.resolver.load import load
+from pipequant.resolver.keep.cache import ComponentCache
+from pipequant.resolver.keep.load import load
+from pipequant.resolver.links.spec import BackendSpec, ComponentMap
 from pipequant.resolver.problems import ValidationError
-from pipequant.resolver.sample import generate
-from pipequant.resolver.spec import BackendSpec, ComponentMap
+from pipequant.resolver.run import lora
+from pipequant.resolver.run.sample import generate
 from pipequant.testing import write_kohya_lora, write_peft_lora
 
 LoRA = NODE_CLASS_MAPPINGS["PipeQuantLoRA"]
@@ -192,7 +192,7 @@ def _denoiser_output(result) -> torch.Tensor:
     """Latents after the steps: the LoRA's effect without the random tiny VAE on top."""
     with torch.inference_mode():
         lora.activate(result)
-        from pipequant.resolver.load import diffusers_context
+        from pipequant.resolver.run.context import diffusers_context
 
         with diffusers_context():
             result.pipeline.set_progress_bar_config(disable=True)
@@ -241,7 +241,7 @@ def test_quanto_on_flux_is_refused_with_the_backend_named_and_the_fix(tiny_flux,
 
 
 def test_catalogue_records_lora_support_per_backend_and_quant_type():
-    from pipequant.resolver import catalogue
+    from pipequant.resolver.known import catalogue
 
     data = {b["name"]: b for b in catalogue.describe()["backends"]}
     assert data["quanto"]["lora_refused_loaders"] == ["FluxLoraLoaderMixin"]
@@ -277,7 +277,7 @@ def test_nodes_chain_and_the_sampler_applies_exactly_the_stack(monkeypatch, mode
 
 
 def test_save_refuses_a_lora_stack_and_saves_plain_weights(tiny_flux, lora_root, tmp_path):
-    from pipequant.resolver.save import save
+    from pipequant.resolver.keep.save import save
 
     result = load(tiny_flux, None, dtype="float32", device="cpu", cache=None)
     stacked = with_loras(result, spec(lora_root, "flux-peft.safetensors"))

@@ -197,8 +197,8 @@ def test_saved_quanto_copy_samples_in_bfloat16(roots, tmp_path):
     script = f"""
 import torch
 from pipequant.resolver import BackendSpec, ComponentCache, load
-from pipequant.resolver.save import save
-from pipequant.resolver.sample import generate
+from pipequant.resolver.keep.save import save
+from pipequant.resolver.run.sample import generate
 with torch.inference_mode():
     r = load({str(roots / 'tiny-flux')!r}, BackendSpec.make("quanto", "int8", components=["transformer"]),
              device="cpu", cache=None)
@@ -217,9 +217,10 @@ print("OK")
 def test_torchao_saves_and_reloads_bit_exact(roots, tmp_path, quant_type):
     """torchao's int8/float8 tensors round-trip through safetensors, diffusers and transformers
     models alike, and the reloaded pipeline draws the same image."""
-    from pipequant.resolver import ComponentCache, load
-    from pipequant.resolver.sample import generate
-    from pipequant.resolver.save import save
+    from pipequant.resolver import ComponentCache
+    from pipequant.resolver.keep import load
+    from pipequant.resolver.keep.save import save
+    from pipequant.resolver.run.sample import generate
 
     spec = BackendSpec.make("torchao", quant_type, components=["transformer", "text_encoder_2"])
     with torch.inference_mode():
@@ -234,7 +235,7 @@ def test_torchao_saves_and_reloads_bit_exact(roots, tmp_path, quant_type):
 
 
 def test_torchao_int4_is_not_savable():
-    from pipequant.resolver import catalogue
+    from pipequant.resolver.known import catalogue
 
     torchao = catalogue.get_backend("torchao")
     assert torchao.quant_type("int4_weight_only").savable is False
@@ -245,9 +246,9 @@ def test_a_first_quanto_int4_load_on_cpu_says_it_builds_an_extension(tiny_flux, 
     """quanto int4 on CPU compiles a C++ extension on first use (minutes, progress stuck at 0):
     the Load node says so as progress text before it starts."""
     from pipequant.nodes import load as load_node
-    from pipequant.resolver.backends import quanto
-    from pipequant.resolver.load import plan_load
-    from pipequant.resolver.spec import BackendSpec
+    from pipequant.resolver.keep.load import plan_load
+    from pipequant.resolver.known.backends import quanto
+    from pipequant.resolver.links.spec import BackendSpec
 
     monkeypatch.setattr(quanto, "cpp_extension_built", lambda: False)
     monkeypatch.setattr(quanto, "missing_build_tools", lambda: [])

@@ -10,11 +10,11 @@ import json
 import pytest
 import torch
 
-from pipequant.resolver.inspect_model import inspect_model
-from pipequant.resolver.planner import GIB, DeviceProfile, NothingFits, _offload_ok, auto_plan
-from pipequant.resolver.planner.candidates import component_choices, load_dtype_for, roles
-from pipequant.resolver.planner.search import GOALS, OFFLOAD_ORDER, goal_key, peak
-from pipequant.resolver.planner.working import working_memory
+from pipequant.resolver.decide.planner import GIB, DeviceProfile, NothingFits, _offload_ok, auto_plan
+from pipequant.resolver.decide.planner.candidates import component_choices, load_dtype_for, roles
+from pipequant.resolver.decide.planner.search import GOALS, OFFLOAD_ORDER, goal_key, peak
+from pipequant.resolver.decide.planner.working import working_memory
+from pipequant.resolver.files.inspect_model import inspect_model
 
 BUDGETS = (6, 8, 10, 12, 16, 24, 32)
 CAPABILITIES = ((7, 5), (8, 6), (8, 9), (9, 0))
@@ -66,7 +66,7 @@ def test_every_plan_fits_and_is_the_best_by_brute_force(flux_dev, cc):
             assert (plan.offload, goal_key(goal, combo, role, plan.peak)) == expected[goal], (budget_gb, goal, cc)
             for c in combo:  # availability on this GPU
                 if c.backend:
-                    from pipequant.resolver import catalogue
+                    from pipequant.resolver.known import catalogue
 
                     qt = catalogue.get_backend(c.backend).quant_type(c.quant_type)
                     assert qt.min_compute_capability is None or cc >= qt.min_compute_capability
@@ -153,8 +153,8 @@ def test_route_validates_and_plans(flux_dev, monkeypatch):
 def test_tiny_auto_plan_loads_samples_and_holds_what_it_predicted(tiny_flux):
     """CPU, a budget that forces quantization: the plan loads through the ordinary path, samples,
     and the Memory Report's bytes are within 5 % of the prediction."""
-    from pipequant.resolver.load import load
-    from pipequant.resolver.sample import generate
+    from pipequant.resolver.keep.load import load
+    from pipequant.resolver.run.sample import generate
 
     model = inspect_model(tiny_flux)
     cpu = DeviceProfile("cpu", 16 * GIB, 16 * GIB, None)

@@ -23,12 +23,14 @@ from pipequant.nodes import routes
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.component_map import PipeQuantComponentMap
 from pipequant.nodes.load import PipeQuantLoadPipeline
-from pipequant.resolver import BackendSpec, ComponentMap, ValidationError, catalogue, inspect_model, plan_load
-from pipequant.resolver.estimate import estimate
-from pipequant.resolver.inputs import spec_from_inputs
+from pipequant.resolver import BackendSpec, ComponentMap, ValidationError, plan_load
+from pipequant.resolver.decide.estimate import estimate
+from pipequant.resolver.decide.validate import validate
+from pipequant.resolver.files import inspect_model
+from pipequant.resolver.known import catalogue
+from pipequant.resolver.links.inputs import spec_from_inputs
+from pipequant.resolver.links.spec import spec_from_dict, spec_from_json
 from pipequant.resolver.problems import Problem, errors
-from pipequant.resolver.spec import spec_from_dict, spec_from_json
-from pipequant.resolver.validate import validate
 from pipequant.runner.execute import ALL_NODES, execute
 from pipequant.runner.workflow import read_workflow, to_api
 

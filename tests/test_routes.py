@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from pipequant.nodes import routes
-from pipequant.resolver import catalogue
-from pipequant.resolver.spec import BackendSpec, ComponentMap
+from pipequant.resolver.known import catalogue
+from pipequant.resolver.links.spec import BackendSpec, ComponentMap
 
 
 @pytest.fixture
@@ -287,7 +287,7 @@ def test_estimate_before_and_after(models):
 def test_estimate_validates_once(models, monkeypatch):
     import importlib
 
-    load_module = importlib.import_module("pipequant.resolver.load")  # the module, not resolver.load()
+    load_module = importlib.import_module("pipequant.resolver.keep.load")  # the module, not resolver.load()
     calls = []
     real = routes.validate
 
@@ -388,7 +388,7 @@ def test_a_shared_backend_feeding_two_maps_gets_an_estimate(models):
 
 def test_backends_route_carries_the_editors_facts():
     from pipequant.nodes import NODE_CLASS_MAPPINGS
-    from pipequant.resolver.inputs import NO_FILE
+    from pipequant.resolver.links.inputs import NO_FILE
 
     status, body = call("GET", "/pipequant/backends")
     editor = body["editor"]

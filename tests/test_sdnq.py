@@ -12,9 +12,10 @@ import torch
 # tiny model. Eager is what this test is about (set before sdnq is first imported).
 os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")
 
-from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, load
-from pipequant.resolver.catalogue import get_backend
-from pipequant.resolver.sample import generate
+from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap
+from pipequant.resolver.keep import load
+from pipequant.resolver.known.catalogue import get_backend
+from pipequant.resolver.run.sample import generate
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("sdnq") is None,
                                 reason="sdnq is not installed (optional, GPL-3.0: pip install sdnq)")

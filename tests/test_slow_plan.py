@@ -7,17 +7,12 @@ import json
 import pytest
 import torch
 
-from pipequant.resolver import (
-    BackendSpec,
-    ComponentMap,
-    catalogue,
-    devices,
-    inspect_model,
-    load,
-    plan_load,
-    validate,
-)
-from pipequant.resolver.slow_plan import slow_plan_warnings
+from pipequant.resolver import BackendSpec, ComponentMap, plan_load
+from pipequant.resolver.decide import validate
+from pipequant.resolver.decide.slow_plan import slow_plan_warnings
+from pipequant.resolver.files import inspect_model
+from pipequant.resolver.keep import load
+from pipequant.resolver.known import catalogue, devices
 from pipequant.runner.cli import EXAMPLES, main
 
 G = BackendSpec.make
@@ -122,7 +117,7 @@ def test_float8_dynamic_per_row_compiles_on_cuda(tiny_flux):
         pytest.skip("float8 dynamic needs compute capability 8.9+")
     from torchao.quantization import PerRow
 
-    from pipequant.resolver.sample import generate
+    from pipequant.resolver.run.sample import generate
 
     spec = G("torchao", "float8_dynamic", components=["transformer"])
 

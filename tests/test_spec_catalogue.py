@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from pipequant.resolver import BackendSpec, ComponentMap, ValidationError, catalogue, inspect_model, spec_from_json
-from pipequant.resolver.backends.base import DIFFUSERS, TRANSFORMERS
+from pipequant.resolver import BackendSpec, ComponentMap, ValidationError, spec_from_json
+from pipequant.resolver.files import inspect_model
+from pipequant.resolver.known import catalogue
+from pipequant.resolver.known.backends.base import DIFFUSERS, TRANSFORMERS
 
 G = BackendSpec.make
 
@@ -134,7 +136,7 @@ def test_inspect_reads_headers_not_weights(tiny_flux, monkeypatch):
     assert (t.library, t.class_name, t.is_module) == ("diffusers", "FluxTransformer2DModel", True)
     assert info.components["tokenizer"].is_module is False
     assert t.params > 0 and t.bytes_by_dtype == {"BF16": t.params * 2}
-    from pipequant.resolver.inspect_model import linear_layers
+    from pipequant.resolver.files.inspect_model import linear_layers
 
     linears = linear_layers(t)
     assert linears and all(n > 0 for _, n in linears)
@@ -142,7 +144,7 @@ def test_inspect_reads_headers_not_weights(tiny_flux, monkeypatch):
 
 
 def test_every_quant_type_has_a_help_line():
-    from pipequant.resolver import catalogue as cat
+    from pipequant.resolver.known import catalogue as cat
 
     for name in cat.backend_names():
         for quant in cat.get_backend(name).quant_types:
@@ -150,10 +152,10 @@ def test_every_quant_type_has_a_help_line():
 
 
 def test_quanto_packed_types_on_cpu_need_a_compiler_until_the_extension_is_built(monkeypatch):
-    from pipequant.resolver import catalogue as cat
-    from pipequant.resolver.backends import quanto
-    from pipequant.resolver.spec import BackendSpec
-    from pipequant.resolver.validate import validate
+    from pipequant.resolver.decide.validate import validate
+    from pipequant.resolver.known import catalogue as cat
+    from pipequant.resolver.known.backends import quanto
+    from pipequant.resolver.links.spec import BackendSpec
 
     backend = cat.get_backend("quanto")
     spec = BackendSpec.make("quanto", "int4", "auto", {}, None, None)
@@ -177,7 +179,7 @@ def test_quanto_packed_types_on_cpu_need_a_compiler_until_the_extension_is_built
 def test_quanto_extension_check_reads_the_build_folder(tmp_path, monkeypatch):
     import torch
 
-    from pipequant.resolver.backends import quanto
+    from pipequant.resolver.known.backends import quanto
 
     monkeypatch.setattr(quanto, "_cpp_build_dir", lambda: tmp_path)
     assert not quanto.cpp_extension_built()

@@ -1,6 +1,6 @@
 """The pack's structure rules, checked on the source: one home for each rule.
 
-Per-backend behaviour lives in resolver/backends/ (the rest of the resolver asks the backend
+Per-backend behaviour lives in resolver/known/backends/ (the rest of the resolver asks the backend
 object), and the derived facts each backend declares agree with what the libraries really do.
 """
 from __future__ import annotations
@@ -10,24 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from pipequant.resolver import catalogue
+from pipequant.resolver.known import catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_NAME = re.compile(r'"(gguf|quanto|torchao)"|bitsandbytes')
 
 
 def test_no_backend_name_outside_the_backends_folder():
-    """The issue's check: `grep -nE '"(gguf|quanto|torchao)"|bitsandbytes' resolver/*.py` finds nothing."""
-    hits = [f"{path.name}:{n}: {line.strip()}" for path in sorted((ROOT / "resolver").glob("*.py"))
+    """The issue's check: `grep -nE '"(gguf|quanto|torchao)"|bitsandbytes' resolver/` (outside known/backends/) finds nothing."""
+    hits = [f"{path.name}:{n}: {line.strip()}" for path in sorted((ROOT / "resolver").rglob("*.py"))
+            if "backends" not in path.relative_to(ROOT / "resolver").parts
             for n, line in enumerate(path.read_text().splitlines(), 1) if BACKEND_NAME.search(line)]
     assert hits == []
 
 
 def test_the_catalogue_lists_every_backend_module():
-    """Adding a backend is one module in resolver/backends/ plus one line in its __init__.py."""
-    from pipequant.resolver.backends import ALL_BACKENDS
+    """Adding a backend is one module in resolver/known/backends/ plus one line in its __init__.py."""
+    from pipequant.resolver.known.backends import ALL_BACKENDS
 
-    modules = {p.stem for p in (ROOT / "resolver" / "backends").glob("*.py")} - {"__init__", "base"}
+    modules = {p.stem for p in (ROOT / "resolver" / "known" / "backends").glob("*.py")} - {"__init__", "base"}
     assert {type(b).__module__.rsplit(".", 1)[1] for b in ALL_BACKENDS} == modules
 
 
@@ -79,3 +80,86 @@ def test_nothing_outside_nodes_reaches_into_node_internals():
 def test_the_resolver_never_imports_comfyui_or_nodes():
     pattern = re.compile(r"^\s*(from|import)\s+(folder_paths|comfy\b|server\b|\.\.nodes|pipequant\.nodes)", re.M)
     assert [p.name for p in (ROOT / "resolver").rglob("*.py") if pattern.search(p.read_text())] == []
+
+
+# -- the floor plan: folders in the order a request travels; imports flow only forward ----------
+ORDER = ("known", "links", "files", "decide", "run", "keep")  # README "Layout"; flat modules are the floor
+RESOLVER = ROOT / "resolver"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(["pipequant"] + (parts[:-1] if parts[-1] == "__init__" else parts))
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """Every pipequant module `path` imports, lazy imports included, TYPE_CHECKING blocks excluded."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module or ""
+            for alias in node.names:
+                found.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in known else target)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("pipequant.")}
+
+
+def _resolver_graph() -> dict[str, set[str]]:
+    paths = {_module_name(p): p for p in RESOLVER.rglob("*.py")}
+    return {name: _imports(path, set(paths)) & set(paths) for name, path in paths.items()}
+
+
+def _stage(module: str) -> int:
+    part = module.split(".")[2] if module.count(".") >= 2 else ""
+    return ORDER.index(part) + 1 if part in ORDER else 0
+
+
+def test_the_resolver_has_few_flat_modules_and_small_folders():
+    flat = [p.name for p in RESOLVER.glob("*.py")]
+    assert len(flat) <= 10, flat
+    assert {p.name for p in RESOLVER.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(ORDER)
+    for folder in ORDER:
+        modules = [p for p in (RESOLVER / folder).glob("*.py") if p.name != "__init__.py"]
+        assert len(modules) <= 8, (folder, [p.name for p in modules])
+
+
+def test_imports_flow_one_way_along_the_data_path():
+    """A resolver module imports only from its own folder, the flat floor, or folders earlier in ORDER."""
+    backwards = [f"{m} -> {t}" for m, targets in _resolver_graph().items() if m != "pipequant.resolver"
+                 for t in targets if _stage(t) > _stage(m)]
+    assert backwards == []
+
+
+def test_no_import_cycle_in_the_resolver():
+    graph = _resolver_graph()
+    for package in [m for m in graph if (RESOLVER / Path(*m.split(".")[2:]) / "__init__.py").exists()]:
+        graph[package] = {t for t in graph[package]}  # a package's __init__ re-exports its children: allowed
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if nxt.startswith(node + ".") or node.startswith(nxt + "."):
+                continue  # a package and its own children (the __init__'s re-exports)
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []

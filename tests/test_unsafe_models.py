@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.load import PipeQuantLoadPipeline
-from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, load
-from pipequant.resolver.roots import list_files, list_pipelines, resolve_model
+from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError
+from pipequant.resolver.files.roots import list_files, list_pipelines, resolve_model
+from pipequant.resolver.keep import load
 from pipequant.runner import cli
 from pipequant.runner.execute import execute
 

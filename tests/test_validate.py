@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipequant.resolver import BackendSpec, ComponentMap, inspect_model, validate
+from pipequant.resolver import BackendSpec, ComponentMap
+from pipequant.resolver.decide import validate
+from pipequant.resolver.files import inspect_model
 
 G = BackendSpec.make
 M = ComponentMap.make
@@ -115,7 +117,7 @@ def test_truncated_gguf_is_caught(tiny_flux, flux_gguf, tmp_path):
 
 def test_cuda_rules_with_a_fake_gpu(tiny_flux, monkeypatch):
     """Compute capability is checked against the real device's; fake an 8.0 GPU (A100)."""
-    from pipequant.resolver import devices
+    from pipequant.resolver.known import devices
 
     monkeypatch.setattr(devices, "cuda_available", lambda: True)
     monkeypatch.setattr(devices, "cuda_device_exists", lambda d: True)

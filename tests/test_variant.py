@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipequant.nodes.load import PipeQuantLoadPipeline
-from pipequant.resolver import ComponentCache, ValidationError, load, plan_load
-from pipequant.resolver.estimate import estimate
-from pipequant.resolver.inspect_model import inspect_model
-from pipequant.resolver.variant import choices, variant_of
+from pipequant.resolver import ComponentCache, ValidationError, plan_load
+from pipequant.resolver.decide.estimate import estimate
+from pipequant.resolver.files.inspect_model import inspect_model
+from pipequant.resolver.files.variant import choices, variant_of
+from pipequant.resolver.keep import load
 
 
 @pytest.fixture
@@ -81,8 +82,8 @@ def test_a_missing_variant_is_a_clear_error_before_any_weight_is_read(with_fp16,
 
 
 def test_the_auto_plan_reads_the_same_variant_as_the_load(with_fp16, monkeypatch):
-    from pipequant.resolver.planner.device import GIB, DeviceProfile
-    from pipequant.resolver.planner.request import plan_for
+    from pipequant.resolver.decide.planner.device import GIB, DeviceProfile
+    from pipequant.resolver.decide.planner.request import plan_for
 
     gpu = DeviceProfile("test GPU", 80 * GIB, 80 * GIB, (9, 0))
     plain, fp16 = plan_for(with_fp16, budget_gb=1, profile=gpu), plan_for(with_fp16, budget_gb=1, profile=gpu,

@@ -239,7 +239,7 @@ export function backendNotes(catalogue, values, problems = []) {
 }
 
 // -- sizes ---------------------------------------------------------------------------------------
-/** Bytes as the resolver's report prints them (resolver/report.py human_bytes): 1024-based, 2 decimals. */
+/** Bytes as the resolver's report prints them (resolver/keep/report.py human_bytes): 1024-based, 2 decimals. */
 export function formatBytes(n) {
   if (typeof n !== "number" || !Number.isFinite(n)) return "?";
   let value = n;

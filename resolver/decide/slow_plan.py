@@ -1,0 +1,93 @@
+"""Warn where a plan's denoiser is predicted slower than bf16, naming a faster plan of the same size.
+
+Quantized is usually slower than bf16 (DESIGN.md's H100 table: torchao int8 dynamic 0.10x eager),
+and a user who quantizes to fit a GPU should not pay for it unknowingly. Predictions come only from
+measured figures (`measured.py`); a plan never measured gets no warning. A warning never blocks a run.
+"""
+from __future__ import annotations
+
+from ..constants import denoiser_name
+from ..known import catalogue, devices, measured
+from ..problems import Problem
+
+SLOW = 0.9  # below this fraction of bf16's step speed, say so
+
+
+def _mode(compile: str) -> str:
+    return "eager" if compile == "none" else "regional"  # full compile: the nearest measured figure
+
+
+def _figure(backend: str, quant_type: str, gen: str, mode: str):
+    """(speed, mode measured) for one plan, the compiled figure first when compiling, else None."""
+    for m in dict.fromkeys((mode, "eager")):
+        found = measured.speed_factor(backend, quant_type, gen, m)
+        if found is not None:
+            return found["speed"], m
+    return None
+
+
+def _generations(gen: str) -> list[str]:
+    """Where to look for figures: this generation, then (for a GPU) the nearest measured GPU one."""
+    if gen == measured.CPU:
+        return [gen]
+    order = list(measured.data()["generations"])
+    here = order.index(gen) if gen in order else 0
+    return sorted(order, key=lambda g: (g != gen, abs(order.index(g) - here)))
+
+
+def _bits(quant) -> float:
+    return quant.bits + 8 * quant.scale_bytes_per_weight
+
+
+def _runs_here(backend, quant, library: str, target: str, cc) -> bool:
+    if backend.needs_file or not backend.installed() or library not in backend.libraries:
+        return False
+    if target == "cpu":
+        return not quant.needs_cuda and backend.cpu_supported(library)
+    return not (quant.min_compute_capability and cc is not None and cc < quant.min_compute_capability)
+
+
+def _describe(backend: str, quant_type: str, mode: str) -> str:
+    return f"{backend} {quant_type}" + (" with compile regional" if mode != "eager" else "")
+
+
+def slow_plan_warnings(assigned: dict, model, target: str, compile: str = "none") -> list[Problem]:
+    """`assigned`: component -> its BackendSpec (or None); `target`: the resolved device."""
+    name = denoiser_name(model.components)
+    spec = assigned.get(name) if name else None
+    backend = catalogue.get_backend(spec.backend) if spec is not None else None
+    quant = backend.quant_type(spec.quant_type) if backend is not None else None
+    if quant is None:
+        return []
+    cc = devices.compute_capability(target)
+    library = model.components[name].library
+    mode = _mode(compile)
+    for gen in _generations(measured.generation(cc)):
+        figure = _figure(backend.name, quant.name, gen, mode)
+        if figure is not None:
+            break
+    else:
+        return []
+    speed, measured_mode = figure
+    if speed >= SLOW:
+        return []
+    best = None
+    for other in (catalogue.get_backend(n) for n in catalogue.backend_names()):
+        for q in other.quant_types:
+            if (other.name, q.name) == (backend.name, quant.name) or _bits(q) > _bits(quant) + 1e-9:
+                continue
+            if not _runs_here(other, q, library, target, cc):
+                continue
+            for m in dict.fromkeys((mode, "regional")):
+                found = _figure(other.name, q.name, gen, m)
+                if found is not None and found[0] > speed and (best is None or found[0] > best[0]):
+                    best = (found[0], _describe(other.name, q.name, found[1]))
+    how = "measured with compile" if measured_mode != "eager" else (
+        "measured eager; compiled not measured" if mode != "eager" else "measured eager")
+    message = (f"{backend.name} {quant.name} on {name} is predicted at {speed:.2f}x bf16's step speed on "
+               f"{gen} ({how})")
+    if best is not None:
+        suggestion = f"faster at the same memory: {best[1]} ({best[0]:.2f}x bf16)"
+    else:
+        suggestion = "no faster plan of this size was measured here; bf16 is faster if it fits"
+    return [Problem("slow_plan", "quantization", message, suggestion, name, severity="warning")]

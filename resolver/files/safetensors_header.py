@@ -1,0 +1,100 @@
+"""Read a safetensors file's header (names, dtypes, shapes) without touching its tensors."""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+
+from ..safe_files import FileProblem, open_regular, parse_json
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+MAX_DIMS = 8
+
+
+class HeaderError(ValueError):
+    def __init__(self, message: str, code: str = "weights_unreadable"):
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BYTES.get(self.dtype, 4)
+
+
+def _malformed(path: Path, why: str) -> HeaderError:
+    return HeaderError(f"{path.name} has a malformed safetensors header: {why}", "header_malformed")
+
+
+def _entry(path: Path, name, meta) -> tuple[TensorInfo, int]:
+    shown = ascii(name)[:80]
+    if not isinstance(meta, dict):
+        raise _malformed(path, f"the entry for {shown} is a {type(meta).__name__}, not an object")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise _malformed(path, f"the dtype of {shown} is {dtype!r:.40}, not a name")
+    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_count(d) for d in shape)):
+        raise _malformed(path, f"the shape of {shown} is {shape!r:.60}, not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise _malformed(path, f"the data offsets of {shown} are {offsets!r:.60}, not [start, end]")
+    info = TensorInfo(str(name), dtype, tuple(shape))
+    if dtype in DTYPE_BYTES and offsets[1] - offsets[0] != info.nbytes:
+        raise _malformed(path, f"{shown} is {dtype} {list(shape)} ({info.nbytes:,} bytes) but its data takes "
+                               f"{offsets[1] - offsets[0]:,} bytes")
+    return info, offsets[1]
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def read_header(path: Path) -> list[TensorInfo]:
+    """Tensors listed in the header; raises HeaderError if the file is not safetensors, its header
+    is malformed, or it is shorter than its header says (a truncated download). Reads only the
+    header, at most its declared length, bounded by the file's size."""
+    path = Path(path)
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise HeaderError(f"{path.name} is {size} bytes: too short to be safetensors")
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER or 8 + n > size:
+                raise HeaderError(f"{path.name} has a header of {n} bytes but the file is {size} bytes: not "
+                                  "safetensors, or truncated")
+            raw = f.read(n)
+    except FileProblem as exc:
+        raise HeaderError(str(exc), exc.code) from None
+    try:
+        header = parse_json(raw, path)
+    except FileProblem as exc:
+        code = exc.code if exc.code == "json_too_deep" else "weights_unreadable"
+        raise HeaderError(f"{path.name} has an unreadable header ({exc})", code) from None
+    if not isinstance(header, dict):
+        raise _malformed(path, f"it is a JSON {type(header).__name__}, not an object")
+    tensors, end = [], 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        info, stop = _entry(path, name, meta)
+        tensors.append(info)
+        end = max(end, stop)
+    if 8 + n + end > size:
+        raise HeaderError(f"{path.name} is truncated: its header needs {8 + n + end} bytes, the file has {size}")
+    return tensors

@@ -1,0 +1,362 @@
+"""Load a pipeline with a validated plan: component by component, reusing cached ones.
+
+Each nn.Module component loads through its backend's `load_component` with the config its
+backend builds for it (unquantized ones through their class's `from_pretrained`); then
+`DiffusionPipeline.from_pretrained` assembles the pipeline from them and loads the tokenizers and
+scheduler. Loading per component gives per-component timing, progress, cache reuse and errors
+that name the component and its files.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..constants import COMPILE_MODES, DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED, denoiser_name
+from ..decide.plan import Plan, make_plan
+from ..decide.validate import validate
+from ..files.inspect_model import ComponentInfo, inspect_model
+from ..files.roots import INDEX
+from ..files.variant import problems as variant_problems
+from ..known import catalogue
+from ..problems import Problem, ValidationError, errors
+from ..run.blocks import install_interrupt_hooks
+from ..run.compile import CompileState, compile_component
+from ..run.context import diffusers_context
+from ..run.lora import hand_out_plain
+from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
+from .disk_cache import DiskCache
+from .memory import main_device
+from .report import component_row, format_table, other_row
+
+# Never the network: every diffusers/transformers call reads the local folder only.
+OFFLINE = {"local_files_only": True}
+
+
+class LoadError(RuntimeError):
+    """A load that passed validation failed inside diffusers/transformers; names what failed."""
+
+    def __init__(self, component: str, files: list[str], cause: BaseException):
+        self.component, self.files = component, files
+        self.cause_type, self.cause_message = type(cause).__name__, str(cause).strip().splitlines()[0][:400] if str(cause).strip() else ""
+        super().__init__(f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: '
+                         f"{self.cause_type}: {self.cause_message}")
+
+
+class PipelineReleased(RuntimeError):
+    """The pipeline's weights were given back to the host (ComfyUI's memory management)."""
+
+
+@dataclass(eq=False)  # identity semantics: the cache tracks live results in a WeakSet
+class LoadResult:
+    _pipeline: object
+    plan: Plan
+    rows: list[dict]
+    loras: tuple = ()  # the adapter stack (resolver.lora.LoraSpec) this pipeline object stands for
+    holder: object = field(default=None, repr=False)  # the cache that may release this pipeline
+    released: str = ""  # why the pipeline was emptied, once it was
+    compiled: CompileState | None = None  # its notes grow if compile falls back to eager at run time
+    load_notes: list[str] = field(default_factory=list)  # what happened during the load (disk cache)
+
+    @property
+    def notes(self) -> list[str]:
+        return [*self.plan.notes, *self.load_notes, *(self.compiled.notes if self.compiled else [])]
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            raise PipelineReleased(f"the pipeline {self.plan.model.folder.name} was unloaded ({self.released}); "
+                                   "run the workflow again to reload it")
+        return self._pipeline
+
+    @property
+    def folder(self) -> str:
+        return str(self.plan.model.folder)
+
+    def uses(self, module) -> bool:
+        pipeline = self._pipeline
+        return pipeline is not None and any(c is module for c in pipeline.components.values())
+
+    def release(self, reason: str) -> None:
+        """Drop the reference to the pipeline, so its weights can be freed."""
+        self._pipeline, self.released = None, reason
+
+    def with_lora(self, spec) -> "LoadResult":
+        """The same loaded pipeline with one more adapter on its stack (this object is unchanged);
+        the copy is held by the same cache, so a release empties it too."""
+        new = replace(self, loras=self.loras + (spec,))
+        if self.holder is not None:
+            self.holder.hold(new)
+        return new
+
+    @property
+    def table(self) -> str:
+        return format_table(self.rows, self.notes)
+
+    def report(self) -> dict:
+        from .report import totals
+
+        return {"plan": self.plan.describe(), "components": self.rows, "totals": totals(self.rows),
+                "notes": list(self.notes)}
+
+
+def _component_files_key(info: ComponentInfo, mtime_key: tuple) -> str:
+    prefix = info.name + "/"
+    relevant = [e for e in mtime_key if e[0].startswith(prefix) or e[0] == "model_index.json"]
+    return hashlib.sha1(repr(relevant).encode()).hexdigest()[:16]
+
+
+def cache_key(plan: Plan, name: str, compile: str = "none") -> tuple:
+    """Compiled and eager copies of the denoiser are separate entries: compile changes the module
+    in place, and a workflow without compile must never receive a compiled one."""
+    row = plan.components[name]
+    info = plan.model.components[name]
+    files = _component_files_key(info, plan.model.mtime_key)
+    gguf = str(row.gguf_path) if row.gguf_path else ""
+    mode = compile if name == denoiser_name(plan.components) else "none"
+    return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload, mode, info.variant)
+
+
+def plan_load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
+              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, compile: str = "none",
+              variant: str | None = None) -> Plan:
+    """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights.
+    Warnings (a slow plan) become the plan's notes. `variant` ("fp16"): the weight variant to read
+    where a component has it."""
+    model = inspect_model(model_dir, variant=variant)
+    problems = variant_problems(model, variant) + validate(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
+                        allow_pickle=allow_pickle, compile=compile)
+    found = errors(problems)
+    if found:
+        raise ValidationError(found)
+    plan = make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
+    plan.notes += [f"warning: {p}" for p in problems if p.severity == "warning"]
+    plan.variant = model.variant
+    return plan
+
+
+def load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
+         gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
+         progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
+         compile_backend="inductor", variant: str | None = None,
+         disk_cache: DiskCache | None = None) -> LoadResult:
+    plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
+                     allow_pickle=allow_pickle, compile=compile, variant=variant)
+    return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress, compile=compile,
+                     compile_backend=compile_backend, disk_cache=disk_cache)
+
+
+def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
+              progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
+              compile_backend="inductor", disk_cache: DiskCache | None = None) -> LoadResult:
+    """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached.
+    `compile` (none/regional/full) wraps the denoiser for torch.compile; it compiles on first use."""
+    if compile not in COMPILE_MODES:
+        raise ValidationError([Problem("compile_unknown", "compile", f'unknown compile mode "{compile}"',
+                                       "use one of: " + ", ".join(COMPILE_MODES))])
+    modules = plan.modules()
+    loaded, rows, fresh, others, configs, notes = {}, {}, [], {}, {}, []
+    try:
+        with diffusers_context():
+            for i, row in enumerate(modules):
+                key = cache_key(plan, row.name, compile)
+                entry = cache.get(key) if cache is not None else None
+                if entry is not None:
+                    hand_out_plain(entry.module)  # adapters other pipelines loaded on it stay off
+                    loaded[row.name] = entry.module
+                    rows[row.name] = {**entry.report, "reused": True, "load_seconds": 0.0}
+                    configs[row.name] = getattr(entry.module, "pipequant_quantization_config", None)
+                else:
+                    start = time.perf_counter()
+                    module, config, disk = _load_or_read(plan, row, allow_pickle, disk_cache)
+                    module.pipequant_quantization_config = configs[row.name] = config
+                    loaded[row.name] = module
+                    rows[row.name] = component_row(row, plan.model.components[row.name], module,
+                                                   time.perf_counter() - start, config)
+                    if disk is not None:
+                        rows[row.name].update(disk.row_fields())
+                        notes += _disk_notes(row.name, disk)
+                    fresh.append((key, row.name))
+                if progress:
+                    progress(i + 1, len(modules), row.name)
+            for name, row in plan.components.items():
+                if name not in loaded and row.action == NOT_A_MODEL:
+                    others[name] = _load_other(plan.model.components[name])
+            pipeline = _assemble(plan, {**loaded, **others}, allow_pickle)
+            pipeline.quantization_config = _quantization_config(plan, configs, loaded)
+            _place(pipeline, plan)
+            compiled = _prepare_denoiser(plan, loaded, compile, compile_backend)
+    except ValidationError:
+        raise
+    except Exception as exc:
+        failed = next((r for r in modules if r.name not in loaded), None) or next(
+            (r for n, r in plan.components.items() if n not in others and r.action == NOT_A_MODEL), None)
+        component = failed.name if failed is not None else "pipeline"
+        info = plan.model.components.get(component)
+        if failed is not None and failed.from_file and failed.gguf_path is not None:
+            files = [str(failed.gguf_path)]  # its weights come from the backend's file
+        elif info is not None and not info.is_module:
+            files = _broken_first(sorted(p for p in info.folder.iterdir() if p.is_file()) if info.folder.is_dir() else [])
+        elif info is None:
+            files = [str(plan.model.folder / INDEX)]
+        else:
+            files = _broken_first([Path(f) for f in (info.weight_files or info.pickle_files)] if info else [])
+        # Drop every reference to partly loaded weights: the traceback's frames, and this frame's
+        # locals (the LoadError's traceback keeps this frame alive as long as a caller holds it).
+        traceback.clear_frames(exc.__traceback__)
+        loaded.clear()
+        others.clear()
+        module = entry = pipeline = None  # noqa: F841
+        free_memory()
+        raise LoadError(component, files, exc) from None
+    # Rows after placement show the final device; bytes do not change when moving.
+    for name, row in rows.items():
+        if not row["reused"]:
+            row["device"] = main_device(loaded[name])
+    if cache is not None:
+        for key, name in fresh:
+            cache.put(key, loaded[name], rows[name]["bytes"], rows[name])
+    ordered = [rows[n] if n in rows else other_row(c) for n, c in plan.components.items()]
+    if fresh:
+        # Quantizing left freed bf16 temporaries in the heap (0.5-0.8 GB at 200M parameters); giving
+        # them back takes ~30 ms, off the load's path (ctypes releases the GIL).
+        threading.Thread(target=trim_heap, name="pipequant-trim-heap", daemon=True).start()
+    result = LoadResult(pipeline, plan, ordered, compiled=compiled, load_notes=notes)
+    if cache is not None:
+        result.holder = cache
+        cache.hold(result)
+    return result
+
+
+def _prepare_denoiser(plan: Plan, loaded: dict, compile: str, compile_backend) -> CompileState | None:
+    """Hook the denoiser's blocks for Cancel within a step, then wrap it for compile."""
+    name = denoiser_name(loaded)
+    if name is None:
+        return None
+    install_interrupt_hooks(loaded[name])
+    spec = plan.components[name].spec
+    quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
+    return compile_component(loaded[name], name, compile, quant, backend=compile_backend)
+
+
+def _broken_first(files: list[Path]) -> list[str]:
+    """The component's files that are now broken (e.g. truncated since validation, a tokenizer
+    file that is not JSON), else all of them."""
+    from ..files.safetensors_header import HeaderError, read_header
+    from ..safe_files import FileProblem, read_json
+
+    broken = []
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                read_header(f)
+            elif f.suffix == ".json":
+                read_json(f)
+        except (HeaderError, FileProblem, OSError):
+            broken.append(f)
+    return [str(f) for f in (broken or files)]
+
+
+def _load_other(info: ComponentInfo):
+    """A tokenizer, scheduler or processor, loaded as diffusers would (from its subfolder), but
+    here, so a broken file is reported with its component's name."""
+    return info.model_class().from_pretrained(str(info.folder), **OFFLINE)
+
+
+def _quantization_config(plan: Plan, configs: dict, loaded: dict):
+    """What diffusers sets on a pipeline it quantized: a PipelineQuantizationConfig holding each
+    quantized component's real config (GGUF and pre-quantized components included)."""
+    mapping = {n: c for n, c in configs.items() if c is not None}
+    for name, row in plan.components.items():
+        quantizer = getattr(loaded.get(name), "hf_quantizer", None)
+        if row.action == PREQUANTIZED and getattr(quantizer, "quantization_config", None) is not None:
+            mapping[name] = quantizer.quantization_config
+    if not mapping:
+        return None
+    from diffusers import PipelineQuantizationConfig
+
+    return PipelineQuantizationConfig(quant_mapping=mapping)
+
+
+def _load_or_read(plan: Plan, row, allow_pickle: bool, disk_cache: DiskCache | None):
+    """(module, config, disk cache Outcome or None). The disk cache writes a fresh entry inside
+    its `load` call, before this returns the module to anything else (see DiskCache.load)."""
+    if disk_cache is None:
+        return (*_load_component(plan, row, allow_pickle), None)
+    module, config, outcome = disk_cache.load(plan, row, lambda: _load_component(plan, row, allow_pickle),
+                                              lambda folder: _load_saved(plan, row, folder))
+    if config is None:  # read from an entry: the config it was saved with
+        config = getattr(getattr(module, "hf_quantizer", None), "quantization_config", None)
+    return module, config, outcome
+
+
+def _load_saved(plan: Plan, row, folder: Path):
+    """A disk cache entry loads exactly as a pre-quantized component folder does (safetensors only)."""
+    from ..files.inspect_model import WEIGHT_STEMS
+    from ..safe_files import read_json_object
+
+    source = plan.model.components[row.name]
+    files = tuple(p for p in sorted(folder.iterdir())
+                  if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS)
+    method = read_json_object(folder / "config.json").get("quantization_config") or {}
+    info = replace(source, folder=folder, weight_files=files, pickle_files=(),
+                   prequantized=str(method.get("quant_method")) if isinstance(method, dict) else None)
+    module, _ = _load_component(plan, replace(row, action=PREQUANTIZED, spec=None), False, info)
+    return module
+
+
+def _disk_notes(name: str, disk) -> list[str]:
+    notes = [f"disk cache: {disk.warning}"] if disk.warning else []
+    if disk.status == "not cached":
+        notes.append(f"disk cache: {name} not cached: {disk.reason}")
+    return notes
+
+
+def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | None = None):
+    """Load one component as planned; returns (module, the config it was quantized with or None)."""
+    import torch
+
+    info = info or plan.model.components[row.name]
+    cls = info.model_class()
+    config = row.build_config()
+    kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
+              "dtype": getattr(torch, row.load_dtype), **OFFLINE}
+    if info.variant:
+        kwargs["variant"] = info.variant  # the files inspection read (and the estimate counted)
+    backend = row.backend
+    if backend is None:
+        module = cls.from_pretrained(str(info.folder), **kwargs)
+    else:
+        if plan.device.startswith("cuda") and plan.offload == "none":
+            # Quantize where the model will run: torchao's int4 packing has only a CUDA kernel,
+            # and quantizing on the GPU is faster and spares CPU RAM.
+            kwargs["device_map"] = {"": plan.device}
+        module = backend.load_component(cls, config, folder=info.folder, pipeline_folder=plan.model.folder,
+                                        name=row.name, file=row.gguf_path, **kwargs)
+    module.eval()
+    saved_by = catalogue.backend_for_saved(info.prequantized)
+    if backend is not None or saved_by is not None:
+        (backend or saved_by).after_load(module, prequantized=backend is None)
+    return module, config
+
+
+def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(
+        str(plan.model.folder), dtype=getattr(torch, plan.dtype), use_safetensors=not allow_pickle,
+        trust_remote_code=False, custom_pipeline=None, **OFFLINE, **loaded)
+
+
+def _place(pipeline, plan: Plan) -> None:
+    if plan.offload == "model":
+        pipeline.enable_model_cpu_offload(device=plan.device)
+    elif plan.offload == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=plan.device)
+    elif plan.device != "cpu":
+        pipeline.to(plan.device)

@@ -1,0 +1,187 @@
+"""Save a quantized pipeline so it loads pre-quantized next time (faster: no quantize-on-load).
+
+A save never overwrites nor shadows a model: the name must be free in every model root (a later
+root's "my-flux" would otherwise resolve to the new copy). It is written into a hidden temporary
+folder in the same root and renamed into place only when complete; a failure removes it. An
+exclusive lock (a folder created with mkdir) decides which of two saves to one name wins.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from ..known import catalogue
+from ..problems import Problem, ValidationError
+from ..run.context import diffusers_context
+from ..run.lora import strip_adapters
+
+if TYPE_CHECKING:  # annotations only: save is imported by the disk cache, which the loader imports
+    from .load import LoadResult
+
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" accepts a final newline
+PARTIAL, LOCK = ".pipequant-partial-", ".pipequant-lock-"
+
+
+class SaveError(RuntimeError):
+    """Writing failed midway (disk full, permissions); nothing is left behind under the name."""
+
+    def __init__(self, dest: Path, cause: BaseException):
+        self.code, self.dest = "save_failed", dest
+        message = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        super().__init__(f"saving to {dest} failed ({type(cause).__name__}: {message}); nothing was left behind")
+
+
+def _roots(roots) -> list[Path]:
+    if roots is None:
+        return []
+    return [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+
+
+def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Problem]:
+    """Whether `folder_name` is a plain name, free in every root (what the Save node and the editor
+    check before a run; PipeQuant never overwrites nor shadows a model)."""
+    roots = _roots(roots)
+    if not roots:
+        return [Problem("no_model_folder", "folder_name", "there is no diffusers model folder to save into",
+                        "configure a diffusers model path")]
+    if not isinstance(folder_name, str) or not FOLDER_NAME.fullmatch(folder_name) or ".." in folder_name:
+        return [Problem("folder_name_invalid", "folder_name", f"{ascii(folder_name)[:80]} is not a plain folder name",
+                        "use letters, digits, '.', '_' and '-' only (up to 128), e.g. flux-nf4")]
+    for root in roots:
+        target = root / folder_name
+        if os.path.islink(target) and not os.path.exists(target):
+            return [Problem("folder_exists", "folder_name", f"{target} is a link to nothing (its target is gone)",
+                            "remove the dangling link or pick a new name; PipeQuant never writes through a link")]
+        if os.path.lexists(target):
+            shadow = "" if root == roots[0] else f" (in a later model folder: a copy in {roots[0]} would hide it)"
+            return [Problem("folder_exists", "folder_name", f"{target} already exists{shadow}",
+                            "pick a new name; PipeQuant never overwrites or shadows a model")]
+    return []
+
+
+def plan_problems(plan) -> list[Problem]:
+    """What stops a pipeline loaded with `plan` from being saved (the catalogue's savable rules):
+    known before any weight is read, so the editor shows it before Run."""
+    problems = []
+    for row in plan.modules():
+        if row.spec is None:
+            continue
+        backend = catalogue.get_backend(row.spec.backend)
+        if not backend.quant_type(row.spec.quant_type).savable:
+            problems.append(Problem("not_savable", "pipeline",
+                                    f'"{row.name}" is quantized with {backend.name} {row.spec.quant_type}, which cannot '
+                                    "be saved", "save another quant type, and quantize to this one on load", row.name))
+        elif row.library not in backend.savable:
+            can = [b for b in catalogue.backend_names() if row.library in catalogue.get_backend(b).savable]
+            problems.append(Problem("not_savable", "pipeline",
+                                    f'"{row.name}" is quantized with {backend.name}, which cannot be saved for a '
+                                    f"{row.library} model", f"for {row.name} use one of: {', '.join(can)}", row.name))
+    if plan.offload != "none":
+        problems.append(Problem("offloaded", "pipeline", "an offloaded pipeline cannot be saved",
+                                'load it with offload "none" to save it'))
+    return problems
+
+
+def lora_problems(result: LoadResult) -> list[Problem]:
+    if not result.loras:
+        return []
+    return [Problem("lora_applied", "pipeline", "this pipeline has LoRAs applied; a saved copy holds the base "
+                    "weights only", "connect the Load node's output directly to Save")]
+
+
+def save_problems(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | None) -> list[Problem]:
+    return folder_problems(folder_name, roots) + plan_problems(result.plan) + lora_problems(result)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _name_lock(root: Path, folder_name: str):
+    """Exclusive ownership of `folder_name` in `root` while saving. A lock left by a killed save
+    (its process is gone) is taken over, with that save's partial folders."""
+    lock = root / f"{LOCK}{folder_name}"
+    for attempt in (1, 2):
+        try:
+            os.mkdir(lock)
+            break
+        except FileExistsError:
+            try:
+                pid = int((lock / "pid").read_text())
+            except (OSError, ValueError):
+                pid = None
+            if attempt == 2 or pid is None or _alive(pid):
+                raise ValidationError([Problem("save_in_progress", "folder_name",
+                                               f'another save to "{folder_name}" is running in {root}',
+                                               "wait for it, or pick another name")]) from None
+            _remove_partials(root, folder_name)
+            shutil.rmtree(lock, ignore_errors=True)
+    try:
+        (lock / "pid").write_text(str(os.getpid()))
+        yield
+    finally:
+        shutil.rmtree(lock, ignore_errors=True)
+
+
+def _remove_partials(root: Path, folder_name: str) -> None:
+    for stale in root.glob(f"{PARTIAL}{folder_name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_component(module, dest: Path) -> None:
+    """Write one component pre-quantized, with the arguments DiffusionPipeline.save_pretrained
+    gives each component (what save() below writes per component, and what the disk cache
+    writes): safetensors, and no PEFT adapter layout."""
+    import inspect
+
+    accepts = inspect.signature(module.save_pretrained).parameters
+    kwargs = {}
+    if "safe_serialization" in accepts:
+        kwargs["safe_serialization"] = True
+    if "save_peft_format" in accepts:
+        kwargs["save_peft_format"] = False
+    module.save_pretrained(str(dest), **kwargs)
+
+
+def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | None) -> Path:
+    """Write the pipeline to `<first root>/<folder_name>`, atomically; returns that folder."""
+    roots = _roots(roots)
+    problems = save_problems(result, folder_name, roots)
+    if problems:
+        raise ValidationError(problems)
+    root = roots[0]
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / folder_name
+    with _name_lock(root, folder_name):
+        problems = folder_problems(folder_name, roots)  # taken while we waited for the lock?
+        if problems:
+            raise ValidationError(problems)
+        partial = root / f"{PARTIAL}{folder_name}-{uuid.uuid4().hex[:8]}"
+        strip_adapters(result.pipeline)  # adapters other workflows loaded on shared modules are not weights
+        try:
+            with diffusers_context():
+                result.pipeline.save_pretrained(str(partial), safe_serialization=True)
+            os.rename(partial, dest)  # same file system: atomic; dest is known not to exist
+        except Exception as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise SaveError(dest, exc) from None
+    return dest
+
+
+def describe_save(result: LoadResult, dest: Path) -> str:
+    """What was written where, named from the plan (not from the workflow's folder name)."""
+    parts = [f"{r.name}: {r.spec.backend} {r.spec.quant_type}" for r in result.plan.modules() if r.spec is not None]
+    model = result.plan.model.folder.name
+    return f"saved {model} ({'; '.join(parts) or 'unquantized'}) to {dest}"

@@ -1,0 +1,272 @@
+"""What every backend declares and does: the one surface the rest of the resolver asks.
+
+A backend is a frozen dataclass: fields are facts (its quant types, its options, what it needs,
+what it can do), methods are hooks (how a component's config is built, how a component loads,
+what runs after the load). The rest of the resolver never names a backend; it asks this object.
+Adding a backend is one module in this folder plus one line in ``__init__.py``; ``..catalogue``
+is the only place that lists them. Facts that apply to one quant type only live on
+:class:`QuantType`.
+
+New per-backend facts go here as a field with a safe default (documented on the field), or as a
+method with a default implementation that subclasses override, never as a branch on ``name``
+elsewhere.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...constants import DIFFUSERS, LOAD_DTYPES, TRANSFORMERS  # noqa: F401 (re-exported to the backends)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One backend option a user may set in the Backend node's `options` JSON."""
+
+    name: str
+    type: str  # "bool" | "int" | "float" | "str_list" | "choice"
+    default: Any
+    help: str
+    choices: tuple = ()
+    min: float | None = None
+    max: float | None = None
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "type": self.type, "default": self.default, "help": self.help}
+        if self.choices:
+            out["choices"] = list(self.choices)
+        if self.min is not None:
+            out["min"] = self.min
+        if self.max is not None:
+            out["max"] = self.max
+        return out
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """A user-facing quantization type of one backend (e.g. torchao `int8_weight_only`)."""
+
+    name: str
+    label: str
+    bits: float  # bits per quantized weight, for memory estimates
+    options: tuple[str, ...] = ()  # backend options that apply to this type
+    needs_cuda: bool = False
+    min_compute_capability: tuple[int, int] | None = None
+    compute_dtypes: tuple[str, ...] = LOAD_DTYPES
+    # Extra bytes per quantized weight for scales/zero points (per-channel or per-group).
+    scale_bytes_per_weight: float = 0.0
+    savable: bool = True  # False where save_pretrained cannot write this type (the backend may otherwise)
+    lora: bool = True  # whether a component of this type takes a LoRA through diffusers + peft
+    help: str = ""
+    # torch.compile: whether this type is meant to run compiled (slow eager, fast compiled), and the
+    # layers (regexes on qualified module names) that fail to compile and stay eager, with why.
+    compile_recommended: bool = False
+    compile_eager_layers: tuple[str, ...] = ()
+    compile_eager_reason: str = ""
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "bits": self.bits,
+            "options": list(self.options),
+            "needs_cuda": self.needs_cuda,
+            "min_compute_capability": list(self.min_compute_capability) if self.min_compute_capability else None,
+            "compute_dtypes": list(self.compute_dtypes),
+            "savable": self.savable,
+            "lora": self.lora,
+            "help": self.help,
+            "compile_recommended": self.compile_recommended,
+        }
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Base class: subclasses fill the fields and implement `build_config` (and override hooks)."""
+
+    name: str  # the key in diffusers'/transformers' AUTO_QUANTIZATION_CONFIG_MAPPING
+    label: str
+    modules: tuple[str, ...]  # import names that must be present
+    pip: str  # what installs it
+    quant_types: tuple[QuantType, ...]
+    options: tuple[Option, ...] = ()
+    libraries: tuple[str, ...] = (DIFFUSERS, TRANSFORMERS)  # component libraries it can quantize
+    savable: tuple[str, ...] = ()  # libraries whose quantized models save_pretrained can write
+    # Libraries whose loader for this backend refuses to run without a GPU (`cpu_supported` asks
+    # the library itself at run time; this is the documented fact).
+    gpu_only_libraries: tuple[str, ...] = ()
+    global_mode: bool = True  # usable in a global (whole-pipeline) spec
+    needs_file: bool = False  # GGUF: weights come from a file, not from on-the-fly quantization
+    file_suffix: str = ""  # for needs_file backends: the suffix of that file (".gguf") ...
+    file_kind: str = ""  # ... and what users call it ("GGUF")
+    # Whether the config itself carries a compute dtype (bnb 4-bit, GGUF); for the others a
+    # non-auto compute_dtype is the dtype the component is loaded in.
+    config_compute_dtype: bool = False
+    # Whether diffusers' enable_sequential_cpu_offload works on its models; where it does not,
+    # `sequential_offload_error` is what fails (shown to the user).
+    sequential_offload: bool = True
+    sequential_offload_error: str = ""
+    # The project a user knows it by (both bitsandbytes backends: "bitsandbytes"); "" = `name`.
+    family: str = ""
+    # What save_pretrained records as quantization_config.quant_method; "" = `name`.
+    quant_method: str = ""
+    # Added to the notes of every plan with a component on this backend (why it loads differently).
+    plan_note: str = ""
+    # diffusers LoRA loader mixins (by class name) that cannot load a LoRA onto this backend's
+    # models, and why; per quant type, QuantType.lora. Measured on CPU (resolver/lora.py uses it).
+    lora_refused_loaders: tuple[str, ...] = ()
+    lora_note: str = ""
+    help: str = ""
+    deprecated: str = ""  # why and what instead, when the library deprecates this backend (still works)
+
+    # -- lookups ---------------------------------------------------------------------------
+    def quant_type(self, name: str) -> QuantType | None:
+        return next((q for q in self.quant_types if q.name == name), None)
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+    def with_defaults(self, options: dict) -> dict:
+        """`options` with every option the user left out set to its declared default."""
+        return {o.name: o.default for o in self.options} | dict(options)
+
+    @property
+    def family_name(self) -> str:
+        return self.family or self.name
+
+    @property
+    def saved_as(self) -> str:
+        return self.quant_method or self.name
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in self.modules)
+
+    def lora_support(self, quant_type: str | None, loader_classes: tuple[str, ...]) -> str | None:
+        """Why a component of this backend cannot take a LoRA in a pipeline whose class has
+        `loader_classes` in its MRO, or None when it can."""
+        q = self.quant_type(quant_type) if quant_type else None
+        if q is not None and not q.lora:
+            return f"{self.name} {q.name} cannot take a LoRA: {self.lora_note or 'peft has no layer for it'}"
+        refused = [c for c in loader_classes if c in self.lora_refused_loaders]
+        if refused:
+            return f"{self.name} cannot take a LoRA in this pipeline ({refused[0]}): {self.lora_note}"
+        return None
+
+    def cpu_supported(self, library: str) -> bool:
+        """Whether a component of `library` can be quantized with this backend without a GPU."""
+        return library not in self.gpu_only_libraries
+
+    def target_problems(self, quant_type: str, device: str) -> list:
+        """Problems of running `quant_type` on `device` that the fields above do not say (a missing
+        build tool, for example): a list of `Problem` located at "quant_type"."""
+        return []
+
+    def first_use_note(self, quant_type: str, device: str) -> str:
+        """What a first load of `quant_type` on `device` does beyond loading (e.g. builds a C++
+        extension for minutes): shown as progress text and logged; "" when nothing."""
+        return ""
+
+    def skips(self, library: str, module_name: str, entry: str) -> bool:
+        """Whether a `modules_to_not_convert` entry keeps the Linear `module_name` unquantized, as
+        the library's quantizer matches it: the module itself, one of its parents, or a part of
+        its dotted name. The estimate and validation ask this, so they agree with the load."""
+        return entry == module_name or entry in module_name.split(".") or module_name.startswith(entry + ".")
+
+    def expands_per_library(self) -> bool:
+        """Whether a global spec must become one config per component library: diffusers
+        refuses a global config when its and transformers' config classes take different
+        arguments (torchao, quanto). Computed, as diffusers computes it."""
+        from ..class_facts import config_parameters
+
+        params = [config_parameters(lib, self.name) for lib in (DIFFUSERS, TRANSFORMERS)]
+        return None not in params and params[0] != params[1]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "installed": self.installed(),
+            "install": self.pip,
+            "quant_types": [q.describe() for q in self.quant_types],
+            "options": [o.describe() for o in self.options],
+            "libraries": list(self.libraries),
+            "savable": list(self.savable),
+            "global_mode": self.global_mode,
+            "needs_file": self.needs_file,
+            "cpu": {lib: self.cpu_supported(lib) for lib in self.libraries},
+            "lora_refused_loaders": list(self.lora_refused_loaders),
+            "lora_note": self.lora_note,
+            "help": self.help,
+            "deprecated": self.deprecated,
+        }
+
+    # -- what the quantizer converts (for estimates) ----------------------------------------
+    def quantized_weights(self, model, library: str, config, candidates: list[str]) -> set[str]:
+        """Which of `candidates` (Linear weight names of `model`, a throwaway meta-device instance
+        of the component) the library's own quantizer quantizes: it is asked, not second-guessed,
+        so its skip lists (``modules_to_not_convert``, ``_keep_in_fp32_modules``, tied and output
+        embeddings) are the ones a real load applies. The model may be modified."""
+        if library == DIFFUSERS:
+            from diffusers.quantizers.auto import DiffusersAutoQuantizer
+
+            quantizer = DiffusersAutoQuantizer.from_config(config, pre_quantized=False)
+            keep = type(model)._keep_in_fp32_modules
+            keep = ([keep] if isinstance(keep, str) else list(keep)) if keep and quantizer.use_keep_in_fp32_modules \
+                else []
+            quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=keep)
+            params = dict(model.named_parameters())
+            return {n for n in candidates if n in params and quantizer.check_if_quantized_param(model, params[n], n, {})}
+        from transformers.quantizers import AutoHfQuantizer
+
+        quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
+        quantizer.preprocess_model(model=model, device_map=None, dtype=None)
+        return {n for n in candidates if quantizer.param_needs_quantization(model, n)}
+
+    # -- hooks -----------------------------------------------------------------------------
+    def config_class(self, library: str) -> type:
+        """The library's own config class for this backend, read from its AUTO mapping."""
+        from ..class_facts import config_mapping
+
+        return config_mapping(library)[self.name]
+
+    def config_for(self, library: str, quant_type: str, compute_dtype, options: dict):
+        """The real config object for a component of `library`: `options` as the user gave them
+        (validated), defaulted here from the `Option` declarations, then `build_config`."""
+        return self.build_config(library, quant_type, compute_dtype, self.with_defaults(options))
+
+    def build_config(self, library: str, quant_type: str, compute_dtype, options: dict):
+        """Return the real config object for a component of `library`. `compute_dtype` is a
+        torch.dtype (already resolved from "auto"); `options` are validated and defaulted
+        (call `config_for`, which defaults them)."""
+        raise NotImplementedError
+
+    def load_component(self, model_class: type, config, *, folder: Path, pipeline_folder: Path, name: str,
+                       file: Path | None = None, **kwargs):
+        """Load component `name` quantized with `config` (from `build_config`). `folder` is its
+        folder in `pipeline_folder`; `file` the weights file of a `needs_file` backend; `kwargs`
+        are `from_pretrained` arguments (dtype, use_safetensors, low_cpu_mem_usage, device_map)."""
+        return model_class.from_pretrained(str(folder), quantization_config=config, **kwargs)
+
+    def read_file(self, path: Path):
+        """For a `needs_file` backend: the file's summary (`.tensors`, `.params`), read from its
+        header only; raises ValueError for a file it cannot read."""
+        raise NotImplementedError
+
+    def after_load(self, module, *, prequantized: bool) -> None:
+        """Runs on every component this backend quantized, once loaded (`prequantized`: it was
+        read from a copy saved quantized, not quantized now). Default: nothing."""
+
+
+def module_skip_list(options: dict) -> list[str] | None:
+    skip = options.get("modules_to_not_convert")
+    return list(skip) if skip else None
+
+
+MODULES_TO_NOT_CONVERT = Option(
+    "modules_to_not_convert",
+    "str_list",
+    [],
+    "Module names (or name fragments) to leave unquantized, e.g. [\"proj_out\", \"norm_out\"].",
+)

@@ -1,0 +1,122 @@
+"""optimum-quanto backend. diffusers calls the weight type `weights_dtype`, transformers `weights`."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...problems import Problem
+from .base import DIFFUSERS, MODULES_TO_NOT_CONVERT, Backend, QuantType, module_skip_list
+
+# Packed int4/int2 weights are unpacked on CPU by quanto's C++ extension, which
+# torch.utils.cpp_extension builds on first use (about 5 minutes here, with a C++ compiler and ninja).
+PACKED = ("int4", "int2")
+BUILD_NOTE = ("optimum-quanto builds its C++ extension on first use on CPU (about 5 minutes, progress stays at 0 "
+              "meanwhile; needs a C++ compiler and ninja)")
+
+
+def _cpp_build_dir() -> Path | None:
+    spec = importlib.util.find_spec("optimum.quanto")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "library" / "extensions" / "cpp" / "build"
+
+
+def cpp_extension_built() -> bool:
+    """Whether quanto's CPU extension is built for the running torch (what quanto itself checks)."""
+    import torch
+
+    build = _cpp_build_dir()
+    if build is None:
+        return False
+    version = build / "pytorch_version.txt"
+    try:
+        return version.read_text().strip() == torch.__version__ and any(build.glob("quanto_cpp*.so"))
+    except OSError:
+        return False
+
+
+def missing_build_tools() -> list[str]:
+    """The tools torch.utils.cpp_extension needs to build the extension that are not on PATH."""
+    compiler = os.environ.get("CXX", "c++")
+    return [tool for tool in (compiler, "ninja") if shutil.which(tool) is None]
+
+
+def _needs_build(quant_type: str, device: str) -> bool:
+    return quant_type in PACKED and str(device).startswith("cpu") and not cpp_extension_built()
+
+
+@dataclass(frozen=True)
+class Quanto(Backend):
+    def skips(self, library, module_name, entry):
+        """diffusers' quanto replaces a Linear unless its *own* name is listed: a parent module's
+        name ("transformer_blocks") keeps nothing out (diffusers/quantizers/quanto/utils.py)."""
+        if library == DIFFUSERS:
+            return module_name.rsplit(".", 1)[-1] == entry
+        return super().skips(library, module_name, entry)
+
+    def build_config(self, library, quant_type, compute_dtype, options):
+        weights = {"weights_dtype" if library == DIFFUSERS else "weights": quant_type}
+        return self.config_class(library)(**weights, modules_to_not_convert=module_skip_list(options))
+
+    def target_problems(self, quant_type, device):
+        if not _needs_build(quant_type, device):
+            return []
+        missing = missing_build_tools()
+        if not missing:
+            return []
+        return [Problem("needs_compiler", "quant_type",
+                        f"quanto {quant_type} on CPU needs optimum-quanto's C++ extension, built on first use, and "
+                        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not found on this server",
+                        "install a C++ compiler and ninja (e.g. apt-get install g++ ninja-build), or use quanto int8 "
+                        "or torchao int8_weight_only on CPU")]
+
+    def first_use_note(self, quant_type, device):
+        return BUILD_NOTE if _needs_build(quant_type, device) else ""
+
+    def after_load(self, module, *, prequantized):
+        """quanto's CPU int8 kernel crashes the process (a segfault, not an exception) on int8
+        data that is not 64-byte aligned, which weights memory-mapped from a saved safetensors
+        file can be: copy those into fresh, aligned storage."""
+        if not prequantized:
+            return
+        import torch
+
+        for sub in module.modules():
+            weight = getattr(sub, "weight", None)
+            data = getattr(weight, "_data", None)
+            if isinstance(data, torch.Tensor) and data.device.type == "cpu" and data.data_ptr() % 64:
+                weight._data = data.clone()
+
+
+_PACKED_HELP = ("On CPU, optimum-quanto builds a C++ extension on first use (about 5 minutes; needs a C++ compiler "
+                "and ninja).")
+
+QUANTO = Quanto(
+    name="quanto",
+    label="optimum-quanto",
+    modules=("optimum.quanto",),
+    pip="pip install optimum-quanto",
+    quant_types=(
+        QuantType("int8", "int8", 8, ("modules_to_not_convert",),
+                  help="Half of bf16 memory; int8 weights, works on CPU and GPU."),
+        QuantType("int4", "int4", 4, ("modules_to_not_convert",), scale_bytes_per_weight=4 / 128,
+                  help="Quarter of bf16 memory, per-group scales. " + _PACKED_HELP),
+        QuantType("int2", "int2", 2, ("modules_to_not_convert",), scale_bytes_per_weight=4 / 128,
+                  help="An eighth of bf16 memory; visible quality loss. " + _PACKED_HELP),
+        QuantType("float8", "float8", 8, ("modules_to_not_convert",),
+                  help="Half of bf16 memory; float8 weights, slow to load (a 2x peak) and slow on CPU."),
+    ),
+    options=(MODULES_TO_NOT_CONVERT,),
+    savable=("diffusers",),  # quanto-quantized transformers models cannot be saved (DESIGN.md)
+    # Measured (diffusers 0.42.1, peft 0.21.2): FLUX's loader reads `<layer>.weight` from the state
+    # dict to expand LoRA shapes, and quanto stores it as `weight._data` (KeyError). UNet pipelines load.
+    lora_refused_loaders=("FluxLoraLoaderMixin",),
+    lora_note="diffusers' FLUX LoRA loader cannot read quanto weights; keep that component unquantized "
+              "or use bitsandbytes, torchao int8/float8 or GGUF for it",
+    help="Quanto weight quantization; works on CPU.",
+    deprecated="diffusers 0.42 deprecates quanto (removed in diffusers 1.0); it still works here. "
+               "For new workflows use torchao (int8/float8) or SDNQ.",
+)

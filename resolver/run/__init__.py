@@ -1,0 +1,1 @@
+"""What happens to loaded modules: the runtime context, blocks and Cancel, compile, LoRA, sampling."""

@@ -1,0 +1,52 @@
+"""Run a loaded pipeline: text (and optionally an image and a mask) -> images as a float tensor
+(B, H, W, 3) in 0..1."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from . import img2img
+from .blocks import interrupt_check
+from .context import diffusers_context
+
+
+def generate(pipeline, *, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 3.5,
+             width: int = 1024, height: int = 1024, seed: int = 0, batch_size: int = 1,
+             max_sequence_length: int = 0, on_step: Callable[[int, int], None] | None = None,
+             image=None, mask=None, denoise: float = 1.0,
+             check_interrupt: Callable[[], None] | None = None):
+    """`on_step(step, total)` runs after every step; raising from it stops sampling there. With
+    `image` it runs image-to-image (`denoise`: how much of it is redrawn), with `mask` too inpainting.
+    `check_interrupt()` runs before every block of the denoiser; raising from it stops within the step."""
+    import torch
+
+    img2img.check_inputs(image, mask, denoise, batch_size)
+    kwargs = {}
+    if image is not None:
+        pixels, mask_pixels = img2img.to_pixels(image, mask, width, height, batch_size)
+        batch_size, steps_run = pixels.shape[0], int(steps * denoise)
+        if steps_run < 1:
+            with diffusers_context():
+                return img2img.round_trip(pipeline, pixels)
+        pipeline = img2img.variant(pipeline, img2img.INPAINT if mask_pixels is not None else img2img.IMAGE2IMAGE)
+        kwargs = {"image": pixels, "mask_image": mask_pixels, "strength": float(denoise)}
+    else:
+        steps_run = steps
+    accepted = inspect.signature(pipeline.__call__).parameters
+    kwargs |= {"prompt": [prompt] * batch_size, "num_inference_steps": steps, "guidance_scale": guidance_scale,
+               "width": width, "height": height, "output_type": "np",
+               "generator": torch.Generator("cpu").manual_seed(seed)}
+    if negative_prompt and "negative_prompt" in accepted:
+        kwargs["negative_prompt"] = [negative_prompt] * batch_size
+    if max_sequence_length and "max_sequence_length" in accepted:
+        kwargs["max_sequence_length"] = max_sequence_length
+    if on_step is not None and "callback_on_step_end" in accepted:
+        def callback(pipe, step, timestep, callback_kwargs):
+            on_step(step + 1, steps_run)
+            return {}
+
+        kwargs["callback_on_step_end"] = callback
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
+    with diffusers_context(), interrupt_check(check_interrupt):
+        images = pipeline(**kwargs).images
+    return torch.from_numpy(images).float().clamp(0, 1)
