@@ -1,4 +1,5 @@
 """PipeQuant — ComfyUI entry point. ComfyUI imports this folder by path, so imports are relative."""
+
 WEB_DIRECTORY = "./web"
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

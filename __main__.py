@@ -1,4 +1,5 @@
 """`python -m pipequant run|validate|demo` — see runner/cli.py."""
+
 import sys
 
 from .runner.cli import main

@@ -5,6 +5,7 @@ nodes produce) and a builder for the `PipelineQuantizationConfig` a diffusers us
 by hand for the same result: global where diffusers' global mode works (bitsandbytes), granular
 (one config class per library) where it does not (torchao, quanto; DESIGN.md).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,14 @@ class Plan:
 
 
 def _global(backend: str, quant_type: str) -> dict:
-    return {"kind": "global", "backend": backend, "quant_type": quant_type, "compute_dtype": "auto",
-            "options": {}, "components": None}
+    return {
+        "kind": "global",
+        "backend": backend,
+        "quant_type": quant_type,
+        "compute_dtype": "auto",
+        "options": {},
+        "components": None,
+    }
 
 
 def _one(backend: str, quant_type: str) -> dict:
@@ -42,17 +49,38 @@ def _one(backend: str, quant_type: str) -> dict:
 
 PLANS: dict[str, Plan] = {
     "bf16": Plan("bf16", "bf16 (no quantization)", None, bits=16),
-    "nf4": Plan("nf4", "bnb nf4", _global("bitsandbytes_4bit", "nf4"), savable=True, bits=4,
-                note="diffusers' bnb quantizer patched to run on CPU (pipequant/testing/bnb_cpu.py)"),
-    "int8wo": Plan("int8wo", "torchao int8 weight-only", _global("torchao", "int8_weight_only"), savable=True, bits=8,
-                   note="plain diffusers needs a granular map (global mode fails for torchao)"),
-    "quanto8": Plan("quanto8", "quanto int8", _global("quanto", "int8"), bits=8,
-                    note="plain diffusers needs a granular map (global mode fails for quanto)"),
+    "nf4": Plan(
+        "nf4",
+        "bnb nf4",
+        _global("bitsandbytes_4bit", "nf4"),
+        savable=True,
+        bits=4,
+        note="diffusers' bnb quantizer patched to run on CPU (pipequant/testing/bnb_cpu.py)",
+    ),
+    "int8wo": Plan(
+        "int8wo",
+        "torchao int8 weight-only",
+        _global("torchao", "int8_weight_only"),
+        savable=True,
+        bits=8,
+        note="plain diffusers needs a granular map (global mode fails for torchao)",
+    ),
+    "quanto8": Plan(
+        "quanto8",
+        "quanto int8",
+        _global("quanto", "int8"),
+        bits=8,
+        note="plain diffusers needs a granular map (global mode fails for quanto)",
+    ),
     # quanto-quantized transformers models cannot be saved: the savable quanto plan quantizes
     # the transformer only.
-    "quanto8_tr": Plan("quanto8_tr", "quanto int8, transformer only",
-                       {"kind": "granular", "components": {"transformer": _one("quanto", "int8")}},
-                       savable=True, bits=8),
+    "quanto8_tr": Plan(
+        "quanto8_tr",
+        "quanto int8, transformer only",
+        {"kind": "granular", "components": {"transformer": _one("quanto", "int8")}},
+        savable=True,
+        bits=8,
+    ),
 }
 
 OVERHEAD_PLANS = ("bf16", "nf4", "int8wo", "quanto8")  # benchmark 1, 2 and 5
@@ -80,25 +108,34 @@ def plain_quantization_config(plan_key: str, dtype: str = "bfloat16"):
     if plan_key == "nf4":  # global mode works for bitsandbytes
         return PipelineQuantizationConfig(
             quant_backend="bitsandbytes_4bit",
-            quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
-                          "bnb_4bit_compute_dtype": getattr(torch, dtype)},
-            components_to_quantize=list(QUANTIZED))
+            quant_kwargs={
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_compute_dtype": getattr(torch, dtype),
+            },
+            components_to_quantize=list(QUANTIZED),
+        )
     if plan_key == "int8wo":
         import diffusers
         import transformers
         from torchao.quantization import Int8WeightOnlyConfig
 
-        return PipelineQuantizationConfig(quant_mapping={
-            "transformer": diffusers.TorchAoConfig(Int8WeightOnlyConfig()),
-            "text_encoder": transformers.TorchAoConfig(Int8WeightOnlyConfig()),
-            "text_encoder_2": transformers.TorchAoConfig(Int8WeightOnlyConfig())})
+        return PipelineQuantizationConfig(
+            quant_mapping={
+                "transformer": diffusers.TorchAoConfig(Int8WeightOnlyConfig()),
+                "text_encoder": transformers.TorchAoConfig(Int8WeightOnlyConfig()),
+                "text_encoder_2": transformers.TorchAoConfig(Int8WeightOnlyConfig()),
+            }
+        )
     if plan_key in ("quanto8", "quanto8_tr"):
         import diffusers
         import transformers
 
         mapping = {"transformer": diffusers.QuantoConfig(weights_dtype="int8")}
         if plan_key == "quanto8":
-            mapping.update(text_encoder=transformers.QuantoConfig(weights="int8"),
-                           text_encoder_2=transformers.QuantoConfig(weights="int8"))
+            mapping.update(
+                text_encoder=transformers.QuantoConfig(weights="int8"),
+                text_encoder_2=transformers.QuantoConfig(weights="int8"),
+            )
         return PipelineQuantizationConfig(quant_mapping=mapping)
     raise KeyError(plan_key)

@@ -12,6 +12,7 @@ load: with /proc/sys/vm/drop_caches where it is writable (--drop-caches; it drop
 page cache, so it is not the default on a shared machine), else posix_fadvise(DONTNEED) on each
 file, checked with fincore where it exists. Writes bench/results/disk_cache/results.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,12 @@ def evict(folders: list[Path], drop_caches: bool) -> dict:
 def _resident(files: list[Path]) -> int | None:
     if not files or shutil.which("fincore") is None:
         return None
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", *map(str, files)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         return None
     return sum(int(x) for x in out.stdout.split())
@@ -81,18 +86,37 @@ def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log) -> dict:
                     shutil.rmtree(folder, ignore_errors=True)
                     for kind in ("off", "first", "second"):
                         cold = evict([pipeline, folder], drop_caches)
-                        job = {"kind": "load", "mode": "pipequant", "root": str(root), "name": folder_name(size),
-                               "spec": PLANS[key].spec, "size": size, "plan": key,
-                               "disk_cache": str(folder) if kind != "off" else None}
+                        job = {
+                            "kind": "load",
+                            "mode": "pipequant",
+                            "root": str(root),
+                            "name": folder_name(size),
+                            "spec": PLANS[key].spec,
+                            "size": size,
+                            "plan": key,
+                            "disk_cache": str(folder) if kind != "off" else None,
+                        }
                         out = worker.run(job)
                         if not out.get("ok"):
                             raise RuntimeError(f"{size} {key} {kind}: {out.get('error')}\n{out.get('traceback', '')}")
                         status = {n: c.get("disk_cache") for n, c in out["components"].items()}
-                        raw.append({"size": size, "plan": key, "round": rnd, "kind": kind, "wall": out["wall"],
-                                    "cpu": out["cpu"], "cold": cold, "disk_cache": status,
-                                    "entry_bytes": sum(p.stat().st_size for p in _files(folder))})
-                        log(f"{size} {key:<10} round {rnd} {kind:<6} {out['wall']:7.2f} s  "
-                            f"(evicted by {cold['how']}, resident after: {cold['resident_bytes']})  {status}")
+                        raw.append(
+                            {
+                                "size": size,
+                                "plan": key,
+                                "round": rnd,
+                                "kind": kind,
+                                "wall": out["wall"],
+                                "cpu": out["cpu"],
+                                "cold": cold,
+                                "disk_cache": status,
+                                "entry_bytes": sum(p.stat().st_size for p in _files(folder)),
+                            }
+                        )
+                        log(
+                            f"{size} {key:<10} round {rnd} {kind:<6} {out['wall']:7.2f} s  "
+                            f"(evicted by {cold['how']}, resident after: {cold['resident_bytes']})  {status}"
+                        )
     return {"machine": machine(), "rounds": rounds, "runs": raw, "summary": summarize(raw, sizes, plans)}
 
 
@@ -103,32 +127,52 @@ def summarize(raw, sizes, plans) -> list[dict]:
             runs = [r for r in raw if r["size"] == size and r["plan"] == key]
             wall = {k: [r["wall"] for r in runs if r["kind"] == k] for k in ("off", "first", "second")}
             per_round = [s / f for s, f in zip(wall["second"], wall["first"])]
-            rows.append({"size": size, "plan": key, "label": PLANS[key].label,
-                         "off_s": statistics.median(wall["off"]), "first_s": statistics.median(wall["first"]),
-                         "second_s": statistics.median(wall["second"]),
-                         "second_over_first": round(statistics.median(per_round), 3),
-                         "second_over_first_rounds": [round(x, 3) for x in per_round],
-                         "second_over_off": round(statistics.median(
-                             [s / o for s, o in zip(wall["second"], wall["off"])]), 3),
-                         "first_over_off": round(statistics.median(
-                             [f / o for f, o in zip(wall["first"], wall["off"])]), 3),
-                         "entry_bytes": max(r["entry_bytes"] for r in runs)})
+            rows.append(
+                {
+                    "size": size,
+                    "plan": key,
+                    "label": PLANS[key].label,
+                    "off_s": statistics.median(wall["off"]),
+                    "first_s": statistics.median(wall["first"]),
+                    "second_s": statistics.median(wall["second"]),
+                    "second_over_first": round(statistics.median(per_round), 3),
+                    "second_over_first_rounds": [round(x, 3) for x in per_round],
+                    "second_over_off": round(
+                        statistics.median([s / o for s, o in zip(wall["second"], wall["off"])]), 3
+                    ),
+                    "first_over_off": round(statistics.median([f / o for f, o in zip(wall["first"], wall["off"])]), 3),
+                    "entry_bytes": max(r["entry_bytes"] for r in runs),
+                }
+            )
     return rows
 
 
 def write(results: dict, out_dir: Path) -> Path:
     m = results["machine"]
     how = results["runs"][0]["cold"]["how"] if results["runs"] else "-"
-    intro = (f"`python -m bench.disk_cache`, {results['rounds']} interleaved rounds (medians), fresh process per "
-             f"load, 1 torch thread, page cache evicted before every load ({how}). Machine: {m.get('cpu', '?')}, "
-             f"{m.get('cores', '?')} cores, GPU: {m.get('gpu') or 'none'}.")
-    header = ("| size | plan | off (quantize on load) s | first (quantize + write) s | second (read) s | "
-              "**second ÷ first** | second ÷ off | first ÷ off | entry |")
-    lines = ["# Disk cache: cold second load ÷ cold first load", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|"]
+    intro = (
+        f"`python -m bench.disk_cache`, {results['rounds']} interleaved rounds (medians), fresh process per "
+        f"load, 1 torch thread, page cache evicted before every load ({how}). Machine: {m.get('cpu', '?')}, "
+        f"{m.get('cores', '?')} cores, GPU: {m.get('gpu') or 'none'}."
+    )
+    header = (
+        "| size | plan | off (quantize on load) s | first (quantize + write) s | second (read) s | "
+        "**second ÷ first** | second ÷ off | first ÷ off | entry |"
+    )
+    lines = [
+        "# Disk cache: cold second load ÷ cold first load",
+        "",
+        intro,
+        "",
+        header,
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["summary"]:
-        lines.append(f"| {r['size']} | {r['label']} | {r['off_s']:.2f} | {r['first_s']:.2f} | {r['second_s']:.2f} | "
-                     f"**{r['second_over_first']:.3f}** ({', '.join(map(str, r['second_over_first_rounds']))}) | "
-                     f"{r['second_over_off']:.3f} | {r['first_over_off']:.3f} | {r['entry_bytes'] / 1e6:.0f} MB |")
+        lines.append(
+            f"| {r['size']} | {r['label']} | {r['off_s']:.2f} | {r['first_s']:.2f} | {r['second_s']:.2f} | "
+            f"**{r['second_over_first']:.3f}** ({', '.join(map(str, r['second_over_first_rounds']))}) | "
+            f"{r['second_over_off']:.3f} | {r['first_over_off']:.3f} | {r['entry_bytes'] / 1e6:.0f} MB |"
+        )
     return write_results(out_dir, "results", results, "\n".join(lines) + "\n")
 
 
@@ -139,11 +183,19 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("PIPEQUANT_BENCH_DIR", "/tmp/pqbench")))
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--drop-caches", action="store_true", help="drop the whole page cache (root; shared machines: no)")
+    parser.add_argument(
+        "--drop-caches", action="store_true", help="drop the whole page cache (root; shared machines: no)"
+    )
     args = parser.parse_args(argv)
     t0 = time.time()
-    results = run(args.sizes.split(","), args.plans.split(","), args.rounds, args.root, args.drop_caches,
-                  lambda msg: print(f"[{time.time() - t0:6.0f} s] {msg}", flush=True))
+    results = run(
+        args.sizes.split(","),
+        args.plans.split(","),
+        args.rounds,
+        args.root,
+        args.drop_caches,
+        lambda msg: print(f"[{time.time() - t0:6.0f} s] {msg}", flush=True),
+    )
     print(write(results, args.out).read_text())
     return 0
 

@@ -8,6 +8,7 @@ block to 19 + 38 blocks, beside the estimate of the hollow full-size component.
 `t5` and `clip` (FLUX.1-dev's text encoders) are what tests/test_estimate_truth.py asserts; here
 they print the errors themselves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,18 @@ def main(argv=None) -> int:
     from pipequant.testing import bnb_on_cpu, hollow
     from pipequant.testing.real_bytes import cached_models, extrapolate, load_bytes
 
-    archs = {"flux": ("transformer", "diffusers", "FluxTransformer2DModel", hollow.FLUX_TRANSFORMER,
-                      {"num_layers": 19, "num_single_layers": 38}, 1),
-             "t5": ("text_encoder_2", "transformers", "T5EncoderModel", hollow.T5_XXL, {"num_layers": 24}, 0),
-             "clip": ("text_encoder", "transformers", "CLIPTextModel", hollow.CLIP_L, {"num_hidden_layers": 12}, 0)}
+    archs = {
+        "flux": (
+            "transformer",
+            "diffusers",
+            "FluxTransformer2DModel",
+            hollow.FLUX_TRANSFORMER,
+            {"num_layers": 19, "num_single_layers": 38},
+            1,
+        ),
+        "t5": ("text_encoder_2", "transformers", "T5EncoderModel", hollow.T5_XXL, {"num_layers": 24}, 0),
+        "clip": ("text_encoder", "transformers", "CLIPTextModel", hollow.CLIP_L, {"num_hidden_layers": 12}, 0),
+    }
     component, library, cls, config, layers, base = archs[args.arch]
     rows = []
     with tempfile.TemporaryDirectory(dir=args.root) as tmp, bnb_on_cpu():
@@ -57,12 +66,25 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             sizes = {k: load_bytes(f, library, cls, args.dtype, be, quant_type, options) for k, f in folders.items()}
             real = extrapolate(sizes, layers, base=base)
-            est = component_estimate(info, QUANTIZE if backend else KEEP, args.dtype, args.dtype, backend,
-                                     quant_type, options)["bytes_after"]
-            rows.append({"arch": args.arch, "spec": text, "dtype": args.dtype, "real_extrapolated": real, "estimate": est,
-                         "error": round(est / real - 1, 5), "seconds": round(time.perf_counter() - start, 1)})
-            print(f"{text:<28} real {real / 1e9:7.3f} GB  estimate {est / 1e9:7.3f} GB  "
-                  f"error {100 * (est / real - 1):+.2f} %  ({rows[-1]['seconds']} s)", flush=True)
+            est = component_estimate(
+                info, QUANTIZE if backend else KEEP, args.dtype, args.dtype, backend, quant_type, options
+            )["bytes_after"]
+            rows.append(
+                {
+                    "arch": args.arch,
+                    "spec": text,
+                    "dtype": args.dtype,
+                    "real_extrapolated": real,
+                    "estimate": est,
+                    "error": round(est / real - 1, 5),
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
+            print(
+                f"{text:<28} real {real / 1e9:7.3f} GB  estimate {est / 1e9:7.3f} GB  "
+                f"error {100 * (est / real - 1):+.2f} %  ({rows[-1]['seconds']} s)",
+                flush=True,
+            )
     print(json.dumps(rows))
     return 0
 

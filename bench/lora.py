@@ -7,6 +7,7 @@ every attention projection (through the resolver: checked, then loaded), the byt
 (`set_adapters` via `activate`) and a re-apply (unload + load again). Writes
 bench/results/lora.{md,json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ from .pipelines import default_root, ensure
 from .report import write_results
 from .suite import machine
 
-PLANS = {"bf16": None, "bnb nf4": ("bitsandbytes_4bit", "nf4"), "bnb int8": ("bitsandbytes_8bit", "int8"),
-         "torchao int8 wo": ("torchao", "int8_weight_only"), "torchao float8 wo": ("torchao", "float8_weight_only")}
+PLANS = {
+    "bf16": None,
+    "bnb nf4": ("bitsandbytes_4bit", "nf4"),
+    "bnb int8": ("bitsandbytes_8bit", "int8"),
+    "torchao int8 wo": ("torchao", "int8_weight_only"),
+    "torchao float8 wo": ("torchao", "float8_weight_only"),
+}
 
 
 def _lora_bytes(module) -> int:
@@ -57,7 +63,7 @@ def measure(folder: Path, rounds: int, rank: int, plans=tuple(PLANS)) -> dict:
             row = next(r for r in loaded[name].rows if r["component"] == "transformer")
             results[name] = {"transformer_bytes": row["bytes"], "apply": [], "strength": [], "reapply": []}
         for r in range(rounds):
-            order = list(plans[r % len(plans):]) + list(plans[:r % len(plans)])
+            order = list(plans[r % len(plans) :]) + list(plans[: r % len(plans)])
             for name in order:
                 result, out = loaded[name], results[name]
                 lora.strip_adapters(result.pipeline)
@@ -65,27 +71,43 @@ def measure(folder: Path, rounds: int, rank: int, plans=tuple(PLANS)) -> dict:
                 out["lora_bytes"] = _lora_bytes(result.pipeline.transformer)
                 lora.activate(result.with_lora(spec))
                 out["strength"].append(_timed(lambda: lora.activate(result.with_lora(half))))
-                out["reapply"].append(_timed(lambda: (lora.strip_adapters(result.pipeline),
-                                                      lora.activate(result.with_lora(half)))))
+                out["reapply"].append(
+                    _timed(lambda: (lora.strip_adapters(result.pipeline), lora.activate(result.with_lora(half))))
+                )
     rows = []
     for name, out in results.items():
         apply, strength, reapply = (statistics.median(out[k]) for k in ("apply", "strength", "reapply"))
-        rows.append({"plan": name, "apply_s": round(apply, 4), "lora_bytes": out["lora_bytes"],
-                     "transformer_bytes": out["transformer_bytes"],
-                     "extra_ratio": round(out["lora_bytes"] / out["transformer_bytes"], 4),
-                     "strength_change_s": round(strength, 5), "reapply_s": round(reapply, 4),
-                     "strength_vs_reapply": round(strength / reapply, 4), "runs": len(out["apply"])})
+        rows.append(
+            {
+                "plan": name,
+                "apply_s": round(apply, 4),
+                "lora_bytes": out["lora_bytes"],
+                "transformer_bytes": out["transformer_bytes"],
+                "extra_ratio": round(out["lora_bytes"] / out["transformer_bytes"], 4),
+                "strength_change_s": round(strength, 5),
+                "reapply_s": round(reapply, 4),
+                "strength_vs_reapply": round(strength / reapply, 4),
+                "runs": len(out["apply"]),
+            }
+        )
     return {"machine": machine(), "folder": str(folder), "rank": rank, "rounds": rounds, "rows": rows}
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["# LoRA on a quantized transformer (CPU)", "",
-             f"Pipeline `{Path(result['folder']).name}`, peft LoRA rank {result['rank']} on every attention "
-             f"projection of the transformer, {result['rounds']} interleaved rounds, median.", "",
-             "| plan | apply s | LoRA bytes ÷ transformer bytes | strength change s | re-apply s | change ÷ re-apply |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['plan']} | {r['apply_s']} | {r['extra_ratio']} ({r['lora_bytes']:,} / {r['transformer_bytes']:,}) "
-              f"| {r['strength_change_s']} | {r['reapply_s']} | {r['strength_vs_reapply']} |" for r in result["rows"]]
+    lines = [
+        "# LoRA on a quantized transformer (CPU)",
+        "",
+        f"Pipeline `{Path(result['folder']).name}`, peft LoRA rank {result['rank']} on every attention "
+        f"projection of the transformer, {result['rounds']} interleaved rounds, median.",
+        "",
+        "| plan | apply s | LoRA bytes ÷ transformer bytes | strength change s | re-apply s | change ÷ re-apply |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['plan']} | {r['apply_s']} | {r['extra_ratio']} ({r['lora_bytes']:,} / {r['transformer_bytes']:,}) "
+        f"| {r['strength_change_s']} | {r['reapply_s']} | {r['strength_vs_reapply']} |"
+        for r in result["rows"]
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ Peak RSS comes from the kernel's high-water mark (VmHWM), which `/proc/self/clea
 RSS into anonymous memory (tensors the process allocated) and file pages (mmapped safetensors),
 which the high-water mark cannot tell apart.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,9 +122,12 @@ class PhaseMeter:
         now = time.perf_counter()
         status = proc_status()
         base = self.baseline["VmRSS"]
-        phase = {"phase": name, "seconds": round(now - self._phase_start, 4),
-                 "peak_rss": max(status["VmHWM"] - base, 0) if self.can_reset or not self.phases else None,
-                 "rss_after": status["VmRSS"] - base}
+        phase = {
+            "phase": name,
+            "seconds": round(now - self._phase_start, 4),
+            "peak_rss": max(status["VmHWM"] - base, 0) if self.can_reset or not self.phases else None,
+            "rss_after": status["VmRSS"] - base,
+        }
         if self._sample:
             self._sample_once()
             with self._lock:
@@ -155,12 +159,15 @@ class PhaseMeter:
         if self._thread is not None:
             self._thread.join()
         status = proc_status()
-        out = {"peak_rss": self._overall["hwm"] if self.can_reset else max(status["VmHWM"] - self.baseline["VmRSS"], 0),
-               "rss_after": status["VmRSS"] - self.baseline["VmRSS"],
-               "anon_after": status["RssAnon"] - self.baseline["RssAnon"],
-               "file_after": status["RssFile"] - self.baseline["RssFile"],
-               "baseline_rss": self.baseline["VmRSS"], "baseline_anon": self.baseline["RssAnon"],
-               "peak_reset_supported": self.can_reset}
+        out = {
+            "peak_rss": self._overall["hwm"] if self.can_reset else max(status["VmHWM"] - self.baseline["VmRSS"], 0),
+            "rss_after": status["VmRSS"] - self.baseline["VmRSS"],
+            "anon_after": status["RssAnon"] - self.baseline["RssAnon"],
+            "file_after": status["RssFile"] - self.baseline["RssFile"],
+            "baseline_rss": self.baseline["VmRSS"],
+            "baseline_anon": self.baseline["RssAnon"],
+            "peak_reset_supported": self.can_reset,
+        }
         if self._sample:
             out["peak_anon"], out["peak_file"] = self._overall["anon"], self._overall["file"]
         if self.cuda:
@@ -237,7 +244,9 @@ def component_floor(model, load_dtype: str = "bfloat16") -> dict:
         elif isinstance(module, torch.nn.Linear) and isinstance(module.weight, torch.Tensor):
             plain_linear_params += module.weight.numel()
     seen = set()
-    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
         if id(t) in quantized_weights or id(t) in seen or t.device.type == "meta":
             continue
         seen.add(id(t))
@@ -253,9 +262,15 @@ def component_floor(model, load_dtype: str = "bfloat16") -> dict:
             floor += t.numel() * t.element_size()
     actual = tensor_bytes(model)
     excess["other"] = actual - floor - excess["quant_metadata"] - excess["wider_than_load_dtype"]
-    return {"bytes": actual, "floor": floor, "ratio": round(actual / floor, 4) if floor else None,
-            "quantized_params": quantized_params, "unquantized_linear_params": plain_linear_params,
-            "schemes": schemes, "excess": excess}
+    return {
+        "bytes": actual,
+        "floor": floor,
+        "ratio": round(actual / floor, 4) if floor else None,
+        "quantized_params": quantized_params,
+        "unquantized_linear_params": plain_linear_params,
+        "schemes": schemes,
+        "excess": excess,
+    }
 
 
 def mapped_rss(suffix: str = ".safetensors") -> int:

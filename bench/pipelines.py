@@ -4,6 +4,7 @@ Built by `pipequant.testing.ensure_pipeline` (random weights, real FLUX.1 layout
 blocks, CLIP, T5, VAE), saved as sharded safetensors like a hub snapshot (`config.SHARD_SIZE`).
 Saved pre-quantized copies carry their own marker (`SAVED_MARKER`): source recipe + plan.
 """
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ read: the hollow files have no data region on disk at all.
 
     python -m bench.plan_timing [--root DIR] [--runs 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,18 +84,26 @@ def main(argv=None) -> int:
         for i in range(args.runs):
             copy = Path(tmp) / f"copy-{i}"
             subprocess.run(["cp", "-r", "--sparse=always", str(folder), str(copy)], check=True)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(copy)], capture_output=True, check=False,
-                                 text=True, timeout=600, env=os.environ)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(folder), str(copy)],
+                capture_output=True,
+                check=False,
+                text=True,
+                timeout=600,
+                env=os.environ,
+            )
             if out.returncode:
                 print(out.stderr[-2000:], file=sys.stderr)
                 return 1
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         apparent = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     for r in runs:
-        print(f"imports {r['imports_s']:.2f} s | first plan {r['cold_s'] * 1000:.0f} ms | new model "
-              f"{r['cold_new_model_s'] * 1000:.0f} ms | warm median "
-              f"{r['warm_median_s'] * 1000:.1f} ms, max {r['warm_max_s'] * 1000:.1f} ms | read {r['rchar_cold']:,} B "
-              f"for a new model (headers+configs {allowed:,} B; files {apparent / 1e9:.1f} GB on paper)")
+        print(
+            f"imports {r['imports_s']:.2f} s | first plan {r['cold_s'] * 1000:.0f} ms | new model "
+            f"{r['cold_new_model_s'] * 1000:.0f} ms | warm median "
+            f"{r['warm_median_s'] * 1000:.1f} ms, max {r['warm_max_s'] * 1000:.1f} ms | read {r['rchar_cold']:,} B "
+            f"for a new model (headers+configs {allowed:,} B; files {apparent / 1e9:.1f} GB on paper)"
+        )
     print(json.dumps({"runs": runs, "headers_and_configs_bytes": allowed, "apparent_bytes": apparent}))
     return 0
 

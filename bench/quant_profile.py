@@ -11,6 +11,7 @@ layer outputs. Rows go to ``storage`` and ``error`` of ``resolver/data/measureme
 
     python -m bench.quant_profile [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,18 @@ def _model(folder: Path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    config = CLIPTextConfig(vocab_size=64, hidden_size=256, intermediate_size=1024, num_hidden_layers=1,
-                            num_attention_heads=4, max_position_embeddings=16, projection_dim=256,
-                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = CLIPTextConfig(
+        vocab_size=64,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        projection_dim=256,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     model = CLIPTextModel(config)
     with torch.no_grad():
         for m in model.modules():
@@ -63,8 +73,10 @@ def _runs_here(qt) -> bool:
 
     if qt.needs_cuda and not torch.cuda.is_available():
         return False
-    return not (qt.min_compute_capability and (not torch.cuda.is_available()
-                                               or torch.cuda.get_device_capability() < qt.min_compute_capability))
+    return not (
+        qt.min_compute_capability
+        and (not torch.cuda.is_available() or torch.cuda.get_device_capability() < qt.min_compute_capability)
+    )
 
 
 def _fit(points):
@@ -103,14 +115,26 @@ def _measure(folder: Path, reference, backend, qt, options) -> tuple[dict, dict]
             want = x @ r.weight.T
             got = module(x.to(dtype)).float() - (bias.float() if bias is not None else 0)
         num += float(((got - want) ** 2).sum())
-        den += float((want ** 2).sum())
+        den += float((want**2).sum())
     a, b, c = _fit(points)
     bits = qt.bits if backend is not None else 8 * torch.finfo(dtype).bits / 8
-    storage = {"backend": backend.name if backend else None, "quant_type": qt.name if backend else DTYPE,
-               "options": options, "bits_per_weight": bits, "scale_bytes_per_weight": round(a - bits / 8, 5),
-               "bytes_per_row": round(b, 3), "bytes_per_layer": round(c, 1), "source": SOURCE}
-    error = {"backend": storage["backend"], "quant_type": storage["quant_type"], "options": options,
-             "rel_rms_error": round((num / den) ** 0.5, 5), "source": SOURCE}
+    storage = {
+        "backend": backend.name if backend else None,
+        "quant_type": qt.name if backend else DTYPE,
+        "options": options,
+        "bits_per_weight": bits,
+        "scale_bytes_per_weight": round(a - bits / 8, 5),
+        "bytes_per_row": round(b, 3),
+        "bytes_per_layer": round(c, 1),
+        "source": SOURCE,
+    }
+    error = {
+        "backend": storage["backend"],
+        "quant_type": storage["quant_type"],
+        "options": options,
+        "rel_rms_error": round((num / den) ** 0.5, 5),
+        "source": SOURCE,
+    }
     return storage, error
 
 
@@ -147,8 +171,9 @@ def write(storage: list[dict], errors: list[dict]) -> None:
     for section, new in (("storage", storage), ("error", errors)):
         keys = {_key(r) for r in new}
         data[section] = [r for r in data.get(section, []) if _key(r) not in keys] + new
-    data["sources"][SOURCE] = (f"bench/quant_profile.py: CLIP text encoder 256/1024 wide, Gaussian weights, "
-                               f"{DTYPE}, {platform.machine()} CPU")
+    data["sources"][SOURCE] = (
+        f"bench/quant_profile.py: CLIP text encoder 256/1024 wide, Gaussian weights, {DTYPE}, {platform.machine()} CPU"
+    )
     measured.DATA_FILE.write_text(_dump(data), encoding="utf-8")
     measured.data.cache_clear()
 
@@ -176,9 +201,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     storage, errors = run()
     for s, e in zip(storage, errors[1:]):
-        print(f"{s['backend']:>18} {s['quant_type']:<18} {json.dumps(s['options']):<22} "
-              f"bytes/w {s['bits_per_weight'] / 8 + s['scale_bytes_per_weight']:.4f}  row {s['bytes_per_row']:>6}  "
-              f"layer {s['bytes_per_layer']:>7}  err {e['rel_rms_error']:.4f}")
+        print(
+            f"{s['backend']:>18} {s['quant_type']:<18} {json.dumps(s['options']):<22} "
+            f"bytes/w {s['bits_per_weight'] / 8 + s['scale_bytes_per_weight']:.4f}  row {s['bytes_per_row']:>6}  "
+            f"layer {s['bytes_per_layer']:>7}  err {e['rel_rms_error']:.4f}"
+        )
     print(f"{'(unquantized)':>18} {DTYPE:<18} err {errors[0]['rel_rms_error']:.4f}")
     if args.write:
         write(storage, errors)

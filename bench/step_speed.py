@@ -8,6 +8,7 @@ times each plan eager and with the Load node's regional compile side by side (th
 where compile happens: its extra time is reported as compile time); speed factors are against bf16
 eager. Writes a markdown table and JSON (bench/results/step_speed.{md,json} by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,12 @@ from .pipelines import default_root, ensure
 from .report import write_results
 from .suite import machine
 
-PLANS = {"bf16": None, "bnb nf4": ("bitsandbytes_4bit", "nf4"), "torchao int8 wo": ("torchao", "int8_weight_only"),
-         "quanto int8": ("quanto", "int8")}
+PLANS = {
+    "bf16": None,
+    "bnb nf4": ("bitsandbytes_4bit", "nf4"),
+    "torchao int8 wo": ("torchao", "int8_weight_only"),
+    "quanto int8": ("quanto", "int8"),
+}
 
 
 def _seconds_per_step(pipe, device: str, steps: int, image_tokens: int) -> float:
@@ -41,15 +46,23 @@ def _seconds_per_step(pipe, device: str, steps: int, image_tokens: int) -> float
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        pipe(prompt="a fox", num_inference_steps=steps, width=side, height=side, max_sequence_length=64,
-             output_type="latent", generator=generator)
+        pipe(
+            prompt="a fox",
+            num_inference_steps=steps,
+            width=side,
+            height=side,
+            max_sequence_length=64,
+            output_type="latent",
+            generator=generator,
+        )
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
 
 
-def measure(folder: Path, device: str, steps: int, rounds: int, image_tokens: int, plans=tuple(PLANS),
-            modes=("eager",)) -> dict:
+def measure(
+    folder: Path, device: str, steps: int, rounds: int, image_tokens: int, plans=tuple(PLANS), modes=("eager",)
+) -> dict:
     import torch
 
     from pipequant.resolver import BackendSpec, ComponentCache
@@ -72,35 +85,56 @@ def measure(folder: Path, device: str, steps: int, rounds: int, image_tokens: in
             notes[name, mode] = result.compiled.notes if result.compiled else []
         times = {v: [] for v in variants}
         for r in range(rounds):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for v in order:
                 times[v].append(_seconds_per_step(loaded[v], device, steps, image_tokens))
     base = statistics.median(times["bf16", "eager"]) if ("bf16", "eager") in times else None
     rows = []
     for (name, mode), t in times.items():
         step = statistics.median(t)
-        row = {"plan": name, "mode": mode, "seconds_per_step": step,
-               "vs_bf16": round(step / base, 3) if base else None,
-               "speed_vs_bf16": round(base / step, 3) if base else None, "runs": len(t), "notes": notes[name, mode]}
+        row = {
+            "plan": name,
+            "mode": mode,
+            "seconds_per_step": step,
+            "vs_bf16": round(step / base, 3) if base else None,
+            "speed_vs_bf16": round(base / step, 3) if base else None,
+            "runs": len(t),
+            "notes": notes[name, mode],
+        }
         if mode != "eager":
             row["compile_seconds"] = round(max(0.0, compile_seconds[name, mode] - step), 1)  # warm-up minus a step
         rows.append(row)
-    return {"machine": machine(), "device": device, "folder": str(folder), "steps": steps, "rounds": rounds,
-            "image_tokens": image_tokens, "bnb_cpu_patch": patched, "modes": list(modes), "rows": rows}
+    return {
+        "machine": machine(),
+        "device": device,
+        "folder": str(folder),
+        "steps": steps,
+        "rounds": rounds,
+        "image_tokens": image_tokens,
+        "bnb_cpu_patch": patched,
+        "modes": list(modes),
+        "rows": rows,
+    }
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["# Denoising speed per step (transformer quantized, rest bf16; no VAE decode)", "",
-             f"Device `{result['device']}`, {result['image_tokens']} image tokens, {result['steps']} steps x "
-             f"{result['rounds']} interleaved rounds, median; pipeline `{Path(result['folder']).name}`."
-             + (" bnb on CPU uses the tests' patch." if result["bnb_cpu_patch"] else ""), "",
-             "| plan | mode | step ÷ bf16 eager step | speed vs bf16 eager | s per step | compile s | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Denoising speed per step (transformer quantized, rest bf16; no VAE decode)",
+        "",
+        f"Device `{result['device']}`, {result['image_tokens']} image tokens, {result['steps']} steps x "
+        f"{result['rounds']} interleaved rounds, median; pipeline `{Path(result['folder']).name}`."
+        + (" bnb on CPU uses the tests' patch." if result["bnb_cpu_patch"] else ""),
+        "",
+        "| plan | mode | step ÷ bf16 eager step | speed vs bf16 eager | s per step | compile s | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         compile_s = r.get("compile_seconds", "-")
         note = "; ".join(r.get("notes", [])).replace("|", "/")[:160]
-        lines.append(f"| {r['plan']} | {r.get('mode', 'eager')} | {r['vs_bf16']} | {r.get('speed_vs_bf16', '-')} | "
-                     f"{r['seconds_per_step']:.4f} | {compile_s} | {note} |")
+        lines.append(
+            f"| {r['plan']} | {r.get('mode', 'eager')} | {r['vs_bf16']} | {r.get('speed_vs_bf16', '-')} | "
+            f"{r['seconds_per_step']:.4f} | {compile_s} | {note} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -110,10 +144,17 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--image-tokens", type=int, default=1024,
-                   help="transformer image tokens (FLUX at 1024x1024: 4096; default 1024 = 512x512)")
-    p.add_argument("--modes", default="eager",
-                   help="comma-separated: eager, regional, full (e.g. eager,regional: side by side in one run)")
+    p.add_argument(
+        "--image-tokens",
+        type=int,
+        default=1024,
+        help="transformer image tokens (FLUX at 1024x1024: 4096; default 1024 = 512x512)",
+    )
+    p.add_argument(
+        "--modes",
+        default="eager",
+        help="comma-separated: eager, regional, full (e.g. eager,regional: side by side in one run)",
+    )
     p.add_argument("--plans", default=",".join(PLANS), help="comma-separated plan names: " + ", ".join(PLANS))
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -123,8 +164,15 @@ def main(argv=None) -> int:
     unknown = [m for m in modes if m not in ("eager", "regional", "full")] + [n for n in plans if n not in PLANS]
     if unknown:
         p.error(f"unknown mode or plan: {', '.join(unknown)}")
-    result = measure(ensure(args.size, args.root or default_root()), args.device, args.steps, args.rounds,
-                     args.image_tokens, plans, modes)
+    result = measure(
+        ensure(args.size, args.root or default_root()),
+        args.device,
+        args.steps,
+        args.rounds,
+        args.image_tokens,
+        plans,
+        modes,
+    )
     write_results(args.out, "step_speed", result, to_markdown(result))
     print(to_markdown(result))
     return 0

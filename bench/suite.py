@@ -9,6 +9,7 @@ Benchmarks (numbers as in the issue):
 6 validate   `plan_load` (inspect + validate + plan) and `estimate` latency; no weight read
 1, 2, 4 and 5 share one interleaved loop of fresh-process loads.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -37,20 +38,29 @@ class Worker:
     """Runs jobs in fresh processes: forked from a server that imported everything once
     (isolation "fork"), or a new interpreter per job ("spawn", slower: pays the imports)."""
 
-    def __init__(self, isolation: str = "fork", log: Path | None = None, env: dict | None = None,
-                 threads: int = 0):
+    def __init__(self, isolation: str = "fork", log: Path | None = None, env: dict | None = None, threads: int = 0):
         self.isolation, self.log = isolation, log
         self.env = {**os.environ, **(env or {})}
         if threads > 0:  # before the interpreter starts, so OpenMP reads it
-            self.env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                            PIPEQUANT_BENCH_THREADS=str(threads))
-        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p])
+            self.env.update(
+                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PIPEQUANT_BENCH_THREADS=str(threads)
+            )
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO)] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
         self.proc = None
         self.info: dict = {}
         if isolation == "fork":
             cmd = [sys.executable, "-m", "bench.worker", "--serve"] + (["--log", str(log)] if log else [])
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr(),
-                                         text=True, cwd=REPO, env=self.env)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr(),
+                text=True,
+                cwd=REPO,
+                env=self.env,
+            )
             self.info = self._read()
 
     def _stderr(self):
@@ -59,7 +69,7 @@ class Worker:
     def _read(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(RESULT_PREFIX):
-                return json.loads(line[len(RESULT_PREFIX):])
+                return json.loads(line[len(RESULT_PREFIX) :])
         raise RuntimeError(f"the benchmark worker exited (see {self.log or 'its log'})")
 
     def run(self, job: dict) -> dict:
@@ -67,11 +77,17 @@ class Worker:
             self.proc.stdin.write(json.dumps(job) + "\n")
             self.proc.stdin.flush()
             return self._read()
-        out = subprocess.run([sys.executable, "-m", "bench.worker", "--job", json.dumps(job)], capture_output=True,
-                             text=True, cwd=REPO, env=self.env, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.worker", "--job", json.dumps(job)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=self.env,
+            check=False,
+        )
         for line in out.stdout.splitlines():
             if line.startswith(RESULT_PREFIX):
-                return json.loads(line[len(RESULT_PREFIX):])
+                return json.loads(line[len(RESULT_PREFIX) :])
         return {"ok": False, "error": f"worker exited {out.returncode}: {out.stderr[-2000:]}", "job": job}
 
     def close(self) -> None:
@@ -119,8 +135,14 @@ def machine() -> dict:
             versions[name] = version(name.replace(".", "-"))
         except ImportError:  # PackageNotFoundError
             versions[name] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem, "python": platform.python_version(),
-            "kernel": platform.release(), "versions": versions}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "versions": versions,
+    }
 
 
 class Log:
@@ -140,9 +162,18 @@ def _check(out: dict, errors: list) -> dict | None:
 
 
 # -- the suite --------------------------------------------------------------------------------
-def run_suite(sizes=config.DEFAULT_SIZES, reps: int = 5, device: str = "cpu", only=BENCHMARKS,
-              root: Path | None = None, isolation: str = "fork", log_file: Path | None = None,
-              quiet: bool = False, validate_reps: int = 20, threads: int | None = None) -> dict:
+def run_suite(
+    sizes=config.DEFAULT_SIZES,
+    reps: int = 5,
+    device: str = "cpu",
+    only=BENCHMARKS,
+    root: Path | None = None,
+    isolation: str = "fork",
+    log_file: Path | None = None,
+    quiet: bool = False,
+    validate_reps: int = 20,
+    threads: int | None = None,
+) -> dict:
     """`threads`: torch CPU threads in the workers; None = 1 on CPU (stable on a shared 2-core
     machine, where OpenMP spin-waits made multi-threaded loads 3x slower and bimodal), 0 = torch's default."""
     if threads is None:
@@ -166,8 +197,17 @@ def run_suite(sizes=config.DEFAULT_SIZES, reps: int = 5, device: str = "cpu", on
         if "prequant" in only:
             for size in sizes:
                 for key in config.PREQUANT_PLANS:
-                    out = worker.run({"kind": "save", **common, "name": folder_name(size), "spec": PLANS[key].spec,
-                                      "dest": saved_name(size, key), "size": size, "plan": key})
+                    out = worker.run(
+                        {
+                            "kind": "save",
+                            **common,
+                            "name": folder_name(size),
+                            "spec": PLANS[key].spec,
+                            "dest": saved_name(size, key),
+                            "size": size,
+                            "plan": key,
+                        }
+                    )
                     if _check(out, errors):
                         raw["save"].append(out)
 
@@ -186,10 +226,20 @@ def run_suite(sizes=config.DEFAULT_SIZES, reps: int = 5, device: str = "cpu", on
         if "reuse" in only:
             for size in sizes:
                 for key, other in config.REUSE_SWITCH.items():
-                    out = worker.run({"kind": "reuse", **common, "name": folder_name(size), "size": size, "plan": key,
-                                      "switch_to": other, "spec_a": PLANS[key].spec,
-                                      "spec_b": config.reuse_plan_b(key), "component": config.REUSE_COMPONENT,
-                                      "reps": reps})
+                    out = worker.run(
+                        {
+                            "kind": "reuse",
+                            **common,
+                            "name": folder_name(size),
+                            "size": size,
+                            "plan": key,
+                            "switch_to": other,
+                            "spec_a": PLANS[key].spec,
+                            "spec_b": config.reuse_plan_b(key),
+                            "component": config.REUSE_COMPONENT,
+                            "reps": reps,
+                        }
+                    )
                     if _check(out, errors):
                         raw["reuse"].append(out)
                 log(f"reuse: {size} done")
@@ -199,8 +249,17 @@ def run_suite(sizes=config.DEFAULT_SIZES, reps: int = 5, device: str = "cpu", on
             largest = max(sizes, key=lambda s: config.ALL_SIZES.index(s))
             for rep in range(reps):
                 for key in config.OVERHEAD_PLANS:
-                    out = worker.run({"kind": "validate", **common, "name": folder_name(largest), "size": largest,
-                                      "plan": key, "spec": PLANS[key].spec, "reps": validate_reps})
+                    out = worker.run(
+                        {
+                            "kind": "validate",
+                            **common,
+                            "name": folder_name(largest),
+                            "size": largest,
+                            "plan": key,
+                            "spec": PLANS[key].spec,
+                            "reps": validate_reps,
+                        }
+                    )
                     if _check(out, errors):
                         raw["validate"].append(out)
             log("validate: done")
@@ -209,19 +268,37 @@ def run_suite(sizes=config.DEFAULT_SIZES, reps: int = 5, device: str = "cpu", on
         if device.startswith("cuda"):
             largest = max(sizes, key=lambda s: config.ALL_SIZES.index(s))
             for key in ("bf16", "nf4"):
-                out = worker.run({"kind": "sample", **common, "name": folder_name(largest), "size": largest,
-                                  "plan": key, "spec": PLANS[key].spec, "steps": 6})
+                out = worker.run(
+                    {
+                        "kind": "sample",
+                        **common,
+                        "name": folder_name(largest),
+                        "size": largest,
+                        "plan": key,
+                        "spec": PLANS[key].spec,
+                        "steps": 6,
+                    }
+                )
                 if _check(out, errors):
                     raw["sample"].append(out)
         info = worker.info
     results = aggregate(raw, sizes, reps, device, only)
-    results["meta"] = {"machine": machine(), "sizes": list(sizes), "reps": reps, "device": device,
-                       "isolation": isolation, "benchmarks": list(only), "bnb_cpu_patch": info.get("bnb_cpu_patch"),
-                       "worker_import_seconds": info.get("import_seconds"), "root": str(root),
-                       "torch_threads": info.get("torch_threads"), "gpu": info.get("gpu"),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-                       "duration_seconds": round(time.time() - started, 1),
-                       "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    results["meta"] = {
+        "machine": machine(),
+        "sizes": list(sizes),
+        "reps": reps,
+        "device": device,
+        "isolation": isolation,
+        "benchmarks": list(only),
+        "bnb_cpu_patch": info.get("bnb_cpu_patch"),
+        "worker_import_seconds": info.get("import_seconds"),
+        "root": str(root),
+        "torch_threads": info.get("torch_threads"),
+        "gpu": info.get("gpu"),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "duration_seconds": round(time.time() - started, 1),
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
     results["errors"] = errors
     results["raw"] = raw
     log(f"done in {results['meta']['duration_seconds']:.0f} s, {len(errors)} failed job(s)")
@@ -235,27 +312,63 @@ def _loop_jobs(size: str, rep: int, only, common: dict) -> list[dict]:
     name = folder_name(size)
     jobs = []
     for key in config.OVERHEAD_PLANS:
-        pair = [{"kind": "load", **common, "mode": "plain", "name": name, "size": size, "plan": key, "detail": detail},
-                {"kind": "load", **common, "mode": "pipequant", "name": name, "size": size, "plan": key,
-                 "spec": PLANS[key].spec, "detail": detail}]
+        pair = [
+            {"kind": "load", **common, "mode": "plain", "name": name, "size": size, "plan": key, "detail": detail},
+            {
+                "kind": "load",
+                **common,
+                "mode": "pipequant",
+                "name": name,
+                "size": size,
+                "plan": key,
+                "spec": PLANS[key].spec,
+                "detail": detail,
+            },
+        ]
         if "overhead" not in only:
             pair = pair[1:]
         jobs += pair if rep % 2 == 0 else pair[::-1]
     if "prequant" in only:
         for key in config.PREQUANT_PLANS:
-            pair = [{"kind": "load", **common, "mode": "pipequant", "name": saved_name(size, key), "size": size,
-                     "plan": key, "prequantized": True, "detail": detail}]
+            pair = [
+                {
+                    "kind": "load",
+                    **common,
+                    "mode": "pipequant",
+                    "name": saved_name(size, key),
+                    "size": size,
+                    "plan": key,
+                    "prequantized": True,
+                    "detail": detail,
+                }
+            ]
             if key not in config.OVERHEAD_PLANS:  # its quantize-on-load twin is not in the loop yet
-                pair.append({"kind": "load", **common, "mode": "pipequant", "name": name, "size": size, "plan": key,
-                             "spec": PLANS[key].spec, "detail": detail})
+                pair.append(
+                    {
+                        "kind": "load",
+                        **common,
+                        "mode": "pipequant",
+                        "name": name,
+                        "size": size,
+                        "plan": key,
+                        "spec": PLANS[key].spec,
+                        "detail": detail,
+                    }
+                )
             jobs += pair if rep % 2 == 0 else pair[::-1]
     return jobs
 
 
 # -- aggregation ------------------------------------------------------------------------------
 def _loads(raw, size, plan, mode, prequantized=False):
-    return [r for r in raw["loads"] if r["job"]["size"] == size and r["job"]["plan"] == plan
-            and r["job"]["mode"] == mode and bool(r["job"].get("prequantized")) == prequantized]
+    return [
+        r
+        for r in raw["loads"]
+        if r["job"]["size"] == size
+        and r["job"]["plan"] == plan
+        and r["job"]["mode"] == mode
+        and bool(r["job"].get("prequantized")) == prequantized
+    ]
 
 
 def _phase(run, name):
@@ -289,16 +402,28 @@ def aggregate(raw: dict, sizes, reps: int, device: str, only) -> dict:
                 w_pq, w_plain = median([r["wall"] for r in pq]), median([r["wall"] for r in plain])
                 c_pq, c_plain = median([r["cpu"] for r in pq]), median([r["cpu"] for r in plain])
                 paired = [a["wall"] / b["wall"] for a, b in zip(pq, plain)]
-                rows.append({"size": size, "plan": key, "label": PLANS[key].label, "ratio": ratio(w_pq, w_plain),
-                             "ratio_cpu": ratio(c_pq, c_plain),
-                             "ratio_cpu_min": ratio(min(r["cpu"] for r in pq), min(r["cpu"] for r in plain)), "ratio_paired_median": round(median(paired), 4),
-                             "pipequant_s": round(w_pq, 4), "diffusers_s": round(w_plain, 4),
-                             "delta_ms": round((w_pq - w_plain) * 1000, 1), "n": min(len(pq), len(plain)),
-                             "target": TARGETS["overhead"], "met_wall": ratio(w_pq, w_plain) <= TARGETS["overhead"],
-                             "met": ratio(c_pq, c_plain) <= TARGETS["overhead"],
-                             "validate_plan_ms": round(median([_phase(r, "validate+plan") for r in pq]) * 1000, 1),
-                             "assemble_report_ms": round(median([_phase(r, "assemble+report") for r in pq]) * 1000, 1),
-                             "pipequant_runs": [r["wall"] for r in pq], "diffusers_runs": [r["wall"] for r in plain]})
+                rows.append(
+                    {
+                        "size": size,
+                        "plan": key,
+                        "label": PLANS[key].label,
+                        "ratio": ratio(w_pq, w_plain),
+                        "ratio_cpu": ratio(c_pq, c_plain),
+                        "ratio_cpu_min": ratio(min(r["cpu"] for r in pq), min(r["cpu"] for r in plain)),
+                        "ratio_paired_median": round(median(paired), 4),
+                        "pipequant_s": round(w_pq, 4),
+                        "diffusers_s": round(w_plain, 4),
+                        "delta_ms": round((w_pq - w_plain) * 1000, 1),
+                        "n": min(len(pq), len(plain)),
+                        "target": TARGETS["overhead"],
+                        "met_wall": ratio(w_pq, w_plain) <= TARGETS["overhead"],
+                        "met": ratio(c_pq, c_plain) <= TARGETS["overhead"],
+                        "validate_plan_ms": round(median([_phase(r, "validate+plan") for r in pq]) * 1000, 1),
+                        "assemble_report_ms": round(median([_phase(r, "assemble+report") for r in pq]) * 1000, 1),
+                        "pipequant_runs": [r["wall"] for r in pq],
+                        "diffusers_runs": [r["wall"] for r in plain],
+                    }
+                )
         res["overhead"] = rows
     if "memory" in only:
         res["memory"] = _memory(raw, sizes, cuda)
@@ -312,12 +437,21 @@ def aggregate(raw: dict, sizes, reps: int, device: str, only) -> dict:
                 t_pre, t_qol = median([r["wall"] for r in pre]), median([r["wall"] for r in qol])
                 p_pre = median([r["memory"]["peak_rss"] for r in pre])
                 p_qol = median([r["memory"]["peak_rss"] for r in qol])
-                rows.append({"size": size, "plan": key, "label": PLANS[key].label, "ratio": ratio(t_pre, t_qol),
-                             "prequantized_s": round(t_pre, 4), "quantize_on_load_s": round(t_qol, 4),
-                             "peak_ratio": ratio(p_pre, p_qol),
-                             "resident_ratio": ratio(median([r["total_bytes"] for r in pre]),
-                                                     median([r["total_bytes"] for r in qol])),
-                             "n": min(len(pre), len(qol))})
+                rows.append(
+                    {
+                        "size": size,
+                        "plan": key,
+                        "label": PLANS[key].label,
+                        "ratio": ratio(t_pre, t_qol),
+                        "prequantized_s": round(t_pre, 4),
+                        "quantize_on_load_s": round(t_qol, 4),
+                        "peak_ratio": ratio(p_pre, p_qol),
+                        "resident_ratio": ratio(
+                            median([r["total_bytes"] for r in pre]), median([r["total_bytes"] for r in qol])
+                        ),
+                        "n": min(len(pre), len(qol)),
+                    }
+                )
         res["prequant"] = rows
     if "scaling" in only:
         res["scaling"] = _scaling(raw, sizes, cuda)
@@ -327,13 +461,24 @@ def aggregate(raw: dict, sizes, reps: int, device: str, only) -> dict:
             t_reuse, t_full = median(r["reuse"]), median(r["full"])
             target = round(r["share"] + TARGETS["reuse_slack"], 4)
             t_switched = median(r.get("switched_load") or [])
-            rows.append({"size": r["job"]["size"], "plan": r["job"]["plan"], "switch_to": r["job"]["switch_to"],
-                         "component": r["component"], "ratio": ratio(t_reuse, t_full), "reuse_s": round(t_reuse, 4),
-                         "switched_load_s": round(t_switched, 4) if t_switched is not None else None,
-                         "fixed_s": round(t_reuse - t_switched, 4) if t_switched is not None else None,
-                         "full_s": round(t_full, 4), "share": r["share"], "target": target,
-                         "met": ratio(t_reuse, t_full) <= target, "reused": r["reused_components"],
-                         "n": len(r["reuse"])})
+            rows.append(
+                {
+                    "size": r["job"]["size"],
+                    "plan": r["job"]["plan"],
+                    "switch_to": r["job"]["switch_to"],
+                    "component": r["component"],
+                    "ratio": ratio(t_reuse, t_full),
+                    "reuse_s": round(t_reuse, 4),
+                    "switched_load_s": round(t_switched, 4) if t_switched is not None else None,
+                    "fixed_s": round(t_reuse - t_switched, 4) if t_switched is not None else None,
+                    "full_s": round(t_full, 4),
+                    "share": r["share"],
+                    "target": target,
+                    "met": ratio(t_reuse, t_full) <= target,
+                    "reused": r["reused_components"],
+                    "n": len(r["reuse"]),
+                }
+            )
         res["reuse"] = rows
     if "validate" in only:
         rows = []
@@ -341,26 +486,40 @@ def aggregate(raw: dict, sizes, reps: int, device: str, only) -> dict:
             runs = [r for r in raw["validate"] if r["job"]["plan"] == key]
             if not runs:
                 continue
+
             def ms(k, runs=runs):
                 return round(median([r[k] for r in runs]) * 1000, 2)
 
             read = median([r["bytes_read_cold"] for r in runs])
             worst = max(ms("validate_cold") + ms("estimate_cold"), ms("validate_warm") + ms("estimate_warm"))
-            rows.append({"size": runs[0]["job"]["size"], "plan": key, "label": PLANS[key].label,
-                         "validate_cold_ms": ms("validate_cold"), "estimate_cold_ms": ms("estimate_cold"),
-                         "validate_warm_ms": ms("validate_warm"), "estimate_warm_ms": ms("estimate_warm"),
-                         "bytes_read_cold": read, "weight_bytes_on_disk": runs[0]["weight_bytes_on_disk"],
-                         "read_fraction": ratio(read, runs[0]["weight_bytes_on_disk"]),
-                         "weight_files_opened": runs[0]["weight_files_opened"],
-                         "estimate_total": runs[0]["estimate_total"],
-                         "met": worst < TARGETS["validate_ms"], "n": len(runs)})
+            rows.append(
+                {
+                    "size": runs[0]["job"]["size"],
+                    "plan": key,
+                    "label": PLANS[key].label,
+                    "validate_cold_ms": ms("validate_cold"),
+                    "estimate_cold_ms": ms("estimate_cold"),
+                    "validate_warm_ms": ms("validate_warm"),
+                    "estimate_warm_ms": ms("estimate_warm"),
+                    "bytes_read_cold": read,
+                    "weight_bytes_on_disk": runs[0]["weight_bytes_on_disk"],
+                    "read_fraction": ratio(read, runs[0]["weight_bytes_on_disk"]),
+                    "weight_files_opened": runs[0]["weight_files_opened"],
+                    "estimate_total": runs[0]["estimate_total"],
+                    "met": worst < TARGETS["validate_ms"],
+                    "n": len(runs),
+                }
+            )
         res["validate"] = rows
     if raw["sample"]:
         by = {r["job"]["plan"]: r for r in raw["sample"]}
         if "bf16" in by and "nf4" in by:
-            res["sample"] = {"bf16_step_s": by["bf16"]["step_median"], "nf4_step_s": by["nf4"]["step_median"],
-                             "speed_nf4_vs_bf16": ratio(by["bf16"]["step_median"], by["nf4"]["step_median"]),
-                             "device": by["bf16"]["device"]}
+            res["sample"] = {
+                "bf16_step_s": by["bf16"]["step_median"],
+                "nf4_step_s": by["nf4"]["step_median"],
+                "speed_nf4_vs_bf16": ratio(by["bf16"]["step_median"], by["nf4"]["step_median"]),
+                "device": by["bf16"]["device"],
+            }
     return res
 
 
@@ -378,35 +537,56 @@ def _memory(raw, sizes, cuda: bool) -> dict:
                     continue
                 quantized = c["quantized_params"] > 0
                 plain_bytes = plain_detail["components"].get(name, {}).get("bytes") if plain_detail else None
-                components.append({
-                    "size": size, "plan": key, "component": name, "quantized": quantized,
-                    "ratio": c["ratio"], "bytes": c["bytes"], "floor": c["floor"],
-                    "vs_diffusers": ratio(c["bytes"], plain_bytes), "diffusers_bytes": plain_bytes,
-                    "report_bytes": c.get("report_bytes"), "schemes": c["schemes"], "excess": c["excess"],
-                    "unquantized_linear_params": c["unquantized_linear_params"],
-                    "met": (c["ratio"] or 0) <= TARGETS["memory"]})
+                components.append(
+                    {
+                        "size": size,
+                        "plan": key,
+                        "component": name,
+                        "quantized": quantized,
+                        "ratio": c["ratio"],
+                        "bytes": c["bytes"],
+                        "floor": c["floor"],
+                        "vs_diffusers": ratio(c["bytes"], plain_bytes),
+                        "diffusers_bytes": plain_bytes,
+                        "report_bytes": c.get("report_bytes"),
+                        "schemes": c["schemes"],
+                        "excess": c["excess"],
+                        "unquantized_linear_params": c["unquantized_linear_params"],
+                        "met": (c["ratio"] or 0) <= TARGETS["memory"],
+                    }
+                )
             resident = median([r["total_bytes"] for r in pq])
             plain_detail_mem = plain_detail["memory"] if plain_detail else {}
-            row = {"size": size, "plan": key, "resident_bytes": resident,
-                   "peak_anon_over_resident": ratio(detail["memory"].get("peak_anon"), resident),
-                   "diffusers_safetensors_mapped_after": plain_detail_mem.get("safetensors_mapped_after"),
-                   "diffusers_rss_after_trim": plain_detail_mem.get("rss_after_trim"),
-                   "peak_rss": median([r["memory"]["peak_rss"] for r in pq]),
-                   "peak_over_resident": ratio(median([r["memory"]["peak_rss"] for r in pq]), resident),
-                   "diffusers_peak_over_resident": ratio(median([r["memory"]["peak_rss"] for r in plain]),
-                                                         median([r["total_bytes"] for r in plain])) if plain else None,
-                   "rss_after": median([r["memory"]["rss_after"] for r in pq]),
-                   "peak_anon": detail["memory"].get("peak_anon"), "peak_file": detail["memory"].get("peak_file"),
-                   "rss_after_trim": detail["memory"].get("rss_after_trim"),
-                   "anon_after_trim": detail["memory"].get("anon_after_trim"),
-                   "safetensors_mapped_after": detail["memory"].get("safetensors_mapped_after")}
+            row = {
+                "size": size,
+                "plan": key,
+                "resident_bytes": resident,
+                "peak_anon_over_resident": ratio(detail["memory"].get("peak_anon"), resident),
+                "diffusers_safetensors_mapped_after": plain_detail_mem.get("safetensors_mapped_after"),
+                "diffusers_rss_after_trim": plain_detail_mem.get("rss_after_trim"),
+                "peak_rss": median([r["memory"]["peak_rss"] for r in pq]),
+                "peak_over_resident": ratio(median([r["memory"]["peak_rss"] for r in pq]), resident),
+                "diffusers_peak_over_resident": ratio(
+                    median([r["memory"]["peak_rss"] for r in plain]), median([r["total_bytes"] for r in plain])
+                )
+                if plain
+                else None,
+                "rss_after": median([r["memory"]["rss_after"] for r in pq]),
+                "peak_anon": detail["memory"].get("peak_anon"),
+                "peak_file": detail["memory"].get("peak_file"),
+                "rss_after_trim": detail["memory"].get("rss_after_trim"),
+                "anon_after_trim": detail["memory"].get("anon_after_trim"),
+                "safetensors_mapped_after": detail["memory"].get("safetensors_mapped_after"),
+            }
             if cuda:
                 row["cuda_peak"] = median([r["memory"].get("cuda_peak") for r in pq])
                 row["cuda_final"] = median([r.get("cuda_final") for r in pq])
                 row["cuda_peak_over_final"] = ratio(row["cuda_peak"], row["cuda_final"])
                 if plain:
-                    row["diffusers_cuda_peak_over_final"] = ratio(median([r["memory"].get("cuda_peak") for r in plain]),
-                                                                  median([r.get("cuda_final") for r in plain]))
+                    row["diffusers_cuda_peak_over_final"] = ratio(
+                        median([r["memory"].get("cuda_peak") for r in plain]),
+                        median([r.get("cuda_final") for r in plain]),
+                    )
             row["peak_phase"] = _peak_phase(detail["phases"], cuda)
             peaks.append(row)
             for p in detail["phases"]:
@@ -437,12 +617,16 @@ def _scaling(raw, sizes, cuda: bool) -> dict:
             if not pq:
                 continue
             plain = _loads(raw, size, key, "plain")
-            point = {"plan": key, "size": size, "transformer_params": _transformer_params(raw, size),
-                     "params": _total_params(raw, size) or _transformer_params(raw, size),
-                     "load_s": round(median([r["wall"] for r in pq]), 4),
-                     "diffusers_load_s": round(median([r["wall"] for r in plain]), 4) if plain else None,
-                     "peak_rss": median([r["memory"]["peak_rss"] for r in pq]),
-                     "resident_bytes": median([r["total_bytes"] for r in pq])}
+            point = {
+                "plan": key,
+                "size": size,
+                "transformer_params": _transformer_params(raw, size),
+                "params": _total_params(raw, size) or _transformer_params(raw, size),
+                "load_s": round(median([r["wall"] for r in pq]), 4),
+                "diffusers_load_s": round(median([r["wall"] for r in plain]), 4) if plain else None,
+                "peak_rss": median([r["memory"]["peak_rss"] for r in pq]),
+                "resident_bytes": median([r["total_bytes"] for r in pq]),
+            }
             if cuda:
                 point["cuda_peak"] = median([r["memory"].get("cuda_peak") for r in pq])
             point["s_per_100m_params"] = round(point["load_s"] / point["params"] * 1e8, 4) if point["params"] else None
@@ -450,11 +634,17 @@ def _scaling(raw, sizes, cuda: bool) -> dict:
         rows += points
         for a, b in itertools.pairwise(points):
             n = math.log(b["params"] / a["params"])
-            fits.append({"plan": key, "from": a["size"], "to": b["size"],
-                         "time_exponent": round(math.log(b["load_s"] / a["load_s"]) / n, 3),
-                         "peak_exponent": round(math.log(max(b["peak_rss"], 1) / max(a["peak_rss"], 1)) / n, 3),
-                         "marginal_s_per_100m": round((b["load_s"] - a["load_s"]) / (b["params"] - a["params"]) * 1e8, 4),
-                         "met": math.log(b["load_s"] / a["load_s"]) / n <= TARGETS["scaling_exponent"]})
+            fits.append(
+                {
+                    "plan": key,
+                    "from": a["size"],
+                    "to": b["size"],
+                    "time_exponent": round(math.log(b["load_s"] / a["load_s"]) / n, 3),
+                    "peak_exponent": round(math.log(max(b["peak_rss"], 1) / max(a["peak_rss"], 1)) / n, 3),
+                    "marginal_s_per_100m": round((b["load_s"] - a["load_s"]) / (b["params"] - a["params"]) * 1e8, 4),
+                    "met": math.log(b["load_s"] / a["load_s"]) / n <= TARGETS["scaling_exponent"],
+                }
+            )
     return {"points": rows, "growth": fits}
 
 

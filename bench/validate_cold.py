@@ -9,6 +9,7 @@ pair by pair. Pipelines: the tiny FLUX the demo builds, and the hollow full-size
 
     python -m bench.validate_cold [--root DIR] [--runs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,23 +25,39 @@ from .pipelines import default_root
 from .report import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SETS = ("PipeQuantLoadPipeline.device=cpu", "PipeQuantBackend.backend=torchao",
-        "PipeQuantBackend.quant_type=int8_weight_only", "PipeQuantBackend.options={}")
+SETS = (
+    "PipeQuantLoadPipeline.device=cpu",
+    "PipeQuantBackend.backend=torchao",
+    "PipeQuantBackend.quant_type=int8_weight_only",
+    "PipeQuantBackend.options={}",
+)
 IMPORTS = "import torch, diffusers, transformers"
 HEAVY = ("torch", "diffusers", "transformers", "torchao")
 # `python -m pipequant ARGS`, then a last line saying which heavy libraries it imported.
-PROBE = ("import sys, runpy; sys.argv = ['pipequant', *sys.argv[1:]]; code = 0\n"
-         "try:\n    runpy.run_module('pipequant', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-         f"print('IMPORTED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
-         "sys.exit(code)")
+PROBE = (
+    "import sys, runpy; sys.argv = ['pipequant', *sys.argv[1:]]; code = 0\n"
+    "try:\n    runpy.run_module('pipequant', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+    f"print('IMPORTED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    "sys.exit(code)"
+)
 
 
 def validate_command(models: Path, name: str) -> list[str]:
     """Validate the bundled example against pipeline `name` under `models`, through PROBE."""
     from pipequant.runner.cli import DEMO_WORKFLOW
 
-    return [sys.executable, "-c", PROBE, "validate", str(DEMO_WORKFLOW), "--models", str(models),
-            "--set", f"PipeQuantLoadPipeline.model={name}", *(x for s in SETS for x in ("--set", s))]
+    return [
+        sys.executable,
+        "-c",
+        PROBE,
+        "validate",
+        str(DEMO_WORKFLOW),
+        "--models",
+        str(models),
+        "--set",
+        f"PipeQuantLoadPipeline.model={name}",
+        *(x for s in SETS for x in ("--set", s)),
+    ]
 
 
 def imported_by(stdout: str) -> list[str]:
@@ -67,15 +84,25 @@ def measure(models: Path, name: str, runs: int) -> dict:
         a.append(took)
         imported.update(imported_by(out))
         b.append(_timed(imports)[0])
-    return {"pipeline": name, "runs": runs, "validate_s": statistics.median(a), "imports_s": statistics.median(b),
-            "ratio": statistics.median(x / y for x, y in zip(a, b)), "imported": sorted(imported)}
+    return {
+        "pipeline": name,
+        "runs": runs,
+        "validate_s": statistics.median(a),
+        "imports_s": statistics.median(b),
+        "ratio": statistics.median(x / y for x, y in zip(a, b)),
+        "imported": sorted(imported),
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.validate_cold", description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=None,
-                   help="where the pipelines are built once (default: validate_cold/ in the benches' folder, "
-                        "$PIPEQUANT_BENCH_DIR or ~/.cache/pipequant-bench)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="where the pipelines are built once (default: validate_cold/ in the benches' folder, "
+        "$PIPEQUANT_BENCH_DIR or ~/.cache/pipequant-bench)",
+    )
     p.add_argument("--runs", type=int, default=5, help="pairs of runs per pipeline (default 5)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -88,10 +115,16 @@ def main(argv=None) -> int:
     if not (hollow / "model_index.json").exists():
         build_flux_dev(hollow)
     rows = [measure(tiny.parent, tiny.name, args.runs), measure(hollow.parent, hollow.name, args.runs)]
-    lines = ["| pipeline | validate, median s | import torch+diffusers+transformers, median s | ratio (pairwise median) "
-             "| heavy libraries validate imported |", "|---|---|---|---|---|"]
-    lines += [f"| {r['pipeline']} | {r['validate_s']:.2f} | {r['imports_s']:.2f} | {r['ratio']:.3f} | "
-              f"{', '.join(r['imported']) or 'none'} |" for r in rows]
+    lines = [
+        "| pipeline | validate, median s | import torch+diffusers+transformers, median s | ratio (pairwise median) "
+        "| heavy libraries validate imported |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['pipeline']} | {r['validate_s']:.2f} | {r['imports_s']:.2f} | {r['ratio']:.3f} | "
+        f"{', '.join(r['imported']) or 'none'} |"
+        for r in rows
+    ]
     write_results(args.out, "validate_cold", rows, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -9,6 +9,7 @@ they would inside ComfyUI, where everything is imported at startup.
 
 Job kinds: load, reuse, save, validate, sample (see the `job_*` functions).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,9 +73,12 @@ def prelude(mode: str = "auto") -> dict:
     if not _STATE["bnb_cpu_patch"] and (mode == "on" or (mode == "auto" and bnb_cpu.needed())):
         _PATCHES.enter_context(bnb_cpu.bnb_on_cpu())  # for the worker's lifetime
         _STATE["bnb_cpu_patch"] = True
-    return {"import_seconds": round(time.perf_counter() - t0, 3), "bnb_cpu_patch": _STATE["bnb_cpu_patch"],
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "import_seconds": round(time.perf_counter() - t0, 3),
+        "bnb_cpu_patch": _STATE["bnb_cpu_patch"],
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -187,8 +191,14 @@ def job_load(job: dict) -> dict:
             comps[cname]["quantized_layers"] = row["quantized_layers"]
             comps[cname]["disk_cache"] = row.get("disk_cache")
     total = sum(c["bytes"] for c in comps.values())
-    out = {"wall": round(wall, 4), "cpu": round(cpu, 4), "memory": mem, "phases": phases, "components": comps,
-           "total_bytes": total}
+    out = {
+        "wall": round(wall, 4),
+        "cpu": round(cpu, 4),
+        "memory": mem,
+        "phases": phases,
+        "components": comps,
+        "total_bytes": total,
+    }
     if device.startswith("cuda"):
         out["cuda_final"] = torch.cuda.memory_allocated()
     return out
@@ -224,7 +234,7 @@ def job_reuse(job: dict) -> dict:
     load(spec_b)  # warm-up: the switched component's backend runs once before timing
     reuse, full, switched, rows_b = [], [], [], None
     for rep in range(int(job.get("reps", 5))):
-        for kind in (("reuse", "full") if rep % 2 == 0 else ("full", "reuse")):
+        for kind in ("reuse", "full") if rep % 2 == 0 else ("full", "reuse"):
             if kind == "reuse":
                 restore_a()
                 dt, rows = load(spec_b)
@@ -239,10 +249,17 @@ def job_reuse(job: dict) -> dict:
     COMPONENT_CACHE.clear()
     comp = job["component"]
     total = sum(r["bytes"] for r in rows_b.values())
-    return {"reuse": reuse, "full": full, "switched_load": switched, "first_a": round(first_a, 4),
-            "reused_components": reused,
-            "component": comp, "component_bytes": rows_b[comp]["bytes"], "total_bytes": total,
-            "share": round(rows_b[comp]["bytes"] / total, 4) if total else None}
+    return {
+        "reuse": reuse,
+        "full": full,
+        "switched_load": switched,
+        "first_a": round(first_a, 4),
+        "reused_components": reused,
+        "component": comp,
+        "component_bytes": rows_b[comp]["bytes"],
+        "total_bytes": total,
+        "share": round(rows_b[comp]["bytes"] / total, 4) if total else None,
+    }
 
 
 def job_save(job: dict) -> dict:
@@ -319,11 +336,16 @@ def job_validate(job: dict) -> dict:
         warm_e.append(e)
     weights = [p for p in opened_cold if p.endswith(".safetensors")]
     weight_bytes = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
-    return {"validate_cold": round(v_cold, 5), "estimate_cold": round(e_cold, 5),
-            "validate_warm": round(statistics.median(warm_v), 5), "estimate_warm": round(statistics.median(warm_e), 5),
-            "bytes_read_cold": (read1 - read0) if read0 is not None else None,
-            "weight_files_opened": len(set(weights)), "weight_bytes_on_disk": weight_bytes,
-            "estimate_total": est["total"] if est else None}
+    return {
+        "validate_cold": round(v_cold, 5),
+        "estimate_cold": round(e_cold, 5),
+        "validate_warm": round(statistics.median(warm_v), 5),
+        "estimate_warm": round(statistics.median(warm_e), 5),
+        "bytes_read_cold": (read1 - read0) if read0 is not None else None,
+        "weight_files_opened": len(set(weights)),
+        "weight_bytes_on_disk": weight_bytes,
+        "estimate_total": est["total"] if est else None,
+    }
 
 
 def job_sample(job: dict) -> dict:
@@ -345,11 +367,21 @@ def job_sample(job: dict) -> dict:
     start = time.perf_counter()
     # The synthetic VAE does not downsample: 128x128 pixels = 64x64 packed tokens = 4096 image
     # tokens, the sequence FLUX.1 runs at 1024x1024.
-    generate(result.pipeline, prompt="a photo of a cat", steps=steps, width=job.get("width", 128),
-             height=job.get("height", 128), max_sequence_length=64, on_step=on_step)
+    generate(
+        result.pipeline,
+        prompt="a photo of a cat",
+        steps=steps,
+        width=job.get("width", 128),
+        height=job.get("height", 128),
+        max_sequence_length=64,
+        on_step=on_step,
+    )
     times = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
-    return {"step_seconds": times, "step_median": statistics.median(times[1:] or times),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    return {
+        "step_seconds": times,
+        "step_median": statistics.median(times[1:] or times),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
 
 
 def job_build(job: dict) -> dict:
@@ -361,7 +393,14 @@ def job_build(job: dict) -> dict:
     return {"folder": str(folder), "seconds": round(time.perf_counter() - t0, 2), "disk_bytes": disk_bytes(folder)}
 
 
-JOBS = {"build": job_build, "load": job_load, "reuse": job_reuse, "save": job_save, "validate": job_validate, "sample": job_sample}
+JOBS = {
+    "build": job_build,
+    "load": job_load,
+    "reuse": job_reuse,
+    "save": job_save,
+    "validate": job_validate,
+    "sample": job_sample,
+}
 
 
 def run_job(job: dict) -> dict:
@@ -370,8 +409,7 @@ def run_job(job: dict) -> dict:
         out = JOBS[job["kind"]](job)
         out["ok"] = True
     except Exception as exc:  # reported, not raised: one failed run must not end the suite
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000],
-               "traceback": traceback.format_exc()[-4000:]}
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": traceback.format_exc()[-4000:]}
     out["job"] = {k: v for k, v in job.items() if k not in ("spec", "spec_a", "spec_b")}
     out["bnb_cpu_patch"] = _STATE["bnb_cpu_patch"]
     return out

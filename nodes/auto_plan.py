@@ -1,4 +1,5 @@
 """Auto Quantization Plan: choose each component's quantization to fit the GPU, and say why."""
+
 from __future__ import annotations
 
 from ..resolver.decide.planner import NothingFits
@@ -14,15 +15,21 @@ AUTO_PLAN_NODE = "Auto Quantization Plan"
 
 
 class PipeQuantAutoPlan:
-    DESCRIPTION = ("Choose each component's quantization so the pipeline fits your GPU (or a budget you give), for "
-                   "a goal: quality, balanced, speed or smallest. Connect `quant_map` to Load Quantized Pipeline like a "
-                   "Per-Component Map; the plan table says what each component got, why, and the predicted peak.")
+    DESCRIPTION = (
+        "Choose each component's quantization so the pipeline fits your GPU (or a budget you give), for "
+        "a goal: quality, balanced, speed or smallest. Connect `quant_map` to Load Quantized Pipeline like a "
+        "Per-Component Map; the plan table says what each component got, why, and the predicted peak."
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = (CONFIG_TYPE, "STRING")
     RETURN_NAMES = ("quant_map", "plan")
-    OUTPUT_TOOLTIPS = ("A per-component quantization map (granular mode) for Load Quantized Pipeline.",
-                       ("The plan table: per component its choice, bytes, speed, error and why; the predicted peak; "
-                        "the alternatives rejected and why."))
+    OUTPUT_TOOLTIPS = (
+        "A per-component quantization map (granular mode) for Load Quantized Pipeline.",
+        (
+            "The plan table: per component its choice, bytes, speed, error and why; the predicted peak; "
+            "the alternatives rejected and why."
+        ),
+    )
     FUNCTION = "make_plan"
     OUTPUT_NODE = True
 
@@ -30,22 +37,51 @@ class PipeQuantAutoPlan:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (list_pipelines(comfy.model_roots()), {
-                    "tooltip": "The same pipeline folder as on Load Quantized Pipeline."}),
-                "budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 0.5,
-                                        "tooltip": "GPU memory to plan for, in GiB. 0 = this GPU's free memory less a "
-                                                   "safety margin."}),
-                "goal": (list(GOALS), {"default": "balanced",
-                                       "tooltip": "quality: least error that fits. speed: fastest measured that fits. "
-                                                  "balanced: error and speed together. smallest: least memory."}),
-                "width": ("INT", {"default": 1024, "min": 64, "max": 8192, "step": 8,
-                                  "tooltip": "Image width you will sample at (working memory grows with it)."}),
-                "height": ("INT", {"default": 1024, "min": 64, "max": 8192, "step": 8,
-                                   "tooltip": "Image height you will sample at."}),
+                "model": (
+                    list_pipelines(comfy.model_roots()),
+                    {"tooltip": "The same pipeline folder as on Load Quantized Pipeline."},
+                ),
+                "budget_gb": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 100000.0,
+                        "step": 0.5,
+                        "tooltip": "GPU memory to plan for, in GiB. 0 = this GPU's free memory less a safety margin.",
+                    },
+                ),
+                "goal": (
+                    list(GOALS),
+                    {
+                        "default": "balanced",
+                        "tooltip": "quality: least error that fits. speed: fastest measured that fits. "
+                        "balanced: error and speed together. smallest: least memory.",
+                    },
+                ),
+                "width": (
+                    "INT",
+                    {
+                        "default": 1024,
+                        "min": 64,
+                        "max": 8192,
+                        "step": 8,
+                        "tooltip": "Image width you will sample at (working memory grows with it).",
+                    },
+                ),
+                "height": (
+                    "INT",
+                    {"default": 1024, "min": 64, "max": 8192, "step": 8, "tooltip": "Image height you will sample at."},
+                ),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per run."}),
-                "allow_offload": ("BOOLEAN", {"default": True,
-                                              "tooltip": "Allow CPU offload when nothing fits on the GPU (the table "
-                                                         "then says which offload to set on the Load node)."}),
+                "allow_offload": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Allow CPU offload when nothing fits on the GPU (the table "
+                        "then says which offload to set on the Load node).",
+                    },
+                ),
             },
         }
 
@@ -61,8 +97,15 @@ class PipeQuantAutoPlan:
     def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
         try:
             folder = resolve_model(model, comfy.model_roots())
-            result = plan_for(folder, budget_gb=budget_gb, goal=goal, width=width, height=height,
-                              batch_size=batch_size, allow_offload=allow_offload)
+            result = plan_for(
+                folder,
+                budget_gb=budget_gb,
+                goal=goal,
+                width=width,
+                height=height,
+                batch_size=batch_size,
+                allow_offload=allow_offload,
+            )
         except NothingFits as exc:
             raise_for([Problem("nothing_fits", "budget_gb", str(exc), "")], AUTO_PLAN_NODE)
         except ValidationError as exc:

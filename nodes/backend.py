@@ -1,4 +1,5 @@
 """Quantization Backend: one backend and its options, for the whole pipeline (global mode)."""
+
 from __future__ import annotations
 
 from ..resolver.constants import COMPUTE_DTYPES
@@ -18,8 +19,10 @@ def quant_type_choices() -> list[str]:
 
 
 class PipeQuantBackend:
-    DESCRIPTION = ("Pick one quantization backend and its settings. Connect it to Load Quantized Pipeline to "
-                   "quantize every model component (or those listed), or to a Per-Component Map for one component.")
+    DESCRIPTION = (
+        "Pick one quantization backend and its settings. Connect it to Load Quantized Pipeline to "
+        "quantize every model component (or those listed), or to a Per-Component Map for one component."
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = (CONFIG_TYPE,)
     RETURN_NAMES = ("quant_config",)
@@ -34,24 +37,47 @@ class PipeQuantBackend:
         return {
             "required": {
                 "backend": (backends, {"default": default_backend, "tooltip": backend_tooltip()}),
-                "quant_type": (quant_type_choices(), {"default": default_quant,
-                                                      "tooltip": "The backend's quantization type; the list narrows to "
-                                                                 "the chosen backend in the editor."}),
-                "compute_dtype": (list(COMPUTE_DTYPES), {"default": "auto",
-                                                         "tooltip": "dtype the quantized layers compute in; auto = the "
-                                                                    "loader's dtype."}),
-                "components": ("STRING", {"default": "", "tooltip": "Comma-separated components to quantize, e.g. "
-                                                                    "\"transformer, text_encoder_2\". Empty = every model "
-                                                                    "component the backend supports."}),
-                "options": ("STRING", {"default": "{}", "multiline": True,
-                                       "tooltip": "Extra backend options as a JSON object, e.g. {\"double_quant\": true} "
-                                                  "or {\"modules_to_not_convert\": [\"proj_out\"]}."}),
+                "quant_type": (
+                    quant_type_choices(),
+                    {
+                        "default": default_quant,
+                        "tooltip": "The backend's quantization type; the list narrows to "
+                        "the chosen backend in the editor.",
+                    },
+                ),
+                "compute_dtype": (
+                    list(COMPUTE_DTYPES),
+                    {"default": "auto", "tooltip": "dtype the quantized layers compute in; auto = the loader's dtype."},
+                ),
+                "components": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Comma-separated components to quantize, e.g. "
+                        '"transformer, text_encoder_2". Empty = every model '
+                        "component the backend supports.",
+                    },
+                ),
+                "options": (
+                    "STRING",
+                    {
+                        "default": "{}",
+                        "multiline": True,
+                        "tooltip": 'Extra backend options as a JSON object, e.g. {"double_quant": true} '
+                        'or {"modules_to_not_convert": ["proj_out"]}.',
+                    },
+                ),
             },
             "optional": {
-                "gguf_file": ([NO_FILE] + list_files(comfy.gguf_roots()), {
-                    "default": NO_FILE, "tooltip": "For backend gguf: the .gguf file holding one diffusers model's "
-                                                   "weights (the transformer or UNet), from models/diffusion_models, "
-                                                   "models/unet or a diffusers model folder."}),
+                "gguf_file": (
+                    [NO_FILE] + list_files(comfy.gguf_roots()),
+                    {
+                        "default": NO_FILE,
+                        "tooltip": "For backend gguf: the .gguf file holding one diffusers model's "
+                        "weights (the transformer or UNet), from models/diffusion_models, "
+                        "models/unet or a diffusers model folder.",
+                    },
+                ),
             },
         }
 

@@ -1,6 +1,7 @@
 """The few ComfyUI services the nodes use, imported guarded so the nodes also run without ComfyUI
 (the headless runner, the tests). Outside ComfyUI, model folders come from PIPEQUANT_MODELS /
 PIPEQUANT_GGUF and interrupts from `request_interrupt()`."""
+
 from __future__ import annotations
 
 import threading

@@ -10,6 +10,7 @@ ComfyUI's node cache); the Load node's IS_CHANGED then makes the next run load a
 `unload_all_models` is wrapped as well, so that components on a device ComfyUI does not manage
 (e.g. CPU ones on a GPU machine) are released too.
 """
+
 from __future__ import annotations
 
 import functools
@@ -129,16 +130,23 @@ def dynamic_vram_note() -> str | None:
         on = bool(enables_dynamic_vram())
     except Exception:  # a core whose flag reader needs more than the parsed arguments
         return None
-    return ("PipeQuant: ComfyUI's Dynamic VRAM is on. PipeQuant's components are not paged by it: they stay "
+    return (
+        (
+            "PipeQuant: ComfyUI's Dynamic VRAM is on. PipeQuant's components are not paged by it: they stay "
             "where their plan puts them (or move with the Load node's offload) and are released when ComfyUI frees "
-            "memory or unloads models") if on else None
+            "memory or unloads models"
+        )
+        if on
+        else None
+    )
 
 
 def supported(model_management) -> bool:
     """Whether this ComfyUI has the loaded-model list this integration plugs into."""
     return model_management is not None and all(
-        hasattr(model_management, n) for n in ("current_loaded_models", "LoadedModel", "free_memory",
-                                               "unload_all_models"))
+        hasattr(model_management, n)
+        for n in ("current_loaded_models", "LoadedModel", "free_memory", "unload_all_models")
+    )
 
 
 def track(model_management, result) -> None:

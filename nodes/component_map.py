@@ -1,4 +1,5 @@
 """Per-Component Map: give one component its own config (granular mode); chain several."""
+
 from __future__ import annotations
 
 from ..resolver.links.compose import chain, component_problems
@@ -8,9 +9,11 @@ from .messages import MAP_NODE, raise_for, validation_result
 
 
 class PipeQuantComponentMap:
-    DESCRIPTION = ("Give one pipeline component (transformer, text_encoder_2, vae, …) its own quantization. "
-                   "Chain several maps through `map`; connect the last one to Load Quantized Pipeline. "
-                   "Components not in the map stay unquantized.")
+    DESCRIPTION = (
+        "Give one pipeline component (transformer, text_encoder_2, vae, …) its own quantization. "
+        "Chain several maps through `map`; connect the last one to Load Quantized Pipeline. "
+        "Components not in the map stay unquantized."
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = (CONFIG_TYPE,)
     RETURN_NAMES = ("quant_map",)
@@ -21,15 +24,27 @@ class PipeQuantComponentMap:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "component": ("STRING", {"default": "transformer",
-                                         "tooltip": "Pipeline component to configure, as named in model_index.json "
-                                                    "(the editor lists the connected model's components)."}),
+                "component": (
+                    "STRING",
+                    {
+                        "default": "transformer",
+                        "tooltip": "Pipeline component to configure, as named in model_index.json "
+                        "(the editor lists the connected model's components).",
+                    },
+                ),
             },
             "optional": {
-                "config": (CONFIG_TYPE, {"tooltip": "A Quantization Backend for this component. Leave unconnected to "
-                                                    "keep the component unquantized."}),
-                "map": (CONFIG_TYPE, {"tooltip": "An upstream Per-Component Map to extend (chain maps for several "
-                                                 "components)."}),
+                "config": (
+                    CONFIG_TYPE,
+                    {
+                        "tooltip": "A Quantization Backend for this component. Leave unconnected to "
+                        "keep the component unquantized."
+                    },
+                ),
+                "map": (
+                    CONFIG_TYPE,
+                    {"tooltip": "An upstream Per-Component Map to extend (chain maps for several components)."},
+                ),
             },
         }
 

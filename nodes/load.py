@@ -1,4 +1,5 @@
 """Load Quantized Pipeline: validate the whole plan against the model, then load it."""
+
 from __future__ import annotations
 
 from ..resolver.constants import COMPILE_MODES, DEFAULT_DTYPE, LOAD_DTYPES
@@ -20,9 +21,11 @@ PIPELINE_TYPE = "DIFFUSERS_PIPELINE"
 
 
 class PipeQuantLoadPipeline:
-    DESCRIPTION = ("Load a diffusers pipeline folder (one with model_index.json, under models/diffusers) with the "
-                   "connected quantization. Everything is validated before any weight is read; components whose "
-                   "plan did not change are reused from memory.")
+    DESCRIPTION = (
+        "Load a diffusers pipeline folder (one with model_index.json, under models/diffusers) with the "
+        "connected quantization. Everything is validated before any weight is read; components whose "
+        "plan did not change are reused from memory."
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = (PIPELINE_TYPE, "STRING")
     RETURN_NAMES = ("pipeline", "report")
@@ -33,48 +36,93 @@ class PipeQuantLoadPipeline:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (list_pipelines(comfy.model_roots()), {
-                    "tooltip": "A diffusers pipeline folder under ComfyUI's models/diffusers (or extra model paths)."}),
-                "dtype": (list(LOAD_DTYPES), {"default": DEFAULT_DTYPE,
-                                              "tooltip": "dtype of the weights that are not quantized."}),
-                "device": (list(DEVICES), {"default": "auto",
-                                           "tooltip": "auto = ComfyUI's GPU when there is one, else CPU."}),
-                "offload": (list(OFFLOAD_MODES), {"default": "none",
-                                                  "tooltip": "none: whole pipeline on the device. model: each model "
-                                                             "moves to the GPU only while it runs. sequential: layer by "
-                                                             "layer (least memory, slowest)."}),
+                "model": (
+                    list_pipelines(comfy.model_roots()),
+                    {"tooltip": "A diffusers pipeline folder under ComfyUI's models/diffusers (or extra model paths)."},
+                ),
+                "dtype": (
+                    list(LOAD_DTYPES),
+                    {"default": DEFAULT_DTYPE, "tooltip": "dtype of the weights that are not quantized."},
+                ),
+                "device": (
+                    list(DEVICES),
+                    {"default": "auto", "tooltip": "auto = ComfyUI's GPU when there is one, else CPU."},
+                ),
+                "offload": (
+                    list(OFFLOAD_MODES),
+                    {
+                        "default": "none",
+                        "tooltip": "none: whole pipeline on the device. model: each model "
+                        "moves to the GPU only while it runs. sequential: layer by "
+                        "layer (least memory, slowest).",
+                    },
+                ),
             },
             "optional": {
-                "quantization": (CONFIG_TYPE, {"tooltip": "From Quantization Backend (whole pipeline) or "
-                                                          "Per-Component Map. Unconnected = no quantization."}),
-                "allow_pickle": ("BOOLEAN", {"default": False,
-                                             "tooltip": "Also load components that only have pickle weights (.bin, "
-                                                        ".pt). Pickle files can run arbitrary code when loaded: turn "
-                                                        "this on only for files you trust. Off = safetensors only."}),
-                "variant": (variant_choices(), {"default": DEFAULT_VARIANT,
-                                                "tooltip": "Which weight files to read where the folder has "
-                                                           "variants (model.fp16.safetensors: fp16). default = the "
-                                                           "plain files; a component without the variant's files "
-                                                           "loads its plain ones."}),
-                "disk_cache": ("BOOLEAN", {"default": True,
-                                           "tooltip": "Keep quantized components on disk (models/pipequant_cache) "
-                                                      "and load them from there next time instead of quantizing "
-                                                      "again. Off = quantize this load from the original files."}),
-                "compile": (list(COMPILE_MODES), {"default": "none",
-                                                  "tooltip": "torch.compile the denoiser. regional: its repeated "
-                                                             "blocks (fast to compile, as fast as full). full: the "
-                                                             "whole model. It compiles on the first run (seconds to "
-                                                             "minutes) and not again; a new resolution may recompile "
-                                                             "once. Layers a backend cannot compile stay eager, and a "
-                                                             "failed compile falls back to eager (see the report)."}),
+                "quantization": (
+                    CONFIG_TYPE,
+                    {
+                        "tooltip": "From Quantization Backend (whole pipeline) or "
+                        "Per-Component Map. Unconnected = no quantization."
+                    },
+                ),
+                "allow_pickle": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Also load components that only have pickle weights (.bin, "
+                        ".pt). Pickle files can run arbitrary code when loaded: turn "
+                        "this on only for files you trust. Off = safetensors only.",
+                    },
+                ),
+                "variant": (
+                    variant_choices(),
+                    {
+                        "default": DEFAULT_VARIANT,
+                        "tooltip": "Which weight files to read where the folder has "
+                        "variants (model.fp16.safetensors: fp16). default = the "
+                        "plain files; a component without the variant's files "
+                        "loads its plain ones.",
+                    },
+                ),
+                "disk_cache": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Keep quantized components on disk (models/pipequant_cache) "
+                        "and load them from there next time instead of quantizing "
+                        "again. Off = quantize this load from the original files.",
+                    },
+                ),
+                "compile": (
+                    list(COMPILE_MODES),
+                    {
+                        "default": "none",
+                        "tooltip": "torch.compile the denoiser. regional: its repeated "
+                        "blocks (fast to compile, as fast as full). full: the "
+                        "whole model. It compiles on the first run (seconds to "
+                        "minutes) and not again; a new resolution may recompile "
+                        "once. Layers a backend cannot compile stay eager, and a "
+                        "failed compile falls back to eager (see the report).",
+                    },
+                ),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT,
-                        compile="none"):
-        problems = check_model(model, comfy.model_roots(), dtype=dtype, device=device, offload=offload,
-                               allow_pickle=allow_pickle, compile=compile, variant=variant)
+    def VALIDATE_INPUTS(
+        cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT, compile="none"
+    ):
+        problems = check_model(
+            model,
+            comfy.model_roots(),
+            dtype=dtype,
+            device=device,
+            offload=offload,
+            allow_pickle=allow_pickle,
+            compile=compile,
+            variant=variant,
+        )
         return validation_result(problems, LOAD_NODE)
 
     @classmethod
@@ -88,34 +136,68 @@ class PipeQuantLoadPipeline:
             return key
 
     @classmethod
-    def plan(cls, model, dtype, device, offload, quantization=None, allow_pickle=False, variant=DEFAULT_VARIANT,
-             compile="none", **_load_only):
+    def plan(
+        cls,
+        model,
+        dtype,
+        device,
+        offload,
+        quantization=None,
+        allow_pickle=False,
+        variant=DEFAULT_VARIANT,
+        compile="none",
+        **_load_only,
+    ):
         """Validate the whole plan, reading no weights; errors name the node and input at fault
         (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
         (`_load_only`: inputs that matter only when loading)."""
         try:
-            return plan_named(model, quantization, roots=comfy.model_roots(), gguf_roots=comfy.gguf_roots(),
-                              dtype=dtype, device=comfy.default_device() if device == "auto" else device,
-                              offload=offload, allow_pickle=allow_pickle, compile=compile, variant=variant)
+            return plan_named(
+                model,
+                quantization,
+                roots=comfy.model_roots(),
+                gguf_roots=comfy.gguf_roots(),
+                dtype=dtype,
+                device=comfy.default_device() if device == "auto" else device,
+                offload=offload,
+                allow_pickle=allow_pickle,
+                compile=compile,
+                variant=variant,
+            )
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
-    def load(self, model, dtype, device, offload, quantization=None, allow_pickle=False, variant=DEFAULT_VARIANT,
-             disk_cache=True, compile="none") -> tuple:
+    def load(
+        self,
+        model,
+        dtype,
+        device,
+        offload,
+        quantization=None,
+        allow_pickle=False,
+        variant=DEFAULT_VARIANT,
+        disk_cache=True,
+        compile="none",
+    ) -> tuple:
         plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
         comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
         for note in first_use_notes(plan):
             comfy.progress_text(note)
         progress = comfy.Progress(len(plan.modules()))
         folder = comfy.disk_cache_folder() if disk_cache is not False else None
-        result = load_plan(plan, allow_pickle=allow_pickle is True, progress=lambda i, n, name: progress.update(i, n),
-                           compile=compile, disk_cache=DiskCache(folder) if folder is not None else None)
+        result = load_plan(
+            plan,
+            allow_pickle=allow_pickle is True,
+            progress=lambda i, n, name: progress.update(i, n),
+            compile=compile,
+            disk_cache=DiskCache(folder) if folder is not None else None,
+        )
         comfy.track_loaded(result)
         return (result, result.table)
 
 
 def variant_choices() -> list[str]:
-    """"default" plus the variants the listed pipelines have (fp16, bf16, ...)."""
+    """ "default" plus the variants the listed pipelines have (fp16, bf16, ...)."""
     roots = comfy.model_roots()
     folders = []
     for name in list_pipelines(roots):

@@ -4,6 +4,7 @@ editor shows node names, descriptions and tooltips from it, and translators star
 
 Regenerate after changing a node's inputs or tooltips: `python -m pipequant.nodes.locale`.
 """
+
 from __future__ import annotations
 
 import json

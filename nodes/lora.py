@@ -1,4 +1,5 @@
 """Apply LoRA: put one more LoRA on a loaded pipeline's adapter stack (chain several)."""
+
 from __future__ import annotations
 
 from ..resolver.keep.load import LoadResult
@@ -12,9 +13,11 @@ LORA_NODE = "Apply LoRA"
 
 
 class PipeQuantLoRA:
-    DESCRIPTION = ("Apply a LoRA (.safetensors from models/loras: diffusers/peft, kohya or xlabs layout) to a loaded "
-                   "pipeline. Chain several to stack them. The weights load once; changing a strength or removing "
-                   "the node needs no reload.")
+    DESCRIPTION = (
+        "Apply a LoRA (.safetensors from models/loras: diffusers/peft, kohya or xlabs layout) to a loaded "
+        "pipeline. Chain several to stack them. The weights load once; changing a strength or removing "
+        "the node needs no reload."
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = (PIPELINE_TYPE,)
     RETURN_NAMES = ("pipeline",)
@@ -28,13 +31,28 @@ class PipeQuantLoRA:
             "required": {
                 "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline or another Apply LoRA."}),
                 "lora_name": (list_loras(comfy.lora_roots()), {"tooltip": "A LoRA file under ComfyUI's models/loras."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": lo, "max": hi, "step": 0.01,
-                                       "tooltip": "How strongly the LoRA changes the transformer/UNet; 0 = off."}),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": lo,
+                        "max": hi,
+                        "step": 0.01,
+                        "tooltip": "How strongly the LoRA changes the transformer/UNet; 0 = off.",
+                    },
+                ),
             },
             "optional": {
-                "strength_text_encoder": ("FLOAT", {"default": 1.0, "min": lo, "max": hi, "step": 0.01,
-                                                    "tooltip": "Strength on the text encoders, for LoRAs that carry "
-                                                               "text-encoder weights."}),
+                "strength_text_encoder": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": lo,
+                        "max": hi,
+                        "step": 0.01,
+                        "tooltip": "Strength on the text encoders, for LoRAs that carry text-encoder weights.",
+                    },
+                ),
             },
         }
 

@@ -1,4 +1,5 @@
 """Name the node and the input in every message: "Quantization Backend › options.group_sise: …"."""
+
 from __future__ import annotations
 
 from ..resolver.problems import BACKEND, MAP, SPEC, Problem, ValidationError, errors

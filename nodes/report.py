@@ -1,4 +1,5 @@
 """Pipeline Memory Report: what each component holds right now (bytes, dtype, device)."""
+
 from __future__ import annotations
 
 from ..resolver.keep.report import live_report
@@ -6,7 +7,9 @@ from .load import PIPELINE_TYPE
 
 
 class PipeQuantMemoryReport:
-    DESCRIPTION = "Show, per component, its quantization, real bytes in memory (quantized storage counted), dtype and device."
+    DESCRIPTION = (
+        "Show, per component, its quantization, real bytes in memory (quantized storage counted), dtype and device."
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("report",)

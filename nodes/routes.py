@@ -8,6 +8,7 @@ Map as {"kind": "map", "component", "config", "map"}, every part tagged with its
 server evaluates it with the resolver's rules (the ones the nodes apply) and returns every problem
 tagged with the node (and input) at fault. `spec.to_dict()` JSON is accepted as well.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -76,16 +77,27 @@ async def read_json(request) -> dict:
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise _shape("body", f"the body is not valid JSON ({str(exc)[:120]})", "send a JSON object") from None
     if not isinstance(data, dict):
-        raise _shape("body", f"the body must be a JSON object, got {type(data).__name__}", '{"model": ..., "spec": ...}')
+        raise _shape(
+            "body", f"the body must be a JSON object, got {type(data).__name__}", '{"model": ..., "spec": ...}'
+        )
     if json_depth(data) > MAX_DEPTH:
         raise _shape("body", f"the body nests more than {MAX_DEPTH} levels deep", "send the spec as the editor does")
     return data
 
 
 def _too_large() -> BadRequest:
-    return BadRequest(f"the body is larger than {MAX_BODY} bytes",
-                      [Problem("body_too_large", "body", f"the body is larger than {MAX_BODY} bytes",
-                               "send only the model name and the spec")], status=413)
+    return BadRequest(
+        f"the body is larger than {MAX_BODY} bytes",
+        [
+            Problem(
+                "body_too_large",
+                "body",
+                f"the body is larger than {MAX_BODY} bytes",
+                "send only the model name and the spec",
+            )
+        ],
+        status=413,
+    )
 
 
 def _string(data: Mapping, key: str, default: str | None) -> str | None:
@@ -141,8 +153,17 @@ class SpecReader:
             both = [k for k in ("backend", "quant_type") if k in entry]
             if both:  # diffusers and spec_from_dict refuse it too: neither part would silently win
                 message = f'a spec cannot be both granular (a "components" map) and global (it has "{both[0]}")'
-                raise BadRequest(message, [Problem("spec_global_and_granular", "kind", message,
-                                                   'drop "backend" and "quant_type", or use "kind": "global"')])
+                raise BadRequest(
+                    message,
+                    [
+                        Problem(
+                            "spec_global_and_granular",
+                            "kind",
+                            message,
+                            'drop "backend" and "quant_type", or use "kind": "global"',
+                        )
+                    ],
+                )
             components = entry.get("components")
             if not isinstance(components, Mapping):
                 raise _shape("components", 'a granular spec needs a "components" object')
@@ -188,8 +209,14 @@ class SpecReader:
         upstream = self._entry(entry.get("map"), depth + 1)
         names, found = parse_components(component)
         if not found and (names is None or len(names) != 1):
-            found = [Problem("component_syntax", "component", f"{component!r} is not a component name",
-                             'one name, e.g. "transformer" or "text_encoder_2"')]
+            found = [
+                Problem(
+                    "component_syntax",
+                    "component",
+                    f"{component!r} is not a component name",
+                    'one name, e.g. "transformer" or "text_encoder_2"',
+                )
+            ]
         if found:
             self.add([Problem("component_syntax", "component", p.message, p.suggestion) for p in found], node, MAP_PART)
             return upstream
@@ -230,10 +257,13 @@ def _options(data: dict) -> dict:
     allow_pickle = data.get("allow_pickle", False)
     if not isinstance(allow_pickle, bool):
         raise _shape("allow_pickle", '"allow_pickle" must be true or false')
-    return {"dtype": _string(data, "dtype", "bfloat16"),
-            "device": comfy.default_device() if device == "auto" else device,
-            "offload": _string(data, "offload", "none"), "allow_pickle": allow_pickle,
-            "compile": _string(data, "compile", "none")}
+    return {
+        "dtype": _string(data, "dtype", "bfloat16"),
+        "device": comfy.default_device() if device == "auto" else device,
+        "offload": _string(data, "offload", "none"),
+        "allow_pickle": allow_pickle,
+        "compile": _string(data, "compile", "none"),
+    }
 
 
 def _check(data: dict):
@@ -251,8 +281,12 @@ def _check(data: dict):
     for p in validate(spec, model, gguf_roots=comfy.gguf_roots(), **options):
         node, field = reader.owner(p)
         reader.problems.append(tagged(p, node, field))
-    result = {"model": name, "spec": spec.to_dict() if spec is not None else None, "problems": reader.problems,
-              "ok": not any(p["severity"] == "error" for p in reader.problems)}
+    result = {
+        "model": name,
+        "spec": spec.to_dict() if spec is not None else None,
+        "problems": reader.problems,
+        "ok": not any(p["severity"] == "error" for p in reader.problems),
+    }
     return result, spec, model, options, reader
 
 
@@ -268,8 +302,14 @@ def estimate(data: dict) -> dict:
     result, spec, model, options, spec_owner = _check(data)
     result["estimate"] = None
     if result["ok"] and model is not None:  # validated once, above
-        plan = make_plan(spec, model, dtype=options["dtype"], device=options["device"], offload=options["offload"],
-                         gguf_roots=comfy.gguf_roots())
+        plan = make_plan(
+            spec,
+            model,
+            dtype=options["dtype"],
+            device=options["device"],
+            offload=options["offload"],
+            gguf_roots=comfy.gguf_roots(),
+        )
         try:
             result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
         except ValidationError as exc:  # a config that cannot be built within bounds (resolver/meta_build.py)
@@ -329,8 +369,12 @@ def auto_plan(data: dict) -> dict:
     except NothingFits as exc:
         return {"ok": False, "fits": False, "error": str(exc), "smallest_peak_bytes": exc.smallest_peak, "problems": []}
     except ValidationError as exc:
-        return {"ok": False, "fits": False, "error": exc.problems[0].message if exc.problems else str(exc),
-                "problems": [p.to_dict() for p in exc.problems]}
+        return {
+            "ok": False,
+            "fits": False,
+            "error": exc.problems[0].message if exc.problems else str(exc),
+            "problems": [p.to_dict() for p in exc.problems],
+        }
     return {"ok": True, **result.to_json(), "table": result.table()}
 
 
@@ -357,10 +401,18 @@ async def _off_loop(fn, *args):
     try:
         return await asyncio.wait_for(future, WORK_SECONDS)
     except asyncio.TimeoutError:
-        raise BadRequest(f"the request took longer than {WORK_SECONDS} s",
-                         [Problem("request_timeout", "model", f"inspecting the model took longer than {WORK_SECONDS} s",
-                                  "the model folder is unusually large or slow to read: check it")], status=503) \
-            from None
+        raise BadRequest(
+            f"the request took longer than {WORK_SECONDS} s",
+            [
+                Problem(
+                    "request_timeout",
+                    "model",
+                    f"inspecting the model took longer than {WORK_SECONDS} s",
+                    "the model folder is unusually large or slow to read: check it",
+                )
+            ],
+            status=503,
+        ) from None
 
 
 def editor_catalogue() -> dict:
@@ -373,14 +425,31 @@ def editor_catalogue() -> dict:
         declared = cls.INPUT_TYPES()
         entries = {**declared.get("required", {}), **declared.get("optional", {})}
         inputs[node_id] = list(entries)
-        defaults[node_id] = {name: spec[1]["default"] for name, spec in entries.items()
-                             if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]}
+        defaults[node_id] = {
+            name: spec[1]["default"]
+            for name, spec in entries.items()
+            if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]
+        }
     device = comfy.default_device()
-    actions = {"quantize": QUANTIZE, "keep": KEEP, "prequantized": PREQUANTIZED, "not_a_model": NOT_A_MODEL,
-               **{b.name: b.name for b in catalogue.file_backends()}}  # a file backend's name is its action
+    actions = {
+        "quantize": QUANTIZE,
+        "keep": KEEP,
+        "prequantized": PREQUANTIZED,
+        "not_a_model": NOT_A_MODEL,
+        **{b.name: b.name for b in catalogue.file_backends()},
+    }  # a file backend's name is its action
     refused = [{"name": name, "reason": why} for name, why in refused_pipelines(comfy.model_roots())]
-    return {**catalogue.describe(), "editor": {"inputs": inputs, "defaults": defaults, "no_file": NO_FILE,
-                                               "actions": actions, "device": device, "refused": refused}}
+    return {
+        **catalogue.describe(),
+        "editor": {
+            "inputs": inputs,
+            "defaults": defaults,
+            "no_file": NO_FILE,
+            "actions": actions,
+            "device": device,
+            "refused": refused,
+        },
+    }
 
 
 def log_refused_folders() -> list[tuple[str, str]]:
@@ -407,6 +476,7 @@ async def get_components(request):
 
 def _json_handler(work):
     """A POST handler: a bounded JSON body in, `work(body)` run off the event loop, JSON out."""
+
     async def handler(request):
         try:
             data = await read_json(request)

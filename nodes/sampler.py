@@ -1,4 +1,5 @@
 """Quantized Pipeline Sampler: prompt in, ComfyUI IMAGE out."""
+
 from __future__ import annotations
 
 from ..resolver.decide.limits import image_size_problems, prompt_problems
@@ -13,9 +14,11 @@ SAMPLER_NODE = "Quantized Pipeline Sampler"
 
 
 class PipeQuantSampler:
-    DESCRIPTION = ("Generate images with a pipeline from Load Quantized Pipeline (or Apply LoRA). Uses the "
-                   "pipeline's own scheduler; stops within one block of the model when you press Cancel. Connect an image for "
-                   "image-to-image, and a mask too for inpainting.")
+    DESCRIPTION = (
+        "Generate images with a pipeline from Load Quantized Pipeline (or Apply LoRA). Uses the "
+        "pipeline's own scheduler; stops within one block of the model when you press Cancel. Connect an image for "
+        "image-to-image, and a mask too for inpainting."
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ("IMAGE",)
     OUTPUT_TOOLTIPS = ("Images as ComfyUI IMAGE (batch, height, width, 3) in 0..1.",)
@@ -27,37 +30,99 @@ class PipeQuantSampler:
             "required": {
                 "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline."}),
                 "prompt": ("STRING", {"default": "a photo of a cat", "multiline": True, "tooltip": "What to draw."}),
-                "negative_prompt": ("STRING", {"default": "", "multiline": True,
-                                               "tooltip": "What to avoid; ignored by pipelines without one (FLUX)."}),
+                "negative_prompt": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "tooltip": "What to avoid; ignored by pipelines without one (FLUX).",
+                    },
+                ),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
-                "guidance_scale": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 30.0, "step": 0.1,
-                                             "tooltip": "Prompt adherence (FLUX: distilled guidance)."}),
-                "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16, "tooltip": "Image width in pixels."}),
-                "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16, "tooltip": "Image height in pixels."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "Random seed; the same seed gives the same image."}),
+                "guidance_scale": (
+                    "FLOAT",
+                    {
+                        "default": 3.5,
+                        "min": 0.0,
+                        "max": 30.0,
+                        "step": 0.1,
+                        "tooltip": "Prompt adherence (FLUX: distilled guidance).",
+                    },
+                ),
+                "width": (
+                    "INT",
+                    {"default": 1024, "min": 16, "max": 4096, "step": 16, "tooltip": "Image width in pixels."},
+                ),
+                "height": (
+                    "INT",
+                    {"default": 1024, "min": 16, "max": 4096, "step": 16, "tooltip": "Image height in pixels."},
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "control_after_generate": True,
+                        "tooltip": "Random seed; the same seed gives the same image.",
+                    },
+                ),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Images per run."}),
             },
             "optional": {
-                "max_sequence_length": ("INT", {"default": 0, "min": 0, "max": 512,
-                                                "tooltip": "T5 prompt length (FLUX/SD3); 0 = the pipeline's default."}),
+                "max_sequence_length": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 512,
+                        "tooltip": "T5 prompt length (FLUX/SD3); 0 = the pipeline's default.",
+                    },
+                ),
                 "image": ("IMAGE", {"tooltip": "Start from this image (image-to-image); resized to width x height."}),
                 "mask": ("MASK", {"tooltip": "With an image: redraw only where the mask is 1 (inpainting)."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                      "tooltip": "With an image: how much of it is redrawn (0 keeps it, 1 redraws "
-                                                 "it fully); steps x denoise steps run."}),
+                "denoise": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "With an image: how much of it is redrawn (0 keeps it, 1 redraws "
+                        "it fully); steps x denoise steps run.",
+                    },
+                ),
             },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, prompt, negative_prompt):
-        return validation_result(prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt"),
-                                 SAMPLER_NODE)
+        return validation_result(
+            prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt"), SAMPLER_NODE
+        )
 
-    def sample(self, pipeline, prompt, negative_prompt, steps, guidance_scale, width, height, seed, batch_size,
-               max_sequence_length=0, image=None, mask=None, denoise=1.0):
-        raise_for(prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt")
-                  + image_size_problems(pipeline.plan.model, width, height), SAMPLER_NODE)
+    def sample(
+        self,
+        pipeline,
+        prompt,
+        negative_prompt,
+        steps,
+        guidance_scale,
+        width,
+        height,
+        seed,
+        batch_size,
+        max_sequence_length=0,
+        image=None,
+        mask=None,
+        denoise=1.0,
+    ):
+        raise_for(
+            prompt_problems(prompt)
+            + prompt_problems(negative_prompt, "negative_prompt")
+            + image_size_problems(pipeline.plan.model, width, height),
+            SAMPLER_NODE,
+        )
         progress = comfy.Progress(steps)
 
         def on_step(step, total):
@@ -67,11 +132,23 @@ class PipeQuantSampler:
         comfy.check_interrupt()
         try:
             activate(pipeline)  # exactly the LoRA stack this pipeline object stands for
-            images = generate(pipeline.pipeline, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
-                              guidance_scale=guidance_scale, width=width, height=height, seed=seed,
-                              batch_size=batch_size, max_sequence_length=max_sequence_length, on_step=on_step,
-                              image=image, mask=mask, denoise=denoise,
-                              check_interrupt=comfy.check_interrupt)
+            images = generate(
+                pipeline.pipeline,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                guidance_scale=guidance_scale,
+                width=width,
+                height=height,
+                seed=seed,
+                batch_size=batch_size,
+                max_sequence_length=max_sequence_length,
+                on_step=on_step,
+                image=image,
+                mask=mask,
+                denoise=denoise,
+                check_interrupt=comfy.check_interrupt,
+            )
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, SAMPLER_NODE)) from None
         return (images,)

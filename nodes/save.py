@@ -1,4 +1,5 @@
 """Save Quantized Pipeline: write a pre-quantized copy into the first diffusers model folder."""
+
 from __future__ import annotations
 
 from ..resolver.keep.save import describe_save, folder_problems, save
@@ -12,8 +13,10 @@ SAVE_NODE = "Save Quantized Pipeline"
 
 
 class PipeQuantSavePipeline:
-    DESCRIPTION = ("Save the quantized pipeline (safetensors) into your first diffusers model folder, so it loads "
-                   "pre-quantized next time. " + save_summary())
+    DESCRIPTION = (
+        "Save the quantized pipeline (safetensors) into your first diffusers model folder, so it loads "
+        "pre-quantized next time. " + save_summary()
+    )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ()
     FUNCTION = "save"
@@ -21,11 +24,18 @@ class PipeQuantSavePipeline:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline."}),
-            "folder_name": ("STRING", {"default": "pipequant-saved",
-                                       "tooltip": "New folder name under models/diffusers; never overwrites."}),
-        }}
+        return {
+            "required": {
+                "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline."}),
+                "folder_name": (
+                    "STRING",
+                    {
+                        "default": "pipequant-saved",
+                        "tooltip": "New folder name under models/diffusers; never overwrites.",
+                    },
+                ),
+            }
+        }
 
     @classmethod
     def VALIDATE_INPUTS(cls, folder_name):

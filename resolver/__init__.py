@@ -2,6 +2,7 @@
 
 Importable without ComfyUI; the nodes, the HTTP routes and the command line are thin layers over it.
 """
+
 from .decide.plan import make_plan
 from .decide.validate import validate
 from .files.inspect_model import inspect_model
@@ -14,7 +15,23 @@ from .problems import Problem, ValidationError
 from .run.context import diffusers_context
 
 __all__ = [
-    "COMPONENT_CACHE", "ComponentCache", "backend_names", "describe_catalogue", "get_backend", "inspect_model",
-    "LoadError", "LoadResult", "diffusers_context", "load", "plan_load", "make_plan", "Problem", "ValidationError",
-    "BackendSpec", "ComponentMap", "spec_from_dict", "spec_from_json", "validate",
+    "COMPONENT_CACHE",
+    "ComponentCache",
+    "backend_names",
+    "describe_catalogue",
+    "get_backend",
+    "inspect_model",
+    "LoadError",
+    "LoadResult",
+    "diffusers_context",
+    "load",
+    "plan_load",
+    "make_plan",
+    "Problem",
+    "ValidationError",
+    "BackendSpec",
+    "ComponentMap",
+    "spec_from_dict",
+    "spec_from_json",
+    "validate",
 ]

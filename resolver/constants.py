@@ -3,6 +3,7 @@
 Load dtypes and their widths, and the plan's action names (what happens to each component). The
 backend catalogue (``catalogue.py`` + ``backends/``) is the home of everything per backend.
 """
+
 from __future__ import annotations
 
 #: dtypes a pipeline's unquantized weights load in; the first is the default.

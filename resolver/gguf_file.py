@@ -4,6 +4,7 @@ Every length in a GGUF header is a stranger's number: a 100-byte file can claim 
 array, and gguf's reader would allocate for each item. `check_header` walks the header first,
 bounding every count and length by the bytes the file really has, before gguf's reader runs.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -44,8 +45,11 @@ class _Cursor:
 
     def take(self, n: int, what: str) -> int:
         if n < 0 or self.pos + n > len(self.data):
-            raise GGUFFileError(f"{self.name}: its header claims {what} of {n:,} bytes at byte {self.pos:,}, past the "
-                                f"end of the {len(self.data):,}-byte file: not a GGUF file, or truncated", BOUNDS)
+            raise GGUFFileError(
+                f"{self.name}: its header claims {what} of {n:,} bytes at byte {self.pos:,}, past the "
+                f"end of the {len(self.data):,}-byte file: not a GGUF file, or truncated",
+                BOUNDS,
+            )
         start = self.pos
         self.pos += n
         return start
@@ -59,8 +63,11 @@ class _Cursor:
         n = self.unpack("Q", what)
         left = len(self.data) - self.pos
         if n * each > left:
-            raise GGUFFileError(f"{self.name}: its header claims {n:,} {what}, more than the {left:,} bytes left in "
-                                "the file can hold: not a GGUF file, or truncated", BOUNDS)
+            raise GGUFFileError(
+                f"{self.name}: its header claims {n:,} {what}, more than the {left:,} bytes left in "
+                "the file can hold: not a GGUF file, or truncated",
+                BOUNDS,
+            )
         return n
 
     def string(self, what: str) -> None:
@@ -77,8 +84,11 @@ class _Cursor:
             n = self.count("array items", each)
             self.items += n
             if self.items > MAX_ITEMS:
-                raise GGUFFileError(f"{self.name}: its header holds more than {MAX_ITEMS:,} array items: not a model "
-                                    "file PipeQuant can read", BOUNDS)
+                raise GGUFFileError(
+                    f"{self.name}: its header holds more than {MAX_ITEMS:,} array items: not a model "
+                    "file PipeQuant can read",
+                    BOUNDS,
+                )
             if item in _FIXED:
                 self.take(n * each, "an array")
             else:
@@ -103,8 +113,11 @@ def check_header(data, name: str) -> None:
     n_kv = cur.unpack("Q", "the metadata count")
     left = len(data) - cur.pos
     if n_kv * 13 > left or n_tensors * 24 > left:
-        raise GGUFFileError(f"{name}: its header claims {n_kv:,} metadata entries and {n_tensors:,} tensors, more than "
-                            f"its {len(data):,} bytes can hold: not a GGUF file, or truncated", BOUNDS)
+        raise GGUFFileError(
+            f"{name}: its header claims {n_kv:,} metadata entries and {n_tensors:,} tensors, more than "
+            f"its {len(data):,} bytes can hold: not a GGUF file, or truncated",
+            BOUNDS,
+        )
     for _ in range(n_kv):
         cur.string("a metadata key")
         cur.value(cur.unpack("I", "a value type"))

@@ -6,6 +6,7 @@ entry (a component name) whose part is at fault, None for the global spec and th
 inputs; ``part`` says which node that is (:data:`SPEC`, :data:`BACKEND`, :data:`MAP`, :data:`LOAD`).
 ``field`` renders the location as one readable string ("map[transformer].backend").
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace

@@ -5,6 +5,7 @@ A FIFO opened for reading blocks until a writer comes; `/dev/zero` never ends; a
 index and header the pack reads goes through here, so each of those is refused in one place, with
 a code naming the file.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,21 +30,35 @@ class FileProblem(ValueError):
 def os_problem(exc: OSError, path: Path | str) -> FileProblem:
     name = Path(path).name[:80]
     if exc.errno == errno.ELOOP:
-        return FileProblem("symlink_loop", path, f"{name} is a symbolic link that loops back on itself",
-                           "replace the link with the file or folder it should point at")
+        return FileProblem(
+            "symlink_loop",
+            path,
+            f"{name} is a symbolic link that loops back on itself",
+            "replace the link with the file or folder it should point at",
+        )
     if exc.errno == errno.ENAMETOOLONG:
-        return FileProblem("name_too_long", path, f"{name}…: the path is longer than the file system allows",
-                           "use a shorter name")
+        return FileProblem(
+            "name_too_long", path, f"{name}…: the path is longer than the file system allows", "use a shorter name"
+        )
     if exc.errno == errno.ENOENT:
         linked = os.path.islink(path)
-        return FileProblem("file_missing", path, f"{name} is a link to nothing (its target is gone)" if linked
-                           else f"{name} does not exist", "re-download the pipeline, or fix the link")
+        return FileProblem(
+            "file_missing",
+            path,
+            f"{name} is a link to nothing (its target is gone)" if linked else f"{name} does not exist",
+            "re-download the pipeline, or fix the link",
+        )
     return FileProblem("file_unreadable", path, f"{name} cannot be read ({exc.strerror})", "check its permissions")
 
 
 def file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
         if test(mode):
             return kind
     return "not a regular file"
@@ -58,8 +73,12 @@ def regular_stat(path: Path | str) -> os.stat_result:
     except ValueError:  # an embedded NUL byte
         raise FileProblem("name_invalid", path, "the path contains a NUL character", "use a plain name") from None
     if not stat.S_ISREG(st.st_mode):
-        raise FileProblem("not_a_regular_file", path, f"{Path(path).name} is {file_kind(st.st_mode)}, not a file",
-                          "replace it with the real file")
+        raise FileProblem(
+            "not_a_regular_file",
+            path,
+            f"{Path(path).name} is {file_kind(st.st_mode)}, not a file",
+            "replace it with the real file",
+        )
     return st
 
 
@@ -74,8 +93,12 @@ def open_regular(path: Path | str) -> BinaryIO:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise FileProblem("not_a_regular_file", path, f"{Path(path).name} is {file_kind(st.st_mode)}, not a file",
-                          "replace it with the real file")
+        raise FileProblem(
+            "not_a_regular_file",
+            path,
+            f"{Path(path).name} is {file_kind(st.st_mode)}, not a file",
+            "replace it with the real file",
+        )
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -84,8 +107,12 @@ def read_bytes(path: Path | str, limit: int) -> bytes:
     with open_regular(path) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise FileProblem("file_too_large", path, f"{Path(path).name} is larger than {limit:,} bytes, far more than "
-                          "such a file ever holds", "re-download the pipeline")
+        raise FileProblem(
+            "file_too_large",
+            path,
+            f"{Path(path).name} is larger than {limit:,} bytes, far more than such a file ever holds",
+            "re-download the pipeline",
+        )
     return data
 
 
@@ -108,13 +135,21 @@ def parse_json(raw: bytes | str, path: Path | str, max_depth: int = MAX_JSON_DEP
         value = None
         too_deep = True
     except ValueError as exc:  # UnicodeDecodeError is a ValueError
-        raise FileProblem("json_invalid", path, f"{name} is not valid JSON ({str(exc)[:160]})",
-                          "re-download the pipeline or fix the file") from None
+        raise FileProblem(
+            "json_invalid",
+            path,
+            f"{name} is not valid JSON ({str(exc)[:160]})",
+            "re-download the pipeline or fix the file",
+        ) from None
     else:
         too_deep = json_depth(value) > max_depth
     if too_deep:
-        raise FileProblem("json_too_deep", path, f"{name} nests more than {max_depth} levels deep: not a real config",
-                          "re-download the pipeline or fix the file")
+        raise FileProblem(
+            "json_too_deep",
+            path,
+            f"{name} nests more than {max_depth} levels deep: not a real config",
+            "re-download the pipeline or fix the file",
+        )
     return value
 
 
@@ -125,6 +160,10 @@ def read_json(path: Path | str, limit: int = MAX_JSON_BYTES) -> Any:
 def read_json_object(path: Path | str, limit: int = MAX_JSON_BYTES) -> dict:
     value = read_json(path, limit)
     if not isinstance(value, dict):
-        raise FileProblem("json_not_object", path, f"{Path(path).name} holds a JSON {type(value).__name__}, "
-                          "not an object", "re-download the pipeline or fix the file")
+        raise FileProblem(
+            "json_not_object",
+            path,
+            f"{Path(path).name} holds a JSON {type(value).__name__}, not an object",
+            "re-download the pipeline or fix the file",
+        )
     return value

@@ -1,4 +1,5 @@
-""""Did you mean" suggestions for names a user typed."""
+""" "Did you mean" suggestions for names a user typed."""
+
 from __future__ import annotations
 
 import difflib

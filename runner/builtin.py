@@ -1,5 +1,6 @@
 """Stand-ins for the ComfyUI core nodes our workflows use (SaveImage, PreviewImage, LoadImage), so
 they run without ComfyUI."""
+
 from __future__ import annotations
 
 import os
@@ -81,10 +82,19 @@ class LoadImage:
         def fail(code, message, fix):
             return ValidationError([Problem(code, "image", message, fix)])
 
-        if not isinstance(name, str) or not name or Path(name).is_absolute() or "\\" in name \
-                or ".." in Path(name).parts or not name.lower().endswith(IMAGE_SUFFIXES):
-            raise fail("image_outside_input", f"{name!r:.80} is not an image name in the input folder",
-                       f"use a {'/'.join(IMAGE_SUFFIXES)} file name under {folder} (--input DIR)")
+        if (
+            not isinstance(name, str)
+            or not name
+            or Path(name).is_absolute()
+            or "\\" in name
+            or ".." in Path(name).parts
+            or not name.lower().endswith(IMAGE_SUFFIXES)
+        ):
+            raise fail(
+                "image_outside_input",
+                f"{name!r:.80} is not an image name in the input folder",
+                f"use a {'/'.join(IMAGE_SUFFIXES)} file name under {folder} (--input DIR)",
+            )
         path = folder / name
         if not os.path.lexists(path):
             names = [n for suffix in IMAGE_SUFFIXES for n in list_files([folder], suffix)]
@@ -94,8 +104,11 @@ class LoadImage:
         except FileProblem as exc:
             raise fail(exc.code, f'"{name}": {exc}', exc.suggestion) from None
         if not inside or not path.is_file():
-            raise fail("image_outside_input", f'"{name}" is a link out of the input folder, or not a file',
-                       "copy the image into the input folder")
+            raise fail(
+                "image_outside_input",
+                f'"{name}" is a link out of the input folder, or not a file',
+                "copy the image into the input folder",
+            )
         return path
 
     def load_image(self, image):

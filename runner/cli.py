@@ -3,6 +3,7 @@
 Exit codes: 0 ok; 2 invalid input (workflow, model folder, plan: nothing was loaded);
 3 a load failed; 4 the run failed after loading (sampling, saving).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,11 @@ DEMO_WORKFLOW = EXAMPLES / "FLUX NF4 transformer.json"
 DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", Path.home() / ".cache" / "pipequant"))
 
 
-DISK_CACHE_HELP = ("Quantized components are cached on disk after their first load and read from there next time: "
-                   "folder $PIPEQUANT_DISK_CACHE (default ~/.cache/pipequant/quantized; 'off' disables it), at most "
-                   "$PIPEQUANT_DISK_CACHE_GB GB (default 64). See 'python -m pipequant cache list'.")
+DISK_CACHE_HELP = (
+    "Quantized components are cached on disk after their first load and read from there next time: "
+    "folder $PIPEQUANT_DISK_CACHE (default ~/.cache/pipequant/quantized; 'off' disables it), at most "
+    "$PIPEQUANT_DISK_CACHE_GB GB (default 64). See 'python -m pipequant cache list'."
+)
 
 
 def _parse_set(items: list[str]) -> list[tuple[str, str, object]]:
@@ -40,16 +43,37 @@ def _parse_set(items: list[str]) -> list[tuple[str, str, object]]:
         target, _, raw = item.partition("=")
         kind, _, name = target.partition(".")
         if not raw or not name:
-            raise ValidationError([Problem("bad_set", "--set", f"{item!r} is not CLASS.input=value",
-                                           "e.g. --set PipeQuantSampler.steps=4")])
+            raise ValidationError(
+                [
+                    Problem(
+                        "bad_set", "--set", f"{item!r} is not CLASS.input=value", "e.g. --set PipeQuantSampler.steps=4"
+                    )
+                ]
+            )
         if kind not in ALL_NODES:
-            raise ValidationError([Problem("set_unknown_class", "--set", f'{item!r}: there is no node class "{kind}"',
-                                           did_you_mean(kind, list(ALL_NODES)))])
+            raise ValidationError(
+                [
+                    Problem(
+                        "set_unknown_class",
+                        "--set",
+                        f'{item!r}: there is no node class "{kind}"',
+                        did_you_mean(kind, list(ALL_NODES)),
+                    )
+                ]
+            )
         spec = ALL_NODES[kind].INPUT_TYPES()
         inputs = [*spec.get("required", {}), *spec.get("optional", {})]
         if name not in inputs:
-            raise ValidationError([Problem("set_unknown_input", "--set", f'{item!r}: {kind} has no input "{name}"',
-                                           did_you_mean(name, inputs))])
+            raise ValidationError(
+                [
+                    Problem(
+                        "set_unknown_input",
+                        "--set",
+                        f'{item!r}: {kind} has no input "{name}"',
+                        did_you_mean(name, inputs),
+                    )
+                ]
+            )
         try:
             value = json.loads(raw)
         except (ValueError, RecursionError):
@@ -63,8 +87,16 @@ def check_overrides(prompt: dict, overrides) -> None:
     present = {node["class_type"] for node in prompt.values()}
     for kind, name, _ in overrides:
         if kind not in present:
-            raise ValidationError([Problem("set_unused", "--set", f"{kind}.{name}: the workflow has no {kind} node",
-                                           "nodes in it: " + ", ".join(sorted(present)))])
+            raise ValidationError(
+                [
+                    Problem(
+                        "set_unused",
+                        "--set",
+                        f"{kind}.{name}: the workflow has no {kind} node",
+                        "nodes in it: " + ", ".join(sorted(present)),
+                    )
+                ]
+            )
 
 
 def apply_overrides(prompt: dict, overrides) -> dict:
@@ -127,17 +159,24 @@ def _print_ui(ui: dict) -> None:
 
 def demo_overrides(device: str) -> list[tuple[str, str, object]]:
     """Point the bundled example at the tiny pipeline, small enough to run on any CPU in seconds."""
-    overrides = [("PipeQuantLoadPipeline", "model", "tiny-flux"), ("PipeQuantLoadPipeline", "device", device),
-                 ("PipeQuantSampler", "steps", 4), ("PipeQuantSampler", "width", 128),
-                 ("PipeQuantSampler", "height", 128), ("PipeQuantSampler", "max_sequence_length", 64),
-                 ("SaveImage", "filename_prefix", "pipequant-demo")]
+    overrides = [
+        ("PipeQuantLoadPipeline", "model", "tiny-flux"),
+        ("PipeQuantLoadPipeline", "device", device),
+        ("PipeQuantSampler", "steps", 4),
+        ("PipeQuantSampler", "width", 128),
+        ("PipeQuantSampler", "height", 128),
+        ("PipeQuantSampler", "max_sequence_length", 64),
+        ("SaveImage", "filename_prefix", "pipequant-demo"),
+    ]
     from ..resolver.known.catalogue import DIFFUSERS, get_backend
 
     if not get_backend("bitsandbytes_4bit").cpu_supported(DIFFUSERS) and device == "cpu":
         # diffusers' bnb loader needs a GPU: use the int8 plan that runs everywhere.
-        overrides += [("PipeQuantBackend", "backend", "torchao"),
-                      ("PipeQuantBackend", "quant_type", "int8_weight_only"),
-                      ("PipeQuantBackend", "options", "{}")]
+        overrides += [
+            ("PipeQuantBackend", "backend", "torchao"),
+            ("PipeQuantBackend", "quant_type", "int8_weight_only"),
+            ("PipeQuantBackend", "options", "{}"),
+        ]
     return overrides
 
 
@@ -152,12 +191,16 @@ def cmd_demo(args) -> int:
     device = resolve_device("auto")
     overrides = demo_overrides(device)
     swapped = any(k == "PipeQuantBackend" for k, _, _ in overrides)
-    print(f"demo: {DEMO_WORKFLOW.name} on tiny-flux ({device})"
-          + (" — bitsandbytes needs a GPU here, using torchao int8_weight_only" if swapped else ""))
+    print(
+        f"demo: {DEMO_WORKFLOW.name} on tiny-flux ({device})"
+        + (" — bitsandbytes needs a GPU here, using torchao int8_weight_only" if swapped else "")
+    )
     ui = execute(load_prompt(DEMO_WORKFLOW, overrides))
     _print_ui(ui)
-    print("note: the image is noise on purpose: the tiny pipeline has random weights (no download). It shows the "
-          "plumbing works; point --models at a real pipeline with `run` for a picture.")
+    print(
+        "note: the image is noise on purpose: the tiny pipeline has random weights (no download). It shows the "
+        "plumbing works; point --models at a real pipeline with `run` for a picture."
+    )
     report = "\n".join(t for out in ui.values() for t in out.get("text", []))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,18 +221,43 @@ def cmd_plan(args) -> int:
         try:
             profile = profile_from(json.loads(args.device_profile))
         except ValueError as exc:
-            raise ValidationError([Problem("device_profile_invalid", "--device-profile", f"not JSON: {exc}",
-                                           '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, '
-                                           '"compute_capability": [8, 9]}')]) from None
+            raise ValidationError(
+                [
+                    Problem(
+                        "device_profile_invalid",
+                        "--device-profile",
+                        f"not JSON: {exc}",
+                        '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, "compute_capability": [8, 9]}',
+                    )
+                ]
+            ) from None
     folder = resolve_model(args.model, env_roots(), field="MODEL")
     try:
-        result = plan_for(folder, budget_gb=args.budget, goal=args.goal, width=args.width, height=args.height,
-                          batch_size=args.batch_size, allow_offload=not args.no_offload, profile=profile,
-                          variant=args.variant)
+        result = plan_for(
+            folder,
+            budget_gb=args.budget,
+            goal=args.goal,
+            width=args.width,
+            height=args.height,
+            batch_size=args.batch_size,
+            allow_offload=not args.no_offload,
+            profile=profile,
+            variant=args.variant,
+        )
     except NothingFits as exc:
         if args.json:
-            print(json.dumps({"components": {}, "offload": exc.mode, "predicted_peak_bytes": exc.smallest_peak,
-                              "fits": False, "rejected": [], "error": str(exc)}))
+            print(
+                json.dumps(
+                    {
+                        "components": {},
+                        "offload": exc.mode,
+                        "predicted_peak_bytes": exc.smallest_peak,
+                        "fits": False,
+                        "rejected": [],
+                        "error": str(exc),
+                    }
+                )
+            )
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -207,10 +275,10 @@ def _entry_line(e: dict) -> str:
     from ..resolver.keep.report import human_bytes
 
     source, plan = e["source"], e["plan"]
-    where = f'{source.get("model", "?")} / {source.get("component", "?")}' if source else "(unreadable entry)"
-    what = f'{plan.get("backend")}:{plan.get("quant_type")} {plan.get("load_dtype")}' if plan else "-"
+    where = f"{source.get('model', '?')} / {source.get('component', '?')}" if source else "(unreadable entry)"
+    what = f"{plan.get('backend')}:{plan.get('quant_type')} {plan.get('load_dtype')}" if plan else "-"
     used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
-    return f'{e["key"][:12]}  {human_bytes(e["bytes"]):>10}  {used}  {what:<32}  {where}'
+    return f"{e['key'][:12]}  {human_bytes(e['bytes']):>10}  {used}  {what:<32}  {where}"
 
 
 def cmd_cache(args) -> int:
@@ -224,7 +292,7 @@ def cmd_cache(args) -> int:
             entries = [e for e in entries if e["last_used"] < time.time() - args.older_than * 86400]
         print(f"{cache.folder}: {len(entries)} entries, {human_bytes(sum(e['bytes'] for e in entries))}")
         if entries:
-            print(f'{"key":<12}  {"size":>10}  {"last used":<16}  {"plan":<32}  source')
+            print(f"{'key':<12}  {'size':>10}  {'last used':<16}  {'plan':<32}  source")
         for e in entries:
             print(_entry_line(e))
     else:
@@ -254,74 +322,135 @@ EXIT_CODES = """exit codes:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true",
-                   help="show the third-party libraries' import warnings (hidden by default)")
+    p.add_argument(
+        "--verbose", action="store_true", help="show the third-party libraries' import warnings (hidden by default)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipequant", description=__doc__, epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipequant",
+        description=__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, helptext in (("run", cmd_run, "run an exported workflow (API or UI format)"),
-                                 ("validate", cmd_validate, "check a workflow against the models, loading no weights")):
-        p = sub.add_parser(name, help=helptext, description=f"{helptext}.\n\n{EXIT_CODES}",
-                           epilog=DISK_CACHE_HELP if name == "run" else None,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, func, helptext in (
+        ("run", cmd_run, "run an exported workflow (API or UI format)"),
+        ("validate", cmd_validate, "check a workflow against the models, loading no weights"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=helptext,
+            description=f"{helptext}.\n\n{EXIT_CODES}",
+            epilog=DISK_CACHE_HELP if name == "run" else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("workflow", type=Path, help="the workflow .json file")
-        p.add_argument("--models", action="append", default=[], metavar="DIR",
-                       help="a folder of diffusers pipelines, repeatable (default: $PIPEQUANT_MODELS, then the "
-                            "Hugging Face cache unless PIPEQUANT_HF_CACHE=off). Save Quantized Pipeline writes into "
-                            "the first one, so the copy loads by name")
-        p.add_argument("--gguf", action="append", default=[], metavar="DIR",
-                       help="a folder of .gguf files, repeatable (default: $PIPEQUANT_GGUF, then the model folders)")
-        p.add_argument("--loras", action="append", default=[], metavar="DIR",
-                       help="a folder of LoRA .safetensors files, repeatable (default: $PIPEQUANT_LORAS)")
-        p.add_argument("--input", default="input", metavar="DIR",
-                       help="where LoadImage reads images, by name (default: ./input)")
-        p.add_argument("--output", default="output", metavar="DIR",
-                       help="where SaveImage/PreviewImage write PNGs (default: ./output; validate writes "
-                            "nothing; saved pipelines go to the first --models folder)")
-        p.add_argument("--set", action="append", default=[], metavar="CLASS.input=value",
-                       help="override an input on every node of a class, repeatable, e.g. PipeQuantSampler.steps=4")
+        p.add_argument(
+            "--models",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a folder of diffusers pipelines, repeatable (default: $PIPEQUANT_MODELS, then the "
+            "Hugging Face cache unless PIPEQUANT_HF_CACHE=off). Save Quantized Pipeline writes into "
+            "the first one, so the copy loads by name",
+        )
+        p.add_argument(
+            "--gguf",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a folder of .gguf files, repeatable (default: $PIPEQUANT_GGUF, then the model folders)",
+        )
+        p.add_argument(
+            "--loras",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a folder of LoRA .safetensors files, repeatable (default: $PIPEQUANT_LORAS)",
+        )
+        p.add_argument(
+            "--input", default="input", metavar="DIR", help="where LoadImage reads images, by name (default: ./input)"
+        )
+        p.add_argument(
+            "--output",
+            default="output",
+            metavar="DIR",
+            help="where SaveImage/PreviewImage write PNGs (default: ./output; validate writes "
+            "nothing; saved pipelines go to the first --models folder)",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="CLASS.input=value",
+            help="override an input on every node of a class, repeatable, e.g. PipeQuantSampler.steps=4",
+        )
         _common(p)
         p.set_defaults(func=func)
     from ..resolver.decide.planner.search import GOALS
 
-    p = sub.add_parser("plan", help="choose each component's quantization to fit a GPU budget, and say why",
-                       description="Plan MODEL for a memory budget and goal, reading only configs and headers; prints the "
-                                   "plan table (or --json). Exit 0 when a plan fits, 2 when none does.",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "plan",
+        help="choose each component's quantization to fit a GPU budget, and say why",
+        description="Plan MODEL for a memory budget and goal, reading only configs and headers; prints the "
+        "plan table (or --json). Exit 0 when a plan fits, 2 when none does.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="a pipeline folder name under --models")
     p.add_argument("--models", action="append", default=[], help="a folder of diffusers pipelines (repeatable)")
     p.add_argument("--budget", type=float, default=0.0, help="GiB (2^30 bytes); 0 = the device's free memory")
     p.add_argument("--goal", choices=GOALS, default="balanced")
-    p.add_argument("--device-profile", help='JSON: {"name": str, "total_gb": float, "free_gb": float, '
-                                            '"compute_capability": [major, minor] | null}; default: this machine')
+    p.add_argument(
+        "--device-profile",
+        help='JSON: {"name": str, "total_gb": float, "free_gb": float, '
+        '"compute_capability": [major, minor] | null}; default: this machine',
+    )
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--no-offload", action="store_true", help="plans keep every component on the device")
-    p.add_argument("--variant", default="default",
-                   help="plan from this weight variant's files (e.g. fp16: model.fp16.safetensors), as the Load node's "
-                        "variant will read them (default: the plain files)")
+    p.add_argument(
+        "--variant",
+        default="default",
+        help="plan from this weight variant's files (e.g. fp16: model.fp16.safetensors), as the Load node's "
+        "variant will read them (default: the plain files)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     _common(p)
     p.set_defaults(func=cmd_plan)
-    p = sub.add_parser("demo", help="build a tiny FLUX-shaped pipeline and run the bundled example on it",
-                       description="Build a tiny FLUX-shaped pipeline with random weights (no download, once, in "
-                                   "--cache) and run example_workflows/FLUX NF4 transformer.json on it (torchao "
-                                   "int8 instead of bitsandbytes without a GPU). Writes the image (noise: the "
-                                   "weights are random) and the memory report to --output.",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="pipequant-output", metavar="DIR",
-                   help="where the image and pipequant-demo-report.txt go (default: ./pipequant-output)")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), metavar="DIR",
-                   help=f"where the tiny pipeline is built once (default: $PIPEQUANT_CACHE or {DEFAULT_CACHE})")
+    p = sub.add_parser(
+        "demo",
+        help="build a tiny FLUX-shaped pipeline and run the bundled example on it",
+        description="Build a tiny FLUX-shaped pipeline with random weights (no download, once, in "
+        "--cache) and run example_workflows/FLUX NF4 transformer.json on it (torchao "
+        "int8 instead of bitsandbytes without a GPU). Writes the image (noise: the "
+        "weights are random) and the memory report to --output.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--output",
+        default="pipequant-output",
+        metavar="DIR",
+        help="where the image and pipequant-demo-report.txt go (default: ./pipequant-output)",
+    )
+    p.add_argument(
+        "--cache",
+        default=str(DEFAULT_CACHE),
+        metavar="DIR",
+        help=f"where the tiny pipeline is built once (default: $PIPEQUANT_CACHE or {DEFAULT_CACHE})",
+    )
     _common(p)
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("cache", help="list or clear the on-disk cache of quantized components",
-                       description=DISK_CACHE_HELP + " In ComfyUI the folder is models/pipequant_cache. "
-                                   "Least recently used entries are evicted first.")
+    p = sub.add_parser(
+        "cache",
+        help="list or clear the on-disk cache of quantized components",
+        description=DISK_CACHE_HELP + " In ComfyUI the folder is models/pipequant_cache. "
+        "Least recently used entries are evicted first.",
+    )
     p.add_argument("action", choices=("list", "clear"))
     p.add_argument("--older-than", type=_days, metavar="DAYS", help="only entries not used for DAYS days")
     p.add_argument("--folder", help="the cache folder (default: $PIPEQUANT_DISK_CACHE or ~/.cache/pipequant/quantized)")

@@ -1,5 +1,6 @@
 """Run an API-format prompt the way ComfyUI does: validate every node first, then execute the
 nodes the outputs need, in dependency order, under torch.inference_mode()."""
+
 from __future__ import annotations
 
 import inspect
@@ -30,8 +31,13 @@ class RunError(RuntimeError):
 
 
 def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int) \
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
         and not isinstance(value[1], bool)
+    )
 
 
 def _label(node_id: str, prompt: dict) -> str:
@@ -53,23 +59,45 @@ def types_match(received, wanted) -> bool:
 def _check_link(node_id: str, name: str, value, entry, prompt: dict) -> list[Problem]:
     where = f"{_label(node_id, prompt)}.{name}"
     if not _is_link(value):
-        return [Problem("workflow_bad_link", where, f"{value!r:.80} is not a link [node id, output index]",
-                        "reconnect the input and export again")]
+        return [
+            Problem(
+                "workflow_bad_link",
+                where,
+                f"{value!r:.80} is not a link [node id, output index]",
+                "reconnect the input and export again",
+            )
+        ]
     if value[0] not in prompt:
-        return [Problem("workflow_dangling_link", where, f"linked to node {value[0]}, which is not in the workflow",
-                        "reconnect the input and export again")]
+        return [
+            Problem(
+                "workflow_dangling_link",
+                where,
+                f"linked to node {value[0]}, which is not in the workflow",
+                "reconnect the input and export again",
+            )
+        ]
     source = ALL_NODES[prompt[value[0]]["class_type"]]
     outputs = source.RETURN_TYPES
     if not 0 <= value[1] < len(outputs):
-        return [Problem("workflow_dangling_link", where,
-                        f"linked to output {value[1]} of node {value[0]}, which has {len(outputs)}",
-                        "reconnect the input and export again")]
+        return [
+            Problem(
+                "workflow_dangling_link",
+                where,
+                f"linked to output {value[1]} of node {value[0]}, which has {len(outputs)}",
+                "reconnect the input and export again",
+            )
+        ]
     received, wanted = outputs[value[1]], entry[0]
     if not types_match(received, wanted):
-        return [Problem("workflow_type_mismatch", where,
-                        f"is linked to output {value[1]} of {_label(value[0], prompt)}, a {received}; "
-                        f"this input takes {_type_name(wanted)}",
-                        f"connect a node that outputs {_type_name(wanted)}")]
+        return [
+            Problem(
+                "workflow_type_mismatch",
+                where,
+                f"is linked to output {value[1]} of {_label(value[0], prompt)}, a {received}; "
+                f"this input takes {_type_name(wanted)}",
+                f"connect a node that outputs {_type_name(wanted)}",
+            )
+        ]
     return []
 
 
@@ -115,18 +143,35 @@ def check_prompt(prompt: dict) -> list[Problem]:
             if isinstance(value, list):  # ComfyUI reads any list as a link
                 problems += _check_link(node_id, name, value, declared[name], prompt)
             elif socket and not (value is None and name not in spec.get("required", {})):
-                problems.append(Problem("workflow_needs_link", f"{_label(node_id, prompt)}.{name}",
-                                        f"is the constant {value!r:.60}, but this input takes a link from a node "
-                                        f"that outputs {kind}", f"connect a node that outputs {kind}"))
+                problems.append(
+                    Problem(
+                        "workflow_needs_link",
+                        f"{_label(node_id, prompt)}.{name}",
+                        f"is the constant {value!r:.60}, but this input takes a link from a node that outputs {kind}",
+                        f"connect a node that outputs {kind}",
+                    )
+                )
             elif name not in wanted:
                 valid = _check_value(declared[name], value)
                 if valid is not None:
-                    problems.append(Problem("workflow_bad_value", f"{_label(node_id, prompt)}.{name}",
-                                            f"{value!r:.80} is not valid here", f"use {valid}"))
+                    problems.append(
+                        Problem(
+                            "workflow_bad_value",
+                            f"{_label(node_id, prompt)}.{name}",
+                            f"{value!r:.80} is not valid here",
+                            f"use {valid}",
+                        )
+                    )
         for name in spec.get("required", {}):
             if name not in node["inputs"]:
-                problems.append(Problem("workflow_missing_input", f"{_label(node_id, prompt)}.{name}",
-                                        "required input is missing", "connect it or set its value"))
+                problems.append(
+                    Problem(
+                        "workflow_missing_input",
+                        f"{_label(node_id, prompt)}.{name}",
+                        "required input is missing",
+                        "connect it or set its value",
+                    )
+                )
         if validate is None:
             continue
         constants = {k: v for k, v in node["inputs"].items() if k in wanted and not isinstance(v, list)}
@@ -135,8 +180,10 @@ def check_prompt(prompt: dict) -> list[Problem]:
         result = validate(**constants)
         if result is not True:
             found = getattr(result, "problems", ())  # our nodes' NodeMessage keeps the codes
-            problems += [Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion, p.component)
-                         for p in found] or [Problem("node_invalid", _label(node_id, prompt), str(result), "")]
+            problems += [
+                Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion, p.component)
+                for p in found
+            ] or [Problem("node_invalid", _label(node_id, prompt), str(result), "")]
     return problems
 
 
@@ -171,8 +218,9 @@ def execution_order(prompt: dict, outputs: list[str]) -> list[str]:
                 state[node_id] = 2
                 order.append(node_id)
             elif state.get(nxt) == 1:
-                raise ValidationError([Problem("workflow_cycle", _label(nxt, prompt), "the workflow has a cycle",
-                                               "remove the loop")])
+                raise ValidationError(
+                    [Problem("workflow_cycle", _label(nxt, prompt), "the workflow has a cycle", "remove the loop")]
+                )
             elif state.get(nxt) is None:
                 state[nxt] = 1
                 stack.append((nxt, iter(_dependencies(prompt, nxt))))
@@ -186,8 +234,14 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
     problems = check_prompt(prompt)
     outputs = output_nodes(prompt)
     if not outputs:
-        problems.append(Problem("workflow_no_output", "workflow", "the workflow has no output node: nothing would run",
-                                "add Save Image, Preview Image, Pipeline Memory Report or Save Quantized Pipeline"))
+        problems.append(
+            Problem(
+                "workflow_no_output",
+                "workflow",
+                "the workflow has no output node: nothing would run",
+                "add Save Image, Preview Image, Pipeline Memory Report or Save Quantized Pipeline",
+            )
+        )
     if problems:
         raise ValidationError(problems)
     order = execution_order(prompt, outputs)
@@ -207,8 +261,11 @@ def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
         node = prompt[node_id]
         node_class = ALL_NODES[node["class_type"]]
         declared = _declared(node_class)
-        kwargs = {name: (results[value[0]][value[1]] if _is_link(value) else value)
-                  for name, value in node["inputs"].items() if name in declared}  # ComfyUI ignores the others
+        kwargs = {
+            name: (results[value[0]][value[1]] if _is_link(value) else value)
+            for name, value in node["inputs"].items()
+            if name in declared
+        }  # ComfyUI ignores the others
         if validate_only:
             results[node_id] = _validate_node(node_id, node, node_class, kwargs, prompt)
             warnings = [n for n in getattr(results[node_id][0], "notes", []) if n.startswith("warning: ")]
@@ -238,6 +295,7 @@ def _validate_node(node_id, node, node_class, kwargs, prompt) -> tuple:
     if isinstance(kwargs.get("pipeline"), Plan) and "width" in kwargs:  # a sampler fed by a planned loader
         found = image_size_problems(kwargs["pipeline"].model, kwargs.get("width"), kwargs.get("height"))
         if found:
-            raise ValidationError([Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion)
-                                   for p in found])
+            raise ValidationError(
+                [Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion) for p in found]
+            )
     return (None,) * max(1, len(node_class.RETURN_TYPES))

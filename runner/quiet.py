@@ -6,14 +6,24 @@ that say nothing about the user's workflow. They go through `logging`; their log
 ERROR before anything is imported, and torch's own log setup (which resets its loggers at import)
 is told the same through TORCH_LOGS. Errors still show.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import warnings
 
-LOGGERS = ("torchao", "bitsandbytes", "torch", "transformers", "diffusers", "accelerate", "optimum", "sdnq",
-           "huggingface_hub")
+LOGGERS = (
+    "torchao",
+    "bitsandbytes",
+    "torch",
+    "transformers",
+    "diffusers",
+    "accelerate",
+    "optimum",
+    "sdnq",
+    "huggingface_hub",
+)
 MODULES = r"(torch|torchao|bitsandbytes|transformers|diffusers|accelerate|optimum|sdnq|huggingface_hub)(\.|$)"
 
 

@@ -7,6 +7,7 @@ As ComfyUI's editor does when it queues a prompt, muted nodes (mode 2) are left 
 linked to one stays unconnected; a bypassed node (mode 4) is left out and its outputs pass
 through its input of the same type.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ def _no_duplicate_keys(pairs):
     keys = [k for k, _ in pairs]
     dupes = sorted({k for k in keys if keys.count(k) > 1}) if len(keys) != len(set(keys)) else []
     if dupes:
-        raise _fail("workflow_duplicate_id", f"node {dupes[0]}", f'the workflow holds key "{dupes[0]:.40}" twice',
-                    "give each node its own id (export the workflow again from ComfyUI)")
+        raise _fail(
+            "workflow_duplicate_id",
+            f"node {dupes[0]}",
+            f'the workflow holds key "{dupes[0]:.40}" twice',
+            "give each node its own id (export the workflow again from ComfyUI)",
+        )
     return dict(pairs)
 
 
@@ -46,11 +51,19 @@ def read_workflow(path: Path) -> dict:
     except ValidationError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise _fail("workflow_not_json", "workflow", f"{Path(path).name} is not JSON ({str(exc)[:200]})",
-                    "export the workflow again from ComfyUI (Workflow › Export, or Export (API))") from None
+        raise _fail(
+            "workflow_not_json",
+            "workflow",
+            f"{Path(path).name} is not JSON ({str(exc)[:200]})",
+            "export the workflow again from ComfyUI (Workflow › Export, or Export (API))",
+        ) from None
     if not isinstance(data, dict):
-        raise _fail("workflow_not_object", "workflow", f"{Path(path).name} holds a {type(data).__name__}, not a workflow",
-                    "export the workflow again from ComfyUI")
+        raise _fail(
+            "workflow_not_object",
+            "workflow",
+            f"{Path(path).name} holds a {type(data).__name__}, not a workflow",
+            "export the workflow again from ComfyUI",
+        )
     return data
 
 
@@ -91,13 +104,21 @@ def to_api(data: dict, node_classes: dict) -> dict:
     if not is_ui_format(data):
         prompt = data.get("prompt", data)
         if not isinstance(prompt, dict):
-            raise _fail("workflow_not_object", "workflow", f'"prompt" holds a {type(prompt).__name__}, not nodes',
-                        "export the workflow again from ComfyUI")
+            raise _fail(
+                "workflow_not_object",
+                "workflow",
+                f'"prompt" holds a {type(prompt).__name__}, not nodes',
+                "export the workflow again from ComfyUI",
+            )
         out = {}
         for node_id, node in prompt.items():
             if not isinstance(node, dict) or "class_type" not in node or not isinstance(node.get("inputs", {}), dict):
-                raise _fail("workflow_node_malformed", f"node {node_id}", "not an API-format node",
-                            'each node needs "class_type" and "inputs"')
+                raise _fail(
+                    "workflow_node_malformed",
+                    f"node {node_id}",
+                    "not an API-format node",
+                    'each node needs "class_type" and "inputs"',
+                )
             _check_known(node_id, node["class_type"], node_classes)
             out[str(node_id)] = {"class_type": node["class_type"], "inputs": dict(node.get("inputs", {}))}
         return out
@@ -107,8 +128,12 @@ def to_api(data: dict, node_classes: dict) -> dict:
             continue
         node_id = str(n.get("id"))
         if node_id in nodes:
-            raise _fail("workflow_duplicate_id", f"node {node_id:.40}", f"two nodes have the id {node_id:.40}: one "
-                        "would silently replace the other", "give each node its own id (export the workflow again)")
+            raise _fail(
+                "workflow_duplicate_id",
+                f"node {node_id:.40}",
+                f"two nodes have the id {node_id:.40}: one would silently replace the other",
+                "give each node its own id (export the workflow again)",
+            )
         nodes[node_id] = n
     links = {}
     raw_links = data.get("links")
@@ -139,20 +164,30 @@ def to_api(data: dict, node_classes: dict) -> dict:
                 continue
             link_id, name = slot.get("link"), slot.get("name")
             if not isinstance(name, str):
-                raise _fail("workflow_node_malformed", node_label(node_id, kind), f"an input has no name ({slot!r:.80})",
-                            "export the workflow again from ComfyUI")
+                raise _fail(
+                    "workflow_node_malformed",
+                    node_label(node_id, kind),
+                    f"an input has no name ({slot!r:.80})",
+                    "export the workflow again from ComfyUI",
+                )
             if not _key(link_id) or link_id not in links:
-                raise _fail("workflow_dangling_link", f"{node_label(node_id, kind)}.{name}",
-                            f"input is connected to link {link_id!r:.40}, which the workflow does not have",
-                            "reconnect the input in the editor and export again")
+                raise _fail(
+                    "workflow_dangling_link",
+                    f"{node_label(node_id, kind)}.{name}",
+                    f"input is connected to link {link_id!r:.40}, which the workflow does not have",
+                    "reconnect the input in the editor and export again",
+                )
             origin = _follow(links[link_id], nodes, links)
             if origin is None:  # from a muted node, or a bypassed one with nothing to pass through
                 continue
             source, out_slot = origin
             if source not in nodes:
-                raise _fail("workflow_dangling_link", f"{node_label(node_id, kind)}.{name}",
-                            f"input is connected to node {source}, which the workflow does not have",
-                            "reconnect the input in the editor and export again")
+                raise _fail(
+                    "workflow_dangling_link",
+                    f"{node_label(node_id, kind)}.{name}",
+                    f"input is connected to node {source}, which the workflow does not have",
+                    "reconnect the input in the editor and export again",
+                )
             inputs[name] = [source, out_slot]
         prompt[node_id] = {"class_type": kind, "inputs": inputs}
     return prompt
@@ -188,8 +223,13 @@ def _pass_through(node: dict, slot) -> dict | None:
     """The input a bypassed node passes output `slot` through: the input at the same index if it
     has the output's type, else the first connected input that has it (as ComfyUI's editor)."""
     outputs, inputs = node.get("outputs"), node.get("inputs")
-    if not isinstance(outputs, list) or not isinstance(inputs, list) or not isinstance(slot, int) \
-            or not 0 <= slot < len(outputs) or not isinstance(outputs[slot], dict):
+    if (
+        not isinstance(outputs, list)
+        or not isinstance(inputs, list)
+        or not isinstance(slot, int)
+        or not 0 <= slot < len(outputs)
+        or not isinstance(outputs[slot], dict)
+    ):
         return None
     kind = outputs[slot].get("type")
     typed = [i for i in inputs if isinstance(i, dict) and i.get("type") == kind and i.get("link") is not None]
@@ -200,6 +240,10 @@ def _pass_through(node: dict, slot) -> dict | None:
 
 def _check_known(node_id, kind, node_classes):
     if not isinstance(kind, str) or kind not in node_classes:
-        raise _fail("workflow_unknown_node", f"node {node_id}", f'unknown node type "{kind}"',
-                    did_you_mean(str(kind), list(node_classes)))
+        raise _fail(
+            "workflow_unknown_node",
+            f"node {node_id}",
+            f'unknown node type "{kind}"',
+            did_you_mean(str(kind), list(node_classes)),
+        )
     return node_classes[kind]

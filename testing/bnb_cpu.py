@@ -35,8 +35,11 @@ def bnb_on_cpu() -> Iterator[None]:
     from diffusers.quantizers.bitsandbytes import bnb_quantizer as q
 
     names = ("validate_environment", "update_device_map")
-    saved = [(cls, name, cls.__dict__[name]) for cls in (q.BnB4BitDiffusersQuantizer, q.BnB8BitDiffusersQuantizer)
-             for name in names]
+    saved = [
+        (cls, name, cls.__dict__[name])
+        for cls in (q.BnB4BitDiffusersQuantizer, q.BnB8BitDiffusersQuantizer)
+        for name in names
+    ]
     try:
         for cls, _name, _old in saved:
             cls.validate_environment = _validate_environment

@@ -39,7 +39,7 @@ def _flux_bfl_name(diffusers_name: str) -> str | None:
     }
     for src, dst in prefixes.items():
         if diffusers_name.startswith(src):
-            return dst + diffusers_name[len(src):]
+            return dst + diffusers_name[len(src) :]
     return None
 
 
@@ -75,12 +75,17 @@ def write_gguf(
     import numpy as np
     from safetensors import safe_open
 
-    qtypes = {"Q8_0": gguf.GGMLQuantizationType.Q8_0, "Q4_0": gguf.GGMLQuantizationType.Q4_0,
-              "BF16": gguf.GGMLQuantizationType.BF16}
+    qtypes = {
+        "Q8_0": gguf.GGMLQuantizationType.Q8_0,
+        "Q4_0": gguf.GGMLQuantizationType.Q4_0,
+        "BF16": gguf.GGMLQuantizationType.BF16,
+    }
     try:
         target = qtypes[qtype.upper()]
     except KeyError:
-        raise ValueError(f"qtype must be one of {sorted(qtypes)} (gguf from PyPI cannot write K-quants), got {qtype!r}") from None
+        raise ValueError(
+            f"qtype must be one of {sorted(qtypes)} (gguf from PyPI cannot write K-quants), got {qtype!r}"
+        ) from None
 
     folder = Path(pipeline_dir) / component
     config = json.loads((folder / "config.json").read_text())
@@ -117,8 +122,13 @@ def write_gguf(
 
         writer = gguf.GGUFWriter(path=None, arch=_gguf_arch(class_name))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_file_type({"Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-                              "BF16": gguf.LlamaFileType.MOSTLY_BF16}[target.name])
+        writer.add_file_type(
+            {
+                "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                "BF16": gguf.LlamaFileType.MOSTLY_BF16,
+            }[target.name]
+        )
         writer.add_string("pipequant.source_class", class_name)
 
         # Pass 1: tensor infos from the safetensors headers (nothing loaded).

@@ -6,6 +6,7 @@ behaves exactly like the real pipeline for them: tens of GB on paper, a few MB o
 configs are those of the public FLUX.1-dev, Stable Diffusion 3.5 Large and SDXL base repos; each
 builder asserts the parameter counts of the real models (shared/DESIGN.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,56 +27,155 @@ PARAMS = {
 }
 
 SAFETENSORS_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "int64": "I64", "int32": "I32"}
-GB = 1000 ** 3
+GB = 1000**3
 
 # ----------------------------------------------------------------------------- configs (public repos)
 
-FLUX_TRANSFORMER = {"_class_name": "FluxTransformer2DModel", "attention_head_dim": 128, "guidance_embeds": True,
-                    "in_channels": 64, "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 19,
-                    "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768,
-                    "axes_dims_rope": [16, 56, 56]}
-FLUX_VAE = {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
-            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "in_channels": 3, "out_channels": 3, "latent_channels": 16, "layers_per_block": 2,
-            "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-            "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
-            "force_upcast": True}
+FLUX_TRANSFORMER = {
+    "_class_name": "FluxTransformer2DModel",
+    "attention_head_dim": 128,
+    "guidance_embeds": True,
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "patch_size": 1,
+    "pooled_projection_dim": 768,
+    "axes_dims_rope": [16, 56, 56],
+}
+FLUX_VAE = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 16,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "mid_block_add_attention": True,
+    "force_upcast": True,
+}
 SD3_VAE = {**FLUX_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609}
-SDXL_VAE = {**FLUX_VAE, "latent_channels": 4, "scaling_factor": 0.13025, "shift_factor": None,
-            "use_quant_conv": True, "use_post_quant_conv": True}
-SD35_TRANSFORMER = {"_class_name": "SD3Transformer2DModel", "sample_size": 128, "patch_size": 2, "in_channels": 16,
-                    "num_layers": 38, "attention_head_dim": 64, "num_attention_heads": 38,
-                    "joint_attention_dim": 4096, "caption_projection_dim": 2432, "pooled_projection_dim": 2048,
-                    "out_channels": 16, "pos_embed_max_size": 192, "qk_norm": "rms_norm",
-                    "dual_attention_layers": []}
-SDXL_UNET = {"_class_name": "UNet2DConditionModel", "sample_size": 128, "in_channels": 4, "out_channels": 4,
-             "block_out_channels": [320, 640, 1280],
-             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-             "layers_per_block": 2, "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048,
-             "transformer_layers_per_block": [1, 2, 10], "addition_embed_type": "text_time",
-             "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
-             "use_linear_projection": True, "norm_num_groups": 32, "act_fn": "silu", "flip_sin_to_cos": True,
-             "freq_shift": 0, "center_input_sample": False}
-CLIP_L = {"architectures": ["CLIPTextModel"], "hidden_size": 768, "intermediate_size": 3072,
-          "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
-          "vocab_size": 49408, "projection_dim": 768, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-          "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
-CLIP_G = {**CLIP_L, "architectures": ["CLIPTextModelWithProjection"], "hidden_size": 1280,
-          "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20, "projection_dim": 1280,
-          "hidden_act": "gelu"}
-T5_XXL = {"architectures": ["T5EncoderModel"], "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64,
-          "num_layers": 24, "vocab_size": 32128, "feed_forward_proj": "gated-gelu",
-          "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-          "layer_norm_epsilon": 1e-6, "dense_act_fn": "gelu_new", "is_gated_act": True,
-          "tie_word_embeddings": False, "is_encoder_decoder": False, "use_cache": False,
-          "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
-FLOW_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
-                  "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
-                  "max_image_seq_len": 4096}
-SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
-                  "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
-                  "timestep_spacing": "leading", "steps_offset": 1}
+SDXL_VAE = {
+    **FLUX_VAE,
+    "latent_channels": 4,
+    "scaling_factor": 0.13025,
+    "shift_factor": None,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+}
+SD35_TRANSFORMER = {
+    "_class_name": "SD3Transformer2DModel",
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 38,
+    "attention_head_dim": 64,
+    "num_attention_heads": 38,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 2432,
+    "pooled_projection_dim": 2048,
+    "out_channels": 16,
+    "pos_embed_max_size": 192,
+    "qk_norm": "rms_norm",
+    "dual_attention_layers": [],
+}
+SDXL_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 2,
+    "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048,
+    "transformer_layers_per_block": [1, 2, 10],
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "use_linear_projection": True,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "center_input_sample": False,
+}
+CLIP_L = {
+    "architectures": ["CLIPTextModel"],
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+CLIP_G = {
+    **CLIP_L,
+    "architectures": ["CLIPTextModelWithProjection"],
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "projection_dim": 1280,
+    "hidden_act": "gelu",
+}
+T5_XXL = {
+    "architectures": ["T5EncoderModel"],
+    "d_model": 4096,
+    "d_ff": 10240,
+    "d_kv": 64,
+    "num_heads": 64,
+    "num_layers": 24,
+    "vocab_size": 32128,
+    "feed_forward_proj": "gated-gelu",
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6,
+    "dense_act_fn": "gelu_new",
+    "is_gated_act": True,
+    "tie_word_embeddings": False,
+    "is_encoder_decoder": False,
+    "use_cache": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+FLOW_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+}
 
 
 # ----------------------------------------------------------------------------- meta-device models
@@ -143,8 +243,18 @@ def _shards(tensors, dtype: str, count: int) -> list[list]:
     return [g for g in groups if g]
 
 
-def write_component(folder: Path, library: str, class_name: str, config: dict, dtype: str, *, shards: int = 1,
-                    variant: str | None = None, expect_params: int | None = None, write_config: bool = True) -> int:
+def write_component(
+    folder: Path,
+    library: str,
+    class_name: str,
+    config: dict,
+    dtype: str,
+    *,
+    shards: int = 1,
+    variant: str | None = None,
+    expect_params: int | None = None,
+    write_config: bool = True,
+) -> int:
     """Write one component: its config and sparse weight file(s), sharded into `shards` files
     named as on the hub (with a `.index.json`). Returns the parameter count."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,8 +328,7 @@ def _pipeline(root: Path, pipeline_class: str, parts: dict[str, tuple], dtype: s
             variants = kwargs.pop("variants", {})
             write_component(root / name, library, class_name, config, kwargs.pop("dtype", dtype), **kwargs)
             for variant, vdtype in variants.items():
-                write_component(root / name, library, class_name, config, vdtype, variant=variant,
-                                write_config=False)
+                write_component(root / name, library, class_name, config, vdtype, variant=variant, write_config=False)
             index[name] = [library, class_name]
     _write_json(root / "model_index.json", index)
     return root
@@ -227,43 +336,84 @@ def _pipeline(root: Path, pipeline_class: str, parts: dict[str, tuple], dtype: s
 
 def build_flux_dev(root: str | os.PathLike) -> Path:
     """FLUX.1-dev as on the hub: bf16, transformer in 3 shards, T5-XXL in 2."""
-    return _pipeline(Path(root), "FluxPipeline", {
-        "transformer": ("diffusers", "FluxTransformer2DModel", FLUX_TRANSFORMER,
-                        {"shards": 3, "expect_params": PARAMS["flux_transformer"]}),
-        "text_encoder": ("transformers", "CLIPTextModel", CLIP_L, {"expect_params": PARAMS["clip_l"]}),
-        "text_encoder_2": ("transformers", "T5EncoderModel", T5_XXL, {"shards": 2, "expect_params": PARAMS["t5_xxl"]}),
-        "vae": ("diffusers", "AutoencoderKL", FLUX_VAE, {"expect_params": PARAMS["flux_vae"]}),
-        "tokenizer": ("clip_tokenizer",), "tokenizer_2": ("t5_tokenizer",),
-        "scheduler": ("scheduler", FLOW_SCHEDULER),
-    }, "bfloat16")
+    return _pipeline(
+        Path(root),
+        "FluxPipeline",
+        {
+            "transformer": (
+                "diffusers",
+                "FluxTransformer2DModel",
+                FLUX_TRANSFORMER,
+                {"shards": 3, "expect_params": PARAMS["flux_transformer"]},
+            ),
+            "text_encoder": ("transformers", "CLIPTextModel", CLIP_L, {"expect_params": PARAMS["clip_l"]}),
+            "text_encoder_2": (
+                "transformers",
+                "T5EncoderModel",
+                T5_XXL,
+                {"shards": 2, "expect_params": PARAMS["t5_xxl"]},
+            ),
+            "vae": ("diffusers", "AutoencoderKL", FLUX_VAE, {"expect_params": PARAMS["flux_vae"]}),
+            "tokenizer": ("clip_tokenizer",),
+            "tokenizer_2": ("t5_tokenizer",),
+            "scheduler": ("scheduler", FLOW_SCHEDULER),
+        },
+        "bfloat16",
+    )
 
 
 def build_sd35_large(root: str | os.PathLike) -> Path:
     """Stable Diffusion 3.5 Large: transformer in 2 shards, CLIP-L, CLIP-G, T5-XXL (2 shards), bf16."""
-    return _pipeline(Path(root), "StableDiffusion3Pipeline", {
-        "transformer": ("diffusers", "SD3Transformer2DModel", SD35_TRANSFORMER,
-                        {"shards": 2, "expect_params": PARAMS["sd35_large_transformer"]}),
-        "text_encoder": ("transformers", "CLIPTextModelWithProjection", {**CLIP_L, "architectures":
-                         ["CLIPTextModelWithProjection"]}, {}),
-        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", CLIP_G, {}),
-        "text_encoder_3": ("transformers", "T5EncoderModel", T5_XXL, {"shards": 2, "expect_params": PARAMS["t5_xxl"]}),
-        "vae": ("diffusers", "AutoencoderKL", SD3_VAE, {"expect_params": PARAMS["flux_vae"]}),
-        "tokenizer": ("clip_tokenizer",), "tokenizer_2": ("clip_tokenizer",), "tokenizer_3": ("t5_tokenizer",),
-        "scheduler": ("scheduler", {**FLOW_SCHEDULER, "use_dynamic_shifting": False}),
-    }, "bfloat16")
+    return _pipeline(
+        Path(root),
+        "StableDiffusion3Pipeline",
+        {
+            "transformer": (
+                "diffusers",
+                "SD3Transformer2DModel",
+                SD35_TRANSFORMER,
+                {"shards": 2, "expect_params": PARAMS["sd35_large_transformer"]},
+            ),
+            "text_encoder": (
+                "transformers",
+                "CLIPTextModelWithProjection",
+                {**CLIP_L, "architectures": ["CLIPTextModelWithProjection"]},
+                {},
+            ),
+            "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", CLIP_G, {}),
+            "text_encoder_3": (
+                "transformers",
+                "T5EncoderModel",
+                T5_XXL,
+                {"shards": 2, "expect_params": PARAMS["t5_xxl"]},
+            ),
+            "vae": ("diffusers", "AutoencoderKL", SD3_VAE, {"expect_params": PARAMS["flux_vae"]}),
+            "tokenizer": ("clip_tokenizer",),
+            "tokenizer_2": ("clip_tokenizer",),
+            "tokenizer_3": ("t5_tokenizer",),
+            "scheduler": ("scheduler", {**FLOW_SCHEDULER, "use_dynamic_shifting": False}),
+        },
+        "bfloat16",
+    )
 
 
 def build_sdxl(root: str | os.PathLike) -> Path:
     """SDXL base: fp32 files plus the `fp16` variant files beside them, as on the hub."""
     fp16 = {"variants": {"fp16": "float16"}}
-    return _pipeline(Path(root), "StableDiffusionXLPipeline", {
-        "unet": ("diffusers", "UNet2DConditionModel", SDXL_UNET, {**fp16, "expect_params": PARAMS["sdxl_unet"]}),
-        "text_encoder": ("transformers", "CLIPTextModel", CLIP_L, {**fp16, "expect_params": PARAMS["clip_l"]}),
-        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", CLIP_G, fp16),
-        "vae": ("diffusers", "AutoencoderKL", SDXL_VAE, fp16),
-        "tokenizer": ("clip_tokenizer",), "tokenizer_2": ("clip_tokenizer",),
-        "scheduler": ("scheduler", SDXL_SCHEDULER),
-    }, "float32")
+    return _pipeline(
+        Path(root),
+        "StableDiffusionXLPipeline",
+        {
+            "unet": ("diffusers", "UNet2DConditionModel", SDXL_UNET, {**fp16, "expect_params": PARAMS["sdxl_unet"]}),
+            "text_encoder": ("transformers", "CLIPTextModel", CLIP_L, {**fp16, "expect_params": PARAMS["clip_l"]}),
+            "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", CLIP_G, fp16),
+            "vae": ("diffusers", "AutoencoderKL", SDXL_VAE, fp16),
+            "tokenizer": ("clip_tokenizer",),
+            "tokenizer_2": ("clip_tokenizer",),
+            "scheduler": ("scheduler", SDXL_SCHEDULER),
+        },
+        "float32",
+    )
 
 
 BUILDERS = {"flux-dev": build_flux_dev, "sd35-large": build_sd35_large, "sdxl": build_sdxl}

@@ -2,6 +2,7 @@
 
 Layer shapes come from each component's config, built on the meta device: no weight is read.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,17 @@ def _pick(shapes: dict, leaves: tuple[str, ...]) -> dict:
     return {n: s for n, s in shapes.items() if any(n == leaf or n.endswith("." + leaf) for leaf in leaves)}
 
 
-def write_peft_lora(pipeline_dir: Path, out: Path, *, component: str = "transformer", rank: int = 4,
-                    scale: float = 0.5, seed: int = 0, leaves: tuple[str, ...] = ATTENTION,
-                    text_encoder: str | None = None) -> Path:
+def write_peft_lora(
+    pipeline_dir: Path,
+    out: Path,
+    *,
+    component: str = "transformer",
+    rank: int = 4,
+    scale: float = 0.5,
+    seed: int = 0,
+    leaves: tuple[str, ...] = ATTENTION,
+    text_encoder: str | None = None,
+) -> Path:
     """diffusers/peft layout: "<component>.<module>.lora_A.weight" / "lora_B.weight"."""
     import torch
     from safetensors.torch import save_file
@@ -51,8 +60,9 @@ def write_peft_lora(pipeline_dir: Path, out: Path, *, component: str = "transfor
     return out
 
 
-def write_kohya_lora(pipeline_dir: Path, out: Path, *, rank: int = 4, scale: float = 0.5, seed: int = 0,
-                     alpha: float | None = None) -> Path:
+def write_kohya_lora(
+    pipeline_dir: Path, out: Path, *, rank: int = 4, scale: float = 0.5, seed: int = 0, alpha: float | None = None
+) -> Path:
     """kohya/sd-scripts layout ("lora_unet_….lora_down.weight", ".lora_up.weight", ".alpha") for a
     FLUX pipeline (original BFL block names, fused qkv) or a UNet pipeline (diffusers names, "_"-joined)."""
     import torch

@@ -53,17 +53,21 @@ PIPELINE_NAMES = {"flux": "tiny-flux", "sd3": "tiny-sd3", "sd": "tiny-sd"}
 # 128 = 3072). Building "2b" peaks at ~4.5 GB RSS (one bf16 copy).
 FLUX_SIZES: dict[str, dict[str, Any]] = {
     # 1.0 M params, 3.9 MB, < 0.2 s
-    "tiny": dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=64,
-                 joint_attention_dim=128),
+    "tiny": dict(
+        num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=64, joint_attention_dim=128
+    ),
     # 20.6 M params, 43 MB
-    "20m": dict(num_layers=2, num_single_layers=4, num_attention_heads=6, attention_head_dim=64,
-                joint_attention_dim=128),
+    "20m": dict(
+        num_layers=2, num_single_layers=4, num_attention_heads=6, attention_head_dim=64, joint_attention_dim=128
+    ),
     # 198.6 M params, 401 MB, ~1.5 s
-    "200m": dict(num_layers=5, num_single_layers=10, num_attention_heads=12, attention_head_dim=64,
-                 joint_attention_dim=256),
+    "200m": dict(
+        num_layers=5, num_single_layers=10, num_attention_heads=12, attention_head_dim=64, joint_attention_dim=256
+    ),
     # 2.06 B params, 4.14 GB, ~35 s
-    "2b": dict(num_layers=3, num_single_layers=7, num_attention_heads=24, attention_head_dim=128,
-               joint_attention_dim=512),
+    "2b": dict(
+        num_layers=3, num_single_layers=7, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=512
+    ),
 }
 
 
@@ -266,8 +270,11 @@ def build_flux(
     from transformers import CLIPTextModel, T5EncoderModel
 
     inner = num_attention_heads * attention_head_dim
-    for value, what in ((inner, "num_attention_heads * attention_head_dim"),
-                        (joint_attention_dim, "joint_attention_dim"), (text_hidden, "text_hidden")):
+    for value, what in (
+        (inner, "num_attention_heads * attention_head_dim"),
+        (joint_attention_dim, "joint_attention_dim"),
+        (text_hidden, "text_hidden"),
+    ):
         _check(value, what)
     if attention_head_dim % 4 or attention_head_dim < 32:
         raise ValueError("attention_head_dim must be a multiple of 4 and at least 32")
@@ -275,25 +282,43 @@ def build_flux(
     axes_dims_rope = (16, rope_side, rope_side)
 
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
     return _write_pipeline(
-        Path(path), "FluxPipeline",
+        Path(path),
+        "FluxPipeline",
         parts={"scheduler": scheduler, "tokenizer": clip_tokenizer(), "tokenizer_2": t5_tokenizer()},
         models=[
             ("text_encoder", lambda: CLIPTextModel(_clip_config(text_hidden, text_layers)), seed + 1),
             ("text_encoder_2", lambda: T5EncoderModel(_t5_config(joint_attention_dim, text_layers)), seed + 2),
             ("vae", lambda: _vae(16, 0.3611, 0.1159), seed + 3),
-            ("transformer", lambda: FluxTransformer2DModel(
-                patch_size=1, in_channels=64, out_channels=None,
-                num_layers=num_layers, num_single_layers=num_single_layers,
-                attention_head_dim=attention_head_dim, num_attention_heads=num_attention_heads,
-                joint_attention_dim=joint_attention_dim, pooled_projection_dim=text_hidden,
-                guidance_embeds=guidance_embeds, axes_dims_rope=axes_dims_rope,
-            ), seed + 4),
+            (
+                "transformer",
+                lambda: FluxTransformer2DModel(
+                    patch_size=1,
+                    in_channels=64,
+                    out_channels=None,
+                    num_layers=num_layers,
+                    num_single_layers=num_single_layers,
+                    attention_head_dim=attention_head_dim,
+                    num_attention_heads=num_attention_heads,
+                    joint_attention_dim=joint_attention_dim,
+                    pooled_projection_dim=text_hidden,
+                    guidance_embeds=guidance_embeds,
+                    axes_dims_rope=axes_dims_rope,
+                ),
+                seed + 4,
+            ),
         ],
-        absent=("image_encoder", "feature_extractor"), dtype=dtype, max_shard_size=max_shard_size,
+        absent=("image_encoder", "feature_extractor"),
+        dtype=dtype,
+        max_shard_size=max_shard_size,
     )
 
 
@@ -324,29 +349,51 @@ def build_sd3(
     from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
     inner = num_attention_heads * attention_head_dim
-    for value, what in ((inner, "num_attention_heads * attention_head_dim"), (clip_hidden, "clip_hidden"),
-                        (t5_hidden, "t5_hidden")):
+    for value, what in (
+        (inner, "num_attention_heads * attention_head_dim"),
+        (clip_hidden, "clip_hidden"),
+        (t5_hidden, "t5_hidden"),
+    ):
         _check(value, what)
     if t5_hidden < 2 * clip_hidden:
         raise ValueError("t5_hidden must be at least 2 * clip_hidden")
 
     return _write_pipeline(
-        Path(path), "StableDiffusion3Pipeline",
-        parts={"scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
-               "tokenizer": clip_tokenizer(), "tokenizer_2": clip_tokenizer(), "tokenizer_3": t5_tokenizer()},
+        Path(path),
+        "StableDiffusion3Pipeline",
+        parts={
+            "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+            "tokenizer": clip_tokenizer(),
+            "tokenizer_2": clip_tokenizer(),
+            "tokenizer_3": t5_tokenizer(),
+        },
         models=[
             ("text_encoder", lambda: CLIPTextModelWithProjection(_clip_config(clip_hidden, text_layers)), seed + 1),
             ("text_encoder_2", lambda: CLIPTextModelWithProjection(_clip_config(clip_hidden, text_layers)), seed + 2),
             ("text_encoder_3", lambda: T5EncoderModel(_t5_config(t5_hidden, text_layers)), seed + 3),
             ("vae", lambda: _vae(16, 1.5305, 0.0609), seed + 4),
-            ("transformer", lambda: SD3Transformer2DModel(
-                sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=num_layers,
-                attention_head_dim=attention_head_dim, num_attention_heads=num_attention_heads,
-                joint_attention_dim=t5_hidden, caption_projection_dim=inner,
-                pooled_projection_dim=2 * clip_hidden, pos_embed_max_size=32, qk_norm=qk_norm,
-            ), seed + 5),
+            (
+                "transformer",
+                lambda: SD3Transformer2DModel(
+                    sample_size=32,
+                    patch_size=2,
+                    in_channels=16,
+                    out_channels=16,
+                    num_layers=num_layers,
+                    attention_head_dim=attention_head_dim,
+                    num_attention_heads=num_attention_heads,
+                    joint_attention_dim=t5_hidden,
+                    caption_projection_dim=inner,
+                    pooled_projection_dim=2 * clip_hidden,
+                    pos_embed_max_size=32,
+                    qk_norm=qk_norm,
+                ),
+                seed + 5,
+            ),
         ],
-        absent=("image_encoder", "feature_extractor"), dtype=dtype, max_shard_size=max_shard_size,
+        absent=("image_encoder", "feature_extractor"),
+        dtype=dtype,
+        max_shard_size=max_shard_size,
     )
 
 
@@ -379,23 +426,42 @@ def build_sd(
     up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
 
     scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     return _write_pipeline(
-        Path(path), "StableDiffusionPipeline",
+        Path(path),
+        "StableDiffusionPipeline",
         parts={"scheduler": scheduler, "tokenizer": clip_tokenizer()},
         models=[
             ("text_encoder", lambda: CLIPTextModel(_clip_config(cross_attention_dim, text_layers)), seed + 1),
             ("vae", lambda: _vae(4, 0.18215, None), seed + 2),
-            ("unet", lambda: UNet2DConditionModel(
-                sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
-                block_out_channels=tuple(block_out_channels), down_block_types=down, up_block_types=up,
-                cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
-            ), seed + 3),
+            (
+                "unet",
+                lambda: UNet2DConditionModel(
+                    sample_size=32,
+                    in_channels=4,
+                    out_channels=4,
+                    layers_per_block=1,
+                    block_out_channels=tuple(block_out_channels),
+                    down_block_types=down,
+                    up_block_types=up,
+                    cross_attention_dim=cross_attention_dim,
+                    attention_head_dim=8,
+                    norm_num_groups=16,
+                ),
+                seed + 3,
+            ),
         ],
-        absent=("safety_checker", "feature_extractor", "image_encoder"), extra={"requires_safety_checker": False},
-        dtype=dtype, max_shard_size=max_shard_size,
+        absent=("safety_checker", "feature_extractor", "image_encoder"),
+        extra={"requires_safety_checker": False},
+        dtype=dtype,
+        max_shard_size=max_shard_size,
     )
 
 
@@ -416,8 +482,9 @@ def pipeline_name(kind: str, size: str = "tiny") -> str:
     return f"flux-{size.lower()}"
 
 
-def ensure_pipeline(kind: str, root: str | os.PathLike, *, size: str = "tiny",
-                    max_shard_size: int | str | None = None) -> Path:
+def ensure_pipeline(
+    kind: str, root: str | os.PathLike, *, size: str = "tiny", max_shard_size: int | str | None = None
+) -> Path:
     """Build ``root/<pipeline_name(kind, size)>`` once and return it.
 
     ``size`` picks a FLUX transformer size (:data:`FLUX_SIZES`); ``max_shard_size`` is handed to

@@ -4,6 +4,7 @@ does not fit a small machine).
 
     real(full) = real(base) + sum over layer kinds k of (real(base + one more k) - real(base)) x (n_k - base)
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ def _write(folder: Path, library: str, class_name: str, config: dict, seed: int 
     del model
 
 
-def load_bytes(folder: Path, library: str, class_name: str, dtype: str, backend=None, quant_type=None,
-               options=None) -> int:
+def load_bytes(
+    folder: Path, library: str, class_name: str, dtype: str, backend=None, quant_type=None, options=None
+) -> int:
     """Load through the library's from_pretrained with the backend's own config, as the pack
     does, and count every storage (quantized state included)."""
     import diffusers
@@ -61,8 +63,9 @@ def load_bytes(folder: Path, library: str, class_name: str, dtype: str, backend=
     return n
 
 
-def cached_models(root: Path, library: str, class_name: str, config: dict, layer_fields: dict[str, int],
-                  base: int = 1) -> dict:
+def cached_models(
+    root: Path, library: str, class_name: str, config: dict, layer_fields: dict[str, int], base: int = 1
+) -> dict:
     """Write the few-layer models once under `root` (for several loads): `base` layers of every
     kind, then one more of each kind in turn. Returns kind (None: the base) -> folder."""
     out = {}

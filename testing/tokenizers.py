@@ -49,4 +49,3 @@ def t5_tokenizer(max_length: int = 512):
     pieces += [("▁" + chr(c), -3.0) for c in range(ord("a"), ord("z") + 1)]  # word starts: 124
     assert len(pieces) <= T5_VOCAB_SIZE
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
-

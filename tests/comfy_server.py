@@ -18,6 +18,7 @@ folder::
 run; the YAML's ``is_default: true`` puts our folders first, so the Save node writes into the temp
 models root, not into the checkout.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -127,8 +128,9 @@ class ComfyServer:
     # -- plain HTTP ------------------------------------------------------------------------------
     def request(self, method: str, path: str, body=None, timeout: float = 30.0):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        req = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"} if data else {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 status, raw = resp.status, resp.read()
@@ -199,8 +201,14 @@ def write_extra_paths(path: Path, entries: dict[str, Path]) -> Path:
 
 
 @contextlib.contextmanager
-def start_comfyui(root: Path, *, pack_dir: Path = PACK_DIR, with_models: bool = True,
-                  extra_args: tuple[str, ...] = (), ready_timeout: float = READY_TIMEOUT) -> Iterator[ComfyServer]:
+def start_comfyui(
+    root: Path,
+    *,
+    pack_dir: Path = PACK_DIR,
+    with_models: bool = True,
+    extra_args: tuple[str, ...] = (),
+    ready_timeout: float = READY_TIMEOUT,
+) -> Iterator[ComfyServer]:
     """Start ComfyUI with the pack in a fresh `root`; stop it (the whole process group) on exit."""
     reason = skip_reason()
     if reason:
@@ -226,24 +234,54 @@ def start_comfyui(root: Path, *, pack_dir: Path = PACK_DIR, with_models: bool = 
         from pipequant.testing import write_example_files
 
         write_example_files(built["FLUX.1-dev"], loras, base / "input")  # what the LoRA template names
-    yaml_path = write_extra_paths(root / "extra_model_paths.yaml", {
-        "custom_nodes": custom_nodes, "diffusers": models_root, "diffusion_models": diffusion_models,
-        "loras": loras})
+    yaml_path = write_extra_paths(
+        root / "extra_model_paths.yaml",
+        {"custom_nodes": custom_nodes, "diffusers": models_root, "diffusion_models": diffusion_models, "loras": loras},
+    )
 
     port = free_port()
-    cmd = [str(comfyui_python(comfy)), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--extra-model-paths-config", str(yaml_path), "--base-directory", str(base),
-           "--output-directory", str(output_dir), "--database-url", "sqlite:///:memory:",
-           "--disable-auto-launch", *extra_args]
+    cmd = [
+        str(comfyui_python(comfy)),
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--extra-model-paths-config",
+        str(yaml_path),
+        "--base-directory",
+        str(base),
+        "--output-directory",
+        str(output_dir),
+        "--database-url",
+        "sqlite:///:memory:",
+        "--disable-auto-launch",
+        *extra_args,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEQUANT_")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", DO_NOT_TRACK="1")
     log_path = root / "server.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(cmd, cwd=comfy, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    server = ComfyServer(root=root, base_url=f"http://127.0.0.1:{port}", process=process, log_path=log_path,
-                         models_root=models_root, diffusion_models=diffusion_models, output_dir=output_dir,
-                         custom_nodes=custom_nodes)
+        process = subprocess.Popen(
+            cmd,
+            cwd=comfy,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = ComfyServer(
+        root=root,
+        base_url=f"http://127.0.0.1:{port}",
+        process=process,
+        log_path=log_path,
+        models_root=models_root,
+        diffusion_models=diffusion_models,
+        output_dir=output_dir,
+        custom_nodes=custom_nodes,
+    )
     try:
         _wait_ready(server, ready_timeout)
         yield server
@@ -298,8 +336,11 @@ def comfy_server(request, tmp_path_factory) -> Iterator[ComfyServer]:
     finally:
         request.config.pluginmanager.unregister(watch)
     if watch.failed:
-        _print_uncaptured(request, f"\n===== ComfyUI server log ({server.log_path}), for {len(watch.failed)} failed "
-                                   f"test(s): {', '.join(watch.failed)} =====\n{server.log()}")
+        _print_uncaptured(
+            request,
+            f"\n===== ComfyUI server log ({server.log_path}), for {len(watch.failed)} failed "
+            f"test(s): {', '.join(watch.failed)} =====\n{server.log()}",
+        )
 
 
 class _FailureWatch:

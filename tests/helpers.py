@@ -1,4 +1,5 @@
 """Small helpers shared by tests (not fixtures)."""
+
 from __future__ import annotations
 
 import torch
@@ -38,14 +39,23 @@ def quantized_weight_types(module: torch.nn.Module) -> set[str]:
     out = set()
     for m in module.modules():
         w = getattr(m, "weight", None)
-        if isinstance(w, torch.Tensor) and (type(w) not in (torch.Tensor, torch.nn.Parameter)
-                                            or type(m).__module__.startswith("optimum.quanto")):
+        if isinstance(w, torch.Tensor) and (
+            type(w) not in (torch.Tensor, torch.nn.Parameter) or type(m).__module__.startswith("optimum.quanto")
+        ):
             kind = type(w) if type(w) not in (torch.Tensor, torch.nn.Parameter) else type(m)
             out.add(f"{kind.__module__.split('.')[0]}.{kind.__name__}")
     return out
 
 
 # 100 bytes that claim a 2^40-item array in their metadata (gguf's reader would allocate for each).
-HUGE_ARRAY_GGUF = (b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
-                   + (4).to_bytes(8, "little") + b"vals" + (9).to_bytes(4, "little") + (0).to_bytes(4, "little")
-                   + (2**40).to_bytes(8, "little")).ljust(100, b"\0")
+HUGE_ARRAY_GGUF = (
+    b"GGUF"
+    + (3).to_bytes(4, "little")
+    + (0).to_bytes(8, "little")
+    + (1).to_bytes(8, "little")
+    + (4).to_bytes(8, "little")
+    + b"vals"
+    + (9).to_bytes(4, "little")
+    + (0).to_bytes(4, "little")
+    + (2**40).to_bytes(8, "little")
+).ljust(100, b"\0")

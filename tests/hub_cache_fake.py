@@ -1,4 +1,5 @@
 """A fake Hugging Face hub cache built from a local pipeline folder (for the tests)."""
+
 from __future__ import annotations
 
 import hashlib

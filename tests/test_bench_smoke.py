@@ -4,6 +4,7 @@ Runs the real suite (fork-server worker, fresh process per load) on the tiny FLU
 checks that the markdown, JSON and PNG come out with the expected columns and sane values. It
 measures nothing worth reading; `python -m bench` does (bench/README.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ def _finite_positive(value) -> bool:
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench-root")
     out = tmp_path_factory.mktemp("bench-out")
-    res = run_suite(sizes=["tiny"], reps=1, device="cpu", only=BENCHMARKS, root=root, quiet=True,
-                    log_file=out / "worker.log", validate_reps=2)
+    res = run_suite(
+        sizes=["tiny"],
+        reps=1,
+        device="cpu",
+        only=BENCHMARKS,
+        root=root,
+        quiet=True,
+        log_file=out / "worker.log",
+        validate_reps=2,
+    )
     return res, write(res, out, plot=True), out
 
 
@@ -85,8 +94,15 @@ def test_written_files(results):
     names = {p.name for p in written}
     assert {"results.md", "results.json"} <= names
     md = (out / "results.md").read_text()
-    for heading in ("## Targets", "## 1. Load overhead", "## 2. Memory", "## 3. Component reuse",
-                    "## 4. Pre-quantized reload", "## 5. Scaling", "## 6. Validation"):
+    for heading in (
+        "## Targets",
+        "## 1. Load overhead",
+        "## 2. Memory",
+        "## 3. Component reuse",
+        "## 4. Pre-quantized reload",
+        "## 5. Scaling",
+        "## 6. Validation",
+    ):
         assert heading in md
     assert "| size | plan | ratio (CPU time) | ratio (wall) |" in md
     data = json.loads((out / "results.json").read_text())

@@ -14,6 +14,7 @@ Run:  COMFYUI_DIR=/path/to/ComfyUI [PIPEQUANT_FRONTEND_ROOT=<wheel>/comfyui_fron
 Needs /usr/bin/chromium (apt-get install chromium) and `pip install playwright` (never
 `playwright install`). Screenshots go to test-artifacts/browser/<frontend>/.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 BACKEND, MAP, LOAD = "PipeQuantBackend", "PipeQuantComponentMap", "PipeQuantLoadPipeline"
 SAVE, REPORT = "PipeQuantSavePipeline", "PipeQuantMemoryReport"
 FRONTENDS = ("pinned", "newest")
-THUMBNAILS_ENV = "PIPEQUANT_WRITE_THUMBNAILS"  # =1: the tidy screenshots become example_workflows/<name>.jpg, docs/editor.png
+THUMBNAILS_ENV = (
+    "PIPEQUANT_WRITE_THUMBNAILS"  # =1: the tidy screenshots become example_workflows/<name>.jpg, docs/editor.png
+)
 THUMBNAIL_SIZE = (512, 384)
 
 
@@ -53,6 +56,8 @@ def thumbnail(png: Path, jpg: Path) -> Path:
         card.paste(image, ((THUMBNAIL_SIZE[0] - image.width) // 2, (THUMBNAIL_SIZE[1] - image.height) // 2))
         card.save(jpg, "JPEG", quality=80, optimize=True)
     return jpg
+
+
 FRONTEND_ENV = "PIPEQUANT_FRONTEND_ROOT"
 
 
@@ -60,11 +65,15 @@ def newest_frontend() -> tuple[Path | None, str]:
     """The newer frontend's static folder, or (None, why it is not there)."""
     value = os.environ.get(FRONTEND_ENV, "").strip()
     if not value:
-        return None, f"{FRONTEND_ENV} is not set (point it at <comfyui-frontend-package>/comfyui_frontend_package/static)"
+        return (
+            None,
+            f"{FRONTEND_ENV} is not set (point it at <comfyui-frontend-package>/comfyui_frontend_package/static)",
+        )
     root = Path(value).expanduser()
     if not (root / "index.html").is_file():
         return None, f"{FRONTEND_ENV}={root} holds no frontend (no index.html)"
     return root, ""
+
 
 try:
     from playwright.sync_api import sync_playwright
@@ -103,20 +112,25 @@ class Editor:
 
     def toasts(self, close: bool = False) -> list[str]:
         """The texts of the editor's toast messages (alerts), closing them if asked."""
-        return self.js("""(close) => {
+        return self.js(
+            """(close) => {
             const texts = [...document.querySelectorAll('.p-toast-message')].map(e => e.innerText);
             if (close) document.querySelectorAll('.p-toast-message .p-toast-close-button').forEach(b => b.click());
             return texts;
-        }""", close)
+        }""",
+            close,
+        )
 
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until every Load node's estimate/validation answers the graph as it is now."""
-        self.page.wait_for_function("() => window.pipequant && window.pipequant.settled()", timeout=timeout * 1000,
-                                    polling=100)
+        self.page.wait_for_function(
+            "() => window.pipequant && window.pipequant.settled()", timeout=timeout * 1000, polling=100
+        )
         time.sleep(0.3)  # one more tick: problems distributed, nodes resized, canvas drawn
 
     def node(self, node_id) -> dict:
-        return self.js("""(id) => {
+        return self.js(
+            """(id) => {
             const n = app.graph.getNodeById(id);
             const st = n.pipequant || {};
             return {type: n.comfyClass, size: [...n.size],
@@ -126,19 +140,26 @@ class Editor:
                     problems: (st.problems || []).map(p => ({code: p.code, input: p.input, severity: p.severity})),
                     estimate: st.answer ? st.answer.estimate : null, status: st.status || '',
                     panel: (st.lines || []).map(l => l.text ?? (l.left + ' | ' + l.right))};
-        }""", node_id)
+        }""",
+            node_id,
+        )
 
     def ids(self, node_type: str) -> list[int]:
         return self.js("(t) => app.graph._nodes.filter(n => n.comfyClass === t).map(n => n.id)", node_type)
 
     def widget_point(self, node_id, name: str, fx: float = 0.5) -> tuple[float, float]:
         """Page coordinates of a widget (fx: fraction of the node's width)."""
-        return tuple(self.js("""([id, name, fx]) => {
+        return tuple(
+            self.js(
+                """([id, name, fx]) => {
             const node = app.graph.getNodeById(id), w = node.widgets.find(w => w.name === name), c = app.canvas;
             const p = c.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] * fx, node.pos[1] + w.y + (w.computedHeight || 24) / 2]);
             const r = c.canvas.getBoundingClientRect(), k = r.width / c.canvas.width;
             return [r.left + p[0] * k, r.top + p[1] * k];
-        }""", [node_id, name, fx]))
+        }""",
+                [node_id, name, fx],
+            )
+        )
 
     def click_widget(self, node_id, name: str, fx: float = 0.5) -> None:
         self.show(node_id)
@@ -159,15 +180,19 @@ class Editor:
 
     def set_widget(self, node_id, name: str, value) -> None:
         """Set a widget the way an edit does (value, then its callback)."""
-        self.js("""([id, name, v]) => {
+        self.js(
+            """([id, name, v]) => {
             const n = app.graph.getNodeById(id), w = n.widgets.find(w => w.name === name);
             w.value = v; w.callback?.(w.value);
-        }""", [node_id, name, value])
+        }""",
+            [node_id, name, value],
+        )
         self.settle()
 
     def show(self, node_id) -> None:
         """Scroll the canvas so that the node is in view (clicks need it on screen)."""
-        self.js("""(id) => {
+        self.js(
+            """(id) => {
             const n = app.graph.getNodeById(id), c = app.canvas, ds = c.ds;
             const r = c.canvas.getBoundingClientRect();
             const inView = (x, y) => { const p = ds.convertOffsetToCanvas([x, y]); return p[0] > 10 && p[1] > 10 && p[0] < r.width - 10 && p[1] < r.height - 10; };
@@ -175,7 +200,9 @@ class Editor:
                 ds.offset[0] = -n.pos[0] + 120 / ds.scale; ds.offset[1] = -n.pos[1] + 120 / ds.scale;
                 c.setDirty(true, true);
             }
-        }""", node_id)
+        }""",
+            node_id,
+        )
         time.sleep(0.2)
 
     def tidy(self) -> None:
@@ -216,14 +243,17 @@ class Editor:
 
     def nodes_box(self, margin: float = 24) -> dict:
         """The page rectangle around all nodes (titles included), for a tight screenshot."""
-        return self.js("""(m) => {
+        return self.js(
+            """(m) => {
             const c = app.canvas, ds = c.ds, r = c.canvas.getBoundingClientRect(), k = r.width / c.canvas.width;
             const ns = app.graph._nodes, title = LiteGraph.NODE_TITLE_HEIGHT;
             const a = ds.convertOffsetToCanvas([Math.min(...ns.map(n => n.pos[0])), Math.min(...ns.map(n => n.pos[1] - title))]);
             const b = ds.convertOffsetToCanvas([Math.max(...ns.map(n => n.pos[0] + n.size[0])), Math.max(...ns.map(n => n.pos[1] + n.size[1]))]);
             const x = Math.max(0, r.left + a[0] * k - m), y = Math.max(0, r.top + a[1] * k - m);
             return {x, y, width: Math.min(innerWidth - x, (b[0] - a[0]) * k + 2 * m), height: Math.min(innerHeight - y, (b[1] - a[1]) * k + 2 * m)};
-        }""", margin)
+        }""",
+            margin,
+        )
 
     def screenshot(self, name: str, clip: dict | None = None) -> Path:
         folder = ARTIFACTS / self.frontend
@@ -266,8 +296,10 @@ def refused_link(server, tmp_path_factory):
 def editor(server, refused_link):
     frontend, comfy_server = server  # noqa: F811
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
         ed = Editor(page, comfy_server, frontend)
 
@@ -288,8 +320,10 @@ def editor(server, refused_link):
         for setting, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False)):
             comfy_server.post(f"/settings/{setting}", value)
         page.goto(comfy_server.base_url)
-        page.wait_for_function("() => window.app && window.app.graph && window.pipequant && window.pipequant.shared.catalogue",
-                               timeout=90_000)
+        page.wait_for_function(
+            "() => window.app && window.app.graph && window.pipequant && window.pipequant.shared.catalogue",
+            timeout=90_000,
+        )
         yield ed
         browser.close()
     assert not ed.errors, "errors from the PipeQuant extension:\n" + "\n".join(ed.errors)
@@ -433,7 +467,9 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
     saved = saved_values(data)
     for node_id in editor.ids(BACKEND) + editor.ids(MAP) + editor.ids(LOAD):
         state = editor.node(node_id)
-        assert list(state["values"].values())[:len(saved[str(node_id)])] == saved[str(node_id)], f"node {node_id} changed: {state}"
+        assert list(state["values"].values())[: len(saved[str(node_id)])] == saved[str(node_id)], (
+            f"node {node_id} changed: {state}"
+        )
     for node_id in editor.ids(BACKEND):
         check_backend(editor, catalogue, node_id)
     for node_id in editor.ids(LOAD):
@@ -446,7 +482,7 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
     exported = editor.js("() => window.app.graph.serialize()")
     for node in exported["nodes"]:
         if str(node["id"]) in saved:
-            assert node.get("widgets_values", [])[:len(saved[str(node["id"])])] == saved[str(node["id"])], node
+            assert node.get("widgets_values", [])[: len(saved[str(node["id"])])] == saved[str(node["id"])], node
     editor.load(exported, f"{name}-reloaded")
     assert view(editor) == before
 
@@ -473,8 +509,10 @@ def test_switching_backend_narrows_quant_type_and_hides_widgets(editor, catalogu
     assert state["values"]["quant_type"] == "int8_weight_only"
     # the options text hides behind its widgets (one per option of the type)
     assert "gguf_file" in state["hidden"] and "options" in state["hidden"]
-    assert editor.js("(id) => app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => w.label)",
-                     backend) == ["modules_to_not_convert"]
+    assert editor.js(
+        "(id) => app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => w.label)",
+        backend,
+    ) == ["modules_to_not_convert"]
 
     editor.click_widget(backend, "quant_type")
     assert editor.menu() == [q["name"] for q in catalogue["torchao"]["quant_types"]]
@@ -511,7 +549,9 @@ def test_not_installed_backend_is_marked(editor):
     panel = " ".join(editor.node(backend)["panel"])  # wrapped to the node's width
     assert "optimum-quanto is not installed — pip install optimum-quanto" in panel, panel
     editor.screenshot("backend-not-installed")
-    editor.js("""() => { window.pipequant.shared.catalogue.backends.find(b => b.name === 'quanto').installed = true; }""")
+    editor.js(
+        """() => { window.pipequant.shared.catalogue.backends.find(b => b.name === 'quanto').installed = true; }"""
+    )
 
 
 def test_component_picker_lists_the_models_components(editor):
@@ -540,13 +580,20 @@ def test_component_picker_lists_the_models_components(editor):
 def test_backend_components_picker_toggles_names(editor):
     editor.load(example("SD3.5 torchao int8 (global)"), "components")
     backend, load = editor.ids(BACKEND)[0], editor.ids(LOAD)[0]
-    quantized = lambda: sorted(r["component"] for r in editor.node(load)["estimate"]["components"]  # noqa: E731
-                               if r["action"] == "quantize")
+
+    def quantized():
+        return sorted(r["component"] for r in editor.node(load)["estimate"]["components"] if r["action"] == "quantize")
+
     assert quantized() == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer"]  # empty: all but the VAE
     editor.click_widget(backend, "components")
     entries = editor.menu()
     assert [e.split(" — ")[0] for e in entries if " — " in e] == [
-        "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"], entries
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+        "transformer",
+        "vae",
+    ], entries
     editor.choose("transformer —")
     assert editor.node(backend)["values"]["components"] == "transformer"
     assert quantized() == ["transformer"]
@@ -566,7 +613,9 @@ def test_estimate_and_validation_errors_show_before_run(editor):
     assert state["panel"][0].startswith("Estimated memory | in memory at bfloat16")
     assert any(line.startswith("total | ") and "→" in line for line in state["panel"]), state["panel"]
     # the plan label stays, also on a narrow node
-    assert any(line.startswith("transformer  ·  int8_weight_only | ") and "→" in line for line in state["panel"]), state["panel"]
+    assert any(line.startswith("transformer  ·  int8_weight_only | ") and "→" in line for line in state["panel"]), (
+        state["panel"]
+    )
     editor.tidy()
     editor.screenshot("estimate")
 
@@ -616,8 +665,9 @@ def test_convert_and_run(editor):
     assert newest and newest["status"]["status_str"] == "success", comfy_server.log_tail()
     # The Memory Report shows the table it returned, on the node.
     report = editor.ids("PipeQuantMemoryReport")[0]
-    editor.page.wait_for_function("(id) => (app.graph.getNodeById(id).pipequant.output || '').includes('TOTAL')",
-                                  arg=report, timeout=30_000)
+    editor.page.wait_for_function(
+        "(id) => (app.graph.getNodeById(id).pipequant.output || '').includes('TOTAL')", arg=report, timeout=30_000
+    )
     time.sleep(0.5)
     state = editor.node(report)
     panel = state["panel"]
@@ -648,8 +698,10 @@ def test_readme_screenshot(editor):
     editor.js("() => { window.pipequant.shared.catalogue.editor.refused = []; }")
     try:
         editor.set_widget(min(editor.ids(LOAD)), "dtype", "bfloat16")  # drawn again
-        editor.js("(id) => { const n = app.graph.getNodeById(id); n.pipequant.layoutKey = null; app.graph.setDirtyCanvas(true, true); }",
-                  min(editor.ids(LOAD)))
+        editor.js(
+            "(id) => { const n = app.graph.getNodeById(id); n.pipequant.layoutKey = null; app.graph.setDirtyCanvas(true, true); }",
+            min(editor.ids(LOAD)),
+        )
         editor.tidy()
         path = editor.screenshot("readme", clip=editor.nodes_box())
     finally:
@@ -662,7 +714,8 @@ def test_readme_screenshot(editor):
 # -- issue 15: right on every graph, on both frontends ---------------------------------------------
 def assert_inside(editor: Editor, node_id) -> None:
     """Every panel line is narrower than the panel, and the panel ends inside the node."""
-    out = editor.js("""(id) => {
+    out = editor.js(
+        """(id) => {
         const n = app.graph.getNodeById(id), st = n.pipequant, panel = n.widgets.find(w => w.name === 'pipequant_info');
         const ctx = document.createElement('canvas').getContext('2d'), inner = n.size[0] - 2 * 15;
         const wide = [];
@@ -673,7 +726,9 @@ def assert_inside(editor: Editor, node_id) -> None:
         }
         return {wide, lines: st.lines.length, bottom: (panel.y || 0) + st.lines.length * 16 + 10, height: n.size[1],
                 vue: window.pipequant.vueMode()};
-    }""", node_id)
+    }""",
+        node_id,
+    )
     assert not out["wide"], out
     assert out["lines"] <= 12, out
     if not out["vue"]:  # on the canvas the panel is laid out inside the node's own box
@@ -701,13 +756,16 @@ def shared_backend_graph(editor: Editor) -> tuple[int, int, int]:
     backends = sorted(editor.ids(BACKEND))
     maps = sorted(editor.ids(MAP))
     keep, drop = backends[0], backends[1]
-    editor.js("""([keep, drop, maps]) => {
+    editor.js(
+        """([keep, drop, maps]) => {
         const g = app.graph, b = g.getNodeById(keep);
         g.remove(g.getNodeById(drop));
         for (const id of maps) { const m = g.getNodeById(id); const slot = m.findInputSlot('config'); b.connect(0, m, slot); }
         const w = b.widgets.find(w => w.name === 'backend'); w.value = 'torchao'; w.callback?.(w.value);
         const q = b.widgets.find(w => w.name === 'quant_type'); q.value = 'int8_weight_only'; q.callback?.(q.value);
-    }""", [keep, drop, maps])
+    }""",
+        [keep, drop, maps],
+    )
     editor.settle()
     return keep, editor.ids(LOAD)[0], maps
 
@@ -729,7 +787,9 @@ def test_menu_entries_are_plain_text(editor):
     backend = min(editor.ids(BACKEND))
     editor.click_widget(backend, "backend")
     editor.menu()
-    entries = editor.js("() => [...document.querySelectorAll('.litecontextmenu .litemenu-entry')].map(e => [e.innerHTML, e.innerText, e.className])")
+    entries = editor.js(
+        "() => [...document.querySelectorAll('.litecontextmenu .litemenu-entry')].map(e => [e.innerHTML, e.innerText, e.className])"
+    )
     assert entries and all("<" not in html and "<span" not in text for html, text, _ in entries), entries
     gpu = [e for e in entries if e[1].startswith("bitsandbytes_4bit")]
     assert gpu and gpu[0][1].endswith("needs a GPU for diffusers models") and "pipequant-unavailable" in gpu[0][2], gpu
@@ -739,7 +799,9 @@ def test_menu_entries_are_plain_text(editor):
     last = max(editor.ids(MAP))
     editor.click_widget(last, "component")
     editor.menu()
-    entries = editor.js("() => [...document.querySelectorAll('.litecontextmenu .litemenu-entry')].map(e => [e.innerHTML, e.innerText])")
+    entries = editor.js(
+        "() => [...document.querySelectorAll('.litecontextmenu .litemenu-entry')].map(e => [e.innerHTML, e.innerText])"
+    )
     assert all("<" not in html for html, _ in entries), entries
     assert any(" on disk (" in text for _, text in entries), entries  # the size says what it is
     editor.screenshot("menu-component")
@@ -757,7 +819,9 @@ def test_save_rules_are_red_before_run(editor):
     assert errors == [("not_savable", "backend")], state  # (and quanto's deprecation warning)
     assert any("text_encoder_2" in line for line in state["panel"]), state["panel"]
     assert [p["code"] for p in editor.node(save)["problems"] if p["severity"] == "error"] == ["not_savable"]
-    red = editor.js("(id) => !!app.graph.getNodeById(id).strokeStyles.pipequantProblem.call(app.graph.getNodeById(id))", backend)
+    red = editor.js(
+        "(id) => !!app.graph.getNodeById(id).strokeStyles.pipequantProblem.call(app.graph.getNodeById(id))", backend
+    )
     assert red
     editor.tidy()
     editor.screenshot("save-rules-red", clip=editor.nodes_box())
@@ -780,9 +844,15 @@ def test_long_text_stays_inside_the_node_and_nodes_do_not_overlap(editor):
     assert not overlaps(editor), overlaps(editor)
     editor.screenshot("long-text", clip=editor.nodes_box())
     # A long panel shows its first lines; a click shows all of it.
-    st = editor.js("(id) => ({t: app.graph.getNodeById(id).pipequant.truncated, n: app.graph.getNodeById(id).pipequant.lines.length})", backend)
+    st = editor.js(
+        "(id) => ({t: app.graph.getNodeById(id).pipequant.truncated, n: app.graph.getNodeById(id).pipequant.lines.length})",
+        backend,
+    )
     if st["t"]:
-        editor.js("(id) => { const n = app.graph.getNodeById(id); n.pipequant.expanded = true; n.pipequant.layoutKey = null; }", backend)
+        editor.js(
+            "(id) => { const n = app.graph.getNodeById(id); n.pipequant.expanded = true; n.pipequant.layoutKey = null; }",
+            backend,
+        )
         time.sleep(0.5)
         assert editor.js("(id) => app.graph.getNodeById(id).pipequant.lines.length", backend) > st["n"]
 
@@ -801,13 +871,18 @@ def test_new_backend_node_defaults_to_what_runs_here_and_switching_drops_options
     editor.choose("torchao")
     state = editor.node(backend)
     assert json.loads(state["values"]["options"]) == {} and not state["problems"], state
-    assert any("dropped" in line and "double_quant" in " ".join(state["panel"]) for line in state["panel"]), state["panel"]
+    assert any("dropped" in line and "double_quant" in " ".join(state["panel"]) for line in state["panel"]), state[
+        "panel"
+    ]
     editor.click_widget(backend, "backend")
     editor.choose("quanto")
     editor.click_widget(backend, "quant_type")
     editor.choose("int4")
-    editor.js("""(id) => { const n = app.graph.getNodeById(id); n.pipequant.expanded = true; n.pipequant.layoutKey = null;
-                           app.graph.setDirtyCanvas(true, true); }""", backend)
+    editor.js(
+        """(id) => { const n = app.graph.getNodeById(id); n.pipequant.expanded = true; n.pipequant.layoutKey = null;
+                           app.graph.setDirtyCanvas(true, true); }""",
+        backend,
+    )
     time.sleep(0.5)  # drawn again, all of it
     panel = " ".join(editor.node(backend)["panel"])
     assert "C++ extension on first use" in panel, panel
@@ -821,12 +896,18 @@ def test_option_widgets_write_the_json_the_runner_reads(editor, tmp_path):
 
     editor.load(example("FLUX quantize once and save"), "option-widgets")  # pack nodes only: the runner reads it
     backend = editor.ids(BACKEND)[0]
-    names = editor.js("(id) => app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => [w.label || w.name, w.type])", backend)
+    names = editor.js(
+        "(id) => app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => [w.label || w.name, w.type])",
+        backend,
+    )
     assert names == [["double_quant", "toggle"], ["modules_to_not_convert", "text"]], names
     assert "options" in editor.node(backend)["hidden"]  # the widgets show all of the text
-    editor.js("""(id) => { const n = app.graph.getNodeById(id);
+    editor.js(
+        """(id) => { const n = app.graph.getNodeById(id);
         for (const [name, v] of [['option: double_quant', true], ['option: modules_to_not_convert', 'proj_out, norm_out']]) {
-            const w = n.widgets.find(w => w.name === name); w.value = v; w.callback?.(v, app.canvas, n); } }""", backend)
+            const w = n.widgets.find(w => w.name === name); w.value = v; w.callback?.(v, app.canvas, n); } }""",
+        backend,
+    )
     editor.settle()
     text = editor.node(backend)["values"]["options"]
     wanted = {"double_quant": True, "modules_to_not_convert": ["proj_out", "norm_out"]}
@@ -839,7 +920,10 @@ def test_option_widgets_write_the_json_the_runner_reads(editor, tmp_path):
     assert parse_options(api[str(backend)]["inputs"]["options"]) == (wanted, [])
     # Reloaded, the widgets show what the text holds; a typo typed by hand shows the text and its fix.
     editor.load(workflow, "option-widgets-reloaded")
-    got = editor.js("(id) => Object.fromEntries(app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => [w.label, w.value]))", backend)
+    got = editor.js(
+        "(id) => Object.fromEntries(app.graph.getNodeById(id).widgets.filter(w => w.pipequantOption && w.type !== 'button').map(w => [w.label, w.value]))",
+        backend,
+    )
     assert got == {"double_quant": True, "modules_to_not_convert": "proj_out, norm_out"}, got
     editor.set_widget(backend, "options", '{"double_qant": true}')
     state = editor.node(backend)
@@ -857,9 +941,13 @@ def test_panels_redraw_under_nodes_2(editor):
         assert editor.js("() => window.pipequant.vueMode()")
         backend, load = editor.ids(BACKEND)[0], editor.ids(LOAD)[0]
         picture = lambda node_id: editor.js(  # noqa: E731
-            "(id) => [...document.querySelectorAll(`[data-node-id='${id}'] canvas`)].map(c => c.toDataURL()).join('|')", node_id)
+            "(id) => [...document.querySelectorAll(`[data-node-id='${id}'] canvas`)].map(c => c.toDataURL()).join('|')",
+            node_id,
+        )
         red = lambda node_id: editor.js(  # noqa: E731
-            "(id) => !!document.querySelector(`[data-node-id='${id}']`)?.classList.contains('pipequant-has-error')", node_id)
+            "(id) => !!document.querySelector(`[data-node-id='${id}']`)?.classList.contains('pipequant-has-error')",
+            node_id,
+        )
         before = {n: picture(n) for n in (backend, load)}
         assert before[load] and red(backend)  # bnb on a CPU server
         editor.screenshot("vue-before")
@@ -917,12 +1005,21 @@ def assert_laid_out(editor: Editor) -> None:
     for node_id, b in boxes.items():
         left, top, right, bottom = b["box"]
         for panel in b["panels"]:
-            assert left - 1 <= panel[0] and panel[2] <= right + 1 and top - 1 <= panel[1] and panel[3] <= bottom + 1, (node_id, b)
+            assert left - 1 <= panel[0] and panel[2] <= right + 1 and top - 1 <= panel[1] and panel[3] <= bottom + 1, (
+                node_id,
+                b,
+            )
         assert b["height"] <= b["size"][1] + b["title"] + 2, (node_id, b)
     ids = list(boxes)
-    overlapping = [(a, c) for i, a in enumerate(ids) for c in ids[i + 1:]
-                   if boxes[a]["box"][0] < boxes[c]["box"][2] and boxes[c]["box"][0] < boxes[a]["box"][2]
-                   and boxes[a]["box"][1] < boxes[c]["box"][3] and boxes[c]["box"][1] < boxes[a]["box"][3]]
+    overlapping = [
+        (a, c)
+        for i, a in enumerate(ids)
+        for c in ids[i + 1 :]
+        if boxes[a]["box"][0] < boxes[c]["box"][2]
+        and boxes[c]["box"][0] < boxes[a]["box"][2]
+        and boxes[a]["box"][1] < boxes[c]["box"][3]
+        and boxes[c]["box"][1] < boxes[a]["box"][3]
+    ]
     assert not overlapping, (overlapping, boxes)
 
 
@@ -931,8 +1028,11 @@ def test_grown_panels_stay_inside_their_node_under_nodes_2(editor):
         editor.load(example("FLUX NF4 transformer"), "vue-layout")
         backend, report = editor.ids(BACKEND)[0], editor.ids(REPORT)[0]
         # A node right under the Backend, which its error panel grows towards.
-        editor.js("""([b, r]) => { const nb = app.graph.getNodeById(b), nr = app.graph.getNodeById(r);
-            nr.pos = [nb.pos[0], nb.pos[1] + nb.size[1] + 60]; app.graph.setDirtyCanvas(true, true); }""", [backend, report])
+        editor.js(
+            """([b, r]) => { const nb = app.graph.getNodeById(b), nr = app.graph.getNodeById(r);
+            nr.pos = [nb.pos[0], nb.pos[1] + nb.size[1] + 60]; app.graph.setDirtyCanvas(true, true); }""",
+            [backend, report],
+        )
         time.sleep(1.0)
         assert_laid_out(editor)
         long_name = "a_component_name_with_no_spaces_at_all_" * 4
@@ -957,10 +1057,14 @@ def test_grown_panels_stay_inside_their_node_under_nodes_2(editor):
 
 def test_gpu_only_backends_are_marked_in_the_nodes_2_select(editor):
     with nodes_2(editor):
-        catalogue = {b["name"]: b for b in editor.js("() => window.pipequant.shared.catalogue.backends")}  # the server's
+        catalogue = {
+            b["name"]: b for b in editor.js("() => window.pipequant.shared.catalogue.backends")
+        }  # the server's
         editor.load(example("FLUX NF4 transformer"), "vue-select")
         backend = editor.ids(BACKEND)[0]
-        editor.page.locator(f"[data-node-id='{backend}'] .lg-node-widget", has_text="backend").first.locator("button").first.click()
+        editor.page.locator(f"[data-node-id='{backend}'] .lg-node-widget", has_text="backend").first.locator(
+            "button"
+        ).first.click()
         editor.page.wait_for_selector("[role=option]", timeout=5000)
         options = editor.js("() => [...document.querySelectorAll('[role=option]')].map(e => e.innerText.trim())")
         editor.screenshot("vue-backend-select")
@@ -982,20 +1086,26 @@ def test_gpu_only_backends_are_marked_in_the_nodes_2_select(editor):
 
 def plan_panel(editor: Editor, node_id) -> dict:
     """The Auto Quantization Plan node's plan lines and where its drawn panel sits."""
-    return editor.js("""(id) => { const n = app.graph.getNodeById(id), w = n.widgets.find(w => w.name === 'pipequant_plan');
-        return {lines: n.pipequantPlan.lines, y: w.y, height: w.computeSize()[1], size: [...n.size]}; }""", node_id)
+    return editor.js(
+        """(id) => { const n = app.graph.getNodeById(id), w = n.widgets.find(w => w.name === 'pipequant_plan');
+        return {lines: n.pipequantPlan.lines, y: w.y, height: w.computeSize()[1], size: [...n.size]}; }""",
+        node_id,
+    )
 
 
 def test_auto_plan_node_shows_its_plan_in_the_node(editor):
     editor.load(example("FLUX automatic plan"), "auto-plan")
     plan = editor.ids("PipeQuantAutoPlan")[0]
-    editor.page.wait_for_function("(id) => app.graph.getNodeById(id).pipequantPlan.lines[0].startsWith('peak ')",
-                                  arg=plan, timeout=30_000)
+    editor.page.wait_for_function(
+        "(id) => app.graph.getNodeById(id).pipequantPlan.lines[0].startsWith('peak ')", arg=plan, timeout=30_000
+    )
     time.sleep(0.8)  # laid out and drawn
     state = plan_panel(editor, plan)
     components = {line.split(":")[0] for line in state["lines"][1:]}
     assert {"transformer", "text_encoder", "text_encoder_2", "vae"} <= components, state
-    assert state["height"] >= len(state["lines"]) * 15 + 10 and state["y"] + state["height"] <= state["size"][1] + 2, state
+    assert state["height"] >= len(state["lines"]) * 15 + 10 and state["y"] + state["height"] <= state["size"][1] + 2, (
+        state
+    )
     # The saved width is kept (long lines wrap), so the node does not grow over the Load node beside it.
     saved = next(n for n in example("FLUX automatic plan")["nodes"] if n["type"] == "PipeQuantAutoPlan")
     assert state["size"][0] == saved["size"][0] and not overlaps(editor), (state, overlaps(editor))
@@ -1008,15 +1118,19 @@ def test_auto_plan_node_shows_its_plan_under_nodes_2(editor):
     with nodes_2(editor):
         editor.load(example("FLUX automatic plan"), "vue-auto-plan")
         plan = editor.ids("PipeQuantAutoPlan")[0]
-        editor.page.wait_for_function("(id) => app.graph.getNodeById(id).pipequantPlan.lines[0].startsWith('peak ')",
-                                      arg=plan, timeout=30_000)
+        editor.page.wait_for_function(
+            "(id) => app.graph.getNodeById(id).pipequantPlan.lines[0].startsWith('peak ')", arg=plan, timeout=30_000
+        )
         time.sleep(1.0)
-        drawn = editor.js("""(id) => { const el = document.querySelector(`[data-node-id='${id}']`);
+        drawn = editor.js(
+            """(id) => { const el = document.querySelector(`[data-node-id='${id}']`);
             const c = [...el.querySelectorAll('canvas')].pop(), blank = document.createElement('canvas');
             blank.width = c.width; blank.height = c.height;
             const r = c.getBoundingClientRect(), e = el.getBoundingClientRect();
             return {painted: c.toDataURL() !== blank.toDataURL(), height: c.height / 2,
-                    inside: r.top >= e.top - 1 && r.bottom <= e.bottom + 1}; }""", plan)
+                    inside: r.top >= e.top - 1 && r.bottom <= e.bottom + 1}; }""",
+            plan,
+        )
         lines = plan_panel(editor, plan)["lines"]
         assert drawn["painted"] and drawn["inside"] and drawn["height"] >= len(lines) * 15 + 10, (drawn, lines)
         editor.screenshot("vue-auto-plan")

@@ -1,6 +1,7 @@
 """The editor's PipeQuant settings (web/js/settings.js) in a real ComfyUI, on both frontends: the
 Settings dialog shows them, and a change is saved where the server reads it. Same set-up and
 skips as test_browser.py, whose fixtures this uses."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The component cache: changing one component's plan reloads that component only."""
+
 from __future__ import annotations
 
 import importlib
@@ -28,10 +29,10 @@ def _count_loads(monkeypatch) -> list[str]:
 def test_changing_one_component_reloads_only_it(tiny_flux, monkeypatch):
     loaded = _count_loads(monkeypatch)
     cache = ComponentCache()
-    first = ComponentMap.make({"transformer": G("torchao", "int8_weight_only"),
-                               "text_encoder_2": G("torchao", "int8_weight_only")})
-    second = ComponentMap.make({"transformer": G("torchao", "int8_weight_only"),
-                                "text_encoder_2": G("quanto", "int8")})
+    first = ComponentMap.make(
+        {"transformer": G("torchao", "int8_weight_only"), "text_encoder_2": G("torchao", "int8_weight_only")}
+    )
+    second = ComponentMap.make({"transformer": G("torchao", "int8_weight_only"), "text_encoder_2": G("quanto", "int8")})
     with torch.inference_mode():
         a = load(tiny_flux, first, device="cpu", cache=cache)
         assert sorted(loaded) == ["text_encoder", "text_encoder_2", "transformer", "vae"]

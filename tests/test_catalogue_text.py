@@ -1,5 +1,6 @@
 """Copies of catalogue facts are generated, and checked here: the README's and the help pages'
 backend tables, the Backend and Save tooltips, and the two lists of required packages."""
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_generated_sections_match_the_catalogue(path):
     text = (ROOT / path).read_text()
     assert catalogue_text.render(path, text) == text, (
-        f"{path} drifted from the backend catalogue: run python -m pipequant.resolver.known.catalogue_text")
+        f"{path} drifted from the backend catalogue: run python -m pipequant.resolver.known.catalogue_text"
+    )
 
 
 def test_a_changed_fact_shows_as_drift():
@@ -37,8 +39,11 @@ def test_a_changed_fact_shows_as_drift():
 
 def test_the_backend_page_says_what_the_catalogue_says_about_saving():
     """The hand-written table once said torchao cannot be saved; the catalogue says it can."""
-    row = next(line for line in (ROOT / "web/docs/PipeQuantBackend.md").read_text().splitlines()
-               if line.startswith("| `torchao` |"))
+    row = next(
+        line
+        for line in (ROOT / "web/docs/PipeQuantBackend.md").read_text().splitlines()
+        if line.startswith("| `torchao` |")
+    )
     assert row.rstrip(" |").endswith("yes, except int4_weight_only")
 
 
@@ -51,8 +56,11 @@ def test_tooltips_name_every_backend_and_savable_one():
 
 
 def _names(lines) -> set[str]:
-    return {re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower() for line in lines
-            if line.strip() and not line.strip().startswith("#")}
+    return {
+        re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower()
+        for line in lines
+        if line.strip() and not line.strip().startswith("#")
+    }
 
 
 def test_requirements_and_pyproject_list_the_same_packages():

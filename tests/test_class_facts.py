@@ -1,5 +1,6 @@
 """The class facts validation reads instead of importing diffusers: the generated file agrees with
 the live classes, the live classes answer where the file cannot, and `validate` stays import-free."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,26 @@ from pipequant.resolver.files.inspect_model import _inspect_cached, inspect_mode
 from pipequant.resolver.known import catalogue, class_facts
 from pipequant.resolver.known.devices import NO_GPU_UNLESS
 
-SAMPLE_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLPipeline", "StableDiffusionPipeline",
-                    "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+SAMPLE_PIPELINES = (
+    "FluxPipeline",
+    "StableDiffusion3Pipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionPipeline",
+    "FluxImg2ImgPipeline",
+    "FluxInpaintPipeline",
+)
 
 
 def _clear():
-    for f in (class_facts._table, class_facts._pipeline, class_facts._class, class_facts.quantization_methods,
-              class_facts.config_parameters, _inspect_cached, catalogue._backends):
+    for f in (
+        class_facts._table,
+        class_facts._pipeline,
+        class_facts._class,
+        class_facts.quantization_methods,
+        class_facts.config_parameters,
+        _inspect_cached,
+        catalogue._backends,
+    ):
         f.cache_clear()
 
 
@@ -41,7 +55,8 @@ def _json(value):
 def test_the_file_is_for_the_versions_the_pack_is_tested_with():
     table = json.loads(class_facts.FACTS_FILE.read_text())
     assert table["versions"] == class_facts.installed_versions(), (
-        "regenerate resolver/data/class_facts.json: python -m pipequant.resolver.known.class_facts")
+        "regenerate resolver/data/class_facts.json: python -m pipequant.resolver.known.class_facts"
+    )
 
 
 def test_the_file_agrees_with_the_live_classes():
@@ -87,8 +102,9 @@ def test_inspection_from_the_live_classes_agrees_with_the_file(tiny_flux, flux_d
     assert class_facts._table() != {}
     for a, b in zip(live, from_file):
         assert a.describe() == b.describe()
-        assert {n: (c.is_module, c.config) for n, c in a.components.items()} == \
-            {n: (c.is_module, c.config) for n, c in b.components.items()}
+        assert {n: (c.is_module, c.config) for n, c in a.components.items()} == {
+            n: (c.is_module, c.config) for n, c in b.components.items()
+        }
 
 
 def test_unknown_names_are_refused_with_or_without_the_file(live_only):
@@ -108,8 +124,14 @@ def test_validate_imports_neither_torch_nor_diffusers(tiny_flux, flux_dev, tmp_p
     gpu_files = any(Path(p).exists() for p in NO_GPU_UNLESS)
     for folder in (tiny_flux, flux_dev):
         env = {"PATH": "/usr/bin:/bin", "PIPEQUANT_HF_CACHE": "off", "PYTHONPATH": ":".join(sys.path)}
-        done = subprocess.run(validate_command(folder.parent, folder.name), capture_output=True, text=True,
-                              timeout=300, cwd=tmp_path, env=env)
+        done = subprocess.run(
+            validate_command(folder.parent, folder.name),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+            env=env,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "OK (validated against the models" in done.stdout
         imported = imported_by(done.stdout)

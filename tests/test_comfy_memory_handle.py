@@ -1,6 +1,7 @@
 """The stand-in ModelPatcher PipeQuant puts in ComfyUI's loaded-model list answers what newer
 cores ask in free_memory's loop (Dynamic VRAM, pinned memory), without ComfyUI: the real-server
 tests (test_comfyui_memory.py) run on 0.3.64, which asks less."""
+
 from __future__ import annotations
 
 import sys

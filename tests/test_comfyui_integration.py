@@ -5,6 +5,7 @@ reported in /history, and the server still serving afterwards.
 Run:  COMFYUI_DIR=/path/to/ComfyUI python -m pytest tests/test_comfyui_integration.py -v
 (ComfyUI's python: $COMFYUI_PYTHON, else $COMFYUI_DIR/venv/bin/python.) Skipped without COMFYUI_DIR.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,8 +72,9 @@ def cpu_variant(name: str, prompt: dict) -> dict:
             node["inputs"].update(backend="torchao", quant_type="int8_weight_only", compute_dtype="auto", options="{}")
     if nodes(prompt, "PipeQuantSavePipeline"):
         for node in nodes(prompt, "PipeQuantBackend"):
-            node["inputs"].update(backend="quanto", quant_type="int8", compute_dtype="auto", options="{}",
-                                  components="transformer")
+            node["inputs"].update(
+                backend="quanto", quant_type="int8", compute_dtype="auto", options="{}", components="transformer"
+            )
         for node in nodes(prompt, "PipeQuantSavePipeline"):
             node["inputs"]["folder_name"] = f"{name}-quanto-int8"
     for node in nodes(prompt, "SaveImage"):
@@ -81,7 +83,7 @@ def cpu_variant(name: str, prompt: dict) -> dict:
 
 
 def backends_of(prompt: dict) -> set[str]:
-    return {f'{n["inputs"]["backend"]}:{n["inputs"]["quant_type"]}' for n in nodes(prompt, "PipeQuantBackend")}
+    return {f"{n['inputs']['backend']}:{n['inputs']['quant_type']}" for n in nodes(prompt, "PipeQuantBackend")}
 
 
 # -- reading answers -----------------------------------------------------------------------------
@@ -97,11 +99,12 @@ def assert_success(entry: dict, server) -> None:
     error = execution_error(entry)
     assert status.get("status_str") == "success" and status.get("completed"), (
         f"prompt failed: {error.get('exception_type') if error else ''}: "
-        f"{error.get('exception_message') if error else status}\n{server.log_tail()}")
+        f"{error.get('exception_message') if error else status}\n{server.log_tail()}"
+    )
 
 
 def error_texts(node_error: dict) -> str:
-    return "\n".join(f'{e.get("message", "")} | {e.get("details", "")}' for e in node_error["errors"])
+    return "\n".join(f"{e.get('message', '')} | {e.get('details', '')}" for e in node_error["errors"])
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -136,7 +139,9 @@ def test_object_info_lists_the_nodes_with_tooltips(comfy_server):
         if node["output"]:
             assert node.get("output_tooltips") and all(node["output_tooltips"]), f"{name} outputs lack tooltips"
     # The model lists come from the extra model paths.
-    assert {"FLUX.1-dev", "stable-diffusion-3.5-medium"} <= set(info["PipeQuantLoadPipeline"]["input"]["required"]["model"][0])
+    assert {"FLUX.1-dev", "stable-diffusion-3.5-medium"} <= set(
+        info["PipeQuantLoadPipeline"]["input"]["required"]["model"][0]
+    )
     assert "flux1-dev-Q8_0.gguf" in info["PipeQuantBackend"]["input"]["optional"]["gguf_file"][0]
 
 
@@ -169,8 +174,9 @@ def test_example_workflow_runs(comfy_server, name):
         path = comfy_server.output_dir / images[0]["subfolder"] / images[0]["filename"]
         assert path.is_file(), f"{path} was not written"
         assert png_size(path) == (SIZE, SIZE)
-        status, raw = comfy_server.get(f"/view?filename={images[0]['filename']}&type=output"
-                                       f"&subfolder={images[0]['subfolder']}")
+        status, raw = comfy_server.get(
+            f"/view?filename={images[0]['filename']}&type=output&subfolder={images[0]['subfolder']}"
+        )
         assert status == 200 and raw[:8] == PNG_MAGIC
 
     report_id = node_id(prompt, "PipeQuantMemoryReport")
@@ -181,7 +187,9 @@ def test_example_workflow_runs(comfy_server, name):
 
     for save_id in [i for i, n in prompt.items() if n["class_type"] == "PipeQuantSavePipeline"]:
         folder = comfy_server.models_root / prompt[save_id]["inputs"]["folder_name"]
-        assert outputs[save_id]["text"][0].startswith("saved ") and outputs[save_id]["text"][0].endswith(f" to {folder}")
+        assert outputs[save_id]["text"][0].startswith("saved ") and outputs[save_id]["text"][0].endswith(
+            f" to {folder}"
+        )
         assert (folder / "model_index.json").is_file()
         assert list((folder / "transformer").glob("*.safetensors")), "transformer weights were not saved"
         config = json.loads((folder / "transformer" / "config.json").read_text())
@@ -197,13 +205,26 @@ def test_example_workflow_runs(comfy_server, name):
 def reload_prompt(model: str, dtype: str) -> dict:
     """Load `model` with no quantization node, report it and draw one image."""
     return {
-        "1": {"class_type": "PipeQuantLoadPipeline",
-              "inputs": {"model": model, "dtype": dtype, "device": "cpu", "offload": "none"}},
+        "1": {
+            "class_type": "PipeQuantLoadPipeline",
+            "inputs": {"model": model, "dtype": dtype, "device": "cpu", "offload": "none"},
+        },
         "2": {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["1", 0]}},
-        "3": {"class_type": "PipeQuantSampler",
-              "inputs": {"pipeline": ["1", 0], "prompt": "a cat", "negative_prompt": "", "steps": 2,
-                         "guidance_scale": 3.5, "width": SIZE, "height": SIZE, "seed": 1, "batch_size": 1,
-                         "max_sequence_length": 32}},
+        "3": {
+            "class_type": "PipeQuantSampler",
+            "inputs": {
+                "pipeline": ["1", 0],
+                "prompt": "a cat",
+                "negative_prompt": "",
+                "steps": 2,
+                "guidance_scale": 3.5,
+                "width": SIZE,
+                "height": SIZE,
+                "seed": 1,
+                "batch_size": 1,
+                "max_sequence_length": 32,
+            },
+        },
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": f"pq-it-reload-{dtype}"}},
     }
 
@@ -219,10 +240,14 @@ def test_prequantized_quanto_copy_samples_in_bfloat16(comfy_server):
 
 def bnb_examples() -> list[str]:
     """Examples with a bitsandbytes Backend node, read from the JSON (collection stays cheap)."""
+
     def bnb(name: str) -> bool:
         workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
-        return any(n.get("type") == "PipeQuantBackend" and str(n["widgets_values"][0]).startswith("bitsandbytes")
-                   for n in workflow["nodes"])
+        return any(
+            n.get("type") == "PipeQuantBackend" and str(n["widgets_values"][0]).startswith("bitsandbytes")
+            for n in workflow["nodes"]
+        )
+
     return [n for n in EXAMPLE_NAMES if bnb(n)]
 
 
@@ -258,17 +283,31 @@ def test_bitsandbytes_example_says_it_needs_a_gpu(comfy_server, name):
 
 # -- bad input: 400 with node_errors on the node at fault -------------------------------------------
 BAD_BACKEND_INPUTS = {
-    "unknown backend": ({"backend": "bitsandbytes_4bits"}, "backend",
-                        ['unknown backend "bitsandbytes_4bits"', 'did you mean "bitsandbytes_4bit"?']),
-    "quant type of another backend": ({"backend": "torchao", "quant_type": "nf4"}, "quant_type",
-                                      ['"nf4" is a quant type of bitsandbytes_4bit, not of torchao',
-                                       "torchao has: int8_weight_only"]),
-    "quant type typo": ({"backend": "torchao", "quant_type": "int8_weightonly"}, "quant_type",
-                        ['did you mean "int8_weight_only"?']),
-    "options not JSON": ({"options": "{double_quant: true}"}, "options",
-                         ["options is not valid JSON", '{"double_quant": true}']),
-    "unknown option": ({"options": '{"double_quantt": true}'}, "options.double_quantt",
-                       ['has no option "double_quantt"', 'did you mean "double_quant"?']),
+    "unknown backend": (
+        {"backend": "bitsandbytes_4bits"},
+        "backend",
+        ['unknown backend "bitsandbytes_4bits"', 'did you mean "bitsandbytes_4bit"?'],
+    ),
+    "quant type of another backend": (
+        {"backend": "torchao", "quant_type": "nf4"},
+        "quant_type",
+        ['"nf4" is a quant type of bitsandbytes_4bit, not of torchao', "torchao has: int8_weight_only"],
+    ),
+    "quant type typo": (
+        {"backend": "torchao", "quant_type": "int8_weightonly"},
+        "quant_type",
+        ['did you mean "int8_weight_only"?'],
+    ),
+    "options not JSON": (
+        {"options": "{double_quant: true}"},
+        "options",
+        ["options is not valid JSON", '{"double_quant": true}'],
+    ),
+    "unknown option": (
+        {"options": '{"double_quantt": true}'},
+        "options.double_quantt",
+        ['has no option "double_quantt"', 'did you mean "double_quant"?'],
+    ),
 }
 
 
@@ -326,8 +365,10 @@ def test_component_typo_is_an_execution_error_and_the_server_carries_on(comfy_se
 
     # ... and still runs prompts: load the pipeline unquantized and report it.
     prompt = {
-        "1": {"class_type": "PipeQuantLoadPipeline",
-              "inputs": {"model": "FLUX.1-dev", "dtype": "bfloat16", "device": "cpu", "offload": "none"}},
+        "1": {
+            "class_type": "PipeQuantLoadPipeline",
+            "inputs": {"model": "FLUX.1-dev", "dtype": "bfloat16", "device": "cpu", "offload": "none"},
+        },
         "2": {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["1", 0]}},
     }
     entry = comfy_server.run(prompt)

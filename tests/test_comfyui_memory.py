@@ -13,6 +13,7 @@ The server gets one extra custom node, `PQTestNeedsMemory`: it asks ComfyUI's re
 server with RAM to spare no core node would ever need to).
 Skipped without COMFYUI_DIR.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -84,14 +85,32 @@ def our_prompt(seed: int = 1, allow_pickle: bool = False) -> dict:
     """Load + report + sample. Toggling allow_pickle (no pickle files here) re-runs the Load node
     with the same plan, so its components come from the cache when they are still there."""
     return {
-        "1": {"class_type": "PipeQuantLoadPipeline",
-              "inputs": {"model": MODEL, "dtype": "float32", "device": "cpu", "offload": "none",
-                         "allow_pickle": allow_pickle}},
+        "1": {
+            "class_type": "PipeQuantLoadPipeline",
+            "inputs": {
+                "model": MODEL,
+                "dtype": "float32",
+                "device": "cpu",
+                "offload": "none",
+                "allow_pickle": allow_pickle,
+            },
+        },
         "2": {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["1", 0]}},
-        "3": {"class_type": "PipeQuantSampler",
-              "inputs": {"pipeline": ["1", 0], "prompt": "a cat", "negative_prompt": "", "steps": 1,
-                         "guidance_scale": 3.5, "width": 32, "height": 32, "seed": seed, "batch_size": 1,
-                         "max_sequence_length": 32}},
+        "3": {
+            "class_type": "PipeQuantSampler",
+            "inputs": {
+                "pipeline": ["1", 0],
+                "prompt": "a cat",
+                "negative_prompt": "",
+                "steps": 1,
+                "guidance_scale": 3.5,
+                "width": 32,
+                "height": 32,
+                "seed": seed,
+                "batch_size": 1,
+                "max_sequence_length": 32,
+            },
+        },
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
     }
 
@@ -184,6 +203,7 @@ def test_a_core_node_needing_memory_gets_ours_and_the_next_run_reloads(server):
 def test_the_editor_setting_turns_the_hub_cache_off_and_on(server):
     """Settings dialog → PipeQuant → "Read pipelines from the Hugging Face cache": the editor saves
     it through ComfyUI's own /settings route (what web/js/settings.js registers); the model list follows."""
+
     def listed():
         status, info = server.get("/object_info/PipeQuantLoadPipeline")
         assert status == 200

@@ -7,6 +7,7 @@ cases use inductor (FLUX bf16, SD3 quanto int8); the others use `aot_eager`, whi
 graphs through dynamo and AOTAutograd (where quantized tensor subclasses fail, if they do) without
 generating C++.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -45,19 +46,23 @@ def pipelines(tiny_flux, tiny_sd3):
     return {"flux": tiny_flux, "sd3": tiny_sd3}
 
 
-@pytest.mark.parametrize("model, quant, backend, atol", [
-    # FLUX bf16 is covered (aot_eager) by test_compiled_flux_is_cached_reused_and_cancellable
-    ("flux", ("torchao", "int8_weight_only"), "aot_eager", 0.0),
-    ("flux", ("quanto", "int8"), "aot_eager", 0.0),
-    ("sd3", None, "inductor", 0.05),
-    ("sd3", ("torchao", "int8_weight_only"), "aot_eager", 0.0),
-    ("sd3", ("quanto", "int8"), "aot_eager", 0.0),
-])
+@pytest.mark.parametrize(
+    "model, quant, backend, atol",
+    [
+        # FLUX bf16 is covered (aot_eager) by test_compiled_flux_is_cached_reused_and_cancellable
+        ("flux", ("torchao", "int8_weight_only"), "aot_eager", 0.0),
+        ("flux", ("quanto", "int8"), "aot_eager", 0.0),
+        ("sd3", None, "inductor", 0.05),
+        ("sd3", ("torchao", "int8_weight_only"), "aot_eager", 0.0),
+        ("sd3", ("quanto", "int8"), "aot_eager", 0.0),
+    ],
+)
 def test_regional_compile_matches_eager_and_does_not_recompile(pipelines, model, quant, backend, atol):
     with torch.inference_mode():
         eager = run(load(pipelines[model], spec_for(quant), device="cpu", cache=None).pipeline)
-        result = load(pipelines[model], spec_for(quant), device="cpu", cache=None, compile="regional",
-                      compile_backend=backend)
+        result = load(
+            pipelines[model], spec_for(quant), device="cpu", cache=None, compile="regional", compile_backend=backend
+        )
         transformer = result.pipeline.transformer
         state = compile_state(transformer)
         assert state is result.compiled and state.modules
@@ -76,6 +81,7 @@ def test_regional_compile_matches_eager_and_does_not_recompile(pipelines, model,
 def test_compiled_flux_is_cached_reused_and_cancellable(tiny_flux):
     """The cache keeps compiled and eager denoisers apart and never recompiles a module it already
     compiled; a Cancel raised inside a compiled block stops the run and is no compile failure."""
+
     class Cancelled(Exception):
         pass
 
@@ -121,8 +127,11 @@ def test_int8_dynamic_keeps_its_batch_one_layers_eager(tiny_flux):
         eager = run(load(tiny_flux, spec, device="cpu", cache=None).pipeline)
         result = load(tiny_flux, spec, device="cpu", cache=None, compile="regional", compile_backend="aot_eager")
         transformer = result.pipeline.transformer
-        kept = {n for n, m in transformer.named_modules()
-                if isinstance(m, torch.nn.Linear) and getattr(m.forward, "_torchdynamo_disable", False)}
+        kept = {
+            n
+            for n, m in transformer.named_modules()
+            if isinstance(m, torch.nn.Linear) and getattr(m.forward, "_torchdynamo_disable", False)
+        }
         assert "norm_out.linear" in kept and "single_transformer_blocks.0.norm.linear" in kept
         assert "time_text_embed.timestep_embedder.linear_1" in kept
         assert not any(n.endswith(("to_q", "to_k", "proj_out", "ff.net.2")) for n in kept), kept

@@ -7,6 +7,7 @@ threads; then the load goes on while the requests keep coming. Every answer must
 given when nothing else was running, the routes must not touch the component cache, and the load
 must finish with exactly the cache entries it would have made alone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,14 +23,36 @@ from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.resolver import COMPONENT_CACHE, BackendSpec, ComponentMap, plan_load
 from pipequant.resolver.keep.load import cache_key
 
-SPEC = ComponentMap.make({"transformer": BackendSpec.make("torchao", "int8_weight_only"),
-                          "text_encoder_2": BackendSpec.make("torchao", "int8_weight_only")})
-EDITOR_SPEC = {"kind": "map", "node": 4, "component": "transformer",
-               "config": {"kind": "global", "node": 3, "backend": "torchao", "quant_type": "int8_weight_only",
-                          "compute_dtype": "auto", "components": "", "options": "{}"},
-               "map": None}
-BAD_SPEC = {"kind": "global", "node": 3, "backend": "torchao", "quant_type": "int4_weight_only",
-            "compute_dtype": "float16", "components": "transfomer", "options": '{"group_size": 100}'}
+SPEC = ComponentMap.make(
+    {
+        "transformer": BackendSpec.make("torchao", "int8_weight_only"),
+        "text_encoder_2": BackendSpec.make("torchao", "int8_weight_only"),
+    }
+)
+EDITOR_SPEC = {
+    "kind": "map",
+    "node": 4,
+    "component": "transformer",
+    "config": {
+        "kind": "global",
+        "node": 3,
+        "backend": "torchao",
+        "quant_type": "int8_weight_only",
+        "compute_dtype": "auto",
+        "components": "",
+        "options": "{}",
+    },
+    "map": None,
+}
+BAD_SPEC = {
+    "kind": "global",
+    "node": 3,
+    "backend": "torchao",
+    "quant_type": "int4_weight_only",
+    "compute_dtype": "float16",
+    "components": "transfomer",
+    "options": '{"group_size": 100}',
+}
 
 REQUESTS = [
     ("POST", "/pipequant/validate", {"model": "tiny-flux", "device": "cpu", "spec": EDITOR_SPEC}),
@@ -49,6 +72,7 @@ async def _burst(rounds: int):
     app = web.Application()
     routes.add_routes(app.router)
     async with TestClient(TestServer(app)) as client:
+
         async def one(method, path, data):
             if method == "GET":
                 response = await client.get(path, params=data)
@@ -84,7 +108,10 @@ def test_routes_during_a_load(env, monkeypatch):
     expected_http = asyncio.run(_burst(1))
     assert [s for s, _ in expected_http] == [200, 200, 200, 200, 400, 200]
     assert expected_http[0][1]["ok"] is True and expected_http[1][1]["ok"] is False
-    assert expected_http[2][1]["estimate"]["total"]["bytes_after"] < expected_http[2][1]["estimate"]["total"]["bytes_before"]
+    assert (
+        expected_http[2][1]["estimate"]["total"]["bytes_after"]
+        < expected_http[2][1]["estimate"]["total"]["bytes_before"]
+    )
     expected_direct = [json.dumps(_direct(i), sort_keys=True) for i in range(4)]
 
     # The entries this load adds, computed without loading.

@@ -1,5 +1,6 @@
 """quanto is deprecated by diffusers 0.42 (removed in 1.0): the catalogue, the editor's data and
 validation say so, and it keeps working."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ that quantizes asks for a quantizer with pre_quantized=False, a load from an ent
 Loads run inside torch.inference_mode(), as in ComfyUI; the in-memory component cache is off
 (cache=None) so that every load really goes to disk.
 """
+
 from __future__ import annotations
 
 import errno
@@ -75,13 +76,18 @@ def own_flux(tiny_flux, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_flux, tmp_path / "models" / "tiny-flux"))
 
 
-@pytest.mark.parametrize("spec,needs_bnb", [
-    (INT8, False),
-    (G("bitsandbytes_4bit", "nf4", components=["transformer", "text_encoder_2"]), True),
-    (G("quanto", "int8", components=["transformer"]), False),
-], ids=["torchao-int8", "bnb-nf4", "quanto-int8"])
-def test_first_load_writes_second_reads_with_identical_output(request, tiny_flux, tmp_path, quantize_calls, spec,
-                                                                needs_bnb):
+@pytest.mark.parametrize(
+    "spec,needs_bnb",
+    [
+        (INT8, False),
+        (G("bitsandbytes_4bit", "nf4", components=["transformer", "text_encoder_2"]), True),
+        (G("quanto", "int8", components=["transformer"]), False),
+    ],
+    ids=["torchao-int8", "bnb-nf4", "quanto-int8"],
+)
+def test_first_load_writes_second_reads_with_identical_output(
+    request, tiny_flux, tmp_path, quantize_calls, spec, needs_bnb
+):
     if needs_bnb:
         request.getfixturevalue("bnb_cpu")
     cache = DiskCache(tmp_path / "cache")
@@ -110,8 +116,10 @@ def test_key_misses_on_edited_files_plan_and_library_versions(own_flux, monkeypa
     key = entry_key(plan, row)
     assert entry_key(plan_load(own_flux, TRANSFORMER_INT8, device="cpu"), row) == key  # stable
 
-    other_plans = [G("torchao", "float8_weight_only", components=["transformer"]),
-                   G("torchao", "int8_weight_only", components=["transformer"], options={"modules_to_not_convert": ["norm_out"]})]
+    other_plans = [
+        G("torchao", "float8_weight_only", components=["transformer"]),
+        G("torchao", "int8_weight_only", components=["transformer"], options={"modules_to_not_convert": ["norm_out"]}),
+    ]
     for spec in other_plans:
         changed = plan_load(own_flux, spec, device="cpu")
         assert entry_key(changed, changed.components["transformer"]) != key, spec
@@ -151,6 +159,7 @@ def _slow_writer(marker: Path):
         save_component(module, folder)
         marker.write_text(str(folder))
         time.sleep(120)
+
     return write
 
 
@@ -201,8 +210,11 @@ def _drop_manifest(entry: Path):
     (entry / ENTRY_FILE).unlink()
 
 
-@pytest.mark.parametrize("damage", [_truncate, _delete_weights, _scramble_header, _drop_manifest],
-                         ids=["truncated", "missing-file", "bad-header", "no-manifest"])
+@pytest.mark.parametrize(
+    "damage",
+    [_truncate, _delete_weights, _scramble_header, _drop_manifest],
+    ids=["truncated", "missing-file", "bad-header", "no-manifest"],
+)
 def test_a_broken_entry_is_deleted_rebuilt_and_reported(tiny_flux, tmp_path, quantize_calls, damage):
     cache = DiskCache(tmp_path / "cache")
     image = _image(_load(tiny_flux, TRANSFORMER_INT8, cache))
@@ -242,8 +254,10 @@ def test_two_concurrent_loads_make_one_entry(tiny_flux, tmp_path):
 
 def test_size_limit_evicts_the_least_recently_used(tiny_flux, tmp_path):
     folder = tmp_path / "cache"
-    specs = {q: G("torchao", q, components=["transformer"])
-             for q in ("int8_weight_only", "float8_weight_only", "int8_dynamic")}
+    specs = {
+        q: G("torchao", q, components=["transformer"])
+        for q in ("int8_weight_only", "float8_weight_only", "int8_dynamic")
+    }
     probe = DiskCache(tmp_path / "probe")
     _load(tiny_flux, specs["int8_weight_only"], probe)
     one = probe.entries()[0]["bytes"]
@@ -297,8 +311,13 @@ def test_a_full_disk_still_loads_without_caching_and_says_why(tiny_flux, tmp_pat
 def _tmpfs(path: Path, size: str):
     """Mount a tmpfs of `size` at `path` (root only); skip where mounting is not allowed."""
     path.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                           capture_output=True, check=False).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     yield path
     subprocess.run(["umount", "--lazy", str(path)], check=True)  # a loaded entry may still be mapped
@@ -330,8 +349,12 @@ def test_a_read_only_cache_folder_still_loads_and_says_why(tiny_flux, tmp_path):
         folder.chmod(0o555)
     else:
         folder.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,ro", "tmpfs", str(folder)],
-                          capture_output=True, check=False).returncode != 0:
+        if (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=8m,ro", "tmpfs", str(folder)], capture_output=True, check=False
+            ).returncode
+            != 0
+        ):
             pytest.skip("root, and cannot mount a read-only tmpfs: permissions do not apply")
     try:
         result = _load(tiny_flux, TRANSFORMER_INT8, DiskCache(folder))
@@ -359,8 +382,13 @@ def test_entries_of_a_remounted_read_only_cache_are_still_read(tiny_flux, roomy_
 
 
 def test_what_is_not_cached_and_why(tiny_flux, flux_gguf):
-    spec = ComponentMap.make({"transformer": G("gguf", "from_file", gguf_file=flux_gguf.name),
-                              "text_encoder_2": G("quanto", "int8"), "text_encoder": G("torchao", "int8_weight_only")})
+    spec = ComponentMap.make(
+        {
+            "transformer": G("gguf", "from_file", gguf_file=flux_gguf.name),
+            "text_encoder_2": G("quanto", "int8"),
+            "text_encoder": G("torchao", "int8_weight_only"),
+        }
+    )
     plan = plan_load(tiny_flux, spec, device="cpu", gguf_roots=[flux_gguf.parent])
     rows = plan.components
     assert "own file" in not_cacheable(rows["transformer"]) or "nothing to cache" in not_cacheable(rows["transformer"])

@@ -1,6 +1,7 @@
 """The disk cache seen from the Load node, the headless runner and `python -m pipequant cache`.
 
 Node and runner runs execute inside torch.inference_mode(), as ComfyUI does."""
+
 from __future__ import annotations
 
 import importlib
@@ -70,11 +71,26 @@ def test_off_in_the_environment_means_no_cache(monkeypatch, models_root, tiny_fl
 
 def _prompt(model="tiny-flux") -> dict:
     return {
-        "1": {"class_type": "PipeQuantBackend", "inputs": {"backend": "torchao", "quant_type": "int8_weight_only",
-                                                           "compute_dtype": "auto", "components": "transformer",
-                                                           "options": "{}"}},
-        "2": {"class_type": "PipeQuantLoadPipeline", "inputs": {"model": model, "dtype": "bfloat16", "device": "cpu",
-                                                                "offload": "none", "quantization": ["1", 0]}},
+        "1": {
+            "class_type": "PipeQuantBackend",
+            "inputs": {
+                "backend": "torchao",
+                "quant_type": "int8_weight_only",
+                "compute_dtype": "auto",
+                "components": "transformer",
+                "options": "{}",
+            },
+        },
+        "2": {
+            "class_type": "PipeQuantLoadPipeline",
+            "inputs": {
+                "model": model,
+                "dtype": "bfloat16",
+                "device": "cpu",
+                "offload": "none",
+                "quantization": ["1", 0],
+            },
+        },
         "3": {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["2", 0]}},
     }
 

@@ -1,5 +1,6 @@
 """The estimate on hollow full-size pipelines (real configs, sparse safetensors): H100 figures,
 skip lists as the quantizers derive them, variants, and no weight byte read."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from pipequant.resolver.decide.plan import KEEP, QUANTIZE
 from pipequant.resolver.files.inspect_model import inspect_model
 from pipequant.testing import hollow
 
-GB = 1000 ** 3  # shared/DESIGN.md's H100 figures are torch byte counts / 1e9 (23.80 = 11.9 B params x 2 bytes)
+GB = 1000**3  # shared/DESIGN.md's H100 figures are torch byte counts / 1e9 (23.80 = 11.9 B params x 2 bytes)
 
 
 def test_hollow_flux_is_full_size_on_paper_and_tiny_on_disk(flux_dev):
@@ -26,14 +27,17 @@ def test_hollow_flux_is_full_size_on_paper_and_tiny_on_disk(flux_dev):
     assert hollow.disk_usage(flux_dev) < 5 * 1024 * 1024
 
 
-@pytest.mark.parametrize("backend,quant_type,options,h100_gb", [
-    (None, None, {}, 23.80),
-    ("bitsandbytes_4bit", "nf4", {}, 6.70),
-    ("bitsandbytes_4bit", "nf4", {"double_quant": True}, 6.15),
-    ("torchao", "int8_weight_only", {}, 11.92),
-    ("bitsandbytes_8bit", "int8", {}, 11.95),
-    ("quanto", "int8", {}, 11.98),
-])
+@pytest.mark.parametrize(
+    "backend,quant_type,options,h100_gb",
+    [
+        (None, None, {}, 23.80),
+        ("bitsandbytes_4bit", "nf4", {}, 6.70),
+        ("bitsandbytes_4bit", "nf4", {"double_quant": True}, 6.15),
+        ("torchao", "int8_weight_only", {}, 11.92),
+        ("bitsandbytes_8bit", "int8", {}, 11.95),
+        ("quanto", "int8", {}, 11.98),
+    ],
+)
 def test_flux_transformer_estimate_matches_h100(flux_dev, backend, quant_type, options, h100_gb):
     info = inspect_model(flux_dev).components["transformer"]
     est = component_estimate(info, QUANTIZE if backend else KEEP, "bfloat16", "bfloat16", backend, quant_type, options)
@@ -57,11 +61,14 @@ def test_t5_skip_list_comes_from_the_model_class(flux_dev):
 
 def test_user_skip_list_is_added_to_the_quantizers(flux_dev):
     info = inspect_model(flux_dev).components["transformer"]
-    est = component_estimate(info, QUANTIZE, "bfloat16", "bfloat16", "torchao", "int8_weight_only",
-                             {"modules_to_not_convert": ["proj_out"]})
+    est = component_estimate(
+        info, QUANTIZE, "bfloat16", "bfloat16", "torchao", "int8_weight_only", {"modules_to_not_convert": ["proj_out"]}
+    )
     # diffusers' torchao quantizer matches `key + "."` anywhere in the name: the 38 single blocks'
     # `proj_out` are skipped too, and the estimate says so because it asks the quantizer.
-    assert set(est["unquantized_linears"]) == {"proj_out"} | {f"single_transformer_blocks.{i}.proj_out" for i in range(38)}
+    assert set(est["unquantized_linears"]) == {"proj_out"} | {
+        f"single_transformer_blocks.{i}.proj_out" for i in range(38)
+    }
 
 
 def test_variant_follows_the_files_the_load_reads(sdxl):
@@ -91,8 +98,10 @@ def test_prequantized_before_is_the_unquantized_size(tiny_flux, tmp_path):
         plain = T5EncoderModel.from_pretrained(tiny_flux / "text_encoder_2", dtype=torch.bfloat16)
         unquantized = tensor_bytes(plain)
         quantized = T5EncoderModel.from_pretrained(
-            tiny_flux / "text_encoder_2", dtype=torch.bfloat16,
-            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"))
+            tiny_flux / "text_encoder_2",
+            dtype=torch.bfloat16,
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+        )
         shutil.rmtree(copy / "text_encoder_2")
         quantized.save_pretrained(copy / "text_encoder_2")
     info = inspect_model(copy).components["text_encoder_2"]

@@ -6,6 +6,7 @@ nothing into the component cache, and the next valid load must work. Failures ar
 they happen in practice: a shard truncated after validation (a download still being written), a
 GGUF file whose tensor has the wrong shape, and an exception from inside a quantizer.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -93,8 +94,9 @@ def alive(refs) -> list[str]:
     return [type(r()).__name__ for r in refs if r() is not None]
 
 
-def assert_nothing_survives(error: LoadError, refs, cache: ComponentCache, keys_before, rss_before, tensors_before,
-                            rss_margin: int = 8 * MB):
+def assert_nothing_survives(
+    error: LoadError, refs, cache: ComponentCache, keys_before, rss_before, tensors_before, rss_margin: int = 8 * MB
+):
     """While the caller still holds the error (as a server that logs it would)."""
     assert refs, "the failed load constructed no model: the injection fired too early"
     assert alive(refs) == [], "modules of the failed load are still alive"
@@ -191,15 +193,17 @@ def test_shard_truncated_after_validation(sharded_flux, tmp_path, created_models
 
 # -- 2. a GGUF file with a wrong tensor shape ----------------------------------------------------------------
 def test_gguf_with_wrong_tensor_shape(tiny_flux, flux_gguf, tmp_path, created_models):
-    bad = _write_gguf_with_wrong_shape(tiny_flux, tmp_path / "gguf" / "tiny-flux-transformer-F16.gguf",
-                                       "x_embedder.weight")
+    bad = _write_gguf_with_wrong_shape(
+        tiny_flux, tmp_path / "gguf" / "tiny-flux-transformer-F16.gguf", "x_embedder.weight"
+    )
     shutil.copy(flux_gguf, tmp_path / "gguf" / flux_gguf.name)
     roots = [tmp_path / "gguf"]
     cache = ComponentCache()
     _warm(cache, tiny_flux)
     keys = cache.keys()
-    spec = ComponentMap.make({"transformer": G("gguf", "from_file", gguf_file=bad.name),
-                              "text_encoder_2": G("torchao", "int8_weight_only")})
+    spec = ComponentMap.make(
+        {"transformer": G("gguf", "from_file", gguf_file=bad.name), "text_encoder_2": G("torchao", "int8_weight_only")}
+    )
     plan = plan_load(tiny_flux, spec, device="cpu", gguf_roots=roots)  # the parameter count matches
     created_models.clear()
     rss_before, tensors_before = rss(), live_tensor_bytes()
@@ -212,8 +216,12 @@ def test_gguf_with_wrong_tensor_shape(tiny_flux, flux_gguf, tmp_path, created_mo
     assert bad.name in str(error) and "x_embedder.weight" in str(error)
     assert_nothing_survives(error, created_models, cache, keys, rss_before, tensors_before)
 
-    good = ComponentMap.make({"transformer": G("gguf", "from_file", gguf_file=flux_gguf.name),
-                              "text_encoder_2": G("torchao", "int8_weight_only")})
+    good = ComponentMap.make(
+        {
+            "transformer": G("gguf", "from_file", gguf_file=flux_gguf.name),
+            "text_encoder_2": G("torchao", "int8_weight_only"),
+        }
+    )
     with torch.inference_mode():
         result = load(tiny_flux, good, device="cpu", gguf_roots=roots, cache=cache)
     assert {r["component"]: r["action"] for r in result.rows}["transformer"] == "gguf"
@@ -270,7 +278,10 @@ def test_exception_inside_a_quantizer(flux_20m, monkeypatch, created_models):
     with torch.inference_mode():
         result = load(flux_20m, spec, device="cpu", cache=cache)
     rows = {r["component"]: r for r in result.rows}
-    assert rows["transformer"]["action"] == "quantize" and rows["transformer"]["bytes"] < rows["transformer"]["bytes_before"]
+    assert (
+        rows["transformer"]["action"] == "quantize"
+        and rows["transformer"]["bytes"] < rows["transformer"]["bytes_before"]
+    )
 
 
 @pytest.mark.cuda
@@ -301,6 +312,7 @@ def test_failed_load_returns_gpu_memory(flux_20m, monkeypatch, where):
 
         monkeypatch.setattr(BnB4BitDiffusersQuantizer, "create_quantized_param", create_quantized_param)
     else:
+
         def refuse(self, *args, **kwargs):
             held.append(torch.cuda.memory_allocated())
             raise RuntimeError("injected failure while moving the VAE")
@@ -378,9 +390,12 @@ def test_cache_evicts_least_recently_used_within_budget(tiny_flux):
     with torch.inference_mode():
         for name in sequence:
             result = load(tiny_flux, plans[name], device="cpu", cache=cache)
-            reused.setdefault(name, []).append(all(r.get("reused") for r in result.rows if r["action"] != "not a model"))
-            refs.setdefault(name, []).extend(weakref.ref(getattr(result.pipeline, c))
-                                             for c in ("transformer", "text_encoder_2"))
+            reused.setdefault(name, []).append(
+                all(r.get("reused") for r in result.rows if r["action"] != "not a model")
+            )
+            refs.setdefault(name, []).extend(
+                weakref.ref(getattr(result.pipeline, c)) for c in ("transformer", "text_encoder_2")
+            )
             del result
             assert cache.total_bytes <= budget + largest_component
             assert cache.keys() == _lru_model(cache.events, budget)
@@ -417,12 +432,20 @@ def _no_pending_interrupt():
 @pytest.fixture(scope="module")
 def loaded_flux(tiny_flux):
     with torch.inference_mode():
-        return load(tiny_flux, G("torchao", "int8_weight_only", components=["transformer"]), device="cpu",
-                    cache=None)
+        return load(tiny_flux, G("torchao", "int8_weight_only", components=["transformer"]), device="cpu", cache=None)
 
 
-SAMPLE = dict(prompt="a cat", negative_prompt="", steps=4, guidance_scale=3.5, width=32, height=32, seed=7,
-              batch_size=1, max_sequence_length=16)
+SAMPLE = dict(
+    prompt="a cat",
+    negative_prompt="",
+    steps=4,
+    guidance_scale=3.5,
+    width=32,
+    height=32,
+    seed=7,
+    batch_size=1,
+    max_sequence_length=16,
+)
 
 
 class _Steps:

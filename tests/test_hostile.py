@@ -4,6 +4,7 @@ exclusive, the runner's exit codes, and what a loaded pipeline says about its qu
 
 The one-input-one-code rows are in tests/test_bad_input.py.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,14 @@ def run_child(code: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                              timeout=CHILD_SECONDS, preexec_fn=_limit_memory, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_SECONDS,
+            preexec_fn=_limit_memory,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"the child did not finish within {CHILD_SECONDS} s (a hang)")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -105,11 +112,14 @@ def test_gguf_header_claiming_a_huge_array_is_refused_in_bounded_memory(tmp_path
     assert out["seconds"] < 2 and out["rss"] < 2 * 1024**3
 
 
-@pytest.mark.parametrize("change, code", [
-    ({"num_layers": 10**9}, "model_too_large"),  # refused from the config, before building
-    ({"joint_attention_dim": 10**10}, "model_too_large"),  # stopped by the parameter count while building
-    ({"num_layers": 9_000}, "model_build_timeout"),  # stopped by the time limit (1 s here) while building
-])
+@pytest.mark.parametrize(
+    "change, code",
+    [
+        ({"num_layers": 10**9}, "model_too_large"),  # refused from the config, before building
+        ({"joint_attention_dim": 10**10}, "model_too_large"),  # stopped by the parameter count while building
+        ({"num_layers": 9_000}, "model_build_timeout"),  # stopped by the time limit (1 s here) while building
+    ],
+)
 def test_absurd_configs_stop_building_quickly(tmp_path, tiny_flux, change, code):
     folder = shutil.copytree(tiny_flux, tmp_path / "absurd")
     config = json.loads((folder / "transformer" / "config.json").read_text())
@@ -150,15 +160,17 @@ def test_a_request_that_would_block_does_not_starve_the_others(hostile, monkeypa
         app = web.Application()
         routes.add_routes(app.router)
         async with TestClient(TestServer(app)) as client:
+
             async def timed(coro):
                 start = time.monotonic()
                 response = await coro
                 return time.monotonic() - start, response.status, await response.json()
 
             spec = {"kind": "global", "node": 1, "backend": "torchao", "quant_type": "int8_weight_only"}
-            blocking = [timed(client.get("/pipequant/components", params={"model": "fifo-index"})),
-                        timed(client.post("/pipequant/estimate", json={"model": "fifo-config", "device": "cpu",
-                                                                       "spec": spec}))]
+            blocking = [
+                timed(client.get("/pipequant/components", params={"model": "fifo-index"})),
+                timed(client.post("/pipequant/estimate", json={"model": "fifo-config", "device": "cpu", "spec": spec})),
+            ]
             normal = timed(client.get("/pipequant/backends"))
             return await asyncio.gather(*blocking, normal)
 
@@ -336,11 +348,25 @@ def _workflow(tmp_path: Path, prompt: dict) -> Path:
 
 
 SAMPLE = {
-    "1": {"class_type": "PipeQuantLoadPipeline", "inputs": {"model": "tiny-flux", "dtype": "bfloat16", "device": "cpu",
-                                                            "offload": "none"}},
-    "2": {"class_type": "PipeQuantSampler", "inputs": {"pipeline": ["1", 0], "prompt": "cat", "negative_prompt": "",
-                                                       "steps": 1, "guidance_scale": 3.5, "width": 32, "height": 32,
-                                                       "seed": 0, "batch_size": 1, "max_sequence_length": 16}},
+    "1": {
+        "class_type": "PipeQuantLoadPipeline",
+        "inputs": {"model": "tiny-flux", "dtype": "bfloat16", "device": "cpu", "offload": "none"},
+    },
+    "2": {
+        "class_type": "PipeQuantSampler",
+        "inputs": {
+            "pipeline": ["1", 0],
+            "prompt": "cat",
+            "negative_prompt": "",
+            "steps": 1,
+            "guidance_scale": 3.5,
+            "width": 32,
+            "height": 32,
+            "seed": 0,
+            "batch_size": 1,
+            "max_sequence_length": 16,
+        },
+    },
     "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
 }
 
@@ -367,17 +393,33 @@ def test_exit_codes_are_documented():
 
 def test_a_chain_of_thousands_of_maps_validates(tmp_path, hostile, monkeypatch):
     """No recursion limit: 3 000 chained Per-Component Maps are read, ordered and validated."""
-    prompt = {"1": {"class_type": "PipeQuantBackend", "inputs": {"backend": "torchao", "quant_type": "int8_weight_only",
-                                                                 "compute_dtype": "auto", "components": "",
-                                                                 "options": "{}"}}}
+    prompt = {
+        "1": {
+            "class_type": "PipeQuantBackend",
+            "inputs": {
+                "backend": "torchao",
+                "quant_type": "int8_weight_only",
+                "compute_dtype": "auto",
+                "components": "",
+                "options": "{}",
+            },
+        }
+    }
     upstream = None
     for i in range(3000):
         inputs = {"component": f"c{i}", "config": ["1", 0]} | ({"map": [upstream, 0]} if upstream else {})
         prompt[f"m{i}"] = {"class_type": "PipeQuantComponentMap", "inputs": inputs}
         upstream = f"m{i}"
-    prompt["L"] = {"class_type": "PipeQuantLoadPipeline", "inputs": {"model": "tiny-flux", "dtype": "bfloat16",
-                                                                     "device": "cpu", "offload": "none",
-                                                                     "quantization": [upstream, 0]}}
+    prompt["L"] = {
+        "class_type": "PipeQuantLoadPipeline",
+        "inputs": {
+            "model": "tiny-flux",
+            "dtype": "bfloat16",
+            "device": "cpu",
+            "offload": "none",
+            "quantization": [upstream, 0],
+        },
+    }
     prompt["R"] = {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["L", 0]}}
     monkeypatch.setenv("PIPEQUANT_MODELS", str(hostile))
     with pytest.raises(ValidationError) as info:

@@ -1,5 +1,6 @@
 """The Hugging Face hub cache as a read-only model root: snapshots listed by repo name, loaded
 through links into the repo's own blobs/, any other link refused."""
+
 from __future__ import annotations
 
 import os
@@ -129,8 +130,11 @@ def test_the_editor_setting_is_read_from_comfyuis_settings_file(monkeypatch, hub
     web = (Path(__file__).resolve().parent.parent / "web" / "js" / "settings.js").read_text()
     assert f'"{comfy.HUB_CACHE_SETTING}"' in web  # the editor registers the id the server reads
     user = tmp_path / "user"
-    monkeypatch.setattr(comfy, "folder_paths", types.SimpleNamespace(get_user_directory=lambda: str(user),
-                                                                     get_folder_paths=lambda kind: []))
+    monkeypatch.setattr(
+        comfy,
+        "folder_paths",
+        types.SimpleNamespace(get_user_directory=lambda: str(user), get_folder_paths=lambda kind: []),
+    )
     monkeypatch.setenv(ENV_VAR, str(hub))
     assert comfy.hub_cache_setting() and comfy.model_roots() == [HubCacheRoot(hub)]  # no settings saved yet
     settings = user / "default" / comfy.SETTINGS_FILE

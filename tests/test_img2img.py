@@ -1,4 +1,5 @@
 """Sampler image-to-image and inpainting on the loaded pipeline (diffusers' variants via from_pipe)."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,9 @@ def picture(h=32, w=32):
 
 @pytest.fixture(scope="module", params=["flux", "sd"])
 def pipe(request, tiny_flux, tiny_sd):
-    return load(tiny_flux if request.param == "flux" else tiny_sd, None, dtype="float32", device="cpu",
-                cache=None).pipeline
+    return load(
+        tiny_flux if request.param == "flux" else tiny_sd, None, dtype="float32", device="cpu", cache=None
+    ).pipeline
 
 
 def vae_round_trip(pipeline, image):
@@ -78,7 +80,9 @@ def test_inpainting_keeps_the_unmasked_area(pipe, monkeypatch):
     # on what reaches it: the unmasked half of the final latents is the input's own latents.
     seen = []
     decode = type(pipe.vae).decode
-    monkeypatch.setattr(type(pipe.vae), "decode", lambda self, z, *a, **k: seen.append(z.clone()) or decode(self, z, *a, **k))
+    monkeypatch.setattr(
+        type(pipe.vae), "decode", lambda self, z, *a, **k: seen.append(z.clone()) or decode(self, z, *a, **k)
+    )
     left = torch.zeros(1, 32, 32)
     left[:, :, :16] = 1
     out = sample(pipe, image=image, mask=left, denoise=1.0)
@@ -97,11 +101,13 @@ def test_other_sizes_are_resized_and_bad_inputs_named(tiny_flux):
     assert sample(pipe, image=picture(48, 40), denoise=0.5).shape == (1, 32, 32, 3)
     assert sample(pipe, image=picture(48, 40), mask=torch.ones(20, 24), denoise=0.5).shape == (1, 32, 32, 3)
     assert sample(pipe, image=picture(), denoise=0.5, batch_size=2).shape == (2, 32, 32, 3)
-    cases = [(dict(mask=torch.ones(1, 32, 32)), "mask_without_image"),
-             (dict(image=picture(), denoise=1.5), "denoise_invalid"),
-             (dict(image=torch.rand(2, 32, 32, 3), batch_size=3), "image_batch_mismatch"),
-             (dict(image=torch.rand(32, 32, 3)), "image_invalid"),
-             (dict(image=picture(), mask=torch.ones(2, 32, 32)), "mask_batch_mismatch")]
+    cases = [
+        (dict(mask=torch.ones(1, 32, 32)), "mask_without_image"),
+        (dict(image=picture(), denoise=1.5), "denoise_invalid"),
+        (dict(image=torch.rand(2, 32, 32, 3), batch_size=3), "image_batch_mismatch"),
+        (dict(image=torch.rand(32, 32, 3)), "image_invalid"),
+        (dict(image=picture(), mask=torch.ones(2, 32, 32)), "mask_batch_mismatch"),
+    ]
     for kw, code in cases:
         with pytest.raises(ValidationError) as info:
             sample(pipe, **kw)
@@ -126,8 +132,17 @@ def test_sampler_node_takes_image_mask_and_denoise(monkeypatch, models_root, tin
     load_node = NODE_CLASS_MAPPINGS["PipeQuantLoadPipeline"]
     optional = Sampler.INPUT_TYPES()["optional"]
     assert list(optional)[-3:] == ["image", "mask", "denoise"] and optional["denoise"][1]["default"] == 1.0
-    args = dict(prompt="a cat", negative_prompt="", steps=4, guidance_scale=3.5, width=32, height=32, seed=1,
-                batch_size=1, max_sequence_length=32)
+    args = dict(
+        prompt="a cat",
+        negative_prompt="",
+        steps=4,
+        guidance_scale=3.5,
+        width=32,
+        height=32,
+        seed=1,
+        batch_size=1,
+        max_sequence_length=32,
+    )
     with torch.inference_mode():
         (pipeline, _) = load_node().load("tiny-flux", "float32", "cpu", "none")
         (out,) = Sampler().sample(pipeline, **args, image=picture(), denoise=0.0)

@@ -4,6 +4,7 @@ Each case checks that the chosen components really are quantized (and the others
 the pipeline produces a finite image in 2 steps at 32x32, and that the report's bytes match an
 independent count of the tensors. Loads run inside torch.inference_mode(), as in ComfyUI.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,34 +20,87 @@ G = BackendSpec.make
 
 # id, spec, {component: expected weight-type package} (others must stay unquantized), needs bnb patch
 CASES = [
-    ("bnb-nf4-global", G("bitsandbytes_4bit", "nf4"),
-     {"transformer": "bitsandbytes", "text_encoder": "bitsandbytes", "text_encoder_2": "bitsandbytes"}, True),
-    ("bnb-fp4-global-double-quant", G("bitsandbytes_4bit", "fp4", options={"double_quant": True}),
-     {"transformer": "bitsandbytes", "text_encoder": "bitsandbytes", "text_encoder_2": "bitsandbytes"}, True),
-    ("bnb-int8-global", G("bitsandbytes_8bit", "int8", components=["transformer", "text_encoder_2"]),
-     {"transformer": "bitsandbytes", "text_encoder_2": "bitsandbytes"}, True),
-    ("bnb-nf4-granular", ComponentMap.make({"transformer": G("bitsandbytes_4bit", "nf4", "float32")}),
-     {"transformer": "bitsandbytes"}, True),
-    ("bnb-int8-granular", ComponentMap.make({"text_encoder_2": G("bitsandbytes_8bit", "int8")}),
-     {"text_encoder_2": "bitsandbytes"}, True),
-    ("torchao-int8wo-global", G("torchao", "int8_weight_only"),
-     {"transformer": "torchao", "text_encoder": "torchao", "text_encoder_2": "torchao"}, False),
-    ("torchao-int8dyn-global", G("torchao", "int8_dynamic", components=["transformer", "text_encoder_2"]),
-     {"transformer": "torchao", "text_encoder_2": "torchao"}, False),
-    ("torchao-float8wo-global", G("torchao", "float8_weight_only"),
-     {"transformer": "torchao", "text_encoder": "torchao", "text_encoder_2": "torchao"}, False),
-    ("torchao-granular", ComponentMap.make({"transformer": G("torchao", "int8_weight_only"),
-                                            "text_encoder_2": G("torchao", "float8_weight_only")}),
-     {"transformer": "torchao", "text_encoder_2": "torchao"}, False),
-    ("quanto-int8-global", G("quanto", "int8"),
-     {"transformer": "optimum", "text_encoder": "optimum", "text_encoder_2": "optimum"}, False),
+    (
+        "bnb-nf4-global",
+        G("bitsandbytes_4bit", "nf4"),
+        {"transformer": "bitsandbytes", "text_encoder": "bitsandbytes", "text_encoder_2": "bitsandbytes"},
+        True,
+    ),
+    (
+        "bnb-fp4-global-double-quant",
+        G("bitsandbytes_4bit", "fp4", options={"double_quant": True}),
+        {"transformer": "bitsandbytes", "text_encoder": "bitsandbytes", "text_encoder_2": "bitsandbytes"},
+        True,
+    ),
+    (
+        "bnb-int8-global",
+        G("bitsandbytes_8bit", "int8", components=["transformer", "text_encoder_2"]),
+        {"transformer": "bitsandbytes", "text_encoder_2": "bitsandbytes"},
+        True,
+    ),
+    (
+        "bnb-nf4-granular",
+        ComponentMap.make({"transformer": G("bitsandbytes_4bit", "nf4", "float32")}),
+        {"transformer": "bitsandbytes"},
+        True,
+    ),
+    (
+        "bnb-int8-granular",
+        ComponentMap.make({"text_encoder_2": G("bitsandbytes_8bit", "int8")}),
+        {"text_encoder_2": "bitsandbytes"},
+        True,
+    ),
+    (
+        "torchao-int8wo-global",
+        G("torchao", "int8_weight_only"),
+        {"transformer": "torchao", "text_encoder": "torchao", "text_encoder_2": "torchao"},
+        False,
+    ),
+    (
+        "torchao-int8dyn-global",
+        G("torchao", "int8_dynamic", components=["transformer", "text_encoder_2"]),
+        {"transformer": "torchao", "text_encoder_2": "torchao"},
+        False,
+    ),
+    (
+        "torchao-float8wo-global",
+        G("torchao", "float8_weight_only"),
+        {"transformer": "torchao", "text_encoder": "torchao", "text_encoder_2": "torchao"},
+        False,
+    ),
+    (
+        "torchao-granular",
+        ComponentMap.make(
+            {"transformer": G("torchao", "int8_weight_only"), "text_encoder_2": G("torchao", "float8_weight_only")}
+        ),
+        {"transformer": "torchao", "text_encoder_2": "torchao"},
+        False,
+    ),
+    (
+        "quanto-int8-global",
+        G("quanto", "int8"),
+        {"transformer": "optimum", "text_encoder": "optimum", "text_encoder_2": "optimum"},
+        False,
+    ),
     ("quanto-int4-global", G("quanto", "int4", components=["transformer"]), {"transformer": "optimum"}, False),
-    ("quanto-float8-global", G("quanto", "float8", components=["transformer", "text_encoder_2"]),
-     {"transformer": "optimum", "text_encoder_2": "optimum"}, False),
-    ("mixed-bnb-transformer-torchao-t5", ComponentMap.make({"transformer": G("bitsandbytes_4bit", "nf4"),
-                                                            "text_encoder_2": G("torchao", "int8_weight_only"),
-                                                            "vae": None}),
-     {"transformer": "bitsandbytes", "text_encoder_2": "torchao"}, True),
+    (
+        "quanto-float8-global",
+        G("quanto", "float8", components=["transformer", "text_encoder_2"]),
+        {"transformer": "optimum", "text_encoder_2": "optimum"},
+        False,
+    ),
+    (
+        "mixed-bnb-transformer-torchao-t5",
+        ComponentMap.make(
+            {
+                "transformer": G("bitsandbytes_4bit", "nf4"),
+                "text_encoder_2": G("torchao", "int8_weight_only"),
+                "vae": None,
+            }
+        ),
+        {"transformer": "bitsandbytes", "text_encoder_2": "torchao"},
+        True,
+    ),
 ]
 
 
@@ -108,22 +162,36 @@ def test_global_torchao_expands_per_library(tiny_flux):
         result = load(tiny_flux, G("torchao", "int8_weight_only"), device="cpu", cache=ComponentCache())
     assert any("expanded per library" in n for n in result.plan.notes)
     classes = {r["component"]: r["config"] for r in result.rows if r["config"]}
-    assert classes == {"transformer": "TorchAoConfig", "text_encoder": "TorchAoConfig", "text_encoder_2": "TorchAoConfig"}
+    assert classes == {
+        "transformer": "TorchAoConfig",
+        "text_encoder": "TorchAoConfig",
+        "text_encoder_2": "TorchAoConfig",
+    }
     libs = {type(c).__module__.split(".")[0] for c in result.plan.pipeline_quantization_config().quant_mapping.values()}
     assert libs == {"diffusers", "transformers"}
 
 
-@pytest.mark.parametrize("kind,spec,component", [
-    ("sd3", G("torchao", "int8_weight_only"), "transformer"),
-    ("sd", G("quanto", "int8", components=["unet", "text_encoder"]), "unet"),
-])
+@pytest.mark.parametrize(
+    "kind,spec,component",
+    [
+        ("sd3", G("torchao", "int8_weight_only"), "transformer"),
+        ("sd", G("quanto", "int8", components=["unet", "text_encoder"]), "unet"),
+    ],
+)
 def test_other_pipeline_shapes(request, kind, spec, component):
     folder = request.getfixturevalue(f"tiny_{kind}")
     with torch.inference_mode():
         result = load(folder, spec, device="cpu", cache=ComponentCache())
         assert quantized_weight_types(getattr(result.pipeline, component))
-        image = generate(result.pipeline, prompt="a dog", negative_prompt="blurry", steps=2, width=32, height=32,
-                         max_sequence_length=32)
+        image = generate(
+            result.pipeline,
+            prompt="a dog",
+            negative_prompt="blurry",
+            steps=2,
+            width=32,
+            height=32,
+            max_sequence_length=32,
+        )
     assert torch.isfinite(image).all() and image.shape == (1, 32, 32, 3)
 
 
@@ -187,6 +255,7 @@ def test_quantized_components_are_quantized_on_the_target_gpu(tiny_flux, monkeyp
         def from_pretrained(folder, **kwargs):
             seen[name] = kwargs
             raise Stop
+
         return from_pretrained
 
     monkeypatch.setattr(FluxTransformer2DModel, "from_pretrained", capture("transformer"))

@@ -1,4 +1,5 @@
 """locales/en/nodeDefs.json (read by ComfyUI's /i18n) matches the node declarations."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ from pipequant.nodes.locale import NODE_DEFS, node_defs
 
 def test_node_defs_file_matches_the_nodes():
     on_disk = json.loads(NODE_DEFS.read_text())
-    assert on_disk == node_defs(), ("locales/en/nodeDefs.json is out of date: regenerate it with "
-                                    "`python -m pipequant.nodes.locale`")
+    assert on_disk == node_defs(), (
+        "locales/en/nodeDefs.json is out of date: regenerate it with `python -m pipequant.nodes.locale`"
+    )
 
 
 def test_every_node_and_input_has_a_name_and_every_input_a_tooltip():

@@ -1,5 +1,6 @@
 """LoRAs on loaded pipelines: formats, stacking, strengths, per-backend capability, cache correctness,
 and the specific errors. Tiny FLUX and SD pipelines, LoRAs written by the tests (peft and kohya)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,13 @@ def flux(tiny_flux):
     return load(tiny_flux, None, dtype="float32", device="cpu", cache=None)
 
 
-@pytest.mark.parametrize("kind,files", [("flux", ("flux-peft.safetensors", "sub/flux-kohya.safetensors")),
-                                        ("sd", ("sd-peft.safetensors", "sd-kohya.safetensors"))])
+@pytest.mark.parametrize(
+    "kind,files",
+    [
+        ("flux", ("flux-peft.safetensors", "sub/flux-kohya.safetensors")),
+        ("sd", ("sd-peft.safetensors", "sd-kohya.safetensors")),
+    ],
+)
 def test_both_layouts_change_the_output_and_strength_zero_is_the_base(kind, files, lora_root, tiny_flux, tiny_sd):
     base_result = load(tiny_flux if kind == "flux" else tiny_sd, None, dtype="float32", device="cpu", cache=None)
     base = run(base_result)
@@ -82,8 +88,11 @@ def test_stacking_and_strength_changes_reuse_the_loaded_weights(flux, lora_root,
         assert (both - other).abs().max() > 1e-4
     # Changing a strength or the order re-weights what is loaded: no file is read again.
     calls = []
-    monkeypatch.setattr(type(flux.pipeline), "load_lora_weights",
-                        lambda self, *args, **kw: calls.append(args) or pytest.fail("reloaded"))
+    monkeypatch.setattr(
+        type(flux.pipeline),
+        "load_lora_weights",
+        lambda self, *args, **kw: calls.append(args) or pytest.fail("reloaded"),
+    )
     half = run(flux.with_lora(dataclasses.replace(a, strength=0.5)))
     assert (half - only_a).abs().max() > 1e-4 and (half - base).abs().max() > 1e-4
     assert torch.equal(run(flux.with_lora(a).with_lora(b)), both)
@@ -196,13 +205,25 @@ def _denoiser_output(result) -> torch.Tensor:
 
         with diffusers_context():
             result.pipeline.set_progress_bar_config(disable=True)
-            return result.pipeline(prompt="a cat", num_inference_steps=2, width=32, height=32, max_sequence_length=32,
-                                   output_type="latent", generator=torch.Generator().manual_seed(0)).images
+            return result.pipeline(
+                prompt="a cat",
+                num_inference_steps=2,
+                width=32,
+                height=32,
+                max_sequence_length=32,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            ).images
 
 
 # (backend, quant type) → bound on ‖quantized+LoRA − unquantized+LoRA‖ / ‖unquantized+LoRA‖ (tiny FLUX, fp32)
-LORA_BACKENDS = [("bitsandbytes_4bit", "nf4", 0.15), ("bitsandbytes_8bit", "int8", 0.03),
-                 ("torchao", "int8_weight_only", 0.02), ("torchao", "float8_weight_only", 0.06), ("gguf", None, 0.01)]
+LORA_BACKENDS = [
+    ("bitsandbytes_4bit", "nf4", 0.15),
+    ("bitsandbytes_8bit", "int8", 0.03),
+    ("torchao", "int8_weight_only", 0.02),
+    ("torchao", "float8_weight_only", 0.06),
+    ("gguf", None, 0.01),
+]
 
 
 def test_quantized_components_take_a_lora_with_bounded_error(tiny_flux, flux_gguf, lora_root, bnb_cpu, capsys):
@@ -228,8 +249,13 @@ def test_quantized_components_take_a_lora_with_bounded_error(tiny_flux, flux_ggu
 
 @pytest.mark.parametrize("quant_type", ["int8", "float8"])
 def test_quanto_on_flux_is_refused_with_the_backend_named_and_the_fix(tiny_flux, lora_root, quant_type):
-    result = load(tiny_flux, BackendSpec.make("quanto", quant_type, components=["transformer"]), dtype="float32",
-                  device="cpu", cache=None)
+    result = load(
+        tiny_flux,
+        BackendSpec.make("quanto", quant_type, components=["transformer"]),
+        dtype="float32",
+        device="cpu",
+        cache=None,
+    )
     code, text = _code(lambda: lora.load_adapter(result, spec(lora_root, "sub/flux-kohya.safetensors")))
     assert code == "lora_backend_unsupported"
     assert "quanto" in text and "Per-Component Map" in text and '"transformer"' in text
@@ -259,15 +285,25 @@ def test_nodes_chain_and_the_sampler_applies_exactly_the_stack(monkeypatch, mode
     assert spec_["required"]["strength"][1]["default"] == 1.0 and spec_["required"]["strength"][1]["min"] == -4.0
     assert LoRA.VALIDATE_INPUTS("flux-peft.safetensors") is True
     assert "Apply LoRA › lora_name" in LoRA.VALIDATE_INPUTS("../x.safetensors")
-    sample = dict(prompt="a cat", negative_prompt="", steps=2, guidance_scale=3.5, width=32, height=32, seed=3,
-                  batch_size=1, max_sequence_length=32)
+    sample = dict(
+        prompt="a cat",
+        negative_prompt="",
+        steps=2,
+        guidance_scale=3.5,
+        width=32,
+        height=32,
+        seed=3,
+        batch_size=1,
+        max_sequence_length=32,
+    )
     with torch.inference_mode():
         (base_pipe, _) = Load().load("tiny-flux", "float32", "cpu", "none")
         (one,) = LoRA().apply(base_pipe, "flux-peft.safetensors", 1.0)
         (two,) = LoRA().apply(one, "flux-peft-b.safetensors", 0.8, 0.0)
         assert base_pipe.loras == () and len(one.loras) == 1 and len(two.loras) == 2  # immutable stacks
-        images = {name: Sampler().sample(p, **sample)[0] for name, p in (("two", two), ("base", base_pipe),
-                                                                          ("one", one))}
+        images = {
+            name: Sampler().sample(p, **sample)[0] for name, p in (("two", two), ("base", base_pipe), ("one", one))
+        }
         assert (images["two"] - images["one"]).abs().max() > 1e-4
         assert (images["one"] - images["base"]).abs().max() > 1e-4
         assert torch.equal(Sampler().sample(base_pipe, **sample)[0], images["base"])

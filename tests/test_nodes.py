@@ -1,4 +1,5 @@
 """The nodes as ComfyUI calls them: INPUT_TYPES, VALIDATE_INPUTS, then FUNCTION under inference_mode."""
+
 from __future__ import annotations
 
 import inspect
@@ -34,22 +35,45 @@ def run(node_class, **kwargs):
 def test_contract_ids_and_display_names():
     assert pipequant.NODE_CLASS_MAPPINGS is NODE_CLASS_MAPPINGS
     assert NODE_DISPLAY_NAME_MAPPINGS == {
-        "PipeQuantBackend": "Quantization Backend", "PipeQuantComponentMap": "Per-Component Map",
-        "PipeQuantLoadPipeline": "Load Quantized Pipeline", "PipeQuantSampler": "Quantized Pipeline Sampler",
-        "PipeQuantMemoryReport": "Pipeline Memory Report", "PipeQuantSavePipeline": "Save Quantized Pipeline",
+        "PipeQuantBackend": "Quantization Backend",
+        "PipeQuantComponentMap": "Per-Component Map",
+        "PipeQuantLoadPipeline": "Load Quantized Pipeline",
+        "PipeQuantSampler": "Quantized Pipeline Sampler",
+        "PipeQuantMemoryReport": "Pipeline Memory Report",
+        "PipeQuantSavePipeline": "Save Quantized Pipeline",
         "PipeQuantAutoPlan": "Auto Quantization Plan",
-        "PipeQuantLoRA": "Apply LoRA"}
-    names = {k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
-             for k, v in NODE_CLASS_MAPPINGS.items()}
+        "PipeQuantLoRA": "Apply LoRA",
+    }
+    names = {
+        k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
+        for k, v in NODE_CLASS_MAPPINGS.items()
+    }
     assert names["PipeQuantBackend"][:5] == ["backend", "quant_type", "compute_dtype", "components", "options"]
     assert names["PipeQuantComponentMap"][:3] == ["component", "config", "map"]
     assert names["PipeQuantLoadPipeline"][:5] == ["model", "dtype", "device", "offload", "quantization"]
-    assert names["PipeQuantSampler"][:9] == ["pipeline", "prompt", "negative_prompt", "steps", "guidance_scale",
-                                             "width", "height", "seed", "batch_size"]
+    assert names["PipeQuantSampler"][:9] == [
+        "pipeline",
+        "prompt",
+        "negative_prompt",
+        "steps",
+        "guidance_scale",
+        "width",
+        "height",
+        "seed",
+        "batch_size",
+    ]
     assert names["PipeQuantSavePipeline"] == ["pipeline", "folder_name"]
     assert names["PipeQuantLoRA"] == ["pipeline", "lora_name", "strength", "strength_text_encoder"]
     assert names["PipeQuantSampler"][9:13] == ["max_sequence_length", "image", "mask", "denoise"]
-    assert names["PipeQuantAutoPlan"] == ["model", "budget_gb", "goal", "width", "height", "batch_size", "allow_offload"]
+    assert names["PipeQuantAutoPlan"] == [
+        "model",
+        "budget_gb",
+        "goal",
+        "width",
+        "height",
+        "batch_size",
+        "allow_offload",
+    ]
     assert NODE_CLASS_MAPPINGS["PipeQuantAutoPlan"].RETURN_TYPES == ("PIPELINE_QUANT_CONFIG", "STRING")
 
 
@@ -98,31 +122,70 @@ def test_load_validate_inputs_checks_model_and_device(roots):
 
 
 def test_backend_and_map_build_specs():
-    (spec,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto",
-                  components="transformer, text_encoder_2", options="{}")
+    (spec,) = run(
+        Backend,
+        backend="quanto",
+        quant_type="int8",
+        compute_dtype="auto",
+        components="transformer, text_encoder_2",
+        options="{}",
+    )
     assert spec == BackendSpec.make("quanto", "int8", components=["transformer", "text_encoder_2"])
-    (cfg,) = run(Backend, backend="torchao", quant_type="int8_weight_only", compute_dtype="auto", components="",
-                 options="{}")
+    (cfg,) = run(
+        Backend, backend="torchao", quant_type="int8_weight_only", compute_dtype="auto", components="", options="{}"
+    )
     (m1,) = run(Map, component="transformer", config=cfg)
     (m2,) = run(Map, component="vae", map=m1)  # no config: leave unquantized
     assert isinstance(m2, ComponentMap) and m2.as_dict() == {"transformer": cfg, "vae": None}
-    with pytest.raises(ValidationError, match="Per-Component Map \\(transformer\\) › component: .*already mapped upstream"):
+    with pytest.raises(
+        ValidationError, match="Per-Component Map \\(transformer\\) › component: .*already mapped upstream"
+    ):
         run(Map, component="transformer", config=cfg, map=m2)
-    with pytest.raises(ValidationError, match="Per-Component Map \\(vae\\) › config: a Per-Component Map was connected"):
+    with pytest.raises(
+        ValidationError, match="Per-Component Map \\(vae\\) › config: a Per-Component Map was connected"
+    ):
         run(Map, component="vae", config=m1)
 
 
 def test_load_sample_report_in_inference_mode(roots):
-    (cfg,) = run(Backend, backend="torchao", quant_type="int8_weight_only", compute_dtype="auto",
-                 components="transformer", options="{}")
+    (cfg,) = run(
+        Backend,
+        backend="torchao",
+        quant_type="int8_weight_only",
+        compute_dtype="auto",
+        components="transformer",
+        options="{}",
+    )
     pipeline, text = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=cfg)
     assert "torchao:int8_weight_only" in text and "TOTAL" in text
-    (images,) = run(Sampler, pipeline=pipeline, prompt="a cat", negative_prompt="", steps=2, guidance_scale=3.5,
-                    width=32, height=48, seed=3, batch_size=2, max_sequence_length=32)
+    (images,) = run(
+        Sampler,
+        pipeline=pipeline,
+        prompt="a cat",
+        negative_prompt="",
+        steps=2,
+        guidance_scale=3.5,
+        width=32,
+        height=48,
+        seed=3,
+        batch_size=2,
+        max_sequence_length=32,
+    )
     assert images.shape == (2, 48, 32, 3) and images.dtype == torch.float32
     assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
-    (again,) = run(Sampler, pipeline=pipeline, prompt="a cat", negative_prompt="", steps=2, guidance_scale=3.5,
-                   width=32, height=48, seed=3, batch_size=2, max_sequence_length=32)
+    (again,) = run(
+        Sampler,
+        pipeline=pipeline,
+        prompt="a cat",
+        negative_prompt="",
+        steps=2,
+        guidance_scale=3.5,
+        width=32,
+        height=48,
+        seed=3,
+        batch_size=2,
+        max_sequence_length=32,
+    )
     assert torch.equal(images, again)  # same seed, same image
     out = run(Report, pipeline=pipeline)
     assert out["result"][0] == out["ui"]["text"][0] and "transformer" in out["ui"]["text"][0]
@@ -144,17 +207,20 @@ def test_save_refuses_unsavable_and_writes_savable(roots, tmp_path, monkeypatch)
     import shutil
 
     shutil.copytree(roots / "tiny-flux", tmp_path / "tiny-flux")
-    (qt5,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto",
-                 components="text_encoder_2", options="{}")
+    (qt5,) = run(
+        Backend, backend="quanto", quant_type="int8", compute_dtype="auto", components="text_encoder_2", options="{}"
+    )
     pipe, _ = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=qt5)
-    with pytest.raises(ValidationError, match="Save Quantized Pipeline › pipeline: .*quanto.*cannot be saved for a "
-                                              "transformers model"):
+    with pytest.raises(
+        ValidationError, match="Save Quantized Pipeline › pipeline: .*quanto.*cannot be saved for a transformers model"
+    ):
         run(Save, pipeline=pipe, folder_name="flux-quanto-t5")
     with pytest.raises(ValidationError, match="Save Quantized Pipeline › folder_name"):
         run(Save, pipeline=pipe, folder_name="../escape")
     assert not (tmp_path / "flux-quanto-t5").exists()
-    (q,) = run(Backend, backend="quanto", quant_type="int8", compute_dtype="auto", components="transformer",
-               options="{}")
+    (q,) = run(
+        Backend, backend="quanto", quant_type="int8", compute_dtype="auto", components="transformer", options="{}"
+    )
     pipe, _ = run(Load, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none", quantization=q)
     out = run(Save, pipeline=pipe, folder_name="flux-quanto-int8")
     dest = tmp_path / "flux-quanto-int8"
@@ -200,7 +266,7 @@ from pipequant.resolver import BackendSpec, ComponentCache, load
 from pipequant.resolver.keep.save import save
 from pipequant.resolver.run.sample import generate
 with torch.inference_mode():
-    r = load({str(roots / 'tiny-flux')!r}, BackendSpec.make("quanto", "int8", components=["transformer"]),
+    r = load({str(roots / "tiny-flux")!r}, BackendSpec.make("quanto", "int8", components=["transformer"]),
              device="cpu", cache=None)
     dest = save(r, "saved", __import__("pathlib").Path({str(tmp_path)!r}))
     again = load(dest, None, device="cpu", cache=ComponentCache())
@@ -270,8 +336,11 @@ def test_gguf_combo_lists_only_files_the_gguf_backend_can_take(monkeypatch, tmp_
     for kind, folder in folders.items():
         folder.mkdir()
         (folder / f"{kind}-file.gguf").write_bytes(b"GGUF")
-    monkeypatch.setattr(comfy, "folder_paths", SimpleNamespace(get_folder_paths=lambda kind: [str(folders[kind])]
-                                                                if kind in folders else []))
+    monkeypatch.setattr(
+        comfy,
+        "folder_paths",
+        SimpleNamespace(get_folder_paths=lambda kind: [str(folders[kind])] if kind in folders else []),
+    )
     monkeypatch.delenv("PIPEQUANT_GGUF", raising=False)
     monkeypatch.delenv("PIPEQUANT_MODELS", raising=False)
     offered = set(Backend.INPUT_TYPES()["optional"]["gguf_file"][0])

@@ -2,6 +2,7 @@
 under its goal among all the catalogue's per-component combinations (checked by brute force);
 availability and ordering rules; "nothing fits"; the command; the route; and on the tiny
 pipelines the plan loads, samples and holds what it predicted."""
+
 from __future__ import annotations
 
 import itertools
@@ -34,10 +35,15 @@ def _brute_force(model, profile, budget, goals, wm):
     for goal in goals:
         found = None
         for allow_deprecated, mode in itertools.product((False, True), OFFLOAD_ORDER):
-            pools = [[c for c in cs if (allow_deprecated or not c.deprecated) and not _offload_ok(c, mode)]
-                     for cs in every.values()]
-            keys = [goal_key(goal, combo, role, pk) for combo in itertools.product(*pools)
-                    if (pk := peak(combo, role, mode, wm)).total <= budget]
+            pools = [
+                [c for c in cs if (allow_deprecated or not c.deprecated) and not _offload_ok(c, mode)]
+                for cs in every.values()
+            ]
+            keys = [
+                goal_key(goal, combo, role, pk)
+                for combo in itertools.product(*pools)
+                if (pk := peak(combo, role, mode, wm)).total <= budget
+            ]
             if keys:
                 found = (mode, min(keys))
                 break
@@ -118,15 +124,33 @@ def test_plan_json_shape_of_the_command(flux_dev, capsys):
 
     profile = json.dumps({"name": "RTX 4090", "total_gb": 24, "free_gb": 23, "compute_capability": [8, 9]})
     root = str(flux_dev.parent)
-    assert main(["plan", flux_dev.name, "--models", root, "--budget", "16", "--goal", "balanced",
-                 "--device-profile", profile, "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                flux_dev.name,
+                "--models",
+                root,
+                "--budget",
+                "16",
+                "--goal",
+                "balanced",
+                "--device-profile",
+                profile,
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"components", "offload", "predicted_peak_bytes", "fits", "rejected"}
     assert out["fits"] is True and out["predicted_peak_bytes"] <= 16 * GIB
     for row in out["components"].values():
         assert set(row) >= {"backend", "quant_type", "predicted_bytes"} and isinstance(row["predicted_bytes"], int)
-    assert main(["plan", flux_dev.name, "--models", root, "--budget", "2", "--no-offload",
-                 "--device-profile", profile]) == 2
+    assert (
+        main(["plan", flux_dev.name, "--models", root, "--budget", "2", "--no-offload", "--device-profile", profile])
+        == 2
+    )
     assert "no plan fits" in capsys.readouterr().err
     assert main(["plan", flux_dev.name, "--models", root, "--device-profile", "[1]"]) == 2
     assert "device profile" in capsys.readouterr().err
@@ -165,8 +189,7 @@ def test_tiny_auto_plan_loads_samples_and_holds_what_it_predicted(tiny_flux):
     assert plan.choices["transformer"].backend is not None and plan.peak.total <= budget
     with torch.inference_mode():
         result = load(tiny_flux, plan.spec, device="cpu", cache=None)
-        images = generate(result.pipeline, prompt="a fox", steps=1, width=32, height=32, seed=0,
-                          max_sequence_length=16)
+        images = generate(result.pipeline, prompt="a fox", steps=1, width=32, height=32, seed=0, max_sequence_length=16)
     assert images.shape == (1, 32, 32, 3) and torch.isfinite(images).all()
     real = {r["component"]: r["bytes"] for r in result.rows if r.get("bytes")}
     predicted = {n: c.bytes for n, c in plan.choices.items()}

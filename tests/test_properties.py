@@ -7,6 +7,7 @@ Inputs are drawn from the real vocabulary (backend names, quant types, option na
 names, devices) mixed with arbitrary JSON, so that most examples get deep into validation
 rather than failing at the first check.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,46 +39,103 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 # The default run is fixed (derandomized) and fast; PIPEQUANT_PROPERTY_EXAMPLES=2000 explores
 # further with a random seed (about a minute per thousand examples on 2 cores).
 _EXAMPLES = os.environ.get("PIPEQUANT_PROPERTY_EXAMPLES")
-FAST = settings(max_examples=int(_EXAMPLES or 60), deadline=None, derandomize=_EXAMPLES is None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=int(_EXAMPLES or 60),
+    deadline=None,
+    derandomize=_EXAMPLES is None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # -- vocabulary -------------------------------------------------------------------------------------
 BACKENDS = catalogue.backend_names()
 QUANT_TYPES = sorted(catalogue.all_quant_types())
 OPTIONS = sorted({o.name for b in BACKENDS for o in catalogue.get_backend(b).options})
-COMPONENTS = ["transformer", "text_encoder", "text_encoder_2", "vae", "tokenizer", "tokenizer_2", "scheduler",
-              "unet", "image_encoder"]
+COMPONENTS = [
+    "transformer",
+    "text_encoder",
+    "text_encoder_2",
+    "vae",
+    "tokenizer",
+    "tokenizer_2",
+    "scheduler",
+    "unet",
+    "image_encoder",
+]
 GGUF_NAMES = ["tiny-flux-transformer-Q8_0.gguf", "none", "missing.gguf", "../secret.gguf", "/etc/passwd"]
-WORDS = BACKENDS + QUANT_TYPES + OPTIONS + COMPONENTS + GGUF_NAMES + [
-    "auto", "bfloat16", "float16", "float32", "cpu", "cuda", "cuda:0", "cuda:9", "none", "model", "sequential",
-    "global", "granular", "map", "tiny-flux", "../tiny-flux", "", " ", "{}", "[]", "null", "per_row"]
+WORDS = (
+    BACKENDS
+    + QUANT_TYPES
+    + OPTIONS
+    + COMPONENTS
+    + GGUF_NAMES
+    + [
+        "auto",
+        "bfloat16",
+        "float16",
+        "float32",
+        "cpu",
+        "cuda",
+        "cuda:0",
+        "cuda:9",
+        "none",
+        "model",
+        "sequential",
+        "global",
+        "granular",
+        "map",
+        "tiny-flux",
+        "../tiny-flux",
+        "",
+        " ",
+        "{}",
+        "[]",
+        "null",
+        "per_row",
+    ]
+)
 
 names = st.sampled_from(WORDS) | st.text(max_size=10)
-leaf = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-        | st.floats(allow_nan=True, allow_infinity=True) | names)
-json_value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4),
-                          max_leaves=10)
+leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | names
+)
+json_value = st.recursive(
+    leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4), max_leaves=10
+)
 option_values = st.dictionaries(st.sampled_from(OPTIONS) | names, json_value, max_size=3)
 
-global_dict = st.fixed_dictionaries({}, optional={
-    "kind": st.just("global") | json_value,
-    "backend": st.sampled_from(BACKENDS) | json_value,
-    "quant_type": st.sampled_from(QUANT_TYPES) | json_value,
-    "compute_dtype": st.sampled_from(["auto", "bfloat16", "float16", "float32", "fp8"]) | json_value,
-    "options": option_values | json_value,
-    "components": st.none() | st.lists(st.sampled_from(COMPONENTS) | names, max_size=4) | json_value,
-    "gguf_file": st.sampled_from(GGUF_NAMES) | json_value,
-})
-spec_dicts = global_dict | st.fixed_dictionaries({"kind": st.just("granular")}, optional={
-    "components": st.dictionaries(st.sampled_from(COMPONENTS) | names, st.none() | global_dict | json_value,
-                                  max_size=4) | json_value,
-    "backend": names,
-})
-load_settings = st.fixed_dictionaries({
-    "dtype": st.sampled_from(["bfloat16", "float16", "float32"]) | json_value,
-    "device": st.sampled_from(["cpu", "auto", "cuda", "cuda:3"]) | json_value,
-    "offload": st.sampled_from(["none", "model", "sequential"]) | json_value,
-})
+global_dict = st.fixed_dictionaries(
+    {},
+    optional={
+        "kind": st.just("global") | json_value,
+        "backend": st.sampled_from(BACKENDS) | json_value,
+        "quant_type": st.sampled_from(QUANT_TYPES) | json_value,
+        "compute_dtype": st.sampled_from(["auto", "bfloat16", "float16", "float32", "fp8"]) | json_value,
+        "options": option_values | json_value,
+        "components": st.none() | st.lists(st.sampled_from(COMPONENTS) | names, max_size=4) | json_value,
+        "gguf_file": st.sampled_from(GGUF_NAMES) | json_value,
+    },
+)
+spec_dicts = global_dict | st.fixed_dictionaries(
+    {"kind": st.just("granular")},
+    optional={
+        "components": st.dictionaries(
+            st.sampled_from(COMPONENTS) | names, st.none() | global_dict | json_value, max_size=4
+        )
+        | json_value,
+        "backend": names,
+    },
+)
+load_settings = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["bfloat16", "float16", "float32"]) | json_value,
+        "device": st.sampled_from(["cpu", "auto", "cuda", "cuda:3"]) | json_value,
+        "offload": st.sampled_from(["none", "model", "sequential"]) | json_value,
+    }
+)
 
 
 class World(dict):
@@ -130,11 +188,16 @@ def test_random_spec_json(text):
 
 # -- node inputs -----------------------------------------------------------------------------------------
 widget = names | json_value
-backend_inputs = st.fixed_dictionaries({
-    "backend": st.sampled_from(BACKENDS) | widget, "quant_type": st.sampled_from(QUANT_TYPES) | widget,
-    "compute_dtype": st.sampled_from(["auto", "bfloat16"]) | widget,
-    "components": st.sampled_from(["", "transformer", "vae, transformer"]) | widget,
-    "options": option_values.map(json.dumps) | widget, "gguf_file": st.sampled_from(GGUF_NAMES) | widget})
+backend_inputs = st.fixed_dictionaries(
+    {
+        "backend": st.sampled_from(BACKENDS) | widget,
+        "quant_type": st.sampled_from(QUANT_TYPES) | widget,
+        "compute_dtype": st.sampled_from(["auto", "bfloat16"]) | widget,
+        "components": st.sampled_from(["", "transformer", "vae, transformer"]) | widget,
+        "options": option_values.map(json.dumps) | widget,
+        "gguf_file": st.sampled_from(GGUF_NAMES) | widget,
+    }
+)
 
 
 @FAST
@@ -151,18 +214,27 @@ def test_random_backend_node_inputs(world, inputs, where):
     _only_problems(validate(spec, world["model"], gguf_roots=world["gguf"], **where))
 
 
-configs = st.none() | st.builds(BackendSpec.make, st.sampled_from(BACKENDS) | names, st.sampled_from(QUANT_TYPES) | names,
-                                options=option_values) | widget
+configs = (
+    st.none()
+    | st.builds(
+        BackendSpec.make, st.sampled_from(BACKENDS) | names, st.sampled_from(QUANT_TYPES) | names, options=option_values
+    )
+    | widget
+)
 
 
 @FAST
-@given(chain=st.lists(st.tuples(st.sampled_from(COMPONENTS) | widget, configs, st.booleans(), widget), max_size=5),
-       where=load_settings)
+@given(
+    chain=st.lists(st.tuples(st.sampled_from(COMPONENTS) | widget, configs, st.booleans(), widget), max_size=5),
+    where=load_settings,
+)
 def test_random_per_component_map_chains(world, chain, where):
     upstream = None
     for component, config, use_upstream, junk in chain:
-        assert PipeQuantComponentMap.VALIDATE_INPUTS(component) is True or PipeQuantComponentMap.VALIDATE_INPUTS(
-            component).problems
+        assert (
+            PipeQuantComponentMap.VALIDATE_INPUTS(component) is True
+            or PipeQuantComponentMap.VALIDATE_INPUTS(component).problems
+        )
         try:
             (upstream,) = PipeQuantComponentMap().build(component, config, upstream if use_upstream else junk)
         except ValidationError:
@@ -173,8 +245,11 @@ def test_random_per_component_map_chains(world, chain, where):
 
 
 @FAST
-@given(model=st.sampled_from(["tiny-flux", "../tiny-flux", "tiny-flx", ""]) | widget, where=load_settings,
-       allow_pickle=st.booleans() | widget)
+@given(
+    model=st.sampled_from(["tiny-flux", "../tiny-flux", "tiny-flx", ""]) | widget,
+    where=load_settings,
+    allow_pickle=st.booleans() | widget,
+)
 def test_random_load_node_inputs(world, model, where, allow_pickle):
     result = PipeQuantLoadPipeline.VALIDATE_INPUTS(model, allow_pickle=allow_pickle, **where)
     assert result is True or (isinstance(result, str) and result.problems)
@@ -183,19 +258,47 @@ def test_random_load_node_inputs(world, model, where, allow_pickle):
 
 # -- workflows -----------------------------------------------------------------------------------------------
 BASE_API = {
-    "1": {"class_type": "PipeQuantBackend", "inputs": {"backend": "torchao", "quant_type": "int8_weight_only",
-                                                       "compute_dtype": "auto", "components": "", "options": "{}"}},
+    "1": {
+        "class_type": "PipeQuantBackend",
+        "inputs": {
+            "backend": "torchao",
+            "quant_type": "int8_weight_only",
+            "compute_dtype": "auto",
+            "components": "",
+            "options": "{}",
+        },
+    },
     "2": {"class_type": "PipeQuantComponentMap", "inputs": {"component": "transformer", "config": ["1", 0]}},
-    "3": {"class_type": "PipeQuantLoadPipeline", "inputs": {"model": "tiny-flux", "dtype": "bfloat16", "device": "cpu",
-                                                            "offload": "none", "quantization": ["2", 0]}},
-    "4": {"class_type": "PipeQuantSampler", "inputs": {"pipeline": ["3", 0], "prompt": "cat", "negative_prompt": "",
-                                                       "steps": 2, "guidance_scale": 3.5, "width": 32, "height": 32,
-                                                       "seed": 0, "batch_size": 1}},
+    "3": {
+        "class_type": "PipeQuantLoadPipeline",
+        "inputs": {
+            "model": "tiny-flux",
+            "dtype": "bfloat16",
+            "device": "cpu",
+            "offload": "none",
+            "quantization": ["2", 0],
+        },
+    },
+    "4": {
+        "class_type": "PipeQuantSampler",
+        "inputs": {
+            "pipeline": ["3", 0],
+            "prompt": "cat",
+            "negative_prompt": "",
+            "steps": 2,
+            "guidance_scale": 3.5,
+            "width": 32,
+            "height": 32,
+            "seed": 0,
+            "batch_size": 1,
+        },
+    },
     "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "x"}},
     "6": {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["3", 0]}},
 }
-INPUT_NAMES = sorted({name for node in BASE_API.values() for name in node["inputs"]} | {"map", "gguf_file",
-                                                                                        "allow_pickle"})
+INPUT_NAMES = sorted(
+    {name for node in BASE_API.values() for name in node["inputs"]} | {"map", "gguf_file", "allow_pickle"}
+)
 node_ids = st.sampled_from(list(BASE_API) + ["7", "99", "x"])
 links = st.tuples(node_ids, st.integers(-2, 3)).map(list)
 edit = st.one_of(
@@ -242,8 +345,12 @@ def test_random_api_workflows(world, edits, wrap):
 
 UI = json.loads((EXAMPLES / "FLUX per-component mix.json").read_text())
 ui_edit = st.one_of(
-    st.tuples(st.just("node-field"), st.integers(0, 9), st.sampled_from(["type", "inputs", "widgets_values", "mode",
-                                                                          "id"]), widget),
+    st.tuples(
+        st.just("node-field"),
+        st.integers(0, 9),
+        st.sampled_from(["type", "inputs", "widgets_values", "mode", "id"]),
+        widget,
+    ),
     st.tuples(st.just("widget"), st.integers(0, 9), st.integers(0, 9), widget),
     st.tuples(st.just("slot-link"), st.integers(0, 9), st.integers(0, 2), st.integers(-1, 12) | widget),
     st.tuples(st.just("link"), st.integers(0, 9), st.integers(0, 5), widget),
@@ -281,8 +388,11 @@ def test_random_ui_workflows(world, edits):
 
 
 @FAST
-@given(content=st.binary(max_size=200) | json_value.map(lambda v: json.dumps(v).encode())
-       | st.integers(1, 5000).map(lambda n: b"{\"a\":" * n))
+@given(
+    content=st.binary(max_size=200)
+    | json_value.map(lambda v: json.dumps(v).encode())
+    | st.integers(1, 5000).map(lambda n: b'{"a":' * n)
+)
 def test_random_workflow_files(world, content):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "workflow.json"
@@ -294,15 +404,36 @@ def test_random_workflow_files(world, content):
 
 
 # -- the editor's requests ---------------------------------------------------------------------------------------
-editor_part = st.deferred(lambda: st.none() | json_value | st.fixed_dictionaries(
-    {"kind": st.sampled_from(["global", "map", "granular"]) | widget},
-    optional={"node": st.integers(0, 9) | widget, "backend": st.sampled_from(BACKENDS) | widget,
-              "quant_type": st.sampled_from(QUANT_TYPES) | widget, "options": option_values.map(json.dumps) | widget,
-              "components": st.sampled_from(["", "transformer"]) | widget, "component": st.sampled_from(COMPONENTS) | widget,
-              "config": editor_part, "map": editor_part, "gguf_file": st.sampled_from(GGUF_NAMES) | widget}))
-requests = st.fixed_dictionaries({}, optional={
-    "model": st.sampled_from(["tiny-flux", "../tiny-flux", "nope"]) | widget, "spec": editor_part,
-    "dtype": widget, "device": st.sampled_from(["cpu", "auto"]) | widget, "offload": widget})
+editor_part = st.deferred(
+    lambda: (
+        st.none()
+        | json_value
+        | st.fixed_dictionaries(
+            {"kind": st.sampled_from(["global", "map", "granular"]) | widget},
+            optional={
+                "node": st.integers(0, 9) | widget,
+                "backend": st.sampled_from(BACKENDS) | widget,
+                "quant_type": st.sampled_from(QUANT_TYPES) | widget,
+                "options": option_values.map(json.dumps) | widget,
+                "components": st.sampled_from(["", "transformer"]) | widget,
+                "component": st.sampled_from(COMPONENTS) | widget,
+                "config": editor_part,
+                "map": editor_part,
+                "gguf_file": st.sampled_from(GGUF_NAMES) | widget,
+            },
+        )
+    )
+)
+requests = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["tiny-flux", "../tiny-flux", "nope"]) | widget,
+        "spec": editor_part,
+        "dtype": widget,
+        "device": st.sampled_from(["cpu", "auto"]) | widget,
+        "offload": widget,
+    },
+)
 
 
 @FAST

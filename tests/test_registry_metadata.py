@@ -1,4 +1,5 @@
 """What the Comfy registry and ComfyUI-Manager read: [tool.comfy], classifiers, requirements."""
+
 from __future__ import annotations
 
 import re

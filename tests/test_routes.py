@@ -1,4 +1,5 @@
 """The editor's HTTP routes, through aiohttp's test client against the real handlers (no ComfyUI)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -40,8 +41,17 @@ def call(method: str, path: str, **kwargs):
 
 def backend(node="1", backend="torchao", quant_type="int8_weight_only", **fields):
     """A Quantization Backend as the editor sends it: raw widget text."""
-    return {"kind": "global", "node": node, "backend": backend, "quant_type": quant_type, "compute_dtype": "auto",
-            "components": "", "options": "{}", "gguf_file": "none", **fields}
+    return {
+        "kind": "global",
+        "node": node,
+        "backend": backend,
+        "quant_type": quant_type,
+        "compute_dtype": "auto",
+        "components": "",
+        "options": "{}",
+        "gguf_file": "none",
+        **fields,
+    }
 
 
 def component_map(node, component, config=None, upstream=None):
@@ -86,8 +96,21 @@ def test_components_of_a_pipeline(models):
     assert not by_name["tokenizer"]["is_module"] and by_name["tokenizer"]["bytes"] == 0
 
 
-@pytest.mark.parametrize("name", ["", "..", "../tiny-flux", "/etc", "tiny-flux/../..", "a\\b", "nope", "x" * 600,
-                                  "tiny-flux/transformer/../../..", "%2e%2e/%2e%2e"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        "../tiny-flux",
+        "/etc",
+        "tiny-flux/../..",
+        "a\\b",
+        "nope",
+        "x" * 600,
+        "tiny-flux/transformer/../../..",
+        "%2e%2e/%2e%2e",
+    ],
+)
 def test_components_refuses_names_outside_the_model_list(models, monkeypatch, name):
     monkeypatch.setattr(routes, "inspect_model", lambda folder: pytest.fail(f"inspected {folder}"))
     status, body = call("GET", "/pipequant/components", params={"model": name})
@@ -127,8 +150,11 @@ def test_components_needs_a_model_parameter(models):
 
 # -- POST /pipequant/validate ----------------------------------------------------------------
 def test_validate_a_good_plan(models):
-    status, body = call("POST", "/pipequant/validate",
-                        json={"model": "tiny-flux", "spec": backend(), "dtype": "bfloat16", "device": "cpu"})
+    status, body = call(
+        "POST",
+        "/pipequant/validate",
+        json={"model": "tiny-flux", "spec": backend(), "dtype": "bfloat16", "device": "cpu"},
+    )
     assert status == 200 and body["ok"] and body["problems"] == []
     assert body["spec"]["backend"] == "torchao"
 
@@ -140,8 +166,12 @@ def test_validate_accepts_spec_to_dict(models):
 
 
 def test_validate_tags_each_problem_with_its_node(models):
-    chain = component_map("12", "text_encoder_2", backend("11", quant_type="nf4"),
-                          component_map("10", "transfomer", backend("9", options='{"group_size": 3')))
+    chain = component_map(
+        "12",
+        "text_encoder_2",
+        backend("11", quant_type="nf4"),
+        component_map("10", "transfomer", backend("9", options='{"group_size": 3')),
+    )
     status, body = call("POST", "/pipequant/validate", json={"model": "tiny-flux", "spec": chain, "dtype": "float8"})
     assert status == 200 and not body["ok"]
     assert codes(body, "9") == ["options_not_json"]
@@ -204,7 +234,9 @@ def test_validate_honours_allow_pickle(models, tmp_path, tiny_flux):
         weights.rename(weights.with_suffix(".bin"))
         status, body = call("POST", "/pipequant/validate", json={"model": "pickled-flux", "spec": None})
         assert codes(body, None) == ["pickle_only"]
-        status, body = call("POST", "/pipequant/validate", json={"model": "pickled-flux", "spec": None, "allow_pickle": True})
+        status, body = call(
+            "POST", "/pipequant/validate", json={"model": "pickled-flux", "spec": None, "allow_pickle": True}
+        )
         assert status == 200 and body["ok"], body
     finally:
         shutil.rmtree(pickled, ignore_errors=True)
@@ -223,14 +255,24 @@ def test_validate_reports_bad_model_names_as_problems(models, monkeypatch, name)
 
 
 # -- malformed requests ---------------------------------------------------------------------
-@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"[" * 30000 + b"]" * 30000,
-                                  json.dumps({"model": 5}).encode(), json.dumps({"spec": 5}).encode(),
-                                  json.dumps({"spec": {"kind": "nope"}}).encode(),
-                                  json.dumps({"spec": {"kind": "map", "component": 3}}).encode(),
-                                  json.dumps({"spec": {"backend": 1, "quant_type": "x"}}).encode(),
-                                  json.dumps({"spec": backend(node=[1])}).encode(),
-                                  json.dumps({"dtype": {"a": 1}}).encode(),
-                                  json.dumps({"allow_pickle": "yes"}).encode()])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'"text"',
+        b"\xff\xfe",
+        b"[" * 30000 + b"]" * 30000,
+        json.dumps({"model": 5}).encode(),
+        json.dumps({"spec": 5}).encode(),
+        json.dumps({"spec": {"kind": "nope"}}).encode(),
+        json.dumps({"spec": {"kind": "map", "component": 3}}).encode(),
+        json.dumps({"spec": {"backend": 1, "quant_type": "x"}}).encode(),
+        json.dumps({"spec": backend(node=[1])}).encode(),
+        json.dumps({"dtype": {"a": 1}}).encode(),
+        json.dumps({"allow_pickle": "yes"}).encode(),
+    ],
+)
 def test_malformed_bodies_get_400(models, data):
     for path in ("/pipequant/validate", "/pipequant/estimate"):
         status, body = call("POST", path, data=data, headers={"Content-Type": "application/json"})
@@ -265,14 +307,22 @@ def test_wrong_methods_are_refused():
         routes.add_routes(app.router)
         async with TestClient(TestServer(app)) as client:
             return (await client.get("/pipequant/validate")).status, (await client.post("/pipequant/backends")).status
+
     assert asyncio.run(run()) == (405, 405)
 
 
 # -- POST /pipequant/estimate ----------------------------------------------------------------
 def test_estimate_before_and_after(models):
-    status, body = call("POST", "/pipequant/estimate",
-                        json={"model": "tiny-flux", "spec": backend(components="transformer, text_encoder_2"),
-                              "dtype": "bfloat16", "device": "cpu"})
+    status, body = call(
+        "POST",
+        "/pipequant/estimate",
+        json={
+            "model": "tiny-flux",
+            "spec": backend(components="transformer, text_encoder_2"),
+            "dtype": "bfloat16",
+            "device": "cpu",
+        },
+    )
     assert status == 200 and body["ok"], body
     rows = {r["component"]: r for r in body["estimate"]["components"]}
     assert set(rows) == {"transformer", "text_encoder", "text_encoder_2", "vae"}
@@ -310,8 +360,11 @@ def test_estimate_without_quantization_and_in_float32(models):
 
 
 def test_estimate_of_a_broken_plan_is_null_with_its_problems(models):
-    status, body = call("POST", "/pipequant/estimate",
-                        json={"model": "tiny-flux", "spec": backend("3", quant_type="int4_weight_only"), "device": "cpu"})
+    status, body = call(
+        "POST",
+        "/pipequant/estimate",
+        json={"model": "tiny-flux", "spec": backend("3", quant_type="int4_weight_only"), "device": "cpu"},
+    )
     assert status == 200 and body["estimate"] is None and codes(body, "3") == ["needs_cuda"]
 
 
@@ -349,38 +402,61 @@ def test_estimate_with_a_save_node_flags_what_cannot_be_saved(models):
     assert status == 200 and result["estimate"] is not None and not result["ok"]
     # quanto cannot save the transformers-side text_encoder_2: on the Backend and on the Save node
     on_backend = [p for p in result["problems"] if p["node"] == "1" and p["code"] != "backend_deprecated"]
-    assert [(p["code"], p["component"], p["input"]) for p in on_backend] == [("not_savable", "text_encoder_2", "backend")]
+    assert [(p["code"], p["component"], p["input"]) for p in on_backend] == [
+        ("not_savable", "text_encoder_2", "backend")
+    ]
     assert codes(result, "9") == ["not_savable"]
     # without a Save node downstream the same plan is fine
     status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": spec})
     assert status == 200 and result["ok"]
     # warnings only: quanto's deprecation (on the Backend node) and the measured slow plan
-    assert {(p["code"], p["severity"]) for p in result["problems"]} == {("backend_deprecated", "warning"),
-                                                                        ("slow_plan", "warning")}
+    assert {(p["code"], p["severity"]) for p in result["problems"]} == {
+        ("backend_deprecated", "warning"),
+        ("slow_plan", "warning"),
+    }
 
 
 def test_estimate_with_a_save_node_checks_its_folder_name(models):
     spec = _flux_maps("torchao", "int8_weight_only")
-    status, result = call("POST", "/pipequant/estimate", json={
-        "model": "tiny-flux", "spec": spec, "save": [{"node": 9, "folder_name": "../escape"}]})
+    status, result = call(
+        "POST",
+        "/pipequant/estimate",
+        json={"model": "tiny-flux", "spec": spec, "save": [{"node": 9, "folder_name": "../escape"}]},
+    )
     assert status == 200 and codes(result) == ["folder_name_invalid"] and result["problems"][0]["node"] == 9
-    _, result = call("POST", "/pipequant/estimate", json={
-        "model": "tiny-flux", "spec": spec, "save": [{"node": "9", "folder_name": "tiny-flux"}]})
+    _, result = call(
+        "POST",
+        "/pipequant/estimate",
+        json={"model": "tiny-flux", "spec": spec, "save": [{"node": "9", "folder_name": "tiny-flux"}]},
+    )
     assert codes(result, "9") == ["folder_exists"]
-    _, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": spec,
-                                                           "save": [{"node": "9", "folder_name": "new-one"}]})
+    _, result = call(
+        "POST",
+        "/pipequant/estimate",
+        json={"model": "tiny-flux", "spec": spec, "save": [{"node": "9", "folder_name": "new-one"}]},
+    )
     assert result["ok"], result
 
 
-@pytest.mark.parametrize("save", ["x", [1], [{"node": [], "folder_name": "a"}], [{"node": "1", "folder_name": 3}],
-                                  [{"node": "1", "folder_name": "a"}] * 17])
+@pytest.mark.parametrize(
+    "save",
+    [
+        "x",
+        [1],
+        [{"node": [], "folder_name": "a"}],
+        [{"node": "1", "folder_name": 3}],
+        [{"node": "1", "folder_name": "a"}] * 17,
+    ],
+)
 def test_malformed_save_entries_get_400(models, save):
     status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": None, "save": save})
     assert status == 400 and result["problems"][0]["field"] in ("save", "node", "folder_name")
 
 
 def test_a_shared_backend_feeding_two_maps_gets_an_estimate(models):
-    status, result = call("POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": _flux_maps("torchao", "int8_weight_only")})
+    status, result = call(
+        "POST", "/pipequant/estimate", json={"model": "tiny-flux", "spec": _flux_maps("torchao", "int8_weight_only")}
+    )
     assert status == 200 and result["ok"]
     quantized = {c["component"] for c in result["estimate"]["components"] if c["action"] == "quantize"}
     assert quantized == {"transformer", "text_encoder_2"}
@@ -406,5 +482,7 @@ def test_a_cpu_only_server_defaults_to_a_backend_that_runs_there():
     assert catalogue.runs_on_cpu(backend) and not backend.quant_type(quant).needs_cuda
     # bitsandbytes (first in the catalogue) needs a GPU for diffusers models: not the CPU default
     assert not catalogue.runs_on_cpu(catalogue.get_backend(catalogue.backend_names()[0]))
-    assert catalogue.default_choice("cuda") == (catalogue.backend_names()[0],
-                                                catalogue.get_backend(catalogue.backend_names()[0]).quant_types[0].name)
+    assert catalogue.default_choice("cuda") == (
+        catalogue.backend_names()[0],
+        catalogue.get_backend(catalogue.backend_names()[0]).quant_types[0].name,
+    )

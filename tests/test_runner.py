@@ -1,4 +1,5 @@
 """The headless runner: every example workflow, in UI and API format, on the tiny pipelines."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,13 @@ WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
 # renamed for their titles in the template browser; their contents did not change). They must keep
 # loading and running: users' saved workflows look like them.
 RELEASED = sorted((Path(__file__).parent / "workflows").glob("*.json"))
-SMALL = [("PipeQuantSampler", "steps", 2), ("PipeQuantSampler", "width", 32), ("PipeQuantSampler", "height", 32),
-         ("PipeQuantSampler", "max_sequence_length", 32), ("PipeQuantLoadPipeline", "device", "cpu")]
+SMALL = [
+    ("PipeQuantSampler", "steps", 2),
+    ("PipeQuantSampler", "width", 32),
+    ("PipeQuantSampler", "height", 32),
+    ("PipeQuantSampler", "max_sequence_length", 32),
+    ("PipeQuantLoadPipeline", "device", "cpu"),
+]
 
 
 @pytest.fixture
@@ -39,9 +45,13 @@ def env(monkeypatch, tmp_path, models_root, tiny_flux, tiny_sd3, flux_gguf):
 
 def _point_at_tiny(prompt: dict, path: Path) -> dict:
     model = "tiny-sd3" if "sd3" in path.name.lower() else "tiny-flux"
-    overrides = SMALL + [("PipeQuantLoadPipeline", "model", model), ("PipeQuantAutoPlan", "model", model),
-                         ("PipeQuantAutoPlan", "width", 64), ("PipeQuantAutoPlan", "height", 64),
-                         ("PipeQuantSavePipeline", "folder_name", f"saved-{os.getpid()}-{path.stem}")]
+    overrides = SMALL + [
+        ("PipeQuantLoadPipeline", "model", model),
+        ("PipeQuantAutoPlan", "model", model),
+        ("PipeQuantAutoPlan", "width", 64),
+        ("PipeQuantAutoPlan", "height", 64),
+        ("PipeQuantSavePipeline", "folder_name", f"saved-{os.getpid()}-{path.stem}"),
+    ]
     if "gguf" in path.name.lower():
         overrides.append(("PipeQuantBackend", "gguf_file", "tiny-flux-transformer-Q8_0.gguf"))
     return apply_overrides(prompt, overrides)
@@ -49,7 +59,12 @@ def _point_at_tiny(prompt: dict, path: Path) -> dict:
 
 def test_there_are_example_workflows_in_ui_format():
     names = {p.stem for p in WORKFLOWS}
-    assert {"FLUX NF4 transformer", "FLUX per-component mix", "SD3.5 torchao int8 (global)", "FLUX quantize once and save"} <= names
+    assert {
+        "FLUX NF4 transformer",
+        "FLUX per-component mix",
+        "SD3.5 torchao int8 (global)",
+        "FLUX quantize once and save",
+    } <= names
     for path in WORKFLOWS:
         data = json.loads(path.read_text())
         assert data["version"] == 0.4 and data["nodes"] and isinstance(data["links"], list)
@@ -93,15 +108,22 @@ def test_ui_and_api_format_give_the_same_prompt(tmp_path):
 
 def test_cli_run_validate_and_errors(env, models_root, tmp_path, capsys):
     wf = EXAMPLES / "SD3.5 torchao int8 (global).json"
-    common = ["--models", str(models_root), "--output", str(tmp_path / "cli-out"),
-              "--set", "PipeQuantLoadPipeline.model=tiny-sd3"] + [
-        x for k, n, v in SMALL for x in ("--set", f"{k}.{n}={json.dumps(v)}")]
+    common = [
+        "--models",
+        str(models_root),
+        "--output",
+        str(tmp_path / "cli-out"),
+        "--set",
+        "PipeQuantLoadPipeline.model=tiny-sd3",
+    ] + [x for k, n, v in SMALL for x in ("--set", f"{k}.{n}={json.dumps(v)}")]
     assert main(["validate", str(wf)] + common) == 0
     assert "OK" in capsys.readouterr().out
     assert main(["run", str(wf)] + common) == 0
     assert list((tmp_path / "cli-out").glob("*.png"))
     # a typo in the model: non-zero exit, message naming the node, the input and a suggestion
-    assert main(["validate", str(wf), "--models", str(models_root), "--set", "PipeQuantLoadPipeline.model=tiny-sd4"]) == 2
+    assert (
+        main(["validate", str(wf), "--models", str(models_root), "--set", "PipeQuantLoadPipeline.model=tiny-sd4"]) == 2
+    )
     err = capsys.readouterr().err
     assert "Load Quantized Pipeline" in err and "model" in err and "tiny-sd3" in err
     bad = tmp_path / "bad.json"
@@ -111,8 +133,12 @@ def test_cli_run_validate_and_errors(env, models_root, tmp_path, capsys):
 
 
 def test_demo_command_runs_on_a_fresh_cache(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pipequant", "demo", "--output", str(tmp_path / "o"),
-                          "--cache", str(tmp_path / "c")], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipequant", "demo", "--output", str(tmp_path / "o"), "--cache", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert list((tmp_path / "o").glob("pipequant-demo_*.png"))
     report = (tmp_path / "o" / "pipequant-demo-report.txt").read_text()

@@ -1,4 +1,5 @@
 """Muted and bypassed nodes in a UI-format workflow, handled as ComfyUI's editor queues them."""
+
 from __future__ import annotations
 
 from pipequant.runner.execute import ALL_NODES
@@ -11,17 +12,33 @@ def _workflow(map_mode: int = 0) -> dict:
     """Backend (1) -> Per-Component Map (2, in the given mode) -> Load (3)."""
     return {
         "nodes": [
-            {"id": 1, "type": "PipeQuantBackend", "mode": 0, "inputs": [],
-             "outputs": [{"name": "quant_config", "type": CONFIG, "links": [10]}],
-             "widgets_values": ["torchao", "int8_weight_only", "auto", "", "{}", "none"]},
-            {"id": 2, "type": "PipeQuantComponentMap", "mode": map_mode,
-             "inputs": [{"name": "config", "type": CONFIG, "link": 10}, {"name": "map", "type": CONFIG, "link": None}],
-             "outputs": [{"name": "quant_map", "type": CONFIG, "links": [11]}],
-             "widgets_values": ["transformer"]},
-            {"id": 3, "type": "PipeQuantLoadPipeline", "mode": 0,
-             "inputs": [{"name": "quantization", "type": CONFIG, "link": 11}],
-             "outputs": [{"name": "pipeline", "type": "DIFFUSERS_PIPELINE", "links": []}],
-             "widgets_values": ["tiny-flux", "bfloat16", "cpu", "none", False]},
+            {
+                "id": 1,
+                "type": "PipeQuantBackend",
+                "mode": 0,
+                "inputs": [],
+                "outputs": [{"name": "quant_config", "type": CONFIG, "links": [10]}],
+                "widgets_values": ["torchao", "int8_weight_only", "auto", "", "{}", "none"],
+            },
+            {
+                "id": 2,
+                "type": "PipeQuantComponentMap",
+                "mode": map_mode,
+                "inputs": [
+                    {"name": "config", "type": CONFIG, "link": 10},
+                    {"name": "map", "type": CONFIG, "link": None},
+                ],
+                "outputs": [{"name": "quant_map", "type": CONFIG, "links": [11]}],
+                "widgets_values": ["transformer"],
+            },
+            {
+                "id": 3,
+                "type": "PipeQuantLoadPipeline",
+                "mode": 0,
+                "inputs": [{"name": "quantization", "type": CONFIG, "link": 11}],
+                "outputs": [{"name": "pipeline", "type": "DIFFUSERS_PIPELINE", "links": []}],
+                "widgets_values": ["tiny-flux", "bfloat16", "cpu", "none", False],
+            },
         ],
         "links": [[10, 1, 0, 2, 0, CONFIG], [11, 2, 0, 3, 0, CONFIG]],
     }

@@ -1,5 +1,6 @@
 """SDNQ loads and samples the tiny pipelines on CPU, in global and granular mode (skipped when
 the optional `sdnq` package, GPL-3.0, is not installed)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,8 +18,9 @@ from pipequant.resolver.keep import load
 from pipequant.resolver.known.catalogue import get_backend
 from pipequant.resolver.run.sample import generate
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("sdnq") is None,
-                                reason="sdnq is not installed (optional, GPL-3.0: pip install sdnq)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("sdnq") is None, reason="sdnq is not installed (optional, GPL-3.0: pip install sdnq)"
+)
 G = BackendSpec.make
 
 

@@ -1,5 +1,6 @@
 """Slow-plan warnings: a denoiser plan measured below 0.9x bf16 is flagged (never blocked), with the
 fastest measured plan of no more memory that runs on the same device; and the fp8 fast path."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,10 @@ def test_warnings_do_not_block_and_reach_the_report(tiny_flux):
 @pytest.fixture
 def gpu(monkeypatch):
     """Pretend the target is a GPU of a given compute capability (only the prediction reads it)."""
+
     def set_cc(cc):
         monkeypatch.setattr(devices, "compute_capability", lambda device: cc)
+
     return set_cc
 
 
@@ -80,10 +83,24 @@ def test_the_alternative_must_run_on_the_gpu_and_fit_the_same_memory(tiny_flux, 
 
 def test_cli_validate_prints_the_warning(monkeypatch, models_root, tiny_sd3, capsys):
     wf = EXAMPLES / "SD3.5 torchao int8 (global).json"
-    args = ["validate", str(wf), "--models", str(models_root), "--set", "PipeQuantLoadPipeline.model=tiny-sd3",
-            "--set", "PipeQuantLoadPipeline.device=cpu",
-            "--set", "PipeQuantSampler.width=32", "--set", "PipeQuantSampler.height=32",
-            "--set", "PipeQuantBackend.backend=quanto", "--set", "PipeQuantBackend.quant_type=int8"]
+    args = [
+        "validate",
+        str(wf),
+        "--models",
+        str(models_root),
+        "--set",
+        "PipeQuantLoadPipeline.model=tiny-sd3",
+        "--set",
+        "PipeQuantLoadPipeline.device=cpu",
+        "--set",
+        "PipeQuantSampler.width=32",
+        "--set",
+        "PipeQuantSampler.height=32",
+        "--set",
+        "PipeQuantBackend.backend=quanto",
+        "--set",
+        "PipeQuantBackend.quant_type=int8",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "warning: quantization: quanto int8 on transformer is predicted at 0.53x" in out and "OK" in out
@@ -105,8 +122,9 @@ def test_float8_dynamic_defaults_to_per_row_and_is_meant_for_compile():
 @pytest.mark.cuda
 def test_float8_dynamic_is_refused_below_compute_capability_8_9(tiny_flux):
     cc = torch.cuda.get_device_capability()
-    problems = validate(G("torchao", "float8_dynamic", components=["transformer"]), inspect_model(tiny_flux),
-                        device="cuda")
+    problems = validate(
+        G("torchao", "float8_dynamic", components=["transformer"]), inspect_model(tiny_flux), device="cuda"
+    )
     refused = [p for p in problems if p.code == "compute_capability"]
     assert bool(refused) == (cc < (8, 9))
 

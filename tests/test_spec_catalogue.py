@@ -1,4 +1,5 @@
 """Catalogue, spec objects and model inspection: the parts that read no weights."""
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,16 @@ def test_catalogue_reads_the_libraries_own_mappings():
             assert backend.config_class(library) is catalogue.config_mapping(library)[name]
 
 
-@pytest.mark.parametrize("backend,types", [
-    ("bitsandbytes_4bit", {"nf4", "fp4"}), ("bitsandbytes_8bit", {"int8"}),
-    ("torchao", {"int8_weight_only", "int8_dynamic", "int4_weight_only", "float8_weight_only", "float8_dynamic"}),
-    ("quanto", {"int8", "int4", "int2", "float8"}), ("gguf", {"from_file"}),
-])
+@pytest.mark.parametrize(
+    "backend,types",
+    [
+        ("bitsandbytes_4bit", {"nf4", "fp4"}),
+        ("bitsandbytes_8bit", {"int8"}),
+        ("torchao", {"int8_weight_only", "int8_dynamic", "int4_weight_only", "float8_weight_only", "float8_dynamic"}),
+        ("quanto", {"int8", "int4", "int2", "float8"}),
+        ("gguf", {"from_file"}),
+    ],
+)
 def test_catalogue_quant_types(backend, types):
     assert {q.name for q in catalogue.get_backend(backend).quant_types} == types
 
@@ -63,8 +69,13 @@ def test_friendly_names_build_real_config_objects():
     cfg = torchao.build_config(TRANSFORMERS, "int4_weight_only", torch.bfloat16, {"group_size": 64})
     assert isinstance(cfg.quant_type, ao.Int4WeightOnlyConfig) and cfg.quant_type.group_size == 64
     bnb = catalogue.get_backend("bitsandbytes_4bit").build_config(
-        DIFFUSERS, "nf4", torch.float16, {"double_quant": True, "modules_to_not_convert": ["proj_out"]})
-    assert (bnb.bnb_4bit_quant_type, bnb.bnb_4bit_compute_dtype, bnb.bnb_4bit_use_double_quant) == ("nf4", torch.float16, True)
+        DIFFUSERS, "nf4", torch.float16, {"double_quant": True, "modules_to_not_convert": ["proj_out"]}
+    )
+    assert (bnb.bnb_4bit_quant_type, bnb.bnb_4bit_compute_dtype, bnb.bnb_4bit_use_double_quant) == (
+        "nf4",
+        torch.float16,
+        True,
+    )
     assert bnb.llm_int8_skip_modules == ["proj_out"]
     quanto_t = catalogue.get_backend("quanto").build_config(TRANSFORMERS, "int4", torch.bfloat16, {})
     quanto_d = catalogue.get_backend("quanto").build_config(DIFFUSERS, "int4", torch.bfloat16, {})
@@ -95,22 +106,34 @@ def test_spec_round_trip_and_hash():
 
 
 def test_fingerprint_is_stable_across_processes():
-    code = ("from pipequant.resolver import BackendSpec, ComponentMap as M;"
-            "print(M.make({'transformer': BackendSpec.make('bitsandbytes_4bit','nf4', options={'double_quant': True})})"
-            ".fingerprint())")
-    here = ComponentMap.make({"transformer": G("bitsandbytes_4bit", "nf4", options={"double_quant": True})}).fingerprint()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", **__import__("os").environ})
+    code = (
+        "from pipequant.resolver import BackendSpec, ComponentMap as M;"
+        "print(M.make({'transformer': BackendSpec.make('bitsandbytes_4bit','nf4', options={'double_quant': True})})"
+        ".fingerprint())"
+    )
+    here = ComponentMap.make(
+        {"transformer": G("bitsandbytes_4bit", "nf4", options={"double_quant": True})}
+    ).fingerprint()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", **__import__("os").environ},
+    )
     assert out.stdout.strip().splitlines()[-1] == here
 
 
-@pytest.mark.parametrize("data,code", [
-    ({"kind": "granular", "components": {}, "backend": "torchao"}, "spec_malformed"),  # both modes
-    ({"kind": "global"}, "spec_malformed"),  # neither: no backend
-    ({"kind": "global", "backend": "torchao"}, "spec_malformed"),  # missing quant_type kwarg
-    ({"kind": "other"}, "spec_malformed"),
-    ([], "spec_malformed"),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        ({"kind": "granular", "components": {}, "backend": "torchao"}, "spec_malformed"),  # both modes
+        ({"kind": "global"}, "spec_malformed"),  # neither: no backend
+        ({"kind": "global", "backend": "torchao"}, "spec_malformed"),  # missing quant_type kwarg
+        ({"kind": "other"}, "spec_malformed"),
+        ([], "spec_malformed"),
+    ],
+)
 def test_malformed_spec_json(data, code):
     with pytest.raises(ValidationError) as err:
         spec_from_json(json.dumps(data))

@@ -3,6 +3,7 @@
 Per-backend behaviour lives in resolver/known/backends/ (the rest of the resolver asks the backend
 object), and the derived facts each backend declares agree with what the libraries really do.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,9 +19,13 @@ BACKEND_NAME = re.compile(r'"(gguf|quanto|torchao)"|bitsandbytes')
 
 def test_no_backend_name_outside_the_backends_folder():
     """The issue's check: `grep -nE '"(gguf|quanto|torchao)"|bitsandbytes' resolver/` (outside known/backends/) finds nothing."""
-    hits = [f"{path.name}:{n}: {line.strip()}" for path in sorted((ROOT / "resolver").rglob("*.py"))
-            if "backends" not in path.relative_to(ROOT / "resolver").parts
-            for n, line in enumerate(path.read_text().splitlines(), 1) if BACKEND_NAME.search(line)]
+    hits = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "resolver").rglob("*.py"))
+        if "backends" not in path.relative_to(ROOT / "resolver").parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if BACKEND_NAME.search(line)
+    ]
     assert hits == []
 
 
@@ -32,16 +37,21 @@ def test_the_catalogue_lists_every_backend_module():
     assert {type(b).__module__.rsplit(".", 1)[1] for b in ALL_BACKENDS} == modules
 
 
-@pytest.mark.parametrize("name,expands", [("bitsandbytes_4bit", False), ("bitsandbytes_8bit", False),
-                                          ("torchao", True), ("quanto", True)])
+@pytest.mark.parametrize(
+    "name,expands", [("bitsandbytes_4bit", False), ("bitsandbytes_8bit", False), ("torchao", True), ("quanto", True)]
+)
 def test_global_expansion_follows_diffusers_own_signature_check(name, expands):
     """Computed from the two libraries' config classes; diffusers refuses exactly those that expand."""
     from diffusers import PipelineQuantizationConfig
 
     backend = catalogue.get_backend(name)
     assert backend.expands_per_library() is expands
-    kwargs = {"bitsandbytes_4bit": {"load_in_4bit": True}, "bitsandbytes_8bit": {"load_in_8bit": True},
-              "torchao": {"quant_type": None}, "quanto": {"weights_dtype": "int8"}}[name]
+    kwargs = {
+        "bitsandbytes_4bit": {"load_in_4bit": True},
+        "bitsandbytes_8bit": {"load_in_8bit": True},
+        "torchao": {"quant_type": None},
+        "quanto": {"weights_dtype": "int8"},
+    }[name]
     if expands:
         with pytest.raises(ValueError, match="signatures"):
             PipelineQuantizationConfig(quant_backend=name, quant_kwargs=kwargs)
@@ -58,7 +68,9 @@ def test_advice_comes_from_the_catalogue():
     assert catalogue.one_of(["a", "b", "c"]) == "a, b or c" and catalogue.one_of(["a"]) == "a"
 
 
-NODE_IMPORT = re.compile(r"^\s*(from\s+(\.+|pipequant\.)nodes(\.\w+)?\s+import\s+(.+)|import\s+pipequant\.nodes\S*)", re.M)
+NODE_IMPORT = re.compile(
+    r"^\s*(from\s+(\.+|pipequant\.)nodes(\.\w+)?\s+import\s+(.+)|import\s+pipequant\.nodes\S*)", re.M
+)
 # What may cross from outside nodes/ into it: the node registry (the pack's entry point and the
 # runner, which executes workflows as ComfyUI does) and the routes' registration (entry point).
 ALLOWED = {"NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "routes as _routes"}
@@ -97,8 +109,12 @@ def _imports(path: Path, known: set[str]) -> set[str]:
     import ast
 
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-               and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
@@ -136,8 +152,13 @@ def test_the_resolver_has_few_flat_modules_and_small_folders():
 
 def test_imports_flow_one_way_along_the_data_path():
     """A resolver module imports only from its own folder, the flat floor, or folders earlier in ORDER."""
-    backwards = [f"{m} -> {t}" for m, targets in _resolver_graph().items() if m != "pipequant.resolver"
-                 for t in targets if _stage(t) > _stage(m)]
+    backwards = [
+        f"{m} -> {t}"
+        for m, targets in _resolver_graph().items()
+        if m != "pipequant.resolver"
+        for t in targets
+        if _stage(t) > _stage(m)
+    ]
     assert backwards == []
 
 
@@ -152,7 +173,7 @@ def test_no_import_cycle_in_the_resolver():
             if nxt.startswith(node + ".") or node.startswith(nxt + "."):
                 continue  # a package and its own children (the __init__'s re-exports)
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2

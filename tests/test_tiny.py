@@ -18,8 +18,14 @@ KINDS = {
 
 
 def _run(pipe, **extra):
-    kwargs = dict(prompt="a cat", num_inference_steps=2, height=32, width=32, output_type="np",
-                  generator=torch.Generator().manual_seed(0))
+    kwargs = dict(
+        prompt="a cat",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     if "tokenizer_2" in pipe.components:  # FLUX, SD3: or T5 pads to 256/512 tokens
         kwargs["max_sequence_length"] = 32
     kwargs.update(extra)
@@ -72,7 +78,13 @@ def test_tokenizers_reload_from_the_folder(tiny_flux):
     t5 = T5Tokenizer.from_pretrained(str(tiny_flux / "tokenizer_2"))
     assert clip.model_max_length == 77
     assert clip.convert_ids_to_tokens(clip("a cat").input_ids) == [
-        "<|startoftext|>", "a</w>", "c", "a", "t</w>", "<|endoftext|>"]
+        "<|startoftext|>",
+        "a</w>",
+        "c",
+        "a",
+        "t</w>",
+        "<|endoftext|>",
+    ]
     assert t5.convert_ids_to_tokens(t5("a cat").input_ids) == ["▁a", "▁c", "a", "t", "</s>"]
 
 
@@ -101,8 +113,9 @@ def test_ensure_pipeline_rejects_unknown_kinds(tmp_path):
         tiny.ensure_pipeline("sdxl", tmp_path)
 
 
-@pytest.mark.parametrize("size,low,high", [("tiny", 0.5e6, 2e6), ("20m", 15e6, 25e6),
-                                           ("200m", 150e6, 250e6), ("2b", 1.5e9, 2.5e9)])
+@pytest.mark.parametrize(
+    "size,low,high", [("tiny", 0.5e6, 2e6), ("20m", 15e6, 25e6), ("200m", 150e6, 250e6), ("2b", 1.5e9, 2.5e9)]
+)
 def test_flux_sizes(size, low, high):
     from diffusers import FluxTransformer2DModel
 
@@ -110,9 +123,13 @@ def test_flux_sizes(size, low, high):
     heads, dim = kw["num_attention_heads"], kw["attention_head_dim"]
     with torch.device("meta"):
         model = FluxTransformer2DModel(
-            num_layers=kw["num_layers"], num_single_layers=kw["num_single_layers"],
-            num_attention_heads=heads, attention_head_dim=dim,
-            joint_attention_dim=kw["joint_attention_dim"], pooled_projection_dim=128, guidance_embeds=True,
+            num_layers=kw["num_layers"],
+            num_single_layers=kw["num_single_layers"],
+            num_attention_heads=heads,
+            attention_head_dim=dim,
+            joint_attention_dim=kw["joint_attention_dim"],
+            pooled_projection_dim=128,
+            guidance_embeds=True,
             axes_dims_rope=(16, (dim - 16) // 2, (dim - 16) // 2),
         )
     n = sum(p.numel() for p in model.parameters())
@@ -136,8 +153,11 @@ def test_flux_gguf_loads_as_gguf_and_runs(flux_gguf, tiny_flux):
     assert types["context_embedder.weight"] == "F16"
 
     model = FluxTransformer2DModel.from_single_file(
-        str(flux_gguf), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.bfloat16),
-        config=str(tiny_flux), subfolder="transformer", dtype=torch.bfloat16,
+        str(flux_gguf),
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.bfloat16),
+        config=str(tiny_flux),
+        subfolder="transformer",
+        dtype=torch.bfloat16,
     )
     quantized = [n for n, p in model.named_parameters() if isinstance(p, GGUFParameter)]
     assert len(quantized) == sum(1 for v in types.values() if v == "Q8_0")
@@ -164,11 +184,16 @@ def test_bnb_cpu_fixture_loads_4bit_and_8bit(bnb_cpu, tiny_flux):
     import bitsandbytes as bnb
     from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
 
-    for config, layer in ((BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_compute_dtype=torch.bfloat16), bnb.nn.Linear4bit),
-                          (BitsAndBytesConfig(load_in_8bit=True), bnb.nn.Linear8bitLt)):
+    for config, layer in (
+        (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16),
+            bnb.nn.Linear4bit,
+        ),
+        (BitsAndBytesConfig(load_in_8bit=True), bnb.nn.Linear8bitLt),
+    ):
         model = FluxTransformer2DModel.from_pretrained(
-            str(tiny_flux), subfolder="transformer", quantization_config=config, dtype=torch.bfloat16)
+            str(tiny_flux), subfolder="transformer", quantization_config=config, dtype=torch.bfloat16
+        )
         assert any(isinstance(m, layer) for m in model.modules())
         assert {p.device.type for p in model.parameters()} == {"cpu"}
 
@@ -186,5 +211,8 @@ def test_bnb_on_cpu_is_undone_on_exit(tiny_flux):
         return
     with pytest.raises(RuntimeError, match="GPU"):
         FluxTransformer2DModel.from_pretrained(
-            str(tiny_flux), subfolder="transformer", dtype=torch.bfloat16,
-            quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+            str(tiny_flux),
+            subfolder="transformer",
+            dtype=torch.bfloat16,
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        )

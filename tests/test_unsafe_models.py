@@ -5,6 +5,7 @@ Every refusal is checked in the three places a name can come from: the Load node
 and its run), the headless runner (a workflow file), and the editor's HTTP routes. Files that
 would run code if they were ever unpickled or imported leave a marker file: no marker may appear.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,12 +66,14 @@ def world(tmp_path_factory, tiny_flux, flux_gguf):
     (root / "link-out").symlink_to(outside / "tiny-flux-elsewhere", target_is_directory=True)
     component_link = shutil.copytree(tiny_flux, root / "component-link")
     shutil.rmtree(component_link / "transformer")
-    (component_link / "transformer").symlink_to(outside / "tiny-flux-elsewhere" / "transformer",
-                                                target_is_directory=True)
+    (component_link / "transformer").symlink_to(
+        outside / "tiny-flux-elsewhere" / "transformer", target_is_directory=True
+    )
     file_link = shutil.copytree(tiny_flux, root / "file-link")
     (file_link / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     (file_link / "vae" / "diffusion_pytorch_model.safetensors").symlink_to(
-        outside / "tiny-flux-elsewhere" / "vae" / "diffusion_pytorch_model.safetensors")
+        outside / "tiny-flux-elsewhere" / "vae" / "diffusion_pytorch_model.safetensors"
+    )
 
     # Pickle: real weights only as .bin (the opt-in loads them), a malicious .bin, and a malicious
     # .bin beside the safetensors file (never read: safetensors is preferred).
@@ -133,8 +136,10 @@ def _workflow(tmp: Path, name: str, allow_pickle=None) -> Path:
     load_inputs = {"model": name, "dtype": "bfloat16", "device": "cpu", "offload": "none"}
     if allow_pickle is not None:
         load_inputs["allow_pickle"] = allow_pickle
-    prompt = {"1": {"class_type": "PipeQuantLoadPipeline", "inputs": load_inputs},
-              "2": {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "PipeQuantLoadPipeline", "inputs": load_inputs},
+        "2": {"class_type": "PipeQuantMemoryReport", "inputs": {"pipeline": ["1", 0]}},
+    }
     path = tmp / "workflow.json"
     path.write_text(json.dumps(prompt))
     return path
@@ -167,18 +172,36 @@ def via_route(kind: str, name: str) -> tuple[list[str], str]:
         status, data = asyncio.run(_http("GET", "/pipequant/components", query={"model": name}))
         assert status == 400, data
     else:
-        body = {"model": name, "device": "cpu", "spec": {"kind": "global", "node": 1, "backend": "torchao",
-                                                         "quant_type": "int8_weight_only", "options": "{}"}}
+        body = {
+            "model": name,
+            "device": "cpu",
+            "spec": {
+                "kind": "global",
+                "node": 1,
+                "backend": "torchao",
+                "quant_type": "int8_weight_only",
+                "options": "{}",
+            },
+        }
         status, data = asyncio.run(_http("POST", f"/pipequant/{kind}", body=body))
         assert status == 200 and data["ok"] is False, data
         if kind == "estimate":
             assert data["estimate"] is None
     problems = [p for p in data["problems"] if p.get("severity", "error") == "error"]
-    return [p["code"] for p in problems], "\n".join(f"{p['field']}: {p['message']} — {p['suggestion']}" for p in problems)
+    return [p["code"] for p in problems], "\n".join(
+        f"{p['field']}: {p['message']} — {p['suggestion']}" for p in problems
+    )
 
 
-LAYERS = ["node-validate", "node-load", "runner-validate", "runner-run", "route-components", "route-validate",
-          "route-estimate"]
+LAYERS = [
+    "node-validate",
+    "node-load",
+    "runner-validate",
+    "runner-run",
+    "route-components",
+    "route-validate",
+    "route-estimate",
+]
 
 
 def refuse(layer: str, name: str, tmp: Path) -> tuple[list[str], str]:
@@ -208,8 +231,19 @@ def _outside_names(world) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-@pytest.mark.parametrize("which", ["dotdot", "dotdot-inside", "absolute", "absolute-inside-root", "backslash",
-                                   "symlink-out", "component-symlink-out", "file-symlink-out"])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "dotdot",
+        "dotdot-inside",
+        "absolute",
+        "absolute-inside-root",
+        "backslash",
+        "symlink-out",
+        "component-symlink-out",
+        "file-symlink-out",
+    ],
+)
 def test_paths_leaving_the_roots_are_refused(roots, tmp_path, layer, which):
     name = _outside_names(roots)[which]
     codes, text = refuse(layer, name, tmp_path)
@@ -249,8 +283,9 @@ def test_gguf_files_leaving_the_roots_are_refused(roots, gguf_file):
 
 
 # -- safetensors only by default ----------------------------------------------------------------------------
-@pytest.mark.parametrize("layer", ["node-validate", "node-load", "runner-validate", "runner-run", "route-validate",
-                                   "route-estimate"])
+@pytest.mark.parametrize(
+    "layer", ["node-validate", "node-load", "runner-validate", "runner-run", "route-validate", "route-estimate"]
+)
 @pytest.mark.parametrize("name", ["pickle-only", "pickle-evil", "pt-only"])
 def test_pickle_only_components_are_refused_by_default(roots, tmp_path, layer, name):
     codes, text = refuse(layer, name, tmp_path)
@@ -294,10 +329,12 @@ def test_pickle_beside_safetensors_is_never_read(roots):
 
 
 # -- classes from diffusers/transformers only ----------------------------------------------------------------
-@pytest.mark.parametrize("layer", ["node-validate", "node-load", "runner-validate", "route-components",
-                                   "route-validate"])
-@pytest.mark.parametrize("name", ["custom-component", "custom-pipeline", "unknown-pipeline", "not-a-pipeline-class",
-                                  "function-as-class"])
+@pytest.mark.parametrize(
+    "layer", ["node-validate", "node-load", "runner-validate", "route-components", "route-validate"]
+)
+@pytest.mark.parametrize(
+    "name", ["custom-component", "custom-pipeline", "unknown-pipeline", "not-a-pipeline-class", "function-as-class"]
+)
 def test_classes_outside_diffusers_and_transformers_are_refused(roots, tmp_path, layer, name):
     codes, text = refuse(layer, name, tmp_path)
     assert codes == ["unsafe_class"], text

@@ -1,5 +1,6 @@
 """diffusers weight variants (model.fp16.safetensors): the Load node's `variant` picks the files
 that inspection, the estimate and the load all read."""
+
 from __future__ import annotations
 
 import shutil
@@ -86,8 +87,10 @@ def test_the_auto_plan_reads_the_same_variant_as_the_load(with_fp16, monkeypatch
     from pipequant.resolver.decide.planner.request import plan_for
 
     gpu = DeviceProfile("test GPU", 80 * GIB, 80 * GIB, (9, 0))
-    plain, fp16 = plan_for(with_fp16, budget_gb=1, profile=gpu), plan_for(with_fp16, budget_gb=1, profile=gpu,
-                                                                             variant="fp16")
+    plain, fp16 = (
+        plan_for(with_fp16, budget_gb=1, profile=gpu),
+        plan_for(with_fp16, budget_gb=1, profile=gpu, variant="fp16"),
+    )
     assert plain.model.components["transformer"].variant is None and plain.to_json()["variant"] is None
     assert fp16.model.components["transformer"].variant == "fp16" and fp16.to_json()["variant"] == "fp16"
     assert "weights from the fp16 files" in fp16.table() and "weights from" not in plain.table()

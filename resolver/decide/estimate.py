@@ -7,6 +7,7 @@ take the file's size; pre-quantized ones their stored bytes. "before" is what th
 would hold loaded unquantized at the plan's dtype. ``bytes_read`` follows the weight files the
 load reads (a diffusers ``variant`` such as ``fp16`` picks its own files).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,15 @@ def variant_files(info: ComponentInfo, variant: str | None) -> list[Path]:
     if not variant or variant == "default":
         return list(info.weight_files)
     folder = info.folder
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".safetensors"
-                   and p.name.split(".")[-2] == variant) if folder.is_dir() else []
+    found = (
+        sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix == ".safetensors" and p.name.split(".")[-2] == variant
+        )
+        if folder.is_dir()
+        else []
+    )
     return found or list(info.weight_files)
 
 
@@ -37,21 +45,36 @@ def storage_for(backend_name: str, quant_type: str, options: dict) -> dict:
     if found is not None:
         return found
     qt = backend.quant_type(quant_type)
-    return {"bits_per_weight": qt.bits, "scale_bytes_per_weight": qt.scale_bytes_per_weight,
-            "bytes_per_weight": qt.bits / 8 + qt.scale_bytes_per_weight, "bytes_per_row": 0.0,
-            "bytes_per_layer": 0.0, "source": "nominal (not measured)"}
+    return {
+        "bits_per_weight": qt.bits,
+        "scale_bytes_per_weight": qt.scale_bytes_per_weight,
+        "bytes_per_weight": qt.bits / 8 + qt.scale_bytes_per_weight,
+        "bytes_per_row": 0.0,
+        "bytes_per_layer": 0.0,
+        "source": "nominal (not measured)",
+    }
 
 
 def quantized_params(info: ComponentInfo, backend_name: str, quant_type: str, options: dict) -> frozenset[str]:
     """Parameter names the backend's quantizer converts in this component (skip lists applied)."""
-    relevant = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()
-                            if k == "modules_to_not_convert"))
+    relevant = tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items() if k == "modules_to_not_convert")
+    )
     return quantized_weights(info, backend_name, quant_type, relevant)
 
 
-def component_estimate(info: ComponentInfo, action: str, load_dtype: str, plan_dtype: str,
-                       backend: str | None = None, quant_type: str | None = None, options: dict | None = None,
-                       gguf_path: Path | None = None, variant: str | None = None, from_file: bool = False) -> dict:
+def component_estimate(
+    info: ComponentInfo,
+    action: str,
+    load_dtype: str,
+    plan_dtype: str,
+    backend: str | None = None,
+    quant_type: str | None = None,
+    options: dict | None = None,
+    gguf_path: Path | None = None,
+    variant: str | None = None,
+    from_file: bool = False,
+) -> dict:
     lay = layout(info)
     before = component_bytes(info, plan_dtype)
     quantized, skipped, after = 0, [], component_bytes(info, load_dtype)
@@ -68,10 +91,18 @@ def component_estimate(info: ComponentInfo, action: str, load_dtype: str, plan_d
         after = gguf_path.stat().st_size
         quantized = lay.params
     files = variant_files(info, variant) if not from_file else ([gguf_path] if gguf_path else [])
-    return {"component": info.name, "action": action, "backend": backend, "quant_type": quant_type,
-            "params": lay.params, "quantized_params": quantized, "unquantized_linears": skipped,
-            "bytes_before": int(before), "bytes_after": int(after),
-            "bytes_read": sum(f.stat().st_size for f in files if f is not None)}
+    return {
+        "component": info.name,
+        "action": action,
+        "backend": backend,
+        "quant_type": quant_type,
+        "params": lay.params,
+        "quantized_params": quantized,
+        "unquantized_linears": skipped,
+        "bytes_before": int(before),
+        "bytes_after": int(after),
+        "bytes_read": sum(f.stat().st_size for f in files if f is not None),
+    }
 
 
 def estimate(plan: Plan, variant: str | None = None) -> dict:
@@ -81,12 +112,28 @@ def estimate(plan: Plan, variant: str | None = None) -> dict:
         if row.action == NOT_A_MODEL:
             continue
         info = plan.model.components[row.name]
-        rows.append(component_estimate(
-            info, row.action, row.load_dtype, plan.dtype, row.spec.backend if row.spec else None,
-            row.spec.quant_type if row.spec else None, row.spec.options_dict if row.spec else None,
-            row.gguf_path, variant, row.from_file))
+        rows.append(
+            component_estimate(
+                info,
+                row.action,
+                row.load_dtype,
+                plan.dtype,
+                row.spec.backend if row.spec else None,
+                row.spec.quant_type if row.spec else None,
+                row.spec.options_dict if row.spec else None,
+                row.gguf_path,
+                variant,
+                row.from_file,
+            )
+        )
     total_before = sum(r["bytes_before"] for r in rows)
     total_after = sum(r["bytes_after"] for r in rows)
-    return {"components": rows, "total": {"bytes_before": total_before, "bytes_after": total_after,
-                                          "bytes_read": sum(r["bytes_read"] for r in rows),
-                                          "ratio": round(total_after / total_before, 4) if total_before else None}}
+    return {
+        "components": rows,
+        "total": {
+            "bytes_before": total_before,
+            "bytes_after": total_after,
+            "bytes_read": sum(r["bytes_read"] for r in rows),
+            "ratio": round(total_after / total_before, 4) if total_before else None,
+        },
+    }

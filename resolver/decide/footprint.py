@@ -5,6 +5,7 @@ float32 (the model class's `_keep_in_fp32_modules`); both are read from the libr
 meta-device instance of the component (no weights, no initialisation: ~0.15 s for the 12 B FLUX
 transformer), never from a hand-written list.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,11 @@ def layout(info: ComponentInfo) -> Layout:
             continue
         seen.add(id(t))
         tensors.append(Tensor(name, t.numel(), t.is_floating_point(), t.element_size()))
-    linears = tuple((f"{name}.weight", m.out_features, m.in_features) for name, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear))
+    linears = tuple(
+        (f"{name}.weight", m.out_features, m.in_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    )
     return Layout(tuple(tensors), linears)
 
 
@@ -105,8 +109,9 @@ def quantized_weights(info: ComponentInfo, backend_name: str, quant_type: str, o
     return frozenset(backend.quantized_weights(meta_model(info), info.library, config, candidates))
 
 
-def component_bytes(info: ComponentInfo, load_dtype: str, quantized: frozenset[str] = frozenset(),
-                    storage: dict | None = None) -> int:
+def component_bytes(
+    info: ComponentInfo, load_dtype: str, quantized: frozenset[str] = frozenset(), storage: dict | None = None
+) -> int:
     """Resident bytes: quantized weights at `storage`'s cost, the rest at the load dtype (or
     float32 where the library keeps it), non-floating tensors as they are."""
     lay = layout(info)

@@ -4,6 +4,7 @@ A 512 KiB prompt took 7-12 s to tokenize for one tiny step, while the text encod
 the first 77 (CLIP) or 512 (T5) tokens of it. A size above what the denoiser's position embedding
 covers (SD3's `pos_embed_max_size`) fails deep inside the model after the whole load.
 """
+
 from __future__ import annotations
 
 from ..constants import DENOISERS
@@ -15,17 +16,35 @@ MAX_PROMPT_CHARS = 8192  # ~1 500+ tokens: three times what the longest text enc
 
 def prompt_problems(text, field: str = "prompt") -> list[Problem]:
     if not isinstance(text, str):
-        return [Problem("prompt_not_text", field, f"{field} must be text, got {type(text).__name__}",
-                        "type the prompt into the widget")]
+        return [
+            Problem(
+                "prompt_not_text",
+                field,
+                f"{field} must be text, got {type(text).__name__}",
+                "type the prompt into the widget",
+            )
+        ]
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return [Problem("prompt_not_text", field, f"{field} holds a lone surrogate (character {exc.start}), which is "
-                        "not text a tokenizer can read", "retype or paste the prompt again")]
+        return [
+            Problem(
+                "prompt_not_text",
+                field,
+                f"{field} holds a lone surrogate (character {exc.start}), which is not text a tokenizer can read",
+                "retype or paste the prompt again",
+            )
+        ]
     if len(text) > MAX_PROMPT_CHARS:
-        return [Problem("prompt_too_long", field, f"{field} is {len(text):,} characters; at most {MAX_PROMPT_CHARS:,} are "
-                        "accepted", "the text encoders read only the first 77 (CLIP) or 512 (T5) tokens and cut the "
-                        f"rest off anyway: shorten it to under {MAX_PROMPT_CHARS:,} characters")]
+        return [
+            Problem(
+                "prompt_too_long",
+                field,
+                f"{field} is {len(text):,} characters; at most {MAX_PROMPT_CHARS:,} are accepted",
+                "the text encoders read only the first 77 (CLIP) or 512 (T5) tokens and cut the "
+                f"rest off anyway: shorten it to under {MAX_PROMPT_CHARS:,} characters",
+            )
+        ]
     return []
 
 
@@ -51,7 +70,13 @@ def image_size_problems(model: ModelInfo, width, height) -> list[Problem]:
     problems = []
     for field, value in (("width", width), ("height", height)):
         if limit is not None and isinstance(value, int) and value > limit:
-            problems.append(Problem("image_too_large", field,
-                                    f"{field} {value} is more than {model.pipeline_class} supports ({limit} pixels: "
-                                    "the transformer's pos_embed_max_size)", f"use {field} {limit} or less"))
+            problems.append(
+                Problem(
+                    "image_too_large",
+                    field,
+                    f"{field} {value} is more than {model.pipeline_class} supports ({limit} pixels: "
+                    "the transformer's pos_embed_max_size)",
+                    f"use {field} {limit} or less",
+                )
+            )
     return problems

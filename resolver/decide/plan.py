@@ -5,6 +5,7 @@ signature. The plan therefore always expands to one config per component, each b
 backend from its own library's class; components whose weights come from a backend's file load
 through that backend's `load_component`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,9 @@ class ComponentPlan:
             return None
         import torch
 
-        return self.backend.config_for(self.library, self.spec.quant_type, getattr(torch, self.compute_dtype),
-                                       self.spec.options_dict)
+        return self.backend.config_for(
+            self.library, self.spec.quant_type, getattr(torch, self.compute_dtype), self.spec.options_dict
+        )
 
     def fingerprint(self) -> str:
         """What makes this component's loaded weights differ: spec, dtypes and file."""
@@ -55,11 +57,18 @@ class ComponentPlan:
         return f"{self.action}:{spec}:{self.load_dtype}:{self.compute_dtype}"
 
     def describe(self) -> dict:
-        return {"name": self.name, "library": self.library, "class": self.class_name, "action": self.action,
-                "backend": self.spec.backend if self.spec else None,
-                "quant_type": self.spec.quant_type if self.spec else None,
-                "load_dtype": self.load_dtype, "compute_dtype": self.compute_dtype,
-                "gguf_file": str(self.gguf_path) if self.gguf_path else None, "reason": self.reason}
+        return {
+            "name": self.name,
+            "library": self.library,
+            "class": self.class_name,
+            "action": self.action,
+            "backend": self.spec.backend if self.spec else None,
+            "quant_type": self.spec.quant_type if self.spec else None,
+            "load_dtype": self.load_dtype,
+            "compute_dtype": self.compute_dtype,
+            "gguf_file": str(self.gguf_path) if self.gguf_path else None,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -86,8 +95,14 @@ class Plan:
         return PipelineQuantizationConfig(quant_mapping=mapping)
 
     def describe(self) -> dict:
-        return {"model": str(self.model.folder), "dtype": self.dtype, "device": self.device, "offload": self.offload,
-                "components": [c.describe() for c in self.components.values()], "notes": list(self.notes)}
+        return {
+            "model": str(self.model.folder),
+            "dtype": self.dtype,
+            "device": self.device,
+            "offload": self.offload,
+            "components": [c.describe() for c in self.components.values()],
+            "notes": list(self.notes),
+        }
 
 
 def _assignments(spec, model: ModelInfo) -> dict[str, BackendSpec | None]:
@@ -100,7 +115,9 @@ def _assignments(spec, model: ModelInfo) -> dict[str, BackendSpec | None]:
 
 
 def is_autoencoder(class_name: str | None) -> bool:
-    return bool(class_name) and (class_name.startswith("Autoencoder") or class_name in ("VQModel", "AsymmetricAutoencoderKL"))
+    return bool(class_name) and (
+        class_name.startswith("Autoencoder") or class_name in ("VQModel", "AsymmetricAutoencoderKL")
+    )
 
 
 def default_components(spec: BackendSpec, model: ModelInfo) -> list[str]:
@@ -108,26 +125,51 @@ def default_components(spec: BackendSpec, model: ModelInfo) -> list[str]:
     except the VAE (small, quality-sensitive, and quanto's int8 CPU kernel fails on its attention):
     name it in `components` to quantize it anyway."""
     backend = catalogue.get_backend(spec.backend)
-    return [n for n in model.module_names
-            if model.components[n].library in backend.libraries and not is_autoencoder(model.components[n].class_name)
-            and not model.components[n].prequantized]
+    return [
+        n
+        for n in model.module_names
+        if model.components[n].library in backend.libraries
+        and not is_autoencoder(model.components[n].class_name)
+        and not model.components[n].prequantized
+    ]
 
 
-def make_plan(spec, model: ModelInfo, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
-              gguf_roots: Iterable[Path] = ()) -> Plan:
+def make_plan(
+    spec,
+    model: ModelInfo,
+    *,
+    dtype: str = DEFAULT_DTYPE,
+    device: str = "auto",
+    offload: str = "none",
+    gguf_roots: Iterable[Path] = (),
+) -> Plan:
     """Assumes `validate` found no errors."""
     assigned = _assignments(spec, model)
     components: dict[str, ComponentPlan] = {}
     libraries = set()
     for name, info in model.components.items():
         if not info.is_module:
-            components[name] = ComponentPlan(name, info.library, info.class_name, NOT_A_MODEL, load_dtype=dtype,
-                                             compute_dtype=dtype, reason="tokenizer/scheduler: nothing to quantize")
+            components[name] = ComponentPlan(
+                name,
+                info.library,
+                info.class_name,
+                NOT_A_MODEL,
+                load_dtype=dtype,
+                compute_dtype=dtype,
+                reason="tokenizer/scheduler: nothing to quantize",
+            )
             continue
         one = assigned.get(name)
         if one is None and info.prequantized:
-            components[name] = ComponentPlan(name, info.library, info.class_name, PREQUANTIZED, load_dtype=dtype,
-                                             compute_dtype=dtype, reason=f"saved quantized with {info.prequantized}")
+            components[name] = ComponentPlan(
+                name,
+                info.library,
+                info.class_name,
+                PREQUANTIZED,
+                load_dtype=dtype,
+                compute_dtype=dtype,
+                reason=f"saved quantized with {info.prequantized}",
+            )
             continue
         if one is None:
             if name in assigned:
@@ -136,22 +178,37 @@ def make_plan(spec, model: ModelInfo, *, dtype: str = DEFAULT_DTYPE, device: str
                 why = "VAE kept unquantized by default (name it in components to quantize it)"
             else:
                 why = "not selected for quantization"
-            components[name] = ComponentPlan(name, info.library, info.class_name, KEEP, load_dtype=dtype,
-                                             compute_dtype=dtype, reason=why)
+            components[name] = ComponentPlan(
+                name, info.library, info.class_name, KEEP, load_dtype=dtype, compute_dtype=dtype, reason=why
+            )
             continue
         backend = catalogue.get_backend(one.backend)
         compute = dtype if one.compute_dtype == "auto" else one.compute_dtype
         load_dtype = dtype if backend.config_compute_dtype else compute
         if backend.needs_file:
-            components[name] = ComponentPlan(name, info.library, info.class_name, backend.name, one, load_dtype,
-                                             compute, find_file(one.gguf_file, gguf_roots))
+            components[name] = ComponentPlan(
+                name,
+                info.library,
+                info.class_name,
+                backend.name,
+                one,
+                load_dtype,
+                compute,
+                find_file(one.gguf_file, gguf_roots),
+            )
         else:
             libraries.add(info.library)
             components[name] = ComponentPlan(name, info.library, info.class_name, QUANTIZE, one, load_dtype, compute)
     notes = []
-    if isinstance(spec, BackendSpec) and len(libraries) > 1 and catalogue.get_backend(spec.backend).expands_per_library():
-        notes.append(f"global {spec.backend} expanded per library: diffusers rejects one global config for it "
-                     "(its diffusers and transformers config classes differ)")
+    if (
+        isinstance(spec, BackendSpec)
+        and len(libraries) > 1
+        and catalogue.get_backend(spec.backend).expands_per_library()
+    ):
+        notes.append(
+            f"global {spec.backend} expanded per library: diffusers rejects one global config for it "
+            "(its diffusers and transformers config classes differ)"
+        )
     used = [c.backend for c in components.values() if c.action != NOT_A_MODEL and c.spec is not None]
     notes += list(dict.fromkeys(b.plan_note for b in used if b.plan_note))
     return Plan(model, dtype, devices.resolve_device(device), offload, components, notes)

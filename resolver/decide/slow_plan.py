@@ -4,6 +4,7 @@ Quantized is usually slower than bf16 (DESIGN.md's H100 table: torchao int8 dyna
 and a user who quantizes to fit a GPU should not pay for it unknowingly. Predictions come only from
 measured figures (`measured.py`); a plan never measured gets no warning. A warning never blocks a run.
 """
+
 from __future__ import annotations
 
 from ..constants import denoiser_name
@@ -82,10 +83,12 @@ def slow_plan_warnings(assigned: dict, model, target: str, compile: str = "none"
                 found = _figure(other.name, q.name, gen, m)
                 if found is not None and found[0] > speed and (best is None or found[0] > best[0]):
                     best = (found[0], _describe(other.name, q.name, found[1]))
-    how = "measured with compile" if measured_mode != "eager" else (
-        "measured eager; compiled not measured" if mode != "eager" else "measured eager")
-    message = (f"{backend.name} {quant.name} on {name} is predicted at {speed:.2f}x bf16's step speed on "
-               f"{gen} ({how})")
+    how = (
+        "measured with compile"
+        if measured_mode != "eager"
+        else ("measured eager; compiled not measured" if mode != "eager" else "measured eager")
+    )
+    message = f"{backend.name} {quant.name} on {name} is predicted at {speed:.2f}x bf16's step speed on {gen} ({how})"
     if best is not None:
         suggestion = f"faster at the same memory: {best[1]} ({best[0]:.2f}x bf16)"
     else:

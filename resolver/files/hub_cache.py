@@ -10,6 +10,7 @@ them. Nothing is ever written here (saves go to the first ordinary model folder)
 On by default when the cache exists. Where: $PIPEQUANT_HF_CACHE, else $HF_HUB_CACHE, else
 $HF_HOME/hub, else ~/.cache/huggingface/hub. Off: PIPEQUANT_HF_CACHE=off.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,7 @@ def _repo_name(folder: Path) -> str | None:
     """`models--org--name` -> `org/name` (models without an org: `name`)."""
     if not folder.name.startswith(REPO_PREFIX):
         return None
-    parts = folder.name[len(REPO_PREFIX):].split("--")
+    parts = folder.name[len(REPO_PREFIX) :].split("--")
     if not 1 <= len(parts) <= 2 or not all(parts):
         return None
     return "/".join(parts)

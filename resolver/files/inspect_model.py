@@ -1,4 +1,5 @@
 """Inspect a pipeline folder from its model_index.json and config files, reading no weights."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -60,9 +61,16 @@ class ComponentInfo:
         return _thaw(self.config)
 
     def describe(self) -> dict:
-        return {"name": self.name, "library": self.library, "class": self.class_name, "is_module": self.is_module,
-                "params": self.params, "bytes": self.disk_bytes, "bytes_by_dtype": self.bytes_by_dtype,
-                "prequantized": self.prequantized}
+        return {
+            "name": self.name,
+            "library": self.library,
+            "class": self.class_name,
+            "is_module": self.is_module,
+            "params": self.params,
+            "bytes": self.disk_bytes,
+            "bytes_by_dtype": self.bytes_by_dtype,
+            "prequantized": self.prequantized,
+        }
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,7 @@ class ModelInfo:
         return [n for n, c in self.components.items() if c.is_module]
 
     def describe(self) -> dict:
-        return {"pipeline_class": self.pipeline_class,
-                "components": [c.describe() for c in self.components.values()]}
+        return {"pipeline_class": self.pipeline_class, "components": [c.describe() for c in self.components.values()]}
 
 
 def _problem(code: str, message: str, suggestion: str, component: str | None = None) -> ValidationError:
@@ -113,7 +120,9 @@ def _thaw(value):
 
 def _weight_files(folder: Path, present: set[str], variant: str | None = None) -> tuple[list[Path], list[Path]]:
     files = [folder / n for n in sorted(present)]
-    safetensors = [p for p in files if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS]
+    safetensors = [
+        p for p in files if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS
+    ]
     # The variant's files when asked for one and the component has them; else the plain files
     # (model.safetensors) over variants (model.fp16.safetensors) when both are there.
     chosen = [p for p in safetensors if variant_of(p.name) == variant] if variant else []
@@ -145,25 +154,41 @@ def _fits(info: dict, slots: list) -> bool:
 
 def _check_entry(pipeline_class: str, declared: dict, name: str, library, class_name) -> dict:
     if not name.isidentifier() or not name.isascii():
-        raise _problem("component_name_invalid", f'model_index.json names a component {ascii(name)[:80]}: component '
-                       "names are identifiers, never paths", "fix model_index.json (e.g. \"transformer\")")
+        raise _problem(
+            "component_name_invalid",
+            f"model_index.json names a component {ascii(name)[:80]}: component names are identifiers, never paths",
+            'fix model_index.json (e.g. "transformer")',
+        )
     info = class_info(library, class_name)
     if info is None:
-        raise _problem("unsafe_class", f'component "{name}" is {library}.{class_name}: not a diffusers or transformers '
-                       "class", "PipeQuant loads only classes built into diffusers/transformers, never custom or remote "
-                       "code", name)
+        raise _problem(
+            "unsafe_class",
+            f'component "{name}" is {library}.{class_name}: not a diffusers or transformers class',
+            "PipeQuant loads only classes built into diffusers/transformers, never custom or remote code",
+            name,
+        )
     if info["role"] == "pipeline":
-        raise _problem("component_is_pipeline", f'component "{name}" is a whole pipeline ({class_name}), not a part of '
-                       f"{pipeline_class}", "a pipeline's components are models, tokenizers and schedulers: fix "
-                       "model_index.json", name)
+        raise _problem(
+            "component_is_pipeline",
+            f'component "{name}" is a whole pipeline ({class_name}), not a part of {pipeline_class}',
+            "a pipeline's components are models, tokenizers and schedulers: fix model_index.json",
+            name,
+        )
     if name not in declared:
-        raise _problem("component_undeclared", f'{pipeline_class} has no component "{name}" (model_index.json '
-                       "names it)", "remove it from model_index.json; " + pipeline_class + " takes: "
-                       + ", ".join(declared), name)
+        raise _problem(
+            "component_undeclared",
+            f'{pipeline_class} has no component "{name}" (model_index.json names it)',
+            "remove it from model_index.json; " + pipeline_class + " takes: " + ", ".join(declared),
+            name,
+        )
     if not _fits(info, declared[name]):
         want = " or ".join(q.split(".", 1)[-1] for q, _ in declared[name])
-        raise _problem("component_class_mismatch", f'component "{name}" is {class_name}, but {pipeline_class} '
-                       f"declares {want} for it", "fix model_index.json, or re-download the pipeline", name)
+        raise _problem(
+            "component_class_mismatch",
+            f'component "{name}" is {class_name}, but {pipeline_class} declares {want} for it',
+            "fix model_index.json, or re-download the pipeline",
+            name,
+        )
     return info
 
 
@@ -194,15 +219,21 @@ def _inspect_cached(folder: Path, mtime_key: tuple, variant: str | None = None) 
         index = read_json_object(folder / INDEX)
     except FileProblem as exc:
         if exc.code in ("json_invalid", "json_not_object"):
-            raise _problem("model_index_broken", f"{folder / INDEX} cannot be read: {exc}",
-                           "re-download the pipeline or fix model_index.json") from None
+            raise _problem(
+                "model_index_broken",
+                f"{folder / INDEX} cannot be read: {exc}",
+                "re-download the pipeline or fix model_index.json",
+            ) from None
         raise _file_problem(exc, folder) from None
     pipeline_class = index.get("_class_name")
     declared = pipeline_components(pipeline_class)
     if declared is None:
-        raise _problem("unsafe_class", f'model_index.json names pipeline class "{pipeline_class!s:.80}", which is not a '
-                       "pipeline built into diffusers",
-                       "only pipelines built into diffusers load; custom pipeline code is never run")
+        raise _problem(
+            "unsafe_class",
+            f'model_index.json names pipeline class "{pipeline_class!s:.80}", which is not a '
+            "pipeline built into diffusers",
+            "only pipelines built into diffusers load; custom pipeline code is never run",
+        )
     components: dict[str, ComponentInfo] = {}
     for name, entry in index.items():
         if name.startswith("_"):
@@ -210,8 +241,12 @@ def _inspect_cached(folder: Path, mtime_key: tuple, variant: str | None = None) 
         if not isinstance(entry, list):
             continue  # a pipeline setting such as "requires_safety_checker": false
         if len(entry) != 2 or not all(v is None or isinstance(v, str) for v in entry):
-            raise _problem("model_index_broken", f'model_index.json entry {ascii(name)[:80]} is {entry!r:.80}, not '
-                           "[library, class]", "fix model_index.json", name)
+            raise _problem(
+                "model_index_broken",
+                f"model_index.json entry {ascii(name)[:80]} is {entry!r:.80}, not [library, class]",
+                "fix model_index.json",
+                name,
+            )
         library, class_name = entry
         if library is None and class_name is None:
             continue  # an optional component the pipeline does not have
@@ -220,12 +255,13 @@ def _inspect_cached(folder: Path, mtime_key: tuple, variant: str | None = None) 
     return ModelInfo(folder, pipeline_class, components, mtime_key, variant)
 
 
-def _component(folder: Path, name: str, library: str, class_name: str, info: dict, present: set[str],
-               variant: str | None = None) -> ComponentInfo:
+def _component(
+    folder: Path, name: str, library: str, class_name: str, info: dict, present: set[str], variant: str | None = None
+) -> ComponentInfo:
     sub = folder / name
     if info["role"] != "model":
         return ComponentInfo(name, library, class_name, False, sub)
-    mine = {rel[len(name) + 1:] for rel in present if rel.startswith(name + "/") and "/" not in rel[len(name) + 1:]}
+    mine = {rel[len(name) + 1 :] for rel in present if rel.startswith(name + "/") and "/" not in rel[len(name) + 1 :]}
     files, pickles = _weight_files(sub, mine, variant)
     every = tuple(sub / n for n in sorted(mine) if n.endswith(".safetensors"))
     tensors = []
@@ -233,8 +269,9 @@ def _component(folder: Path, name: str, library: str, class_name: str, info: dic
         try:
             tensors.extend(read_header(f))
         except HeaderError as exc:
-            raise _problem(exc.code, f'component "{name}": {exc} ({f})', "re-download or re-save that file",
-                           name) from None
+            raise _problem(
+                exc.code, f'component "{name}": {exc} ({f})', "re-download or re-save that file", name
+            ) from None
     config = _read_json(sub / "config.json", folder, name) if "config.json" in mine else {}
     try:  # field types and layer counts, before anything builds from it
         check_config(config, info["defaults"], f"{name}/config.json")
@@ -242,8 +279,19 @@ def _component(folder: Path, name: str, library: str, class_name: str, info: dic
         raise _problem(exc.code, str(exc), exc.suggestion, name) from None
     method = config.get("quantization_config")
     method = method.get("quant_method") if isinstance(method, dict) else None
-    return ComponentInfo(name, library, class_name, True, sub, tuple(files), tuple(pickles), tuple(tensors),
-                         str(method) if method else None, _freeze(config), every)
+    return ComponentInfo(
+        name,
+        library,
+        class_name,
+        True,
+        sub,
+        tuple(files),
+        tuple(pickles),
+        tuple(tensors),
+        str(method) if method else None,
+        _freeze(config),
+        every,
+    )
 
 
 @lru_cache(maxsize=64)
@@ -258,8 +306,11 @@ def meta_modules(component: ComponentInfo) -> tuple[tuple[str, int | None], ...]
         model = build_on_meta(component.model_class(), component.library, component.config_dict, where)
     except BuildRefused as exc:
         raise _problem(exc.code, str(exc), exc.suggestion, component.name) from None
-    return tuple((name, m.weight.numel() if isinstance(m, torch.nn.Linear) else None)
-                 for name, m in model.named_modules() if name)
+    return tuple(
+        (name, m.weight.numel() if isinstance(m, torch.nn.Linear) else None)
+        for name, m in model.named_modules()
+        if name
+    )
 
 
 def linear_layers(component: ComponentInfo) -> tuple[tuple[str, int], ...]:

@@ -6,6 +6,7 @@ library. So the config is checked before building (field types against the class
 layer counts against a sane maximum), and the build itself is bounded: hooks count every
 parameter and module as it is registered and stop the build past a size or time limit.
 """
+
 from __future__ import annotations
 
 import re
@@ -55,13 +56,20 @@ def check_config(config: dict, defaults: dict, where: str) -> None:
             continue
         expected = _wrong_type(value, defaults.get(key))
         if expected is not None:
-            raise BuildRefused("config_field_type", f'{where}: "{key}" is {value!r:.60}, but it must be {expected} '
-                               f"(default {defaults[key]!r:.40})", f'set "{key}" to {expected}, or re-download the pipeline')
+            raise BuildRefused(
+                "config_field_type",
+                f'{where}: "{key}" is {value!r:.60}, but it must be {expected} (default {defaults[key]!r:.40})',
+                f'set "{key}" to {expected}, or re-download the pipeline',
+            )
         counts = value if isinstance(value, list) else [value]
-        if COUNT_FIELD.fullmatch(key) and any(isinstance(v, int) and not isinstance(v, bool) and v > MAX_COUNT
-                                              for v in counts):
-            raise BuildRefused("model_too_large", f'{where}: "{key}" is {value!r:.60}; no real model has more than '
-                               f"{MAX_COUNT:,}", "this config does not describe a real model: re-download the pipeline")
+        if COUNT_FIELD.fullmatch(key) and any(
+            isinstance(v, int) and not isinstance(v, bool) and v > MAX_COUNT for v in counts
+        ):
+            raise BuildRefused(
+                "model_too_large",
+                f'{where}: "{key}" is {value!r:.60}; no real model has more than {MAX_COUNT:,}',
+                "this config does not describe a real model: re-download the pipeline",
+            )
 
 
 @contextmanager
@@ -80,27 +88,38 @@ def bounded(where: str, max_params: int | None = None, max_modules: int | None =
 
     def check():
         if time.monotonic() > deadline:
-            raise BuildRefused("model_build_timeout", f"{where}: building the model from its config took longer than "
-                               f"{seconds:.0f} s", "the config describes a model far larger than any real one")
+            raise BuildRefused(
+                "model_build_timeout",
+                f"{where}: building the model from its config took longer than {seconds:.0f} s",
+                "the config describes a model far larger than any real one",
+            )
 
     def on_param(module, name, param):
         if threading.get_ident() == me and param is not None:
             counts["params"] += param.numel()
             if counts["params"] > max_params:
-                raise BuildRefused("model_too_large", f"{where}: the config describes more than {max_params:,} "
-                                   "parameters", "this config does not describe a real model: re-download the pipeline")
+                raise BuildRefused(
+                    "model_too_large",
+                    f"{where}: the config describes more than {max_params:,} parameters",
+                    "this config does not describe a real model: re-download the pipeline",
+                )
             check()
 
     def on_module(module, name, submodule):
         if threading.get_ident() == me:
             counts["modules"] += 1
             if counts["modules"] > max_modules:
-                raise BuildRefused("model_too_large", f"{where}: the config describes more than {max_modules:,} "
-                                   "layers", "this config does not describe a real model: re-download the pipeline")
+                raise BuildRefused(
+                    "model_too_large",
+                    f"{where}: the config describes more than {max_modules:,} layers",
+                    "this config does not describe a real model: re-download the pipeline",
+                )
             check()
 
-    handles = [module_mod.register_module_parameter_registration_hook(on_param),
-               module_mod.register_module_module_registration_hook(on_module)]
+    handles = [
+        module_mod.register_module_parameter_registration_hook(on_param),
+        module_mod.register_module_module_registration_hook(on_module),
+    ]
     try:
         yield counts
     finally:
@@ -122,5 +141,6 @@ def build_on_meta(cls, library: str, config: dict, where: str):
             raise
         except Exception as exc:  # the library's own complaint about the config, in one line
             message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            raise BuildRefused("config_invalid", f"{where}: the model cannot be built from it "
-                               f"({type(exc).__name__}: {message})") from None
+            raise BuildRefused(
+                "config_invalid", f"{where}: the model cannot be built from it ({type(exc).__name__}: {message})"
+            ) from None

@@ -4,6 +4,7 @@ Pipelines and GGUF files are chosen by *name* from the configured roots, never b
 path read is checked by `contained` after following links: inspection, validation, the editor's
 routes, the estimate and the load all go through it.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,11 @@ class Root:
 
     def candidates(self) -> Iterator[tuple[str, Path]]:
         """(name, folder) of every folder holding a model_index.json, before any check."""
-        for index in sorted(self.path.glob(INDEX)) + sorted(self.path.glob("*/" + INDEX)) + sorted(
-                self.path.glob("*/*/" + INDEX)):
+        for index in (
+            sorted(self.path.glob(INDEX))
+            + sorted(self.path.glob("*/" + INDEX))
+            + sorted(self.path.glob("*/*/" + INDEX))
+        ):
             if index.parent != self.path:
                 yield index.parent.relative_to(self.path).as_posix(), index.parent
 
@@ -107,22 +111,44 @@ def contained(path: Path | str, folder: Path | str, root: Root | None = None) ->
 def name_problem(name, field: str, what: str = "model") -> Problem | None:
     """What is wrong with a name typed or stored in a workflow (None: it is a plain relative name)."""
     if not isinstance(name, str) or not name.strip():
-        return Problem(f"{what}_missing", field, f"no {what} selected",
-                       "pick a pipeline folder (one with model_index.json) from the list" if what == "model"
-                       else "pick a file from the list")
+        return Problem(
+            f"{what}_missing",
+            field,
+            f"no {what} selected",
+            "pick a pipeline folder (one with model_index.json) from the list"
+            if what == "model"
+            else "pick a file from the list",
+        )
     shown = ascii(name)[1:-1][:80]
     if len(name) > MAX_PATH or any(len(p.encode("utf-8", "surrogatepass")) > MAX_NAME for p in name.split("/")):
-        return Problem("name_too_long", field, f'"{shown}…" is longer than a file name can be ({len(name)} characters)',
-                       f"pick a {what} from the list")
+        return Problem(
+            "name_too_long",
+            field,
+            f'"{shown}…" is longer than a file name can be ({len(name)} characters)',
+            f"pick a {what} from the list",
+        )
     if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
-        return Problem("name_invalid", field, f'"{shown}" holds a lone surrogate, not text', f"pick a {what} from the list")
+        return Problem(
+            "name_invalid", field, f'"{shown}" holds a lone surrogate, not text', f"pick a {what} from the list"
+        )
     parts = name.split("/")
-    if name.startswith(("/", "\\")) or Path(name).is_absolute() or "\\" in name or ".." in parts or "." in parts \
-            or (what == "model" and len(parts) > MAX_DEPTH) or not all(_PART.fullmatch(p) for p in parts):
-        return Problem(f"{what}_outside_roots" if what == "model" else "gguf_file_missing", field,
-                       f'"{shown}" is not a {what} name: paths, "..", and absolute paths are refused',
-                       "pick a pipeline from the model list (folders under the configured diffusers model paths)"
-                       if what == "model" else "pick a file from the list")
+    if (
+        name.startswith(("/", "\\"))
+        or Path(name).is_absolute()
+        or "\\" in name
+        or ".." in parts
+        or "." in parts
+        or (what == "model" and len(parts) > MAX_DEPTH)
+        or not all(_PART.fullmatch(p) for p in parts)
+    ):
+        return Problem(
+            f"{what}_outside_roots" if what == "model" else "gguf_file_missing",
+            field,
+            f'"{shown}" is not a {what} name: paths, "..", and absolute paths are refused',
+            "pick a pipeline from the model list (folders under the configured diffusers model paths)"
+            if what == "model"
+            else "pick a file from the list",
+        )
     return None
 
 
@@ -190,23 +216,34 @@ def resolve_model(name: str, roots: Iterable[Root | Path], field: str = "model")
             if not os.path.lexists(index):
                 continue
             if not contained(candidate, root.path, root):
-                raise _fail("model_outside_roots", field, f'"{name}" is a link that leaves the model folder {root.path}',
-                            "copy or move the pipeline into the model folder instead of linking it")
+                raise _fail(
+                    "model_outside_roots",
+                    field,
+                    f'"{name}" is a link that leaves the model folder {root.path}',
+                    "copy or move the pipeline into the model folder instead of linking it",
+                )
             regular_stat(index)
             for _ in walk_pipeline(candidate, root):  # nor may any file or folder in it leave it
                 pass
         except FileProblem as exc:
-            raise _fail(exc.code, field, f'"{name}": {exc}', exc.suggestion or "fix or remove that pipeline folder") \
-                from None
+            raise _fail(
+                exc.code, field, f'"{name}": {exc}', exc.suggestion or "fix or remove that pipeline folder"
+            ) from None
         if type(root).allows_link is not Root.allows_link:
             _VOUCHED[real_path(candidate)] = root
         return candidate
     if not roots:
-        raise _fail("model_not_found", field, f'no pipeline "{name}": no model folders are configured',
-                    "put pipelines under ComfyUI's models/diffusers; on the command line pass "
-                    f"--models DIR or set {MODELS_ENV}")
+        raise _fail(
+            "model_not_found",
+            field,
+            f'no pipeline "{name}": no model folders are configured',
+            "put pipelines under ComfyUI's models/diffusers; on the command line pass "
+            f"--models DIR or set {MODELS_ENV}",
+        )
     where = ", ".join(str(r.path) for r in roots)
-    raise _fail("model_not_found", field, f'no pipeline "{name}" under {where}', did_you_mean(name, list_pipelines(roots)))
+    raise _fail(
+        "model_not_found", field, f'no pipeline "{name}" under {where}', did_you_mean(name, list_pipelines(roots))
+    )
 
 
 def walk_pipeline(folder: Path, root: Root | None = None) -> Iterator[tuple[str, os.stat_result]]:
@@ -224,26 +261,40 @@ def walk_pipeline(folder: Path, root: Root | None = None) -> Iterator[tuple[str,
         try:
             entries = sorted(os.scandir(current), key=lambda e: e.name)
         except OSError as exc:
-            raise FileProblem("file_unreadable", current, f"{prefix or folder.name} cannot be listed ({exc.strerror})",
-                              "check its permissions") from None
+            raise FileProblem(
+                "file_unreadable",
+                current,
+                f"{prefix or folder.name} cannot be listed ({exc.strerror})",
+                "check its permissions",
+            ) from None
         for entry in entries:
             count += 1
             if count > MAX_ENTRIES:
-                raise FileProblem("model_too_many_files", folder, f"{folder.name} holds more than {MAX_ENTRIES:,} "
-                                  "files and folders: not a pipeline folder", "point at the pipeline folder itself")
+                raise FileProblem(
+                    "model_too_many_files",
+                    folder,
+                    f"{folder.name} holds more than {MAX_ENTRIES:,} files and folders: not a pipeline folder",
+                    "point at the pipeline folder itself",
+                )
             rel = prefix + entry.name
             path = Path(entry.path)
             try:
                 if not contained(path, folder, root):
-                    raise FileProblem("model_outside_roots", path, f"{rel} is a link that leaves the pipeline folder",
-                                      "copy the files into the model folder instead of linking them")
+                    raise FileProblem(
+                        "model_outside_roots",
+                        path,
+                        f"{rel} is a link that leaves the pipeline folder",
+                        "copy the files into the model folder instead of linking them",
+                    )
                 st = os.stat(path)
                 if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                     regular_stat(path)  # raises not_a_regular_file
             except FileProblem as exc:  # name it by its place in the pipeline: "tokenizer/tokenizer.json"
                 message = str(exc)
                 if not message.startswith(rel):
-                    message = rel + message[len(entry.name):] if message.startswith(entry.name) else f"{rel}: {message}"
+                    message = (
+                        rel + message[len(entry.name) :] if message.startswith(entry.name) else f"{rel}: {message}"
+                    )
                 raise FileProblem(exc.code, path, message, exc.suggestion) from None
             if stat.S_ISDIR(st.st_mode):
                 real = real_path(path)

@@ -1,4 +1,5 @@
 """Read a safetensors file's header (names, dtypes, shapes) without touching its tensors."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,23 @@ from pathlib import Path
 
 from ..safe_files import FileProblem, open_regular, parse_json
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 MAX_DIMS = 8
 
@@ -49,13 +65,17 @@ def _entry(path: Path, name, meta) -> tuple[TensorInfo, int]:
         raise _malformed(path, f"the dtype of {shown} is {dtype!r:.40}, not a name")
     if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_count(d) for d in shape)):
         raise _malformed(path, f"the shape of {shown} is {shape!r:.60}, not a list of sizes")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)
-            and offsets[0] <= offsets[1]):
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets) and offsets[0] <= offsets[1]
+    ):
         raise _malformed(path, f"the data offsets of {shown} are {offsets!r:.60}, not [start, end]")
     info = TensorInfo(str(name), dtype, tuple(shape))
     if dtype in DTYPE_BYTES and offsets[1] - offsets[0] != info.nbytes:
-        raise _malformed(path, f"{shown} is {dtype} {list(shape)} ({info.nbytes:,} bytes) but its data takes "
-                               f"{offsets[1] - offsets[0]:,} bytes")
+        raise _malformed(
+            path,
+            f"{shown} is {dtype} {list(shape)} ({info.nbytes:,} bytes) but its data takes "
+            f"{offsets[1] - offsets[0]:,} bytes",
+        )
     return info, offsets[1]
 
 
@@ -76,8 +96,9 @@ def read_header(path: Path) -> list[TensorInfo]:
                 raise HeaderError(f"{path.name} is {size} bytes: too short to be safetensors")
             (n,) = struct.unpack("<Q", raw)
             if n > MAX_HEADER or 8 + n > size:
-                raise HeaderError(f"{path.name} has a header of {n} bytes but the file is {size} bytes: not "
-                                  "safetensors, or truncated")
+                raise HeaderError(
+                    f"{path.name} has a header of {n} bytes but the file is {size} bytes: not safetensors, or truncated"
+                )
             raw = f.read(n)
     except FileProblem as exc:
         raise HeaderError(str(exc), exc.code) from None

@@ -4,6 +4,7 @@ A variant is a plain string carried on the Plan; "default" (or empty) means the 
 Inspection reads the variant's headers, so validation, the estimate and the load all follow the
 files the load will read. A component without files of the variant loads its plain files.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -45,7 +46,7 @@ def folder_variants(folder: Path) -> set[str]:
 
 
 def choices(folders: Iterable[Path]) -> list[str]:
-    """"default" plus every variant found in these pipeline folders: the Load node's list."""
+    """ "default" plus every variant found in these pipeline folders: the Load node's list."""
     found: set[str] = set()
     for folder in folders:
         found |= folder_variants(folder)
@@ -58,12 +59,24 @@ def problems(model, variant) -> list[Problem]:
     if variant is None:
         return []
     if not isinstance(variant, str) or not variant.isidentifier():
-        return [Problem("variant_invalid", "variant", f"{variant!r:.40} is not a variant name",
-                        'use "default" or a name such as "fp16"')]
+        return [
+            Problem(
+                "variant_invalid",
+                "variant",
+                f"{variant!r:.40} is not a variant name",
+                'use "default" or a name such as "fp16"',
+            )
+        ]
     available = variants_in(f.name for c in model.components.values() for f in c.all_weight_files)
     if variant not in available:
         have = ", ".join([DEFAULT, *sorted(available)])
         hint = did_you_mean(variant, sorted(available))
-        return [Problem("variant_missing", "variant", f'{model.folder.name} has no "{variant}" weight files',
-                        (hint + "; " if hint else "") + f"it has: {have}")]
+        return [
+            Problem(
+                "variant_missing",
+                "variant",
+                f'{model.folder.name} has no "{variant}" weight files',
+                (hint + "; " if hint else "") + f"it has: {have}",
+            )
+        ]
     return []

@@ -8,6 +8,7 @@ succeeded, so a failed load never leaves a partial entry.
 the cache's entries for a module and empties every live pipeline that uses it, so nothing keeps
 the weights alive; `releases(folder)` tells the loader that the next run must load again.
 """
+
 from __future__ import annotations
 
 import gc
@@ -45,8 +46,13 @@ def budget_from_env() -> int:
             raise ValueError(raw)
     except ValueError:
         budget = machine_budget()
-        log.warning("PipeQuant: %s=%r is not a size in GB (a number >= 0); using %.1f GB (half the RAM plus "
-                    "80 %% of the GPU memory)", BUDGET_ENV, raw, budget / 1024**3)
+        log.warning(
+            "PipeQuant: %s=%r is not a size in GB (a number >= 0); using %.1f GB (half the RAM plus "
+            "80 %% of the GPU memory)",
+            BUDGET_ENV,
+            raw,
+            budget / 1024**3,
+        )
         return budget
     return int(gb * 1024**3)
 
@@ -170,4 +176,3 @@ def free_memory() -> None:
 
 
 COMPONENT_CACHE = ComponentCache()
-

@@ -15,6 +15,7 @@ backend's own library. Entries are checked on every read (listed files present, 
 hashes as written); a broken one is deleted and rebuilt, with a warning. Nothing here can fail a
 load: a read-only folder, a full disk or a lock that never comes mean "do not cache", and why.
 """
+
 from __future__ import annotations
 
 import errno
@@ -136,8 +137,11 @@ def _header_sha(path: Path) -> str:
 def _source_files(plan, name: str) -> list[list]:
     """The component's files as the inspection saw them (path, mtime, size), with header hashes."""
     prefix = name + "/"
-    return [[rel, mtime, size, _header_sha(plan.model.folder / rel) if rel.endswith(".safetensors") else None]
-            for rel, mtime, size in plan.model.mtime_key if rel.startswith(prefix)]
+    return [
+        [rel, mtime, size, _header_sha(plan.model.folder / rel) if rel.endswith(".safetensors") else None]
+        for rel, mtime, size in plan.model.mtime_key
+        if rel.startswith(prefix)
+    ]
 
 
 def quantize_device(plan) -> str:
@@ -146,9 +150,16 @@ def quantize_device(plan) -> str:
 
 
 def entry_key(plan, row) -> str:
-    material = {"format": FORMAT, "class": [row.library, row.class_name], "source": _source_files(plan, row.name),
-                "plan": row.fingerprint(), "load_dtype": row.load_dtype, "pipeline_dtype": plan.dtype,
-                "quantize_on": quantize_device(plan), "versions": library_versions(row)}
+    material = {
+        "format": FORMAT,
+        "class": [row.library, row.class_name],
+        "source": _source_files(plan, row.name),
+        "plan": row.fingerprint(),
+        "load_dtype": row.load_dtype,
+        "pipeline_dtype": plan.dtype,
+        "quantize_on": quantize_device(plan),
+        "versions": library_versions(row),
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -178,8 +189,14 @@ class DiskCache:
     """`writer(module, folder)` writes one component (resolver.save.save_component, the Save node's
     own path); tests inject a failing one to play a full disk."""
 
-    def __init__(self, folder: Path, *, limit: int | None = None, writer: Callable | None = None,
-                 lock_wait: float = LOCK_WAIT_SECONDS):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        limit: int | None = None,
+        writer: Callable | None = None,
+        lock_wait: float = LOCK_WAIT_SECONDS,
+    ):
         self.folder = Path(folder)
         self.limit = limit
         self.writer = writer
@@ -228,8 +245,9 @@ class DiskCache:
             manifest = check_entry(path, key)
             module = load_saved(path)
         except Exception as exc:  # noqa: BLE001 (a broken entry must never fail the load: rebuild it)
-            warning = (f"disk cache entry {key} was broken ({type(exc).__name__}: {_first_line(exc)}); "
-                       + ("deleted and rebuilt" if delete_broken else "not used"))
+            warning = f"disk cache entry {key} was broken ({type(exc).__name__}: {_first_line(exc)}); " + (
+                "deleted and rebuilt" if delete_broken else "not used"
+            )
             if delete_broken:
                 log.warning(warning)
                 self._delete(path)
@@ -266,12 +284,23 @@ class DiskCache:
             if not any(name.endswith(".safetensors") for name in files):
                 raise BrokenEntry("the writer produced no safetensors file")
             info = plan.model.components[row.name]
-            manifest = {"format": FORMAT, "key": key, "created": time.time(),
-                        "source": {"model": str(plan.model.folder), "component": row.name, "folder": str(info.folder),
-                                   "class": row.class_name, "library": row.library},
-                        "plan": row.describe(), "versions": library_versions(row),
-                        "config": type(config).__name__ if config is not None else None,
-                        "bytes": sum(f["size"] for f in files.values()), "files": files}
+            manifest = {
+                "format": FORMAT,
+                "key": key,
+                "created": time.time(),
+                "source": {
+                    "model": str(plan.model.folder),
+                    "component": row.name,
+                    "folder": str(info.folder),
+                    "class": row.class_name,
+                    "library": row.library,
+                },
+                "plan": row.describe(),
+                "versions": library_versions(row),
+                "config": type(config).__name__ if config is not None else None,
+                "bytes": sum(f["size"] for f in files.values()),
+                "files": files,
+            }
             _write_synced(tmp / ENTRY_FILE, json.dumps(manifest, indent=1))
             _fsync_tree(tmp)
             if (self.folder / key).exists():  # a broken entry that could not be renamed away earlier
@@ -299,9 +328,18 @@ class DiskCache:
             except (OSError, ValueError):
                 manifest, used = {}, path.stat().st_mtime
             size = manifest.get("bytes") if isinstance(manifest.get("bytes"), int) else _du(path)
-            out.append({"key": path.name, "path": str(path), "bytes": size, "last_used": used,
-                        "created": manifest.get("created"), "source": manifest.get("source") or {},
-                        "plan": manifest.get("plan") or {}, "valid": bool(manifest)})
+            out.append(
+                {
+                    "key": path.name,
+                    "path": str(path),
+                    "bytes": size,
+                    "last_used": used,
+                    "created": manifest.get("created"),
+                    "source": manifest.get("source") or {},
+                    "plan": manifest.get("plan") or {},
+                    "valid": bool(manifest),
+                }
+            )
         return sorted(out, key=lambda e: e["last_used"])
 
     def evict(self, *, keep: str | None = None, limit: int | None = None) -> list[str]:
@@ -323,8 +361,9 @@ class DiskCache:
         """Delete every entry (or those not used for `older_than_days`); entries being written are left."""
         cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
         self._sweep()
-        return [e for e in self.entries()
-                if (cutoff is None or e["last_used"] < cutoff) and self._delete_if_free(e["key"])]
+        return [
+            e for e in self.entries() if (cutoff is None or e["last_used"] < cutoff) and self._delete_if_free(e["key"])
+        ]
 
     def _delete_if_free(self, key: str) -> bool:
         try:
@@ -343,7 +382,7 @@ class DiskCache:
             shutil.rmtree(path, ignore_errors=True)
         for path in self.folder.glob(".tmp-*"):
             try:
-                with self._locked(path.name[len(".tmp-"):], wait=0.0):
+                with self._locked(path.name[len(".tmp-") :], wait=0.0):
                     shutil.rmtree(path, ignore_errors=True)
             except (OSError, TimeoutError):
                 pass

@@ -6,6 +6,7 @@ backend builds for it (unquantized ones through their class's `from_pretrained`)
 scheduler. Loading per component gives per-component timing, progress, cache reuse and errors
 that name the component and its files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,9 +43,14 @@ class LoadError(RuntimeError):
 
     def __init__(self, component: str, files: list[str], cause: BaseException):
         self.component, self.files = component, files
-        self.cause_type, self.cause_message = type(cause).__name__, str(cause).strip().splitlines()[0][:400] if str(cause).strip() else ""
-        super().__init__(f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: '
-                         f"{self.cause_type}: {self.cause_message}")
+        self.cause_type, self.cause_message = (
+            type(cause).__name__,
+            str(cause).strip().splitlines()[0][:400] if str(cause).strip() else "",
+        )
+        super().__init__(
+            f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: '
+            f"{self.cause_type}: {self.cause_message}"
+        )
 
 
 class PipelineReleased(RuntimeError):
@@ -69,8 +75,10 @@ class LoadResult:
     @property
     def pipeline(self):
         if self._pipeline is None:
-            raise PipelineReleased(f"the pipeline {self.plan.model.folder.name} was unloaded ({self.released}); "
-                                   "run the workflow again to reload it")
+            raise PipelineReleased(
+                f"the pipeline {self.plan.model.folder.name} was unloaded ({self.released}); "
+                "run the workflow again to reload it"
+            )
         return self._pipeline
 
     @property
@@ -100,8 +108,12 @@ class LoadResult:
     def report(self) -> dict:
         from .report import totals
 
-        return {"plan": self.plan.describe(), "components": self.rows, "totals": totals(self.rows),
-                "notes": list(self.notes)}
+        return {
+            "plan": self.plan.describe(),
+            "components": self.rows,
+            "totals": totals(self.rows),
+            "notes": list(self.notes),
+        }
 
 
 def _component_files_key(info: ComponentInfo, mtime_key: tuple) -> str:
@@ -121,15 +133,32 @@ def cache_key(plan: Plan, name: str, compile: str = "none") -> tuple:
     return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload, mode, info.variant)
 
 
-def plan_load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
-              gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, compile: str = "none",
-              variant: str | None = None) -> Plan:
+def plan_load(
+    model_dir: Path,
+    spec=None,
+    *,
+    dtype: str = DEFAULT_DTYPE,
+    device: str = "auto",
+    offload: str = "none",
+    gguf_roots: Iterable[Path] = (),
+    allow_pickle: bool = False,
+    compile: str = "none",
+    variant: str | None = None,
+) -> Plan:
     """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights.
     Warnings (a slow plan) become the plan's notes. `variant` ("fp16"): the weight variant to read
     where a component has it."""
     model = inspect_model(model_dir, variant=variant)
-    problems = variant_problems(model, variant) + validate(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                        allow_pickle=allow_pickle, compile=compile)
+    problems = variant_problems(model, variant) + validate(
+        spec,
+        model,
+        dtype=dtype,
+        device=device,
+        offload=offload,
+        gguf_roots=gguf_roots,
+        allow_pickle=allow_pickle,
+        compile=compile,
+    )
     found = errors(problems)
     if found:
         raise ValidationError(found)
@@ -139,25 +168,67 @@ def plan_load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device:
     return plan
 
 
-def load(model_dir: Path, spec=None, *, dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
-         gguf_roots: Iterable[Path] = (), allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
-         progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
-         compile_backend="inductor", variant: str | None = None,
-         disk_cache: DiskCache | None = None) -> LoadResult:
-    plan = plan_load(model_dir, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                     allow_pickle=allow_pickle, compile=compile, variant=variant)
-    return load_plan(plan, allow_pickle=allow_pickle, cache=cache, progress=progress, compile=compile,
-                     compile_backend=compile_backend, disk_cache=disk_cache)
+def load(
+    model_dir: Path,
+    spec=None,
+    *,
+    dtype: str = DEFAULT_DTYPE,
+    device: str = "auto",
+    offload: str = "none",
+    gguf_roots: Iterable[Path] = (),
+    allow_pickle: bool = False,
+    cache: ComponentCache | None = COMPONENT_CACHE,
+    progress: Callable[[int, int, str], None] | None = None,
+    compile: str = "none",
+    compile_backend="inductor",
+    variant: str | None = None,
+    disk_cache: DiskCache | None = None,
+) -> LoadResult:
+    plan = plan_load(
+        model_dir,
+        spec,
+        dtype=dtype,
+        device=device,
+        offload=offload,
+        gguf_roots=gguf_roots,
+        allow_pickle=allow_pickle,
+        compile=compile,
+        variant=variant,
+    )
+    return load_plan(
+        plan,
+        allow_pickle=allow_pickle,
+        cache=cache,
+        progress=progress,
+        compile=compile,
+        compile_backend=compile_backend,
+        disk_cache=disk_cache,
+    )
 
 
-def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache | None = COMPONENT_CACHE,
-              progress: Callable[[int, int, str], None] | None = None, compile: str = "none",
-              compile_backend="inductor", disk_cache: DiskCache | None = None) -> LoadResult:
+def load_plan(
+    plan: Plan,
+    *,
+    allow_pickle: bool = False,
+    cache: ComponentCache | None = COMPONENT_CACHE,
+    progress: Callable[[int, int, str], None] | None = None,
+    compile: str = "none",
+    compile_backend="inductor",
+    disk_cache: DiskCache | None = None,
+) -> LoadResult:
     """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached.
     `compile` (none/regional/full) wraps the denoiser for torch.compile; it compiles on first use."""
     if compile not in COMPILE_MODES:
-        raise ValidationError([Problem("compile_unknown", "compile", f'unknown compile mode "{compile}"',
-                                       "use one of: " + ", ".join(COMPILE_MODES))])
+        raise ValidationError(
+            [
+                Problem(
+                    "compile_unknown",
+                    "compile",
+                    f'unknown compile mode "{compile}"',
+                    "use one of: " + ", ".join(COMPILE_MODES),
+                )
+            ]
+        )
     modules = plan.modules()
     loaded, rows, fresh, others, configs, notes = {}, {}, [], {}, {}, []
     try:
@@ -175,8 +246,9 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
                     module, config, disk = _load_or_read(plan, row, allow_pickle, disk_cache)
                     module.pipequant_quantization_config = configs[row.name] = config
                     loaded[row.name] = module
-                    rows[row.name] = component_row(row, plan.model.components[row.name], module,
-                                                   time.perf_counter() - start, config)
+                    rows[row.name] = component_row(
+                        row, plan.model.components[row.name], module, time.perf_counter() - start, config
+                    )
                     if disk is not None:
                         rows[row.name].update(disk.row_fields())
                         notes += _disk_notes(row.name, disk)
@@ -194,13 +266,16 @@ def load_plan(plan: Plan, *, allow_pickle: bool = False, cache: ComponentCache |
         raise
     except Exception as exc:
         failed = next((r for r in modules if r.name not in loaded), None) or next(
-            (r for n, r in plan.components.items() if n not in others and r.action == NOT_A_MODEL), None)
+            (r for n, r in plan.components.items() if n not in others and r.action == NOT_A_MODEL), None
+        )
         component = failed.name if failed is not None else "pipeline"
         info = plan.model.components.get(component)
         if failed is not None and failed.from_file and failed.gguf_path is not None:
             files = [str(failed.gguf_path)]  # its weights come from the backend's file
         elif info is not None and not info.is_module:
-            files = _broken_first(sorted(p for p in info.folder.iterdir() if p.is_file()) if info.folder.is_dir() else [])
+            files = _broken_first(
+                sorted(p for p in info.folder.iterdir() if p.is_file()) if info.folder.is_dir() else []
+            )
         elif info is None:
             files = [str(plan.model.folder / INDEX)]
         else:
@@ -287,8 +362,9 @@ def _load_or_read(plan: Plan, row, allow_pickle: bool, disk_cache: DiskCache | N
     its `load` call, before this returns the module to anything else (see DiskCache.load)."""
     if disk_cache is None:
         return (*_load_component(plan, row, allow_pickle), None)
-    module, config, outcome = disk_cache.load(plan, row, lambda: _load_component(plan, row, allow_pickle),
-                                              lambda folder: _load_saved(plan, row, folder))
+    module, config, outcome = disk_cache.load(
+        plan, row, lambda: _load_component(plan, row, allow_pickle), lambda folder: _load_saved(plan, row, folder)
+    )
     if config is None:  # read from an entry: the config it was saved with
         config = getattr(getattr(module, "hf_quantizer", None), "quantization_config", None)
     return module, config, outcome
@@ -300,11 +376,19 @@ def _load_saved(plan: Plan, row, folder: Path):
     from ..safe_files import read_json_object
 
     source = plan.model.components[row.name]
-    files = tuple(p for p in sorted(folder.iterdir())
-                  if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS)
+    files = tuple(
+        p
+        for p in sorted(folder.iterdir())
+        if p.suffix == ".safetensors" and p.name.split(".")[0].split("-")[0] in WEIGHT_STEMS
+    )
     method = read_json_object(folder / "config.json").get("quantization_config") or {}
-    info = replace(source, folder=folder, weight_files=files, pickle_files=(),
-                   prequantized=str(method.get("quant_method")) if isinstance(method, dict) else None)
+    info = replace(
+        source,
+        folder=folder,
+        weight_files=files,
+        pickle_files=(),
+        prequantized=str(method.get("quant_method")) if isinstance(method, dict) else None,
+    )
     module, _ = _load_component(plan, replace(row, action=PREQUANTIZED, spec=None), False, info)
     return module
 
@@ -323,8 +407,12 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
     info = info or plan.model.components[row.name]
     cls = info.model_class()
     config = row.build_config()
-    kwargs = {"use_safetensors": not (allow_pickle and not info.weight_files), "low_cpu_mem_usage": True,
-              "dtype": getattr(torch, row.load_dtype), **OFFLINE}
+    kwargs = {
+        "use_safetensors": not (allow_pickle and not info.weight_files),
+        "low_cpu_mem_usage": True,
+        "dtype": getattr(torch, row.load_dtype),
+        **OFFLINE,
+    }
     if info.variant:
         kwargs["variant"] = info.variant  # the files inspection read (and the estimate counted)
     backend = row.backend
@@ -335,8 +423,15 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
             # Quantize where the model will run: torchao's int4 packing has only a CUDA kernel,
             # and quantizing on the GPU is faster and spares CPU RAM.
             kwargs["device_map"] = {"": plan.device}
-        module = backend.load_component(cls, config, folder=info.folder, pipeline_folder=plan.model.folder,
-                                        name=row.name, file=row.gguf_path, **kwargs)
+        module = backend.load_component(
+            cls,
+            config,
+            folder=info.folder,
+            pipeline_folder=plan.model.folder,
+            name=row.name,
+            file=row.gguf_path,
+            **kwargs,
+        )
     module.eval()
     saved_by = catalogue.backend_for_saved(info.prequantized)
     if backend is not None or saved_by is not None:
@@ -349,8 +444,14 @@ def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):
     from diffusers import DiffusionPipeline
 
     return DiffusionPipeline.from_pretrained(
-        str(plan.model.folder), dtype=getattr(torch, plan.dtype), use_safetensors=not allow_pickle,
-        trust_remote_code=False, custom_pipeline=None, **OFFLINE, **loaded)
+        str(plan.model.folder),
+        dtype=getattr(torch, plan.dtype),
+        use_safetensors=not allow_pickle,
+        trust_remote_code=False,
+        custom_pipeline=None,
+        **OFFLINE,
+        **loaded,
+    )
 
 
 def _place(pipeline, plan: Plan) -> None:

@@ -3,6 +3,7 @@
 `get_memory_footprint()` reports bf16 size for torchao and quanto (their weights are tensor
 subclasses) and misses bnb's quant state: count the storage behind every tensor instead.
 """
+
 from __future__ import annotations
 
 
@@ -39,7 +40,8 @@ def tensor_bytes(module) -> int:
     """Bytes of every distinct storage behind the module's parameters and buffers."""
     seen, total = set(), 0
     tensors = [p for _, p in module.named_parameters(remove_duplicate=False)] + [
-        b for _, b in module.named_buffers(remove_duplicate=False)]
+        b for _, b in module.named_buffers(remove_duplicate=False)
+    ]
     for t in tensors:
         for inner in inner_tensors(t):
             if inner.device.type == "meta":

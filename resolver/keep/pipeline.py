@@ -3,6 +3,7 @@
 What the Load node, the runner, the routes and the bench all do with a model name; the roots
 (and, inside ComfyUI, the default device) are the caller's, so this never imports ComfyUI.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,15 +20,24 @@ from .cache import COMPONENT_CACHE, ComponentCache
 from .load import LoadResult, load_plan, plan_load
 
 
-def check_model(model: str, roots: Iterable[Path], *, dtype: str = DEFAULT_DTYPE, device: str | None = None,
-                offload: str = "none", allow_pickle: bool = False, compile: str = "none",
-                variant: str | None = None) -> list[Problem]:
+def check_model(
+    model: str,
+    roots: Iterable[Path],
+    *,
+    dtype: str = DEFAULT_DTYPE,
+    device: str | None = None,
+    offload: str = "none",
+    allow_pickle: bool = False,
+    compile: str = "none",
+    variant: str | None = None,
+) -> list[Problem]:
     """Problems of the loader's own inputs (no quantization spec), reading no weights."""
     try:
         folder = resolve_model(model, roots)
         info = inspect_model(folder, variant=variant)
-        return variant_problems(info, variant) + validate(None, info, dtype=dtype, device=device, offload=offload,
-                                                          allow_pickle=allow_pickle is True, compile=compile)
+        return variant_problems(info, variant) + validate(
+            None, info, dtype=dtype, device=device, offload=offload, allow_pickle=allow_pickle is True, compile=compile
+        )
     except ValidationError as exc:
         return exc.problems
 
@@ -40,14 +50,33 @@ def files_key(model: str, roots: Iterable[Path]) -> str:
         return ""
 
 
-def plan_named(model: str, spec=None, *, roots: Iterable[Path], gguf_roots: Iterable[Path] = (),
-               dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none",
-               allow_pickle: bool = False, compile: str = "none", variant: str | None = None) -> Plan:
+def plan_named(
+    model: str,
+    spec=None,
+    *,
+    roots: Iterable[Path],
+    gguf_roots: Iterable[Path] = (),
+    dtype: str = DEFAULT_DTYPE,
+    device: str = "auto",
+    offload: str = "none",
+    allow_pickle: bool = False,
+    compile: str = "none",
+    variant: str | None = None,
+) -> Plan:
     """Validate the whole plan for pipeline `model` (a name under `roots`); raises ValidationError
     with every problem. Reads no weights. Only an explicit True opts in to pickle weights."""
     folder = resolve_model(model, roots)
-    return plan_load(folder, spec, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots,
-                     allow_pickle=allow_pickle is True, compile=compile, variant=variant)
+    return plan_load(
+        folder,
+        spec,
+        dtype=dtype,
+        device=device,
+        offload=offload,
+        gguf_roots=gguf_roots,
+        allow_pickle=allow_pickle is True,
+        compile=compile,
+        variant=variant,
+    )
 
 
 def first_use_notes(plan: Plan) -> list[str]:
@@ -56,10 +85,27 @@ def first_use_notes(plan: Plan) -> list[str]:
     return list(dict.fromkeys(n for n in notes if n))
 
 
-def load_named(model: str, spec=None, *, roots: Iterable[Path], gguf_roots: Iterable[Path] = (),
-               dtype: str = DEFAULT_DTYPE, device: str = "auto", offload: str = "none", allow_pickle: bool = False,
-               cache: ComponentCache | None = COMPONENT_CACHE,
-               progress: Callable[[int, int, str], None] | None = None) -> LoadResult:
-    plan = plan_named(model, spec, roots=roots, gguf_roots=gguf_roots, dtype=dtype, device=device, offload=offload,
-                      allow_pickle=allow_pickle)
+def load_named(
+    model: str,
+    spec=None,
+    *,
+    roots: Iterable[Path],
+    gguf_roots: Iterable[Path] = (),
+    dtype: str = DEFAULT_DTYPE,
+    device: str = "auto",
+    offload: str = "none",
+    allow_pickle: bool = False,
+    cache: ComponentCache | None = COMPONENT_CACHE,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> LoadResult:
+    plan = plan_named(
+        model,
+        spec,
+        roots=roots,
+        gguf_roots=gguf_roots,
+        dtype=dtype,
+        device=device,
+        offload=offload,
+        allow_pickle=allow_pickle,
+    )
     return load_plan(plan, allow_pickle=allow_pickle is True, cache=cache, progress=progress)

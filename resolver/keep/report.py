@@ -1,4 +1,5 @@
 """What the user got: per component, its plan, real bytes, dtype, device and load time."""
+
 from __future__ import annotations
 
 from ..constants import DTYPE_BYTES, NOT_A_MODEL
@@ -12,7 +13,9 @@ def is_quantized_weight(module) -> bool:
     weight = getattr(module, "weight", None)
     if weight is None or not isinstance(weight, torch.Tensor):
         return False
-    return type(weight) not in (torch.Tensor, torch.nn.Parameter) or type(module).__module__.startswith("optimum.quanto")
+    return type(weight) not in (torch.Tensor, torch.nn.Parameter) or type(module).__module__.startswith(
+        "optimum.quanto"
+    )
 
 
 def quantized_layer_count(model) -> int:
@@ -55,10 +58,24 @@ def component_row(plan_row, info, model, load_seconds: float, config) -> dict:
 
 
 def other_row(plan_row) -> dict:
-    return {"component": plan_row.name, "class": plan_row.class_name, "library": plan_row.library,
-            "action": plan_row.action, "backend": None, "quant_type": None, "config": None, "dtype": "-",
-            "device": "-", "params": 0, "quantized_layers": 0, "bytes": 0, "bytes_before": 0,
-            "load_seconds": 0.0, "reused": False, "disk_cache": None}
+    return {
+        "component": plan_row.name,
+        "class": plan_row.class_name,
+        "library": plan_row.library,
+        "action": plan_row.action,
+        "backend": None,
+        "quant_type": None,
+        "config": None,
+        "dtype": "-",
+        "device": "-",
+        "params": 0,
+        "quantized_layers": 0,
+        "bytes": 0,
+        "bytes_before": 0,
+        "load_seconds": 0.0,
+        "reused": False,
+        "disk_cache": None,
+    }
 
 
 def human_bytes(n: float) -> str:
@@ -70,13 +87,18 @@ def human_bytes(n: float) -> str:
 
 
 def totals(rows: list[dict]) -> dict:
-    return {"bytes": sum(r["bytes"] for r in rows), "bytes_before": sum(r["bytes_before"] for r in rows),
-            "load_seconds": round(sum(r["load_seconds"] for r in rows), 3)}
+    return {
+        "bytes": sum(r["bytes"] for r in rows),
+        "bytes_before": sum(r["bytes_before"] for r in rows),
+        "load_seconds": round(sum(r["load_seconds"] for r in rows), 3),
+    }
 
 
-LEGEND = ("bytes = what the component holds in memory now (quantized storage and scales counted); before = the "
-          "same weights unquantized, at the load dtype; TOTAL's ratio = bytes / before; (cached) = reused from "
-          "memory, not loaded again")
+LEGEND = (
+    "bytes = what the component holds in memory now (quantized storage and scales counted); before = the "
+    "same weights unquantized, at the load dtype; TOTAL's ratio = bytes / before; (cached) = reused from "
+    "memory, not loaded again"
+)
 
 
 def format_table(rows: list[dict], notes: list[str] = ()) -> str:
@@ -87,19 +109,41 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
         if r["action"] == NOT_A_MODEL:
             continue
         if r["quant_type"]:
-            plan = f'{r["backend"]}:{r["quant_type"]}'
+            plan = f"{r['backend']}:{r['quant_type']}"
         else:
-            plan = f'{r["backend"]} ({r["action"]})' if r["backend"] else r["action"]
+            plan = f"{r['backend']} ({r['action']})" if r["backend"] else r["action"]
         if r["reused"]:
             plan += " (cached)"
         elif r.get("disk_cache") == "read":
             plan += " (disk cache)"
-        body.append((r["component"], r["class"] or "-", plan, r["dtype"], r["device"], f'{r["params"]:,}',
-                     human_bytes(r["bytes"]), human_bytes(r["bytes_before"]), f'{r["load_seconds"]:.2f}'))
+        body.append(
+            (
+                r["component"],
+                r["class"] or "-",
+                plan,
+                r["dtype"],
+                r["device"],
+                f"{r['params']:,}",
+                human_bytes(r["bytes"]),
+                human_bytes(r["bytes_before"]),
+                f"{r['load_seconds']:.2f}",
+            )
+        )
     t = totals(rows)
-    ratio = f'{t["bytes"] / t["bytes_before"]:.2f}x' if t["bytes_before"] else "-"
-    body.append(("TOTAL", "", ratio, "", "", "", human_bytes(t["bytes"]), human_bytes(t["bytes_before"]),
-                 f'{t["load_seconds"]:.2f}'))
+    ratio = f"{t['bytes'] / t['bytes_before']:.2f}x" if t["bytes_before"] else "-"
+    body.append(
+        (
+            "TOTAL",
+            "",
+            ratio,
+            "",
+            "",
+            "",
+            human_bytes(t["bytes"]),
+            human_bytes(t["bytes_before"]),
+            f"{t['load_seconds']:.2f}",
+        )
+    )
     widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
     line = lambda row: "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
     out = [line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in body]
@@ -126,11 +170,12 @@ def cuda_summary() -> str:
     if not torch.cuda.is_available():
         return ""
     gib = 1024**3
-    return (f"\nCUDA: {torch.cuda.memory_allocated() / gib:.2f} GB allocated, "
-            f"peak {torch.cuda.max_memory_allocated() / gib:.2f} GB")
+    return (
+        f"\nCUDA: {torch.cuda.memory_allocated() / gib:.2f} GB allocated, "
+        f"peak {torch.cuda.max_memory_allocated() / gib:.2f} GB"
+    )
 
 
 def live_report(result) -> str:
     """The memory table of a loaded pipeline as it is now."""
     return format_table(live_rows(result), result.notes) + cuda_summary()
-

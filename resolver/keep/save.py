@@ -5,6 +5,7 @@ root's "my-flux" would otherwise resolve to the new copy). It is written into a 
 folder in the same root and renamed into place only when complete; a failure removes it. An
 exclusive lock (a folder created with mkdir) decides which of two saves to one name wins.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,20 +48,44 @@ def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Pr
     check before a run; PipeQuant never overwrites nor shadows a model)."""
     roots = _roots(roots)
     if not roots:
-        return [Problem("no_model_folder", "folder_name", "there is no diffusers model folder to save into",
-                        "configure a diffusers model path")]
+        return [
+            Problem(
+                "no_model_folder",
+                "folder_name",
+                "there is no diffusers model folder to save into",
+                "configure a diffusers model path",
+            )
+        ]
     if not isinstance(folder_name, str) or not FOLDER_NAME.fullmatch(folder_name) or ".." in folder_name:
-        return [Problem("folder_name_invalid", "folder_name", f"{ascii(folder_name)[:80]} is not a plain folder name",
-                        "use letters, digits, '.', '_' and '-' only (up to 128), e.g. flux-nf4")]
+        return [
+            Problem(
+                "folder_name_invalid",
+                "folder_name",
+                f"{ascii(folder_name)[:80]} is not a plain folder name",
+                "use letters, digits, '.', '_' and '-' only (up to 128), e.g. flux-nf4",
+            )
+        ]
     for root in roots:
         target = root / folder_name
         if os.path.islink(target) and not os.path.exists(target):
-            return [Problem("folder_exists", "folder_name", f"{target} is a link to nothing (its target is gone)",
-                            "remove the dangling link or pick a new name; PipeQuant never writes through a link")]
+            return [
+                Problem(
+                    "folder_exists",
+                    "folder_name",
+                    f"{target} is a link to nothing (its target is gone)",
+                    "remove the dangling link or pick a new name; PipeQuant never writes through a link",
+                )
+            ]
         if os.path.lexists(target):
             shadow = "" if root == roots[0] else f" (in a later model folder: a copy in {roots[0]} would hide it)"
-            return [Problem("folder_exists", "folder_name", f"{target} already exists{shadow}",
-                            "pick a new name; PipeQuant never overwrites or shadows a model")]
+            return [
+                Problem(
+                    "folder_exists",
+                    "folder_name",
+                    f"{target} already exists{shadow}",
+                    "pick a new name; PipeQuant never overwrites or shadows a model",
+                )
+            ]
     return []
 
 
@@ -73,25 +98,49 @@ def plan_problems(plan) -> list[Problem]:
             continue
         backend = catalogue.get_backend(row.spec.backend)
         if not backend.quant_type(row.spec.quant_type).savable:
-            problems.append(Problem("not_savable", "pipeline",
-                                    f'"{row.name}" is quantized with {backend.name} {row.spec.quant_type}, which cannot '
-                                    "be saved", "save another quant type, and quantize to this one on load", row.name))
+            problems.append(
+                Problem(
+                    "not_savable",
+                    "pipeline",
+                    f'"{row.name}" is quantized with {backend.name} {row.spec.quant_type}, which cannot be saved',
+                    "save another quant type, and quantize to this one on load",
+                    row.name,
+                )
+            )
         elif row.library not in backend.savable:
             can = [b for b in catalogue.backend_names() if row.library in catalogue.get_backend(b).savable]
-            problems.append(Problem("not_savable", "pipeline",
-                                    f'"{row.name}" is quantized with {backend.name}, which cannot be saved for a '
-                                    f"{row.library} model", f"for {row.name} use one of: {', '.join(can)}", row.name))
+            problems.append(
+                Problem(
+                    "not_savable",
+                    "pipeline",
+                    f'"{row.name}" is quantized with {backend.name}, which cannot be saved for a {row.library} model',
+                    f"for {row.name} use one of: {', '.join(can)}",
+                    row.name,
+                )
+            )
     if plan.offload != "none":
-        problems.append(Problem("offloaded", "pipeline", "an offloaded pipeline cannot be saved",
-                                'load it with offload "none" to save it'))
+        problems.append(
+            Problem(
+                "offloaded",
+                "pipeline",
+                "an offloaded pipeline cannot be saved",
+                'load it with offload "none" to save it',
+            )
+        )
     return problems
 
 
 def lora_problems(result: LoadResult) -> list[Problem]:
     if not result.loras:
         return []
-    return [Problem("lora_applied", "pipeline", "this pipeline has LoRAs applied; a saved copy holds the base "
-                    "weights only", "connect the Load node's output directly to Save")]
+    return [
+        Problem(
+            "lora_applied",
+            "pipeline",
+            "this pipeline has LoRAs applied; a saved copy holds the base weights only",
+            "connect the Load node's output directly to Save",
+        )
+    ]
 
 
 def save_problems(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | None) -> list[Problem]:
@@ -123,9 +172,16 @@ def _name_lock(root: Path, folder_name: str):
             except (OSError, ValueError):
                 pid = None
             if attempt == 2 or pid is None or _alive(pid):
-                raise ValidationError([Problem("save_in_progress", "folder_name",
-                                               f'another save to "{folder_name}" is running in {root}',
-                                               "wait for it, or pick another name")]) from None
+                raise ValidationError(
+                    [
+                        Problem(
+                            "save_in_progress",
+                            "folder_name",
+                            f'another save to "{folder_name}" is running in {root}',
+                            "wait for it, or pick another name",
+                        )
+                    ]
+                ) from None
             _remove_partials(root, folder_name)
             shutil.rmtree(lock, ignore_errors=True)
     try:

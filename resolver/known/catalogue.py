@@ -3,6 +3,7 @@
 Each backend must be present in diffusers' own `AUTO_QUANTIZATION_CONFIG_MAPPING`; where the
 installed diffusers lacks one, it is left out rather than offered and failing at load.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -48,8 +49,9 @@ def file_backends() -> list[Backend]:
 
 def quantizers_for(library: str) -> list[str]:
     """The backend families that quantize `library` models on load (advice: "use X, Y or Z")."""
-    return list(dict.fromkeys(b.family_name for b in _backends().values()
-                              if library in b.libraries and not b.needs_file))
+    return list(
+        dict.fromkeys(b.family_name for b in _backends().values() if library in b.libraries and not b.needs_file)
+    )
 
 
 def cpu_quantizers_for(library: str) -> list[str]:
@@ -69,7 +71,7 @@ def cpu_quantizers_for(library: str) -> list[str]:
 
 
 def one_of(names: list[str]) -> str:
-    """"a", "a or b", "a, b or c"."""
+    """ "a", "a or b", "a, b or c"."""
     return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
 
 

@@ -5,6 +5,7 @@ The tables sit between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME --
 ``python -m pipequant.resolver.known.catalogue_text`` rewrites them, and tests/test_catalogue_text.py
 fails when a file drifts from the catalogue.
 """
+
 from __future__ import annotations
 
 import re
@@ -69,12 +70,15 @@ def _memory_text(b: Backend) -> str:
 
 def backends_table() -> str:
     """The README's table: one row per backend."""
-    rows = ["| backend | quant types | options | memory vs bf16 | runs on CPU | saved pre-quantized |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| backend | quant types | options | memory vs bf16 | runs on CPU | saved pre-quantized |",
+        "|---|---|---|---|---|---|",
+    ]
     for b in _all():
         options = _names(f"`{o.name}`" for o in b.options) or "—"
-        rows.append(f"| `{b.name}` | {_quant_type_text(b)} | {options} | {_memory_text(b)} | {cpu_text(b)} "
-                    f"| {save_text(b)} |")
+        rows.append(
+            f"| `{b.name}` | {_quant_type_text(b)} | {options} | {_memory_text(b)} | {cpu_text(b)} | {save_text(b)} |"
+        )
     return "\n".join(rows)
 
 
@@ -115,7 +119,8 @@ def save_summary() -> str:
             continue
         kept = [q.name for q in b.quant_types if not q.savable]
         note = (["except " + " / ".join(kept)] if kept else []) + (
-            [_libraries(b.savable) + " only"] if not set(b.savable) >= set(b.libraries) else [])
+            [_libraries(b.savable) + " only"] if not set(b.savable) >= set(b.libraries) else []
+        )
         parts.append(b.name + (f" ({'; '.join(note)})" if note else ""))
     return "Works for " + ", ".join(parts[:-1]) + " and " + parts[-1] + "."
 

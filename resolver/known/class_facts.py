@@ -8,6 +8,7 @@ pack is tested with are generated into data/class_facts.json (`python -m pipequa
 and read when the installed versions match; otherwise, or for a class the file lacks, they come
 from the live classes by the same functions that generate the file.
 """
+
 from __future__ import annotations
 
 import enum
@@ -36,7 +37,7 @@ def load_class(library: str | None, class_name: str | None):
 
 
 def qualified(cls) -> str:
-    """"diffusers.AutoencoderKL": the library a class comes from and its name."""
+    """ "diffusers.AutoencoderKL": the library a class comes from and its name."""
     return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
 
 
@@ -48,11 +49,16 @@ def role_of(cls) -> str | None:
 
     if not isinstance(cls, type):
         return None
-    for role, bases in (("pipeline", (diffusers.DiffusionPipeline,)), ("model", (torch.nn.Module,)),
-                        ("scheduler", (diffusers.SchedulerMixin,)),
-                        ("tokenizer", (transformers.PreTrainedTokenizerBase,)),
-                        ("processor", (transformers.ImageProcessingMixin, transformers.FeatureExtractionMixin,
-                                       transformers.ProcessorMixin))):
+    for role, bases in (
+        ("pipeline", (diffusers.DiffusionPipeline,)),
+        ("model", (torch.nn.Module,)),
+        ("scheduler", (diffusers.SchedulerMixin,)),
+        ("tokenizer", (transformers.PreTrainedTokenizerBase,)),
+        (
+            "processor",
+            (transformers.ImageProcessingMixin, transformers.FeatureExtractionMixin, transformers.ProcessorMixin),
+        ),
+    ):
         if issubclass(cls, bases):
             return role
     return None
@@ -104,8 +110,11 @@ def live_pipeline(class_name: str) -> dict | None:
     if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
         return None
     params = inspect.signature(cls.__init__).parameters
-    out = {n: [_slot(t) for t in _annotation_classes(p.annotation)] for n, p in params.items()
-           if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    out = {
+        n: [_slot(t) for t in _annotation_classes(p.annotation)]
+        for n, p in params.items()
+        if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     for name in getattr(cls, "_optional_components", []) or []:
         out.setdefault(name, [])
     return out
@@ -145,8 +154,10 @@ def live_quantization_methods(library: str) -> list[str]:
 
 def live_config_parameters(library: str) -> dict[str, list[str]]:
     """quant_method -> the arguments its config class takes (global specs compare them)."""
-    return {method: sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
-            for method, cls in live_config_classes(library).items()}
+    return {
+        method: sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
+        for method, cls in live_config_classes(library).items()
+    }
 
 
 # -- the generated file ----------------------------------------------------------------------------
@@ -216,8 +227,10 @@ def _transformers_part_names() -> set[str]:
     from transformers.models.auto import image_processing_auto, tokenization_auto
 
     names = set()
-    for value in [*tokenization_auto.TOKENIZER_MAPPING_NAMES.values(),
-                  *image_processing_auto.IMAGE_PROCESSOR_MAPPING_NAMES.values()]:
+    for value in [
+        *tokenization_auto.TOKENIZER_MAPPING_NAMES.values(),
+        *image_processing_auto.IMAGE_PROCESSOR_MAPPING_NAMES.values(),
+    ]:
         found = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
         for name in filter(None, found):
             names.update((name, name + "Fast") if name.endswith("Tokenizer") else (name,))
@@ -262,9 +275,13 @@ def generate() -> dict:
         info = live_class(library, name)
         if info is not None:
             classes[key] = info
-    return {"versions": installed_versions(), "pipelines": pipelines, "classes": classes,
-            "quantization": {lib: live_quantization_methods(lib) for lib in LIBRARIES},
-            "config_parameters": {lib: live_config_parameters(lib) for lib in LIBRARIES}}
+    return {
+        "versions": installed_versions(),
+        "pipelines": pipelines,
+        "classes": classes,
+        "quantization": {lib: live_quantization_methods(lib) for lib in LIBRARIES},
+        "config_parameters": {lib: live_config_parameters(lib) for lib in LIBRARIES},
+    }
 
 
 if __name__ == "__main__":

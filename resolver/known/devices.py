@@ -1,4 +1,5 @@
 """Device names the loader accepts, and what the machine actually has."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,11 @@ def is_known_device(device: str) -> bool:
 def cuda_available() -> bool:
     """torch's answer; on Linux without NVIDIA or ROCm device files, "no" without importing torch
     (2-3 s), so validating a workflow on a CPU machine stays fast."""
-    if "torch" not in sys.modules and sys.platform.startswith("linux") and not any(
-            os.path.exists(p) for p in NO_GPU_UNLESS):
+    if (
+        "torch" not in sys.modules
+        and sys.platform.startswith("linux")
+        and not any(os.path.exists(p) for p in NO_GPU_UNLESS)
+    ):
         return False
     import torch
 
@@ -27,7 +31,7 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is there, else "cpu"."""
+    """ "auto" -> "cuda" when a GPU is there, else "cpu"."""
     if device == "auto":
         return "cuda" if cuda_available() else "cpu"
     return device

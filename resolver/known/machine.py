@@ -1,4 +1,5 @@
 """What the machine has: total RAM and GPU memory (for the cache's default budget)."""
+
 from __future__ import annotations
 
 import os

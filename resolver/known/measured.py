@@ -3,6 +3,7 @@
 One data file, not constants in code: a benchmark that appends a row changes what the planner and
 the slow-plan warnings say without a code change. A figure that was never measured is ``None``.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ def generation(compute_capability: tuple[int, int] | list | None) -> str:
 
 
 def rows(backend: str | None = None, quant_type: str | None = None) -> list[dict]:
-    return [r for r in data()["rows"]
-            if (backend is None or r["backend"] == backend) and (quant_type is None or r["quant_type"] == quant_type)]
+    return [
+        r
+        for r in data()["rows"]
+        if (backend is None or r["backend"] == backend) and (quant_type is None or r["quant_type"] == quant_type)
+    ]
 
 
 def speed_factor(backend: str | None, quant_type: str, gen: str, mode: str = "eager") -> dict | None:
@@ -70,10 +74,14 @@ def storage(backend: str, quant_type: str, options: dict | None = None) -> dict 
     r = _best("storage", backend, quant_type, options)
     if r is None:
         return None
-    return {"bits_per_weight": r["bits_per_weight"], "scale_bytes_per_weight": r["scale_bytes_per_weight"],
-            "bytes_per_weight": r["bits_per_weight"] / 8 + r["scale_bytes_per_weight"],
-            "bytes_per_row": r.get("bytes_per_row", 0.0), "bytes_per_layer": r.get("bytes_per_layer", 0.0),
-            "source": source(r["source"])}
+    return {
+        "bits_per_weight": r["bits_per_weight"],
+        "scale_bytes_per_weight": r["scale_bytes_per_weight"],
+        "bytes_per_weight": r["bits_per_weight"] / 8 + r["scale_bytes_per_weight"],
+        "bytes_per_row": r.get("bytes_per_row", 0.0),
+        "bytes_per_layer": r.get("bytes_per_layer", 0.0),
+        "source": source(r["source"]),
+    }
 
 
 def error_proxy(backend: str | None, quant_type: str, options: dict | None = None) -> dict | None:

@@ -2,6 +2,7 @@
 
 Shared by the node, the headless runner and the HTTP routes so that all three say the same thing.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,21 +15,34 @@ NO_FILE = "none"
 
 
 def parse_components(text: str) -> tuple[tuple[str, ...] | None, list[Problem]]:
-    """"transformer, text_encoder_2" -> ("transformer", "text_encoder_2"); "" -> None (all)."""
+    """ "transformer, text_encoder_2" -> ("transformer", "text_encoder_2"); "" -> None (all)."""
     if not isinstance(text, str):
-        return None, [Problem("components_type", "components", f"expected comma-separated names, got {text!r}",
-                              'e.g. "transformer, text_encoder_2", or empty for all')]
+        return None, [
+            Problem(
+                "components_type",
+                "components",
+                f"expected comma-separated names, got {text!r}",
+                'e.g. "transformer, text_encoder_2", or empty for all',
+            )
+        ]
     names = [n.strip() for n in text.replace("\n", ",").split(",") if n.strip()]
     if not names:
         return None, []
     bad = [n for n in names if not n.replace("_", "").isalnum()]
     if bad:
-        return None, [Problem("components_syntax", "components", f"{bad[0]!r} is not a component name",
-                              'separate names with commas, e.g. "transformer, text_encoder_2"')]
+        return None, [
+            Problem(
+                "components_syntax",
+                "components",
+                f"{bad[0]!r} is not a component name",
+                'separate names with commas, e.g. "transformer, text_encoder_2"',
+            )
+        ]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        return None, [Problem("components_duplicate", "components", f'"{dupes[0]}" is listed twice',
-                              "list each component once")]
+        return None, [
+            Problem("components_duplicate", "components", f'"{dupes[0]}" is listed twice', "list each component once")
+        ]
     return tuple(names), []
 
 
@@ -41,25 +55,59 @@ def parse_options(text) -> tuple[dict, list[Problem]]:
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         where = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        return {}, [Problem("options_not_json", "options", f"options is not valid JSON ({where})",
-                            'write a JSON object, e.g. {"double_quant": true} — keys and strings in double quotes')]
+        return {}, [
+            Problem(
+                "options_not_json",
+                "options",
+                f"options is not valid JSON ({where})",
+                'write a JSON object, e.g. {"double_quant": true} — keys and strings in double quotes',
+            )
+        ]
     if json_depth(value) > MAX_JSON_DEPTH:
-        return {}, [Problem("options_not_json", "options", f"options nests more than {MAX_JSON_DEPTH} levels deep",
-                            'write a flat JSON object, e.g. {"double_quant": true}')]
+        return {}, [
+            Problem(
+                "options_not_json",
+                "options",
+                f"options nests more than {MAX_JSON_DEPTH} levels deep",
+                'write a flat JSON object, e.g. {"double_quant": true}',
+            )
+        ]
     if not isinstance(value, dict):
-        return {}, [Problem("options_not_object", "options", f"options must be a JSON object, got {type(value).__name__}",
-                            'wrap it in braces, e.g. {"modules_to_not_convert": ["proj_out"]}')]
+        return {}, [
+            Problem(
+                "options_not_object",
+                "options",
+                f"options must be a JSON object, got {type(value).__name__}",
+                'wrap it in braces, e.g. {"modules_to_not_convert": ["proj_out"]}',
+            )
+        ]
     return value, []
 
 
-def spec_from_inputs(backend: str, quant_type: str, compute_dtype: str = "auto", components: str = "",
-                     options="{}", gguf_file: str | None = None) -> tuple[BackendSpec | None, list[Problem]]:
+def spec_from_inputs(
+    backend: str,
+    quant_type: str,
+    compute_dtype: str = "auto",
+    components: str = "",
+    options="{}",
+    gguf_file: str | None = None,
+) -> tuple[BackendSpec | None, list[Problem]]:
     problems = []
-    for name, value in (("backend", backend), ("quant_type", quant_type), ("compute_dtype", compute_dtype),
-                        ("gguf_file", NO_FILE if gguf_file is None else gguf_file)):
+    for name, value in (
+        ("backend", backend),
+        ("quant_type", quant_type),
+        ("compute_dtype", compute_dtype),
+        ("gguf_file", NO_FILE if gguf_file is None else gguf_file),
+    ):
         if not isinstance(value, str):  # e.g. a workflow that links another node's output into a widget
-            problems.append(Problem("spec_malformed", name, f"{name} must be text, got {type(value).__name__}",
-                                    "choose it from the list on the Quantization Backend node"))
+            problems.append(
+                Problem(
+                    "spec_malformed",
+                    name,
+                    f"{name} must be text, got {type(value).__name__}",
+                    "choose it from the list on the Quantization Backend node",
+                )
+            )
     names, more = parse_components(components)
     problems += more
     opts, more = parse_options(options)

@@ -3,6 +3,7 @@
 They describe *what* the user asked for (backend name + options), never live diffusers config
 objects; the planner turns them into real configs at load time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,21 +45,39 @@ class BackendSpec:
     kind = GLOBAL
 
     @classmethod
-    def make(cls, backend: str, quant_type: str, compute_dtype: str = "auto", options: Mapping | None = None,
-             components=None, gguf_file: str | None = None) -> "BackendSpec":
+    def make(
+        cls,
+        backend: str,
+        quant_type: str,
+        compute_dtype: str = "auto",
+        options: Mapping | None = None,
+        components=None,
+        gguf_file: str | None = None,
+    ) -> "BackendSpec":
         if isinstance(components, str):  # one name, as diffusers' components_to_quantize takes it
             components = (components,)
-        return cls(backend, quant_type, compute_dtype, _freeze(dict(options or {})),
-                   tuple(components) if components is not None else None, gguf_file or None)
+        return cls(
+            backend,
+            quant_type,
+            compute_dtype,
+            _freeze(dict(options or {})),
+            tuple(components) if components is not None else None,
+            gguf_file or None,
+        )
 
     @property
     def options_dict(self) -> dict:
         return {k: _thaw(v) for k, v in self.options}
 
     def to_dict(self) -> dict:
-        data = {"kind": GLOBAL, "backend": self.backend, "quant_type": self.quant_type,
-                "compute_dtype": self.compute_dtype, "options": self.options_dict,
-                "components": list(self.components) if self.components is not None else None}
+        data = {
+            "kind": GLOBAL,
+            "backend": self.backend,
+            "quant_type": self.quant_type,
+            "compute_dtype": self.compute_dtype,
+            "options": self.options_dict,
+            "components": list(self.components) if self.components is not None else None,
+        }
         if self.gguf_file:
             data["gguf_file"] = self.gguf_file
         return data
@@ -93,16 +112,29 @@ class ComponentMap:
         from ..problems import Problem, ValidationError
 
         if not isinstance(mapping, Mapping):
-            raise ValidationError([Problem("spec_malformed", "map", f"a component map is built from a mapping of "
-                                           f"component name to BackendSpec, got {type(mapping).__name__}",
-                                           'e.g. ComponentMap.make({"transformer": BackendSpec.make(backend, '
-                                           'quant_type)})')])
+            raise ValidationError(
+                [
+                    Problem(
+                        "spec_malformed",
+                        "map",
+                        f"a component map is built from a mapping of "
+                        f"component name to BackendSpec, got {type(mapping).__name__}",
+                        'e.g. ComponentMap.make({"transformer": BackendSpec.make(backend, quant_type)})',
+                    )
+                ]
+            )
         for name, spec in mapping.items():
             if not isinstance(name, str) or not (spec is None or isinstance(spec, BackendSpec)):
-                raise ValidationError([Problem(
-                    "spec_malformed", f"map[{name!s:.40}]", f"the entry for {name!r:.40} is a {type(spec).__name__}, "
-                    "not a BackendSpec or None", "map each component name to BackendSpec.make(...), or None to "
-                    "leave it unquantized")])
+                raise ValidationError(
+                    [
+                        Problem(
+                            "spec_malformed",
+                            f"map[{name!s:.40}]",
+                            f"the entry for {name!r:.40} is a {type(spec).__name__}, not a BackendSpec or None",
+                            "map each component name to BackendSpec.make(...), or None to leave it unquantized",
+                        )
+                    ]
+                )
         return cls(tuple(sorted((name, spec.without_components() if spec else None) for name, spec in mapping.items())))
 
     def as_dict(self) -> dict[str, BackendSpec | None]:
@@ -116,17 +148,25 @@ class ComponentMap:
             from ..problems import Problem, ValidationError
 
             earlier = mapping[component]
-            raise ValidationError([Problem(
-                "component_mapped_twice", "component",
-                f'component "{component}" is already mapped upstream in this chain (to {earlier or "unquantized"}); '
-                "neither would silently win",
-                "remove one of the two Per-Component Map nodes for it, or change its component")])
+            raise ValidationError(
+                [
+                    Problem(
+                        "component_mapped_twice",
+                        "component",
+                        f'component "{component}" is already mapped upstream in this chain (to {earlier or "unquantized"}); '
+                        "neither would silently win",
+                        "remove one of the two Per-Component Map nodes for it, or change its component",
+                    )
+                ]
+            )
         mapping[component] = spec
         return ComponentMap.make(mapping)
 
     def to_dict(self) -> dict:
-        return {"kind": GRANULAR,
-                "components": {name: (spec.to_dict() if spec else None) for name, spec in self.entries}}
+        return {
+            "kind": GRANULAR,
+            "components": {name: (spec.to_dict() if spec else None) for name, spec in self.entries},
+        }
 
     def to_json(self) -> str:
         return _canonical(self.to_dict())
@@ -149,22 +189,32 @@ def spec_from_dict(data: Any) -> QuantSpec:
         return ValidationError([Problem("spec_malformed", field, message, suggestion)])
 
     if not isinstance(data, Mapping):
-        raise fail("spec", f"a quantization spec must be a JSON object, got {type(data).__name__}",
-                   'use {"kind": "global", "backend": ..., "quant_type": ...}')
+        raise fail(
+            "spec",
+            f"a quantization spec must be a JSON object, got {type(data).__name__}",
+            'use {"kind": "global", "backend": ..., "quant_type": ...}',
+        )
     kind = data.get("kind", GLOBAL)
     if kind == GRANULAR and "backend" in data:
-        raise fail("kind", "a spec cannot be both granular (a components map) and global (a backend)",
-                   'drop "backend", or use "kind": "global"')
+        raise fail(
+            "kind",
+            "a spec cannot be both granular (a components map) and global (a backend)",
+            'drop "backend", or use "kind": "global"',
+        )
     if kind == GRANULAR:
         components = data.get("components")
         if not isinstance(components, Mapping):
-            raise fail("components", "a granular spec needs a \"components\" object", 'e.g. {"transformer": {...}}')
+            raise fail("components", 'a granular spec needs a "components" object', 'e.g. {"transformer": {...}}')
         for k, v in components.items():
             if v is not None and not isinstance(v, Mapping):
-                raise fail(f"components.{k}", f"the spec for component \"{k}\" must be an object or null, got {type(v).__name__}",
-                           '{"backend": ..., "quant_type": ...}, or null to leave it unquantized')
-        return ComponentMap.make({str(k): (spec_from_dict({**v, "kind": GLOBAL}) if v is not None else None)
-                                  for k, v in components.items()})
+                raise fail(
+                    f"components.{k}",
+                    f'the spec for component "{k}" must be an object or null, got {type(v).__name__}',
+                    '{"backend": ..., "quant_type": ...}, or null to leave it unquantized',
+                )
+        return ComponentMap.make(
+            {str(k): (spec_from_dict({**v, "kind": GLOBAL}) if v is not None else None) for k, v in components.items()}
+        )
     if kind != GLOBAL:
         raise fail("kind", f'unknown spec kind "{kind}"', 'use "global" or "granular"')
     for key in ("backend", "quant_type"):
@@ -172,14 +222,14 @@ def spec_from_dict(data: Any) -> QuantSpec:
             raise fail(key, f'"{key}" must be a string', f'set "{key}"')
     options = data.get("options") or {}
     if not isinstance(options, Mapping):
-        raise fail("options", "\"options\" must be a JSON object", 'e.g. {"double_quant": true}')
+        raise fail("options", '"options" must be a JSON object', 'e.g. {"double_quant": true}')
     components = data.get("components")
     if components is not None and (not isinstance(components, list) or not all(isinstance(c, str) for c in components)):
-        raise fail("components", "\"components\" must be a list of names or null", '["transformer", "text_encoder_2"]')
+        raise fail("components", '"components" must be a list of names or null', '["transformer", "text_encoder_2"]')
     compute_dtype = data.get("compute_dtype", "auto")
     gguf_file = data.get("gguf_file")
     if not isinstance(compute_dtype, str) or (gguf_file is not None and not isinstance(gguf_file, str)):
-        raise fail("compute_dtype", "\"compute_dtype\" and \"gguf_file\" must be strings", '"bfloat16"')
+        raise fail("compute_dtype", '"compute_dtype" and "gguf_file" must be strings', '"bfloat16"')
     return BackendSpec.make(data["backend"], data["quant_type"], compute_dtype, options, components, gguf_file)
 
 
@@ -189,5 +239,7 @@ def spec_from_json(text: str) -> QuantSpec:
     try:
         data = json.loads(text)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise ValidationError([Problem("spec_malformed", "spec", f"not valid JSON: {exc}", "pass the output of to_json()")])
+        raise ValidationError(
+            [Problem("spec_malformed", "spec", f"not valid JSON: {exc}", "pass the output of to_json()")]
+        )
     return spec_from_dict(data)

@@ -7,6 +7,7 @@ module and reads the current check from a thread-local: installing or removing h
 change what torch.compile guards on and recompile every run. Under compile the hook runs outside
 the graph (`torch.compiler.disable`), at the block's boundary.
 """
+
 from __future__ import annotations
 
 import threading

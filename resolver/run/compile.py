@@ -9,6 +9,7 @@ then no more. Layers a backend cannot compile (the quant type's `compile_eager_l
 inside the compiled blocks. A compile failure at run time turns the whole component back to eager,
 with a warning in the report: never a failed workflow.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ def compile_state(module) -> CompileState | None:
     return module.__dict__.get(_STATE) if module is not None else None
 
 
-def compile_component(module, name: str, mode: str, quant_type=None, *, backend="inductor",
-                      options: dict | None = None) -> CompileState | None:
+def compile_component(
+    module, name: str, mode: str, quant_type=None, *, backend="inductor", options: dict | None = None
+) -> CompileState | None:
     """Wrap `module` for compile (`mode` regional or full); `quant_type` is its catalogue QuantType
     (None when unquantized). Idempotent: a module compiled before keeps its state and graphs."""
     if mode == "none":
@@ -68,8 +70,10 @@ def compile_component(module, name: str, mode: str, quant_type=None, *, backend=
         state.modules = repeated_blocks(module)
         for block in state.modules:
             block.compile(**kwargs)
-        state.notes.append(f"{name} ({type(module).__name__}) declares no repeated blocks: compiled its "
-                           f"{len(state.modules)} ModuleList entries one by one")
+        state.notes.append(
+            f"{name} ({type(module).__name__}) declares no repeated blocks: compiled its "
+            f"{len(state.modules)} ModuleList entries one by one"
+        )
     if not state.modules:
         state.notes.append(f"{name}: nothing to compile regionally (no repeated blocks); left eager")
     for m in state.modules:
@@ -90,8 +94,10 @@ def _keep_layers_eager(module, quant_type, state: CompileState) -> None:
             layer.forward = torch.compiler.disable(layer.forward)  # a graph break: this layer runs eager
             kept.append(qualified)
     if kept:
-        state.notes.append(f"{len(kept)} layers of {state.component} left eager under compile "
-                           f"({quant_type.name}: {quant_type.compile_eager_reason})")
+        state.notes.append(
+            f"{len(kept)} layers of {state.component} left eager under compile "
+            f"({quant_type.name}: {quant_type.compile_eager_reason})"
+        )
 
 
 def _guard(module, state: CompileState) -> None:

@@ -3,6 +3,7 @@
 ComfyUI runs nodes under torch.inference_mode(); torchao/quanto tensors break there when moved or
 offloaded (measured on an H100: README "Facts"). Loading, LoRA, saving and sampling all enter it.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

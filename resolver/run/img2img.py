@@ -1,5 +1,6 @@
 """Image-to-image and inpainting on a loaded pipeline: diffusers' own variant pipeline built from
 the same components (`from_pipe`, nothing reloaded), fed ComfyUI IMAGE / MASK tensors."""
+
 from __future__ import annotations
 
 import weakref
@@ -17,26 +18,50 @@ def _problem(code: str, field: str, message: str, suggestion: str) -> Validation
 def check_inputs(image, mask, denoise, batch_size: int) -> None:
     """Shapes, batch and denoise, before any work (ComfyUI IMAGE: B,H,W,3; MASK: B,H,W or H,W)."""
     if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not 0.0 <= denoise <= 1.0:
-        raise _problem("denoise_invalid", "denoise", f"{denoise!r} is not a denoise strength",
-                       "use a number from 0 (keep the image) to 1 (redraw it fully)")
+        raise _problem(
+            "denoise_invalid",
+            "denoise",
+            f"{denoise!r} is not a denoise strength",
+            "use a number from 0 (keep the image) to 1 (redraw it fully)",
+        )
     if image is None:
         if mask is not None:
-            raise _problem("mask_without_image", "mask", "a mask was given without an image",
-                           "connect the image to inpaint to the image input")
+            raise _problem(
+                "mask_without_image",
+                "mask",
+                "a mask was given without an image",
+                "connect the image to inpaint to the image input",
+            )
         return
     if getattr(image, "ndim", 0) != 4 or image.shape[-1] not in (3, 4):
-        raise _problem("image_invalid", "image", f"image has shape {tuple(getattr(image, 'shape', ()))}",
-                       "connect a ComfyUI IMAGE (batch, height, width, 3), e.g. from Load Image")
+        raise _problem(
+            "image_invalid",
+            "image",
+            f"image has shape {tuple(getattr(image, 'shape', ()))}",
+            "connect a ComfyUI IMAGE (batch, height, width, 3), e.g. from Load Image",
+        )
     if image.shape[0] not in (1, batch_size):
-        raise _problem("image_batch_mismatch", "image", f"the image batch holds {image.shape[0]} images and "
-                       f"batch_size is {batch_size}", f"use one image or set batch_size to {image.shape[0]}")
+        raise _problem(
+            "image_batch_mismatch",
+            "image",
+            f"the image batch holds {image.shape[0]} images and batch_size is {batch_size}",
+            f"use one image or set batch_size to {image.shape[0]}",
+        )
     if mask is not None:
         if getattr(mask, "ndim", 0) not in (2, 3):
-            raise _problem("mask_invalid", "mask", f"mask has shape {tuple(getattr(mask, 'shape', ()))}",
-                           "connect a ComfyUI MASK (batch, height, width)")
+            raise _problem(
+                "mask_invalid",
+                "mask",
+                f"mask has shape {tuple(getattr(mask, 'shape', ()))}",
+                "connect a ComfyUI MASK (batch, height, width)",
+            )
         if mask.ndim == 3 and mask.shape[0] not in (1, image.shape[0]):
-            raise _problem("mask_batch_mismatch", "mask", f"the mask batch holds {mask.shape[0]} masks and the "
-                           f"image batch {image.shape[0]}", "use one mask, or one per image")
+            raise _problem(
+                "mask_batch_mismatch",
+                "mask",
+                f"the mask batch holds {mask.shape[0]} masks and the image batch {image.shape[0]}",
+                "use one mask, or one per image",
+            )
 
 
 def to_pixels(image, mask, width: int, height: int, batch_size: int):
@@ -70,9 +95,12 @@ def variant(pipeline, kind: str):
             per_pipeline[kind] = auto.from_pipe(pipeline)
         except ValueError:
             field = "mask" if kind == INPAINT else "image"
-            raise _problem(f"no_{'inpaint' if kind == INPAINT else 'img2img'}_variant", field,
-                           f"{type(pipeline).__name__} has no {kind} pipeline in diffusers",
-                           "disconnect it, or use a family that has one (FLUX, SD3, SDXL, SD)") from None
+            raise _problem(
+                f"no_{'inpaint' if kind == INPAINT else 'img2img'}_variant",
+                field,
+                f"{type(pipeline).__name__} has no {kind} pipeline in diffusers",
+                "disconnect it, or use a family that has one (FLUX, SD3, SDXL, SD)",
+            ) from None
         per_pipeline[kind].set_progress_bar_config(disable=True)
     return per_pipeline[kind]
 

@@ -8,6 +8,7 @@ compute exactly that stack (other adapters stay loaded but inactive; an empty st
 them all). A module handed out by the cache is disabled first (`hand_out_plain`), and a save strips
 adapters (`strip_adapters`), so no adapter ever reaches a plain pipeline.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,16 @@ SUFFIX = ".safetensors"
 MAX_ADAPTERS = int(os.environ.get("PIPEQUANT_MAX_LORAS", "8"))  # loaded per set of modules; LRU beyond
 STRENGTH_RANGE = (-4.0, 4.0)
 # How a converted key names its layer: "<component>.<module path><one of these>".
-_LAYER_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_A.bias", ".lora_B.bias", ".lora.down.weight",
-                   ".lora.up.weight", ".lora_magnitude_vector", ".alpha")
+_LAYER_SUFFIXES = (
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora_A.bias",
+    ".lora_B.bias",
+    ".lora.down.weight",
+    ".lora.up.weight",
+    ".lora_magnitude_vector",
+    ".alpha",
+)
 _lock = threading.RLock()
 _recent: list[str] = []  # adapter names, least recently activated first
 
@@ -70,11 +79,17 @@ def resolve_lora(name: str, roots: Iterable[Path]) -> Path:
         raise _problem("lora_missing", "no LoRA selected", "pick a .safetensors file from the list")
     parts = Path(name).parts
     if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or "\\" in name:
-        raise _problem("lora_outside_roots", f'"{name}" is not a LoRA name: paths, "..", and absolute paths are refused',
-                       "pick a LoRA from the list (files under ComfyUI's models/loras)")
+        raise _problem(
+            "lora_outside_roots",
+            f'"{name}" is not a LoRA name: paths, "..", and absolute paths are refused',
+            "pick a LoRA from the list (files under ComfyUI's models/loras)",
+        )
     if not name.endswith(SUFFIX):
-        raise _problem("lora_not_safetensors", f'"{name}" is not a .safetensors file',
-                       "only safetensors LoRAs load (pickle files can run code): convert it to .safetensors")
+        raise _problem(
+            "lora_not_safetensors",
+            f'"{name}" is not a .safetensors file',
+            "only safetensors LoRAs load (pickle files can run code): convert it to .safetensors",
+        )
     for root in roots:
         candidate = root / name
         if not os.path.lexists(candidate):
@@ -84,14 +99,20 @@ def resolve_lora(name: str, roots: Iterable[Path]) -> Path:
         except FileProblem as exc:
             raise _problem(exc.code, f'"{name}": {exc}', exc.suggestion or "fix or remove that file") from None
         if not inside:
-            raise _problem("lora_outside_roots", f'"{name}" is a link that leaves the LoRA folder {root}',
-                           "copy the LoRA into the LoRA folder instead of linking it")
+            raise _problem(
+                "lora_outside_roots",
+                f'"{name}" is a link that leaves the LoRA folder {root}',
+                "copy the LoRA into the LoRA folder instead of linking it",
+            )
         if not candidate.is_file():
             raise _problem("lora_not_found", f'"{name}" under {root} is not a regular file', "pick a LoRA file")
         return candidate
     if not roots:
-        raise _problem("lora_not_found", f'no LoRA "{name}": no LoRA folders are configured',
-                       f"put LoRAs under ComfyUI's models/loras; on the command line pass --loras DIR or set {ENV_VAR}")
+        raise _problem(
+            "lora_not_found",
+            f'no LoRA "{name}": no LoRA folders are configured',
+            f"put LoRAs under ComfyUI's models/loras; on the command line pass --loras DIR or set {ENV_VAR}",
+        )
     where = ", ".join(str(r) for r in roots)
     raise _problem("lora_not_found", f'no LoRA "{name}" under {where}', did_you_mean(name, list_loras(roots)))
 
@@ -99,13 +120,21 @@ def resolve_lora(name: str, roots: Iterable[Path]) -> Path:
 def make_spec(name: str, roots: Iterable[Path], strength: float = 1.0, strength_text_encoder: float = 1.0) -> LoraSpec:
     path = resolve_lora(name, roots)
     for field_name, value in (("strength", strength), ("strength_text_encoder", strength_text_encoder)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not \
-                STRENGTH_RANGE[0] <= value <= STRENGTH_RANGE[1]:
-            raise _problem("lora_strength_invalid", f"{value!r} is not a strength",
-                           f"use a number from {STRENGTH_RANGE[0]:g} to {STRENGTH_RANGE[1]:g}", field_name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not STRENGTH_RANGE[0] <= value <= STRENGTH_RANGE[1]
+        ):
+            raise _problem(
+                "lora_strength_invalid",
+                f"{value!r} is not a strength",
+                f"use a number from {STRENGTH_RANGE[0]:g} to {STRENGTH_RANGE[1]:g}",
+                field_name,
+            )
     stat = path.stat()
-    return LoraSpec(name, str(path.resolve()), (stat.st_size, stat.st_mtime_ns), float(strength),
-                    float(strength_text_encoder))
+    return LoraSpec(
+        name, str(path.resolve()), (stat.st_size, stat.st_mtime_ns), float(strength), float(strength_text_encoder)
+    )
 
 
 # -- checking a file against a pipeline, before anything changes -----------------------------------
@@ -116,14 +145,19 @@ def _converted_state_dict(pipeline, spec: LoraSpec) -> dict:
     try:
         read_header(Path(spec.path))
     except (HeaderError, OSError) as exc:
-        raise _problem("lora_malformed", f'"{spec.name}" is not a readable safetensors file: {exc}',
-                       "re-download or re-save the LoRA") from None
+        raise _problem(
+            "lora_malformed",
+            f'"{spec.name}" is not a readable safetensors file: {exc}',
+            "re-download or re-save the LoRA",
+        ) from None
     try:
         out = type(pipeline).lora_state_dict(spec.path)
     except Exception as exc:  # a converter's own complaint: the layout is not one diffusers reads
-        raise _problem("lora_malformed", f'"{spec.name}" matches no LoRA layout diffusers reads '
-                       f"({type(exc).__name__}: {str(exc).strip()[:200]})",
-                       "use a LoRA in diffusers/peft, kohya or xlabs layout") from None
+        raise _problem(
+            "lora_malformed",
+            f'"{spec.name}" matches no LoRA layout diffusers reads ({type(exc).__name__}: {str(exc).strip()[:200]})',
+            "use a LoRA in diffusers/peft, kohya or xlabs layout",
+        ) from None
     state = out[0] if isinstance(out, tuple) else out
     from diffusers.utils import convert_unet_state_dict_to_peft
 
@@ -141,16 +175,23 @@ def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
     """{component: number of layers} the LoRA changes; raises a specific error for a file that is not
     a LoRA, or whose layers are not all in this pipeline (the first unmatched keys named)."""
     if not hasattr(type(pipeline), "load_lora_weights"):
-        raise _problem("lora_unsupported_pipeline", f"{type(pipeline).__name__} cannot take LoRAs in diffusers",
-                       "use a pipeline family with LoRA support (FLUX, SD3, SDXL, SD, Sana, …)", "pipeline")
+        raise _problem(
+            "lora_unsupported_pipeline",
+            f"{type(pipeline).__name__} cannot take LoRAs in diffusers",
+            "use a pipeline family with LoRA support (FLUX, SD3, SDXL, SD, Sana, …)",
+            "pipeline",
+        )
     state = _converted_state_dict(pipeline, spec)
     loadable = list(getattr(pipeline, "_lora_loadable_modules", ()))
     layers = {}
     for key in state:
         layer = _layer(key)
         if layer is None or "." not in layer:
-            raise _problem("lora_malformed", f'"{spec.name}" has tensor "{key}", which is not a LoRA weight',
-                           "use a LoRA file (lora_A/lora_B or lora_down/lora_up tensors)")
+            raise _problem(
+                "lora_malformed",
+                f'"{spec.name}" has tensor "{key}", which is not a LoRA weight',
+                "use a LoRA file (lora_A/lora_B or lora_down/lora_up tensors)",
+            )
         layers.setdefault(layer, key)
     if not layers:
         raise _problem("lora_malformed", f'"{spec.name}" holds no LoRA tensors', "use a LoRA file")
@@ -170,10 +211,13 @@ def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
     if unmatched:
         first = ", ".join(f'"{k}"' for k in unmatched[:3])
         prefixes = sorted({k.split(".")[0] for k in unmatched})
-        raise _problem("lora_mismatch", f'"{spec.name}" does not fit {type(pipeline).__name__}: {len(unmatched)} of '
-                       f"{len(layers)} layers are not in this pipeline (first: {first}; the file targets "
-                       f"{', '.join(prefixes)})",
-                       "use a LoRA trained for this model family and size")
+        raise _problem(
+            "lora_mismatch",
+            f'"{spec.name}" does not fit {type(pipeline).__name__}: {len(unmatched)} of '
+            f"{len(layers)} layers are not in this pipeline (first: {first}; the file targets "
+            f"{', '.join(prefixes)})",
+            "use a LoRA trained for this model family and size",
+        )
     return found
 
 
@@ -189,15 +233,21 @@ def backend_problems(result, components: Iterable[str]) -> list[Problem]:
             candidates = [(catalogue.get_backend(row.spec.backend), row.spec.quant_type)]
         elif row.action == PREQUANTIZED:
             method = result.plan.model.components[name].prequantized
-            candidates = [(catalogue.get_backend(b), None) for b in catalogue.backend_names()
-                          if (catalogue.get_backend(b).quant_method or b) == method]
+            candidates = [
+                (catalogue.get_backend(b), None)
+                for b in catalogue.backend_names()
+                if (catalogue.get_backend(b).quant_method or b) == method
+            ]
         else:
             continue
         for backend, quant_type in candidates:
             why = backend.lora_support(quant_type, loaders) if backend is not None else None
             if why:
-                fix = (f'keep "{name}" unquantized through a Per-Component Map (component "{name}", no config)'
-                       if row.action != PREQUANTIZED else f'load "{name}" from an unquantized copy')
+                fix = (
+                    f'keep "{name}" unquantized through a Per-Component Map (component "{name}", no config)'
+                    if row.action != PREQUANTIZED
+                    else f'load "{name}" from an unquantized copy'
+                )
                 problems.append(Problem("lora_backend_unsupported", "lora_name", f'"{name}": {why}', fix, name))
                 break
     return problems
@@ -244,7 +294,7 @@ def load_adapter(result, spec: LoraSpec) -> None:
 def _evict(pipeline, keep: set[str]) -> None:
     loaded = _loaded(pipeline)
     surplus = len(loaded) - MAX_ADAPTERS
-    for name in [n for n in _recent if n in loaded and n not in keep][:max(surplus, 0)]:
+    for name in [n for n in _recent if n in loaded and n not in keep][: max(surplus, 0)]:
         pipeline.delete_adapters(name)
         _recent.remove(name)
 
@@ -252,8 +302,11 @@ def _evict(pipeline, keep: set[str]) -> None:
 def _weights(spec: LoraSpec, carried: dict[str, list[str]]) -> dict[str, float]:
     """Per-component strengths of the components that carry this adapter: text encoders get
     strength_text_encoder, the rest strength."""
-    return {c: (spec.strength_text_encoder if c.startswith("text_encoder") else spec.strength)
-            for c, names in carried.items() if spec.adapter_name in names}
+    return {
+        c: (spec.strength_text_encoder if c.startswith("text_encoder") else spec.strength)
+        for c, names in carried.items()
+        if spec.adapter_name in names
+    }
 
 
 def activate(result) -> None:

@@ -4,6 +4,7 @@
 an `AutoPlan` whose `spec` is the same `ComponentMap` a chain of Per-Component Maps produces, so
 it loads through the ordinary path; or raises `NothingFits` naming the smallest reachable peak.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ from .device import GIB, DeviceProfile, ProfileError, detect
 from .search import GOALS, OFFLOAD_ORDER, Peak, error_score, goal_key, peak, search, smallest, speed_of
 from .working import WorkingMemory, working_memory
 
-ESTIMATE_NOTE = ("Peak = weights on the device + the denoiser's activations or the VAE decode, whichever is larger; "
-                 "the working memory is an estimate per model family (resolver/data/measurements.json).")
+ESTIMATE_NOTE = (
+    "Peak = weights on the device + the denoiser's activations or the VAE decode, whichever is larger; "
+    "the working memory is an estimate per model family (resolver/data/measurements.json)."
+)
 
 
 class NothingFits(ValueError):
@@ -46,9 +49,13 @@ class AutoPlan:
 
     @property
     def spec(self) -> ComponentMap:
-        return ComponentMap.make({n: (BackendSpec.make(c.backend, c.quant_type, "auto", c.options_dict)
-                                      if c.backend else None)
-                                  for n, c in self.choices.items() if not c.prequantized})
+        return ComponentMap.make(
+            {
+                n: (BackendSpec.make(c.backend, c.quant_type, "auto", c.options_dict) if c.backend else None)
+                for n, c in self.choices.items()
+                if not c.prequantized
+            }
+        )
 
     @property
     def fits(self) -> bool:
@@ -56,33 +63,58 @@ class AutoPlan:
 
     def to_json(self) -> dict:
         """The command's --json shape (issue 12), plus what the editor shows."""
-        return {"components": {n: {"backend": c.backend, "quant_type": c.quant_type, "options": c.options_dict,
-                                   "predicted_bytes": c.bytes, "speed": c.speed, "error_proxy": c.error,
-                                   "unquantized_modules": list(c.kept_linears),
-                                   "role": self.roles.get(n), "why": self.reasons[n]}
-                               for n, c in self.choices.items()},
-                "offload": self.offload, "dtype": self.dtype, "predicted_peak_bytes": self.peak.total,
-                "predicted_resident_bytes": sum(c.bytes for c in self.choices.values()),
-                "working_bytes": self.peak.working, "budget_bytes": self.budget, "fits": self.fits,
-                "goal": self.goal, "device": self.profile.describe(), "working_memory": self.working.describe(),
-                "spec": self.spec.to_dict(), "rejected": self.rejected, "notes": self.notes,
-                "variant": self.model.variant}
+        return {
+            "components": {
+                n: {
+                    "backend": c.backend,
+                    "quant_type": c.quant_type,
+                    "options": c.options_dict,
+                    "predicted_bytes": c.bytes,
+                    "speed": c.speed,
+                    "error_proxy": c.error,
+                    "unquantized_modules": list(c.kept_linears),
+                    "role": self.roles.get(n),
+                    "why": self.reasons[n],
+                }
+                for n, c in self.choices.items()
+            },
+            "offload": self.offload,
+            "dtype": self.dtype,
+            "predicted_peak_bytes": self.peak.total,
+            "predicted_resident_bytes": sum(c.bytes for c in self.choices.values()),
+            "working_bytes": self.peak.working,
+            "budget_bytes": self.budget,
+            "fits": self.fits,
+            "goal": self.goal,
+            "device": self.profile.describe(),
+            "working_memory": self.working.describe(),
+            "spec": self.spec.to_dict(),
+            "rejected": self.rejected,
+            "notes": self.notes,
+            "variant": self.model.variant,
+        }
 
     def table(self) -> str:
         def gib(b):
             return f"{b / GIB:.2f}"
 
-        lines = [(f"Auto plan for {self.model.folder.name} on {self.profile.name} — goal {self.goal}, budget "
-                  f"{gib(self.budget)} GiB, load dtype {self.dtype}, offload {self.offload}"
-                  + (f", weights from the {self.model.variant} files" if self.model.variant else "")),
-                 f"{'component':<16} {'choice':<34} {'GiB':>7} {'speed':>6} {'error':>7}  why"]
+        lines = [
+            (
+                f"Auto plan for {self.model.folder.name} on {self.profile.name} — goal {self.goal}, budget "
+                f"{gib(self.budget)} GiB, load dtype {self.dtype}, offload {self.offload}"
+                + (f", weights from the {self.model.variant} files" if self.model.variant else "")
+            ),
+            f"{'component':<16} {'choice':<34} {'GiB':>7} {'speed':>6} {'error':>7}  why",
+        ]
         for n, c in self.choices.items():
             speed = "—" if self.roles.get(n) != DENOISER else ("?" if c.speed is None else f"{c.speed:.2f}")
             err = "?" if c.error is None else f"{c.error:.3f}"
             lines.append(f"{n:<16} {c.label:<34} {gib(c.bytes):>7} {speed:>6} {err:>7}  {self.reasons[n]}")
-        lines.append(f"predicted peak {gib(self.peak.total)} GiB of {gib(self.budget)} GiB "
-                     f"(weights {gib(self.peak.resident)} + working {gib(self.peak.working)}, on the device: "
-                     f"{self.peak.where}) — an estimate")
+        lines.append(
+            f"predicted peak {gib(self.peak.total)} GiB of {gib(self.budget)} GiB "
+            f"(weights {gib(self.peak.resident)} + working {gib(self.peak.working)}, on the device: "
+            f"{self.peak.where}) — an estimate"
+        )
         lines += [f"note: {n}" for n in self.notes]
         if self.rejected:
             lines.append(f"rejected ({len(self.rejected)}):")
@@ -105,8 +137,10 @@ def _offload_problem(backend_name: str, quant_type: str, mode: str) -> str | Non
     if backend.quant_type(quant_type).needs_cuda:
         return f"{backend.name} {quant_type} is quantized on the GPU and cannot be offloaded to the CPU"
     if mode == "sequential" and not getattr(backend, "sequential_offload", True):
-        return (f"sequential CPU offload fails with {getattr(backend, 'family_name', backend.label)} "
-                f"(\"{getattr(backend, 'sequential_offload_error', '')}\")")
+        return (
+            f"sequential CPU offload fails with {getattr(backend, 'family_name', backend.label)} "
+            f'("{getattr(backend, "sequential_offload_error", "")}")'
+        )
     return None
 
 
@@ -114,15 +148,28 @@ def _budget_problem(message: str, suggestion: str) -> ValidationError:
     return ValidationError([Problem("budget_invalid", "budget_gb", message, suggestion)])
 
 
-def auto_plan(model: ModelInfo, profile: DeviceProfile, budget_bytes: int | None = None, goal: str = "balanced", *,
-              width: int = 1024, height: int = 1024, batch_size: int = 1, allow_offload: bool = True,
-              variant: str | None = None) -> AutoPlan:
+def auto_plan(
+    model: ModelInfo,
+    profile: DeviceProfile,
+    budget_bytes: int | None = None,
+    goal: str = "balanced",
+    *,
+    width: int = 1024,
+    height: int = 1024,
+    batch_size: int = 1,
+    allow_offload: bool = True,
+    variant: str | None = None,
+) -> AutoPlan:
     if goal not in GOALS:
-        raise ValidationError([Problem("goal_unknown", "goal", f'unknown goal "{goal}"', "one of: " + ", ".join(GOALS))])
+        raise ValidationError(
+            [Problem("goal_unknown", "goal", f'unknown goal "{goal}"', "one of: " + ", ".join(GOALS))]
+        )
     budget = profile.default_budget() if not budget_bytes else int(budget_bytes)
     if budget <= 0:
-        raise _budget_problem(f"the budget is {budget / GIB:.2f} GiB: nothing can fit",
-                              "give a budget in GiB, or free memory on the device")
+        raise _budget_problem(
+            f"the budget is {budget / GIB:.2f} GiB: nothing can fit",
+            "give a budget in GiB, or free memory on the device",
+        )
     dtype = load_dtype_for(profile)
     role = roles(model)
     configs = {r: model.components[n].config_dict for n, r in role.items()}
@@ -170,15 +217,22 @@ def _why(plan: AutoPlan, c: Choice) -> str:
     if c.prequantized:
         return "saved quantized: loads as it is"
     gen = measured.generation(plan.profile.compute_capability)
-    speed = "" if role != DENOISER else (f", speed {c.speed:.2f}x bf16 on {gen}" if c.speed is not None
-                                         else f", speed on {gen} not measured")
+    speed = (
+        ""
+        if role != DENOISER
+        else (f", speed {c.speed:.2f}x bf16 on {gen}" if c.speed is not None else f", speed on {gen} not measured")
+    )
     err = "" if c.error is None else f", error {c.error:.3f}"
     if c.backend is None:
         if role == VAE:
             return f"kept in {plan.dtype}: the VAE is the component quantization hurts most"
         return f"kept in {plan.dtype}: fits the budget without quantization"
-    what = {"quality": "least error that fits", "speed": "fastest that fits", "smallest": "smallest footprint",
-            "balanced": "best balance of error and speed that fits"}[plan.goal]
+    what = {
+        "quality": "least error that fits",
+        "speed": "fastest that fits",
+        "smallest": "smallest footprint",
+        "balanced": "best balance of error and speed that fits",
+    }[plan.goal]
     if plan.goal in ("quality", "balanced") and role != DENOISER:
         what = "needed to fit: the budget cannot hold it unquantized" if plan.goal == "quality" else what
     unknown = " (error not measured)" if c.error is None else ""
@@ -190,10 +244,15 @@ def _why(plan: AutoPlan, c: Choice) -> str:
 
 
 def _rejected(plan: AutoPlan, per, unavailable: list[Unavailable], incompatible, pool) -> list[dict]:
-    out = [{"component": u.component, "choice": f"{u.backend} {u.quant_type or ''}".strip(), "reason": u.reason}
-           for u in unavailable]
-    out += [{"component": c.component, "choice": c.label, "reason": f"{why} (offload {mode})"}
-            for mode, c, why in incompatible if mode == plan.offload]
+    out = [
+        {"component": u.component, "choice": f"{u.backend} {u.quant_type or ''}".strip(), "reason": u.reason}
+        for u in unavailable
+    ]
+    out += [
+        {"component": c.component, "choice": c.label, "reason": f"{why} (offload {mode})"}
+        for mode, c, why in incompatible
+        if mode == plan.offload
+    ]
     base = dict(plan.choices)
     for name, cs in per.items():
         chosen = base[name]
@@ -216,8 +275,10 @@ def _worse(plan: AutoPlan, combo, c: Choice, chosen: Choice) -> str:
     if plan.roles.get(c.component) == DENOISER:
         s_new, s_old = speed_of(combo, plan.roles), speed_of(tuple(plan.choices.values()), plan.roles)
         if s_new < s_old and plan.goal in ("speed", "balanced"):
-            return (f"slower ({'unmeasured' if c.speed is None else f'{c.speed:.2f}x'} vs "
-                    f"{'unmeasured' if chosen.speed is None else f'{chosen.speed:.2f}x'} bf16)")
+            return (
+                f"slower ({'unmeasured' if c.speed is None else f'{c.speed:.2f}x'} vs "
+                f"{'unmeasured' if chosen.speed is None else f'{chosen.speed:.2f}x'} bf16)"
+            )
     e_new, e_old = error_score(combo, plan.roles), error_score(tuple(plan.choices.values()), plan.roles)
     if e_new > e_old:
         if c.error is None:
@@ -231,16 +292,22 @@ def _worse(plan: AutoPlan, combo, c: Choice, chosen: Choice) -> str:
 def _notes(plan: AutoPlan, wm: WorkingMemory) -> list[str]:
     notes = [ESTIMATE_NOTE]
     if plan.offload != "none":
-        notes.append(f'set offload = "{plan.offload}" on Load Quantized Pipeline: nothing fits with every component '
-                     "on the device" + (" or with model offload" if plan.offload == "sequential" else ""))
+        notes.append(
+            f'set offload = "{plan.offload}" on Load Quantized Pipeline: nothing fits with every component '
+            "on the device" + (" or with model offload" if plan.offload == "sequential" else "")
+        )
     if wm.vae_decode > plan.peak.working or (plan.peak.working == wm.vae_decode and wm.vae_decode > wm.denoiser):
-        notes.append(f"the VAE decode ({wm.vae_decode / GIB:.2f} GiB) sets the peak: VAE tiling "
-                     f"(pipe.vae.enable_tiling()) would cut it to about {wm.vae_decode_tiled / GIB:.2f} GiB")
+        notes.append(
+            f"the VAE decode ({wm.vae_decode / GIB:.2f} GiB) sets the peak: VAE tiling "
+            f"(pipe.vae.enable_tiling()) would cut it to about {wm.vae_decode_tiled / GIB:.2f} GiB"
+        )
     unknown = [n for n, c in plan.choices.items() if c.backend and (c.speed is None and plan.roles.get(n) == DENOISER)]
     if unknown:
         gen = measured.generation(plan.profile.compute_capability)
-        notes.append(f"speed on {gen} not measured for {', '.join(plan.choices[n].label for n in unknown)}: "
-                     "ranked by error instead")
+        notes.append(
+            f"speed on {gen} not measured for {', '.join(plan.choices[n].label for n in unknown)}: "
+            "ranked by error instead"
+        )
     return notes
 
 
@@ -255,9 +322,11 @@ def _nothing_fits(per_mode, role, wm, budget, modes, allow_offload, profile, wid
         fixes.append(f"VAE tiling (smallest then {tiled.total / GIB:.2f} GiB)")
     if pk.working > 0:
         fixes.append(f"a lower resolution than {width}x{height} (working memory {pk.working / GIB:.2f} GiB of it)")
-    message = (f"no plan fits {budget / GIB:.2f} GiB: the smallest reachable peak is {pk.total / GIB:.2f} GiB "
-               f"(offload {mode}, weights {pk.resident / GIB:.2f} + working {pk.working / GIB:.2f} GiB). "
-               f"What would make it fit: {'; '.join(fixes)}")
+    message = (
+        f"no plan fits {budget / GIB:.2f} GiB: the smallest reachable peak is {pk.total / GIB:.2f} GiB "
+        f"(offload {mode}, weights {pk.resident / GIB:.2f} + working {pk.working / GIB:.2f} GiB). "
+        f"What would make it fit: {'; '.join(fixes)}"
+    )
     return NothingFits(message, pk.total, mode)
 
 

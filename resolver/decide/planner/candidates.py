@@ -1,5 +1,6 @@
 """Per component, every choice the catalogue offers, with its predicted bytes, speed and error,
 or the reason it is not available on the target device."""
+
 from __future__ import annotations
 
 import warnings
@@ -91,8 +92,9 @@ def deprecated(backend_name: str) -> bool:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            backend.build_config(DIFFUSERS, backend.quant_types[0].name, None,
-                                 {o.name: o.default for o in backend.options})
+            backend.build_config(
+                DIFFUSERS, backend.quant_types[0].name, None, {o.name: o.default for o in backend.options}
+            )
         except Exception:  # noqa: BLE001 - a config that cannot be built is judged elsewhere
             return False
     return any(issubclass(w.category, FutureWarning) and "deprecated" in str(w.message) for w in caught)
@@ -100,8 +102,11 @@ def deprecated(backend_name: str) -> bool:
 
 def _option_variants(backend, quant_type) -> list[dict]:
     """Option sets worth comparing (those the data file measured separately, e.g. double_quant)."""
-    rows = [r for r in measured.data().get("storage", [])
-            if r["backend"] == backend.name and r["quant_type"] == quant_type.name]
+    rows = [
+        r
+        for r in measured.data().get("storage", [])
+        if r["backend"] == backend.name and r["quant_type"] == quant_type.name
+    ]
     variants, seen = [], set()
     for r in rows:
         opts = {k: v for k, v in (r.get("options") or {}).items() if k in quant_type.options and backend.option(k)}
@@ -142,8 +147,9 @@ def _largest(info: ComponentInfo, dtype: str, quantized: frozenset, storage: dic
     return int(best)
 
 
-def component_choices(model: ModelInfo, name: str, profile: DeviceProfile, dtype: str,
-                      variant: str | None = None) -> tuple[list[Choice], list[Unavailable]]:
+def component_choices(
+    model: ModelInfo, name: str, profile: DeviceProfile, dtype: str, variant: str | None = None
+) -> tuple[list[Choice], list[Unavailable]]:
     """Every choice for one component on the profile's kind of device (cached: the budget, the
     free memory and the resolution do not change them)."""
     cs, un = _choices(model.components[name], profile.compute_capability, dtype, variant)
@@ -157,20 +163,40 @@ def _choices(info: ComponentInfo, cc: tuple[int, int] | None, dtype: str, varian
     gen = measured.generation(cc)
     if info.prequantized:
         est = component_estimate(info, PREQUANTIZED, dtype, dtype, variant=variant)
-        return (Choice(name, None, None, (), est["bytes_after"], est["bytes_after"], None, "", None,
-                       prequantized=True),), ()
+        return (
+            Choice(name, None, None, (), est["bytes_after"], est["bytes_after"], None, "", None, prequantized=True),
+        ), ()
     keep = component_estimate(info, KEEP, dtype, dtype, variant=variant)
-    choices = [Choice(name, None, None, (), keep["bytes_after"], _largest(info, dtype, frozenset(), None),
-                      1.0, "unquantized is the reference", 0.0)]
+    choices = [
+        Choice(
+            name,
+            None,
+            None,
+            (),
+            keep["bytes_after"],
+            _largest(info, dtype, frozenset(), None),
+            1.0,
+            "unquantized is the reference",
+            0.0,
+        )
+    ]
     unavailable: list[Unavailable] = []
     if is_autoencoder(info.class_name):
-        unavailable.append(Unavailable(name, "*", None, "the VAE stays in the load dtype: quantizing it saves little and "
-                                                        "hurts the decoded image most"))
+        unavailable.append(
+            Unavailable(
+                name,
+                "*",
+                None,
+                "the VAE stays in the load dtype: quantizing it saves little and hurts the decoded image most",
+            )
+        )
         return tuple(choices), tuple(unavailable)
     for backend_name in catalogue.backend_names():
         backend = catalogue.get_backend(backend_name)
         if backend.needs_file:
-            unavailable.append(Unavailable(name, backend.name, None, "needs a pre-quantized file: pick it on a Backend node"))
+            unavailable.append(
+                Unavailable(name, backend.name, None, "needs a pre-quantized file: pick it on a Backend node")
+            )
             continue
         for qt in backend.quant_types:
             reason = _unavailable_reason(backend, qt, info, profile, dtype)
@@ -183,8 +209,19 @@ def _choices(info: ComponentInfo, cc: tuple[int, int] | None, dtype: str, varian
                 error = measured.error_proxy(backend.name, qt.name, opts)
                 storage = storage_for(backend.name, qt.name, opts)
                 largest = _largest(info, dtype, quantized_params(info, backend.name, qt.name, opts), storage)
-                choices.append(Choice(name, backend.name, qt.name, tuple(sorted(opts.items())), est["bytes_after"],
-                                      largest, speed["speed"] if speed else None, speed["source"] if speed else "",
-                                      error["rel_rms_error"] if error else None, deprecated(backend.name),
-                                      kept_linears=tuple(est["unquantized_linears"])))
+                choices.append(
+                    Choice(
+                        name,
+                        backend.name,
+                        qt.name,
+                        tuple(sorted(opts.items())),
+                        est["bytes_after"],
+                        largest,
+                        speed["speed"] if speed else None,
+                        speed["source"] if speed else "",
+                        error["rel_rms_error"] if error else None,
+                        deprecated(backend.name),
+                        kept_linears=tuple(est["unquantized_linears"]),
+                    )
+                )
     return tuple(choices), tuple(unavailable)

@@ -1,10 +1,11 @@
 """The device a plan is made for: from torch when a GPU is there, or given, so that a plan for
 another GPU can be made on any machine."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-GIB = 1024 ** 3
+GIB = 1024**3
 MARGIN_FRACTION, MARGIN_MIN = 0.05, GIB // 2  # kept free for the CUDA context, allocator slack, ComfyUI
 
 
@@ -28,8 +29,12 @@ class DeviceProfile:
         return max(0, self.free_bytes - max(MARGIN_MIN, int(self.total_bytes * MARGIN_FRACTION)))
 
     def describe(self) -> dict:
-        return {"name": self.name, "total_gb": round(self.total_bytes / GIB, 2), "free_gb": round(self.free_bytes / GIB, 2),
-                "compute_capability": list(self.compute_capability) if self.compute_capability else None}
+        return {
+            "name": self.name,
+            "total_gb": round(self.total_bytes / GIB, 2),
+            "free_gb": round(self.free_bytes / GIB, 2),
+            "compute_capability": list(self.compute_capability) if self.compute_capability else None,
+        }
 
     @classmethod
     def from_dict(cls, data) -> DeviceProfile:
@@ -45,10 +50,14 @@ class DeviceProfile:
         except (TypeError, ValueError):
             raise ProfileError('device profile: "total_gb" and "free_gb" must be numbers (GiB)') from None
         if not (0 < total < 1e5) or not (0 <= free <= total):
-            raise ProfileError(f"device profile: need 0 < total_gb < 100000 and 0 <= free_gb <= total_gb, got {total}, {free}")
+            raise ProfileError(
+                f"device profile: need 0 < total_gb < 100000 and 0 <= free_gb <= total_gb, got {total}, {free}"
+            )
         cc = data.get("compute_capability")
         if cc is not None:
-            if not (isinstance(cc, (list, tuple)) and len(cc) == 2 and all(isinstance(v, int) and 0 <= v < 100 for v in cc)):
+            if not (
+                isinstance(cc, (list, tuple)) and len(cc) == 2 and all(isinstance(v, int) and 0 <= v < 100 for v in cc)
+            ):
                 raise ProfileError('device profile: "compute_capability" must be [major, minor] or null (CPU)')
             cc = (cc[0], cc[1])
         return cls(name, int(total * GIB), int(free * GIB), cc)
@@ -61,8 +70,9 @@ def detect(device: str = "cuda") -> DeviceProfile:
     if torch.cuda.is_available() and device.startswith("cuda"):
         index = torch.device(device).index or 0
         free, total = torch.cuda.mem_get_info(index)
-        return DeviceProfile(torch.cuda.get_device_name(index), int(total), int(free),
-                             tuple(torch.cuda.get_device_capability(index)))
+        return DeviceProfile(
+            torch.cuda.get_device_name(index), int(total), int(free), tuple(torch.cuda.get_device_capability(index))
+        )
     total = free = 0
     try:
         with open("/proc/meminfo") as f:

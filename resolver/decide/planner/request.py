@@ -1,4 +1,5 @@
 """The planner's inputs as the node, the route and the command give them: checked, then planned."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,17 +24,35 @@ def _bad(field: str, message: str, suggestion: str) -> ValidationError:
 def check_inputs(budget_gb, goal, width, height, batch_size) -> list[Problem]:
     problems = []
     if isinstance(budget_gb, bool) or not isinstance(budget_gb, (int, float)) or not 0 <= budget_gb <= MAX_BUDGET_GB:
-        problems.append(Problem("budget_invalid", "budget_gb", f"{budget_gb!r:.40} is not a budget in GiB",
-                                f"a number from 0 (detect the device's free memory) to {MAX_BUDGET_GB}"))
+        problems.append(
+            Problem(
+                "budget_invalid",
+                "budget_gb",
+                f"{budget_gb!r:.40} is not a budget in GiB",
+                f"a number from 0 (detect the device's free memory) to {MAX_BUDGET_GB}",
+            )
+        )
     if goal not in GOALS:
         problems.append(Problem("goal_unknown", "goal", f"{goal!r:.40} is not a goal", "one of: " + ", ".join(GOALS)))
     for field, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int) or not SIDE[0] <= value <= SIDE[1] or value % 8:
-            problems.append(Problem(f"{field}_invalid", field, f"{value!r:.40} is not an image {field}",
-                                    f"a multiple of 8 from {SIDE[0]} to {SIDE[1]}"))
+            problems.append(
+                Problem(
+                    f"{field}_invalid",
+                    field,
+                    f"{value!r:.40} is not an image {field}",
+                    f"a multiple of 8 from {SIDE[0]} to {SIDE[1]}",
+                )
+            )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
-        problems.append(Problem("batch_size_invalid", "batch_size", f"{batch_size!r:.40} is not a batch size",
-                                f"a whole number from 1 to {MAX_BATCH}"))
+        problems.append(
+            Problem(
+                "batch_size_invalid",
+                "batch_size",
+                f"{batch_size!r:.40} is not a batch size",
+                f"a whole number from 1 to {MAX_BATCH}",
+            )
+        )
     return problems
 
 
@@ -41,13 +60,25 @@ def profile_from(data) -> DeviceProfile:
     try:
         return DeviceProfile.from_dict(data)
     except ProfileError as exc:
-        raise _bad("device_profile", str(exc), '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, '
-                                               '"compute_capability": [8, 9]}') from None
+        raise _bad(
+            "device_profile",
+            str(exc),
+            '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, "compute_capability": [8, 9]}',
+        ) from None
 
 
-def plan_for(folder: Path, *, budget_gb: float = 0, goal: str = "balanced", width: int = 1024, height: int = 1024,
-             batch_size: int = 1, allow_offload: bool = True, profile: DeviceProfile | None = None,
-             variant: str | None = None) -> AutoPlan:
+def plan_for(
+    folder: Path,
+    *,
+    budget_gb: float = 0,
+    goal: str = "balanced",
+    width: int = 1024,
+    height: int = 1024,
+    batch_size: int = 1,
+    allow_offload: bool = True,
+    profile: DeviceProfile | None = None,
+    variant: str | None = None,
+) -> AutoPlan:
     """Check the inputs, inspect the model (headers only; `variant`'s files where a component has
     them, as the Load node will read) and plan. Raises ValidationError for bad input, `NothingFits`
     when no plan fits."""
@@ -60,5 +91,14 @@ def plan_for(folder: Path, *, budget_gb: float = 0, goal: str = "balanced", widt
         raise ValidationError(wrong)
     profile = profile or detect()
     budget = int(budget_gb * GIB) if budget_gb else None
-    return auto_plan(model, profile, budget, goal, width=width, height=height, batch_size=batch_size,
-                     allow_offload=bool(allow_offload), variant=normalize_variant(variant))
+    return auto_plan(
+        model,
+        profile,
+        budget,
+        goal,
+        width=width,
+        height=height,
+        batch_size=batch_size,
+        allow_offload=bool(allow_offload),
+        variant=normalize_variant(variant),
+    )

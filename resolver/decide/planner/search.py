@@ -1,5 +1,6 @@
 """Pick the best per-component combination that fits: on the device first, then model offload,
 then sequential offload; a deprecated backend only when nothing else fits anywhere."""
+
 from __future__ import annotations
 
 import itertools
@@ -23,7 +24,9 @@ class Peak:
     where: str  # what is on the device at the peak
 
 
-def peak(combo: tuple[Choice, ...], roles: dict[str, str], offload: str, wm: WorkingMemory, tiled: bool = False) -> Peak:
+def peak(
+    combo: tuple[Choice, ...], roles: dict[str, str], offload: str, wm: WorkingMemory, tiled: bool = False
+) -> Peak:
     vae = wm.vae_decode_tiled if tiled else wm.vae_decode
 
     def work(c: Choice) -> int:
@@ -73,7 +76,13 @@ def _dominated(a: Choice, b: Choice, is_denoiser: bool) -> bool:
         sa = UNKNOWN_SPEED if a.speed is None else a.speed
         sb = UNKNOWN_SPEED if b.speed is None else b.speed
         axes_b_better.append(sb >= sa)
-        strictly = (b.bytes, b.largest_tensor, eb, b.deprecated, -sb) != (a.bytes, a.largest_tensor, ea, a.deprecated, -sa)
+        strictly = (b.bytes, b.largest_tensor, eb, b.deprecated, -sb) != (
+            a.bytes,
+            a.largest_tensor,
+            ea,
+            a.deprecated,
+            -sa,
+        )
     else:
         strictly = (b.bytes, b.largest_tensor, eb, b.deprecated) != (a.bytes, a.largest_tensor, ea, a.deprecated)
     return all(axes_b_better) and strictly
@@ -104,8 +113,9 @@ class Best:
     key: tuple
 
 
-def search(per_component: dict[str, list[Choice]], roles, goal: str, budget: int, wm: WorkingMemory,
-           modes=OFFLOAD_ORDER) -> Best | None:
+def search(
+    per_component: dict[str, list[Choice]], roles, goal: str, budget: int, wm: WorkingMemory, modes=OFFLOAD_ORDER
+) -> Best | None:
     names = list(per_component)
     pruned = {n: pareto(per_component[n], roles.get(n) == DENOISER) for n in names}
     for allow_deprecated in (False, True):
@@ -124,13 +134,16 @@ def search(per_component: dict[str, list[Choice]], roles, goal: str, budget: int
     return None
 
 
-def smallest(per_component: dict[str, list[Choice]], roles, wm: WorkingMemory, modes=OFFLOAD_ORDER,
-             tiled: bool = False) -> tuple[Peak, str]:
+def smallest(
+    per_component: dict[str, list[Choice]], roles, wm: WorkingMemory, modes=OFFLOAD_ORDER, tiled: bool = False
+) -> tuple[Peak, str]:
     """The smallest reachable peak and its offload mode (for the "nothing fits" message)."""
     best = None
     for mode in modes:
-        combo = tuple(min(cs, key=lambda c: c.bytes if mode != "sequential" else c.largest_tensor)
-                      for cs in per_component.values())
+        combo = tuple(
+            min(cs, key=lambda c: c.bytes if mode != "sequential" else c.largest_tensor)
+            for cs in per_component.values()
+        )
         pk = peak(combo, roles, mode, wm, tiled)
         if best is None or pk.total < best[0].total:
             best = (pk, mode)

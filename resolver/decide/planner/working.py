@@ -3,6 +3,7 @@
 An estimate, per model family, with its constants in the data file (``working_memory``) and their
 source named there. Families are matched by the pipeline class name's prefix.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,14 @@ class WorkingMemory:
     source: str
 
     def describe(self) -> dict:
-        return {"family": self.family, "denoiser_bytes": self.denoiser, "vae_decode_bytes": self.vae_decode,
-                "vae_decode_tiled_bytes": self.vae_decode_tiled, "source": self.source, "estimate": True}
+        return {
+            "family": self.family,
+            "denoiser_bytes": self.denoiser,
+            "vae_decode_bytes": self.vae_decode,
+            "vae_decode_tiled_bytes": self.vae_decode_tiled,
+            "source": self.source,
+            "estimate": True,
+        }
 
 
 def family_of(pipeline_class: str) -> str:
@@ -51,8 +58,14 @@ def _vae_channels(config: dict) -> int | None:
     return None
 
 
-def working_memory(pipeline_class: str, width: int, height: int, batch_size: int,
-                   denoiser_config: dict | None = None, vae_config: dict | None = None) -> WorkingMemory:
+def working_memory(
+    pipeline_class: str,
+    width: int,
+    height: int,
+    batch_size: int,
+    denoiser_config: dict | None = None,
+    vae_config: dict | None = None,
+) -> WorkingMemory:
     """The configs, where given, supply the widths (so a small model of a family is sized as itself);
     the data file supplies the family's factors and the widths no config states."""
     family = family_of(pipeline_class)

@@ -1,4 +1,5 @@
 """One module per backend; `..catalogue` lists them."""
+
 from .bitsandbytes import BNB_4BIT, BNB_8BIT
 from .gguf import GGUF_BACKEND
 from .quanto import QUANTO

@@ -11,6 +11,7 @@ New per-backend facts go here as a field with a safe default (documented on the 
 method with a default implementation that subclasses override, never as a branch on ``name``
 elsewhere.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -213,11 +214,14 @@ class Backend:
 
             quantizer = DiffusersAutoQuantizer.from_config(config, pre_quantized=False)
             keep = type(model)._keep_in_fp32_modules
-            keep = ([keep] if isinstance(keep, str) else list(keep)) if keep and quantizer.use_keep_in_fp32_modules \
-                else []
+            keep = (
+                ([keep] if isinstance(keep, str) else list(keep)) if keep and quantizer.use_keep_in_fp32_modules else []
+            )
             quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=keep)
             params = dict(model.named_parameters())
-            return {n for n in candidates if n in params and quantizer.check_if_quantized_param(model, params[n], n, {})}
+            return {
+                n for n in candidates if n in params and quantizer.check_if_quantized_param(model, params[n], n, {})
+            }
         from transformers.quantizers import AutoHfQuantizer
 
         quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
@@ -242,8 +246,17 @@ class Backend:
         (call `config_for`, which defaults them)."""
         raise NotImplementedError
 
-    def load_component(self, model_class: type, config, *, folder: Path, pipeline_folder: Path, name: str,
-                       file: Path | None = None, **kwargs):
+    def load_component(
+        self,
+        model_class: type,
+        config,
+        *,
+        folder: Path,
+        pipeline_folder: Path,
+        name: str,
+        file: Path | None = None,
+        **kwargs,
+    ):
         """Load component `name` quantized with `config` (from `build_config`). `folder` is its
         folder in `pipeline_folder`; `file` the weights file of a `needs_file` backend; `kwargs`
         are `from_pretrained` arguments (dtype, use_safetensors, low_cpu_mem_usage, device_map)."""
@@ -268,5 +281,5 @@ MODULES_TO_NOT_CONVERT = Option(
     "modules_to_not_convert",
     "str_list",
     [],
-    "Module names (or name fragments) to leave unquantized, e.g. [\"proj_out\", \"norm_out\"].",
+    'Module names (or name fragments) to leave unquantized, e.g. ["proj_out", "norm_out"].',
 )

@@ -1,4 +1,5 @@
 """bitsandbytes 4-bit (nf4/fp4) and 8-bit (LLM.int8) backends."""
+
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,12 @@ DOUBLE_QUANT = Option(
     "double_quant", "bool", False, "Quantize the quantization constants too (saves ~0.4 bits per weight)."
 )
 THRESHOLD = Option(
-    "llm_int8_threshold", "float", 6.0, "Outlier threshold of LLM.int8; larger keeps fewer columns in fp16.", min=0.0, max=100.0
+    "llm_int8_threshold",
+    "float",
+    6.0,
+    "Outlier threshold of LLM.int8; larger keeps fewer columns in fp16.",
+    min=0.0,
+    max=100.0,
 )
 
 
@@ -29,9 +35,16 @@ def _diffusers_bnb_runs_here(backend_name: str, config) -> bool:
 
 
 # Both bitsandbytes backends: saved as quant_method "bitsandbytes", and sequential offload fails.
-_COMMON = dict(modules=("bitsandbytes",), pip="pip install bitsandbytes", family="bitsandbytes",
-               quant_method="bitsandbytes", savable=("diffusers", "transformers"), sequential_offload=False,
-               sequential_offload_error="Cannot copy out of meta tensor", gpu_only_libraries=(DIFFUSERS,))
+_COMMON = dict(
+    modules=("bitsandbytes",),
+    pip="pip install bitsandbytes",
+    family="bitsandbytes",
+    quant_method="bitsandbytes",
+    savable=("diffusers", "transformers"),
+    sequential_offload=False,
+    sequential_offload_error="Cannot copy out of meta tensor",
+    gpu_only_libraries=(DIFFUSERS,),
+)
 
 
 @dataclass(frozen=True)
@@ -71,10 +84,22 @@ BNB_4BIT = BitsAndBytes4Bit(
     name="bitsandbytes_4bit",
     label="bitsandbytes 4-bit",
     quant_types=(
-        QuantType("nf4", "NF4 (4-bit NormalFloat)", 4, ("double_quant", "modules_to_not_convert"),
-                  scale_bytes_per_weight=4 / 64, help="Best 4-bit quality for normally distributed weights."),
-        QuantType("fp4", "FP4 (4-bit float)", 4, ("double_quant", "modules_to_not_convert"),
-                  scale_bytes_per_weight=4 / 64, help="4-bit floating point; nf4 usually keeps more quality."),
+        QuantType(
+            "nf4",
+            "NF4 (4-bit NormalFloat)",
+            4,
+            ("double_quant", "modules_to_not_convert"),
+            scale_bytes_per_weight=4 / 64,
+            help="Best 4-bit quality for normally distributed weights.",
+        ),
+        QuantType(
+            "fp4",
+            "FP4 (4-bit float)",
+            4,
+            ("double_quant", "modules_to_not_convert"),
+            scale_bytes_per_weight=4 / 64,
+            help="4-bit floating point; nf4 usually keeps more quality.",
+        ),
     ),
     options=(DOUBLE_QUANT, MODULES_TO_NOT_CONVERT),
     config_compute_dtype=True,
@@ -86,8 +111,14 @@ BNB_8BIT = BitsAndBytes8Bit(
     name="bitsandbytes_8bit",
     label="bitsandbytes 8-bit",
     quant_types=(
-        QuantType("int8", "LLM.int8 (8-bit)", 8, ("llm_int8_threshold", "modules_to_not_convert"),
-                  scale_bytes_per_weight=0.0, help="8-bit weights with fp16 outlier columns."),
+        QuantType(
+            "int8",
+            "LLM.int8 (8-bit)",
+            8,
+            ("llm_int8_threshold", "modules_to_not_convert"),
+            scale_bytes_per_weight=0.0,
+            help="8-bit weights with fp16 outlier columns.",
+        ),
     ),
     options=(THRESHOLD, MODULES_TO_NOT_CONVERT),
     **_COMMON,

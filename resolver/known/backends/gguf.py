@@ -4,6 +4,7 @@ GGUF cannot go through `PipelineQuantizationConfig` (diffusers fails to serialis
 component loads with `<ModelClass>.from_single_file(file, config=<pipeline>, subfolder=<name>)`
 and the loader hands the model to the pipeline's `from_pretrained` (DESIGN.md).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,11 +22,18 @@ class GGUF(Backend):
 
         return read_gguf(path)
 
-    def load_component(self, model_class, config, *, folder, pipeline_folder, name, file=None, dtype=None,
-                       local_files_only=True, **_):
+    def load_component(
+        self, model_class, config, *, folder, pipeline_folder, name, file=None, dtype=None, local_files_only=True, **_
+    ):
         # from_pretrained's other arguments do not apply: the weights come from the file alone.
-        return model_class.from_single_file(str(file), quantization_config=config, config=str(pipeline_folder),
-                                            subfolder=name, dtype=dtype, local_files_only=local_files_only)
+        return model_class.from_single_file(
+            str(file),
+            quantization_config=config,
+            config=str(pipeline_folder),
+            subfolder=name,
+            dtype=dtype,
+            local_files_only=local_files_only,
+        )
 
 
 GGUF_BACKEND = GGUF(
@@ -34,8 +42,12 @@ GGUF_BACKEND = GGUF(
     modules=("gguf",),
     pip="pip install gguf",
     quant_types=(
-        QuantType("from_file", "as stored in the file (Q8_0, Q4_0, Q4_K, …)", 4.5,
-                  help="The quantization is whatever the .gguf file holds."),
+        QuantType(
+            "from_file",
+            "as stored in the file (Q8_0, Q4_0, Q4_K, …)",
+            4.5,
+            help="The quantization is whatever the .gguf file holds.",
+        ),
     ),
     options=(),
     libraries=(DIFFUSERS,),  # transformers dequantizes GGUF text encoders on load: no memory saved

@@ -1,4 +1,5 @@
 """optimum-quanto backend. diffusers calls the weight type `weights_dtype`, transformers `weights`."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +14,10 @@ from .base import DIFFUSERS, MODULES_TO_NOT_CONVERT, Backend, QuantType, module_
 # Packed int4/int2 weights are unpacked on CPU by quanto's C++ extension, which
 # torch.utils.cpp_extension builds on first use (about 5 minutes here, with a C++ compiler and ninja).
 PACKED = ("int4", "int2")
-BUILD_NOTE = ("optimum-quanto builds its C++ extension on first use on CPU (about 5 minutes, progress stays at 0 "
-              "meanwhile; needs a C++ compiler and ninja)")
+BUILD_NOTE = (
+    "optimum-quanto builds its C++ extension on first use on CPU (about 5 minutes, progress stays at 0 "
+    "meanwhile; needs a C++ compiler and ninja)"
+)
 
 
 def _cpp_build_dir() -> Path | None:
@@ -67,11 +70,16 @@ class Quanto(Backend):
         missing = missing_build_tools()
         if not missing:
             return []
-        return [Problem("needs_compiler", "quant_type",
-                        f"quanto {quant_type} on CPU needs optimum-quanto's C++ extension, built on first use, and "
-                        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not found on this server",
-                        "install a C++ compiler and ninja (e.g. apt-get install g++ ninja-build), or use quanto int8 "
-                        "or torchao int8_weight_only on CPU")]
+        return [
+            Problem(
+                "needs_compiler",
+                "quant_type",
+                f"quanto {quant_type} on CPU needs optimum-quanto's C++ extension, built on first use, and "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not found on this server",
+                "install a C++ compiler and ninja (e.g. apt-get install g++ ninja-build), or use quanto int8 "
+                "or torchao int8_weight_only on CPU",
+            )
+        ]
 
     def first_use_note(self, quant_type, device):
         return BUILD_NOTE if _needs_build(quant_type, device) else ""
@@ -91,8 +99,9 @@ class Quanto(Backend):
                 weight._data = data.clone()
 
 
-_PACKED_HELP = ("On CPU, optimum-quanto builds a C++ extension on first use (about 5 minutes; needs a C++ compiler "
-                "and ninja).")
+_PACKED_HELP = (
+    "On CPU, optimum-quanto builds a C++ extension on first use (about 5 minutes; needs a C++ compiler and ninja)."
+)
 
 QUANTO = Quanto(
     name="quanto",
@@ -100,14 +109,36 @@ QUANTO = Quanto(
     modules=("optimum.quanto",),
     pip="pip install optimum-quanto",
     quant_types=(
-        QuantType("int8", "int8", 8, ("modules_to_not_convert",),
-                  help="Half of bf16 memory; int8 weights, works on CPU and GPU."),
-        QuantType("int4", "int4", 4, ("modules_to_not_convert",), scale_bytes_per_weight=4 / 128,
-                  help="Quarter of bf16 memory, per-group scales. " + _PACKED_HELP),
-        QuantType("int2", "int2", 2, ("modules_to_not_convert",), scale_bytes_per_weight=4 / 128,
-                  help="An eighth of bf16 memory; visible quality loss. " + _PACKED_HELP),
-        QuantType("float8", "float8", 8, ("modules_to_not_convert",),
-                  help="Half of bf16 memory; float8 weights, slow to load (a 2x peak) and slow on CPU."),
+        QuantType(
+            "int8",
+            "int8",
+            8,
+            ("modules_to_not_convert",),
+            help="Half of bf16 memory; int8 weights, works on CPU and GPU.",
+        ),
+        QuantType(
+            "int4",
+            "int4",
+            4,
+            ("modules_to_not_convert",),
+            scale_bytes_per_weight=4 / 128,
+            help="Quarter of bf16 memory, per-group scales. " + _PACKED_HELP,
+        ),
+        QuantType(
+            "int2",
+            "int2",
+            2,
+            ("modules_to_not_convert",),
+            scale_bytes_per_weight=4 / 128,
+            help="An eighth of bf16 memory; visible quality loss. " + _PACKED_HELP,
+        ),
+        QuantType(
+            "float8",
+            "float8",
+            8,
+            ("modules_to_not_convert",),
+            help="Half of bf16 memory; float8 weights, slow to load (a 2x peak) and slow on CPU.",
+        ),
     ),
     options=(MODULES_TO_NOT_CONVERT,),
     savable=("diffusers",),  # quanto-quantized transformers models cannot be saved (DESIGN.md)
@@ -115,8 +146,8 @@ QUANTO = Quanto(
     # dict to expand LoRA shapes, and quanto stores it as `weight._data` (KeyError). UNet pipelines load.
     lora_refused_loaders=("FluxLoraLoaderMixin",),
     lora_note="diffusers' FLUX LoRA loader cannot read quanto weights; keep that component unquantized "
-              "or use bitsandbytes, torchao int8/float8 or GGUF for it",
+    "or use bitsandbytes, torchao int8/float8 or GGUF for it",
     help="Quanto weight quantization; works on CPU.",
     deprecated="diffusers 0.42 deprecates quanto (removed in diffusers 1.0); it still works here. "
-               "For new workflows use torchao (int8/float8) or SDNQ.",
+    "For new workflows use torchao (int8/float8) or SDNQ.",
 )

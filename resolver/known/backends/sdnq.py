@@ -4,18 +4,33 @@ Quantizes on the fly on CPU and GPU and saves. One config class serves both libr
 `SDNQConfig` is a factory returning `sdnq.SDNQConfig`, and transformers learns about SDNQ only
 when `sdnq` is imported (it registers its quantizer then), so the config is built after that import.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .base import DIFFUSERS, MODULES_TO_NOT_CONVERT, TRANSFORMERS, Backend, Option, QuantType, module_skip_list
 
-GROUP_SIZE = Option("group_size", "int", 0, "Weights per scale; 0 = SDNQ's choice (64 for 4-bit, 1024 for 8-bit "
-                    "Linear layers), -1 = one scale per row.", min=-1, max=4096)
-USE_SVD = Option("use_svd", "bool", False, "Keep a low-rank correction of the quantization error (SVDQuant): "
-                 "better quality, slower load.")
-QUANTIZED_MATMUL = Option("use_quantized_matmul", "bool", False, "Run the matmul in int8/fp8 instead of "
-                          "dequantizing the weights (faster on GPUs that support it).")
+GROUP_SIZE = Option(
+    "group_size",
+    "int",
+    0,
+    "Weights per scale; 0 = SDNQ's choice (64 for 4-bit, 1024 for 8-bit Linear layers), -1 = one scale per row.",
+    min=-1,
+    max=4096,
+)
+USE_SVD = Option(
+    "use_svd",
+    "bool",
+    False,
+    "Keep a low-rank correction of the quantization error (SVDQuant): better quality, slower load.",
+)
+QUANTIZED_MATMUL = Option(
+    "use_quantized_matmul",
+    "bool",
+    False,
+    "Run the matmul in int8/fp8 instead of dequantizing the weights (faster on GPUs that support it).",
+)
 OPTIONS = (MODULES_TO_NOT_CONVERT, GROUP_SIZE, USE_SVD, QUANTIZED_MATMUL)
 NAMES = tuple(o.name for o in OPTIONS)
 
@@ -39,10 +54,13 @@ class SDNQ(Backend):
     def build_config(self, library, quant_type, compute_dtype, options):
         import sdnq  # registers SDNQ's quantizer with transformers
 
-        return sdnq.SDNQConfig(weights_dtype=quant_type, group_size=int(options.get("group_size", 0)),
-                               use_svd=bool(options.get("use_svd", False)),
-                               use_quantized_matmul=bool(options.get("use_quantized_matmul", False)),
-                               modules_to_not_convert=module_skip_list(options))
+        return sdnq.SDNQConfig(
+            weights_dtype=quant_type,
+            group_size=int(options.get("group_size", 0)),
+            use_svd=bool(options.get("use_svd", False)),
+            use_quantized_matmul=bool(options.get("use_quantized_matmul", False)),
+            modules_to_not_convert=module_skip_list(options),
+        )
 
 
 SDNQ_BACKEND = SDNQ(
