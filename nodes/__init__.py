@@ -1,5 +1,5 @@
-"""The ComfyUI side: the node declarations (the work lives in ../resolver), the `comfy` shim of
-ComfyUI services (comfy.py) and the editor's HTTP routes (routes.py)."""
+"""The ComfyUI side: the node declarations (the work lives in ../resolver), the `host` shim of
+ComfyUI services (host.py) and the editor's HTTP routes (routes.py)."""
 
 from .auto_plan import PipeQuantAutoPlan
 from .backend import PipeQuantBackend

@@ -7,7 +7,7 @@ from ..resolver.decide.planner.request import check_inputs, plan_for
 from ..resolver.decide.planner.search import GOALS
 from ..resolver.files.roots import list_pipelines, resolve_model
 from ..resolver.problems import Problem, ValidationError
-from . import comfy
+from . import host
 from .backend import CONFIG_TYPE
 from .messages import raise_for, validation_result
 
@@ -38,7 +38,7 @@ class PipeQuantAutoPlan:
         return {
             "required": {
                 "model": (
-                    list_pipelines(comfy.model_roots()),
+                    list_pipelines(host.model_roots()),
                     {"tooltip": "The same pipeline folder as on Load Quantized Pipeline."},
                 ),
                 "budget_gb": (
@@ -89,14 +89,14 @@ class PipeQuantAutoPlan:
     def VALIDATE_INPUTS(cls, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
         problems = check_inputs(budget_gb, goal, width, height, batch_size)
         try:
-            resolve_model(model, comfy.model_roots())
+            resolve_model(model, host.model_roots())
         except ValidationError as exc:
             problems += exc.problems
         return validation_result(problems, AUTO_PLAN_NODE)
 
     def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
         try:
-            folder = resolve_model(model, comfy.model_roots())
+            folder = resolve_model(model, host.model_roots())
             result = plan_for(
                 folder,
                 budget_gb=budget_gb,

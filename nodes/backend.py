@@ -8,7 +8,7 @@ from ..resolver.files.roots import list_files
 from ..resolver.known import catalogue
 from ..resolver.known.catalogue_text import backend_tooltip
 from ..resolver.links.inputs import NO_FILE, spec_from_inputs
-from . import comfy
+from . import host
 from .messages import BACKEND_NODE, raise_for, validation_result
 
 CONFIG_TYPE = "PIPELINE_QUANT_CONFIG"
@@ -33,7 +33,7 @@ class PipeQuantBackend:
     def INPUT_TYPES(cls):
         backends = catalogue.backend_names()
         # A new node starts with what runs on this server (no bitsandbytes on a CPU-only one).
-        default_backend, default_quant = catalogue.default_choice(comfy.default_device())
+        default_backend, default_quant = catalogue.default_choice(host.default_device())
         return {
             "required": {
                 "backend": (backends, {"default": default_backend, "tooltip": backend_tooltip()}),
@@ -70,7 +70,7 @@ class PipeQuantBackend:
             },
             "optional": {
                 "gguf_file": (
-                    [NO_FILE] + list_files(comfy.gguf_roots()),
+                    [NO_FILE] + list_files(host.gguf_roots()),
                     {
                         "default": NO_FILE,
                         "tooltip": "For backend gguf: the .gguf file holding one diffusers model's "
@@ -85,7 +85,7 @@ class PipeQuantBackend:
     def VALIDATE_INPUTS(cls, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
         spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
         if spec is not None:
-            problems = validate(spec, gguf_roots=comfy.gguf_roots(), may_feed_map=True)
+            problems = validate(spec, gguf_roots=host.gguf_roots(), may_feed_map=True)
         return validation_result(problems, BACKEND_NODE)
 
     def build(self, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):

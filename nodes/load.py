@@ -13,7 +13,7 @@ from ..resolver.keep.load import load_plan
 from ..resolver.keep.pipeline import check_model, files_key, first_use_notes, plan_named
 from ..resolver.known.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.problems import ValidationError
-from . import comfy
+from . import host
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result
 
@@ -37,7 +37,7 @@ class PipeQuantLoadPipeline:
         return {
             "required": {
                 "model": (
-                    list_pipelines(comfy.model_roots()),
+                    list_pipelines(host.model_roots()),
                     {"tooltip": "A diffusers pipeline folder under ComfyUI's models/diffusers (or extra model paths)."},
                 ),
                 "dtype": (
@@ -115,7 +115,7 @@ class PipeQuantLoadPipeline:
     ):
         problems = check_model(
             model,
-            comfy.model_roots(),
+            host.model_roots(),
             dtype=dtype,
             device=device,
             offload=offload,
@@ -129,9 +129,9 @@ class PipeQuantLoadPipeline:
     def IS_CHANGED(cls, model, **kwargs):
         """Re-run when the pipeline's files change on disk (ComfyUI otherwise reuses the output)."""
         # ...and after ComfyUI unloaded this pipeline to free memory (the next run reloads it).
-        key = files_key(model, comfy.model_roots())
+        key = files_key(model, host.model_roots())
         try:
-            return f"{key}:{COMPONENT_CACHE.releases(resolve_model(model, comfy.model_roots()))}"
+            return f"{key}:{COMPONENT_CACHE.releases(resolve_model(model, host.model_roots()))}"
         except ValidationError:
             return key
 
@@ -155,10 +155,10 @@ class PipeQuantLoadPipeline:
             return plan_named(
                 model,
                 quantization,
-                roots=comfy.model_roots(),
-                gguf_roots=comfy.gguf_roots(),
+                roots=host.model_roots(),
+                gguf_roots=host.gguf_roots(),
                 dtype=dtype,
-                device=comfy.default_device() if device == "auto" else device,
+                device=host.default_device() if device == "auto" else device,
                 offload=offload,
                 allow_pickle=allow_pickle,
                 compile=compile,
@@ -180,11 +180,11 @@ class PipeQuantLoadPipeline:
         compile="none",
     ) -> tuple:
         plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
-        comfy.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
+        host.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
         for note in first_use_notes(plan):
-            comfy.progress_text(note)
-        progress = comfy.Progress(len(plan.modules()))
-        folder = comfy.disk_cache_folder() if disk_cache is not False else None
+            host.progress_text(note)
+        progress = host.Progress(len(plan.modules()))
+        folder = host.disk_cache_folder() if disk_cache is not False else None
         result = load_plan(
             plan,
             allow_pickle=allow_pickle is True,
@@ -192,13 +192,13 @@ class PipeQuantLoadPipeline:
             compile=compile,
             disk_cache=DiskCache(folder) if folder is not None else None,
         )
-        comfy.track_loaded(result)
+        host.track_loaded(result)
         return (result, result.table)
 
 
 def variant_choices() -> list[str]:
     """ "default" plus the variants the listed pipelines have (fp16, bf16, ...)."""
-    roots = comfy.model_roots()
+    roots = host.model_roots()
     folders = []
     for name in list_pipelines(roots):
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..resolver.keep.load import LoadResult
 from ..resolver.problems import ValidationError
 from ..resolver.run.lora import STRENGTH_RANGE, list_loras, load_adapter, make_spec, resolve_lora
-from . import comfy
+from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result
 
@@ -30,7 +30,7 @@ class PipeQuantLoRA:
         return {
             "required": {
                 "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline or another Apply LoRA."}),
-                "lora_name": (list_loras(comfy.lora_roots()), {"tooltip": "A LoRA file under ComfyUI's models/loras."}),
+                "lora_name": (list_loras(host.lora_roots()), {"tooltip": "A LoRA file under ComfyUI's models/loras."}),
                 "strength": (
                     "FLOAT",
                     {
@@ -59,7 +59,7 @@ class PipeQuantLoRA:
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name):
         try:
-            resolve_lora(lora_name, comfy.lora_roots())
+            resolve_lora(lora_name, host.lora_roots())
         except ValidationError as exc:
             return validation_result(exc.problems, LORA_NODE)
         return True
@@ -68,14 +68,14 @@ class PipeQuantLoRA:
     def IS_CHANGED(cls, lora_name, **kwargs):
         """Re-run when the LoRA file changes on disk."""
         try:
-            stat = resolve_lora(lora_name, comfy.lora_roots()).stat()
+            stat = resolve_lora(lora_name, host.lora_roots()).stat()
             return f"{stat.st_size}:{stat.st_mtime_ns}"
         except (ValidationError, OSError):
             return ""
 
     def apply(self, pipeline: LoadResult, lora_name, strength, strength_text_encoder=1.0):
         try:
-            spec = make_spec(lora_name, comfy.lora_roots(), strength, strength_text_encoder)
+            spec = make_spec(lora_name, host.lora_roots(), strength, strength_text_encoder)
             load_adapter(pipeline, spec)  # checked against the pipeline before anything changes
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, LORA_NODE)) from None

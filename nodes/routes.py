@@ -37,7 +37,7 @@ from ..resolver.links.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
 from ..resolver.problems import BACKEND, SPEC, Problem, ValidationError, errors
 from ..resolver.problems import MAP as MAP_PART
 from ..resolver.safe_files import json_depth
-from . import comfy
+from . import host
 
 PREFIX = "/pipequant"
 MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not from the editor
@@ -259,7 +259,7 @@ def _options(data: dict) -> dict:
         raise _shape("allow_pickle", '"allow_pickle" must be true or false')
     return {
         "dtype": _string(data, "dtype", "bfloat16"),
-        "device": comfy.default_device() if device == "auto" else device,
+        "device": host.default_device() if device == "auto" else device,
         "offload": _string(data, "offload", "none"),
         "allow_pickle": allow_pickle,
         "compile": _string(data, "compile", "none"),
@@ -274,11 +274,11 @@ def _check(data: dict):
     model, folder = None, None
     if name is not None:
         try:
-            folder = resolve_model(name, comfy.model_roots())
+            folder = resolve_model(name, host.model_roots())
             model = inspect_model(folder)
         except ValidationError as exc:
             reader.problems += [tagged(p, None) for p in exc.problems]
-    for p in validate(spec, model, gguf_roots=comfy.gguf_roots(), **options):
+    for p in validate(spec, model, gguf_roots=host.gguf_roots(), **options):
         node, field = reader.owner(p)
         reader.problems.append(tagged(p, node, field))
     result = {
@@ -308,7 +308,7 @@ def estimate(data: dict) -> dict:
             dtype=options["dtype"],
             device=options["device"],
             offload=options["offload"],
-            gguf_roots=comfy.gguf_roots(),
+            gguf_roots=host.gguf_roots(),
         )
         try:
             result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
@@ -339,7 +339,7 @@ def _saves(data: dict) -> list[tuple]:
 def _save_problems(saves, plan, reader) -> list[dict]:
     """The Save node's rules, before Run: its folder on the Save node; what cannot be saved on the
     Backend that quantizes it, and on the Save node too (that is where Run would fail)."""
-    roots = comfy.model_roots()
+    roots = host.model_roots()
     found = plan_problems(plan)
     out = []
     for node, folder_name in saves:
@@ -365,7 +365,7 @@ def auto_plan(data: dict) -> dict:
     if variant is not None:
         inputs["variant"] = variant
     try:
-        result = plan_for(resolve_model(name, comfy.model_roots()), **inputs)
+        result = plan_for(resolve_model(name, host.model_roots()), **inputs)
     except NothingFits as exc:
         return {"ok": False, "fits": False, "error": str(exc), "smallest_peak_bytes": exc.smallest_peak, "problems": []}
     except ValidationError as exc:
@@ -379,7 +379,7 @@ def auto_plan(data: dict) -> dict:
 
 
 def components(name: str) -> dict:
-    folder = resolve_model(name, comfy.model_roots())
+    folder = resolve_model(name, host.model_roots())
     return {"model": name, **inspect_model(folder).describe()}
 
 
@@ -430,7 +430,7 @@ def editor_catalogue() -> dict:
             for name, spec in entries.items()
             if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]
         }
-    device = comfy.default_device()
+    device = host.default_device()
     actions = {
         "quantize": QUANTIZE,
         "keep": KEEP,
@@ -438,7 +438,7 @@ def editor_catalogue() -> dict:
         "not_a_model": NOT_A_MODEL,
         **{b.name: b.name for b in catalogue.file_backends()},
     }  # a file backend's name is its action
-    refused = [{"name": name, "reason": why} for name, why in refused_pipelines(comfy.model_roots())]
+    refused = [{"name": name, "reason": why} for name, why in refused_pipelines(host.model_roots())]
     return {
         **catalogue.describe(),
         "editor": {
@@ -454,7 +454,7 @@ def editor_catalogue() -> dict:
 
 def log_refused_folders() -> list[tuple[str, str]]:
     """One log line per pipeline folder left out of the model list, and why (at startup)."""
-    refused = refused_pipelines(comfy.model_roots())
+    refused = refused_pipelines(host.model_roots())
     for name, why in refused:
         logging.getLogger("pipequant").warning("[PipeQuant] pipeline folder %r is not listed: %s", name, why)
     return refused

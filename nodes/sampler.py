@@ -6,7 +6,7 @@ from ..resolver.decide.limits import image_size_problems, prompt_problems
 from ..resolver.problems import ValidationError
 from ..resolver.run.lora import activate
 from ..resolver.run.sample import generate
-from . import comfy
+from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, raise_for, validation_result
 
@@ -123,13 +123,13 @@ class PipeQuantSampler:
             + image_size_problems(pipeline.plan.model, width, height),
             SAMPLER_NODE,
         )
-        progress = comfy.Progress(steps)
+        progress = host.Progress(steps)
 
         def on_step(step, total):
             progress.update(step, total)
-            comfy.check_interrupt()
+            host.check_interrupt()
 
-        comfy.check_interrupt()
+        host.check_interrupt()
         try:
             activate(pipeline)  # exactly the LoRA stack this pipeline object stands for
             images = generate(
@@ -147,7 +147,7 @@ class PipeQuantSampler:
                 image=image,
                 mask=mask,
                 denoise=denoise,
-                check_interrupt=comfy.check_interrupt,
+                check_interrupt=host.check_interrupt,
             )
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, SAMPLER_NODE)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..resolver.keep.save import describe_save, folder_problems, save
 from ..resolver.known.catalogue_text import save_summary
 from ..resolver.problems import ValidationError
-from . import comfy
+from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result
 
@@ -40,11 +40,11 @@ class PipeQuantSavePipeline:
     @classmethod
     def VALIDATE_INPUTS(cls, folder_name):
         """Before the run: a name that is taken in any model folder is refused now, not after quantizing."""
-        return validation_result(folder_problems(folder_name, comfy.folder_roots()), SAVE_NODE)
+        return validation_result(folder_problems(folder_name, host.folder_roots()), SAVE_NODE)
 
     def save(self, pipeline, folder_name):
         try:
-            dest = save(pipeline, folder_name, comfy.folder_roots())  # never the Hugging Face cache
+            dest = save(pipeline, folder_name, host.folder_roots())  # never the Hugging Face cache
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, SAVE_NODE)) from None
         return {"ui": {"text": [describe_save(pipeline, dest)]}}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from pipequant.nodes import comfy
+from pipequant.nodes import host
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.resolver import BackendSpec, ComponentCache
@@ -210,16 +210,16 @@ def test_cancel_stops_within_one_block_of_an_eager_step(tiny_flux):
         def press_cancel_during_first_block(module, args, output):
             ran.append(module)
             if len(ran) == 1:
-                comfy.request_interrupt()
+                host.request_interrupt()
 
         handles = [b.register_forward_hook(press_cancel_during_first_block) for b in blocks]
         try:
-            with pytest.raises(comfy.Interrupted):
+            with pytest.raises(host.Interrupted):
                 PipeQuantSampler().sample(result, "a fox", "", 4, 3.5, 32, 32, 0, 1, 16)
         finally:
             for h in handles:
                 h.remove()
-            comfy._interrupt.clear()
+            host._interrupt.clear()
     assert len(ran) == 1, "the block after the Cancel did not run"
 
 

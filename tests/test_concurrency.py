@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from pipequant.nodes import comfy, routes
+from pipequant.nodes import host, routes
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.resolver import COMPONENT_CACHE, BackendSpec, ComponentMap, plan_load
 from pipequant.resolver.keep.load import cache_key
@@ -133,7 +133,7 @@ def test_routes_during_a_load(env, monkeypatch):
                 midway.set()
                 assert go_on.wait(60), "the test never released the load"
 
-    monkeypatch.setattr(comfy, "Progress", HoldAfterFirstComponent)
+    monkeypatch.setattr(host, "Progress", HoldAfterFirstComponent)
     outcome: dict = {}
 
     def prompt_worker():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipequant.nodes import comfy
+from pipequant.nodes import host
 from pipequant.nodes.load import PipeQuantLoadPipeline
 from pipequant.resolver import BackendSpec
 from pipequant.runner.cli import main
@@ -138,7 +138,7 @@ def test_comfyui_gets_a_pipequant_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "folder_paths", fake)
     monkeypatch.delenv("PIPEQUANT_DISK_CACHE")
     try:
-        shim = importlib.reload(comfy)
+        shim = importlib.reload(host)
         assert shim.disk_cache_folder() == tmp_path / "models" / "pipequant_cache"
         assert shim.model_roots() == [tmp_path / "models" / "diffusers"]  # not a model root
         # extra_model_paths.yaml may have named it already: that wins over the default
@@ -149,5 +149,5 @@ def test_comfyui_gets_a_pipequant_cache_folder(monkeypatch, tmp_path):
         assert shim.disk_cache_folder() == tmp_path / "env"
     finally:
         monkeypatch.undo()
-        importlib.reload(comfy)
-    assert Path(comfy.disk_cache_folder() or "off") == Path("off")
+        importlib.reload(host)
+    assert Path(host.disk_cache_folder() or "off") == Path("off")

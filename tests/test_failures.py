@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from pipequant import testing as tiny
-from pipequant.nodes import comfy
+from pipequant.nodes import host
 from pipequant.nodes.sampler import PipeQuantSampler
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError, plan_load
 from pipequant.resolver.keep import load
@@ -426,7 +426,7 @@ def test_cache_keeps_only_the_newest_when_the_budget_is_tiny(tiny_flux):
 def _no_pending_interrupt():
     """An interrupt a failed test left pending must not stop another test's sampling."""
     yield
-    comfy._interrupt.clear()
+    host._interrupt.clear()
 
 
 @pytest.fixture(scope="module")
@@ -471,11 +471,11 @@ def _count_forwards(pipeline) -> tuple[list, object]:
 def test_interrupt_stops_within_one_step_and_the_pipeline_samples_again(loaded_flux, monkeypatch):
     with torch.inference_mode():
         (reference,) = PipeQuantSampler().sample(loaded_flux, **SAMPLE)
-    steps = _Steps(lambda step: comfy.request_interrupt() if step == 1 else None)
-    monkeypatch.setattr(comfy, "Progress", steps)
+    steps = _Steps(lambda step: host.request_interrupt() if step == 1 else None)
+    monkeypatch.setattr(host, "Progress", steps)
     calls, handle = _count_forwards(loaded_flux.pipeline)
     try:
-        with torch.inference_mode(), pytest.raises(comfy.Interrupted):
+        with torch.inference_mode(), pytest.raises(host.Interrupted):
             PipeQuantSampler().sample(loaded_flux, **SAMPLE)
         assert steps.seen == [1] and len(calls) == 1, "sampling went on after the interrupt"
         calls.clear()
@@ -515,8 +515,8 @@ def test_comfyui_interrupt_from_another_thread(loaded_flux, monkeypatch):
             t.join()
 
     steps = _Steps(server_interrupts)
-    monkeypatch.setattr(comfy, "model_management", mm)
-    monkeypatch.setattr(comfy, "Progress", steps)
+    monkeypatch.setattr(host, "model_management", mm)
+    monkeypatch.setattr(host, "Progress", steps)
     calls, handle = _count_forwards(loaded_flux.pipeline)
     try:
         with torch.inference_mode(), pytest.raises(InterruptProcessingException):

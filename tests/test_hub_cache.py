@@ -97,14 +97,14 @@ def test_where_the_cache_is_and_how_to_turn_it_off(monkeypatch, tmp_path):
 
 
 def test_saves_never_go_to_the_hub_cache(monkeypatch, hub, tmp_path):
-    from pipequant.nodes import comfy
+    from pipequant.nodes import host
 
     monkeypatch.setenv(ENV_VAR, str(hub))
     monkeypatch.setenv("PIPEQUANT_MODELS", str(tmp_path / "mine"))
-    assert comfy.folder_roots() == [tmp_path / "mine"]
-    assert comfy.model_roots() == [tmp_path / "mine", HubCacheRoot(hub)]
-    assert all(not isinstance(r, HubCacheRoot) for r in comfy.gguf_roots())
-    assert os.fspath(comfy.folder_roots()[0]) != os.fspath(hub)
+    assert host.folder_roots() == [tmp_path / "mine"]
+    assert host.model_roots() == [tmp_path / "mine", HubCacheRoot(hub)]
+    assert all(not isinstance(r, HubCacheRoot) for r in host.gguf_roots())
+    assert os.fspath(host.folder_roots()[0]) != os.fspath(hub)
 
 
 def test_a_linked_blobs_folder_is_refused(hub, tmp_path):
@@ -121,30 +121,30 @@ def test_a_linked_blobs_folder_is_refused(hub, tmp_path):
 
 
 def test_the_editor_setting_is_read_from_comfyuis_settings_file(monkeypatch, hub, tmp_path):
-    """The Settings dialog's switch (web/js/settings.js) as ComfyUI saves it: user/default/comfy.settings.json."""
+    """The Settings dialog's switch (web/js/settings.js) as ComfyUI saves it: user/default/host.settings.json."""
     import json
     import types
 
-    from pipequant.nodes import comfy
+    from pipequant.nodes import host
 
     web = (Path(__file__).resolve().parent.parent / "web" / "js" / "settings.js").read_text()
-    assert f'"{comfy.HUB_CACHE_SETTING}"' in web  # the editor registers the id the server reads
+    assert f'"{host.HUB_CACHE_SETTING}"' in web  # the editor registers the id the server reads
     user = tmp_path / "user"
     monkeypatch.setattr(
-        comfy,
+        host,
         "folder_paths",
         types.SimpleNamespace(get_user_directory=lambda: str(user), get_folder_paths=lambda kind: []),
     )
     monkeypatch.setenv(ENV_VAR, str(hub))
-    assert comfy.hub_cache_setting() and comfy.model_roots() == [HubCacheRoot(hub)]  # no settings saved yet
-    settings = user / "default" / comfy.SETTINGS_FILE
+    assert host.hub_cache_setting() and host.model_roots() == [HubCacheRoot(hub)]  # no settings saved yet
+    settings = user / "default" / host.SETTINGS_FILE
     settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps({"Comfy.Locale": "en", comfy.HUB_CACHE_SETTING: False}))
-    assert not comfy.hub_cache_setting() and comfy.model_roots() == []
-    settings.write_text(json.dumps({comfy.HUB_CACHE_SETTING: True}))
-    assert comfy.model_roots() == [HubCacheRoot(hub)]
+    settings.write_text(json.dumps({"Comfy.Locale": "en", host.HUB_CACHE_SETTING: False}))
+    assert not host.hub_cache_setting() and host.model_roots() == []
+    settings.write_text(json.dumps({host.HUB_CACHE_SETTING: True}))
+    assert host.model_roots() == [HubCacheRoot(hub)]
     settings.write_text("{not json")  # a broken file: the default (on), never an error in the node list
-    assert comfy.hub_cache_setting()
+    assert host.hub_cache_setting()
     monkeypatch.setenv(ENV_VAR, "off")  # the server's switch wins over the editor's
-    settings.write_text(json.dumps({comfy.HUB_CACHE_SETTING: True}))
-    assert comfy.model_roots() == []
+    settings.write_text(json.dumps({host.HUB_CACHE_SETTING: True}))
+    assert host.model_roots() == []

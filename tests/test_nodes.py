@@ -330,14 +330,14 @@ def test_gguf_combo_lists_only_files_the_gguf_backend_can_take(monkeypatch, tmp_
     """Text-encoder GGUFs are refused by the gguf backend (diffusers models only): not offered."""
     from types import SimpleNamespace
 
-    from pipequant.nodes import comfy
+    from pipequant.nodes import host
 
     folders = {kind: tmp_path / kind for kind in ("diffusion_models", "unet", "text_encoders", "diffusers")}
     for kind, folder in folders.items():
         folder.mkdir()
         (folder / f"{kind}-file.gguf").write_bytes(b"GGUF")
     monkeypatch.setattr(
-        comfy,
+        host,
         "folder_paths",
         SimpleNamespace(get_folder_paths=lambda kind: [str(folders[kind])] if kind in folders else []),
     )

@@ -159,9 +159,9 @@ def test_plan_json_shape_of_the_command(flux_dev, capsys):
 
 
 def test_route_validates_and_plans(flux_dev, monkeypatch):
-    from pipequant.nodes import comfy, routes
+    from pipequant.nodes import host, routes
 
-    monkeypatch.setattr(comfy, "model_roots", lambda: [flux_dev.parent])
+    monkeypatch.setattr(host, "model_roots", lambda: [flux_dev.parent])
     ok = routes.auto_plan({"model": flux_dev.name, "budget_gb": 24, "goal": "quality"})
     assert ok["ok"] is True and ok["predicted_peak_bytes"] <= 24 * GIB and "transformer" in ok["table"]
     bad = routes.auto_plan({"model": flux_dev.name, "budget_gb": "lots", "goal": "fastest", "width": 7})
