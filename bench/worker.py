@@ -60,7 +60,7 @@ def prelude(mode: str = "auto") -> dict:
             __import__(module)
         except ImportError:
             pass
-    import pipequant.resolver.keep.pipeline  # noqa: F401
+    import pipequant.resolver.decide.prepare  # noqa: F401
     import pipequant.resolver.keep.save  # noqa: F401
 
     # Progress bars and warnings off for both paths (PipeQuant turns the bars off itself).
@@ -96,12 +96,12 @@ def _sync(device: str) -> None:
 
 
 def _load(root, name: str, spec, dtype: str, device: str, meter=None):
-    """What the Load node runs (resolver.pipeline: find by name, validate + plan, load); with a
+    """What the Load node runs (decide.prepare: find by name, validate + plan; then load); with a
     `meter`, a phase mark when planning ends and after each component. Costs microseconds."""
+    from pipequant.resolver.decide.prepare import prepare
     from pipequant.resolver.keep.load import load_plan
-    from pipequant.resolver.keep.pipeline import plan_named
 
-    plan = plan_named(name, spec, roots=[Path(root)], dtype=dtype, device=device)
+    plan = prepare(name, spec, roots=[Path(root)], dtype=dtype, device=device).plan_or_raise()
     if meter is None:
         return load_plan(plan)
     meter.mark("validate+plan")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from ..resolver.constants import COMPILE_MODES, DEFAULT_DTYPE, LOAD_DTYPES
-from ..resolver.decide.estimate import estimate
+from ..resolver.decide.prepare import files_key, first_use_notes, prepare
 from ..resolver.files.roots import list_pipelines, resolve_model
 from ..resolver.files.variant import DEFAULT as DEFAULT_VARIANT
 from ..resolver.files.variant import choices
 from ..resolver.keep.cache import COMPONENT_CACHE
 from ..resolver.keep.disk_cache import DiskCache
 from ..resolver.keep.load import load_plan
-from ..resolver.keep.pipeline import check_model, files_key, first_use_notes, plan_named
 from ..resolver.known.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.problems import ValidationError
 from . import host
@@ -18,6 +17,16 @@ from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result
 
 PIPELINE_TYPE = "DIFFUSERS_PIPELINE"
+# The Load node's defaults, one home: its widgets and the editor's live checks (routes) read them.
+DEFAULTS = {
+    "dtype": DEFAULT_DTYPE,
+    "device": "auto",
+    "offload": "none",
+    "allow_pickle": False,
+    "variant": DEFAULT_VARIANT,
+    "disk_cache": True,
+    "compile": "none",
+}
 
 
 class PipeQuantLoadPipeline:
@@ -42,16 +51,16 @@ class PipeQuantLoadPipeline:
                 ),
                 "dtype": (
                     list(LOAD_DTYPES),
-                    {"default": DEFAULT_DTYPE, "tooltip": "dtype of the weights that are not quantized."},
+                    {"default": DEFAULTS["dtype"], "tooltip": "dtype of the weights that are not quantized."},
                 ),
                 "device": (
                     list(DEVICES),
-                    {"default": "auto", "tooltip": "auto = ComfyUI's GPU when there is one, else CPU."},
+                    {"default": DEFAULTS["device"], "tooltip": "auto = ComfyUI's GPU when there is one, else CPU."},
                 ),
                 "offload": (
                     list(OFFLOAD_MODES),
                     {
-                        "default": "none",
+                        "default": DEFAULTS["offload"],
                         "tooltip": "none: whole pipeline on the device. model: each model "
                         "moves to the GPU only while it runs. sequential: layer by "
                         "layer (least memory, slowest).",
@@ -69,7 +78,7 @@ class PipeQuantLoadPipeline:
                 "allow_pickle": (
                     "BOOLEAN",
                     {
-                        "default": False,
+                        "default": DEFAULTS["allow_pickle"],
                         "tooltip": "Also load components that only have pickle weights (.bin, "
                         ".pt). Pickle files can run arbitrary code when loaded: turn "
                         "this on only for files you trust. Off = safetensors only.",
@@ -78,7 +87,7 @@ class PipeQuantLoadPipeline:
                 "variant": (
                     variant_choices(),
                     {
-                        "default": DEFAULT_VARIANT,
+                        "default": DEFAULTS["variant"],
                         "tooltip": "Which weight files to read where the folder has "
                         "variants (model.fp16.safetensors: fp16). default = the "
                         "plain files; a component without the variant's files "
@@ -88,7 +97,7 @@ class PipeQuantLoadPipeline:
                 "disk_cache": (
                     "BOOLEAN",
                     {
-                        "default": True,
+                        "default": DEFAULTS["disk_cache"],
                         "tooltip": "Keep quantized components on disk (models/pipequant_cache) "
                         "and load them from there next time instead of quantizing "
                         "again. Off = quantize this load from the original files.",
@@ -97,7 +106,7 @@ class PipeQuantLoadPipeline:
                 "compile": (
                     list(COMPILE_MODES),
                     {
-                        "default": "none",
+                        "default": DEFAULTS["compile"],
                         "tooltip": "torch.compile the denoiser. regional: its repeated "
                         "blocks (fast to compile, as fast as full). full: the "
                         "whole model. It compiles on the first run (seconds to "
@@ -113,17 +122,18 @@ class PipeQuantLoadPipeline:
     def VALIDATE_INPUTS(
         cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT, compile="none"
     ):
-        problems = check_model(
+        prepared = prepare(
             model,
-            host.model_roots(),
+            roots=host.model_roots(),
             dtype=dtype,
             device=device,
             offload=offload,
             allow_pickle=allow_pickle,
             compile=compile,
             variant=variant,
+            plan=False,
         )
-        return validation_result(problems, LOAD_NODE)
+        return validation_result(prepared.problems, LOAD_NODE)
 
     @classmethod
     def IS_CHANGED(cls, model, **kwargs):
@@ -136,7 +146,12 @@ class PipeQuantLoadPipeline:
             return key
 
     @classmethod
-    def plan(
+    def plan(cls, *args, **kwargs):
+        """The validated plan (what the runner's `validate` passes downstream)."""
+        return cls.prepared(*args, **kwargs).plan
+
+    @classmethod
+    def prepared(
         cls,
         model,
         dtype,
@@ -150,20 +165,23 @@ class PipeQuantLoadPipeline:
     ):
         """Validate the whole plan, reading no weights; errors name the node and input at fault
         (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
-        (`_load_only`: inputs that matter only when loading)."""
+        (`_load_only`: inputs that matter only when loading). Returns `decide.prepare`'s result, whose
+        estimate the load reuses."""
+        prepared = prepare(
+            model,
+            quantization,
+            roots=host.model_roots(),
+            gguf_roots=host.gguf_roots(),
+            dtype=dtype,
+            device=host.default_device() if device == "auto" else device,
+            offload=offload,
+            allow_pickle=allow_pickle,
+            compile=compile,
+            variant=variant,
+        )
         try:
-            return plan_named(
-                model,
-                quantization,
-                roots=host.model_roots(),
-                gguf_roots=host.gguf_roots(),
-                dtype=dtype,
-                device=host.default_device() if device == "auto" else device,
-                offload=offload,
-                allow_pickle=allow_pickle,
-                compile=compile,
-                variant=variant,
-            )
+            prepared.plan_or_raise()
+            return prepared
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
 
@@ -179,8 +197,9 @@ class PipeQuantLoadPipeline:
         disk_cache=True,
         compile="none",
     ) -> tuple:
-        plan = self.plan(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
-        host.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"])
+        prepared = self.prepared(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
+        plan = prepared.plan
+        host.free_comfy_models(plan.device, prepared.estimate()["total"]["bytes_after"])
         for note in first_use_notes(plan):
             host.progress_text(note)
         progress = host.Progress(len(plan.modules()))

@@ -24,9 +24,7 @@ except ImportError:  # the headless runner and the CLI do not need aiohttp
     web = None
 
 from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from ..resolver.decide.estimate import estimate as estimate_plan
-from ..resolver.decide.plan import make_plan
-from ..resolver.decide.validate import validate
+from ..resolver.decide.prepare import prepare
 from ..resolver.files.inspect_model import inspect_model
 from ..resolver.files.roots import refused_pipelines, resolve_model
 from ..resolver.keep.save import folder_problems, plan_problems
@@ -38,6 +36,7 @@ from ..resolver.problems import BACKEND, SPEC, Problem, ValidationError, errors
 from ..resolver.problems import MAP as MAP_PART
 from ..resolver.safe_files import json_depth
 from . import host
+from .load import DEFAULTS as LOAD_DEFAULTS
 
 PREFIX = "/pipequant"
 MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not from the editor
@@ -252,33 +251,30 @@ def tagged(problem: Problem, node, field: str | None = None, part: str | None = 
 
 # -- the work, run off the event loop --------------------------------------------------------
 def _options(data: dict) -> dict:
-    """The Load node's own inputs, as its `load` turns them into resolver arguments."""
-    device = _string(data, "device", "auto")
-    allow_pickle = data.get("allow_pickle", False)
+    """The Load node's own inputs, as its `prepared` passes them to `decide.prepare` (its defaults
+    where the editor sent none)."""
+    device = _string(data, "device", LOAD_DEFAULTS["device"])
+    allow_pickle = data.get("allow_pickle", LOAD_DEFAULTS["allow_pickle"])
     if not isinstance(allow_pickle, bool):
         raise _shape("allow_pickle", '"allow_pickle" must be true or false')
     return {
-        "dtype": _string(data, "dtype", "bfloat16"),
+        "dtype": _string(data, "dtype", LOAD_DEFAULTS["dtype"]),
         "device": host.default_device() if device == "auto" else device,
-        "offload": _string(data, "offload", "none"),
+        "offload": _string(data, "offload", LOAD_DEFAULTS["offload"]),
         "allow_pickle": allow_pickle,
-        "compile": _string(data, "compile", "none"),
+        "compile": _string(data, "compile", LOAD_DEFAULTS["compile"]),
+        "variant": _string(data, "variant", LOAD_DEFAULTS["variant"]),
     }
 
 
-def _check(data: dict):
+def _check(data: dict, plan: bool = False):
+    """The Load node's verdict (`decide.prepare`, as the node reaches it), every problem tagged with
+    the node (and input) at fault."""
     reader = SpecReader()
     spec = reader.read(data.get("spec"))
     name = _string(data, "model", None)
-    options = _options(data)
-    model, folder = None, None
-    if name is not None:
-        try:
-            folder = resolve_model(name, host.model_roots())
-            model = inspect_model(folder)
-        except ValidationError as exc:
-            reader.problems += [tagged(p, None) for p in exc.problems]
-    for p in validate(spec, model, gguf_roots=host.gguf_roots(), **options):
+    prepared = prepare(name, spec, roots=host.model_roots(), gguf_roots=host.gguf_roots(), plan=plan, **_options(data))
+    for p in prepared.problems:
         node, field = reader.owner(p)
         reader.problems.append(tagged(p, node, field))
     result = {
@@ -287,7 +283,7 @@ def _check(data: dict):
         "problems": reader.problems,
         "ok": not any(p["severity"] == "error" for p in reader.problems),
     }
-    return result, spec, model, options, reader
+    return result, prepared, reader
 
 
 def check(data: dict) -> dict:
@@ -299,20 +295,13 @@ def estimate(data: dict) -> dict:
     """The plan's bytes per component before and after quantization (null while it has errors)."""
     if _string(data, "model", None) is None:
         raise _shape("model", 'an estimate needs "model"', "pick a pipeline on the Load node")
-    result, spec, model, options, spec_owner = _check(data)
+    result, prepared, spec_owner = _check(data, plan=True)
     result["estimate"] = None
-    if result["ok"] and model is not None:  # validated once, above
-        plan = make_plan(
-            spec,
-            model,
-            dtype=options["dtype"],
-            device=options["device"],
-            offload=options["offload"],
-            gguf_roots=host.gguf_roots(),
-        )
+    if result["ok"] and prepared.plan is not None:
+        plan = prepared.plan
         try:
-            result["estimate"] = {**estimate_plan(plan), "dtype": plan.dtype, "device": plan.device}
-        except ValidationError as exc:  # a config that cannot be built within bounds (resolver/meta_build.py)
+            result["estimate"] = {**prepared.estimate(), "dtype": plan.dtype, "device": plan.device}
+        except ValidationError as exc:  # a config that cannot be built within bounds (files/meta_build.py)
             result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
             result["ok"] = False
             return result

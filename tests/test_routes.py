@@ -337,16 +337,15 @@ def test_estimate_before_and_after(models):
 def test_estimate_validates_once(models, monkeypatch):
     import importlib
 
-    load_module = importlib.import_module("pipequant.resolver.keep.load")  # the module, not resolver.load()
+    prepare_module = importlib.import_module("pipequant.resolver.decide.prepare")  # every surface's one path
     calls = []
-    real = routes.validate
+    real = prepare_module.validate
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(routes, "validate", counting)
-    monkeypatch.setattr(load_module, "validate", counting)  # plan_load validates too
+    monkeypatch.setattr(prepare_module, "validate", counting)
     body = routes.estimate({"model": "tiny-flux", "spec": backend(components="transformer"), "device": "cpu"})
     assert body["ok"] and body["estimate"] is not None
     assert len(calls) == 1

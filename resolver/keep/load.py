@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..constants import COMPILE_MODES, DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED, denoiser_name
-from ..decide.plan import Plan, make_plan
-from ..decide.validate import validate
-from ..files.inspect_model import ComponentInfo, inspect_model
+from ..decide.plan import Plan
+from ..decide.prepare import prepare
+from ..files.inspect_model import ComponentInfo
 from ..files.roots import INDEX
-from ..files.variant import problems as variant_problems
 from ..known import catalogue
-from ..problems import Problem, ValidationError, errors
+from ..problems import Problem, ValidationError
 from ..run.blocks import install_interrupt_hooks
 from ..run.compile import CompileState, compile_component
 from ..run.context import diffusers_context
@@ -145,27 +144,20 @@ def plan_load(
     compile: str = "none",
     variant: str | None = None,
 ) -> Plan:
-    """Inspect + validate + plan; raises ValidationError with every problem. Reads no weights.
-    Warnings (a slow plan) become the plan's notes. `variant` ("fp16"): the weight variant to read
-    where a component has it."""
-    model = inspect_model(model_dir, variant=variant)
-    problems = variant_problems(model, variant) + validate(
+    """Inspect + validate + plan (`decide.prepare`); raises ValidationError with every problem.
+    Reads no weights. Warnings (a slow plan) become the plan's notes. `variant` ("fp16"): the
+    weight variant to read where a component has it."""
+    return prepare(
+        model_dir,
         spec,
-        model,
         dtype=dtype,
         device=device,
         offload=offload,
         gguf_roots=gguf_roots,
         allow_pickle=allow_pickle,
         compile=compile,
-    )
-    found = errors(problems)
-    if found:
-        raise ValidationError(found)
-    plan = make_plan(spec, model, dtype=dtype, device=device, offload=offload, gguf_roots=gguf_roots)
-    plan.notes += [f"warning: {p}" for p in problems if p.severity == "warning"]
-    plan.variant = model.variant
-    return plan
+        variant=variant,
+    ).plan_or_raise()
 
 
 def load(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...files.inspect_model import inspect_model
 from ...files.variant import normalize as normalize_variant
-from ...files.variant import problems as variant_problems
-from ...problems import Problem, ValidationError
+from ...problems import Problem, ValidationError, errors
+from ..prepare import prepare
 from . import AutoPlan, auto_plan
 from .device import GIB, DeviceProfile, ProfileError, detect
 from .search import GOALS
@@ -85,10 +84,10 @@ def plan_for(
     problems = check_inputs(budget_gb, goal, width, height, batch_size)
     if problems:
         raise ValidationError(problems)
-    model = inspect_model(folder, variant=variant)
-    wrong = variant_problems(model, variant)  # a variant no component has files for
-    if wrong:
-        raise ValidationError(wrong)
+    prepared = prepare(folder, variant=variant, plan=False)  # as the Load node checks it (a missing variant)
+    if not prepared.ok:
+        raise ValidationError(errors(prepared.problems))
+    model = prepared.model
     profile = profile or detect()
     budget = int(budget_gb * GIB) if budget_gb else None
     return auto_plan(
