@@ -10,24 +10,16 @@ from .report import PipeQuantMemoryReport
 from .sampler import PipeQuantSampler
 from .save import PipeQuantSavePipeline
 
-NODE_CLASS_MAPPINGS = {
-    "PipeQuantBackend": PipeQuantBackend,
-    "PipeQuantComponentMap": PipeQuantComponentMap,
-    "PipeQuantLoadPipeline": PipeQuantLoadPipeline,
-    "PipeQuantSampler": PipeQuantSampler,
-    "PipeQuantMemoryReport": PipeQuantMemoryReport,
-    "PipeQuantSavePipeline": PipeQuantSavePipeline,
-    "PipeQuantAutoPlan": PipeQuantAutoPlan,
-    "PipeQuantLoRA": PipeQuantLoRA,
-}
-
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "PipeQuantBackend": "Quantization Backend",
-    "PipeQuantComponentMap": "Per-Component Map",
-    "PipeQuantLoadPipeline": "Load Quantized Pipeline",
-    "PipeQuantSampler": "Quantized Pipeline Sampler",
-    "PipeQuantMemoryReport": "Pipeline Memory Report",
-    "PipeQuantSavePipeline": "Save Quantized Pipeline",
-    "PipeQuantAutoPlan": "Auto Quantization Plan",
-    "PipeQuantLoRA": "Apply LoRA",
-}
+NODES = (
+    PipeQuantBackend,
+    PipeQuantComponentMap,
+    PipeQuantLoadPipeline,
+    PipeQuantSampler,
+    PipeQuantMemoryReport,
+    PipeQuantSavePipeline,
+    PipeQuantAutoPlan,
+    PipeQuantLoRA,
+)
+# Node ids are the class names and are frozen: saved workflows name them.
+NODE_CLASS_MAPPINGS = {node.__name__: node for node in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {node.__name__: node.TITLE for node in NODES}

@@ -11,10 +11,9 @@ from . import host
 from .backend import CONFIG_TYPE
 from .messages import raise_for, validation_result
 
-AUTO_PLAN_NODE = "Auto Quantization Plan"
-
 
 class PipeQuantAutoPlan:
+    TITLE = "Auto Quantization Plan"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Choose each component's quantization so the pipeline fits your GPU (or a budget you give), for "
         "a goal: quality, balanced, speed or smallest. Connect `quant_map` to Load Quantized Pipeline like a "
@@ -92,7 +91,7 @@ class PipeQuantAutoPlan:
             resolve_model(model, host.model_roots())
         except ValidationError as exc:
             problems += exc.problems
-        return validation_result(problems, AUTO_PLAN_NODE)
+        return validation_result(problems, PipeQuantAutoPlan.TITLE)
 
     def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
         try:
@@ -107,8 +106,8 @@ class PipeQuantAutoPlan:
                 allow_offload=allow_offload,
             )
         except NothingFits as exc:
-            raise_for([Problem("nothing_fits", "budget_gb", str(exc), "")], AUTO_PLAN_NODE)
+            raise_for([Problem("nothing_fits", "budget_gb", str(exc), "")], PipeQuantAutoPlan.TITLE)
         except ValidationError as exc:
-            raise_for(exc.problems, AUTO_PLAN_NODE)
+            raise_for(exc.problems, PipeQuantAutoPlan.TITLE)
         table = result.table()
         return {"ui": {"text": [table]}, "result": (result.spec, table)}

@@ -9,7 +9,7 @@ from ..resolver.known import catalogue
 from ..resolver.known.catalogue_text import backend_tooltip
 from ..resolver.links.inputs import NO_FILE, spec_from_inputs
 from . import host
-from .messages import BACKEND_NODE, raise_for, validation_result
+from .messages import raise_for, validation_result
 
 CONFIG_TYPE = "PIPELINE_QUANT_CONFIG"
 
@@ -19,6 +19,7 @@ def quant_type_choices() -> list[str]:
 
 
 class PipeQuantBackend:
+    TITLE = "Quantization Backend"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Pick one quantization backend and its settings. Connect it to Load Quantized Pipeline to "
         "quantize every model component (or those listed), or to a Per-Component Map for one component."
@@ -86,9 +87,9 @@ class PipeQuantBackend:
         spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
         if spec is not None:
             problems = validate(spec, gguf_roots=host.gguf_roots(), may_feed_map=True)
-        return validation_result(problems, BACKEND_NODE)
+        return validation_result(problems, PipeQuantBackend.TITLE)
 
     def build(self, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
         spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
-        raise_for(problems, BACKEND_NODE)
+        raise_for(problems, PipeQuantBackend.TITLE)
         return (spec,)

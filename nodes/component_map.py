@@ -5,10 +5,11 @@ from __future__ import annotations
 from ..resolver.links.compose import chain, component_problems
 from ..resolver.problems import ValidationError
 from .backend import CONFIG_TYPE
-from .messages import MAP_NODE, raise_for, validation_result
+from .messages import raise_for, validation_result
 
 
 class PipeQuantComponentMap:
+    TITLE = "Per-Component Map"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Give one pipeline component (transformer, text_encoder_2, vae, …) its own quantization. "
         "Chain several maps through `map`; connect the last one to Load Quantized Pipeline. "
@@ -50,11 +51,13 @@ class PipeQuantComponentMap:
 
     @classmethod
     def VALIDATE_INPUTS(cls, component):
-        return validation_result(component_problems(component), MAP_NODE)
+        return validation_result(component_problems(component), PipeQuantComponentMap.TITLE)
 
     def build(self, component, config=None, map=None):
-        raise_for(component_problems(component), MAP_NODE)  # e.g. a workflow that links a node into `component`
+        raise_for(
+            component_problems(component), PipeQuantComponentMap.TITLE
+        )  # e.g. a workflow that links a node into `component`
         try:
             return (chain(component, config, map),)
         except ValidationError as exc:
-            raise_for(exc.problems, f"{MAP_NODE} ({component.strip()})")
+            raise_for(exc.problems, f"{PipeQuantComponentMap.TITLE} ({component.strip()})")

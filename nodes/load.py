@@ -14,7 +14,7 @@ from ..resolver.known.devices import DEVICES, OFFLOAD_MODES
 from ..resolver.problems import ValidationError
 from . import host
 from .backend import CONFIG_TYPE
-from .messages import LOAD_NODE, NodeInputError, describe, validation_result
+from .messages import NodeInputError, describe, validation_result
 
 PIPELINE_TYPE = "DIFFUSERS_PIPELINE"
 # The Load node's defaults, one home: its widgets and the editor's live checks (routes) read them.
@@ -30,6 +30,7 @@ DEFAULTS = {
 
 
 class PipeQuantLoadPipeline:
+    TITLE = "Load Quantized Pipeline"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Load a diffusers pipeline folder (one with model_index.json, under models/diffusers) with the "
         "connected quantization. Everything is validated before any weight is read; components whose "
@@ -133,7 +134,7 @@ class PipeQuantLoadPipeline:
             variant=variant,
             plan=False,
         )
-        return validation_result(prepared.problems, LOAD_NODE)
+        return validation_result(prepared.problems, PipeQuantLoadPipeline.TITLE)
 
     @classmethod
     def IS_CHANGED(cls, model, **kwargs):
@@ -183,7 +184,9 @@ class PipeQuantLoadPipeline:
             prepared.plan_or_raise()
             return prepared
         except ValidationError as exc:
-            raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
+            raise NodeInputError(
+                exc.problems, describe(exc.problems, PipeQuantLoadPipeline.TITLE, attribute=True)
+            ) from None
 
     def load(
         self,

@@ -9,10 +9,9 @@ from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result
 
-LORA_NODE = "Apply LoRA"
-
 
 class PipeQuantLoRA:
+    TITLE = "Apply LoRA"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Apply a LoRA (.safetensors from models/loras: diffusers/peft, kohya or xlabs layout) to a loaded "
         "pipeline. Chain several to stack them. The weights load once; changing a strength or removing "
@@ -61,7 +60,7 @@ class PipeQuantLoRA:
         try:
             resolve_lora(lora_name, host.lora_roots())
         except ValidationError as exc:
-            return validation_result(exc.problems, LORA_NODE)
+            return validation_result(exc.problems, PipeQuantLoRA.TITLE)
         return True
 
     @classmethod
@@ -78,5 +77,5 @@ class PipeQuantLoRA:
             spec = make_spec(lora_name, host.lora_roots(), strength, strength_text_encoder)
             load_adapter(pipeline, spec)  # checked against the pipeline before anything changes
         except ValidationError as exc:
-            raise NodeInputError(exc.problems, describe(exc.problems, LORA_NODE)) from None
+            raise NodeInputError(exc.problems, describe(exc.problems, PipeQuantLoRA.TITLE)) from None
         return (pipeline.with_lora(spec),)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ..resolver.problems import BACKEND, MAP, SPEC, Problem, ValidationError, errors
 
-BACKEND_NODE = "Quantization Backend"
-MAP_NODE = "Per-Component Map"
-LOAD_NODE = "Load Quantized Pipeline"
-
 
 def node_for(problem: Problem, default: str) -> str:
     """Which node owns a problem when the loader re-validates the whole upstream spec."""
+    from .backend import PipeQuantBackend  # the node modules import this one
+    from .component_map import PipeQuantComponentMap
+
+    BACKEND_NODE, MAP_NODE = PipeQuantBackend.TITLE, PipeQuantComponentMap.TITLE
     if problem.part == MAP:
         return f"{MAP_NODE} ({problem.entry})"
     if problem.part == BACKEND:

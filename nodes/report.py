@@ -7,6 +7,7 @@ from .load import PIPELINE_TYPE
 
 
 class PipeQuantMemoryReport:
+    TITLE = "Pipeline Memory Report"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Show, per component, its quantization, real bytes in memory (quantized storage counted), dtype and device."
     )

@@ -10,10 +10,9 @@ from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, raise_for, validation_result
 
-SAMPLER_NODE = "Quantized Pipeline Sampler"
-
 
 class PipeQuantSampler:
+    TITLE = "Quantized Pipeline Sampler"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Generate images with a pipeline from Load Quantized Pipeline (or Apply LoRA). Uses the "
         "pipeline's own scheduler; stops within one block of the model when you press Cancel. Connect an image for "
@@ -98,7 +97,7 @@ class PipeQuantSampler:
     @classmethod
     def VALIDATE_INPUTS(cls, prompt, negative_prompt):
         return validation_result(
-            prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt"), SAMPLER_NODE
+            prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt"), PipeQuantSampler.TITLE
         )
 
     def sample(
@@ -121,7 +120,7 @@ class PipeQuantSampler:
             prompt_problems(prompt)
             + prompt_problems(negative_prompt, "negative_prompt")
             + image_size_problems(pipeline.plan.model, width, height),
-            SAMPLER_NODE,
+            PipeQuantSampler.TITLE,
         )
         progress = host.Progress(steps)
 
@@ -150,5 +149,5 @@ class PipeQuantSampler:
                 check_interrupt=host.check_interrupt,
             )
         except ValidationError as exc:
-            raise NodeInputError(exc.problems, describe(exc.problems, SAMPLER_NODE)) from None
+            raise NodeInputError(exc.problems, describe(exc.problems, PipeQuantSampler.TITLE)) from None
         return (images,)

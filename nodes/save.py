@@ -9,10 +9,9 @@ from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result
 
-SAVE_NODE = "Save Quantized Pipeline"
-
 
 class PipeQuantSavePipeline:
+    TITLE = "Save Quantized Pipeline"  # the display name (nodes/__init__.py)
     DESCRIPTION = (
         "Save the quantized pipeline (safetensors) into your first diffusers model folder, so it loads "
         "pre-quantized next time. " + save_summary()
@@ -40,11 +39,11 @@ class PipeQuantSavePipeline:
     @classmethod
     def VALIDATE_INPUTS(cls, folder_name):
         """Before the run: a name that is taken in any model folder is refused now, not after quantizing."""
-        return validation_result(folder_problems(folder_name, host.folder_roots()), SAVE_NODE)
+        return validation_result(folder_problems(folder_name, host.folder_roots()), PipeQuantSavePipeline.TITLE)
 
     def save(self, pipeline, folder_name):
         try:
             dest = save(pipeline, folder_name, host.folder_roots())  # never the Hugging Face cache
         except ValidationError as exc:
-            raise NodeInputError(exc.problems, describe(exc.problems, SAVE_NODE)) from None
+            raise NodeInputError(exc.problems, describe(exc.problems, PipeQuantSavePipeline.TITLE)) from None
         return {"ui": {"text": [describe_save(pipeline, dest)]}}
