@@ -159,9 +159,9 @@ def test_inspect_reads_headers_not_weights(tiny_flux, monkeypatch):
     assert (t.library, t.class_name, t.is_module) == ("diffusers", "FluxTransformer2DModel", True)
     assert info.components["tokenizer"].is_module is False
     assert t.params > 0 and t.bytes_by_dtype == {"BF16": t.params * 2}
-    from pipequant.resolver.files.inspect_model import linear_layers
+    from pipequant.resolver.files.inspect_model import meta_modules
 
-    linears = linear_layers(t)
+    linears = [(name, n) for name, n in meta_modules(t) if n is not None]  # every nn.Linear
     assert linears and all(n > 0 for _, n in linears)
     assert sum(n for _, n in linears) < t.params
 

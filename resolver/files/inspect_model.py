@@ -297,7 +297,7 @@ def _component(
 @lru_cache(maxsize=64)
 def meta_modules(component: ComponentInfo) -> tuple[tuple[str, int | None], ...]:
     """(module name, weight numel if it is an nn.Linear else None) of every module, from a
-    meta-device instance: no weights read. The build is bounded (resolver/meta_build.py): an
+    meta-device instance: no weights read. The build is bounded (files/meta_build.py): an
     absurd config is a ValidationError."""
     import torch
 
@@ -311,8 +311,3 @@ def meta_modules(component: ComponentInfo) -> tuple[tuple[str, int | None], ...]
         for name, m in model.named_modules()
         if name
     )
-
-
-def linear_layers(component: ComponentInfo) -> tuple[tuple[str, int], ...]:
-    """(module name, weight numel) of every nn.Linear."""
-    return tuple((name, n) for name, n in meta_modules(component) if n is not None)

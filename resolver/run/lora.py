@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..decide.plan import PREQUANTIZED
-from ..files.roots import contained, env_roots, list_files
+from ..files.roots import contained, list_files
 from ..known import catalogue
 from ..problems import Problem, ValidationError
 from ..safe_files import FileProblem
@@ -42,10 +42,6 @@ _LAYER_SUFFIXES = (
 )
 _lock = threading.RLock()
 _recent: list[str] = []  # adapter names, least recently activated first
-
-
-def roots_from_env() -> list[Path]:
-    return env_roots(ENV_VAR)
 
 
 def list_loras(roots: Iterable[Path]) -> list[str]:
