@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import torch
+
+
+@contextlib.asynccontextmanager
+async def routes_client():
+    """aiohttp's test client over an app holding exactly the editor's routes (no ComfyUI)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pipequant.nodes import routes
+
+    app = web.Application()
+    routes.add_routes(app.router)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+def call(method: str, path: str, **kwargs) -> tuple[int, dict]:
+    """(status, JSON body) of one request to the editor's routes."""
+
+    async def run():
+        async with routes_client() as client:
+            response = await client.request(method, path, **kwargs)
+            return response.status, await response.json()
+
+    return asyncio.run(run())
 
 
 def count_storage_bytes(module: torch.nn.Module) -> int:

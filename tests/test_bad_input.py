@@ -27,7 +27,7 @@ from typing import Callable
 
 import pytest
 import torch
-from helpers import HUGE_ARRAY_GGUF
+from helpers import HUGE_ARRAY_GGUF, routes_client
 
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.component_map import PipeQuantComponentMap
@@ -399,14 +399,7 @@ def _flux_model(env: Env):
 
 
 async def _http(method: str, path: str, body=None, query=None, raw: bytes | None = None):
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from pipequant.nodes import routes
-
-    app = web.Application()
-    routes.add_routes(app.router)
-    async with TestClient(TestServer(app)) as client:
+    async with routes_client() as client:
         if method == "GET":
             response = await client.get(path, params=query)
         else:

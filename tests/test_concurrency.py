@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from helpers import routes_client
 
 from pipequant.nodes import host, routes
 from pipequant.nodes.load import PipeQuantLoadPipeline
@@ -66,12 +67,7 @@ REQUESTS = [
 
 async def _burst(rounds: int):
     """All REQUESTS, `rounds` times, concurrently against one server."""
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    app = web.Application()
-    routes.add_routes(app.router)
-    async with TestClient(TestServer(app)) as client:
+    async with routes_client() as client:
 
         async def one(method, path, data):
             if method == "GET":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HUGE_ARRAY_GGUF
+from helpers import HUGE_ARRAY_GGUF, routes_client
 
 from pipequant.resolver import BackendSpec, ComponentCache, ComponentMap, LoadError, ValidationError
 from pipequant.resolver.decide.estimate import estimate
@@ -149,17 +149,10 @@ def test_absurd_configs_stop_building_quickly(tmp_path, tiny_flux, change, code)
 def test_a_request_that_would_block_does_not_starve_the_others(hostile, monkeypatch):
     """The FIFO model (which blocked a worker for ever before) and a broken estimate go in beside
     an ordinary request: the ordinary one answers within a second, the others with their codes."""
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from pipequant.nodes import routes
-
     monkeypatch.setenv("PIPEQUANT_MODELS", str(hostile))
 
     async def scenario():
-        app = web.Application()
-        routes.add_routes(app.router)
-        async with TestClient(TestServer(app)) as client:
+        async with routes_client() as client:
 
             async def timed(coro):
                 start = time.monotonic()
@@ -190,18 +183,13 @@ def test_the_model_list_offers_only_regular_index_files(hostile):
 
 
 def test_a_route_that_takes_too_long_answers_503(hostile, monkeypatch):
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
     from pipequant.nodes import routes
 
     monkeypatch.setattr(routes, "WORK_SECONDS", 0.2)
     monkeypatch.setattr(routes, "components", lambda name: time.sleep(1.0) or {})
 
     async def scenario():
-        app = web.Application()
-        routes.add_routes(app.router)
-        async with TestClient(TestServer(app)) as client:
+        async with routes_client() as client:
             response = await client.get("/pipequant/components", params={"model": "tiny-flux"})
             return response.status, await response.json()
 

@@ -11,7 +11,7 @@ import types
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from helpers import call, routes_client
 
 from pipequant.nodes import routes
 from pipequant.resolver.known import catalogue
@@ -24,19 +24,6 @@ def models(monkeypatch, models_root, tiny_flux):
     monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
     monkeypatch.delenv("PIPEQUANT_GGUF", raising=False)
     return models_root
-
-
-def call(method: str, path: str, **kwargs):
-    """(status, JSON body) of one request to an app built from routes.ROUTES."""
-
-    async def run():
-        app = web.Application()
-        routes.add_routes(app.router)
-        async with TestClient(TestServer(app)) as client:
-            response = await client.request(method, path, **kwargs)
-            return response.status, await response.json()
-
-    return asyncio.run(run())
 
 
 def backend(node="1", backend="torchao", quant_type="int8_weight_only", **fields):
@@ -303,9 +290,7 @@ def test_huge_bodies_are_refused(models):
 
 def test_wrong_methods_are_refused():
     async def run():
-        app = web.Application()
-        routes.add_routes(app.router)
-        async with TestClient(TestServer(app)) as client:
+        async with routes_client() as client:
             return (await client.get("/pipequant/validate")).status, (await client.post("/pipequant/backends")).status
 
     assert asyncio.run(run()) == (405, 405)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import routes_client
 from safetensors.torch import load_file
 
 from pipequant.nodes.backend import PipeQuantBackend
@@ -152,14 +153,7 @@ def via_runner(name: str, tmp: Path, *, validate_only: bool = True, **kw) -> tup
 
 
 async def _http(method: str, path: str, *, query=None, body=None):
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from pipequant.nodes import routes
-
-    app = web.Application()
-    routes.add_routes(app.router)
-    async with TestClient(TestServer(app)) as client:
+    async with routes_client() as client:
         if method == "GET":
             response = await client.get(path, params=query)
         else:
