@@ -3,7 +3,7 @@
 One place lists the plans. Each has the PipeQuant spec (what the Backend / Per-Component Map
 nodes produce) and a builder for the `PipelineQuantizationConfig` a diffusers user would write
 by hand for the same result: global where diffusers' global mode works (bitsandbytes), granular
-(one config class per library) where it does not (torchao, quanto; DESIGN.md).
+(one config class per library) where it does not (torchao, quanto; README "Facts").
 """
 
 from __future__ import annotations

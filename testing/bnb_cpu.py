@@ -2,7 +2,7 @@
 
 diffusers refuses bitsandbytes without a GPU ("No GPU found. A GPU is needed for quantization.")
 and defaults the device map to the current CUDA device, although bitsandbytes 0.50 runs 4-bit
-and 8-bit layers on CPU (DESIGN.md); transformers' bnb path loads on CPU as it is. Inside
+and 8-bit layers on CPU (README "Facts"); transformers' bnb path loads on CPU as it is. Inside
 :func:`bnb_on_cpu` the two diffusers quantizers skip ``validate_environment`` and a missing device
 map becomes ``{"": "cpu"}`` (an explicit one is kept); on exit the originals are back. The tests
 (fixture ``bnb_cpu``) and the benchmarks' CPU baseline use this same patch.

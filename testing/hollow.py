@@ -4,7 +4,7 @@ Inspection, estimates and planning read only config files and safetensors header
 whose weight files hold a correct header and are then truncated (sparse) to their full size
 behaves exactly like the real pipeline for them: tens of GB on paper, a few MB on disk. The
 configs are those of the public FLUX.1-dev, Stable Diffusion 3.5 Large and SDXL base repos; each
-builder asserts the parameter counts of the real models (shared/DESIGN.md).
+builder asserts the parameter counts of the real models (README "Facts").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-# Parameter counts of the real models, counted on the meta device (shared/DESIGN.md).
+# Parameter counts of the real models, counted on the meta device (README "Facts").
 PARAMS = {
     "flux_transformer": 11_901_408_320,
     "t5_xxl": 4_762_310_656,

@@ -10,7 +10,7 @@ from pipequant.resolver.decide.plan import KEEP, QUANTIZE
 from pipequant.resolver.files.inspect_model import inspect_model
 from pipequant.testing import hollow
 
-GB = 1000**3  # shared/DESIGN.md's H100 figures are torch byte counts / 1e9 (23.80 = 11.9 B params x 2 bytes)
+GB = 1000**3  # README "Facts": H100 figures are torch byte counts / 1e9 (23.80 = 11.9 B params x 2 bytes)
 
 
 def test_hollow_flux_is_full_size_on_paper_and_tiny_on_disk(flux_dev):

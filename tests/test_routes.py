@@ -20,7 +20,7 @@ from pipequant.resolver.links.spec import BackendSpec, ComponentMap
 
 @pytest.fixture
 def models(monkeypatch, models_root, tiny_flux):
-    """PIPEQUANT_MODELS -> the session models root (holding tiny-flux), as nodes/comfy.py reads it."""
+    """PIPEQUANT_MODELS -> the session models root (holding tiny-flux), as nodes/host.py reads it."""
     monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
     monkeypatch.delenv("PIPEQUANT_GGUF", raising=False)
     return models_root

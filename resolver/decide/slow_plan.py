@@ -1,6 +1,6 @@
 """Warn where a plan's denoiser is predicted slower than bf16, naming a faster plan of the same size.
 
-Quantized is usually slower than bf16 (DESIGN.md's H100 table: torchao int8 dynamic 0.10x eager),
+Quantized is usually slower than bf16 (README "Facts", Speed: torchao int8 dynamic 0.10x eager),
 and a user who quantizes to fit a GPU should not pay for it unknowingly. Predictions come only from
 measured figures (`measured.py`); a plan never measured gets no warning. A warning never blocks a run.
 """

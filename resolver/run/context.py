@@ -12,7 +12,7 @@ from contextlib import contextmanager
 @contextmanager
 def diffusers_context():
     """ComfyUI runs nodes under torch.inference_mode(); torchao/quanto tensors break there when
-    moved or offloaded (DESIGN.md). All diffusers work runs outside it, without autograd."""
+    moved or offloaded (README "Facts"). All diffusers work runs outside it, without autograd."""
     import torch
 
     _quiet_progress_bars()

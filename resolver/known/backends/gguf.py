@@ -2,7 +2,7 @@
 
 GGUF cannot go through `PipelineQuantizationConfig` (diffusers fails to serialise its dtype): the
 component loads with `<ModelClass>.from_single_file(file, config=<pipeline>, subfolder=<name>)`
-and the loader hands the model to the pipeline's `from_pretrained` (DESIGN.md).
+and the loader hands the model to the pipeline's `from_pretrained` (README "Facts").
 """
 
 from __future__ import annotations

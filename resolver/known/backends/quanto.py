@@ -141,7 +141,7 @@ QUANTO = Quanto(
         ),
     ),
     options=(MODULES_TO_NOT_CONVERT,),
-    savable=("diffusers",),  # quanto-quantized transformers models cannot be saved (DESIGN.md)
+    savable=("diffusers",),  # quanto-quantized transformers models cannot be saved (README "Facts")
     # Measured (diffusers 0.42.1, peft 0.21.2): FLUX's loader reads `<layer>.weight` from the state
     # dict to expand LoRA shapes, and quanto stores it as `weight._data` (KeyError). UNet pipelines load.
     lora_refused_loaders=("FluxLoraLoaderMixin",),

@@ -1,4 +1,4 @@
-"""torchao backend. Both libraries want an `AOBaseConfig` instance, not a string (DESIGN.md)."""
+"""torchao backend. Both libraries want an `AOBaseConfig` instance, not a string (README "Facts")."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ GRANULARITY = Option(
 )
 
 # Linear layers fed one row per image (timestep/guidance/pooled-text embedders, the norms'
-# modulation): int8 dynamic's compiled matmul rejects them (H100 measurement, DESIGN.md).
+# modulation): int8 dynamic's compiled matmul rejects them (H100 measurement, README "Facts").
 BATCH_ONE_LAYERS = (
     r"(^|\.)(time_text_embed|time_embed|timestep_embedder|guidance_embedder|text_embedder|add_embedding)\.",
     r"(^|\.)norm[^.]*\.linear$",
@@ -37,7 +37,7 @@ def _ao_config(quant_type: str, options: dict):
     if quant_type == "int8_dynamic":
         return ao.Int8DynamicActivationInt8WeightConfig()
     if quant_type == "int4_weight_only":
-        # The default packing needs the `mslk` kernels, absent from torchao wheels (DESIGN.md).
+        # The default packing needs the `mslk` kernels, absent from torchao wheels (README "Facts").
         return ao.Int4WeightOnlyConfig(group_size=int(options["group_size"]), int4_packing_format="tile_packed_to_4d")
     if quant_type == "float8_weight_only":
         return ao.Float8WeightOnlyConfig()
