@@ -35,9 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", choices=("flux", "t5", "clip"), default="flux")
     args = parser.parse_args(argv)
 
-    from pipequant.resolver.decide.estimate import component_estimate
-    from pipequant.resolver.decide.plan import KEEP, QUANTIZE
-    from pipequant.resolver.files.inspect_model import inspect_model
+    from pipequant.resolver.decide import KEEP, QUANTIZE, component_estimate
+    from pipequant.resolver.files import inspect_model
     from pipequant.resolver.known import catalogue
     from pipequant.testing import bnb_on_cpu, hollow
     from pipequant.testing.real_bytes import cached_models, extrapolate, load_bytes

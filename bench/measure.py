@@ -206,7 +206,7 @@ def _scheme(module, weight) -> tuple[str, float, int]:
 
 
 def _inner_bytes(t) -> int:
-    from pipequant.resolver.keep.memory import inner_tensors
+    from pipequant.resolver.keep import inner_tensors
 
     return sum(i.untyped_storage().nbytes() for i in inner_tensors(t) if i.device.type != "meta")
 
@@ -221,8 +221,7 @@ def component_floor(model, load_dtype: str = "bfloat16") -> dict:
     import torch
 
     from pipequant.resolver.constants import DTYPE_BYTES
-    from pipequant.resolver.keep.memory import tensor_bytes
-    from pipequant.resolver.keep.report import is_quantized_weight
+    from pipequant.resolver.keep import is_quantized_weight, tensor_bytes
 
     width = DTYPE_BYTES[load_dtype]
     floor = 0

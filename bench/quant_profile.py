@@ -92,7 +92,7 @@ def _measure(folder: Path, reference, backend, qt, options) -> tuple[dict, dict]
     import torch
     from transformers import CLIPTextModel
 
-    from pipequant.resolver.keep.memory import tensor_bytes
+    from pipequant.resolver.keep import tensor_bytes
 
     dtype = getattr(torch, DTYPE)
     kwargs = {"dtype": dtype}
@@ -139,7 +139,7 @@ def _measure(folder: Path, reference, backend, qt, options) -> tuple[dict, dict]
 
 
 def run() -> tuple[list[dict], list[dict]]:
-    from pipequant.resolver.run.context import diffusers_context
+    from pipequant.resolver.run import diffusers_context
 
     storage, errors = [], []
     with tempfile.TemporaryDirectory() as tmp, diffusers_context():

@@ -38,7 +38,7 @@ def _seconds_per_step(pipe, device: str, steps: int, image_tokens: int) -> float
 
     import torch
 
-    from pipequant.resolver.run.context import diffusers_context
+    from pipequant.resolver.run import diffusers_context
 
     side = math.isqrt(image_tokens) * 2 * pipe.vae_scale_factor
     generator = torch.Generator("cpu").manual_seed(0)

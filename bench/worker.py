@@ -60,8 +60,8 @@ def prelude(mode: str = "auto") -> dict:
             __import__(module)
         except ImportError:
             pass
-    import pipequant.resolver.decide.prepare  # noqa: F401
-    import pipequant.resolver.keep.save  # noqa: F401
+    import pipequant.resolver.decide  # noqa: F401
+    import pipequant.resolver.keep  # noqa: F401
 
     # Progress bars and warnings off for both paths (PipeQuant turns the bars off itself).
     diffusers.utils.logging.disable_progress_bar()
@@ -83,7 +83,7 @@ def prelude(mode: str = "auto") -> dict:
 
 # -- helpers ----------------------------------------------------------------------------------
 def _spec(data):
-    from pipequant.resolver.links.spec import spec_from_dict
+    from pipequant.resolver.links import spec_from_dict
 
     return spec_from_dict(data) if data else None
 
@@ -98,8 +98,8 @@ def _sync(device: str) -> None:
 def _load(root, name: str, spec, dtype: str, device: str, meter=None):
     """What the Load node runs (decide.prepare: find by name, validate + plan; then load); with a
     `meter`, a phase mark when planning ends and after each component. Costs microseconds."""
-    from pipequant.resolver.decide.prepare import prepare
-    from pipequant.resolver.keep.load import load_plan
+    from pipequant.resolver.decide import prepare
+    from pipequant.resolver.keep import load_plan
 
     plan = prepare(name, spec, roots=[Path(root)], dtype=dtype, device=device).plan_or_raise()
     if meter is None:
@@ -115,7 +115,7 @@ def _module_components(pipeline) -> dict:
 
 
 def _component_stats(pipeline, detail: bool, load_dtype: str) -> dict:
-    from pipequant.resolver.keep.memory import param_count, tensor_bytes
+    from pipequant.resolver.keep import param_count, tensor_bytes
 
     from .measure import component_floor
 
@@ -207,7 +207,7 @@ def job_load(job: dict) -> dict:
 def job_reuse(job: dict) -> dict:
     """Benchmark 3 in one process: plan A loaded (cache warm); then, interleaved, plan B (one
     text encoder switched) reusing A's cached components vs plan B with an empty cache."""
-    from pipequant.resolver.keep.cache import COMPONENT_CACHE
+    from pipequant.resolver.keep import COMPONENT_CACHE
 
     root, name, device, dtype = job["root"], job["name"], job.get("device", "cpu"), job.get("dtype", "bfloat16")
     spec_a, spec_b = _spec(job["spec_a"]), _spec(job["spec_b"])
@@ -267,7 +267,7 @@ def job_save(job: dict) -> dict:
     Kept between runs: skipped when the copy's marker matches its source and plan."""
     import shutil
 
-    from pipequant.resolver.keep.save import save
+    from pipequant.resolver.keep import save
 
     from .pipelines import SAVED_MARKER, marker_matches, source_recipe
 
@@ -293,12 +293,12 @@ def job_validate(job: dict) -> dict:
     import safetensors.torch
     import torch
 
-    from pipequant.resolver.keep.load import plan_load
+    from pipequant.resolver.keep import plan_load
 
     from .measure import io_read_bytes
 
     try:
-        from pipequant.resolver.decide.estimate import estimate
+        from pipequant.resolver.decide import estimate
     except ImportError:  # not in every checkout
         estimate = None
 
@@ -352,7 +352,7 @@ def job_sample(job: dict) -> dict:
     """GPU only: per-step sampling time of a loaded plan (first step is warm-up)."""
     import torch
 
-    from pipequant.resolver.run.sample import generate
+    from pipequant.resolver.run import generate
 
     device = job.get("device", "cuda")
     result = _load(job["root"], job["name"], _spec(job.get("spec")), job.get("dtype", "bfloat16"), device)

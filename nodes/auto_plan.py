@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from ..resolver.decide.planner import NothingFits
-from ..resolver.decide.planner.request import check_inputs, plan_for
-from ..resolver.decide.planner.search import GOALS
-from ..resolver.files.roots import list_pipelines, resolve_model
+from ..resolver.decide import GOALS, NothingFits, check_inputs, plan_for
+from ..resolver.files import list_pipelines, resolve_model
 from ..resolver.problems import Problem, ValidationError
 from . import host
 from .backend import CONFIG_TYPE

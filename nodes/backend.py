@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from ..resolver.constants import COMPUTE_DTYPES
-from ..resolver.decide.validate import validate
-from ..resolver.files.roots import list_files
-from ..resolver.known import catalogue
-from ..resolver.known.catalogue_text import backend_tooltip
-from ..resolver.links.inputs import NO_FILE, spec_from_inputs
+from ..resolver.decide import validate
+from ..resolver.files import list_files
+from ..resolver.known import backend_tooltip, catalogue
+from ..resolver.links import NO_FILE, spec_from_inputs
 from . import host
 from .messages import raise_for, validation_result
 

@@ -17,9 +17,8 @@ import functools
 import logging
 import weakref
 
-from ..resolver.keep.cache import COMPONENT_CACHE, trim_heap
-from ..resolver.keep.cache import free_memory as release_freed_memory
-from ..resolver.keep.memory import main_device, tensor_bytes
+from ..resolver.keep import COMPONENT_CACHE, main_device, tensor_bytes, trim_heap
+from ..resolver.keep import free_memory as release_freed_memory
 
 log = logging.getLogger("pipequant")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..resolver.links.compose import chain, component_problems
+from ..resolver.links import chain, component_problems
 from ..resolver.problems import ValidationError
 from .backend import CONFIG_TYPE
 from .messages import raise_for, validation_result

@@ -7,10 +7,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..resolver.files import hub_cache
-from ..resolver.files.roots import GGUF_ENV, MODELS_ENV, env_roots
+from ..resolver.files import GGUF_ENV, MODELS_ENV, env_roots, hub_cache
 from ..resolver.keep import disk_cache
-from ..resolver.run.lora import ENV_VAR as LORAS_ENV
+from ..resolver.run import ENV_VAR as LORAS_ENV
 from ..resolver.safe_files import FileProblem, read_json_object
 from . import comfy_memory
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from ..resolver.constants import COMPILE_MODES, DEFAULT_DTYPE, LOAD_DTYPES
-from ..resolver.decide.prepare import files_key, first_use_notes, prepare
-from ..resolver.files.roots import list_pipelines, resolve_model
-from ..resolver.files.variant import DEFAULT as DEFAULT_VARIANT
-from ..resolver.files.variant import choices
-from ..resolver.keep.cache import COMPONENT_CACHE
-from ..resolver.keep.disk_cache import DiskCache
-from ..resolver.keep.load import load_plan
-from ..resolver.known.devices import DEVICES, OFFLOAD_MODES
+from ..resolver.decide import files_key, first_use_notes, prepare
+from ..resolver.files import DEFAULT as DEFAULT_VARIANT
+from ..resolver.files import choices, list_pipelines, resolve_model
+from ..resolver.keep import COMPONENT_CACHE, DiskCache, load_plan
+from ..resolver.known import DEVICES, OFFLOAD_MODES
 from ..resolver.problems import ValidationError
 from . import host
 from .backend import CONFIG_TYPE

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..resolver.keep.load import LoadResult
+from ..resolver.keep import LoadResult
 from ..resolver.problems import ValidationError
-from ..resolver.run.lora import STRENGTH_RANGE, list_loras, load_adapter, make_spec, resolve_lora
+from ..resolver.run import STRENGTH_RANGE, list_loras, load_adapter, make_spec, resolve_lora
 from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result

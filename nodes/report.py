@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..resolver.keep.report import live_report
+from ..resolver.keep import live_report
 from .load import PIPELINE_TYPE
 
 

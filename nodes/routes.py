@@ -24,14 +24,20 @@ except ImportError:  # the headless runner and the CLI do not need aiohttp
     web = None
 
 from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from ..resolver.decide.prepare import prepare
-from ..resolver.files.inspect_model import inspect_model
-from ..resolver.files.roots import refused_pipelines, resolve_model
-from ..resolver.keep.save import folder_problems, plan_problems
+from ..resolver.decide import prepare
+from ..resolver.files import inspect_model, refused_pipelines, resolve_model
+from ..resolver.keep import folder_problems, plan_problems
 from ..resolver.known import catalogue
-from ..resolver.links.compose import chain
-from ..resolver.links.inputs import NO_FILE, parse_components, parse_options
-from ..resolver.links.spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
+from ..resolver.links import (
+    GLOBAL,
+    GRANULAR,
+    NO_FILE,
+    ComponentMap,
+    chain,
+    parse_components,
+    parse_options,
+    spec_from_dict,
+)
 from ..resolver.problems import BACKEND, SPEC, Problem, ValidationError, errors
 from ..resolver.problems import MAP as MAP_PART
 from ..resolver.safe_files import json_depth
@@ -343,8 +349,7 @@ def _save_problems(saves, plan, reader) -> list[dict]:
 
 def auto_plan(data: dict) -> dict:
     """The Auto Quantization Plan node's plan before Run: its table, components and predicted peak."""
-    from ..resolver.decide.planner import NothingFits
-    from ..resolver.decide.planner.request import plan_for
+    from ..resolver.decide import NothingFits, plan_for
 
     name = _string(data, "model", None)
     if name is None or len(name) > MAX_NAME:

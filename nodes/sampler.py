@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from ..resolver.decide.limits import image_size_problems, prompt_problems
+from ..resolver.decide import image_size_problems, prompt_problems
 from ..resolver.problems import ValidationError
-from ..resolver.run.lora import activate
-from ..resolver.run.sample import generate
+from ..resolver.run import activate, generate
 from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, raise_for, validation_result

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..resolver.keep.save import describe_save, folder_problems, save
-from ..resolver.known.catalogue_text import save_summary
+from ..resolver.keep import describe_save, folder_problems, save
+from ..resolver.known import save_summary
 from ..resolver.problems import ValidationError
 from . import host
 from .load import PIPELINE_TYPE

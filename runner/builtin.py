@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..resolver.files.roots import contained, list_files
+from ..resolver.files import contained, list_files
 from ..resolver.problems import Problem, ValidationError
 from ..resolver.safe_files import FileProblem
 from ..resolver.suggest import did_you_mean

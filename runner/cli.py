@@ -13,8 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..resolver.keep.load import LoadError
-from ..resolver.keep.save import SaveError
+from ..resolver.keep import LoadError, SaveError
 from ..resolver.problems import Problem, ValidationError
 from ..resolver.suggest import did_you_mean
 from .builtin import LoadImage, SaveImage
@@ -168,7 +167,7 @@ def demo_overrides(device: str) -> list[tuple[str, str, object]]:
         ("PipeQuantSampler", "max_sequence_length", 64),
         ("SaveImage", "filename_prefix", "pipequant-demo"),
     ]
-    from ..resolver.known.catalogue import DIFFUSERS, get_backend
+    from ..resolver.known import DIFFUSERS, get_backend
 
     if not get_backend("bitsandbytes_4bit").cpu_supported(DIFFUSERS) and device == "cpu":
         # diffusers' bnb loader needs a GPU: use the int8 plan that runs everywhere.
@@ -181,7 +180,7 @@ def demo_overrides(device: str) -> list[tuple[str, str, object]]:
 
 
 def cmd_demo(args) -> int:
-    from ..resolver.known.devices import resolve_device
+    from ..resolver.known import resolve_device
     from ..testing import ensure_pipeline
 
     models = Path(args.cache) / "models"
@@ -211,9 +210,8 @@ def cmd_demo(args) -> int:
 
 def cmd_plan(args) -> int:
     """Plan a model for a budget and goal; exit 0 when a plan fits, 2 when none does."""
-    from ..resolver.decide.planner import NothingFits
-    from ..resolver.decide.planner.request import plan_for, profile_from
-    from ..resolver.files.roots import env_roots, resolve_model
+    from ..resolver.decide import NothingFits, plan_for, profile_from
+    from ..resolver.files import env_roots, resolve_model
 
     _configure(args)
     profile = None
@@ -266,13 +264,13 @@ def cmd_plan(args) -> int:
 
 
 def _cache_folder(args) -> Path:
-    from ..resolver.keep.disk_cache import configured_folder, default_folder
+    from ..resolver.keep import configured_folder, default_folder
 
     return Path(args.folder) if args.folder else (configured_folder() or default_folder())
 
 
 def _entry_line(e: dict) -> str:
-    from ..resolver.keep.report import human_bytes
+    from ..resolver.keep import human_bytes
 
     source, plan = e["source"], e["plan"]
     where = f"{source.get('model', '?')} / {source.get('component', '?')}" if source else "(unreadable entry)"
@@ -282,8 +280,7 @@ def _entry_line(e: dict) -> str:
 
 
 def cmd_cache(args) -> int:
-    from ..resolver.keep.disk_cache import DiskCache
-    from ..resolver.keep.report import human_bytes
+    from ..resolver.keep import DiskCache, human_bytes
 
     cache = DiskCache(_cache_folder(args))
     if args.action == "list":
@@ -389,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _common(p)
         p.set_defaults(func=func)
-    from ..resolver.decide.planner.search import GOALS
+    from ..resolver.decide import GOALS
 
     p = sub.add_parser(
         "plan",

@@ -6,10 +6,8 @@ from __future__ import annotations
 import inspect
 
 from ..nodes import NODE_CLASS_MAPPINGS
-from ..resolver.decide.limits import image_size_problems
-from ..resolver.decide.plan import Plan
-from ..resolver.keep.load import LoadError
-from ..resolver.keep.save import SaveError
+from ..resolver.decide import Plan, image_size_problems
+from ..resolver.keep import LoadError, SaveError
 from ..resolver.problems import Problem, ValidationError
 from .builtin import BUILTIN_NODES
 from .workflow import node_label

@@ -214,7 +214,7 @@ def saved_tensors(model) -> list[tuple[str, str, tuple[int, ...]]]:
 
 def write_sparse_safetensors(path: Path, tensors: list[tuple[str, str, tuple[int, ...]]], dtype: str) -> int:
     """A safetensors file with a real header and a sparse data region; returns the data bytes."""
-    from pipequant.resolver.files.safetensors_header import DTYPE_BYTES
+    from pipequant.resolver.files import DTYPE_BYTES
 
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -288,7 +288,7 @@ def write_component(
 
 
 def _sizes(tensors, dtype):
-    from pipequant.resolver.files.safetensors_header import DTYPE_BYTES
+    from pipequant.resolver.files import DTYPE_BYTES
 
     for _, tdtype, shape in tensors:
         st = SAFETENSORS_DTYPE[dtype if tdtype in ("float32", "bfloat16", "float16") else tdtype]

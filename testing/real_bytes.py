@@ -46,8 +46,8 @@ def load_bytes(
     import torch
     import transformers
 
-    from ..resolver.keep.memory import tensor_bytes
-    from ..resolver.run.context import diffusers_context
+    from ..resolver.keep import tensor_bytes
+    from ..resolver.run import diffusers_context
 
     cls = getattr(diffusers if library == "diffusers" else transformers, class_name)
     kwargs = {"dtype": getattr(torch, dtype), "low_cpu_mem_usage": True}

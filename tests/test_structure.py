@@ -86,7 +86,7 @@ def test_nothing_outside_nodes_reaches_into_node_internals():
             names = {n.strip() for n in (match.group(4) or "?").split(",")}
             if match.group(3) or not names <= ALLOWED:
                 found.append(f"{rel}: {match.group(0).strip()}")
-    assert found == []
+    assert found == [], "\n".join(found)
 
 
 def test_the_resolver_never_imports_comfyui_or_nodes():
@@ -182,3 +182,50 @@ def test_no_import_cycle_in_the_resolver():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_outside_the_resolver_only_its_public_api_is_imported():
+    """nodes/, runner/, bench/ and testing/ import `pipequant.resolver`, its flat floor, or a folder's
+    __init__, and only names that __init__ declares in __all__ (its public API)."""
+    import ast
+
+    found = []
+    for path in [p for folder in ("nodes", "runner", "bench", "testing") for p in (ROOT / folder).rglob("*.py")]:
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module
+                targets = [(module, [a.name for a in node.names])]
+            else:
+                continue
+            for module, names in targets:
+                parts = (module or "").split(".")
+                if parts[:2] != ["pipequant", "resolver"]:
+                    continue
+                flat = len(parts) == 3 and (RESOLVER / f"{parts[2]}.py").exists()  # the floor is public
+                if flat:
+                    continue
+                if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ORDER):
+                    found.append(f"{path.relative_to(ROOT)}: {module}")
+                elif len(parts) == 3:
+                    declared = _declared(parts[2])
+                    found += [
+                        f"{path.relative_to(ROOT)}: {module}.{n} (not in __all__)"
+                        for n in names or []
+                        if n not in declared
+                    ]
+    assert found == [], "\n".join(found)
+
+
+def _declared(folder: str) -> set[str]:
+    import ast
+
+    tree = ast.parse((RESOLVER / folder / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return set()

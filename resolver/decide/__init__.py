@@ -1,3 +1,29 @@
 """Deciding before a weight is read: validation, the per-component plan, estimates, the auto planner."""
 
+from .estimate import component_estimate, estimate
+from .limits import image_size_problems, prompt_problems
+from .plan import KEEP, QUANTIZE, Plan
+from .planner import NothingFits
+from .planner.request import check_inputs, plan_for, profile_from
+from .planner.search import GOALS
+from .prepare import files_key, first_use_notes, prepare
 from .validate import validate
+
+__all__ = [
+    "GOALS",
+    "KEEP",
+    "NothingFits",
+    "Plan",
+    "QUANTIZE",
+    "check_inputs",
+    "component_estimate",
+    "estimate",
+    "files_key",
+    "first_use_notes",
+    "image_size_problems",
+    "plan_for",
+    "prepare",
+    "profile_from",
+    "prompt_problems",
+    "validate",
+]
