@@ -13,6 +13,7 @@ planner reads) and read back instead of measuring again.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -141,6 +142,15 @@ def _input_problems(prompt, steps, measures, components, names) -> list[Problem]
         problems.append(
             Problem(
                 "measure_unknown", "measure", f"{measures!r:.40} is not a measure", "one of: " + ", ".join(MEASURES)
+            )
+        )
+    if measures in (IMAGES, BOTH) and importlib.util.find_spec("torchmetrics") is None:
+        problems.append(
+            Problem(
+                "metrics_missing",
+                "measure",
+                "comparing images needs torchmetrics (PSNR, SSIM), which is not installed",
+                'pip install torchmetrics (in PipeQuant\'s requirements), or measure "components" only',
             )
         )
     from ..suggest import did_you_mean
