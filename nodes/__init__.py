@@ -6,6 +6,7 @@ from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
 from .load import PipeQuantLoadPipeline
 from .lora import PipeQuantLoRA
+from .quality_check import PipeQuantQualityCheck
 from .report import PipeQuantMemoryReport
 from .sampler import PipeQuantSampler
 from .save import PipeQuantSavePipeline
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
     "PipeQuantSavePipeline": PipeQuantSavePipeline,
     "PipeQuantAutoPlan": PipeQuantAutoPlan,
     "PipeQuantLoRA": PipeQuantLoRA,
+    "PipeQuantQualityCheck": PipeQuantQualityCheck,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -30,4 +32,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PipeQuantSavePipeline": "Save Quantized Pipeline",
     "PipeQuantAutoPlan": "Auto Quantization Plan",
     "PipeQuantLoRA": "Apply LoRA",
+    "PipeQuantQualityCheck": "Plan Quality Check",
 }

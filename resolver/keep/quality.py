@@ -40,6 +40,14 @@ from .pipeline import plan_named
 COMPONENTS, IMAGES, BOTH = "components", "images", "both"
 MEASURES = (COMPONENTS, IMAGES, BOTH)
 MAX_STEPS = 200
+# Problems with the check's own inputs (the rest concern the plan: the Backend/Map nodes, the model)
+OWN_PROBLEMS = (
+    "steps_invalid",
+    "measure_unknown",
+    "metrics_missing",
+    "component_not_measurable",
+    "component_not_called",
+)
 _DEFAULT = object()
 
 
