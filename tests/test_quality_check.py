@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -48,26 +44,21 @@ def test_unquantized_plan_measures_zero_error_and_identical_images(tiny_flux, fi
     assert "inf (identical)" in report.table()
 
 
-def test_error_grows_int8_int4_int2_on_the_same_component(tiny_flux, tmp_path):
-    """quanto's CPU int8 kernel can crash a process (DESIGN.md): measured in a child process."""
-    script = textwrap.dedent(
-        f"""
-        import json
-        from pipequant.resolver.keep.quality import check_quality
-        from pipequant.resolver.links.spec import BackendSpec
-        out = {{}}
-        for qt in ("int8", "int4", "int2"):
-            spec = BackendSpec.make("quanto", qt, components=["transformer"])
-            r = check_quality({tiny_flux.name!r}, spec, roots=[{str(tiny_flux.parent)!r}], measures="components",
-                              components=["transformer"], cache_folder=None, **{SMALL!r})
-            out[qt] = r.components["transformer"]
-        print("RESULT " + json.dumps(out))
-        """
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+def test_error_grows_int8_int4_int2_on_the_same_component(tiny_flux):
+    """quanto quantizes afresh here (no saved copy is reloaded, every Linear's input is a multiple of
+    16): the CPU int8 crashes DESIGN.md lists do not apply, as in test_cache.py's quanto loads."""
+    result = {}
+    for qt in ("int8", "int4", "int2"):
+        report = check_quality(
+            tiny_flux.name,
+            _spec("quanto", qt),
+            roots=[tiny_flux.parent],
+            measures="components",
+            components=["transformer"],
+            cache_folder=None,
+            **SMALL,
+        )
+        result[qt] = report.components["transformer"]
     errors = [result[qt]["relative_error"] for qt in ("int8", "int4", "int2")]
     assert 0 < errors[0] < errors[1] < errors[2], errors
     assert [result[qt]["plan"] for qt in ("int8", "int4", "int2")] == ["quanto int8", "quanto int4", "quanto int2"]
