@@ -181,6 +181,7 @@ def write_measurements(result: dict) -> None:
         f"bench/quality_check.py: Plan Quality Check, pipequant.testing tiny FLUX (random weights), "
         f'{result["device"]}, bfloat16 reference, one denoising step / one text-encoder pass on "{PROMPT}", '
         f"seed 0, {result['side']}x{result['side']}; {result['versions']}"
+        + ("; bitsandbytes on CPU through the tests' patch (testing/bnb_cpu.py)" if result["bnb_cpu_patch"] else "")
     )
     rows = [r for r in data.get("component_error", []) if r.get("source") != SOURCE_KEY]
     for r in result["errors"]:
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "side": args.side,
         "bnb_cpu_patch": patched,
-        "versions": ", ".join(f"{k} {v}" for k, v in library_versions(None).items()),
+        "versions": ", ".join(library_versions(None).values()),
         "errors": rows,
         "cost": None if args.skip_cost else cost(folder, args.device, args.steps, args.side, args.rounds),
     }

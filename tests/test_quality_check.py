@@ -182,6 +182,23 @@ def test_the_node_measures_shows_progress_and_stops_on_cancel(tiny_flux, figures
         table, image = node.check(quantization=_spec("torchao", "int8_weight_only"), **kwargs)
     assert "transformer" in table and "PSNR" in table and tuple(image.shape) == (1, 64, 192, 3)
     assert seen[-1] == (2 + 2 + 3, 2 + 2 + 3)  # reference steps, plan steps, three components
-    host.request_interrupt()
+    # Cancel during the reference run: the check stops there and writes no figure.
+    monkeypatch.setattr(host.Progress, "update", lambda self, value, total: host.request_interrupt())
+    for f in figures_folder.glob("*"):
+        f.unlink()
     with pytest.raises(host.Interrupted):
-        node.check(**kwargs)
+        node.check(**{**kwargs, "seed": 2})
+    assert list(figures_folder.glob("*")) == []
+
+
+def test_the_measurements_file_holds_the_projects_own_measured_errors_with_their_source():
+    from pipequant.resolver.known import measured
+
+    rows = measured.data()["component_error"]
+    assert rows and all(r["source"] in measured.data()["sources"] for r in rows)
+    quanto = {
+        r["quant_type"]: r["relative_error"]
+        for r in rows
+        if r["backend"] == "quanto" and r["component"] == "transformer"
+    }
+    assert 0 < quanto["int8"] < quanto["int4"] < quanto["int2"]
