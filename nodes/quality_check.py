@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
+from ..resolver.decide.estimate import estimate
 from ..resolver.decide.limits import prompt_problems
 from ..resolver.files.roots import list_pipelines
 from ..resolver.keep.disk_cache import DiskCache
@@ -157,6 +158,7 @@ class PipeQuantQualityCheck:
                 progress=on_progress,
                 check_interrupt=host.check_interrupt,
                 disk_cache=DiskCache(folder) if folder is not None else None,
+                make_room=lambda plan: host.free_comfy_models(plan.device, estimate(plan)["total"]["bytes_after"]),
             )
         except ValidationError as exc:
             own = [p for p in exc.problems if p.code in OWN_PROBLEMS]

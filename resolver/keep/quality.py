@@ -239,8 +239,10 @@ def check_quality(
     cache_folder=_DEFAULT,
     disk_cache=None,
     component_cache=COMPONENT_CACHE,
+    make_room: Callable[[Plan], None] | None = None,
 ) -> QualityReport:
-    """Raises ValidationError for bad input before any weight is read."""
+    """Raises ValidationError for bad input before any weight is read. `make_room(plan)` runs before
+    each load (the node frees ComfyUI's models there, as the Load node does)."""
     start = time.perf_counter()
     plan = plan_named(model, spec, roots=roots, gguf_roots=gguf_roots, dtype=dtype, device=device, offload=offload)
     reference_plan = plan_named(model, None, roots=roots, dtype=dtype, device=device, offload=offload)
@@ -300,6 +302,8 @@ def check_quality(
 
         return on_step
 
+    if make_room is not None:
+        make_room(reference_plan)
     reference = load_plan(reference_plan, cache=None)  # not kept: the check must not fill the cache
     try:
         with capture_first_calls({n: reference.pipeline.components[n] for n in todo}) as calls:
@@ -322,6 +326,8 @@ def check_quality(
         reference.release("Plan Quality Check: reference run done")
         reference = None
     try:
+        if make_room is not None:
+            make_room(plan)
         quantized = load_plan(plan, cache=component_cache, disk_cache=disk_cache)
         if want_images:
             images = generate(quantized.pipeline, steps=steps, on_step=stepped(done), **sample)
