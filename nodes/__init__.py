@@ -6,6 +6,7 @@ from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
 from .load import PipeQuantLoadPipeline
 from .lora import PipeQuantLoRA
+from .quality_check import PipeQuantQualityCheck
 from .report import PipeQuantMemoryReport
 from .sampler import PipeQuantSampler
 from .save import PipeQuantSavePipeline
@@ -19,6 +20,7 @@ NODES = (
     PipeQuantSavePipeline,
     PipeQuantAutoPlan,
     PipeQuantLoRA,
+    PipeQuantQualityCheck,
 )
 # Node ids are the class names and are frozen: saved workflows name them.
 NODE_CLASS_MAPPINGS = {node.__name__: node for node in NODES}

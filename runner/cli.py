@@ -263,6 +263,59 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _quality_spec(args):
+    """The Backend node's spec from --backend/--quant-type/--options/--components (errors exit 2)."""
+    from ..resolver.links import spec_from_inputs
+
+    spec, problems = spec_from_inputs(args.backend, args.quant_type, "auto", args.components or "", args.options)
+    if problems:
+        raise ValidationError(problems)
+    return spec
+
+
+def cmd_quality(args) -> int:
+    """Measure what a plan costs: per-component errors (and with --images PSNR/SSIM/LPIPS)."""
+    from ..resolver.files import env_roots
+    from ..resolver.keep import BOTH, COMPONENTS, DiskCache, check_quality, configured_folder
+    from ..resolver.known import resolve_device
+
+    _configure(args)
+    spec = _quality_spec(args)
+    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
+    folder = configured_folder()
+    report = check_quality(
+        args.model,
+        spec,
+        roots=env_roots(),
+        dtype=args.dtype,
+        device=resolve_device(args.device),
+        offload=args.offload,
+        prompt=args.prompt,
+        seed=args.seed,
+        steps=args.steps,
+        width=args.width,
+        height=args.height,
+        max_sequence_length=args.max_sequence_length,
+        measures=BOTH if args.images else COMPONENTS,
+        components=components,
+        disk_cache=DiskCache(folder) if folder is not None else None,
+    )
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(report.table())
+    if args.images and args.output and report.comparison is not None:
+        from PIL import Image
+
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(report.comparison):
+            path = out / f"pipequant-quality-{i}.png"
+            Image.fromarray((image.numpy() * 255).round().astype("uint8")).save(path)
+            print(f"wrote {path} (reference | plan | difference x4)", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _cache_folder(args) -> Path:
     from ..resolver.keep import configured_folder, default_folder
 
@@ -418,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     _common(p)
     p.set_defaults(func=cmd_plan)
+    _quality_parser(sub)
     p = sub.add_parser(
         "demo",
         help="build a tiny FLUX-shaped pipeline and run the bundled example on it",
@@ -453,6 +507,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="the cache folder (default: $PIPEQUANT_DISK_CACHE or ~/.cache/pipequant/quantized)")
     p.set_defaults(func=cmd_cache)
     return parser
+
+
+def _quality_parser(sub) -> None:
+    from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
+    from ..resolver.decide import ENV_FOLDER
+    from ..resolver.known import DEVICES, OFFLOAD_MODES
+
+    p = sub.add_parser(
+        "quality",
+        help="measure what a quantization plan costs: per-component error, and PSNR/SSIM against the reference",
+        description="Run MODEL unquantized (the reference, in --dtype) and with the plan on the same prompt and seed: "
+        "each component's relative output error on one denoising step / one text-encoder pass (and its worst "
+        "layers), and with --images the images' PSNR, SSIM and LPIPS (LPIPS only when its weights are already on "
+        f"this machine). Component figures are cached in ${ENV_FOLDER} (default ~/.cache/pipequant/quality; "
+        "'off' disables it) and the auto planner ranks by them. --json prints "
+        '{"components": {name: {"plan", "relative_error"}}, "images": {"psnr", "ssim", "lpips"} | null}.',
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="a pipeline folder name under --models")
+    p.add_argument("--models", action="append", default=[], help="a folder of diffusers pipelines (repeatable)")
+    p.add_argument("--backend", required=True, help="a backend, as on the Quantization Backend node (e.g. torchao)")
+    p.add_argument("--quant-type", required=True, help="its quant type (e.g. int8_weight_only)")
+    p.add_argument("--options", default="{}", help="backend options as JSON, as on the Backend node")
+    p.add_argument(
+        "--components",
+        default="",
+        help="comma-separated components to quantize and measure (default: the backend's default components, "
+        "measuring every denoiser and text encoder)",
+    )
+    p.add_argument("--prompt", default="a photo of a cat")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20, help="denoising steps of the image comparison")
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--max-sequence-length", type=int, default=0, help="T5 prompt length; 0 = the pipeline's default")
+    p.add_argument("--dtype", choices=LOAD_DTYPES, default=DEFAULT_DTYPE, help="the reference's and the load dtype")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--offload", choices=OFFLOAD_MODES, default="none")
+    p.add_argument("--images", action="store_true", help="also compare whole images (two full sampling runs)")
+    p.add_argument("--output", metavar="DIR", help="with --images: write reference | plan | difference PNGs into DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    _common(p)
+    p.set_defaults(func=cmd_quality)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,9 @@ if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an i
 # that no test reads another test's (or another checkout's) entries from ~/.cache. Tests of the
 # cache point PIPEQUANT_DISK_CACHE at their own temp folder. Subprocesses inherit this.
 os.environ["PIPEQUANT_DISK_CACHE"] = "off"
+# Likewise the measured-quality figures (Plan Quality Check): the planner reads them, so a user's
+# ~/.cache/pipequant/quality must not change what the planner tests see.
+os.environ["PIPEQUANT_QUALITY_CACHE"] = "off"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -43,6 +43,7 @@ def test_contract_ids_and_display_names():
         "PipeQuantSavePipeline": "Save Quantized Pipeline",
         "PipeQuantAutoPlan": "Auto Quantization Plan",
         "PipeQuantLoRA": "Apply LoRA",
+        "PipeQuantQualityCheck": "Plan Quality Check",
     }
     names = {
         k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
@@ -75,6 +76,21 @@ def test_contract_ids_and_display_names():
         "allow_offload",
     ]
     assert NODE_CLASS_MAPPINGS["PipeQuantAutoPlan"].RETURN_TYPES == ("PIPELINE_QUANT_CONFIG", "STRING")
+    assert names["PipeQuantQualityCheck"] == [
+        "model",
+        "prompt",
+        "seed",
+        "steps",
+        "width",
+        "height",
+        "measure",
+        "quantization",
+        "dtype",
+        "device",
+        "offload",
+        "components",
+    ]
+    assert NODE_CLASS_MAPPINGS["PipeQuantQualityCheck"].RETURN_TYPES == ("STRING", "IMAGE")
 
 
 @pytest.mark.parametrize("node_id", list(NODE_CLASS_MAPPINGS))

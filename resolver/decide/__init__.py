@@ -4,12 +4,14 @@ from .estimate import component_estimate, estimate
 from .limits import image_size_problems, prompt_problems
 from .plan import KEEP, QUANTIZE, Plan
 from .planner import NothingFits
+from .planner.figures import ENV_FOLDER, library_versions
 from .planner.request import check_inputs, plan_for, profile_from
 from .planner.search import GOALS
 from .prepare import files_key, first_use_notes, prepare
 from .validate import validate
 
 __all__ = [
+    "ENV_FOLDER",
     "GOALS",
     "KEEP",
     "NothingFits",
@@ -21,6 +23,7 @@ __all__ = [
     "files_key",
     "first_use_notes",
     "image_size_problems",
+    "library_versions",
     "plan_for",
     "prepare",
     "profile_from",

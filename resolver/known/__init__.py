@@ -4,8 +4,10 @@ from . import catalogue, measured
 from .catalogue import DIFFUSERS, get_backend
 from .catalogue_text import backend_tooltip, save_summary
 from .devices import DEVICES, OFFLOAD_MODES, resolve_device
+from .measured import DATA_FILE
 
 __all__ = [
+    "DATA_FILE",
     "DEVICES",
     "DIFFUSERS",
     "OFFLOAD_MODES",

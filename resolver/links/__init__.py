@@ -2,9 +2,10 @@
 
 from .compose import chain, component_problems
 from .inputs import NO_FILE, parse_components, parse_options, spec_from_inputs
-from .spec import GLOBAL, GRANULAR, ComponentMap, spec_from_dict
+from .spec import GLOBAL, GRANULAR, BackendSpec, ComponentMap, spec_from_dict
 
 __all__ = [
+    "BackendSpec",
     "ComponentMap",
     "GLOBAL",
     "GRANULAR",

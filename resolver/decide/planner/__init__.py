@@ -14,15 +14,41 @@ from ...files.inspect_model import ModelInfo
 from ...known import measured
 from ...links.spec import BackendSpec, ComponentMap
 from ...problems import Problem, ValidationError
-from .candidates import DENOISER, VAE, Choice, Unavailable, component_choices, load_dtype_for, roles
+from .candidates import (
+    DENOISER,
+    VAE,
+    Choice,
+    Unavailable,
+    component_choices,
+    load_dtype_for,
+    roles,
+    with_measured_errors,
+)
 from .device import GIB, DeviceProfile, ProfileError, detect
 from .search import GOALS, OFFLOAD_ORDER, Peak, error_score, goal_key, peak, search, smallest, speed_of
 from .working import WorkingMemory, working_memory
 
+MEASURED_GOALS = ("quality", "balanced")  # goals ranked by error: a measured figure replaces the proxy there
 ESTIMATE_NOTE = (
     "Peak = weights on the device + the denoiser's activations or the VAE decode, whichever is larger; "
     "the working memory is an estimate per model family (resolver/data/measurements.json)."
 )
+
+
+ERROR_MARK = {"measured": " m", "proxy": " p", "reference": "  ", None: "  "}
+ERROR_LEGEND = (
+    "error: m = measured on this model (Plan Quality Check), p = proxy (one quantized Linear on Gaussian "
+    "data, resolver/data/measurements.json)"
+)
+
+
+def _error_source(c: Choice) -> str | None:
+    """Where a choice's error figure comes from: measured on this model, the proxy, or none (reference)."""
+    if c.error is None:
+        return None
+    if c.error_measured:
+        return "measured"
+    return "reference" if c.backend is None and not c.prequantized else "proxy"
 
 
 class NothingFits(ValueError):
@@ -71,7 +97,8 @@ class AutoPlan:
                     "options": c.options_dict,
                     "predicted_bytes": c.bytes,
                     "speed": c.speed,
-                    "error_proxy": c.error,
+                    "error_proxy": c.error,  # the figure ranked: measured where error_source says so
+                    "error_source": _error_source(c),
                     "unquantized_modules": list(c.kept_linears),
                     "role": self.roles.get(n),
                     "why": self.reasons[n],
@@ -104,17 +131,18 @@ class AutoPlan:
                 f"{gib(self.budget)} GiB, load dtype {self.dtype}, offload {self.offload}"
                 + (f", weights from the {self.model.variant} files" if self.model.variant else "")
             ),
-            f"{'component':<16} {'choice':<34} {'GiB':>7} {'speed':>6} {'error':>7}  why",
+            f"{'component':<16} {'choice':<34} {'GiB':>7} {'speed':>6} {'error':>8}  why",
         ]
         for n, c in self.choices.items():
             speed = "—" if self.roles.get(n) != DENOISER else ("?" if c.speed is None else f"{c.speed:.2f}")
-            err = "?" if c.error is None else f"{c.error:.3f}"
-            lines.append(f"{n:<16} {c.label:<34} {gib(c.bytes):>7} {speed:>6} {err:>7}  {self.reasons[n]}")
+            err = "?" if c.error is None else f"{c.error:.3f}" + ERROR_MARK[_error_source(c)]
+            lines.append(f"{n:<16} {c.label:<34} {gib(c.bytes):>7} {speed:>6} {err:>8}  {self.reasons[n]}")
         lines.append(
             f"predicted peak {gib(self.peak.total)} GiB of {gib(self.budget)} GiB "
             f"(weights {gib(self.peak.resident)} + working {gib(self.peak.working)}, on the device: "
             f"{self.peak.where}) — an estimate"
         )
+        lines.append(ERROR_LEGEND)
         lines += [f"note: {n}" for n in self.notes]
         if self.rejected:
             lines.append(f"rejected ({len(self.rejected)}):")
@@ -177,7 +205,7 @@ def auto_plan(
     per, unavailable = {}, []
     for name in model.module_names:
         cs, un = component_choices(model, name, profile, dtype, variant)
-        per[name] = cs
+        per[name] = with_measured_errors(model, cs, dtype) if goal in MEASURED_GOALS else cs
         unavailable += un
     modes = OFFLOAD_ORDER if allow_offload and not profile.is_cpu else ("none",)
     per_mode = {}
@@ -222,7 +250,7 @@ def _why(plan: AutoPlan, c: Choice) -> str:
         if role != DENOISER
         else (f", speed {c.speed:.2f}x bf16 on {gen}" if c.speed is not None else f", speed on {gen} not measured")
     )
-    err = "" if c.error is None else f", error {c.error:.3f}"
+    err = "" if c.error is None else f", error {c.error:.3f} ({_error_source(c)})"
     if c.backend is None:
         if role == VAE:
             return f"kept in {plan.dtype}: the VAE is the component quantization hurts most"

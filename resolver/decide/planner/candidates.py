@@ -4,7 +4,7 @@ or the reason it is not available on the target device."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 
 from ...files.inspect_model import ComponentInfo, ModelInfo
@@ -13,6 +13,7 @@ from ...known.catalogue import DIFFUSERS
 from ..estimate import component_estimate, quantized_params, storage_for
 from ..footprint import FLOAT_BYTES, layout
 from ..plan import KEEP, PREQUANTIZED, QUANTIZE, is_autoencoder
+from . import figures
 from .device import DeviceProfile
 
 DENOISER, VAE, TEXT, SMALL_TEXT = "denoiser", "vae", "text encoder", "small text encoder"
@@ -35,6 +36,7 @@ class Choice:
     deprecated: bool = False
     prequantized: bool = False
     kept_linears: tuple[str, ...] = ()  # Linear layers the quantizer leaves unquantized
+    error_measured: bool = False  # error measured on this model (Plan Quality Check), not the proxy
 
     @property
     def label(self) -> str:
@@ -154,6 +156,23 @@ def component_choices(
     free memory and the resolution do not change them)."""
     cs, un = _choices(model.components[name], profile.compute_capability, dtype, variant)
     return list(cs), list(un)
+
+
+def with_measured_errors(model: ModelInfo, choices: list[Choice], dtype: str) -> list[Choice]:
+    """Each quantized choice whose (model files, component, plan, library versions) has a measured
+    error (Plan Quality Check) gets it in place of the proxy."""
+    entries = figures.read_entries()
+    if not entries:
+        return choices
+    out = []
+    for c in choices:
+        if c.backend is not None and not c.prequantized:
+            key = figures.plan_key(model, c.component, c.backend, c.quant_type, c.options_dict, dtype)
+            found = figures.measured_error(key, entries)
+            if found is not None:
+                c = replace(c, error=found["relative_error"], error_measured=True)
+        out.append(c)
+    return out
 
 
 @lru_cache(maxsize=256)
