@@ -4,11 +4,13 @@ ComfyUI services (host.py) and the editor's HTTP routes (routes.py)."""
 from .auto_plan import PipeQuantAutoPlan
 from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
+from .encode_prompt import PipeQuantEncodePrompt
 from .load import PipeQuantLoadPipeline
 from .lora import PipeQuantLoRA
 from .report import PipeQuantMemoryReport
 from .sampler import PipeQuantSampler
 from .save import PipeQuantSavePipeline
+from .to_comfy import PipeQuantToComfy
 
 NODE_CLASS_MAPPINGS = {
     "PipeQuantBackend": PipeQuantBackend,
@@ -19,6 +21,8 @@ NODE_CLASS_MAPPINGS = {
     "PipeQuantSavePipeline": PipeQuantSavePipeline,
     "PipeQuantAutoPlan": PipeQuantAutoPlan,
     "PipeQuantLoRA": PipeQuantLoRA,
+    "PipeQuantToComfy": PipeQuantToComfy,
+    "PipeQuantEncodePrompt": PipeQuantEncodePrompt,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -30,4 +34,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PipeQuantSavePipeline": "Save Quantized Pipeline",
     "PipeQuantAutoPlan": "Auto Quantization Plan",
     "PipeQuantLoRA": "Apply LoRA",
+    "PipeQuantToComfy": "Pipeline to ComfyUI",
+    "PipeQuantEncodePrompt": "Encode Prompt with Pipeline",
 }
