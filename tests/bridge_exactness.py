@@ -1,0 +1,243 @@
+"""Run by tests/test_comfyui_bridge.py in ComfyUI's python: one denoiser call through the bridged
+MODEL (ComfyUI's own apply_model: input scaling, dtype casts, timestep, the family's conds) against
+the diffusers module called the way its pipeline calls it, and the CONDITIONING against the
+pipeline's encode_prompt. Prints one JSON object: family -> measured errors.
+
+usage: python bridge_exactness.py <models folder> [families...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+FAMILIES = ("flux", "sd3", "sd", "sdxl")
+
+
+def _comfy():
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.model_management as mm
+
+    return mm
+
+
+def loaded(kind, root):
+    from pipequant import testing as tiny
+    from pipequant.resolver.keep.load import load
+    from pipequant.resolver.links.spec import BackendSpec
+
+    path = tiny.ensure_pipeline(kind, root)
+    spec = BackendSpec.make("torchao", "int8_weight_only", components=["unet" if kind == "sd" else "transformer"])
+    return load(path, spec, dtype="bfloat16", device="cpu", cache=None)
+
+
+def bridged(result):
+    from pipequant.nodes.to_comfy import PipeQuantToComfy
+
+    return PipeQuantToComfy().convert(result)
+
+
+def err(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def conditioning_error(result, pipe_call) -> float:
+    """The node's CONDITIONING against the pipeline's own encode_prompt, same prompt."""
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+    from pipequant.resolver.run.context import diffusers_context
+
+    (cond,) = PipeQuantEncodePrompt().encode(result, "a lighthouse at dusk")
+    with diffusers_context():
+        states, pooled = pipe_call("a lighthouse at dusk")
+    out = err(cond[0][0], states)
+    if pooled is not None:
+        out = max(out, err(cond[0][1]["pooled_output"], pooled))
+    return out
+
+
+def check_flux(root):
+    result = loaded("flux", root)
+    pipe = result.pipeline
+    model, vae = bridged(result)
+    base = model.model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 8, 12, generator=g)
+    ctx = torch.randn(1, 7, 128, generator=g)
+    pooled = torch.randn(1, 128, generator=g)
+    sigma = torch.tensor([0.7])
+    with torch.inference_mode():
+        denoised = base.apply_model(x, sigma, c_crossattn=ctx, y=pooled, guidance=torch.tensor([3.5]))
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    dt = tr.dtype
+    with diffusers_context():
+        packed = pipe._pack_latents(x.to(dt), 1, 16, 8, 12)
+        ids = pipe._prepare_latent_image_ids(1, 4, 6, "cpu", dt)
+        v = tr(
+            hidden_states=packed,
+            encoder_hidden_states=ctx.to(dt),
+            pooled_projections=pooled.to(dt),
+            timestep=sigma,
+            img_ids=ids,
+            txt_ids=torch.zeros(7, 3, dtype=dt),
+            guidance=torch.tensor([3.5]),
+            return_dict=False,
+        )[0]
+        v = pipe._unpack_latents(v, 64, 96, 8)  # (height, width) in pixels, vae_scale_factor 8
+    expected = x - sigma * v.float()
+
+    def call(text):
+        states, pooled_out, _ = pipe.encode_prompt(text, prompt_2=None, device="cpu")
+        return states, pooled_out
+
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": conditioning_error(result, call),
+        "model_size_bytes": model.size,
+        "vae_kind": type(vae.first_stage_model).__name__,
+    }
+
+
+def check_sd3(root):
+    result = loaded("sd3", root)
+    pipe = result.pipeline
+    model, _ = bridged(result)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 8, 8, generator=g)
+    ctx = torch.randn(1, 9, 128, generator=g)
+    pooled = torch.randn(1, 128, generator=g)
+    sigma = torch.tensor([0.6])
+    with torch.inference_mode():
+        denoised = model.model.apply_model(x, sigma, c_crossattn=ctx, y=pooled)
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    dt = tr.dtype
+    with diffusers_context():
+        v = tr(
+            hidden_states=x.to(dt),
+            encoder_hidden_states=ctx.to(dt),
+            pooled_projections=pooled.to(dt),
+            timestep=sigma * 1000,  # StableDiffusion3Pipeline hands the scheduler's timestep (sigma * 1000)
+            return_dict=False,
+        )[0]
+    expected = x - sigma * v.float()
+
+    def call(text):
+        states, _, pooled_out, _ = pipe.encode_prompt(text, None, None, device="cpu", do_classifier_free_guidance=False)
+        return states, pooled_out
+
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": conditioning_error(result, call),
+        "model_size_bytes": model.size,
+    }
+
+
+def _eps_reference(base, unet, x, sigma, ctx, added=None):
+    """What an EPS ComfyUI model computes from the diffusers UNet's noise prediction."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    ms = base.model_sampling
+    xin = ms.calculate_input(sigma, x)
+    t = ms.timestep(sigma).float()
+    dt = unet.dtype
+    with diffusers_context():
+        eps = unet(xin.to(dt), t, encoder_hidden_states=ctx.to(dt), added_cond_kwargs=added, return_dict=False)[0]
+    return ms.calculate_denoised(sigma, eps.float(), x)
+
+
+def check_sd(root):
+    result = loaded("sd", root)
+    pipe = result.pipeline
+    model, _ = bridged(result)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 77, 64, generator=g)
+    sigma = torch.tensor([2.5])
+    with torch.inference_mode():
+        denoised = model.model.apply_model(x, sigma, c_crossattn=ctx)
+        expected = _eps_reference(model.model, pipe.unet, x, sigma, ctx)
+
+    def call(text):
+        states, _ = pipe.encode_prompt(text, "cpu", 1, False)
+        return states, None
+
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": conditioning_error(result, call),
+        "model_size_bytes": model.size,
+    }
+
+
+def check_sdxl(root):
+    """SDXL's UNet only (no tiny SDXL pipeline): ComfyUI's own encode_adm builds `y` from the pooled
+    vector and the size conditions; diffusers gets text_embeds + time_ids."""
+    from diffusers import UNet2DConditionModel
+
+    from pipequant.nodes.bridge import ADAPTERS
+    from pipequant.nodes.bridge.comfy_model import _config
+    from pipequant.resolver.keep.memory import tensor_bytes
+
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=1280 + 6 * 256,
+        use_linear_projection=True,
+    ).eval()
+
+    class Sched:
+        config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+    import comfy.model_patcher
+
+    config = _config("sdxl", unet, Sched)
+    base = config.get_model({})
+    base.diffusion_model = ADAPTERS["sdxl"](None, unet)
+    patcher = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"), size=tensor_bytes(unet))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 77, 64, generator=g)
+    pooled = torch.randn(1, 1280, generator=g)
+    sigma = torch.tensor([3.0])
+    size = {"width": 832, "height": 1216, "crop_w": 0, "crop_h": 16, "target_width": 1024, "target_height": 1024}
+    with torch.inference_mode():
+        y = base.encode_adm(pooled_output=pooled, **size)
+        denoised = patcher.model.apply_model(x, sigma, c_crossattn=ctx, y=y)
+        time_ids = torch.tensor([[1216.0, 832.0, 16.0, 0.0, 1024.0, 1024.0]])  # diffusers: original, crop, target
+        expected = _eps_reference(base, unet, x, sigma, ctx, {"text_embeds": pooled, "time_ids": time_ids})
+    return {"denoiser_max_abs_error": err(denoised, expected), "output_scale": float(expected.abs().max())}
+
+
+def main() -> None:
+    _comfy()
+    root = sys.argv[1]
+    kinds = sys.argv[2:] or FAMILIES
+    out = {}
+    for kind in kinds:
+        out[kind] = globals()[f"check_{kind}"](root)
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
