@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-FAMILIES = ("flux", "sd3", "sd", "sdxl")
+FAMILIES = ("flux", "sd3", "sd", "sdxl", "memory")
 
 
 def _comfy():
@@ -229,10 +229,47 @@ def check_sdxl(root):
     return {"denoiser_max_abs_error": err(denoised, expected), "output_scale": float(expected.abs().max())}
 
 
+def check_memory(root):
+    """ComfyUI's model management on the bridged FLUX MODEL: one owner per module (the pack's own
+    entry for the transformer is handed over), the loaded size is the real bytes, and freeing
+    memory offloads it whole without an error."""
+    import comfy.model_management as mm
+
+    from pipequant.nodes import comfy_memory
+    from pipequant.resolver.keep.memory import tensor_bytes
+
+    result = loaded("flux", root)
+    comfy_memory.track(mm, result)  # what the Load node does
+    transformer = result.pipeline.transformer
+
+    def owners():
+        return sum(
+            1
+            for m in mm.current_loaded_models
+            if getattr(m.model, "model", None) is transformer
+            or getattr(getattr(getattr(m.model, "model", None), "diffusion_model", None), "denoiser", None) is transformer
+        )
+
+    before = owners()
+    model, _ = bridged(result)
+    with torch.inference_mode():
+        mm.load_models_gpu([model])
+    out = {
+        "pack_entries_before": before,
+        "owners_after_load": owners(),
+        "size_is_real_bytes": model.size == tensor_bytes(transformer),
+        "loaded_size_equals_size": model.loaded_size() == model.size,
+    }
+    with torch.inference_mode():
+        mm.unload_all_models()
+    out["owners_after_unload_all"] = owners()
+    out["loaded_size_after_unload"] = model.loaded_size()
+    return out
+
+
 def main() -> None:
-    _comfy()
-    root = sys.argv[1]
-    kinds = sys.argv[2:] or FAMILIES
+    root, kinds = sys.argv[1], sys.argv[2:] or FAMILIES
+    _comfy()  # ComfyUI parses sys.argv: read ours first
     out = {}
     for kind in kinds:
         out[kind] = globals()[f"check_{kind}"](root)

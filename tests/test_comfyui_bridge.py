@@ -104,6 +104,15 @@ def test_bridged_model_and_conditioning_equal_diffusers(models_root, tiny_flux, 
     assert run.returncode == 0 and line, f"{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     measured = json.loads(line[len("RESULT ") :])
     print(json.dumps(measured, indent=1))
+    memory = measured.pop("memory")
+    assert memory == {
+        "pack_entries_before": 1,
+        "owners_after_load": 1,
+        "size_is_real_bytes": True,
+        "loaded_size_equals_size": True,
+        "owners_after_unload_all": 0,
+        "loaded_size_after_unload": 0,
+    }, memory
     assert set(measured) == {"flux", "sd3", "sd", "sdxl"}
     for family, m in measured.items():
         # Within bf16 rounding of the output (the same module runs the same bf16 inputs).
