@@ -247,7 +247,8 @@ def check_memory(root):
             1
             for m in mm.current_loaded_models
             if getattr(m.model, "model", None) is transformer
-            or getattr(getattr(getattr(m.model, "model", None), "diffusion_model", None), "denoiser", None) is transformer
+            or getattr(getattr(getattr(m.model, "model", None), "diffusion_model", None), "denoiser", None)
+            is transformer
         )
 
     before = owners()
