@@ -179,14 +179,15 @@ def check_sd(root):
     }
 
 
-def check_sdxl(root):
-    """SDXL's UNet only (no tiny SDXL pipeline): ComfyUI's own encode_adm builds `y` from the pooled
-    vector and the size conditions; diffusers gets text_embeds + time_ids."""
-    from diffusers import UNet2DConditionModel
+def tiny_sdxl():
+    """An SDXL-shaped pipeline in memory (the pack's testing builders have none): two CLIPs (the
+    second with projection), a UNet taking text_time embeddings (256 per size condition, as
+    ComfyUI's SDXL adm), the tiny 4-channel VAE."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from pipequant.nodes.bridge import ADAPTERS
-    from pipequant.nodes.bridge.comfy_model import _config
-    from pipequant.resolver.keep.memory import tensor_bytes
+    from pipequant.testing.pipelines import _clip_config, _vae
+    from pipequant.testing.tokenizers import clip_tokenizer
 
     torch.manual_seed(3)
     unet = UNet2DConditionModel(
@@ -197,36 +198,65 @@ def check_sdxl(root):
         block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
+        cross_attention_dim=128,
         attention_head_dim=8,
         norm_num_groups=16,
         addition_embed_type="text_time",
         addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=1280 + 6 * 256,
+        projection_class_embeddings_input_dim=64 + 6 * 256,
         use_linear_projection=True,
-    ).eval()
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(4, 0.13025, None),
+        text_encoder=CLIPTextModel(_clip_config(64, 2)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(64, 2, projection_dim=64)),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+    return pipe.to(torch.bfloat16)
 
-    class Sched:
-        config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
-    import comfy.model_patcher
+def check_sdxl(root):
+    """Through the node path: ComfyUI's own encode_adm builds `y` from the CONDITIONING's pooled
+    vector and size conditions; diffusers gets text_embeds + the pipeline's add_time_ids."""
+    from pathlib import Path
+    from types import SimpleNamespace
 
-    config = _config("sdxl", unet, Sched)
-    base = config.get_model({})
-    base.diffusion_model = ADAPTERS["sdxl"](None, unet)
-    patcher = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"), size=tensor_bytes(unet))
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+
+    pipe = tiny_sdxl()
+    result = SimpleNamespace(
+        pipeline=pipe, loras=(), plan=SimpleNamespace(model=SimpleNamespace(folder=Path("tiny-sdxl")))
+    )
+    model, _vae_out = bridged(result)
+    base = model.model
+    (cond,) = PipeQuantEncodePrompt().encode(result, "a lighthouse at dusk", width=832, height=1216)
+    states, extras = cond[0]
+    from pipequant.resolver.run.context import diffusers_context
+
+    with diffusers_context():
+        ref_states, _, ref_pooled, _ = pipe.encode_prompt(
+            "a lighthouse at dusk", device="cpu", do_classifier_free_guidance=False
+        )
+    cond_err = max(err(states, ref_states), err(extras["pooled_output"], ref_pooled))
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 4, 8, 8, generator=g)
-    ctx = torch.randn(1, 77, 64, generator=g)
-    pooled = torch.randn(1, 1280, generator=g)
     sigma = torch.tensor([3.0])
-    size = {"width": 832, "height": 1216, "crop_w": 0, "crop_h": 16, "target_width": 1024, "target_height": 1024}
     with torch.inference_mode():
-        y = base.encode_adm(pooled_output=pooled, **size)
-        denoised = patcher.model.apply_model(x, sigma, c_crossattn=ctx, y=y)
-        time_ids = torch.tensor([[1216.0, 832.0, 16.0, 0.0, 1024.0, 1024.0]])  # diffusers: original, crop, target
-        expected = _eps_reference(base, unet, x, sigma, ctx, {"text_embeds": pooled, "time_ids": time_ids})
-    return {"denoiser_max_abs_error": err(denoised, expected), "output_scale": float(expected.abs().max())}
+        y = base.encode_adm(**extras)
+        denoised = base.apply_model(x, sigma, c_crossattn=states, y=y)
+        time_ids = torch.tensor([[1216.0, 832.0, 0.0, 0.0, 1216.0, 832.0]])  # original, crop, target (h, w)
+        added = {"text_embeds": extras["pooled_output"].to(pipe.unet.dtype), "time_ids": time_ids}
+        expected = _eps_reference(base, pipe.unet, x, sigma, states, added)
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": cond_err,
+        "model_type": base.model_type.name,
+    }
 
 
 def check_memory(root):
