@@ -43,6 +43,8 @@ def test_contract_ids_and_display_names():
         "PipeQuantSavePipeline": "Save Quantized Pipeline",
         "PipeQuantAutoPlan": "Auto Quantization Plan",
         "PipeQuantLoRA": "Apply LoRA",
+        "PipeQuantToComfy": "Pipeline to ComfyUI",
+        "PipeQuantEncodePrompt": "Encode Prompt with Pipeline",
     }
     names = {
         k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
@@ -75,6 +77,10 @@ def test_contract_ids_and_display_names():
         "allow_offload",
     ]
     assert NODE_CLASS_MAPPINGS["PipeQuantAutoPlan"].RETURN_TYPES == ("PIPELINE_QUANT_CONFIG", "STRING")
+    assert names["PipeQuantToComfy"] == ["pipeline"]
+    assert NODE_CLASS_MAPPINGS["PipeQuantToComfy"].RETURN_TYPES == ("MODEL", "VAE")
+    assert names["PipeQuantEncodePrompt"] == ["pipeline", "text", "width", "height", "max_sequence_length"]
+    assert NODE_CLASS_MAPPINGS["PipeQuantEncodePrompt"].RETURN_TYPES == ("CONDITIONING",)
 
 
 @pytest.mark.parametrize("node_id", list(NODE_CLASS_MAPPINGS))
