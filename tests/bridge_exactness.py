@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-FAMILIES = ("flux", "sd3", "sd", "sdxl", "memory")
+FAMILIES = ("flux", "chroma", "sd3", "sd", "sdxl", "memory")
 
 
 def _comfy():
@@ -102,6 +102,93 @@ def check_flux(root):
         "conditioning_max_abs_error": conditioning_error(result, call),
         "model_size_bytes": model.size,
         "vae_kind": type(vae.first_stage_model).__name__,
+    }
+
+
+def tiny_chroma():
+    """A Chroma-shaped pipeline in memory: T5 + ChromaTransformer2DModel + the tiny 16-channel VAE."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5EncoderModel
+
+    from pipequant.testing.pipelines import _t5_config, _vae
+    from pipequant.testing.tokenizers import t5_tokenizer
+
+    torch.manual_seed(5)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=64,
+        num_attention_heads=2,
+        joint_attention_dim=128,
+        axes_dims_rope=(16, 24, 24),
+        approximator_num_channels=16,
+        approximator_hidden_dim=64,
+        approximator_layers=1,
+    )
+    pipe = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(16, 0.3611, 0.1159),
+        text_encoder=T5EncoderModel(_t5_config(128, 2)),
+        tokenizer=t5_tokenizer(),
+        transformer=transformer,
+    )
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()  # built, not loaded: from_pretrained would have turned dropout off
+    return pipe.to(torch.bfloat16)
+
+
+def check_chroma(root):
+    """The bridged call (the prompt's tokens unpadded, ComfyUI's guidance 0) against the diffusers
+    module on the pipeline's padded T5 states with its attention mask."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+    from pipequant.resolver.run.context import diffusers_context
+
+    pipe = tiny_chroma()
+    result = SimpleNamespace(
+        pipeline=pipe, loras=(), plan=SimpleNamespace(model=SimpleNamespace(folder=Path("tiny-chroma")))
+    )
+    model, _ = bridged(result)
+    (cond,) = PipeQuantEncodePrompt().encode(result, "a lighthouse at dusk", max_sequence_length=32)
+    states, extras = cond[0]
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 16, 8, 8, generator=g)
+    sigma = torch.tensor([0.7])
+    with torch.inference_mode():
+        kwargs = model.model.extra_conds(cross_attn=states, device=torch.device("cpu"), noise=x, **extras)
+        conds = {k: v.cond for k, v in kwargs.items()}
+        denoised = model.model.apply_model(x, sigma, **conds)
+    dt = pipe.transformer.dtype
+    with diffusers_context():
+        padded, _ids, mask, *_ = pipe.encode_prompt(
+            "a lighthouse at dusk", device="cpu", do_classifier_free_guidance=False, max_sequence_length=32
+        )
+        packed = pipe._pack_latents(x.to(dt), 1, 16, 8, 8)
+        v = pipe.transformer(
+            hidden_states=packed,
+            timestep=sigma,
+            encoder_hidden_states=padded,
+            txt_ids=torch.zeros(padded.shape[1], 3, dtype=dt),
+            img_ids=pipe._prepare_latent_image_ids(1, 4, 4, "cpu", dt),
+            # The mask's meaning as a boolean: ChromaPipeline hands it over in float (1/0), which
+            # SDPA adds to the logits instead of masking (pads keep e^-1 of the weight; measured
+            # 0.05 of 3.5 apart from the boolean mask, which equals the unpadded tokens to 1e-6).
+            attention_mask=pipe._prepare_attention_mask(1, packed.shape[1], dt, mask).bool(),
+            return_dict=False,
+        )[0]
+        v = pipe._unpack_latents(v, 64, 64, 8)
+    expected = x - sigma * v.float()
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": err(states, padded[:, : states.shape[1]]),
+        "conditioning_tokens": states.shape[1],
+        "model_type": model.model.model_type.name,
     }
 
 
@@ -216,6 +303,9 @@ def tiny_sdxl():
         unet=unet,
         scheduler=scheduler,
     )
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()  # built, not loaded: from_pretrained would have turned dropout off
     return pipe.to(torch.bfloat16)
 
 

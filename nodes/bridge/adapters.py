@@ -95,6 +95,33 @@ class FluxAdapter(DenoiserAdapter):
         return out.to(x.device)
 
 
+class ChromaAdapter(DenoiserAdapter):
+    """Chroma: FLUX's packing; no pooled vector; guidance is fixed in the model (ComfyUI passes 0)."""
+
+    family = "Chroma"
+
+    def forward(self, x, timestep, context, guidance=None, control=None, transformer_options={}, **kwargs):
+        self._prepare(control, kwargs)
+        b, c, h, w = x.shape
+        pad_h, pad_w = (-h) % 2, (-w) % 2
+        with diffusers_context():
+            xs = self._in(x)
+            if pad_h or pad_w:
+                xs = torch.nn.functional.pad(xs, (0, pad_w, 0, pad_h), mode="circular")
+            h2, w2 = xs.shape[2] // 2, xs.shape[3] // 2
+            packed = pack_latents(xs)
+            out = self.denoiser(
+                hidden_states=packed,
+                encoder_hidden_states=self._in(context),
+                timestep=self._in(timestep),
+                img_ids=latent_ids(h2, w2, packed.device, packed.dtype),
+                txt_ids=torch.zeros(context.shape[1], 3, device=packed.device, dtype=packed.dtype),
+                return_dict=False,
+            )[0]
+            out = unpack_latents(out, h2, w2)[:, :, :h, :w]
+        return out.to(x.device)
+
+
 def pack_latents(x):
     """(B, C, H, W) -> (B, H/2 * W/2, C*4), the order of FluxPipeline._pack_latents."""
     b, c, h, w = x.shape
@@ -175,4 +202,4 @@ def _pass_through(module, inputs, output):
     return inputs[0].to(output.dtype)
 
 
-ADAPTERS = {"flux": FluxAdapter, "sd3": SD3Adapter, "sdxl": UNetAdapter, "sd1": UNetAdapter}
+ADAPTERS = {"flux": FluxAdapter, "chroma": ChromaAdapter, "sd3": SD3Adapter, "sdxl": UNetAdapter, "sd1": UNetAdapter}

@@ -140,6 +140,13 @@ def _config(family: str, denoiser, scheduler):
             "out_channels": (cfg.out_channels or cfg.in_channels) // 4,
         }
         config_cls = sm.Flux if cfg.guidance_embeds else sm.FluxSchnell
+    elif family == "chroma":
+        unet = {
+            "image_model": "chroma",
+            "in_channels": cfg.in_channels // 4,
+            "out_channels": (cfg.out_channels or cfg.in_channels) // 4,
+        }
+        config_cls = sm.Chroma
     elif family == "sd3":
         unet = {"in_channels": cfg.in_channels, "pos_embed_scaling_factor": None}
         config_cls = sm.SD3
@@ -199,7 +206,7 @@ def build_model(result, model_management):
         log.info("PipeQuant: %s follows the pipeline's own offload; ComfyUI sees it on %s", family, here)
     model.device = here
     patcher = patcher_class()(model, load_device=load, offload_device=offload, size=size)
-    patcher.pipequant_what = f"{result.plan.model.folder.name}/{'transformer' if family in ('flux', 'sd3') else 'unet'}"
+    patcher.pipequant_what = f"{result.plan.model.folder.name}/{'unet' if family in ('sd1', 'sdxl') else 'transformer'}"
     if here.type == load.type:
         model.model_loaded_weight_memory = 0  # ComfyUI's load_models_gpu counts it in on first use
     return patcher

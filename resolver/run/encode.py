@@ -11,10 +11,17 @@ from dataclasses import dataclass, field
 # Denoiser class -> family, for the families whose encoders and denoisers are mapped.
 FAMILY_OF_DENOISER = {
     "FluxTransformer2DModel": "flux",
+    "ChromaTransformer2DModel": "chroma",
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd1",  # "sdxl" when the UNet takes text_time embeddings (below)
 }
-FAMILY_TITLES = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3 / 3.5", "sdxl": "SDXL", "sd1": "Stable Diffusion 1.x"}
+FAMILY_TITLES = {
+    "flux": "FLUX.1",
+    "chroma": "Chroma",
+    "sd3": "Stable Diffusion 3 / 3.5",
+    "sdxl": "SDXL",
+    "sd1": "Stable Diffusion 1.x",
+}
 
 
 def denoiser_of(pipe):
@@ -62,6 +69,15 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
             kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
             states, pooled, _ids = pipe.encode_prompt(text, prompt_2=None, device=device, **kwargs)
             extras = {"pooled_output": pooled}
+        elif family == "chroma":
+            kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+            states, _ids, mask, *_ = pipe.encode_prompt(
+                text, device=device, do_classifier_free_guidance=False, **kwargs
+            )
+            # Chroma attends to the prompt's tokens and its first padding token only (the
+            # pipeline's mask): those tokens, unpadded, as ComfyUI's own Chroma encoder gives.
+            states = states[:, : int(mask[0].sum())]
+            extras = {"pooled_output": None}  # T5 only: core's Chroma conditioning carries None
         elif family == "sd3":
             kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
             states, _neg, pooled, _neg_pooled = pipe.encode_prompt(
@@ -80,4 +96,4 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
 
 
 def _plain(tensor):
-    return tensor.detach().to("cpu").float().clone()
+    return None if tensor is None else tensor.detach().to("cpu").float().clone()
