@@ -4,10 +4,12 @@
   _unpack_latents); an unmapped family and ControlNet residuals are refused with a clear message.
 - With COMFYUI_DIR (ComfyUI's python, tests/bridge_exactness.py): one call through the bridged
   MODEL's apply_model equals the diffusers module's output for FLUX, Chroma, SD3, SD1 and SDXL
-  (int8 torchao weights for the built tiny pipelines, bf16), and the CONDITIONING equals the pipeline's encode_prompt.
+  (int8 torchao weights for the built tiny pipelines, bf16), and the CONDITIONING equals the
+  pipeline's encode_prompt.
 - In a real ComfyUI server (CPU): Load -> Pipeline to ComfyUI -> KSampler -> VAEDecode -> SaveImage,
   conditioning from Encode Prompt with Pipeline, for tiny FLUX, SD3 and SD1; core nodes on the
-  bridged MODEL; /free then a second run; a pipeline fed into KSampler's model is refused before
+  bridged MODEL (FLUX: ModelSamplingFlux, FluxGuidance, ConditioningZeroOut; SD3: ModelSamplingSD3,
+  ConditioningCombine, SamplerCustomAdvanced + CFGGuider; SD1: InpaintModelConditioning at half denoise); /free then a second run; a pipeline fed into KSampler's model is refused before
   Run; core LoraLoaderModelOnly is refused naming Apply LoRA; no traceback for the good runs.
 """
 
@@ -180,22 +182,50 @@ def bridge_prompt(model: str, family: str, seed: int = 1) -> dict:
         prompt["11"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["4", 0], "guidance": 4.0}}
         prompt["12"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["4", 0]}}
         prompt["7"]["inputs"].update(model=["10", 0], positive=["11", 0], negative=["12", 0])
-    if family == "sd3":
+    if family == "sd3":  # core's custom sampling: SamplerCustomAdvanced with CFGGuider
         prompt["10"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["3", 0], "shift": 3.0}}
         prompt["11"] = {
             "class_type": "ConditioningCombine",
             "inputs": {"conditioning_1": ["4", 0], "conditioning_2": ["5", 0]},
         }
-        prompt["7"]["inputs"].update(model=["10", 0], positive=["11", 0])
-    if family == "sd":  # image-to-image through core: VAEEncode + SetLatentNoiseMask, half denoise
+        prompt["7"] = {
+            "class_type": "SamplerCustomAdvanced",
+            "inputs": {
+                "noise": ["14", 0],
+                "guider": ["15", 0],
+                "sampler": ["16", 0],
+                "sigmas": ["17", 0],
+                "latent_image": ["6", 0],
+            },
+        }
+        prompt["14"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
+        prompt["15"] = {
+            "class_type": "CFGGuider",
+            "inputs": {"model": ["10", 0], "positive": ["11", 0], "negative": ["5", 0], "cfg": 3.0},
+        }
+        prompt["16"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+        prompt["17"] = {
+            "class_type": "BasicScheduler",
+            "inputs": {"model": ["10", 0], "scheduler": "simple", "steps": 2, "denoise": 1.0},
+        }
+    if family == "sd":  # inpainting through core: VAEEncode inside InpaintModelConditioning, half denoise
         prompt["10"] = {
             "class_type": "EmptyImage",
             "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 8421504},
         }
-        prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["3", 1]}}
         prompt["12"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 32}}
-        prompt["13"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["12", 0]}}
-        prompt["7"]["inputs"].update(latent_image=["13", 0], denoise=0.5)
+        prompt["13"] = {
+            "class_type": "InpaintModelConditioning",
+            "inputs": {
+                "positive": ["4", 0],
+                "negative": ["5", 0],
+                "vae": ["3", 1],
+                "pixels": ["10", 0],
+                "mask": ["12", 0],
+                "noise_mask": True,
+            },
+        }
+        prompt["7"]["inputs"].update(positive=["13", 0], negative=["13", 1], latent_image=["13", 2], denoise=0.5)
     return prompt
 
 
