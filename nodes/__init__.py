@@ -4,12 +4,14 @@ ComfyUI services (host.py) and the editor's HTTP routes (routes.py)."""
 from .auto_plan import PipeQuantAutoPlan
 from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap
+from .encode_prompt import PipeQuantEncodePrompt
 from .load import PipeQuantLoadPipeline
 from .lora import PipeQuantLoRA
 from .quality_check import PipeQuantQualityCheck
 from .report import PipeQuantMemoryReport
 from .sampler import PipeQuantSampler
 from .save import PipeQuantSavePipeline
+from .to_comfy import PipeQuantToComfy
 
 NODES = (
     PipeQuantBackend,
@@ -21,6 +23,8 @@ NODES = (
     PipeQuantAutoPlan,
     PipeQuantLoRA,
     PipeQuantQualityCheck,
+    PipeQuantToComfy,
+    PipeQuantEncodePrompt,
 )
 # Node ids are the class names and are frozen: saved workflows name them.
 NODE_CLASS_MAPPINGS = {node.__name__: node for node in NODES}

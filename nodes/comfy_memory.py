@@ -191,6 +191,19 @@ def prune(model_management) -> None:
     models[:] = [m for m in models if not (isinstance(m.model, ComponentHandle) and m.model.model is None)]
 
 
+def hand_over(model_management, module) -> None:
+    """The module now has a ComfyUI ModelPatcher of its own (Pipeline to ComfyUI): drop the pack's
+    entry for it, so that ComfyUI's list holds one owner per module. The pack's cache still keeps
+    the module; POST /free releases both."""
+    if not supported(model_management):
+        return
+    handle = _HANDLES.pop(id(module), None)
+    if handle is None:
+        return
+    models = model_management.current_loaded_models
+    models[:] = [m for m in models if m.model is not handle]
+
+
 def install(model_management) -> None:
     """Wrap two functions of ComfyUI's, once. free_memory: after ComfyUI unloaded what it chose,
     collect the released components' memory (they hold reference cycles) and give it back to the OS.

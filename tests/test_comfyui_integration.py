@@ -33,12 +33,29 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # -- building prompts ----------------------------------------------------------------------------
-def example(name: str) -> tuple[dict, dict]:
+def core_classes(server) -> dict:
+    """Stand-ins for ComfyUI's core nodes (KSampler, VAEDecode, ...) with the server's own input
+    declarations, so that to_api reads their widget values in the editor's order."""
+    status, info = server.get("/object_info")
+    assert status == 200
+    return {
+        name: type(name, (), {"INPUT_TYPES": staticmethod(lambda e=entry: e["input"])}) for name, entry in info.items()
+    }
+
+
+def example(name: str, server=None) -> tuple[dict, dict]:
     """(UI workflow, API prompt) of an example, shrunk to run in seconds on the server's CPU."""
     ui = read_workflow(EXAMPLES / f"{name}.json")
-    prompt = to_api(copy.deepcopy(ui), NODE_CLASSES)
+    prompt = to_api(copy.deepcopy(ui), {**(core_classes(server) if server else {}), **NODE_CLASSES})
     for node in nodes(prompt, "PipeQuantSampler"):
         node["inputs"].update(steps=2, width=SIZE, height=SIZE, max_sequence_length=32)
+    for node in nodes(prompt, "KSampler"):  # templates into core's sampler (Pipeline to ComfyUI)
+        node["inputs"]["steps"] = 2
+    for kind in ("EmptySD3LatentImage", "EmptyLatentImage"):
+        for node in nodes(prompt, kind):  # latent = size / 8; the tiny VAEs keep the latent's size
+            node["inputs"].update(width=SIZE * 8, height=SIZE * 8)
+    for node in nodes(prompt, "PipeQuantEncodePrompt"):
+        node["inputs"]["max_sequence_length"] = 32
     for node in nodes(prompt, "PipeQuantLoadPipeline"):
         node["inputs"]["device"] = "cpu"  # what a --cpu server has
     return ui, prompt
@@ -161,7 +178,7 @@ def test_example_workflows_are_templates(comfy_server):
 # -- every example runs ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_workflow_runs(comfy_server, name):
-    ui, prompt = example(name)
+    ui, prompt = example(name, comfy_server)
     prompt = cpu_variant(slug(name), prompt)
     entry = comfy_server.run(prompt, ui, timeout=150)
     assert_success(entry, comfy_server)

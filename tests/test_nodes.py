@@ -44,6 +44,8 @@ def test_contract_ids_and_display_names():
         "PipeQuantAutoPlan": "Auto Quantization Plan",
         "PipeQuantLoRA": "Apply LoRA",
         "PipeQuantQualityCheck": "Plan Quality Check",
+        "PipeQuantToComfy": "Pipeline to ComfyUI",
+        "PipeQuantEncodePrompt": "Encode Prompt with Pipeline",
     }
     names = {
         k: list(v.INPUT_TYPES()["required"]) + list(v.INPUT_TYPES().get("optional", {}))
@@ -91,6 +93,10 @@ def test_contract_ids_and_display_names():
         "components",
     ]
     assert NODE_CLASS_MAPPINGS["PipeQuantQualityCheck"].RETURN_TYPES == ("STRING", "IMAGE")
+    assert names["PipeQuantToComfy"] == ["pipeline"]
+    assert NODE_CLASS_MAPPINGS["PipeQuantToComfy"].RETURN_TYPES == ("MODEL", "VAE")
+    assert names["PipeQuantEncodePrompt"] == ["pipeline", "text", "width", "height", "max_sequence_length"]
+    assert NODE_CLASS_MAPPINGS["PipeQuantEncodePrompt"].RETURN_TYPES == ("CONDITIONING",)
 
 
 @pytest.mark.parametrize("node_id", list(NODE_CLASS_MAPPINGS))

@@ -20,6 +20,19 @@ WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
 # renamed for their titles in the template browser; their contents did not change). They must keep
 # loading and running: users' saved workflows look like them.
 RELEASED = sorted((Path(__file__).parent / "workflows").glob("*.json"))
+
+
+def _headless(path: Path) -> bool:
+    """Whether every node of the workflow runs in the headless runner. Templates that hand the
+    pipeline to ComfyUI's core nodes (KSampler, VAEDecode, ...) run in a real ComfyUI instead:
+    tests/test_comfyui_integration.py runs every template there."""
+    from pipequant.runner.workflow import UI_ONLY_NODES
+
+    types = {n["type"] for n in json.loads(path.read_text())["nodes"]} - set(UI_ONLY_NODES)
+    return types <= set(ALL_NODES)
+
+
+HEADLESS = [p for p in RELEASED if _headless(p)]
 SMALL = [
     ("PipeQuantSampler", "steps", 2),
     ("PipeQuantSampler", "width", 32),
@@ -76,7 +89,15 @@ def test_every_template_is_a_released_copy():
     assert not missing, f"add a copy of each released template to tests/workflows/: {missing}"
 
 
-@pytest.mark.parametrize("path", RELEASED, ids=[p.stem for p in RELEASED])
+def test_templates_beyond_the_runner_use_the_comfyui_bridge():
+    core = [p.name for p in RELEASED if not _headless(p)]
+    assert core, "expected the Pipeline to ComfyUI template(s)"
+    for name in core:
+        types = {n["type"] for n in json.loads((Path(__file__).parent / "workflows" / name).read_text())["nodes"]}
+        assert "PipeQuantToComfy" in types, f"{name} uses nodes the headless runner lacks without the bridge"
+
+
+@pytest.mark.parametrize("path", HEADLESS, ids=[p.stem for p in HEADLESS])
 def test_released_workflow_runs(path, env, bnb_cpu, models_root):
     prompt = _point_at_tiny(load_prompt(path), path)
     ui = execute(prompt)

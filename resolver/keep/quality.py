@@ -27,6 +27,7 @@ from ..constants import DEFAULT_DTYPE, KEEP, PREQUANTIZED
 from ..decide.limits import image_size_problems, prompt_problems
 from ..decide.plan import Plan, is_autoencoder
 from ..decide.planner import figures
+from ..decide.prepare import prepare
 from ..problems import Problem, ValidationError
 from ..run.component_error import capture_first_calls, measure
 from ..run.context import diffusers_context
@@ -35,7 +36,6 @@ from ..run.sample import generate
 from ..safe_files import FileProblem, read_json_object
 from .cache import COMPONENT_CACHE, free_memory
 from .load import load_plan
-from .pipeline import plan_named
 
 COMPONENTS, IMAGES, BOTH = "components", "images", "both"
 MEASURES = (COMPONENTS, IMAGES, BOTH)
@@ -244,8 +244,10 @@ def check_quality(
     """Raises ValidationError for bad input before any weight is read. `make_room(plan)` runs before
     each load (the node frees ComfyUI's models there, as the Load node does)."""
     start = time.perf_counter()
-    plan = plan_named(model, spec, roots=roots, gguf_roots=gguf_roots, dtype=dtype, device=device, offload=offload)
-    reference_plan = plan_named(model, None, roots=roots, dtype=dtype, device=device, offload=offload)
+    plan = prepare(
+        model, spec, roots=roots, gguf_roots=gguf_roots, dtype=dtype, device=device, offload=offload
+    ).plan_or_raise()
+    reference_plan = prepare(model, None, roots=roots, dtype=dtype, device=device, offload=offload).plan_or_raise()
     names = measurable(plan)
     problems = _input_problems(prompt, steps, measures, components, names) + image_size_problems(
         plan.model, width, height

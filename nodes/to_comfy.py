@@ -1,0 +1,77 @@
+"""Pipeline to ComfyUI: the loaded pipeline's (quantized) denoiser as a MODEL and its VAE as a VAE,
+for core's KSampler, VAEDecode and everything else that takes them."""
+
+from __future__ import annotations
+
+from ..resolver.problems import Problem
+from ..resolver.run.encode import FAMILY_TITLES, families_text, family_of
+from . import comfy_memory, host
+from .load import PIPELINE_TYPE
+from .messages import raise_for
+
+TO_COMFY_NODE = "Pipeline to ComfyUI"
+
+
+def family_problems(result, node: str) -> list[Problem]:
+    """The pipeline's family must be one the bridge maps (checked before anything is built)."""
+    family = family_of(result.pipeline)
+    if family is not None:
+        return []
+    return [
+        Problem(
+            code="bridge_family",
+            input="pipeline",
+            message=f"{type(result.pipeline).__name__} ({result.plan.model.folder.name}) has no ComfyUI mapping",
+            suggestion=f"the families that work: {families_text()}; use Quantized Pipeline Sampler for the others",
+        )
+    ]
+
+
+class PipeQuantToComfy:
+    TITLE = "Pipeline to ComfyUI"  # the display name (nodes/__init__.py)
+    DESCRIPTION = (
+        "Hand a loaded (quantized) pipeline to ComfyUI's own nodes: MODEL for KSampler / SamplerCustom / "
+        "ModelSampling* / FluxGuidance, VAE for VAEDecode / VAEEncode. The MODEL runs the pipeline's own "
+        "diffusers denoiser (its quantized weights and Apply LoRA stack) under ComfyUI's samplers and memory "
+        "management. Families: " + families_text() + "."
+    )
+    CATEGORY = "PipeQuant"
+    RETURN_TYPES = ("MODEL", "VAE")
+    RETURN_NAMES = ("model", "vae")
+    OUTPUT_TOOLTIPS = (
+        "The pipeline's denoiser as a ComfyUI MODEL (the family's latent format and sampling). Core LoRA "
+        "loaders are refused on it: use Apply LoRA before this node.",
+        "The pipeline's VAE as a ComfyUI VAE.",
+    )
+    FUNCTION = "convert"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (
+                    PIPELINE_TYPE,
+                    {"tooltip": "From Load Quantized Pipeline (or Apply LoRA). Families: " + families_text() + "."},
+                ),
+            }
+        }
+
+    def convert(self, pipeline):
+        raise_for(family_problems(pipeline, TO_COMFY_NODE), TO_COMFY_NODE)
+        from .bridge import build_model, build_vae
+
+        mm = host.model_management
+        if mm is None:
+            raise RuntimeError(f"{TO_COMFY_NODE} needs ComfyUI (comfy.model_management is not importable)")
+        pipe = pipeline.pipeline
+        model = build_model(pipeline, mm)
+        # One owner per module: ComfyUI manages the denoiser (and the wrapped VAE) through these
+        # patchers now, not through the pack's component entries.
+        comfy_memory.hand_over(mm, model.model.diffusion_model.denoiser)
+        vae = build_vae(pipe.vae, pipeline.plan.model.folder.name)
+        if getattr(getattr(vae, "first_stage_model", None), "vae", None) is pipe.vae:
+            comfy_memory.hand_over(mm, pipe.vae)
+        return (model, vae)
+
+
+__all__ = ["FAMILY_TITLES", "PipeQuantToComfy", "TO_COMFY_NODE"]

@@ -1,0 +1,401 @@
+"""Run by tests/test_comfyui_bridge.py in ComfyUI's python: one denoiser call through the bridged
+MODEL (ComfyUI's own apply_model: input scaling, dtype casts, timestep, the family's conds) against
+the diffusers module called the way its pipeline calls it, and the CONDITIONING against the
+pipeline's encode_prompt. Prints one JSON object: family -> measured errors.
+
+usage: python bridge_exactness.py <models folder> [families...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+FAMILIES = ("flux", "chroma", "sd3", "sd", "sdxl", "memory")
+
+
+def _comfy():
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.model_management as mm
+
+    return mm
+
+
+def loaded(kind, root):
+    from pipequant import testing as tiny
+    from pipequant.resolver.keep.load import load
+    from pipequant.resolver.links.spec import BackendSpec
+
+    path = tiny.ensure_pipeline(kind, root)
+    spec = BackendSpec.make("torchao", "int8_weight_only", components=["unet" if kind == "sd" else "transformer"])
+    return load(path, spec, dtype="bfloat16", device="cpu", cache=None)
+
+
+def bridged(result):
+    from pipequant.nodes.to_comfy import PipeQuantToComfy
+
+    return PipeQuantToComfy().convert(result)
+
+
+def err(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def conditioning_error(result, pipe_call) -> float:
+    """The node's CONDITIONING against the pipeline's own encode_prompt, same prompt."""
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+    from pipequant.resolver.run.context import diffusers_context
+
+    (cond,) = PipeQuantEncodePrompt().encode(result, "a lighthouse at dusk")
+    with diffusers_context():
+        states, pooled = pipe_call("a lighthouse at dusk")
+    out = err(cond[0][0], states)
+    if pooled is not None:
+        out = max(out, err(cond[0][1]["pooled_output"], pooled))
+    return out
+
+
+def check_flux(root):
+    result = loaded("flux", root)
+    pipe = result.pipeline
+    model, vae = bridged(result)
+    base = model.model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 8, 12, generator=g)
+    ctx = torch.randn(1, 7, 128, generator=g)
+    pooled = torch.randn(1, 128, generator=g)
+    sigma = torch.tensor([0.7])
+    with torch.inference_mode():
+        denoised = base.apply_model(x, sigma, c_crossattn=ctx, y=pooled, guidance=torch.tensor([3.5]))
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    dt = tr.dtype
+    with diffusers_context():
+        packed = pipe._pack_latents(x.to(dt), 1, 16, 8, 12)
+        ids = pipe._prepare_latent_image_ids(1, 4, 6, "cpu", dt)
+        v = tr(
+            hidden_states=packed,
+            encoder_hidden_states=ctx.to(dt),
+            pooled_projections=pooled.to(dt),
+            timestep=sigma,
+            img_ids=ids,
+            txt_ids=torch.zeros(7, 3, dtype=dt),
+            guidance=torch.tensor([3.5]),
+            return_dict=False,
+        )[0]
+        v = pipe._unpack_latents(v, 64, 96, 8)  # (height, width) in pixels, vae_scale_factor 8
+    expected = x - sigma * v.float()
+
+    def call(text):
+        states, pooled_out, _ = pipe.encode_prompt(text, prompt_2=None, device="cpu")
+        return states, pooled_out
+
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": conditioning_error(result, call),
+        "model_size_bytes": model.size,
+        "vae_kind": type(vae.first_stage_model).__name__,
+    }
+
+
+def tiny_chroma():
+    """A Chroma-shaped pipeline in memory: T5 + ChromaTransformer2DModel + the tiny 16-channel VAE."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5EncoderModel
+
+    from pipequant.testing.pipelines import _t5_config, _vae
+    from pipequant.testing.tokenizers import t5_tokenizer
+
+    torch.manual_seed(5)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=64,
+        num_attention_heads=2,
+        joint_attention_dim=128,
+        axes_dims_rope=(16, 24, 24),
+        approximator_num_channels=16,
+        approximator_hidden_dim=64,
+        approximator_layers=1,
+    )
+    pipe = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(16, 0.3611, 0.1159),
+        text_encoder=T5EncoderModel(_t5_config(128, 2)),
+        tokenizer=t5_tokenizer(),
+        transformer=transformer,
+    )
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()  # built, not loaded: from_pretrained would have turned dropout off
+    return pipe.to(torch.bfloat16)
+
+
+def check_chroma(root):
+    """The bridged call (the prompt's tokens unpadded, ComfyUI's guidance 0) against the diffusers
+    module on the pipeline's padded T5 states with its attention mask."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+    from pipequant.resolver.run.context import diffusers_context
+
+    pipe = tiny_chroma()
+    result = SimpleNamespace(
+        pipeline=pipe, loras=(), plan=SimpleNamespace(model=SimpleNamespace(folder=Path("tiny-chroma")))
+    )
+    model, _ = bridged(result)
+    (cond,) = PipeQuantEncodePrompt().encode(result, "a lighthouse at dusk", max_sequence_length=32)
+    states, extras = cond[0]
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 16, 8, 8, generator=g)
+    sigma = torch.tensor([0.7])
+    with torch.inference_mode():
+        kwargs = model.model.extra_conds(cross_attn=states, device=torch.device("cpu"), noise=x, **extras)
+        conds = {k: v.cond for k, v in kwargs.items()}
+        denoised = model.model.apply_model(x, sigma, **conds)
+    dt = pipe.transformer.dtype
+    with diffusers_context():
+        padded, _ids, mask, *_ = pipe.encode_prompt(
+            "a lighthouse at dusk", device="cpu", do_classifier_free_guidance=False, max_sequence_length=32
+        )
+        packed = pipe._pack_latents(x.to(dt), 1, 16, 8, 8)
+        v = pipe.transformer(
+            hidden_states=packed,
+            timestep=sigma,
+            encoder_hidden_states=padded,
+            txt_ids=torch.zeros(padded.shape[1], 3, dtype=dt),
+            img_ids=pipe._prepare_latent_image_ids(1, 4, 4, "cpu", dt),
+            # The mask's meaning as a boolean: ChromaPipeline hands it over in float (1/0), which
+            # SDPA adds to the logits instead of masking (pads keep e^-1 of the weight; measured
+            # 0.05 of 3.5 apart from the boolean mask, which equals the unpadded tokens to 1e-6).
+            attention_mask=pipe._prepare_attention_mask(1, packed.shape[1], dt, mask).bool(),
+            return_dict=False,
+        )[0]
+        v = pipe._unpack_latents(v, 64, 64, 8)
+    expected = x - sigma * v.float()
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": err(states, padded[:, : states.shape[1]]),
+        "conditioning_tokens": states.shape[1],
+        "model_type": model.model.model_type.name,
+    }
+
+
+def check_sd3(root):
+    result = loaded("sd3", root)
+    pipe = result.pipeline
+    model, _ = bridged(result)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 8, 8, generator=g)
+    ctx = torch.randn(1, 9, 128, generator=g)
+    pooled = torch.randn(1, 128, generator=g)
+    sigma = torch.tensor([0.6])
+    with torch.inference_mode():
+        denoised = model.model.apply_model(x, sigma, c_crossattn=ctx, y=pooled)
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    dt = tr.dtype
+    with diffusers_context():
+        v = tr(
+            hidden_states=x.to(dt),
+            encoder_hidden_states=ctx.to(dt),
+            pooled_projections=pooled.to(dt),
+            timestep=sigma * 1000,  # StableDiffusion3Pipeline hands the scheduler's timestep (sigma * 1000)
+            return_dict=False,
+        )[0]
+    expected = x - sigma * v.float()
+
+    def call(text):
+        states, _, pooled_out, _ = pipe.encode_prompt(text, None, None, device="cpu", do_classifier_free_guidance=False)
+        return states, pooled_out
+
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": conditioning_error(result, call),
+        "model_size_bytes": model.size,
+    }
+
+
+def _eps_reference(base, unet, x, sigma, ctx, added=None):
+    """What an EPS ComfyUI model computes from the diffusers UNet's noise prediction."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    ms = base.model_sampling
+    xin = ms.calculate_input(sigma, x)
+    t = ms.timestep(sigma).float()
+    dt = unet.dtype
+    with diffusers_context():
+        eps = unet(xin.to(dt), t, encoder_hidden_states=ctx.to(dt), added_cond_kwargs=added, return_dict=False)[0]
+    return ms.calculate_denoised(sigma, eps.float(), x)
+
+
+def check_sd(root):
+    result = loaded("sd", root)
+    pipe = result.pipeline
+    model, _ = bridged(result)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 77, 64, generator=g)
+    sigma = torch.tensor([2.5])
+    with torch.inference_mode():
+        denoised = model.model.apply_model(x, sigma, c_crossattn=ctx)
+        expected = _eps_reference(model.model, pipe.unet, x, sigma, ctx)
+
+    def call(text):
+        states, _ = pipe.encode_prompt(text, "cpu", 1, False)
+        return states, None
+
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": conditioning_error(result, call),
+        "model_size_bytes": model.size,
+    }
+
+
+def tiny_sdxl():
+    """An SDXL-shaped pipeline in memory (the pack's testing builders have none): two CLIPs (the
+    second with projection), a UNet taking text_time embeddings (256 per size condition, as
+    ComfyUI's SDXL adm), the tiny 4-channel VAE."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipequant.testing.pipelines import _clip_config, _vae
+    from pipequant.testing.tokenizers import clip_tokenizer
+
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=128,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=64 + 6 * 256,
+        use_linear_projection=True,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(4, 0.13025, None),
+        text_encoder=CLIPTextModel(_clip_config(64, 2)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(64, 2, projection_dim=64)),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()  # built, not loaded: from_pretrained would have turned dropout off
+    return pipe.to(torch.bfloat16)
+
+
+def check_sdxl(root):
+    """Through the node path: ComfyUI's own encode_adm builds `y` from the CONDITIONING's pooled
+    vector and size conditions; diffusers gets text_embeds + the pipeline's add_time_ids."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+
+    pipe = tiny_sdxl()
+    result = SimpleNamespace(
+        pipeline=pipe, loras=(), plan=SimpleNamespace(model=SimpleNamespace(folder=Path("tiny-sdxl")))
+    )
+    model, _vae_out = bridged(result)
+    base = model.model
+    (cond,) = PipeQuantEncodePrompt().encode(result, "a lighthouse at dusk", width=832, height=1216)
+    states, extras = cond[0]
+    from pipequant.resolver.run.context import diffusers_context
+
+    with diffusers_context():
+        ref_states, _, ref_pooled, _ = pipe.encode_prompt(
+            "a lighthouse at dusk", device="cpu", do_classifier_free_guidance=False
+        )
+    cond_err = max(err(states, ref_states), err(extras["pooled_output"], ref_pooled))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    sigma = torch.tensor([3.0])
+    with torch.inference_mode():
+        y = base.encode_adm(**extras)
+        denoised = base.apply_model(x, sigma, c_crossattn=states, y=y)
+        time_ids = torch.tensor([[1216.0, 832.0, 0.0, 0.0, 1216.0, 832.0]])  # original, crop, target (h, w)
+        added = {"text_embeds": extras["pooled_output"].to(pipe.unet.dtype), "time_ids": time_ids}
+        expected = _eps_reference(base, pipe.unet, x, sigma, states, added)
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": cond_err,
+        "model_type": base.model_type.name,
+    }
+
+
+def check_memory(root):
+    """ComfyUI's model management on the bridged FLUX MODEL: one owner per module (the pack's own
+    entry for the transformer is handed over), the loaded size is the real bytes, and freeing
+    memory offloads it whole without an error."""
+    import comfy.model_management as mm
+
+    from pipequant.nodes import comfy_memory
+    from pipequant.resolver.keep.memory import tensor_bytes
+
+    result = loaded("flux", root)
+    comfy_memory.track(mm, result)  # what the Load node does
+    transformer = result.pipeline.transformer
+
+    def owners():
+        return sum(
+            1
+            for m in mm.current_loaded_models
+            if getattr(m.model, "model", None) is transformer
+            or getattr(getattr(getattr(m.model, "model", None), "diffusion_model", None), "denoiser", None)
+            is transformer
+        )
+
+    before = owners()
+    model, _ = bridged(result)
+    with torch.inference_mode():
+        mm.load_models_gpu([model])
+    out = {
+        "pack_entries_before": before,
+        "owners_after_load": owners(),
+        "size_is_real_bytes": model.size == tensor_bytes(transformer),
+        "loaded_size_equals_size": model.loaded_size() == model.size,
+    }
+    with torch.inference_mode():
+        mm.unload_all_models()
+    out["owners_after_unload_all"] = owners()
+    out["loaded_size_after_unload"] = model.loaded_size()
+    return out
+
+
+def main() -> None:
+    root, kinds = sys.argv[1], sys.argv[2:] or FAMILIES
+    _comfy()  # ComfyUI parses sys.argv: read ours first
+    out = {}
+    for kind in kinds:
+        out[kind] = globals()[f"check_{kind}"](root)
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
