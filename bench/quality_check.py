@@ -55,7 +55,7 @@ def _spec(name: str):
 
 
 def errors(folder: Path, device: str, steps: int, side: int) -> list[dict]:
-    from pipequant.resolver.keep import check_quality
+    from pipequant.resolver.measure import check_quality
 
     rows = []
     for name in PLANS:
@@ -98,7 +98,8 @@ def errors(folder: Path, device: str, steps: int, side: int) -> list[dict]:
 def cost(folder: Path, device: str, steps: int, side: int, rounds: int) -> dict:
     import torch
 
-    from pipequant.resolver.keep import check_quality, load
+    from pipequant.resolver.keep import load
+    from pipequant.resolver.measure import check_quality
     from pipequant.resolver.run import generate
 
     sample = dict(prompt=PROMPT, steps=steps, width=side, height=side, seed=0, max_sequence_length=32)

@@ -3,9 +3,8 @@ pipeline's own (possibly quantized) text encoders."""
 
 from __future__ import annotations
 
-from ..resolver.decide.limits import prompt_problems
-from ..resolver.run.encode import encode_prompt, families_text, family_of
-from ..resolver.run.lora import activate
+from ..resolver.decide import prompt_problems
+from ..resolver.run import activate, encode_prompt, families_text, family_of
 from .load import PIPELINE_TYPE
 from .messages import raise_for, validation_result
 from .to_comfy import family_problems

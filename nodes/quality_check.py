@@ -5,9 +5,10 @@ from __future__ import annotations
 from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.decide import estimate, prompt_problems
 from ..resolver.files import list_pipelines
-from ..resolver.keep import BOTH, MEASURES, OWN_PROBLEMS, DiskCache, check_quality
+from ..resolver.keep import DiskCache
 from ..resolver.known import DEVICES, OFFLOAD_MODES
 from ..resolver.links import parse_components
+from ..resolver.measure import BOTH, MEASURES, OWN_PROBLEMS, check_quality
 from ..resolver.problems import ValidationError
 from . import host
 from .backend import CONFIG_TYPE

@@ -4,7 +4,7 @@ for core's KSampler, VAEDecode and everything else that takes them."""
 from __future__ import annotations
 
 from ..resolver.problems import Problem
-from ..resolver.run.encode import FAMILY_TITLES, families_text, family_of
+from ..resolver.run import FAMILY_TITLES, families_text, family_of
 from . import comfy_memory, host
 from .load import PIPELINE_TYPE
 from .messages import raise_for

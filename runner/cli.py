@@ -276,8 +276,9 @@ def _quality_spec(args):
 def cmd_quality(args) -> int:
     """Measure what a plan costs: per-component errors (and with --images PSNR/SSIM/LPIPS)."""
     from ..resolver.files import env_roots
-    from ..resolver.keep import BOTH, COMPONENTS, DiskCache, check_quality, configured_folder
+    from ..resolver.keep import DiskCache, configured_folder
     from ..resolver.known import resolve_device
+    from ..resolver.measure import BOTH, COMPONENTS, check_quality
 
     _configure(args)
     spec = _quality_spec(args)

@@ -12,9 +12,9 @@ import torch
 from pipequant.resolver.decide.planner import GIB, DeviceProfile, auto_plan, figures
 from pipequant.resolver.decide.planner.candidates import component_choices
 from pipequant.resolver.files.inspect_model import inspect_model
-from pipequant.resolver.keep import quality
-from pipequant.resolver.keep.quality import check_quality
 from pipequant.resolver.links.spec import BackendSpec
+from pipequant.resolver.measure import quality
+from pipequant.resolver.measure.quality import check_quality
 from pipequant.resolver.problems import ValidationError
 
 SMALL = {"device": "cpu", "steps": 2, "width": 64, "height": 64, "max_sequence_length": 32}

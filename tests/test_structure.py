@@ -95,7 +95,7 @@ def test_the_resolver_never_imports_comfyui_or_nodes():
 
 
 # -- the floor plan: folders in the order a request travels; imports flow only forward ----------
-ORDER = ("known", "links", "files", "decide", "run", "keep")  # README "Layout"; flat modules are the floor
+ORDER = ("known", "links", "files", "decide", "run", "keep", "measure")  # README "Layout"; flat modules are the floor
 RESOLVER = ROOT / "resolver"
 
 

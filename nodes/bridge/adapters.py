@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ...resolver.run.context import diffusers_context
-from ...resolver.run.lora import activate
+from ...resolver.run import activate, diffusers_context
 
 TO_COMFY_NODE = "Pipeline to ComfyUI"
 CONTROL_REFUSED = (

@@ -14,9 +14,8 @@ from __future__ import annotations
 import functools
 import logging
 
-from ...resolver.keep.memory import tensor_bytes
-from ...resolver.run.context import diffusers_context
-from ...resolver.run.encode import denoiser_of, family_of
+from ...resolver.keep import tensor_bytes
+from ...resolver.run import denoiser_of, diffusers_context, family_of
 from .adapters import ADAPTERS, TO_COMFY_NODE
 
 log = logging.getLogger("pipequant")

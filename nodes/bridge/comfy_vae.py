@@ -13,8 +13,8 @@ import logging
 
 import torch
 
-from ...resolver.keep.memory import tensor_bytes
-from ...resolver.run.context import diffusers_context
+from ...resolver.keep import tensor_bytes
+from ...resolver.run import diffusers_context
 from .comfy_model import module_device, patcher_class
 
 log = logging.getLogger("pipequant")

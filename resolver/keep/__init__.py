@@ -5,21 +5,15 @@ from .cache import COMPONENT_CACHE, free_memory, trim_heap
 from .disk_cache import DiskCache, configured_folder, default_folder
 from .load import LoadError, LoadResult, load, load_plan, plan_load
 from .memory import inner_tensors, main_device, param_count, tensor_bytes
-from .quality import BOTH, COMPONENTS, MEASURES, OWN_PROBLEMS, check_quality
 from .report import human_bytes, is_quantized_weight, live_report
 from .save import SaveError, describe_save, folder_problems, plan_problems, save
 
 __all__ = [
-    "BOTH",
-    "COMPONENTS",
     "COMPONENT_CACHE",
     "DiskCache",
     "LoadError",
     "LoadResult",
-    "MEASURES",
-    "OWN_PROBLEMS",
     "SaveError",
-    "check_quality",
     "configured_folder",
     "default_folder",
     "describe_save",

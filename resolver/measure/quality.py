@@ -28,14 +28,14 @@ from ..decide.limits import image_size_problems, prompt_problems
 from ..decide.plan import Plan, is_autoencoder
 from ..decide.planner import figures
 from ..decide.prepare import prepare
+from ..keep.cache import COMPONENT_CACHE, free_memory
+from ..keep.load import load_plan
 from ..problems import Problem, ValidationError
-from ..run.component_error import capture_first_calls, measure
 from ..run.context import diffusers_context
-from ..run.image_compare import compare, side_by_side
 from ..run.sample import generate
 from ..safe_files import FileProblem, read_json_object
-from .cache import COMPONENT_CACHE, free_memory
-from .load import load_plan
+from .component_error import capture_first_calls, measure
+from .image_compare import compare, side_by_side
 
 COMPONENTS, IMAGES, BOTH = "components", "images", "both"
 MEASURES = (COMPONENTS, IMAGES, BOTH)
