@@ -54,11 +54,11 @@ def _spec(name: str):
     return BackendSpec.make(*PLANS[name])
 
 
-def errors(folder: Path, device: str, steps: int, side: int) -> list[dict]:
+def errors(folder: Path, device: str, steps: int, side: int, plans=tuple(PLANS)) -> list[dict]:
     from pipequant.resolver.keep.quality import check_quality
 
     rows = []
-    for name in PLANS:
+    for name in plans:
         if not _available(PLANS[name][0]):
             rows.append({"plan": name, "skipped": "backend not installed"})
             continue
