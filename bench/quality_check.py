@@ -54,11 +54,11 @@ def _spec(name: str):
     return BackendSpec.make(*PLANS[name])
 
 
-def errors(folder: Path, device: str, steps: int, side: int) -> list[dict]:
-    from pipequant.resolver.measure import check_quality
+def errors(folder: Path, device: str, steps: int, side: int, plans=tuple(PLANS)) -> list[dict]:
+    from pipequant.resolver.measure.quality import check_quality
 
     rows = []
-    for name in PLANS:
+    for name in plans:
         if not _available(PLANS[name][0]):
             rows.append({"plan": name, "skipped": "backend not installed"})
             continue
@@ -99,7 +99,7 @@ def cost(folder: Path, device: str, steps: int, side: int, rounds: int) -> dict:
     import torch
 
     from pipequant.resolver.keep import load
-    from pipequant.resolver.measure import check_quality
+    from pipequant.resolver.measure.quality import check_quality
     from pipequant.resolver.run import generate
 
     sample = dict(prompt=PROMPT, steps=steps, width=side, height=side, seed=0, max_sequence_length=32)

@@ -273,18 +273,14 @@ def _quality_spec(args):
     return spec
 
 
-def cmd_quality(args) -> int:
-    """Measure what a plan costs: per-component errors (and with --images PSNR/SSIM/LPIPS)."""
+def _run_quality_check(args, spec, components):
     from ..resolver.files import env_roots
     from ..resolver.keep import DiskCache, configured_folder
     from ..resolver.known import resolve_device
-    from ..resolver.measure import BOTH, COMPONENTS, check_quality
+    from ..resolver.measure.quality import BOTH, COMPONENTS, check_quality
 
-    _configure(args)
-    spec = _quality_spec(args)
-    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     folder = configured_folder()
-    report = check_quality(
+    return check_quality(
         args.model,
         spec,
         roots=env_roots(),
@@ -301,6 +297,19 @@ def cmd_quality(args) -> int:
         components=components,
         disk_cache=DiskCache(folder) if folder is not None else None,
     )
+
+
+def cmd_quality(args) -> int:
+    """Measure what a plan costs: per-component errors (and with --images PSNR/SSIM/LPIPS)."""
+    _configure(args)
+    spec = _quality_spec(args)
+    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
+    try:
+        report = _run_quality_check(args, spec, components)
+    except (ValidationError, LoadError):
+        raise
+    except Exception as exc:  # a failure while sampling or measuring: exit 4, named, no traceback
+        raise RunError("the quality check", exc) from None
     if args.json:
         print(json.dumps(report.to_json()))
     else:

@@ -132,3 +132,16 @@ def test_step_speed_compares_every_plan_with_bf16(tmp_path):
     assert all(_finite_positive(r["seconds_per_step"]) and _finite_positive(r["vs_bf16"]) for r in result["rows"])
     assert next(r for r in result["rows"] if r["plan"] == "bf16")["vs_bf16"] == 1.0
     assert "| bnb nf4 |" in to_markdown(result)
+
+
+def test_quality_check_bench_measures_errors_and_the_cost_of_a_check(tmp_path):
+    from bench.quality_check import cost, errors, to_markdown
+    from pipequant.testing import ensure_pipeline
+
+    folder = ensure_pipeline("flux", tmp_path)
+    rows = errors(folder, "cpu", steps=1, side=32, plans=("torchao int8_weight_only",))
+    assert rows[0]["components"]["transformer"] > 0 and rows[0]["psnr"] > 0
+    spent = cost(folder, "cpu", steps=1, side=32, rounds=1)
+    assert spent["vs_sampler"]["sampler"] == 1.0 and all(_finite_positive(v) for v in spent["seconds"].values())
+    md = to_markdown({"device": "cpu", "folder": str(folder), "steps": 1, "side": 32, "errors": rows, "cost": spent})
+    assert "| torchao int8_weight_only |" in md and "÷ one Sampler run" in md

@@ -202,3 +202,30 @@ def test_the_measurements_file_holds_the_projects_own_measured_errors_with_their
         if r["backend"] == "quanto" and r["component"] == "transformer"
     }
     assert 0 < quanto["int8"] < quanto["int4"] < quanto["int2"]
+
+
+def test_a_reference_that_does_not_fit_the_device_runs_with_model_offload(tiny_flux, monkeypatch):
+    from pipequant.resolver.keep.pipeline import plan_named
+
+    plan = plan_named(tiny_flux.name, None, roots=[tiny_flux.parent], device="cpu")
+    assert quality.reference_offload(plan) == "none"  # CPU: runs from RAM as it is
+    monkeypatch.setattr(quality, "_free_device_bytes", lambda device: 10**9)
+    assert quality.reference_offload(plan) == "none"
+    monkeypatch.setattr(quality, "_free_device_bytes", lambda device: 1000)
+    assert quality.reference_offload(plan) == "model"
+
+
+def test_a_failure_while_measuring_exits_4_naming_it_without_a_traceback(tiny_flux, monkeypatch, capsys):
+    from pipequant.runner.cli import EXIT_RUN, main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(quality, "generate", broken)
+    code = main(
+        ["quality", tiny_flux.name, "--models", str(tiny_flux.parent), "--backend", "torchao"]
+        + ["--quant-type", "int8_weight_only", "--device", "cpu", "--steps", "1", "--width", "32", "--height", "32"]
+    )
+    err = capsys.readouterr().err
+    assert code == EXIT_RUN and "the quality check failed: RuntimeError: CUDA error" in err
+    assert "Traceback" not in err

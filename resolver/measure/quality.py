@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..constants import DEFAULT_DTYPE, KEEP, PREQUANTIZED
+from ..decide.estimate import estimate
 from ..decide.limits import image_size_problems, prompt_problems
 from ..decide.plan import Plan, is_autoencoder
 from ..decide.planner import figures
@@ -40,6 +41,7 @@ from .image_compare import compare, side_by_side
 COMPONENTS, IMAGES, BOTH = "components", "images", "both"
 MEASURES = (COMPONENTS, IMAGES, BOTH)
 MAX_STEPS = 200
+FIT_SHARE = 0.8  # the reference's weights may take this share of the free device memory (the rest: activations)
 # Problems with the check's own inputs (the rest concern the plan: the Backend/Map nodes, the model)
 OWN_PROBLEMS = (
     "steps_invalid",
@@ -176,6 +178,28 @@ def _input_problems(prompt, steps, measures, components, names) -> list[Problem]
     return problems
 
 
+def _free_device_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device (None elsewhere: a CPU reference runs from RAM as it is)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def reference_offload(plan: Plan) -> str:
+    """The reference's offload mode: the plan's own, or "model" when its weights would not fit the
+    device with every component on it (the issue: the reference streams or offloads if it does not fit)."""
+    if plan.offload != "none":
+        return plan.offload
+    free = _free_device_bytes(plan.device)
+    if free is None:
+        return plan.offload
+    weights = estimate(plan)["total"]["bytes_after"]
+    return "model" if weights > FIT_SHARE * free else plan.offload
+
+
 # -- the figures cache (write side; the planner reads it) -------------------------------------------------
 def _entry_path(where: Path, key: str) -> Path:
     return where / f"{key}{figures.SUFFIX}"
@@ -248,6 +272,13 @@ def check_quality(
         model, spec, roots=roots, gguf_roots=gguf_roots, dtype=dtype, device=device, offload=offload
     ).plan_or_raise()
     reference_plan = prepare(model, None, roots=roots, dtype=dtype, device=device, offload=offload).plan_or_raise()
+    offload_note = None
+    if reference_offload(reference_plan) != offload:
+        reference_plan = prepare(model, None, roots=roots, dtype=dtype, device=device, offload="model").plan_or_raise()
+        offload_note = (
+            f"the unquantized reference does not fit the free memory of {device}: it ran with model offload "
+            "(each component on the device only while it runs; same numbers, slower)"
+        )
     names = measurable(plan)
     problems = _input_problems(prompt, steps, measures, components, names) + image_size_problems(
         plan.model, width, height
@@ -265,6 +296,8 @@ def check_quality(
         "max_sequence_length": max_sequence_length,
     }
     report = QualityReport(plan.model.folder.name, _plan_words(plan), plan.dtype, inputs)
+    if offload_note:
+        report.notes.append(offload_note)
     want_components = measures in (COMPONENTS, BOTH)
     want_images = measures in (IMAGES, BOTH)
     chosen = list(components) if components else names
