@@ -55,7 +55,7 @@ def _spec(name: str):
 
 
 def errors(folder: Path, device: str, steps: int, side: int, plans=tuple(PLANS)) -> list[dict]:
-    from pipequant.resolver.measure.quality import check_quality
+    from pipequant.resolver.measure import check_quality
 
     rows = []
     for name in plans:
@@ -99,7 +99,7 @@ def cost(folder: Path, device: str, steps: int, side: int, rounds: int) -> dict:
     import torch
 
     from pipequant.resolver.keep import load
-    from pipequant.resolver.measure.quality import check_quality
+    from pipequant.resolver.measure import check_quality
     from pipequant.resolver.run import generate
 
     sample = dict(prompt=PROMPT, steps=steps, width=side, height=side, seed=0, max_sequence_length=32)

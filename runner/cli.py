@@ -277,7 +277,7 @@ def _run_quality_check(args, spec, components):
     from ..resolver.files import env_roots
     from ..resolver.keep import DiskCache, configured_folder
     from ..resolver.known import resolve_device
-    from ..resolver.measure.quality import BOTH, COMPONENTS, check_quality
+    from ..resolver.measure import BOTH, COMPONENTS, check_quality
 
     folder = configured_folder()
     return check_quality(
