@@ -299,3 +299,34 @@ def test_core_lora_loader_on_the_bridged_model_is_refused_naming_apply_lora(brid
     assert "Apply LoRA" in error["exception_message"], error["exception_message"]
     # The server goes on: the plain workflow still runs.
     _image_of(bridge_server, _run_ok(bridge_server, bridge_prompt("FLUX.1-dev", "flux", seed=4)))
+
+
+@pytest.mark.comfyui
+def test_apply_lora_before_the_bridge_reaches_ksampler(bridge_server):
+    """The pack's Apply LoRA on the pipeline, then the bridge: core's KSampler samples with the
+    LoRA (strength 1 changes the image; strength 0 is the plain model's image again)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipequant.testing.lora_files import EXAMPLE_LORA
+
+    def image(strength=None):
+        prompt = bridge_prompt("FLUX.1-dev", "flux", seed=5)
+        if strength is not None:
+            prompt["30"] = {
+                "class_type": "PipeQuantLoRA",
+                "inputs": {
+                    "pipeline": ["2", 0],
+                    "lora_name": EXAMPLE_LORA,
+                    "strength": strength,
+                    "strength_text_encoder": strength,
+                },
+            }
+            for node in ("3", "4", "5"):
+                prompt[node]["inputs"]["pipeline"] = ["30", 0]
+        path = _image_of(bridge_server, _run_ok(bridge_server, prompt))
+        return np.asarray(Image.open(path), dtype=np.float32)
+
+    plain, with_lora, off = image(), image(1.0), image(0.0)
+    assert np.abs(with_lora - plain).mean() > 0.5, "the LoRA did not reach the bridged MODEL"
+    assert np.array_equal(off, plain)
