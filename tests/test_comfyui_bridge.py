@@ -61,6 +61,9 @@ def test_flux_adapter_packs_as_diffusers_does(tiny_flux):
     assert torch.equal(out, expected)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="ControlNet"):
         adapter(x, t, ctx, y=pooled, guidance=guidance, control={"input": [x]})
+    # FreeU-style patches reach into ComfyUI's own network: refused, never silently ignored.
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="patches.output_block_patch"):
+        adapter(x, t, ctx, y=pooled, guidance=guidance, transformer_options={"patches": {"output_block_patch": [abs]}})
 
 
 def test_unmapped_family_is_refused_naming_the_families_that_work(tiny_flux):
