@@ -5,7 +5,8 @@
 - With COMFYUI_DIR (ComfyUI's python, tests/bridge_exactness.py): one call through the bridged
   MODEL's apply_model equals the diffusers module's output for FLUX, Chroma, SD3, SD1 and SDXL
   (int8 torchao weights for the built tiny pipelines, bf16), and the CONDITIONING equals the
-  pipeline's encode_prompt.
+  pipeline's encode_prompt; a standard-architecture VAE becomes ComfyUI's own VAE and decodes as
+  diffusers does.
 - In a real ComfyUI server (CPU): Load -> Pipeline to ComfyUI -> KSampler -> VAEDecode -> SaveImage,
   conditioning from Encode Prompt with Pipeline, for tiny FLUX, SD3 and SD1; core nodes on the
   bridged MODEL (FLUX: ModelSamplingFlux, FluxGuidance, ConditioningZeroOut; SD3: ModelSamplingSD3,
@@ -109,6 +110,11 @@ def test_bridged_model_and_conditioning_equal_diffusers(models_root, tiny_flux, 
     assert run.returncode == 0 and line, f"{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     measured = json.loads(line[len("RESULT ") :])
     print(json.dumps(measured, indent=1))
+    for name, m in measured.pop("vae").items():  # standard architecture: ComfyUI's own VAE
+        assert m["comfy_class"] in ("AutoencoderKL", "AutoencodingEngine") and m["decode_max_abs_error"] < 1e-4, (
+            name,
+            m,
+        )
     memory = measured.pop("memory")
     assert memory == {
         "pack_entries_before": 1,
