@@ -4,7 +4,7 @@ for core's KSampler, VAEDecode and everything else that takes them."""
 from __future__ import annotations
 
 from ..resolver.problems import Problem
-from ..resolver.run import FAMILY_TITLES, families_text, family_of
+from ..resolver.run import families_text, family_of
 from . import comfy_memory, host
 from .load import PIPELINE_TYPE
 from .messages import raise_for
@@ -72,6 +72,3 @@ class PipeQuantToComfy:
         if getattr(getattr(vae, "first_stage_model", None), "vae", None) is pipe.vae:
             comfy_memory.hand_over(mm, pipe.vae)
         return (model, vae)
-
-
-__all__ = ["FAMILY_TITLES", "PipeQuantToComfy", "TO_COMFY_NODE"]

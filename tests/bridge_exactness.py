@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-FAMILIES = ("flux", "chroma", "sd3", "sd", "sdxl", "memory")
+FAMILIES = ("flux", "chroma", "sd3", "sd", "sdxl", "memory", "vae")
 
 
 def _comfy():
@@ -385,6 +385,37 @@ def check_memory(root):
         mm.unload_all_models()
     out["owners_after_unload_all"] = owners()
     out["loaded_size_after_unload"] = model.loaded_size()
+    return out
+
+
+def check_vae(root):
+    """A VAE of the standard architecture (FLUX-style: 16 channels, no quant convs; SD-style: 4
+    channels with them) becomes ComfyUI's own VAE (ComfyUI converts the diffusers keys): its
+    decode equals diffusers' decode."""
+    from diffusers import AutoencoderKL
+
+    from pipequant.nodes.bridge import build_vae
+    from pipequant.resolver.run.context import diffusers_context
+
+    out = {}
+    for name, latent, quant in (("flux_style", 16, False), ("sd_style", 4, True)):
+        torch.manual_seed(7)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=latent,
+            use_quant_conv=quant,
+            use_post_quant_conv=quant,
+        ).eval()
+        comfy_vae = build_vae(vae, name)
+        z = torch.randn(1, latent, 8, 8, generator=torch.Generator().manual_seed(8))
+        with torch.inference_mode():
+            image = comfy_vae.decode(z)  # (B, H, W, 3) in 0..1
+        with diffusers_context():
+            ref = ((vae.decode(z).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
+        out[name] = {"comfy_class": type(comfy_vae.first_stage_model).__name__, "decode_max_abs_error": err(image, ref)}
     return out
 
 

@@ -5,7 +5,8 @@
 - With COMFYUI_DIR (ComfyUI's python, tests/bridge_exactness.py): one call through the bridged
   MODEL's apply_model equals the diffusers module's output for FLUX, Chroma, SD3, SD1 and SDXL
   (int8 torchao weights for the built tiny pipelines, bf16), and the CONDITIONING equals the
-  pipeline's encode_prompt.
+  pipeline's encode_prompt; a standard-architecture VAE becomes ComfyUI's own VAE and decodes as
+  diffusers does.
 - In a real ComfyUI server (CPU): Load -> Pipeline to ComfyUI -> KSampler -> VAEDecode -> SaveImage,
   conditioning from Encode Prompt with Pipeline, for tiny FLUX, SD3 and SD1; core nodes on the
   bridged MODEL (FLUX: ModelSamplingFlux, FluxGuidance, ConditioningZeroOut; SD3: ModelSamplingSD3,
@@ -61,6 +62,9 @@ def test_flux_adapter_packs_as_diffusers_does(tiny_flux):
     assert torch.equal(out, expected)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="ControlNet"):
         adapter(x, t, ctx, y=pooled, guidance=guidance, control={"input": [x]})
+    # FreeU-style patches reach into ComfyUI's own network: refused, never silently ignored.
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="patches.output_block_patch"):
+        adapter(x, t, ctx, y=pooled, guidance=guidance, transformer_options={"patches": {"output_block_patch": [abs]}})
 
 
 def test_unmapped_family_is_refused_naming_the_families_that_work(tiny_flux):
@@ -106,6 +110,11 @@ def test_bridged_model_and_conditioning_equal_diffusers(models_root, tiny_flux, 
     assert run.returncode == 0 and line, f"{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     measured = json.loads(line[len("RESULT ") :])
     print(json.dumps(measured, indent=1))
+    for name, m in measured.pop("vae").items():  # standard architecture: ComfyUI's own VAE
+        assert m["comfy_class"] in ("AutoencoderKL", "AutoencodingEngine") and m["decode_max_abs_error"] < 1e-4, (
+            name,
+            m,
+        )
     memory = measured.pop("memory")
     assert memory == {
         "pack_entries_before": 1,
@@ -299,3 +308,34 @@ def test_core_lora_loader_on_the_bridged_model_is_refused_naming_apply_lora(brid
     assert "Apply LoRA" in error["exception_message"], error["exception_message"]
     # The server goes on: the plain workflow still runs.
     _image_of(bridge_server, _run_ok(bridge_server, bridge_prompt("FLUX.1-dev", "flux", seed=4)))
+
+
+@pytest.mark.comfyui
+def test_apply_lora_before_the_bridge_reaches_ksampler(bridge_server):
+    """The pack's Apply LoRA on the pipeline, then the bridge: core's KSampler samples with the
+    LoRA (strength 1 changes the image; strength 0 is the plain model's image again)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipequant.testing.lora_files import EXAMPLE_LORA
+
+    def image(strength=None):
+        prompt = bridge_prompt("FLUX.1-dev", "flux", seed=5)
+        if strength is not None:
+            prompt["30"] = {
+                "class_type": "PipeQuantLoRA",
+                "inputs": {
+                    "pipeline": ["2", 0],
+                    "lora_name": EXAMPLE_LORA,
+                    "strength": strength,
+                    "strength_text_encoder": strength,
+                },
+            }
+            for node in ("3", "4", "5"):
+                prompt[node]["inputs"]["pipeline"] = ["30", 0]
+        path = _image_of(bridge_server, _run_ok(bridge_server, prompt))
+        return np.asarray(Image.open(path), dtype=np.float32)
+
+    plain, with_lora, off = image(), image(1.0), image(0.0)
+    assert np.abs(with_lora - plain).mean() > 0.5, "the LoRA did not reach the bridged MODEL"
+    assert np.array_equal(off, plain)

@@ -18,6 +18,11 @@ CONTROL_REFUSED = (
     "PipeQuant: ComfyUI ControlNet residuals are not mapped onto a diffusers {family} model from "
     f"'{TO_COMFY_NODE}'; remove the ControlNet apply node (or use a ComfyUI checkpoint for ControlNet)."
 )
+PATCHES_REFUSED = (
+    "PipeQuant: ComfyUI model patches ({names}: FreeU, PAG, skip-layer guidance, attention patches...) reach "
+    "inside ComfyUI's own {family} network, which a diffusers model from "
+    f"'{TO_COMFY_NODE}' does not have; remove the patch node (it would otherwise be ignored)."
+)
 UNSUPPORTED_COND = (
     "PipeQuant: '{key}' conditioning (from {what}) is not mapped onto a diffusers {family} model from "
     f"'{TO_COMFY_NODE}'; remove the node that adds it."
@@ -38,9 +43,18 @@ class DenoiserAdapter(torch.nn.Module):
     def dtype(self):
         return self.denoiser.dtype
 
-    def _prepare(self, control, kwargs, allowed=()):
+    def _prepare(self, control, kwargs, allowed=(), transformer_options=None):
         if control is not None:
             raise RuntimeError(CONTROL_REFUSED.format(family=self.family))
+        options = transformer_options or {}
+        names = sorted(
+            f"{group}.{name}"
+            for group in ("patches", "patches_replace")
+            for name, entries in (options.get(group) or {}).items()
+            if entries
+        )
+        if names:
+            raise RuntimeError(PATCHES_REFUSED.format(names=", ".join(names), family=self.family))
         for key, what in (("ref_latents", "ReferenceLatent / Kontext"), ("attention_mask", "a masked prompt")):
             if key not in allowed and kwargs.get(key) is not None:
                 raise RuntimeError(UNSUPPORTED_COND.format(key=key, what=what, family=self.family))
@@ -65,7 +79,7 @@ class FluxAdapter(DenoiserAdapter):
     family = "FLUX"
 
     def forward(self, x, timestep, context, y=None, guidance=None, control=None, transformer_options={}, **kwargs):
-        self._prepare(control, kwargs)
+        self._prepare(control, kwargs, transformer_options=transformer_options)
         b, c, h, w = x.shape
         pad_h, pad_w = (-h) % 2, (-w) % 2
         with diffusers_context():
@@ -100,7 +114,7 @@ class ChromaAdapter(DenoiserAdapter):
     family = "Chroma"
 
     def forward(self, x, timestep, context, guidance=None, control=None, transformer_options={}, **kwargs):
-        self._prepare(control, kwargs)
+        self._prepare(control, kwargs, transformer_options=transformer_options)
         b, c, h, w = x.shape
         pad_h, pad_w = (-h) % 2, (-w) % 2
         with diffusers_context():
@@ -147,7 +161,7 @@ class SD3Adapter(DenoiserAdapter):
     family = "SD3"
 
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
-        self._prepare(control, kwargs)
+        self._prepare(control, kwargs, transformer_options=transformer_options)
         with diffusers_context():
             out = self.denoiser(
                 hidden_states=self._in(x),
@@ -168,7 +182,7 @@ class UNetAdapter(DenoiserAdapter):
     family = "SD"
 
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
-        self._prepare(control, kwargs)
+        self._prepare(control, kwargs, transformer_options=transformer_options)
         added, hook = None, None
         with diffusers_context():
             if getattr(self.denoiser.config, "addition_embed_type", None) == "text_time":

@@ -198,14 +198,12 @@ def build_model(result, model_management):
     model.state_dict = _refuse_weight_patching  # core LoRA key mapping reads it first: refuse there, clearly
     size = tensor_bytes(denoiser)
     here = module_device(denoiser)
-    offload = model_management.unet_offload_device()
-    load = here if offloaded(denoiser) else model_management.get_torch_device()
-    if offloaded(denoiser):
-        offload = load = here
+    if offloaded(denoiser):  # the pipeline's own offload hooks move it: ComfyUI must not
+        load = offload = here
         log.info("PipeQuant: %s follows the pipeline's own offload; ComfyUI sees it on %s", family, here)
+    else:
+        load, offload = model_management.get_torch_device(), model_management.unet_offload_device()
     model.device = here
     patcher = patcher_class()(model, load_device=load, offload_device=offload, size=size)
     patcher.pipequant_what = f"{result.plan.model.folder.name}/{'unet' if family in ('sd1', 'sdxl') else 'transformer'}"
-    if here.type == load.type:
-        model.model_loaded_weight_memory = 0  # ComfyUI's load_models_gpu counts it in on first use
     return patcher
