@@ -26,7 +26,8 @@ EXIT_OK, EXIT_INVALID, EXIT_LOAD, EXIT_RUN = 0, 2, 3, 4
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 DEMO_WORKFLOW = EXAMPLES / "FLUX NF4 transformer.json"
-DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", Path.home() / ".cache" / "pipequant"))
+# An empty PIPEQUANT_CACHE means "not set" (not the current folder).
+DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", "").strip() or Path.home() / ".cache" / "pipequant")
 
 
 DISK_CACHE_HELP = (
