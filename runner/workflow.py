@@ -28,17 +28,19 @@ def _fail(code: str, field: str, message: str, suggestion: str = "") -> Validati
 
 
 def _no_duplicate_keys(pairs):
-    """json.loads keeps the last of two equal keys; two nodes with one id would silently become one."""
-    keys = [k for k, _ in pairs]
-    dupes = sorted({k for k in keys if keys.count(k) > 1}) if len(keys) != len(set(keys)) else []
-    if dupes:
-        raise _fail(
-            "workflow_duplicate_id",
-            f"node {dupes[0]}",
-            f'the workflow holds key "{dupes[0]:.40}" twice',
-            "give each node its own id (export the workflow again from ComfyUI)",
-        )
-    return dict(pairs)
+    """json.loads keeps the last of two equal keys; two nodes with one id would silently become one.
+    One pass with a set: an object with 100 000 keys is checked in milliseconds."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _fail(
+                "workflow_duplicate_id",
+                f"node {key:.40}",
+                f'the workflow holds key "{key:.40}" twice',
+                "give each node its own id (export the workflow again from ComfyUI)",
+            )
+        out[key] = value
+    return out
 
 
 def read_workflow(path: Path) -> dict:
