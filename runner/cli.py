@@ -16,6 +16,7 @@ from pathlib import Path
 from ..resolver.keep.load import LoadError
 from ..resolver.keep.save import SaveError
 from ..resolver.problems import Problem, ValidationError
+from ..resolver.safe_files import FileProblem, parse_json
 from ..resolver.suggest import did_you_mean
 from .builtin import LoadImage, SaveImage
 from .execute import ALL_NODES, RunError, execute
@@ -220,14 +221,14 @@ def cmd_plan(args) -> int:
     profile = None
     if args.device_profile:
         try:
-            profile = profile_from(json.loads(args.device_profile))
-        except ValueError as exc:
+            profile = profile_from(parse_json(args.device_profile, "--device-profile"))
+        except FileProblem as exc:  # not JSON, or nested past any real profile
             raise ValidationError(
                 [
                     Problem(
                         "device_profile_invalid",
                         "--device-profile",
-                        f"not JSON: {exc}",
+                        str(exc).replace("--device-profile ", "", 1),
                         '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, "compute_capability": [8, 9]}',
                     )
                 ]
