@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..resolver.constants import COMPILE_MODES, DEFAULT_DTYPE, LOAD_DTYPES
 from ..resolver.decide.estimate import estimate
+from ..resolver.decide.fits import fit_problems
 from ..resolver.files.roots import list_pipelines, resolve_model
 from ..resolver.files.variant import DEFAULT as DEFAULT_VARIANT
 from ..resolver.files.variant import choices
@@ -12,7 +13,7 @@ from ..resolver.keep.disk_cache import DiskCache
 from ..resolver.keep.load import load_plan
 from ..resolver.keep.pipeline import check_model, files_key, first_use_notes, plan_named
 from ..resolver.known.devices import DEVICES, OFFLOAD_MODES
-from ..resolver.problems import ValidationError
+from ..resolver.problems import ValidationError, errors
 from . import host
 from .backend import CONFIG_TYPE
 from .messages import LOAD_NODE, NodeInputError, describe, validation_result
@@ -152,7 +153,7 @@ class PipeQuantLoadPipeline:
         (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
         (`_load_only`: inputs that matter only when loading)."""
         try:
-            return plan_named(
+            plan = plan_named(
                 model,
                 quantization,
                 roots=host.model_roots(),
@@ -164,8 +165,13 @@ class PipeQuantLoadPipeline:
                 compile=compile,
                 variant=variant,
             )
+            found = fit_problems(plan, estimate(plan))  # memoized: load() asks for it again
+            if errors(found):  # a certain out-of-memory: refused before a weight is read
+                raise ValidationError(errors(found))
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, LOAD_NODE, attribute=True)) from None
+        plan.notes += [f"warning: {p}" for p in found if p.severity == "warning"]
+        return plan
 
     def load(
         self,

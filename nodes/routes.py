@@ -25,6 +25,7 @@ except ImportError:  # the headless runner and the CLI do not need aiohttp
 
 from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
 from ..resolver.decide.estimate import estimate as estimate_plan
+from ..resolver.decide.fits import fit_problems
 from ..resolver.decide.plan import make_plan
 from ..resolver.decide.validate import validate
 from ..resolver.files.inspect_model import inspect_model
@@ -316,6 +317,8 @@ def estimate(data: dict) -> dict:
             result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
             result["ok"] = False
             return result
+        result["problems"] += [tagged(p, None) for p in fit_problems(plan, result["estimate"])]  # on the Load node
+        result["ok"] = not any(p["severity"] == "error" for p in result["problems"])
         saves = _saves(data)
         if saves:
             result["problems"] += _save_problems(saves, plan, spec_owner)
