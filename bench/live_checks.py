@@ -55,7 +55,8 @@ def global_state() -> dict:
 
 
 def _route_worker(name: str, stop: threading.Event, tally: Tally, model: str) -> None:
-    from pipequant.nodes import routes
+    # what the HTTP handlers run in worker threads
+    from pipequant.nodes import routes as _routes
     from pipequant.resolver.problems import ValidationError
 
     rng = random.Random(hash(name))
@@ -69,22 +70,22 @@ def _route_worker(name: str, stop: threading.Event, tally: Tally, model: str) ->
         "gguf_file": "none",
     }
     calls = [
-        ("validate", lambda: routes.check({"model": model, "spec": spec})),
+        ("validate", lambda: _routes.check({"model": model, "spec": spec})),
         (
             "estimate",
-            lambda: routes.estimate({"model": model, "spec": spec, "save": [{"node": 9, "folder_name": "x"}]}),
+            lambda: _routes.estimate({"model": model, "spec": spec, "save": [{"node": 9, "folder_name": "x"}]}),
         ),
-        ("estimate_plain", lambda: routes.estimate({"model": model, "spec": None})),
-        ("plan", lambda: routes.auto_plan({"model": model, "budget_gb": 1, "allow_offload": False})),
-        ("components", lambda: routes.components(model)),
-        ("backends", routes.editor_catalogue),
+        ("estimate_plain", lambda: _routes.estimate({"model": model, "spec": None})),
+        ("plan", lambda: _routes.auto_plan({"model": model, "budget_gb": 1, "allow_offload": False})),
+        ("components", lambda: _routes.components(model)),
+        ("backends", _routes.editor_catalogue),
     ]
     while not stop.is_set():
         what, call = rng.choice(calls)
         try:
             call()
             tally.ok("route " + what)
-        except (ValidationError, routes.BadRequest):
+        except (ValidationError, _routes.BadRequest):
             tally.ok("route " + what + " (refused)")
         except Exception as exc:  # noqa: BLE001 - every other exception is a fault
             tally.fault("route " + what, exc)

@@ -70,6 +70,7 @@ def files(tmp_path_factory, tiny_flux):
     variant(good, "bias-shape.safetensors", **{b.replace("weight", "bias"): torch.ones(7)})
     variant(good, "dora-shape.safetensors", **{a.replace("lora_A.weight", "lora_magnitude_vector"): torch.ones(5)})
     variant(kohya, "kohya-alpha-shape.safetensors", ALPHA=torch.ones(4))
+    variant(kohya, "kohya-no-up.safetensors", **{alpha.replace(".alpha", ".lora_up.weight"): None})
     variant(kohya, "kohya-alpha-nan.safetensors", ALPHA=torch.tensor(float("nan")))
     (root / "empty.safetensors").write_bytes(b"")
     return root
@@ -112,6 +113,7 @@ MALFORMED = {
     "dora-shape.safetensors": "lora_shape_mismatch",
     "kohya-alpha-shape.safetensors": "lora_malformed",
     "kohya-alpha-nan.safetensors": "lora_nonfinite",
+    "kohya-no-up.safetensors": "lora_pair_missing",
     "empty.safetensors": "lora_malformed",
 }
 

@@ -65,7 +65,7 @@ def fit_problems(plan: Plan, estimate: dict, memory: tuple[Memory, Memory | None
     problems = []
     fix = (
         "let the Auto Quantization Plan node pick a plan that fits, or quantize the largest components "
-        "(e.g. bitsandbytes nf4 or torchao int8 on the transformer and the T5 text encoder)"
+        "(the transformer and the T5 text encoder) to 8 or 4 bits with a Quantization Backend"
     )
     if vram is not None and vram.total_bytes > 0:
         offload = plan.offload

@@ -85,6 +85,31 @@ def check_tensors(lora_name: str, tensors: dict) -> None:
                 f'tensor "{key}" holds NaN or infinite values: it would turn every image black',
                 "re-download the LoRA, or re-train it (the training diverged)",
             )
+    check_pairs(lora_name, tensors)
+
+
+# The halves of a layer as files name them (peft/diffusers, kohya, old diffusers), before conversion.
+RAW_PAIRS = (
+    (".lora_A.weight", ".lora_B.weight"),
+    (".lora_down.weight", ".lora_up.weight"),
+    (".lora.down.weight", ".lora.up.weight"),
+)
+
+
+def check_pairs(lora_name: str, keys) -> None:
+    """Every down tensor has its up tensor and back, in the file's own names (a converter would
+    otherwise fail with a bare KeyError)."""
+    keys = set(keys)
+    for down, up in RAW_PAIRS:
+        for key in sorted(keys):
+            for have, want in ((down, up), (up, down)):
+                if key.endswith(have) and key[: -len(have)] + want not in keys:
+                    raise refuse(
+                        "lora_pair_missing",
+                        lora_name,
+                        f'"{key}" has no "{key[: -len(have)] + want}"',
+                        "re-download the LoRA: every layer needs both its down (lora_A) and up (lora_B) tensors",
+                    )
 
 
 def layer_shapes(lora_name: str, state: dict) -> dict[str, LayerShapes]:
