@@ -126,3 +126,15 @@ def test_estimate_with_a_save_node_answers_when_a_hub_cache_exists(monkeypatch, 
     assert result["estimate"] is not None
     assert [p["code"] for p in result["problems"] if p["node"] == "10"] == ["folder_exists"]
     assert not [p for p in result["problems"] if p["node"] == "9" and p["severity"] == "error"]
+
+
+def test_a_hub_cache_setting_that_is_not_a_folder_is_said_once(monkeypatch, tmp_path, caplog):
+    import logging
+
+    from pipequant.resolver.files import hub_cache
+
+    monkeypatch.setenv("PIPEQUANT_HF_CACHE", str(tmp_path / "typo"))
+    with caplog.at_level(logging.WARNING, logger="pipequant"):
+        assert hub_cache.cache_dir() is None
+        assert hub_cache.cache_dir() is None
+    assert caplog.text.count("PIPEQUANT_HF_CACHE") == 1

@@ -13,6 +13,7 @@ $HF_HOME/hub, else ~/.cache/huggingface/hub. Off: PIPEQUANT_HF_CACHE=off.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from .roots import INDEX, Root, contained
 ENV_VAR = "PIPEQUANT_HF_CACHE"
 OFF = ("off", "0", "false", "no", "none")
 REPO_PREFIX = "models--"
+_warned: set[str] = set()  # PIPEQUANT_HF_CACHE values already reported as not a folder
 MAX_REF_BYTES = 256  # a revision is a 40-character commit hash (or a short branch-like name)
 
 
@@ -33,6 +35,13 @@ def cache_dir() -> Path | None:
         return None
     if explicit:
         path = Path(explicit).expanduser()
+        if not path.is_dir() and explicit not in _warned:  # said once, not at every model list
+            _warned.add(explicit)
+            logging.getLogger("pipequant").warning(
+                "PipeQuant: %s=%r is not a folder; the Hugging Face cache is not read (use a folder, or off)",
+                ENV_VAR,
+                explicit[:200],
+            )
     elif os.environ.get("HF_HUB_CACHE", "").strip():
         path = Path(os.environ["HF_HUB_CACHE"].strip()).expanduser()
     elif os.environ.get("HF_HOME", "").strip():
