@@ -144,7 +144,7 @@ def to_api(data: dict, node_classes: dict) -> dict:
             links[link[0]] = (str(link[1]), link[2])
         elif isinstance(link, dict) and _key(link.get("id")):
             links[link.get("id")] = (str(link.get("origin_id")), link.get("origin_slot"))
-    prompt = {}
+    prompt, followed = {}, {}
     for node_id, node in nodes.items():
         kind = node.get("type")
         if kind in UI_ONLY_NODES or node.get("mode") in (MUTED, BYPASSED):
@@ -179,7 +179,13 @@ def to_api(data: dict, node_classes: dict) -> dict:
                     f"input is connected to link {link_id!r:.40}, which the workflow does not have",
                     "reconnect the input in the editor and export again",
                 )
-            origin = _follow(links[link_id], nodes, links)
+            start = links[link_id]
+            key = start if _key(start[1]) else None
+            if key is None or key not in followed:  # many inputs fed by one Reroute chain: walked once
+                origin = _follow(start, nodes, links)
+                if key is not None:
+                    followed[key] = origin
+            origin = followed.get(key, origin) if key is not None else origin
             if origin is None:  # from a muted node, or a bypassed one with nothing to pass through
                 continue
             source, out_slot = origin

@@ -73,3 +73,27 @@ def test_a_linked_node_is_validated_however_deep(monkeypatch, models_root, tiny_
     with pytest.raises(ValidationError) as info:
         execute(prompt, validate_only=True)
     assert [p.field for p in info.value.problems] == ["node 1 (Load Quantized Pipeline).dtype"]
+
+
+def test_many_inputs_through_one_long_reroute_chain_are_converted_quickly():
+    """UI format: a Reroute chain 3000 long feeding 3000 inputs is walked once, not once per input."""
+    from pipequant.runner.execute import ALL_NODES
+    from pipequant.runner.workflow import to_api
+
+    n = 3000
+    nodes = [{"id": 1, "type": "PipeQuantLoadPipeline", "widgets_values": ["tiny-flux"], "mode": 0}]
+    links = []
+    for i in range(n):  # Reroute 1000+i fed by the previous one (or the loader)
+        links.append([i + 1, 1 if i == 0 else 1000 + i - 1, 0, 1000 + i, 0, "DIFFUSERS_PIPELINE"])
+        nodes.append({"id": 1000 + i, "type": "Reroute", "inputs": [{"name": "", "link": i + 1}], "mode": 0})
+    for j in range(n):  # reports all fed by the last Reroute
+        link_id = 100_000 + j
+        links.append([link_id, 1000 + n - 1, 0, 200_000 + j, 0, "DIFFUSERS_PIPELINE"])
+        nodes.append(
+            {"id": 200_000 + j, "type": "PipeQuantMemoryReport", "inputs": [{"name": "pipeline", "link": link_id}]}
+        )
+    out, seconds = _within(30, to_api, {"nodes": nodes, "links": links}, ALL_NODES)
+    assert "error" not in out, out.get("error")
+    prompt = out["value"]
+    assert prompt["200000"]["inputs"]["pipeline"] == ["1", 0] and len(prompt) == n + 1
+    assert seconds < 10, seconds
