@@ -80,4 +80,10 @@ def test_plan_route_takes_allow_offload_only_as_a_boolean(value, monkeypatch, mo
     result = routes.auto_plan({"model": "tiny-flux", "allow_offload": value, "width": 64, "height": 64})
     assert result["ok"] is False
     assert [p["code"] for p in result["problems"]] == ["allow_offload_invalid"]
+
+
+def test_plan_route_takes_a_real_boolean(monkeypatch, models_root, tiny_flux):
+    from pipequant.nodes import routes
+
+    monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
     assert routes.auto_plan({"model": "tiny-flux", "allow_offload": False, "width": 64, "height": 64})["ok"]
