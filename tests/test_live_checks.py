@@ -49,6 +49,9 @@ def test_an_empty_weight_context_in_one_thread_does_not_reach_another():
     seen["main, after"] = torch.nn.Linear(4, 4).weight.device.type
     assert seen == {"a": "meta", "b": "meta", "main, while both are inside": "cpu", "main, after": "cpu"}
     assert torch.nn.Module.register_parameter is pristine
+    with accelerate.init_on_device(torch.device("meta")):  # the direct entry point too
+        assert torch.nn.Linear(2, 2).weight.device.type == "meta"
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
 
 
 def test_live_checks_hammered_during_loads_loras_and_saves(tmp_path, tiny_flux):

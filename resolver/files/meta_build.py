@@ -231,7 +231,11 @@ def isolate_empty_init() -> bool:
             peft_integrations = None
         nn.Module.register_parameter = register_parameter
         if big_modeling is not None:
-            big_modeling.init_on_device = _thread_local_init_on_device()
+            replacement = _thread_local_init_on_device()
+            big_modeling.init_on_device = replacement  # what init_empty_weights looks up
+            import accelerate
+
+            accelerate.init_on_device = replacement  # and callers of accelerate.init_on_device
         if peft_integrations is not None:
             owner: list = []
             replacement = _thread_local_init_on_device(owner)
