@@ -54,9 +54,12 @@ def test_an_empty_weight_context_in_one_thread_does_not_reach_another():
     assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
 
 
-def test_live_checks_hammered_during_loads_loras_and_saves(tmp_path, tiny_flux):
+def test_live_checks_hammered_during_loads_loras_and_saves(tmp_path, tiny_flux, monkeypatch):
     """A short run of bench/live_checks.py (`python -m bench.live_checks --seconds 300` for the long one)."""
     from bench.live_checks import stress
+
+    monkeypatch.setenv("PIPEQUANT_MODELS", "")  # stress() points it at the pipeline; restored after
+    monkeypatch.setenv("PIPEQUANT_HF_CACHE", "off")
 
     tally = stress(6, tiny_flux, tmp_path, route_threads=2)
     assert tally.faults == [], tally.faults[0]
