@@ -248,3 +248,22 @@ def test_max_loras_setting_never_breaks_the_import(raw, monkeypatch, caplog):
         assert "PIPEQUANT_MAX_LORAS" in caplog.text
     monkeypatch.setenv("PIPEQUANT_MAX_LORAS", "3")
     assert lora.max_adapters() == 3
+
+
+def test_a_failure_switching_the_stack_on_leaves_every_adapter_off(flux, files, monkeypatch):
+    base = run(flux)
+    with_one = flux.with_lora(spec(files, "stack1.safetensors"))
+    lora.load_adapter(flux, with_one.loras[0])
+
+    def fails(self, *args, **kwargs):
+        raise RuntimeError("adapter weights out of sync")
+
+    monkeypatch.setattr(type(flux.pipeline), "set_adapters", fails)
+    with pytest.raises(ValidationError) as info:
+        run(with_one)
+    assert info.value.codes == ["lora_activate_failed"]
+    monkeypatch.undo()
+    with torch.inference_mode():
+        out = generate(flux.pipeline, **SAMPLE)  # what a plain run computes without activate()
+    assert torch.equal(out, base)
+    lora.strip_adapters(flux.pipeline)

@@ -461,9 +461,19 @@ def activate(result) -> None:
             if not stack:
                 pipeline.disable_lora()
                 return
-            pipeline.enable_lora()
-            carried = pipeline.get_list_adapters()
-            pipeline.set_adapters([s.adapter_name for s in stack], [_weights(s, carried) for s in stack])
+            try:
+                pipeline.enable_lora()
+                carried = pipeline.get_list_adapters()
+                pipeline.set_adapters([s.adapter_name for s in stack], [_weights(s, carried) for s in stack])
+            except Exception as exc:  # the shared modules must not keep a half-set stack
+                pipeline.disable_lora()
+                message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                raise _problem(
+                    "lora_activate_failed",
+                    f"the LoRA stack could not be switched on ({type(exc).__name__}: {message}); "
+                    "every adapter was switched off",
+                    "run again; if it persists, reload the pipeline (Unload Models) and check the LoRAs",
+                ) from exc
         for spec in stack:
             _touch(spec.adapter_name)
 
