@@ -39,7 +39,11 @@ def prelude(mode: str = "auto") -> dict:
     t0 = time.perf_counter()
     import torch
 
-    threads = int(os.environ.get("PIPEQUANT_BENCH_THREADS", "0") or 0)
+    raw = os.environ.get("PIPEQUANT_BENCH_THREADS", "").strip()
+    try:
+        threads = int(raw or 0)
+    except ValueError:
+        raise SystemExit(f"PIPEQUANT_BENCH_THREADS={raw[:40]!r} is not a whole number (threads; 0 = torch's default)")
     if threads > 0:
         torch.set_num_threads(threads)
     import diffusers

@@ -8,7 +8,7 @@ from ..resolver.files import DEFAULT as DEFAULT_VARIANT
 from ..resolver.files import choices, list_pipelines, resolve_model
 from ..resolver.keep import COMPONENT_CACHE, DiskCache, load_plan
 from ..resolver.known import DEVICES, OFFLOAD_MODES
-from ..resolver.problems import ValidationError
+from ..resolver.problems import ValidationError, errors
 from . import host
 from .backend import CONFIG_TYPE
 from .messages import NodeInputError, describe, validation_result
@@ -178,7 +178,11 @@ class PipeQuantLoadPipeline:
             variant=variant,
         )
         try:
-            prepared.plan_or_raise()
+            plan = prepared.plan_or_raise()
+            found = prepared.fit_problems()
+            if errors(found):  # a certain out-of-memory: refused before a weight is read
+                raise ValidationError(errors(found))
+            plan.notes += [f"warning: {p}" for p in found if p.severity == "warning"]
             return prepared
         except ValidationError as exc:
             raise NodeInputError(

@@ -75,7 +75,8 @@ class PipeQuantLoRA:
     def apply(self, pipeline: LoadResult, lora_name, strength, strength_text_encoder=1.0):
         try:
             spec = make_spec(lora_name, host.lora_roots(), strength, strength_text_encoder)
-            load_adapter(pipeline, spec)  # checked against the pipeline before anything changes
+            stack = {s.adapter_name for s in pipeline.loras} | {spec.adapter_name}
+            load_adapter(pipeline, spec, keep=stack)  # checked against the pipeline before anything changes
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, PipeQuantLoRA.TITLE)) from None
         return (pipeline.with_lora(spec),)

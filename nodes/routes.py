@@ -311,6 +311,8 @@ def estimate(data: dict) -> dict:
             result["problems"] += [tagged(p, None) for p in errors(exc.problems)]
             result["ok"] = False
             return result
+        result["problems"] += [tagged(p, None) for p in prepared.fit_problems()]  # on the Load node
+        result["ok"] = not any(p["severity"] == "error" for p in result["problems"])
         saves = _saves(data)
         if saves:
             result["problems"] += _save_problems(saves, plan, spec_owner)
@@ -334,7 +336,7 @@ def _saves(data: dict) -> list[tuple]:
 def _save_problems(saves, plan, reader) -> list[dict]:
     """The Save node's rules, before Run: its folder on the Save node; what cannot be saved on the
     Backend that quantizes it, and on the Save node too (that is where Run would fail)."""
-    roots = host.model_roots()
+    roots = host.folder_roots()  # where the Save node writes and checks (not the read-only hub cache)
     found = plan_problems(plan)
     out = []
     for node, folder_name in saves:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..resolver.keep import LoadError, SaveError
 from ..resolver.problems import Problem, ValidationError
+from ..resolver.safe_files import FileProblem, parse_json
 from ..resolver.suggest import did_you_mean
 from .builtin import LoadImage, SaveImage
 from .execute import ALL_NODES, RunError, execute
@@ -25,7 +26,8 @@ EXIT_OK, EXIT_INVALID, EXIT_LOAD, EXIT_RUN = 0, 2, 3, 4
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 DEMO_WORKFLOW = EXAMPLES / "FLUX NF4 transformer.json"
-DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", Path.home() / ".cache" / "pipequant"))
+# An empty PIPEQUANT_CACHE means "not set" (not the current folder).
+DEFAULT_CACHE = Path(os.environ.get("PIPEQUANT_CACHE", "").strip() or Path.home() / ".cache" / "pipequant")
 
 
 DISK_CACHE_HELP = (
@@ -217,14 +219,14 @@ def cmd_plan(args) -> int:
     profile = None
     if args.device_profile:
         try:
-            profile = profile_from(json.loads(args.device_profile))
-        except ValueError as exc:
+            profile = profile_from(parse_json(args.device_profile, "--device-profile"))
+        except FileProblem as exc:  # not JSON, or nested past any real profile
             raise ValidationError(
                 [
                     Problem(
                         "device_profile_invalid",
                         "--device-profile",
-                        f"not JSON: {exc}",
+                        str(exc).replace("--device-profile ", "", 1),
                         '{"name": "RTX 4090", "total_gb": 24, "free_gb": 23, "compute_capability": [8, 9]}',
                     )
                 ]

@@ -1,5 +1,6 @@
-"""Run an API-format prompt the way ComfyUI does: validate every node first, then execute the
-nodes the outputs need, in dependency order, under torch.inference_mode()."""
+"""Run an API-format prompt the way ComfyUI does: validate the nodes the outputs need first (as
+ComfyUI does, a node that feeds no output is neither checked nor run), then execute them in
+dependency order, under torch.inference_mode()."""
 
 from __future__ import annotations
 
@@ -122,14 +123,19 @@ def _check_value(entry, value) -> str | None:
     return None
 
 
-def check_prompt(prompt: dict) -> list[Problem]:
+def check_prompt(prompt: dict, nodes=None) -> list[Problem]:
     """ComfyUI's checks before a run: links point at nodes' outputs, required inputs are there,
     widget values have their type and range, and every node's VALIDATE_INPUTS passes on its
-    constant inputs (inputs VALIDATE_INPUTS takes are left to it, as ComfyUI does)."""
+    constant inputs (inputs VALIDATE_INPUTS takes are left to it, as ComfyUI does). `nodes`: the
+    ids to check (default: all), e.g. `needed_nodes(prompt, outputs)`."""
     problems = []
-    for node_id, node in prompt.items():
+    specs: dict = {}  # INPUT_TYPES once per class: a Load node's lists the model folders
+    for node_id in prompt if nodes is None else nodes:
+        node = prompt[node_id]
         node_class = ALL_NODES[node["class_type"]]
-        spec = node_class.INPUT_TYPES()
+        if node_class not in specs:
+            specs[node_class] = node_class.INPUT_TYPES()
+        spec = specs[node_class]
         validate = getattr(node_class, "VALIDATE_INPUTS", None)
         wanted = inspect.signature(validate).parameters if validate is not None else {}
         declared = {**spec.get("required", {}), **spec.get("optional", {})}
@@ -189,25 +195,44 @@ def output_nodes(prompt: dict) -> list[str]:
     return [i for i, n in prompt.items() if getattr(ALL_NODES[n["class_type"]], "OUTPUT_NODE", False)]
 
 
-def _declared(node_class) -> dict:
+def _declared(node_class, specs: dict | None = None) -> dict:
+    """The inputs a node class declares; `specs` memoizes them per class for one pass over a prompt."""
+    if specs is not None and node_class in specs:
+        return specs[node_class]
     spec = node_class.INPUT_TYPES()
-    return {**spec.get("required", {}), **spec.get("optional", {})}
+    declared = {**spec.get("required", {}), **spec.get("optional", {})}
+    if specs is not None:
+        specs[node_class] = declared
+    return declared
 
 
-def _dependencies(prompt: dict, node_id: str) -> list[str]:
-    declared = _declared(ALL_NODES[prompt[node_id]["class_type"]])
+def _dependencies(prompt: dict, node_id: str, specs: dict | None = None) -> list[str]:
+    declared = _declared(ALL_NODES[prompt[node_id]["class_type"]], specs)
     return [v[0] for k, v in prompt[node_id]["inputs"].items() if k in declared and _is_link(v)]
+
+
+def needed_nodes(prompt: dict, outputs: list[str]) -> list[str]:
+    """The outputs and every node they link to, directly or not (links to missing nodes are left to
+    check_prompt): what ComfyUI validates and runs. Linear in the size of the prompt."""
+    specs: dict = {}
+    seen, stack = set(outputs), list(outputs)
+    while stack:
+        for source in _dependencies(prompt, stack.pop(), specs):
+            if source in prompt and source not in seen:
+                seen.add(source)
+                stack.append(source)
+    return [n for n in prompt if n in seen]
 
 
 def execution_order(prompt: dict, outputs: list[str]) -> list[str]:
     """The nodes the outputs need, each after what it links to. Iterative: a chain of thousands of
     Per-Component Maps is as fine as a short one."""
-    order, state = [], {}  # state: 1 = on the current path, 2 = done
+    order, state, specs = [], {}, {}  # state: 1 = on the current path, 2 = done
     for start in outputs:
         if state.get(start) == 2:
             continue
         state[start] = 1
-        stack = [(start, iter(_dependencies(prompt, start)))]
+        stack = [(start, iter(_dependencies(prompt, start, specs)))]
         while stack:
             node_id, pending = stack[-1]
             nxt = next(pending, None)
@@ -221,7 +246,7 @@ def execution_order(prompt: dict, outputs: list[str]) -> list[str]:
                 )
             elif state.get(nxt) is None:
                 state[nxt] = 1
-                stack.append((nxt, iter(_dependencies(prompt, nxt))))
+                stack.append((nxt, iter(_dependencies(prompt, nxt, specs))))
     return order
 
 
@@ -229,8 +254,8 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
     """Run the prompt; returns {node id: ui dict} of the output nodes. Everything is validated
     first, reading no weights (config nodes run, loaders validate their whole plan, samplers check
     the image size against the model), so a run fails before loading when it can."""
-    problems = check_prompt(prompt)
     outputs = output_nodes(prompt)
+    problems = check_prompt(prompt, needed_nodes(prompt, outputs))
     if not outputs:
         problems.append(
             Problem(
@@ -255,10 +280,11 @@ def execute(prompt: dict, *, validate_only: bool = False) -> dict:
 def _run(prompt: dict, order: list[str], *, validate_only: bool) -> dict:
     results: dict[str, tuple] = {}
     ui: dict[str, dict] = {}
+    specs: dict = {}
     for node_id in order:
         node = prompt[node_id]
         node_class = ALL_NODES[node["class_type"]]
-        declared = _declared(node_class)
+        declared = _declared(node_class, specs)
         kwargs = {
             name: (results[value[0]][value[1]] if _is_link(value) else value)
             for name, value in node["inputs"].items()

@@ -28,17 +28,19 @@ def _fail(code: str, field: str, message: str, suggestion: str = "") -> Validati
 
 
 def _no_duplicate_keys(pairs):
-    """json.loads keeps the last of two equal keys; two nodes with one id would silently become one."""
-    keys = [k for k, _ in pairs]
-    dupes = sorted({k for k in keys if keys.count(k) > 1}) if len(keys) != len(set(keys)) else []
-    if dupes:
-        raise _fail(
-            "workflow_duplicate_id",
-            f"node {dupes[0]}",
-            f'the workflow holds key "{dupes[0]:.40}" twice',
-            "give each node its own id (export the workflow again from ComfyUI)",
-        )
-    return dict(pairs)
+    """json.loads keeps the last of two equal keys; two nodes with one id would silently become one.
+    One pass with a set: an object with 100 000 keys is checked in milliseconds."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _fail(
+                "workflow_duplicate_id",
+                f"node {key:.40}",
+                f'the workflow holds key "{key:.40}" twice',
+                "give each node its own id (export the workflow again from ComfyUI)",
+            )
+        out[key] = value
+    return out
 
 
 def read_workflow(path: Path) -> dict:
@@ -142,7 +144,7 @@ def to_api(data: dict, node_classes: dict) -> dict:
             links[link[0]] = (str(link[1]), link[2])
         elif isinstance(link, dict) and _key(link.get("id")):
             links[link.get("id")] = (str(link.get("origin_id")), link.get("origin_slot"))
-    prompt = {}
+    prompt, followed = {}, {}
     for node_id, node in nodes.items():
         kind = node.get("type")
         if kind in UI_ONLY_NODES or node.get("mode") in (MUTED, BYPASSED):
@@ -177,7 +179,13 @@ def to_api(data: dict, node_classes: dict) -> dict:
                     f"input is connected to link {link_id!r:.40}, which the workflow does not have",
                     "reconnect the input in the editor and export again",
                 )
-            origin = _follow(links[link_id], nodes, links)
+            start = links[link_id]
+            key = start if _key(start[1]) else None
+            if key is None or key not in followed:  # many inputs fed by one Reroute chain: walked once
+                origin = _follow(start, nodes, links)
+                if key is not None:
+                    followed[key] = origin
+            origin = followed.get(key, origin) if key is not None else origin
             if origin is None:  # from a muted node, or a bypassed one with nothing to pass through
                 continue
             source, out_slot = origin

@@ -205,9 +205,9 @@ def test_the_measurements_file_holds_the_projects_own_measured_errors_with_their
 
 
 def test_a_reference_that_does_not_fit_the_device_runs_with_model_offload(tiny_flux, monkeypatch):
-    from pipequant.resolver.keep.pipeline import plan_named
+    from pipequant.resolver.decide.prepare import prepare
 
-    plan = plan_named(tiny_flux.name, None, roots=[tiny_flux.parent], device="cpu")
+    plan = prepare(tiny_flux.name, None, roots=[tiny_flux.parent], device="cpu").plan_or_raise()
     assert quality.reference_offload(plan) == "none"  # CPU: runs from RAM as it is
     monkeypatch.setattr(quality, "_free_device_bytes", lambda device: 10**9)
     assert quality.reference_offload(plan) == "none"

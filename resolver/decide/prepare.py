@@ -16,6 +16,7 @@ from ..files.roots import resolve_model
 from ..files.variant import problems as variant_problems
 from ..problems import Problem, ValidationError, errors
 from .estimate import estimate
+from .fits import fit_problems
 from .plan import Plan, make_plan
 from .validate import validate
 
@@ -46,6 +47,11 @@ class Prepared:
         if self._estimate is None:
             self._estimate = estimate(self.plan_or_raise())
         return self._estimate
+
+    def fit_problems(self, memory=None) -> list[Problem]:
+        """Where the plan's weights will not fit the machine (`decide.fits`): an error for a certain
+        out-of-memory, a warning where it is tight; each names the auto plan or offload as the fix."""
+        return fit_problems(self.plan_or_raise(), self.estimate(), memory)
 
 
 def prepare(

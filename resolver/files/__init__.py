@@ -2,6 +2,7 @@
 
 from . import hub_cache
 from .inspect_model import inspect_model
+from .meta_build import isolate_empty_init
 from .roots import (
     GGUF_ENV,
     MODELS_ENV,
@@ -25,6 +26,7 @@ __all__ = [
     "env_roots",
     "hub_cache",
     "inspect_model",
+    "isolate_empty_init",
     "list_files",
     "list_pipelines",
     "refused_pipelines",

@@ -13,15 +13,19 @@ $HF_HOME/hub, else ~/.cache/huggingface/hub. Off: PIPEQUANT_HF_CACHE=off.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .roots import INDEX, Root
+from ..safe_files import FileProblem, read_bytes
+from .roots import INDEX, Root, contained
 
 ENV_VAR = "PIPEQUANT_HF_CACHE"
 OFF = ("off", "0", "false", "no", "none")
 REPO_PREFIX = "models--"
+_warned: set[str] = set()  # PIPEQUANT_HF_CACHE values already reported as not a folder
+MAX_REF_BYTES = 256  # a revision is a 40-character commit hash (or a short branch-like name)
 
 
 def cache_dir() -> Path | None:
@@ -31,6 +35,13 @@ def cache_dir() -> Path | None:
         return None
     if explicit:
         path = Path(explicit).expanduser()
+        if not path.is_dir() and explicit not in _warned:  # said once, not at every model list
+            _warned.add(explicit)
+            logging.getLogger("pipequant").warning(
+                "PipeQuant: %s=%r is not a folder; the Hugging Face cache is not read (use a folder, or off)",
+                ENV_VAR,
+                explicit[:200],
+            )
     elif os.environ.get("HF_HUB_CACHE", "").strip():
         path = Path(os.environ["HF_HUB_CACHE"].strip()).expanduser()
     elif os.environ.get("HF_HOME", "").strip():
@@ -56,14 +67,48 @@ def _repo_name(folder: Path) -> str | None:
     return "/".join(parts)
 
 
-def _snapshot(repo: Path) -> Path | None:
-    """The revision refs/main names, else the most recently written snapshot."""
-    snapshots = repo / "snapshots"
+def read_ref(repo: Path) -> str:
+    """The revision `refs/main` names ("" when there is none), read like every other file: a regular
+    file (not a link, FIFO or device), inside the repo folder, bounded, UTF-8. Else FileProblem."""
+    ref = repo / "refs" / "main"
+    if not os.path.lexists(ref):
+        return ""
+    if os.path.islink(ref) or os.path.islink(ref.parent) or not contained(ref, repo):
+        raise FileProblem(
+            "model_outside_roots",
+            ref,
+            f"{repo.name}/refs/main is a link; the hub writes it as a plain file",
+            "delete the repo from the Hugging Face cache and download it again",
+        )
     try:
-        rev = (repo / "refs" / "main").read_text().strip()
-    except OSError:
-        rev = ""
-    if rev and "/" not in rev and rev not in (".", "..") and (snapshots / rev).is_dir():
+        raw = read_bytes(ref, MAX_REF_BYTES)  # regular files only, opened without blocking
+    except FileProblem as exc:  # "main is a named pipe": say which main
+        raise FileProblem(exc.code, ref, f"{repo.name}/refs/{exc}", exc.suggestion) from None
+    try:
+        rev = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise FileProblem(
+            "ref_invalid",
+            ref,
+            f"{repo.name}/refs/main is not text (not UTF-8): not a revision",
+            "delete the repo from the Hugging Face cache and download it again",
+        ) from None
+    if not rev or "/" in rev or "\\" in rev or rev in (".", "..") or not rev.isprintable():
+        raise FileProblem(
+            "ref_invalid",
+            ref,
+            f"{repo.name}/refs/main does not name a revision ({ascii(rev)[:60]})",
+            "delete the repo from the Hugging Face cache and download it again",
+        )
+    return rev
+
+
+def _snapshot(repo: Path) -> Path | None:
+    """The revision refs/main names, else the most recently written snapshot. A refs/main that
+    cannot be read safely raises FileProblem (the repo is refused, with that reason)."""
+    snapshots = repo / "snapshots"
+    rev = read_ref(repo)
+    if rev and (snapshots / rev).is_dir() and not (snapshots / rev).is_symlink():
         return snapshots / rev
     try:
         candidates = [p for p in snapshots.iterdir() if p.is_dir() and not p.is_symlink()]
@@ -81,9 +126,10 @@ class HubCacheRoot(Root):
     def __str__(self) -> str:
         return f"{self.path} (Hugging Face cache)"
 
-    def _repos(self) -> dict[str, Path]:
-        """repo name -> its snapshot folder, for snapshots that hold a diffusers pipeline."""
-        out: dict[str, Path] = {}
+    def _repos(self) -> dict[str, Path | FileProblem]:
+        """repo name -> its snapshot folder, for snapshots that hold a diffusers pipeline; or the
+        FileProblem that refuses the repo (an unreadable refs/main)."""
+        out: dict[str, Path | FileProblem] = {}
         try:
             entries = sorted(self.path.iterdir())
         except OSError:
@@ -92,16 +138,31 @@ class HubCacheRoot(Root):
             name = _repo_name(repo)
             if name is None or repo.is_symlink() or not repo.is_dir():
                 continue
-            snapshot = _snapshot(repo)
+            try:
+                snapshot = _snapshot(repo)
+            except FileProblem as exc:
+                if os.path.isdir(repo / "snapshots"):
+                    out[name] = exc
+                continue
             if snapshot is not None and os.path.lexists(snapshot / INDEX):
                 out[name] = snapshot
         return out
 
     def locate(self, name: str) -> Path | None:
-        return self._repos().get(name)
+        found = self._repos().get(name)
+        if isinstance(found, FileProblem):
+            return found.path.parent.parent  # the repo folder: vet() says why it is refused
+        return found
 
     def candidates(self):
-        yield from sorted(self._repos().items())
+        for name, found in sorted(self._repos().items()):
+            yield name, (found.path.parent.parent if isinstance(found, FileProblem) else found)
+
+    def vet(self, folder: Path) -> None:
+        """A repo folder handed out in place of a snapshot is one whose refs/main was refused."""
+        if Path(folder).parent == self.path:
+            read_ref(Path(folder))
+            raise FileProblem("model_not_found", folder, f"{Path(folder).name} has no readable snapshot")
 
     def allows_link(self, link: Path, target: Path) -> bool:
         """A link in `models--org--name/snapshots/<rev>/` may end only at a regular file inside

@@ -131,6 +131,7 @@ def build_on_meta(cls, library: str, config: dict, where: str):
     """An instance of `cls` on the meta device (no memory for weights), from a checked config."""
     import torch
 
+    isolate_empty_init()
     check_config(config, config_defaults(cls, library), where)
     with bounded(where), torch.device("meta"):
         try:
@@ -144,3 +145,101 @@ def build_on_meta(cls, library: str, config: dict, where: str):
             raise BuildRefused(
                 "config_invalid", f"{where}: the model cannot be built from it ({type(exc).__name__}: {message})"
             ) from None
+
+
+# -- empty-weight contexts that stay in their own thread --------------------------------------------
+# accelerate's `init_empty_weights` (diffusers' from_pretrained, the bnb/quanto quantizers' layer
+# replacement) and peft's copy of it (LoRA injection) put every new parameter on the meta device by
+# replacing `nn.Module.register_parameter` for the whole process. The editor's live checks replace
+# layers on meta models in worker threads while the prompt thread loads and applies LoRAs: the
+# load's or the LoRA's new parameters landed on meta ("Cannot copy out of meta tensor"), and two
+# overlapping contexts restored each other's patch, leaving every later load on meta ("Unsupported
+# device type 'meta'") until restart. Installed once, the contexts below do the same per thread.
+_EMPTY_INIT = threading.local()
+_INSTALL_LOCK = threading.Lock()
+_installed = False
+
+
+def _empty_init_device():
+    stack = getattr(_EMPTY_INIT, "devices", None)
+    return stack[-1] if stack else None
+
+
+def _thread_local_init_on_device(skip_flag_owner=None):
+    import torch
+
+    @contextmanager
+    def init_on_device(device, include_buffers=None):
+        if skip_flag_owner is not None and getattr(skip_flag_owner[0], "_skip", False) is True:
+            yield  # peft's skip_init_on_device
+            return
+        if include_buffers is None:
+            from accelerate.utils import parse_flag_from_env
+
+            include_buffers = parse_flag_from_env("ACCELERATE_INIT_INCLUDE_BUFFERS", False)
+        if include_buffers:  # torch's device context is already per thread
+            with torch.device(device):
+                yield
+            return
+        stack = _EMPTY_INIT.__dict__.setdefault("devices", [])
+        stack.append(torch.device(device))
+        try:
+            yield
+        finally:
+            stack.pop()
+
+    return init_on_device
+
+
+def isolate_empty_init() -> bool:
+    """Make accelerate's and peft's empty-weight contexts act on their own thread only (idempotent,
+    cheap after the first call). False if another library's patch is active right now (retried on
+    the next call)."""
+    global _installed
+    if _installed:
+        return True
+    with _INSTALL_LOCK:
+        if _installed:
+            return True
+        import torch.nn as nn
+
+        pristine = nn.Module.register_parameter
+        if getattr(pristine, "__qualname__", "") != "Module.register_parameter":
+            return False
+
+        def register_parameter(module, name, param):
+            pristine(module, name, param)
+            device = _empty_init_device()
+            if device is not None and param is not None:  # accelerate's register_empty_parameter
+                param_cls = type(module._parameters[name])
+                kwargs = module._parameters[name].__dict__
+                kwargs["requires_grad"] = param.requires_grad
+                hf_initialized = kwargs.pop("_is_hf_initialized", None)
+                module._parameters[name] = param_cls(module._parameters[name].to(device), **kwargs)
+                if hf_initialized is not None:
+                    module._parameters[name]._is_hf_initialized = hf_initialized
+
+        register_parameter.__qualname__ = "Module.register_parameter"  # what the check above looks for
+        register_parameter.pipequant_thread_local = True
+        try:
+            import accelerate.big_modeling as big_modeling
+        except ImportError:
+            big_modeling = None
+        try:
+            import peft.utils.integrations as peft_integrations
+        except ImportError:
+            peft_integrations = None
+        nn.Module.register_parameter = register_parameter
+        if big_modeling is not None:
+            replacement = _thread_local_init_on_device()
+            big_modeling.init_on_device = replacement  # what init_empty_weights looks up
+            import accelerate
+
+            accelerate.init_on_device = replacement  # and callers of accelerate.init_on_device
+        if peft_integrations is not None:
+            owner: list = []
+            replacement = _thread_local_init_on_device(owner)
+            owner.append(replacement)  # peft's skip flag is set on the function it looks up
+            peft_integrations._init_on_device = replacement
+        _installed = True
+        return True

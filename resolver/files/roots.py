@@ -53,6 +53,10 @@ class Root:
         """The folder pipeline `name` stands for under this root."""
         return self.path / name
 
+    def vet(self, folder: Path) -> None:
+        """Raise FileProblem if this root refuses `folder` for a reason of its own (the hub cache:
+        an unreadable refs/main). Nothing, for a model folder."""
+
     def candidates(self) -> Iterator[tuple[str, Path]]:
         """(name, folder) of every folder holding a model_index.json, before any check."""
         for index in (
@@ -168,7 +172,12 @@ def _pipeline_entries(roots: Iterable[Root | Path]) -> Iterator[tuple[str, str]]
         for name, folder in root.candidates():
             if any(part.startswith(".") for part in name.split("/")):
                 continue  # a save in progress (resolver/save.py), or a hidden folder
+            bad_name = name_problem(name, "model")
+            if bad_name is not None:  # resolve_model would refuse it: list only what loads
+                yield name, bad_name.message
+                continue
             try:
+                root.vet(folder)
                 if not contained(folder, root.path, root):
                     why = f"a link that leaves the model folder {root.path}"
                 elif not _is_regular(folder / INDEX):
@@ -213,6 +222,7 @@ def resolve_model(name: str, roots: Iterable[Root | Path], field: str = "model")
             continue
         index = candidate / INDEX
         try:
+            root.vet(candidate)
             if not os.path.lexists(index):
                 continue
             if not contained(candidate, root.path, root):
@@ -312,9 +322,12 @@ def list_files(roots: Iterable[Root | Path], suffix: str = ".gguf") -> list[str]
         if not root.path.is_dir():
             continue
         for p in root.path.rglob(f"*{suffix}"):
+            name = p.relative_to(root.path).as_posix()
+            if name_problem(name, "file", "file") is not None:
+                continue  # a name find_file refuses (a newline, a control character): not listed
             try:
                 if _is_regular(p) and contained(p, root.path, root):
-                    names.add(p.relative_to(root.path).as_posix())
+                    names.add(name)
             except FileProblem:
                 continue
     return sorted(names)

@@ -1,7 +1,7 @@
 """Reading and keeping weights: the loader, the component and disk caches, save, bytes and the report."""
 
 from . import disk_cache
-from .cache import COMPONENT_CACHE, free_memory, trim_heap
+from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .disk_cache import DiskCache, configured_folder, default_folder
 from .load import LoadError, LoadResult, load, load_plan, plan_load
 from .memory import inner_tensors, main_device, param_count, tensor_bytes
@@ -10,6 +10,7 @@ from .save import SaveError, describe_save, folder_problems, plan_problems, save
 
 __all__ = [
     "COMPONENT_CACHE",
+    "ComponentCache",
     "DiskCache",
     "LoadError",
     "LoadResult",

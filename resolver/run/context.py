@@ -15,6 +15,9 @@ def diffusers_context():
     moved or offloaded (README "Facts"). All diffusers work runs outside it, without autograd."""
     import torch
 
+    from ..files.meta_build import isolate_empty_init
+
+    isolate_empty_init()  # the libraries' empty-weight contexts stay in their own thread
     _quiet_progress_bars()
     with torch.inference_mode(False), torch.no_grad():
         yield

@@ -40,6 +40,7 @@ def check_inputs(image, mask, denoise, batch_size: int) -> None:
             f"image has shape {tuple(getattr(image, 'shape', ()))}",
             "connect a ComfyUI IMAGE (batch, height, width, 3), e.g. from Load Image",
         )
+    _check_pixels(image, "image", image.shape[1], image.shape[2])
     if image.shape[0] not in (1, batch_size):
         raise _problem(
             "image_batch_mismatch",
@@ -55,6 +56,7 @@ def check_inputs(image, mask, denoise, batch_size: int) -> None:
                 f"mask has shape {tuple(getattr(mask, 'shape', ()))}",
                 "connect a ComfyUI MASK (batch, height, width)",
             )
+        _check_pixels(mask, "mask", mask.shape[-2], mask.shape[-1])
         if mask.ndim == 3 and mask.shape[0] not in (1, image.shape[0]):
             raise _problem(
                 "mask_batch_mismatch",
@@ -62,6 +64,27 @@ def check_inputs(image, mask, denoise, batch_size: int) -> None:
                 f"the mask batch holds {mask.shape[0]} masks and the image batch {image.shape[0]}",
                 "use one mask, or one per image",
             )
+
+
+def _check_pixels(tensor, field: str, height: int, width: int) -> None:
+    """Not empty (a 0-pixel side cannot be resized), finite (NaN turns the whole result black)."""
+    import torch
+
+    if height < 1 or width < 1 or tensor.shape[0] < 1:
+        raise _problem(
+            f"{field}_empty",
+            field,
+            f"the {field} is empty ({width}x{height} pixels, {tensor.shape[0]} in the batch)",
+            f"connect a {field} with at least one pixel",
+        )
+    values = torch.as_tensor(tensor)
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        raise _problem(
+            f"{field}_nonfinite",
+            field,
+            f"the {field} holds NaN or infinite values: the result would be black",
+            f"check the node that makes the {field} (a NaN from a failed decode or a division by zero)",
+        )
 
 
 def to_pixels(image, mask, width: int, height: int, batch_size: int):

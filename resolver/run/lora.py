@@ -12,6 +12,7 @@ adapters (`strip_adapters`), so no adapter ever reaches a plain pipeline.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -24,10 +25,13 @@ from ..known import catalogue
 from ..problems import Problem, ValidationError
 from ..safe_files import FileProblem
 from ..suggest import did_you_mean
+from . import lora_check
 
 ENV_VAR = "PIPEQUANT_LORAS"
 SUFFIX = ".safetensors"
-MAX_ADAPTERS = int(os.environ.get("PIPEQUANT_MAX_LORAS", "8"))  # loaded per set of modules; LRU beyond
+MAX_LORAS_ENV = "PIPEQUANT_MAX_LORAS"
+DEFAULT_MAX_ADAPTERS = 8
+MAX_ADAPTERS: int | None = None  # set to override $PIPEQUANT_MAX_LORAS (tests); see max_adapters()
 STRENGTH_RANGE = (-4.0, 4.0)
 # How a converted key names its layer: "<component>.<module path><one of these>".
 _LAYER_SUFFIXES = (
@@ -40,8 +44,33 @@ _LAYER_SUFFIXES = (
     ".lora_magnitude_vector",
     ".alpha",
 )
+log = logging.getLogger("pipequant")
 _lock = threading.RLock()
 _recent: list[str] = []  # adapter names, least recently activated first
+
+
+def max_adapters() -> int:
+    """Adapters kept loaded per set of modules beyond the active stack (LRU): $PIPEQUANT_MAX_LORAS,
+    read when used. A malformed value falls back with a warning naming the variable: a setting
+    must never stop ComfyUI from loading the pack."""
+    if MAX_ADAPTERS is not None:
+        return MAX_ADAPTERS
+    raw = os.environ.get(MAX_LORAS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ADAPTERS
+    try:
+        value = int(raw)
+        if value < 1:
+            raise ValueError(raw)
+    except ValueError:
+        log.warning(
+            "PipeQuant: %s=%r is not a whole number >= 1; keeping up to %d LoRAs loaded",
+            MAX_LORAS_ENV,
+            raw[:40],
+            DEFAULT_MAX_ADAPTERS,
+        )
+        return DEFAULT_MAX_ADAPTERS
+    return value
 
 
 def list_loras(roots: Iterable[Path]) -> list[str]:
@@ -135,7 +164,8 @@ def make_spec(name: str, roots: Iterable[Path], strength: float = 1.0, strength_
 
 # -- checking a file against a pipeline, before anything changes -----------------------------------
 def _converted_state_dict(pipeline, spec: LoraSpec) -> dict:
-    """The file's tensors as diffusers' own converters see them (kohya, xlabs, … → diffusers/peft)."""
+    """The file's tensors as diffusers' own converters see them (kohya, xlabs, … → diffusers/peft),
+    after every tensor of the file itself was checked (lora_check.check_tensors)."""
     from ..files.safetensors_header import HeaderError, read_header
 
     try:
@@ -146,6 +176,17 @@ def _converted_state_dict(pipeline, spec: LoraSpec) -> dict:
             f'"{spec.name}" is not a readable safetensors file: {exc}',
             "re-download or re-save the LoRA",
         ) from None
+    from safetensors.torch import load_file
+
+    try:
+        raw = load_file(spec.path)
+    except Exception as exc:  # noqa: BLE001 - a header that passed but data that does not
+        raise _problem(
+            "lora_malformed",
+            f'"{spec.name}" cannot be read ({type(exc).__name__}: {str(exc).strip()[:200]})',
+            "re-download or re-save the LoRA",
+        ) from None
+    lora_check.check_tensors(spec.name, raw)
     try:
         out = type(pipeline).lora_state_dict(spec.path)
     except Exception as exc:  # a converter's own complaint: the layout is not one diffusers reads
@@ -167,9 +208,32 @@ def _layer(key: str) -> str | None:
     return None
 
 
+def _file_layers(pipeline, spec: LoraSpec) -> dict[str, lora_check.LayerShapes]:
+    """{layer: shapes} of the file as this pipeline class converts it; every check of the file
+    alone, done once per file identity."""
+
+    def compute():
+        state = _converted_state_dict(pipeline, spec)
+        for key in state:
+            layer = _layer(key)
+            if layer is None or "." not in layer:
+                raise _problem(
+                    "lora_malformed",
+                    f'"{spec.name}" has tensor "{key}", which is not a LoRA weight',
+                    "use a LoRA file (lora_A/lora_B or lora_down/lora_up tensors)",
+                )
+        layers = lora_check.layer_shapes(spec.name, state)
+        if not layers:
+            raise _problem("lora_malformed", f'"{spec.name}" holds no LoRA tensors', "use a LoRA file")
+        return layers
+
+    return lora_check.remember((type(pipeline).__name__, spec.path, spec.file_key), compute)
+
+
 def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
     """{component: number of layers} the LoRA changes; raises a specific error for a file that is not
-    a LoRA, or whose layers are not all in this pipeline (the first unmatched keys named)."""
+    a LoRA, whose layers are not all in this pipeline (the first unmatched keys named), or whose
+    shapes do not fit the layers they target."""
     if not hasattr(type(pipeline), "load_lora_weights"):
         raise _problem(
             "lora_unsupported_pipeline",
@@ -177,33 +241,27 @@ def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
             "use a pipeline family with LoRA support (FLUX, SD3, SDXL, SD, Sana, …)",
             "pipeline",
         )
-    state = _converted_state_dict(pipeline, spec)
+    layers = _file_layers(pipeline, spec)
     loadable = list(getattr(pipeline, "_lora_loadable_modules", ()))
-    layers = {}
-    for key in state:
-        layer = _layer(key)
-        if layer is None or "." not in layer:
-            raise _problem(
-                "lora_malformed",
-                f'"{spec.name}" has tensor "{key}", which is not a LoRA weight',
-                "use a LoRA file (lora_A/lora_B or lora_down/lora_up tensors)",
-            )
-        layers.setdefault(layer, key)
-    if not layers:
-        raise _problem("lora_malformed", f'"{spec.name}" holds no LoRA tensors', "use a LoRA file")
-    modules: dict[str, set[str]] = {}
-    unmatched, found = [], {}
-    for layer, key in layers.items():
+    modules: dict[str, dict[str, object]] = {}
+    unmatched, found, fitting = [], {}, []
+    for layer, shapes in layers.items():
         component, _, path = layer.partition(".")
         if component not in loadable or getattr(pipeline, component, None) is None:
-            unmatched.append(key)
+            unmatched.append(shapes.key)
             continue
         if component not in modules:
-            modules[component] = {n.replace(".base_layer", "") for n, _ in getattr(pipeline, component).named_modules()}
-        if path in modules[component]:
-            found[component] = found.get(component, 0) + 1
+            modules[component] = {
+                n.replace(".base_layer", ""): m
+                for n, m in getattr(pipeline, component).named_modules()
+                if not n.endswith(".base_layer")
+            }
+        module = modules[component].get(path)
+        if module is None:
+            unmatched.append(shapes.key)
         else:
-            unmatched.append(key)
+            found[component] = found.get(component, 0) + 1
+            fitting.append((layer, shapes, module))
     if unmatched:
         first = ", ".join(f'"{k}"' for k in unmatched[:3])
         prefixes = sorted({k.split(".")[0] for k in unmatched})
@@ -214,6 +272,8 @@ def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
             f"{', '.join(prefixes)})",
             "use a LoRA trained for this model family and size",
         )
+    for layer, shapes, module in fitting:
+        lora_check.check_against(spec.name, layer, shapes, module)
     return found
 
 
@@ -272,24 +332,100 @@ def _touch(name: str) -> None:
     _recent.append(name)
 
 
-def load_adapter(result, spec: LoraSpec) -> None:
-    """Load the adapter onto the pipeline's modules unless it is there already (checked first)."""
+def _carriers(pipeline, adapter_name: str) -> set[str]:
+    try:
+        return {c for c, names in pipeline.get_list_adapters().items() if adapter_name in names}
+    except (AttributeError, ValueError):
+        return set()
+
+
+def _fingerprint(pipeline, components) -> dict:
+    """{component: {parameter or buffer name (peft's wrapping undone): (id, shape, dtype)}} of the
+    base model, to verify a failed LoRA load left every shared module exactly as it was."""
+    out = {}
+    for name in components:
+        module = getattr(pipeline, name, None)
+        if module is None:
+            continue
+        entries = {}
+        for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if "lora_" in key or "lora_magnitude_vector" in key:
+                continue
+            entries[key.replace(".base_layer", "")] = (id(tensor), tuple(tensor.shape), tensor.dtype)
+        out[name] = entries
+    return out
+
+
+def _undo(result, spec: LoraSpec, components, before: dict) -> list[str]:
+    """After a failed load: remove what was injected, then verify; a component that does not come
+    back exactly as it was is released from every cache (the next run loads it fresh). Returns the
+    components released."""
+    pipeline = result.pipeline
+    try:
+        if spec.adapter_name in _loaded(pipeline):
+            pipeline.delete_adapters(spec.adapter_name)
+    except Exception:  # noqa: BLE001 - verified below either way
+        pass
+    if spec.adapter_name in _recent:
+        _recent.remove(spec.adapter_name)
+    after = _fingerprint(pipeline, components)
+    broken = []
+    for name in components:
+        module = getattr(pipeline, name, None)
+        leftover = module is not None and any(spec.adapter_name in n for n, _ in module.named_parameters())
+        if after.get(name) != before.get(name) or leftover:
+            broken.append(name)
+    for name in broken:
+        module = getattr(pipeline, name)
+        reason = f'applying the LoRA "{spec.name}" failed and could not be undone'
+        if result.holder is not None:
+            result.holder.release(module, reason)
+        else:
+            result.release(reason)
+    return broken
+
+
+def load_adapter(result, spec: LoraSpec, keep: Iterable[str] = ()) -> None:
+    """Load the adapter onto the pipeline's modules unless every module it changes carries it
+    already. Checked first, every time (a module shared through the cache may carry an adapter
+    that another pipeline's modules, e.g. a quantized transformer, cannot take). Should the load
+    fail anyway, the modules come back as they were, or are released. `keep`: adapters of the
+    stack being applied, never evicted to make room."""
     from .context import diffusers_context
 
     with _lock:
         pipeline = result.pipeline
-        if spec.adapter_name in _loaded(pipeline):
+        found = check(result, spec)
+        carried = _carriers(pipeline, spec.adapter_name)
+        if set(found) <= carried:
             return
-        check(result, spec)
-        with diffusers_context():
-            pipeline.load_lora_weights(spec.path, adapter_name=spec.adapter_name)
+        if carried:  # on a shared module (a text encoder) but not on this pipeline's others
+            with diffusers_context():
+                pipeline.delete_adapters(spec.adapter_name)
+        before = _fingerprint(pipeline, found)
+        try:
+            with diffusers_context():
+                pipeline.load_lora_weights(spec.path, adapter_name=spec.adapter_name)
+        except Exception as exc:
+            released = _undo(result, spec, found, before)
+            note = (
+                f"; {', '.join(released)} could not be restored and were unloaded (the next run reloads them)"
+                if released
+                else "; the pipeline is unchanged"
+            )
+            message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise _problem(
+                "lora_load_failed",
+                f'"{spec.name}" could not be applied ({type(exc).__name__}: {message}){note}',
+                "use a LoRA trained for this model family and size",
+            ) from exc
         _touch(spec.adapter_name)
-        _evict(pipeline, keep={spec.adapter_name})
+        _evict(pipeline, keep={spec.adapter_name, *keep})
 
 
 def _evict(pipeline, keep: set[str]) -> None:
     loaded = _loaded(pipeline)
-    surplus = len(loaded) - MAX_ADAPTERS
+    surplus = len(loaded) - max(max_adapters(), len(keep))
     for name in [n for n in _recent if n in loaded and n not in keep][: max(surplus, 0)]:
         pipeline.delete_adapters(name)
         _recent.remove(name)
@@ -312,17 +448,28 @@ def activate(result) -> None:
     with _lock:
         pipeline = result.pipeline
         stack = tuple(getattr(result, "loras", ()))
+        names = {s.adapter_name for s in stack}
         for spec in stack:
-            load_adapter(result, spec)
+            load_adapter(result, spec, keep=names)  # a stack longer than the limit stays whole
         if not _loaded(pipeline):
             return
         with diffusers_context():
             if not stack:
                 pipeline.disable_lora()
                 return
-            pipeline.enable_lora()
-            carried = pipeline.get_list_adapters()
-            pipeline.set_adapters([s.adapter_name for s in stack], [_weights(s, carried) for s in stack])
+            try:
+                pipeline.enable_lora()
+                carried = pipeline.get_list_adapters()
+                pipeline.set_adapters([s.adapter_name for s in stack], [_weights(s, carried) for s in stack])
+            except Exception as exc:  # the shared modules must not keep a half-set stack
+                pipeline.disable_lora()
+                message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                raise _problem(
+                    "lora_activate_failed",
+                    f"the LoRA stack could not be switched on ({type(exc).__name__}: {message}); "
+                    "every adapter was switched off",
+                    "run again; if it persists, reload the pipeline (Unload Models) and check the LoRAs",
+                ) from exc
         for spec in stack:
             _touch(spec.adapter_name)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from ..problems import Problem, ValidationError
 from . import img2img
 from .blocks import interrupt_check
 from .context import diffusers_context
@@ -70,4 +71,18 @@ def generate(
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
     with diffusers_context(), interrupt_check(check_interrupt):
         images = pipeline(**kwargs).images
-    return torch.from_numpy(images).float().clamp(0, 1)
+    out = torch.from_numpy(images).float()
+    if not bool(torch.isfinite(out).all()):  # saved as a black image with no word otherwise
+        dtype = str(getattr(pipeline, "dtype", "")).replace("torch.", "")
+        raise ValidationError(
+            [
+                Problem(
+                    "image_nonfinite",
+                    "pipeline",
+                    f"the pipeline produced NaN or infinite values (weights in {dtype or 'its dtype'}): "
+                    "the image would be black",
+                    "load in bfloat16 or float32 (float16 overflows in some models), and check the LoRA strengths",
+                )
+            ]
+        )
+    return out.clamp(0, 1)

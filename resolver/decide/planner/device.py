@@ -42,12 +42,15 @@ class DeviceProfile:
         if not isinstance(data, dict):
             raise ProfileError("a device profile is a JSON object with name, total_gb, free_gb, compute_capability")
         name = data.get("name")
-        if not isinstance(name, str) or not name:
-            raise ProfileError('device profile: "name" must be a non-empty string')
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ProfileError('device profile: "name" must be a non-empty string (at most 200 characters)')
+        for key in ("total_gb", "free_gb"):
+            if isinstance(data.get(key), bool):
+                raise ProfileError(f'device profile: "{key}" must be a number (GiB), not true/false')
         try:
             total = float(data.get("total_gb", data.get("free_gb")))
             free = float(data.get("free_gb", total))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
             raise ProfileError('device profile: "total_gb" and "free_gb" must be numbers (GiB)') from None
         if not (0 < total < 1e5) or not (0 <= free <= total):
             raise ProfileError(
@@ -56,7 +59,9 @@ class DeviceProfile:
         cc = data.get("compute_capability")
         if cc is not None:
             if not (
-                isinstance(cc, (list, tuple)) and len(cc) == 2 and all(isinstance(v, int) and 0 <= v < 100 for v in cc)
+                isinstance(cc, (list, tuple))
+                and len(cc) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 100 for v in cc)
             ):
                 raise ProfileError('device profile: "compute_capability" must be [major, minor] or null (CPU)')
             cc = (cc[0], cc[1])

@@ -82,6 +82,15 @@ def plan_for(
     them, as the Load node will read) and plan. Raises ValidationError for bad input, `NothingFits`
     when no plan fits."""
     problems = check_inputs(budget_gb, goal, width, height, batch_size)
+    if not isinstance(allow_offload, bool):  # the route's JSON: "false" is a string, and truthy
+        problems.append(
+            Problem(
+                "allow_offload_invalid",
+                "allow_offload",
+                f"{allow_offload!r:.40} is not true or false",
+                "send a JSON boolean: true or false",
+            )
+        )
     if problems:
         raise ValidationError(problems)
     prepared = prepare(folder, variant=variant, plan=False)  # as the Load node checks it (a missing variant)
@@ -98,6 +107,6 @@ def plan_for(
         width=width,
         height=height,
         batch_size=batch_size,
-        allow_offload=bool(allow_offload),
+        allow_offload=allow_offload,
         variant=normalize_variant(variant),
     )
