@@ -85,7 +85,9 @@ def test_the_load_node_refuses_a_certain_out_of_memory_before_reading(monkeypatc
     plan = Load.plan(flux_dev.name, "bfloat16", "cpu", "none")
     assert any(n.startswith("warning: ") and "33.7 GB of RAM" in n for n in plan.notes)
     monkeypatch.setattr(fits, "machine_memory", lambda device: _gpu(24))
-    monkeypatch.setattr("pipequant.nodes.load.fit_problems", lambda p, e: fits.fit_problems(_as_cuda(p), e))
+    monkeypatch.setattr(  # decide.prepare is where every surface asks
+        "pipequant.resolver.decide.prepare.fit_problems", lambda p, e, m=None: fits.fit_problems(_as_cuda(p), e, m)
+    )
     with pytest.raises(NodeInputError) as info:
         Load.plan(flux_dev.name, "bfloat16", "cpu", "none")
     assert "would run out of memory" in str(info.value)
