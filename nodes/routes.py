@@ -186,7 +186,9 @@ class SpecReader:
             names, more = parse_components(raw["components"])
             raw["components"], found = (list(names) if names is not None else None), found + more
         if isinstance(raw.get("options"), str):
-            raw["options"], more = parse_options(raw["options"])
+            raw["options"], more = parse_options(
+                raw["options"], catalogue.options_example(raw.get("backend"), raw.get("quant_type"))
+            )
             found += more
         if raw.get("gguf_file") in (NO_FILE, ""):
             raw["gguf_file"] = None

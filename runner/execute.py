@@ -132,7 +132,8 @@ def check_prompt(prompt: dict) -> list[Problem]:
     for node_id, node in prompt.items():
         node_class = ALL_NODES[node["class_type"]]
         spec = node_class.INPUT_TYPES()
-        validate = getattr(node_class, "VALIDATE_INPUTS", None)
+        # A node's `check` takes every input together (its VALIDATE_INPUTS takes one, for ComfyUI).
+        validate = getattr(node_class, "check", None) or getattr(node_class, "VALIDATE_INPUTS", None)
         wanted = inspect.signature(validate).parameters if validate is not None else {}
         declared = {**spec.get("required", {}), **spec.get("optional", {})}
         for name, value in node["inputs"].items():

@@ -347,13 +347,16 @@ def _check_options(options: dict, backend: Backend, quant) -> list[Problem]:
         option = backend.option(key)
         field = f"options.{key}"
         if option is None:
-            valid = [o.name for o in backend.options]
+            # Only what the chosen quant type takes: a backend option it does not take would be
+            # the next error ("does not apply").
+            valid = list(quant.options) if quant is not None else [o.name for o in backend.options]
+            owner = f"{backend.name} {quant.name}" if quant is not None else backend.name
             problems.append(
                 Problem(
                     "unknown_option",
                     field,
                     f'{backend.name} has no option "{key}"',
-                    did_you_mean(key, valid) if valid else f"{backend.name} takes no options: use {{}}",
+                    did_you_mean(key, valid) if valid else f"{owner} takes no options: use {{}}",
                 )
             )
             continue
