@@ -449,8 +449,9 @@ def _check_file(spec, backend: Backend, gguf_roots, model, components) -> list[P
             Problem(
                 "gguf_file_missing",
                 field,
-                f'no {backend.file_kind} file "{spec.gguf_file}" in the model folders',
-                did_you_mean(spec.gguf_file, list_files(gguf_roots)),
+                f'no {backend.file_kind} file "{spec.gguf_file}" in {searched(gguf_roots)}',
+                did_you_mean(spec.gguf_file, list_files(gguf_roots))
+                + " The headless runner searches the folders given with --gguf DIR too.",
             )
         ]
     try:
@@ -601,3 +602,11 @@ def _check_pickle(model: ModelInfo) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def searched(roots) -> str:
+    """The folders a file was looked for in, for a message."""
+    folders = [str(r) for r in roots or ()]
+    if not folders:
+        return "any folder: none is configured (diffusion_models, unet)"
+    return "the folders searched: " + ", ".join(folders)
