@@ -1,4 +1,4 @@
-"""HTTP routes for the graph editor (web/js/pipequant.js): the catalogue, a pipeline's components,
+"""HTTP routes for the graph editor (web/js/, server.mjs asks them): the catalogue, a pipeline's components,
 live validation and the memory estimate. Plain aiohttp handlers over the resolver, testable without
 ComfyUI; `register()` adds them to ComfyUI's server when there is one.
 

@@ -66,9 +66,11 @@ function layout(node, width, itemsOf, keyOf) {
   const max = MAX_LINES - pinned.length;
   st.truncated = lines.length > MAX_LINES;
   if (st.truncated && !st.expanded) {
-    const rest = lines.filter((l) => !l.pinned);
-    const hidden = rest.length - (max - 1);
-    lines = [...rest.slice(0, max - 1), { kind: "muted", text: `… ${hidden} more line${hidden === 1 ? "" : "s"} (click to show)`, toggle: true }, ...pinned];
+    // In order: every pinned line, and the others while there is room.
+    let room = Math.max(0, max - 1);
+    const shown = lines.filter((l) => l.pinned || room-- > 0);
+    const hidden = lines.length - shown.length;
+    lines = [...shown, { kind: "muted", text: `… ${hidden} more line${hidden === 1 ? "" : "s"} (click to show)`, toggle: true }];
   } else if (st.truncated) {
     lines = [...lines, { kind: "muted", text: "(click to show less)", toggle: true }];
   }
