@@ -178,7 +178,17 @@ app.registerExtension({
   async setup() {
     addStyles();
     loadCatalogue();
+    // Every Run: when it is queued (a refused one too: its red outline then gets its message) and
+    // when it ends (a Save took its name).
     for (const event of ["execution_success", "execution_error", "execution_interrupted"]) api.addEventListener(event, recheck);
+    const queuePrompt = api.queuePrompt;
+    api.queuePrompt = async function (...args) {
+      try {
+        return await queuePrompt.apply(this, args);
+      } finally {
+        recheck();
+      }
+    };
     followRefresh();
     setInterval(() => {
       try {
@@ -225,4 +235,4 @@ app.registerExtension({
 });
 
 // For the browser test and for debugging from the console.
-globalThis.pipequant = { shared, snapshot, settled, logic: L, tick, vueMode, distributeProblems };
+globalThis.pipequant = { shared, snapshot, settled, logic: L, tick, vueMode, distributeProblems, contentChanged };

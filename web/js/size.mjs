@@ -60,21 +60,23 @@ export function fit(node, exact = false) {
   const width = Math.max(w0, minW, st.minWidth ?? 0);
   if (target !== h || width !== w0) {
     node.setSize([width, target]);
-    if (target > h && st.fittedH !== AUTO) makeRoom(node, h, target);
+    if (target > h && st.fittedH !== AUTO) makeRoom(node, target);
   }
   if (target === minH) st.fittedH = target;
   redraw(node);
 }
 
-/** Push the nodes under `node` (overlapping it across) down below its new height. */
-export function makeRoom(node, oldH, newH) {
+/** Push the nodes under `node` (overlapping it across) down below its new height. "Under": starting
+ * lower than its top, so that a file laid out for smaller nodes (a node already reaching into the
+ * one below) opens pushed apart too. */
+export function makeRoom(node, newH) {
   const [x, y] = node.pos;
   const right = x + node.size[0];
   const grownBottom = y + newH + GAP;
   for (const other of allNodes()) {
     if (other === node) continue;
     const [ox, oy] = other.pos;
-    const below = oy - titleHeight() >= y + oldH - 1;
+    const below = oy > y + 1;
     const overlapsX = ox < right && ox + other.size[0] > x;
     if (below && overlapsX && oy - titleHeight() < grownBottom) other.pos[1] += grownBottom - (oy - titleHeight());
   }
@@ -93,7 +95,7 @@ export function followElement(node) {
   if (needed <= h + 1) return;
   st.vueExtra = Math.max(0, needed - node.computeSize()[1]);
   node.setSize([node.size[0], needed]);
-  if (st.fittedH !== AUTO) makeRoom(node, h, needed);
+  if (st.fittedH !== AUTO) makeRoom(node, needed);
   st.fittedH = needed;
 }
 
