@@ -1335,8 +1335,7 @@ def test_save_name_follows_the_plan_and_a_name_taken_earlier_is_said_at_run(edit
     editor.load(example("FLUX quantize once and save"), "save-name")
     backend, save = editor.ids(BACKEND)[0], editor.ids(SAVE)[0]
     assert editor.node(save)["values"]["folder_name"] == "FLUX.1-dev-nf4"
-    editor.click_widget(backend, "backend")
-    editor.choose("torchao")
+    editor.set_widget(backend, "backend", "torchao")  # as the menu sets it
     time.sleep(0.8)
     name = editor.node(save)["values"]["folder_name"]
     assert name == "FLUX.1-dev-int8_weight_only", name

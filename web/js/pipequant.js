@@ -182,12 +182,10 @@ app.registerExtension({
     // when it ends (a Save took its name).
     for (const event of ["execution_success", "execution_error", "execution_interrupted"]) api.addEventListener(event, recheck);
     const queuePrompt = api.queuePrompt;
-    api.queuePrompt = async function (...args) {
-      try {
-        return await queuePrompt.apply(this, args);
-      } finally {
-        recheck();
-      }
+    api.queuePrompt = function (...args) {
+      const queued = queuePrompt.apply(this, args); // returned as is: its errors stay ComfyUI's
+      Promise.resolve(queued).then(recheck, recheck);
+      return queued;
     };
     followRefresh();
     setInterval(() => {
