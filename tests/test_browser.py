@@ -1184,7 +1184,11 @@ def queue_and_wait_for_errors(editor: Editor, node_id) -> list[dict]:
         "(id) => { const e = window.app.lastNodeErrors; return !!(e && e[String(id)]); }", arg=node_id, timeout=30_000
     )
     time.sleep(0.8)  # drawn
-    return editor.js("(id) => window.app.lastNodeErrors[String(id)].errors", node_id)
+    errors = editor.js("(id) => window.app.lastNodeErrors[String(id)].errors", node_id)
+    editor.screenshot(f"run-errors-{node_id}")
+    editor.page.keyboard.press("Escape")  # 1.27's error dialog would cover the next test's nodes
+    editor.toasts(close=True)
+    return errors
 
 
 def test_one_wrong_input_is_one_error_on_that_input(editor):
