@@ -1,6 +1,7 @@
 """The ComfyUI side: the node declarations (the work lives in ../resolver), the `host` shim of
 ComfyUI services (host.py) and the editor's HTTP routes (routes.py)."""
 
+from . import known_noise  # noqa: F401  (first: it quiets known third-party warnings at the pack's import)
 from .auto_plan import PipeQuantAutoPlan
 from .backend import PipeQuantBackend
 from .component_map import PipeQuantComponentMap

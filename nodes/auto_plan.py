@@ -83,7 +83,18 @@ class PipeQuantAutoPlan:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
+    def VALIDATE_INPUTS(cls, model):
+        """One input, so that ComfyUI files a failure once (it repeats it per argument); the numbers
+        are checked by ComfyUI (min/max) and, together, when the node runs (plan_for)."""
+        try:
+            resolve_model(model, host.model_roots())
+        except ValidationError as exc:
+            return validation_result(exc.problems, PipeQuantAutoPlan.TITLE)
+        return True
+
+    @classmethod
+    def check(cls, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
+        """Every input together: True, or the text naming each input at fault."""
         problems = check_inputs(budget_gb, goal, width, height, batch_size)
         try:
             resolve_model(model, host.model_roots())

@@ -6,7 +6,7 @@ from ..resolver.constants import COMPUTE_DTYPES
 from ..resolver.decide import validate
 from ..resolver.files import list_files
 from ..resolver.known import backend_tooltip, catalogue
-from ..resolver.links import NO_FILE, spec_from_inputs
+from ..resolver.links import NO_FILE, parse_options, spec_from_inputs
 from . import host
 from .messages import raise_for, validation_result
 
@@ -82,7 +82,15 @@ class PipeQuantBackend:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
+    def VALIDATE_INPUTS(cls, options):
+        """ComfyUI files a failure here once per argument this takes, so it takes one input and
+        checks what that input decides alone (options must be a JSON object); the rest is checked
+        first thing when the node runs (`check`), long before a weight is read, and live in the editor."""
+        return validation_result(parse_options(options)[1], PipeQuantBackend.TITLE)
+
+    @classmethod
+    def check(cls, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
+        """Every input together: True, or the text naming the node and each input at fault."""
         spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
         if spec is not None:
             problems = validate(spec, gguf_roots=host.gguf_roots(), may_feed_map=True)
@@ -90,5 +98,7 @@ class PipeQuantBackend:
 
     def build(self, backend, quant_type, compute_dtype, components, options, gguf_file=NO_FILE):
         spec, problems = spec_from_inputs(backend, quant_type, compute_dtype, components, options, gguf_file)
+        if spec is not None:
+            problems = validate(spec, gguf_roots=host.gguf_roots(), may_feed_map=True)
         raise_for(problems, PipeQuantBackend.TITLE)
         return (spec,)

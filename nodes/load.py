@@ -117,9 +117,17 @@ class PipeQuantLoadPipeline:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(
-        cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT, compile="none"
-    ):
+    def VALIDATE_INPUTS(cls, model):
+        """ComfyUI files a failure here once per argument this takes (7 errors for one wrong input),
+        so it takes the model alone and checks what the model decides alone: that the name is a
+        readable pipeline folder. Every input together is checked first thing when the node runs
+        (`plan`, before a weight is read), and live in the editor."""
+        problems = prepare(model, roots=host.model_roots(), allow_pickle=True, plan=False).problems
+        return validation_result([p for p in problems if p.input == "model"], cls.TITLE)
+
+    @classmethod
+    def check(cls, model, dtype, device, offload, allow_pickle=False, variant=DEFAULT_VARIANT, compile="none"):
+        """The loader's own inputs together (no quantization spec): True, or the text naming each input at fault."""
         prepared = prepare(
             model,
             roots=host.model_roots(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..resolver.keep import live_report
+from ..resolver.keep import live_report, live_table
 from .load import PIPELINE_TYPE
 
 
@@ -24,4 +24,5 @@ class PipeQuantMemoryReport:
 
     def report(self, pipeline):
         text = live_report(pipeline)
-        return {"ui": {"text": [text]}, "result": (text,)}
+        # The table as data too: the editor lays it out for the node's width (the text is the output).
+        return {"ui": {"text": [text], "table": [live_table(pipeline)]}, "result": (text,)}

@@ -1,4 +1,4 @@
-"""HTTP routes for the graph editor (web/js/pipequant.js): the catalogue, a pipeline's components,
+"""HTTP routes for the graph editor (web/js/, server.mjs asks them): the catalogue, a pipeline's components,
 live validation and the memory estimate. Plain aiohttp handlers over the resolver, testable without
 ComfyUI; `register()` adds them to ComfyUI's server when there is one.
 
@@ -191,7 +191,9 @@ class SpecReader:
             names, more = parse_components(raw["components"])
             raw["components"], found = (list(names) if names is not None else None), found + more
         if isinstance(raw.get("options"), str):
-            raw["options"], more = parse_options(raw["options"])
+            raw["options"], more = parse_options(
+                raw["options"], catalogue.options_example(raw.get("backend"), raw.get("quant_type"))
+            )
             found += more
         if raw.get("gguf_file") in (NO_FILE, ""):
             raw["gguf_file"] = None

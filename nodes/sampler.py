@@ -94,7 +94,14 @@ class PipeQuantSampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, prompt, negative_prompt):
+    def VALIDATE_INPUTS(cls, prompt):
+        """One input, so that ComfyUI files a failure once (it repeats it per argument); the
+        negative prompt is checked when the node runs, first thing."""
+        return validation_result(prompt_problems(prompt), PipeQuantSampler.TITLE)
+
+    @classmethod
+    def check(cls, prompt, negative_prompt):
+        """Both prompts together (the headless runner's validate): True, or the text naming each at fault."""
         return validation_result(
             prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt"), PipeQuantSampler.TITLE
         )

@@ -32,11 +32,22 @@ class GGUFFileError(ValueError):
 BOUNDS = "gguf_header_bounds"  # a length in the header that the file cannot hold
 
 
+# Tensor types that diffusers loads as plain tensors, cast to the load dtype (the rest stay packed).
+UNQUANTIZED_TYPES = ("F32", "F16", "BF16")
+
+
 @dataclass(frozen=True)
 class GGUFSummary:
     path: Path
     tensors: int
     params: int
+    quantized_bytes: int = 0  # the packed tensors, loaded as stored
+    float_params: int = 0  # the F32/F16/BF16 tensors' elements, loaded at the load dtype
+
+    def loaded_bytes(self, dtype_bytes: int) -> int:
+        """What the model holds after loading this file (not the file's size: its float tensors,
+        F32 on disk, take the load dtype's bytes, and the header takes none)."""
+        return self.quantized_bytes + self.float_params * dtype_bytes
 
 
 class _Cursor:
@@ -151,4 +162,11 @@ def read_gguf(path: Path) -> GGUFSummary:
     end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size:
         raise GGUFFileError(f"{path.name} is truncated: its tensors need {end} bytes, the file has {size}")
-    return GGUFSummary(path, len(reader.tensors), sum(int(t.n_elements) for t in reader.tensors))
+    plain = [t for t in reader.tensors if t.tensor_type.name in UNQUANTIZED_TYPES]
+    return GGUFSummary(
+        path,
+        len(reader.tensors),
+        sum(int(t.n_elements) for t in reader.tensors),
+        quantized_bytes=sum(int(t.n_bytes) for t in reader.tensors if t.tensor_type.name not in UNQUANTIZED_TYPES),
+        float_params=sum(int(t.n_elements) for t in plain),
+    )

@@ -261,7 +261,7 @@ def cmd_plan(args) -> int:
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result.to_json()) if args.json else result.table())
+    print(json.dumps(result.to_json()) if args.json else result.table(verbose=args.verbose))
     return 0
 
 
@@ -385,7 +385,9 @@ EXIT_CODES = """exit codes:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--verbose", action="store_true", help="show the third-party libraries' import warnings (hidden by default)"
+        "--verbose",
+        action="store_true",
+        help="show the third-party libraries' import warnings (hidden by default); plan: every rejected choice",
     )
 
 

@@ -136,7 +136,8 @@ def check_prompt(prompt: dict, nodes=None) -> list[Problem]:
         if node_class not in specs:
             specs[node_class] = node_class.INPUT_TYPES()
         spec = specs[node_class]
-        validate = getattr(node_class, "VALIDATE_INPUTS", None)
+        # A node's `check` takes every input together (its VALIDATE_INPUTS takes one, for ComfyUI).
+        validate = getattr(node_class, "check", None) or getattr(node_class, "VALIDATE_INPUTS", None)
         wanted = inspect.signature(validate).parameters if validate is not None else {}
         declared = {**spec.get("required", {}), **spec.get("optional", {})}
         for name, value in node["inputs"].items():

@@ -209,7 +209,7 @@ def backend_validate(**inputs) -> Callable[[Env], Outcome]:
             "options": "{}",
             "gguf_file": "none",
         } | inputs
-        return _validated(PipeQuantBackend.VALIDATE_INPUTS(**values))
+        return _validated(PipeQuantBackend.check(**values))
 
     return run
 
@@ -256,7 +256,7 @@ def load_node(
 
 def load_validate(*, model="tiny-flux", dtype="bfloat16", device="cpu", offload="none") -> Callable[[Env], Outcome]:
     def run(env: Env) -> Outcome:
-        return _validated(PipeQuantLoadPipeline.VALIDATE_INPUTS(model, dtype, device, offload))
+        return _validated(PipeQuantLoadPipeline.check(model, dtype, device, offload))
 
     return run
 
@@ -373,10 +373,10 @@ def set_override(*items: str, workflow_data=None) -> Callable[[Env], Outcome]:
 
 
 def node_check(node_class, **inputs) -> Callable[[Env], Outcome]:
-    """A node's VALIDATE_INPUTS (Sampler, Save), as ComfyUI calls it before a run."""
+    """A node's check of every input together (`check`, else its VALIDATE_INPUTS)."""
 
     def run(env: Env) -> Outcome:
-        return _validated(node_class.VALIDATE_INPUTS(**inputs))
+        return _validated(getattr(node_class, "check", node_class.VALIDATE_INPUTS)(**inputs))
 
     return run
 
@@ -1216,7 +1216,7 @@ CASES = [
         "options_not_json",
         f"node 1 ({BACKEND})",
         "options",
-        '{"double_quant": true}',
+        '{"modules_to_not_convert": []}',  # torchao's, the node's backend (not bnb's double_quant),
     ),
     Case(
         "workflow-model-outside-roots",
@@ -1360,7 +1360,7 @@ CASES = [
         "options_not_json",
         7,
         "options",
-        '{"double_quant": true}',
+        '{"modules_to_not_convert": []}',  # torchao's, the node's backend (not bnb's double_quant),
     ),
     Case(
         "route-option-unknown",

@@ -120,25 +120,44 @@ def test_combos_come_from_the_catalogue_and_model_folders(roots):
 
 
 def test_backend_validate_inputs_names_node_input_and_fix(roots):
-    ok = Backend.VALIDATE_INPUTS("torchao", "int8_weight_only", "auto", "", "{}")
+    ok = Backend.check("torchao", "int8_weight_only", "auto", "", "{}")
     assert ok is True
-    msg = Backend.VALIDATE_INPUTS("torchao", "nf4", "auto", "", '{"group_sise": 1}')
+    msg = Backend.check("torchao", "nf4", "auto", "", '{"group_sise": 1}')
     assert msg.startswith("Quantization Backend › quant_type:") and "bitsandbytes_4bit" in msg
     assert "Quantization Backend › options.group_sise" in msg and 'did you mean "group_size"' in msg
-    bad_json = Backend.VALIDATE_INPUTS("torchao", "int8_weight_only", "auto", "", "{double_quant: true}")
+    bad_json = Backend.check("torchao", "int8_weight_only", "auto", "", "{double_quant: true}")
     assert "Quantization Backend › options: options is not valid JSON" in bad_json
     # gguf is allowed on the Backend node: the config may feed a Per-Component Map.
-    assert Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "tiny-flux-transformer-Q8_0.gguf") is True
-    no_file = Backend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", "none")
+    assert Backend.check("gguf", "from_file", "auto", "", "{}", "tiny-flux-transformer-Q8_0.gguf") is True
+    no_file = Backend.check("gguf", "from_file", "auto", "", "{}", "none")
     assert [p.code for p in no_file.problems] == ["gguf_file_required"]
 
 
+def test_validate_inputs_takes_one_input_so_a_problem_is_said_once(roots):
+    """ComfyUI files a VALIDATE_INPUTS failure once per argument the function takes (issue 26: one
+    wrong model read as 7 errors on frontend 1.58.1): each node's takes one input, and what needs
+    several inputs together is checked when the node runs, before any weight is read."""
+    for node in NODE_CLASS_MAPPINGS.values():
+        validate = getattr(node, "VALIDATE_INPUTS", None)
+        if validate is not None:
+            assert len(inspect.getfullargspec(validate).args) == 2, node  # cls + one input
+            assert inspect.getfullargspec(validate).varkw is None, node  # **kwargs takes them all
+    assert "Load Quantized Pipeline › model:" in Load.VALIDATE_INPUTS("tiny-flx")
+    assert Load.VALIDATE_INPUTS("tiny-flux") is True
+    assert "Quantization Backend › options: options is not valid JSON" in Backend.VALIDATE_INPUTS(
+        "{double_quant: true}"
+    )
+    assert Backend.VALIDATE_INPUTS('{"group_sise": 1}') is True  # a key is checked against the quant type at run
+    with pytest.raises(ValidationError, match="options.group_sise"):
+        Backend().build("torchao", "int8_weight_only", "auto", "", '{"group_sise": 1}')
+
+
 def test_load_validate_inputs_checks_model_and_device(roots):
-    assert Load.VALIDATE_INPUTS("tiny-flux", "bfloat16", "cpu", "none") is True
-    msg = Load.VALIDATE_INPUTS("tiny-flx", "bfloat16", "cpu", "none")
+    assert Load.check("tiny-flux", "bfloat16", "cpu", "none") is True
+    msg = Load.check("tiny-flx", "bfloat16", "cpu", "none")
     assert msg.startswith("Load Quantized Pipeline › model:") and 'did you mean "tiny-flux"' in msg
-    assert "Load Quantized Pipeline › device" in Load.VALIDATE_INPUTS("tiny-flux", "bfloat16", "tpu", "none")
-    outside = Load.VALIDATE_INPUTS("../etc", "bfloat16", "cpu", "none")
+    assert "Load Quantized Pipeline › device" in Load.check("tiny-flux", "bfloat16", "tpu", "none")
+    outside = Load.check("../etc", "bfloat16", "cpu", "none")
     assert [p.code for p in outside.problems] == ["model_outside_roots"]
     assert "are refused" in outside and "model_outside_roots" not in outside  # the user reads words, not codes
 
@@ -368,3 +387,33 @@ def test_gguf_combo_lists_only_files_the_gguf_backend_can_take(monkeypatch, tmp_
     offered = set(Backend.INPUT_TYPES()["optional"]["gguf_file"][0])
     assert {"diffusion_models-file.gguf", "unet-file.gguf", "diffusers-file.gguf"} <= offered
     assert "text_encoders-file.gguf" not in offered
+
+
+def test_did_you_mean_offers_only_what_the_chosen_quant_type_takes(roots):
+    """Issue 26 item 6: a suggestion followed must not lead to a second error. torchao's
+    int8_weight_only takes no group_size (int4 does); broken JSON on a torchao node shows a torchao
+    example, not bitsandbytes' double_quant."""
+    typo = Backend.check("torchao", "int8_weight_only", "auto", "", '{"group_sise": 1}')
+    assert "options.group_sise" in typo and "group_size" not in typo, typo
+    assert "modules_to_not_convert" in typo
+    assert 'did you mean "group_size"' in Backend.check("torchao", "int4_weight_only", "auto", "", '{"group_sise": 1}')
+    broken = Backend.check("torchao", "int8_weight_only", "auto", "", "{group_size: 1}")
+    assert "not valid JSON" in broken and "double_quant" not in broken and "modules_to_not_convert" in broken, broken
+    assert "double_quant" in Backend.check("bitsandbytes_4bit", "nf4", "auto", "", "{double_quant: true}")
+
+
+def test_the_packs_import_drops_only_the_known_third_party_warnings():
+    """Issue 26 item 9: four warnings on a CPU ComfyUI's log came from the pack's first use of its
+    backends; each is dropped on its own logger by its text, other warnings there still show."""
+    import logging
+
+    from pipequant.nodes.known_noise import KNOWN_NOISE
+
+    def passes(name, msg):
+        record = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, (), None)
+        return bool(logging.getLogger(name).filter(record))
+
+    for name, start in KNOWN_NOISE.items():
+        assert not passes(name, start + " (and the rest of the message)"), name
+        assert passes(name, "something else went wrong"), name
+    assert passes("torch.utils.cpp_extension", "No CUDA runtime is found")  # not one of them

@@ -5,8 +5,10 @@ pipelines the plan loads, samples and holds what it predicted."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -196,3 +198,33 @@ def test_tiny_auto_plan_loads_samples_and_holds_what_it_predicted(tiny_flux):
     assert sum(predicted.values()) == pytest.approx(sum(real.values()), rel=0.05)
     for name, value in predicted.items():
         assert value == pytest.approx(real[name], rel=0.05), name
+
+
+def test_plan_command_sums_the_rejected_choices_up(flux_dev, capsys):
+    """Issue 26 item 8: `plan` printed 59 rejected lines under a 4-row answer; now the most common
+    reasons (with counts), every choice with --verbose; no doubled parentheses in a hint."""
+    from pipequant.runner.cli import main
+
+    profile = json.dumps({"name": "RTX 4090", "total_gb": 24, "free_gb": 23, "compute_capability": [8, 9]})
+    args = ["plan", flux_dev.name, "--models", str(flux_dev.parent), "--budget", "16", "--device-profile", profile]
+    assert main(args) == 0
+    short = capsys.readouterr().out
+    assert main([*args, "--verbose"]) == 0
+    full = capsys.readouterr().out
+    head, _, reasons = short.partition("rejected (")
+    listed = [line for line in reasons.splitlines()[1:] if line.startswith("  ")]
+    assert 0 < len(listed) <= 6 and all(" × " in line or line.startswith("  … and") for line in listed), short
+    assert "--verbose" in short and full.startswith(head)
+    assert full.count("\n  ") > len(listed)  # every rejected choice
+
+    # A backend that is not installed: its install hint has its own parentheses, not doubled.
+    from pipequant.resolver.decide.planner.candidates import _unavailable_reason
+    from pipequant.resolver.known.backends import ALL_BACKENDS
+
+    sdnq = next(b for b in ALL_BACKENDS if b.name == "sdnq")
+
+    missing = copy.copy(sdnq)
+    object.__setattr__(missing, "modules", ("pipequant_no_such_module",))  # a frozen dataclass
+    assert not missing.installed()
+    reason = _unavailable_reason(missing, sdnq.quant_types[0], SimpleNamespace(library=sdnq.libraries[0]), None, "")
+    assert "pip install sdnq" in reason and "))" not in reason, reason

@@ -203,7 +203,7 @@ backend_inputs = st.fixed_dictionaries(
 @FAST
 @given(inputs=backend_inputs, where=load_settings)
 def test_random_backend_node_inputs(world, inputs, where):
-    result = PipeQuantBackend.VALIDATE_INPUTS(**inputs)
+    result = PipeQuantBackend.check(**inputs)
     assert result is True or (isinstance(result, str) and result.problems)
     try:
         (spec,) = PipeQuantBackend().build(**inputs)
@@ -251,7 +251,7 @@ def test_random_per_component_map_chains(world, chain, where):
     allow_pickle=st.booleans() | widget,
 )
 def test_random_load_node_inputs(world, model, where, allow_pickle):
-    result = PipeQuantLoadPipeline.VALIDATE_INPUTS(model, allow_pickle=allow_pickle, **where)
+    result = PipeQuantLoadPipeline.check(model, allow_pickle=allow_pickle, **where)
     assert result is True or (isinstance(result, str) and result.problems)
     assert isinstance(PipeQuantLoadPipeline.IS_CHANGED(model), str)
 

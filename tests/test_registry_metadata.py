@@ -56,3 +56,12 @@ def test_the_pack_never_runs_pip():
         if re.search(r"\bpip\b.*\b(main|install)\b\s*\(|subprocess.*\bpip\b|pip\._internal|ensurepip", text):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_extras_the_readme_installs_exist():
+    """Issue 26 item 10: pip warns for an extra the package does not provide (`.[quanto,gguf]`
+    after quanto and gguf became plain dependencies): every extra a README command names exists."""
+    readme = (ROOT / "README.md").read_text()
+    named = {e.strip() for group in re.findall(r'-e\s+"?\.\[([^\]]+)\]', readme) for e in group.split(",")}
+    extras = set(PYPROJECT["project"]["optional-dependencies"])
+    assert named <= extras, f"README installs extras pyproject.toml does not have: {sorted(named - extras)}"

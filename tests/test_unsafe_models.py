@@ -122,7 +122,7 @@ def roots(world, monkeypatch):
 
 # -- the three entry points ---------------------------------------------------------------------
 def via_node_validate(name: str, **kw) -> tuple[list[str], str]:
-    result = PipeQuantLoadPipeline.VALIDATE_INPUTS(name, "bfloat16", "cpu", "none", **kw)
+    result = PipeQuantLoadPipeline.check(name, "bfloat16", "cpu", "none", **kw)
     assert result is not True, f"{name} passed VALIDATE_INPUTS"
     return [p.code for p in result.problems], result
 
@@ -269,7 +269,7 @@ def test_gguf_files_leaving_the_roots_are_refused(roots, gguf_file):
         gguf_file = str(roots["outside"] / "secret.gguf")
     assert "linked.gguf" not in list_files([roots["gguf"]])
     assert gguf_file not in PipeQuantBackend.INPUT_TYPES()["optional"]["gguf_file"][0]
-    result = PipeQuantBackend.VALIDATE_INPUTS("gguf", "from_file", "auto", "", "{}", gguf_file)
+    result = PipeQuantBackend.check("gguf", "from_file", "auto", "", "{}", gguf_file)
     assert [p.code for p in result.problems] == ["gguf_file_missing"]
     spec = ComponentMap.make({"transformer": BackendSpec.make("gguf", "from_file", gguf_file=gguf_file)})
     codes, text = via_node_load("tiny-flux", spec)
@@ -296,7 +296,7 @@ def test_allow_pickle_is_an_explicit_opt_in(roots, tmp_path):
     assert "code" in optional[1]["tooltip"] and "trust" in optional[1]["tooltip"]
     assert via_node_validate("pickle-only", allow_pickle="true")[0] == ["pickle_only"]  # text is not true
     assert via_node_load("pickle-only", allow_pickle="yes")[0] == ["pickle_only"]
-    assert PipeQuantLoadPipeline.VALIDATE_INPUTS("pickle-only", "bfloat16", "cpu", "none", allow_pickle=True) is True
+    assert PipeQuantLoadPipeline.check("pickle-only", "bfloat16", "cpu", "none", allow_pickle=True) is True
     with torch.inference_mode():
         result, _report = PipeQuantLoadPipeline().load("pickle-only", "bfloat16", "cpu", "none", allow_pickle=True)
     expected = torch.load(roots["root"] / "pickle-only" / "text_encoder" / "pytorch_model.bin", weights_only=True)

@@ -77,9 +77,9 @@ def test_a_missing_variant_is_a_clear_error_before_any_weight_is_read(with_fp16,
 
     monkeypatch.setenv("PIPEQUANT_MODELS", str(with_fp16.parent))
     assert PipeQuantLoadPipeline.INPUT_TYPES()["optional"]["variant"][0] == ["default", "fp16"]
-    result = PipeQuantLoadPipeline.VALIDATE_INPUTS(with_fp16.name, "bfloat16", "cpu", "none", variant="bf16")
+    result = PipeQuantLoadPipeline.check(with_fp16.name, "bfloat16", "cpu", "none", variant="bf16")
     assert result is not True and "variant" in result and "bf16" in result
-    assert PipeQuantLoadPipeline.VALIDATE_INPUTS(with_fp16.name, "bfloat16", "cpu", "none", variant="fp16") is True
+    assert PipeQuantLoadPipeline.check(with_fp16.name, "bfloat16", "cpu", "none", variant="fp16") is True
 
 
 def test_the_auto_plan_reads_the_same_variant_as_the_load(with_fp16, monkeypatch):

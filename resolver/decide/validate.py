@@ -347,13 +347,16 @@ def _check_options(options: dict, backend: Backend, quant) -> list[Problem]:
         option = backend.option(key)
         field = f"options.{key}"
         if option is None:
-            valid = [o.name for o in backend.options]
+            # Only what the chosen quant type takes: a backend option it does not take would be
+            # the next error ("does not apply").
+            valid = list(quant.options) if quant is not None else [o.name for o in backend.options]
+            owner = f"{backend.name} {quant.name}" if quant is not None else backend.name
             problems.append(
                 Problem(
                     "unknown_option",
                     field,
                     f'{backend.name} has no option "{key}"',
-                    did_you_mean(key, valid) if valid else f"{backend.name} takes no options: use {{}}",
+                    did_you_mean(key, valid) if valid else f"{owner} takes no options: use {{}}",
                 )
             )
             continue
@@ -446,8 +449,9 @@ def _check_file(spec, backend: Backend, gguf_roots, model, components) -> list[P
             Problem(
                 "gguf_file_missing",
                 field,
-                f'no {backend.file_kind} file "{spec.gguf_file}" in the model folders',
-                did_you_mean(spec.gguf_file, list_files(gguf_roots)),
+                f'no {backend.file_kind} file "{spec.gguf_file}" in {searched(gguf_roots)}',
+                did_you_mean(spec.gguf_file, list_files(gguf_roots))
+                + " The headless runner searches the folders given with --gguf DIR too.",
             )
         ]
     try:
@@ -598,3 +602,11 @@ def _check_pickle(model: ModelInfo) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def searched(roots) -> str:
+    """The folders a file was looked for in, for a message."""
+    folders = [str(r) for r in roots or ()]
+    if not folders:
+        return "any folder: none is configured (diffusion_models, unet)"
+    return "the folders searched: " + ", ".join(folders)

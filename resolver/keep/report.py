@@ -152,6 +152,32 @@ def format_table(rows: list[dict], notes: list[str] = ()) -> str:
     return "\n".join(out)
 
 
+def table_data(rows: list[dict], notes: list[str] = ()) -> dict:
+    """The table as data, for the editor to lay out at the width a node has (web/js/logic.mjs
+    reportLines): one row per component (numbers as numbers), the TOTAL, the notes and the legend."""
+    body = []
+    for r in rows:
+        if r["action"] == NOT_A_MODEL:
+            continue
+        source = "memory" if r["reused"] else "disk cache" if r.get("disk_cache") == "read" else ""
+        body.append(
+            {
+                "component": r["component"],
+                "class": r["class"] or "",
+                "plan": r["quant_type"] or r["action"],
+                "backend": r["backend"] or "",
+                "from": source,
+                "dtype": r["dtype"],
+                "device": r["device"],
+                "params": r["params"],
+                "bytes": r["bytes"],
+                "bytes_before": r["bytes_before"],
+                "load_seconds": r["load_seconds"],
+            }
+        )
+    return {"rows": body, "total": totals(rows), "notes": list(notes), "legend": LEGEND}
+
+
 def live_rows(result) -> list[dict]:
     """A LoadResult's rows, with bytes and devices re-measured now (offload moves components)."""
     rows = []
@@ -179,3 +205,9 @@ def cuda_summary() -> str:
 def live_report(result) -> str:
     """The memory table of a loaded pipeline as it is now."""
     return format_table(live_rows(result), result.notes) + cuda_summary()
+
+
+def live_table(result) -> dict:
+    """live_report's table as data (table_data), the CUDA line among the notes."""
+    cuda = cuda_summary().strip()
+    return table_data(live_rows(result), [*result.notes, *([cuda] if cuda else [])])

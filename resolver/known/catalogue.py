@@ -6,6 +6,7 @@ installed diffusers lacks one, it is left out rather than offered and failing at
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 from ..constants import COMPUTE_DTYPES
@@ -99,3 +100,18 @@ def default_choice(device: str) -> tuple[str, str]:
             if not (on_cpu and quant.needs_cuda):
                 return backend.name, quant.name
     return backends[0].name, backends[0].quant_types[0].name
+
+
+def options_example(backend_name, quant_type) -> str:
+    """An options object that `quant_type` of `backend_name` takes (its first option; a switch shown
+    turned from its default), for messages: "{}" where it takes none (or the backend is unknown)."""
+    backend = get_backend(backend_name) if isinstance(backend_name, str) else None
+    if backend is None:
+        return "{}"
+    quant = backend.quant_type(quant_type) if isinstance(quant_type, str) else None
+    names = list(quant.options) if quant is not None else [o.name for o in backend.options]
+    for name in names:
+        option = backend.option(name)
+        if option is not None and option.default is not None:
+            return json.dumps({name: (not option.default) if option.type == "bool" else option.default})
+    return "{}"

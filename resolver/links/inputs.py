@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from ..known.catalogue import options_example
 from ..problems import Problem
 from ..safe_files import MAX_JSON_DEPTH, json_depth
 from .spec import BackendSpec
@@ -46,7 +47,12 @@ def parse_components(text: str) -> tuple[tuple[str, ...] | None, list[Problem]]:
     return tuple(names), []
 
 
-def parse_options(text) -> tuple[dict, list[Problem]]:
+def parse_options(text, example: str | None = None) -> tuple[dict, list[Problem]]:
+    """The options text as a dict, or the problem. `example`: an object the chosen quant type takes
+    (catalogue.options_example), shown in the fix; without it the fix shows the form only."""
+    shape = f"e.g. {example}" if example and example != "{}" else "or {} (this quant type takes no options)"
+    if example is None:
+        shape = 'e.g. {"name": value}, or {} for none'
     if isinstance(text, dict):
         return text, []
     if not isinstance(text, str) or not text.strip():
@@ -60,7 +66,7 @@ def parse_options(text) -> tuple[dict, list[Problem]]:
                 "options_not_json",
                 "options",
                 f"options is not valid JSON ({where})",
-                'write a JSON object, e.g. {"double_quant": true} — keys and strings in double quotes',
+                f"write a JSON object, {shape} — keys and strings in double quotes",
             )
         ]
     if json_depth(value) > MAX_JSON_DEPTH:
@@ -69,7 +75,7 @@ def parse_options(text) -> tuple[dict, list[Problem]]:
                 "options_not_json",
                 "options",
                 f"options nests more than {MAX_JSON_DEPTH} levels deep",
-                'write a flat JSON object, e.g. {"double_quant": true}',
+                f"write a flat JSON object, {shape}",
             )
         ]
     if not isinstance(value, dict):
@@ -78,7 +84,7 @@ def parse_options(text) -> tuple[dict, list[Problem]]:
                 "options_not_object",
                 "options",
                 f"options must be a JSON object, got {type(value).__name__}",
-                'wrap it in braces, e.g. {"modules_to_not_convert": ["proj_out"]}',
+                f"wrap it in braces, {shape}",
             )
         ]
     return value, []
@@ -110,7 +116,7 @@ def spec_from_inputs(
             )
     names, more = parse_components(components)
     problems += more
-    opts, more = parse_options(options)
+    opts, more = parse_options(options, options_example(backend, quant_type))
     problems += more
     if problems:
         return None, problems

@@ -216,6 +216,20 @@ export function backendMenu(catalogue) {
   });
 }
 
+/** Entries of the quant_type picker: the backend's types, those that need a GPU marked on a
+ * server without one (before one is chosen, not only after). */
+export function quantTypeMenu(catalogue, backendName) {
+  const backend = findBackend(catalogue, backendName);
+  if (!backend) return null;
+  const cpuServer = catalogue?.editor?.device === "cpu";
+  const backendNeedsGpu = gpuOnlyLibraries(backend).length === backend.libraries.length;
+  return backend.quant_types.map((q) => {
+    const gpu = cpuServer && (q.needs_cuda || q.min_compute_capability || backendNeedsGpu);
+    const label = `${q.name}${gpu ? " · needs a GPU" : ""}`;
+    return { value: q.name, label, short: label, unavailable: !!gpu };
+  });
+}
+
 /** A backend's label in a select that shows one line per value (Nodes 2.0's own select): its
  * name and marks, no types. Unknown names stay as they are. */
 export function backendLabel(catalogue, name) {
@@ -286,14 +300,102 @@ export function estimateRows(estimate, catalogue) {
       kind: c.backend ? "row" : "muted",
       left: plan ? `${c.component}  ·  ${plan}` : c.component,
       right: changed ? `${formatBytes(c.bytes_before)} → ${formatBytes(c.bytes_after)}` : formatBytes(c.bytes_before),
-      short: changed ? `→ ${formatBytes(c.bytes_after)}` : formatBytes(c.bytes_before),
+      // narrow: the same two sizes, closer (before is what the row is compared with)
+      short: changed ? `${formatBytes(c.bytes_before)}→${formatBytes(c.bytes_after)}` : formatBytes(c.bytes_before),
     });
   }
   const t = estimate.total ?? {};
   const percent = t.bytes_before ? ` (${Math.round((100 * t.bytes_after) / t.bytes_before)}%)` : "";
   rows.push({ kind: "total", left: "total", right: `${formatBytes(t.bytes_before)} → ${formatBytes(t.bytes_after)}${percent}`,
-    short: `→ ${formatBytes(t.bytes_after)}${percent}` });
+    short: `${formatBytes(t.bytes_before)}→${formatBytes(t.bytes_after)}${percent}` });
   return rows;
+}
+
+// -- the Memory Report's table ---------------------------------------------------------------------
+// Laid out for the width the node has: numbers and their units in their own columns (a number is
+// never cut), the less telling columns dropped first when it is narrow, TOTAL always there.
+const REPORT_COLUMNS = [
+  // [key, header, priority (0: always shown), numeric]
+  ["component", "component", 0, false],
+  ["plan", "plan", 1, false],
+  ["bytes", "bytes", 0, true],
+  ["before", "before", 2, true],
+  ["from", "from", 3, false],
+  ["load", "load s", 4, true],
+  ["dtype", "dtype", 5, false],
+  ["device", "device", 6, false],
+  ["params", "params", 7, true],
+  ["class", "class", 8, false],
+];
+const SIZED = new Set(["bytes", "before"]); // shown as number + unit
+
+function reportCells(row) {
+  const size = (n) => formatBytes(n).split(" ");
+  return {
+    component: row.component, plan: row.plan ?? "", from: row.from === "disk cache" ? "disk" : row.from ?? "",
+    bytes: size(row.bytes), before: size(row.bytes_before), load: Number(row.load_seconds ?? 0).toFixed(2),
+    dtype: row.dtype ?? "", device: row.device ?? "", params: formatParams(row.params), class: row.class ?? "",
+  };
+}
+
+/**
+ * The report's table as panel lines at `width` ({kind, cells: [{text, x, width, right}], pinned}):
+ * the columns that fit, in priority order; a component name too long for what is left is cut
+ * with "…". `measure(text)` is the width of fixed-width text. `natural`: the width every column needs.
+ */
+export function reportLines(table, width, measure) {
+  const total = table.total ?? {};
+  const ratio = total.bytes_before ? `${(total.bytes / total.bytes_before).toFixed(2)}x` : "-";
+  const rows = (table.rows ?? []).map(reportCells);
+  const totalCells = { ...reportCells({ component: "TOTAL", plan: ratio, bytes: total.bytes, bytes_before: total.bytes_before,
+    load_seconds: total.load_seconds }), dtype: "", device: "", params: "", class: "", from: "" };
+  const gap = measure("  ");
+  const unitGap = measure(" ");
+  const header = Object.fromEntries(REPORT_COLUMNS.map(([key, head]) => [key, SIZED.has(key) ? [head, ""] : head]));
+  const all = [header, ...rows, totalCells];
+  const colWidth = (key) => SIZED.has(key)
+    ? [Math.max(...all.map((r) => measure(r[key][0]))), Math.max(...all.map((r) => measure(r[key][1])))]
+    : [Math.max(...all.map((r) => measure(String(r[key]))))];
+  const widths = Object.fromEntries(REPORT_COLUMNS.map(([key]) => [key, colWidth(key)]));
+  const span = (key) => widths[key].reduce((a, b) => a + b, 0) + (SIZED.has(key) ? unitGap : 0);
+  const used = (cols) => cols.reduce((sum, [key]) => sum + span(key), 0) + gap * (cols.length - 1);
+  let cols = [...REPORT_COLUMNS];
+  const natural = used(cols);
+  while (used(cols) > width && cols.some(([, , prio]) => prio > 0)) {
+    const drop = cols.reduce((a, b) => (b[2] > a[2] ? b : a));
+    cols = cols.filter((c) => c !== drop);
+  }
+  // What is left for the component's name (the first column), cut with "…" if it must be.
+  const nameWidth = Math.max(measure("…") * 4, width - (used(cols) - span("component")) - gap);
+  const fitName = (text) => {
+    if (measure(text) <= nameWidth) return text;
+    let cut = text;
+    while (cut.length > 1 && measure(cut + "…") > nameWidth) cut = cut.slice(0, -1);
+    return cut + "…";
+  };
+  const line = (cells, kind, extra = {}) => {
+    let x = 0;
+    const out = [];
+    for (const [key, , , numeric] of cols) {
+      if (key === "component") {
+        const w = Math.min(widths.component[0], nameWidth);
+        out.push({ text: fitName(String(cells.component)), x, width: w, right: false });
+        x += w + gap;
+      } else if (SIZED.has(key)) {
+        out.push({ text: cells[key][0], x, width: widths[key][0], right: true });
+        out.push({ text: cells[key][1], x: x + widths[key][0] + unitGap, width: widths[key][1], right: false });
+        x += span(key) + gap;
+      } else {
+        out.push({ text: String(cells[key]), x, width: widths[key][0], right: numeric });
+        x += widths[key][0] + gap;
+      }
+    }
+    return { kind, cells: out, text: out.map((c) => c.text).join(" "), mono: true, pinned: true, ...extra };
+  };
+  return {
+    natural,
+    lines: [line(header, "muted"), ...rows.map((r) => line(r, r.plan === "keep" ? "muted" : "row")), line(totalCells, "total")],
+  };
 }
 
 /** Entries of the component picker: the model's nn.Module components with class and size on disk. */
@@ -425,6 +527,26 @@ export function loadRequest(snapshot, loadId, catalogue) {
   return request;
 }
 
+/**
+ * The Save name a plan suggests: "<model>-<quant types>" ("FLUX.1-dev-nf4"; "mixed" past two;
+ * the dtype without quantization), in the characters a folder name may have. Null without a model.
+ */
+export function saveNameFor(request) {
+  if (!request || isBlank(request.model)) return null;
+  const types = [];
+  const walk = (spec) => {
+    if (!spec) return;
+    if (spec.kind === "global" && spec.quant_type && !types.includes(spec.quant_type)) types.push(spec.quant_type);
+    if (spec.kind === "map") {
+      walk(spec.config);
+      walk(spec.map);
+    }
+  };
+  walk(request.spec);
+  const plan = types.length > 2 ? "mixed" : types.length ? types.join("-") : String(request.dtype ?? "saved");
+  return `${request.model}-${plan}`.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[-.]+/, "").slice(0, 128);
+}
+
 /** Ids of the Load nodes a node's output reaches (through Reroutes, bypassed nodes and, unless
  * `throughMaps` is false, Per-Component Maps). */
 export function loadsFed(snapshot, id, { throughMaps = true } = {}) {
@@ -439,6 +561,31 @@ export function modelFed(snapshot, id, options = {}) {
     if (!isBlank(model)) return model;
   }
   return null;
+}
+
+/**
+ * An Auto Quantization Plan feeding a Load node that loads another model: the plan was sized for
+ * its own model's components (even where the two share component names), so both nodes get a
+ * problem, as answers for problemsByNode ([{loadId, problems}]).
+ */
+export function planMismatches(snapshot) {
+  const out = [];
+  for (const node of Object.values(snapshot)) {
+    if (node.type !== AUTO_PLAN || node.mode === MUTED || node.mode === BYPASSED) continue;
+    const planModel = node.widgets?.model;
+    for (const loadId of loadsFed(snapshot, node.id)) {
+      const loadModel = snapshot[loadId]?.widgets?.model;
+      if (isBlank(planModel) || isBlank(loadModel) || planModel === loadModel) continue;
+      const problem = { code: "plan_for_another_model", severity: "error" };
+      out.push({ loadId, problems: [
+        { ...problem, node: String(node.id), input: "model", message: `this plan is for ${planModel}, but the Load node it feeds loads ${loadModel}`,
+          suggestion: `set model to ${loadModel}: a plan is sized for its model's components` },
+        { ...problem, node: loadId, input: "quantization", message: `the Auto Quantization Plan feeding it is for ${planModel}, not ${loadModel}`,
+          suggestion: `set the plan's model to ${loadModel}` },
+      ] });
+    }
+  }
+  return out;
 }
 
 // Where a problem is, as the server says (routes.py): `node` is the node at fault (null: the Load

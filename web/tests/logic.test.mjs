@@ -129,9 +129,9 @@ test("estimate rows: per component before → after, then the total", () => {
   // the title says which size this is (in memory at the load dtype, not the size on disk)
   assert.deepEqual(rows[0], { kind: "title", left: "Estimated memory", right: "in memory at bfloat16 · cuda" });
   // a narrow node keeps the plan label and drops the size before quantization
-  assert.deepEqual(rows[1], { kind: "row", left: "transformer  ·  nf4", short: "→ 6.70 GB", right: "23.80 GB → 6.70 GB" });
+  assert.deepEqual(rows[1], { kind: "row", left: "transformer  ·  nf4", short: "23.80 GB→6.70 GB", right: "23.80 GB → 6.70 GB" }); // narrow: before stays
   assert.deepEqual(rows[2], { kind: "muted", left: "vae", short: "163.84 MB", right: "163.84 MB" });
-  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)", short: "→ 6.86 GB (29%)" });
+  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)", short: "23.96 GB→6.86 GB (29%)" });
   assert.deepEqual(L.estimateRows(null), []);
 });
 
@@ -453,4 +453,62 @@ test("a Load node fed by the Auto Quantization Plan says where its plan shows", 
   assert.throws(() => L.loadRequest(g, "5", catalogue), /Auto Quantization Plan node shows its plan/);
   g[9].type = "SomeOtherNode";
   assert.throws(() => L.loadRequest(g, "5", catalogue), /a SomeOtherNode node, which the editor cannot read/);
+});
+
+// -- issue 26 --------------------------------------------------------------------------------------
+const snap = (nodes) => Object.fromEntries(nodes.map((n) => [n.id, { mode: 0, widgets: {}, inputs: {}, outputs: [], ...n }]));
+
+test("an Auto plan for another model than the Load node's is a problem on both", () => {
+  const graph = (planModel, loadModel) => snap([
+    { id: "1", type: L.AUTO_PLAN, widgets: { model: planModel }, outputs: [{ target: "2", input: "quantization" }] },
+    { id: "2", type: L.LOAD, widgets: { model: loadModel }, inputs: { quantization: "1" } },
+  ]);
+  assert.deepEqual(L.planMismatches(graph("FLUX.1-dev", "FLUX.1-dev")), []);
+  const [{ loadId, problems }] = L.planMismatches(graph("FLUX.1-dev", "FLUX.1-schnell")); // same component names
+  assert.equal(loadId, "2");
+  assert.deepEqual(problems.map((p) => [p.node, p.input, p.code]),
+    [["1", "model", "plan_for_another_model"], ["2", "quantization", "plan_for_another_model"]]);
+  assert.ok(problems[0].suggestion.includes("FLUX.1-schnell"));
+  const byNode = L.problemsByNode([{ loadId, problems }]);
+  assert.deepEqual(Object.keys(byNode).sort(), ["1", "2"]);
+});
+
+test("the Save name follows the plan: model and quant types", () => {
+  const global = (quant_type) => ({ kind: "global", backend: "x", quant_type });
+  assert.equal(L.saveNameFor({ model: "FLUX.1-dev", spec: global("nf4") }), "FLUX.1-dev-nf4");
+  assert.equal(L.saveNameFor({ model: "FLUX.1-dev", spec: global("int8_weight_only") }), "FLUX.1-dev-int8_weight_only");
+  const map = { kind: "map", component: "vae", config: global("int8"), map: { kind: "map", component: "t", config: global("nf4"), map: null } };
+  assert.equal(L.saveNameFor({ model: "org/model", spec: map }), "org-model-int8-nf4");
+  assert.equal(L.saveNameFor({ model: "m", dtype: "bfloat16", spec: null }), "m-bfloat16");
+  assert.equal(L.saveNameFor({ model: null, spec: null }), null);
+});
+
+test("GPU-only quant types are marked in the menu on a CPU server", () => {
+  const cpu = { ...catalogue, editor: { ...catalogue.editor, device: "cpu" } };
+  const marked = (c) => L.quantTypeMenu(c, "torchao").filter((q) => q.unavailable).map((q) => q.value);
+  assert.ok(marked(cpu).includes("int4_weight_only"));
+  assert.ok(!marked(cpu).includes("int8_weight_only"));
+  assert.ok(L.quantTypeMenu(cpu, "torchao").find((q) => q.value === "int4_weight_only").label.includes("needs a GPU"));
+  assert.deepEqual(marked({ ...catalogue, editor: { ...catalogue.editor, device: "cuda" } }), []);
+});
+
+test("the Memory Report's table keeps numbers whole and TOTAL, dropping columns when narrow", () => {
+  const measure = (t) => 7 * String(t).length; // a fixed-width font
+  const row = (component, plan, from) => ({ component, plan, from, class: "CLIPTextModelWithProjection", dtype: "bfloat16",
+    device: "cpu", params: 123060480, bytes: 948479, bytes_before: 1875968, load_seconds: 1.25 });
+  const table = { rows: [row("transformer", "int8_weight_only", "disk cache"), row("text_encoder_2", "keep", "memory")],
+    total: { bytes: 1896958, bytes_before: 3751936, load_seconds: 2.5 } };
+  const wide = L.reportLines(table, 2000, measure);
+  assert.ok(wide.lines[0].text.includes("class") && wide.lines[0].text.includes("dtype"));
+  for (const width of [420, 300, 200]) {
+    const { lines } = L.reportLines(table, width, measure);
+    const texts = lines.map((l) => l.text);
+    assert.ok(texts.at(-1).startsWith("TOTAL") && lines.at(-1).kind === "total" && lines.every((l) => l.pinned), texts);
+    assert.ok(texts[1].includes("926.25 KB") && texts.at(-1).includes("1.81 MB"), texts); // whole, with the unit
+    for (const l of lines) {
+      const right = Math.max(...l.cells.map((c) => c.x + c.width));
+      assert.ok(right <= Math.max(width, 200), [width, right, l.text]);
+    }
+  }
+  assert.ok(!L.reportLines(table, 300, measure).lines[0].text.includes("class")); // dropped first
 });

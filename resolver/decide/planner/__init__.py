@@ -121,7 +121,10 @@ class AutoPlan:
             "variant": self.model.variant,
         }
 
-    def table(self) -> str:
+    def table(self, verbose: bool = True) -> str:
+        """The plan as text; `verbose=False` sums the rejected choices up by reason (the CLI's
+        default: 59 lines under a 4-row answer hid it), True lists each."""
+
         def gib(b):
             return f"{b / GIB:.2f}"
 
@@ -144,10 +147,29 @@ class AutoPlan:
         )
         lines.append(ERROR_LEGEND)
         lines += [f"note: {n}" for n in self.notes]
-        if self.rejected:
+        if self.rejected and verbose:
             lines.append(f"rejected ({len(self.rejected)}):")
             lines += [f"  {r['component']}: {r['choice']} — {r['reason']}" for r in self.rejected]
+        elif self.rejected:
+            lines.append(f"rejected ({len(self.rejected)}), most common reasons first (--verbose lists each):")
+            lines += [f"  {n} × {reason}" for reason, n in rejected_reasons(self.rejected)[:REASONS_SHOWN]]
+            rest = len(rejected_reasons(self.rejected)) - REASONS_SHOWN
+            if rest > 0:
+                lines.append(f"  … and {rest} other reason{'s' if rest > 1 else ''}")
         return "\n".join(lines)
+
+
+REASONS_SHOWN = 5
+
+
+def rejected_reasons(rejected: list[dict]) -> list[tuple[str, int]]:
+    """(reason, how many choices) by count: a reason without its numbers ("more error (0.092 vs
+    0.000)" counts as "more error")."""
+    counts: dict[str, int] = {}
+    for r in rejected:
+        reason = r["reason"].split(" (")[0]
+        counts[reason] = counts.get(reason, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
 
 
 def _offload_ok(choice: Choice, mode: str) -> str | None:

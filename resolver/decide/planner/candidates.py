@@ -123,7 +123,7 @@ def _unavailable_reason(backend, qt, info: ComponentInfo, profile: DeviceProfile
     if info.library not in backend.libraries:
         return f"{backend.label} cannot quantize {info.library} models"
     if not backend.installed():
-        return f"backend not installed ({backend.pip})"
+        return f"backend not installed: {backend.pip}"  # the hint has its own parentheses
     if qt.needs_cuda and profile.is_cpu:
         return "needs a CUDA GPU"
     if qt.min_compute_capability and (profile.is_cpu or profile.compute_capability < qt.min_compute_capability):
