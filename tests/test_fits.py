@@ -3,6 +3,8 @@ pipelines (real configs, sparse files), with the machine's memory given."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from pipequant.resolver.decide import fits
@@ -85,9 +87,8 @@ def test_the_load_node_refuses_a_certain_out_of_memory_before_reading(monkeypatc
     plan = Load.plan(flux_dev.name, "bfloat16", "cpu", "none")
     assert any(n.startswith("warning: ") and "33.7 GB of RAM" in n for n in plan.notes)
     monkeypatch.setattr(fits, "machine_memory", lambda device: _gpu(24))
-    monkeypatch.setattr(  # decide.prepare is where every surface asks
-        "pipequant.resolver.decide.prepare.fit_problems", lambda p, e, m=None: fits.fit_problems(_as_cuda(p), e, m)
-    )
+    prepare_module = importlib.import_module("pipequant.resolver.decide.prepare")  # where every surface asks
+    monkeypatch.setattr(prepare_module, "fit_problems", lambda p, e, m=None: fits.fit_problems(_as_cuda(p), e, m))
     with pytest.raises(NodeInputError) as info:
         Load.plan(flux_dev.name, "bfloat16", "cpu", "none")
     assert "would run out of memory" in str(info.value)

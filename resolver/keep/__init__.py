@@ -5,7 +5,7 @@ from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .disk_cache import DiskCache, configured_folder, default_folder
 from .load import LoadError, LoadResult, load, load_plan, plan_load
 from .memory import inner_tensors, main_device, param_count, tensor_bytes
-from .report import human_bytes, is_quantized_weight, live_report
+from .report import human_bytes, is_quantized_weight, live_report, live_table
 from .save import SaveError, describe_save, folder_problems, plan_problems, save
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "inner_tensors",
     "is_quantized_weight",
     "live_report",
+    "live_table",
     "load",
     "load_plan",
     "main_device",
