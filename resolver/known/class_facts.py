@@ -24,6 +24,28 @@ from ..constants import DIFFUSERS, TRANSFORMERS
 LIBRARIES = (DIFFUSERS, TRANSFORMERS)
 FACTS_FILE = Path(__file__).parents[1] / "data" / "class_facts.json"
 ANY_SCHEDULER = "<any scheduler>"  # a slot typed with diffusers' KarrasDiffusionSchedulers enum
+ANY_CLASS = "typing.Any"  # a slot typed `Any`: diffusers checks nothing
+#: transformers' Auto classes a pipeline may type a slot with, and the roles of what each one loads
+#: (AutoProcessor falls back to a tokenizer when a folder has no processor).
+AUTO_ROLES = {
+    "AutoTokenizer": ("tokenizer",),
+    "AutoProcessor": ("processor", "tokenizer"),
+    "AutoImageProcessor": ("processor",),
+    "AutoFeatureExtractor": ("processor",),
+    "AutoVideoProcessor": ("processor",),
+}
+#: roles whose slot any class of the same role may fill (diffusers loads the class model_index.json
+#: names and only warns on a type mismatch): schedulers, tokenizers, processors and guiders are
+#: swapped freely; a model must be the declared class or a subclass.
+SWAPPABLE_ROLES = ("scheduler", "tokenizer", "processor", "guider")
+
+
+def slot_roles(declared: str, declared_role: str | None) -> tuple[str, ...]:
+    """The roles of the classes that may fill a slot typed with `declared` ("transformers.AutoTokenizer")."""
+    library, _, name = declared.partition(".")
+    if library == TRANSFORMERS and name in AUTO_ROLES:
+        return AUTO_ROLES[name]
+    return (declared_role,) if declared_role in SWAPPABLE_ROLES else ()
 
 
 # -- the live classes (imports diffusers / transformers) -------------------------------------------
@@ -42,13 +64,16 @@ def qualified(cls) -> str:
 
 
 def role_of(cls) -> str | None:
-    """What a class is for in a pipeline: pipeline, model, scheduler, tokenizer or processor."""
+    """What a class is for in a pipeline: pipeline, model, scheduler, tokenizer, processor or guider
+    (an Auto class: the first role of what it loads)."""
     import diffusers
     import torch
     import transformers
 
     if not isinstance(cls, type):
         return None
+    if cls.__module__.startswith("transformers.models.auto.") and cls.__name__ in AUTO_ROLES:
+        return AUTO_ROLES[cls.__name__][0]
     for role, bases in (
         ("pipeline", (diffusers.DiffusionPipeline,)),
         ("model", (torch.nn.Module,)),
@@ -58,6 +83,7 @@ def role_of(cls) -> str | None:
             "processor",
             (transformers.ImageProcessingMixin, transformers.FeatureExtractionMixin, transformers.ProcessorMixin),
         ),
+        ("guider", (diffusers.BaseGuidance,)),
     ):
         if issubclass(cls, bases):
             return role
@@ -94,6 +120,24 @@ def _annotation_classes(annotation) -> list:
     return [annotation]
 
 
+def _type_hints(function) -> dict:
+    """A function's annotations with strings resolved (`from __future__ import annotations` makes
+    every annotation a string), as diffusers' own `_get_signature_types` resolves them; one that
+    cannot be resolved stays a string (an untyped slot)."""
+    try:
+        return typing.get_type_hints(function)
+    except Exception:
+        pass
+    namespace = getattr(function, "__globals__", {})
+    out = {}
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        try:
+            out[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+        except Exception:
+            out[name] = annotation
+    return out
+
+
 def _slot(cls) -> list:
     """One class a pipeline declares for a component: [qualified name, its role]."""
     if isinstance(cls, type) and issubclass(cls, enum.Enum):
@@ -110,8 +154,9 @@ def live_pipeline(class_name: str) -> dict | None:
     if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
         return None
     params = inspect.signature(cls.__init__).parameters
+    hints = _type_hints(cls.__init__)
     out = {
-        n: [_slot(t) for t in _annotation_classes(p.annotation)]
+        n: [_slot(t) for t in _annotation_classes(hints.get(n, p.annotation))]
         for n, p in params.items()
         if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
@@ -266,7 +311,7 @@ def generate() -> dict:
             obj = getattr(diffusers, name)
         except Exception:
             continue
-        if isinstance(obj, type) and role_of(obj) in ("model", "scheduler"):
+        if isinstance(obj, type) and role_of(obj) in ("model", "scheduler", "guider"):
             wanted.add(qualified(obj))
     wanted.update(f"{TRANSFORMERS}.{name}" for name in _transformers_part_names())
     classes = {}
