@@ -49,3 +49,27 @@ def t5_tokenizer(max_length: int = 512):
     pieces += [("▁" + chr(c), -3.0) for c in range(ord("a"), ord("z") + 1)]  # word starts: 124
     assert len(pieces) <= T5_VOCAB_SIZE
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+QWEN_VOCAB_SIZE = 272  # 256 byte chars + the special tokens, rounded up to 16
+# The Qwen chat format the Qwen-based pipelines (Z-Image, Qwen-Image, HunyuanImage) render prompts with.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen_tokenizer(max_length: int = 512):
+    """Qwen2 byte-level BPE tokenizer over the 256 byte characters (no merges), with Qwen's chat
+    template and special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode())}
+    vocab.update({t: 256 + i for i, t in enumerate(QWEN_SPECIAL)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok

@@ -1,4 +1,5 @@
-"""What a sampling run may ask of a model, checked before anything runs: prompt text and image size.
+"""What a sampling run may ask of a model, checked before anything runs: prompt text, image size
+and a video's frame count.
 
 A 512 KiB prompt took 7-12 s to tokenize for one tiny step, while the text encoders read only
 the first 77 (CLIP) or 512 (T5) tokens of it. A size above what the denoiser's position embedding
@@ -80,3 +81,50 @@ def image_size_problems(model: ModelInfo, width, height) -> list[Problem]:
                 )
             )
     return problems
+
+
+def temporal_factor(model: ModelInfo) -> int | None:
+    """How many frames the VAE folds into one latent frame (Wan, HunyuanVideo 4, LTX 8), from its
+    config; None for an image model."""
+    vae = model.components.get("vae")
+    config = vae.config_dict if vae is not None else {}
+    for key in ("temporal_compression_ratio", "scale_factor_temporal"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    for key, base in (("temperal_downsample", 1), ("spatio_temporal_scaling", config.get("patch_size_t", 1))):
+        flags = config.get(key)
+        if isinstance(flags, list) and all(isinstance(f, bool) for f in flags) and isinstance(base, int):
+            return base * 2 ** sum(flags)
+    return None
+
+
+def is_video(model: ModelInfo) -> bool:
+    return temporal_factor(model) is not None
+
+
+def latent_frames(model: ModelInfo, num_frames: int) -> int:
+    """Frames after the VAE's temporal compression (the first frame is kept whole): 1 for images."""
+    factor = temporal_factor(model)
+    return 1 if factor is None else (max(1, num_frames) - 1) // factor + 1
+
+
+def frame_problems(model: ModelInfo, num_frames) -> list[Problem]:
+    """A video's frame count must be factor*k + 1 (Wan and HunyuanVideo 4k+1, LTX 8k+1): the VAE
+    keeps the first frame and folds each further `factor` frames into one latent frame."""
+    factor = temporal_factor(model)
+    if factor is None:
+        return []
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        return [Problem("frames_invalid", "num_frames", f"num_frames {num_frames!r} is not a frame count", "use 33")]
+    if (num_frames - 1) % factor:
+        below = (num_frames - 1) // factor * factor + 1
+        return [
+            Problem(
+                "frames_invalid",
+                "num_frames",
+                f"{model.pipeline_class} renders {factor}k+1 frames (its VAE folds {factor} frames into one); "
+                f"{num_frames} is not one",
+                f"use {below} or {below + factor}",
+            )
+        ]
+    return []
