@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .pipelines import MARKER, _clip_config, _t5_config, _write_pipeline, build_flux, build_sd, build_sd3
+from .pipelines import MARKER, _clip_config, _t5_config, _vae, _write_pipeline, build_flux, build_sd, build_sd3
 from .tokenizers import clip_tokenizer, qwen_tokenizer, t5_tokenizer
 
 #: Bump when a builder changes what it writes: ensure_family rebuilds older folders.
@@ -109,10 +109,10 @@ def build_wan(path: Path, two_experts: bool = False) -> Path:
     """Wan 2.1 T2V (``WanPipeline``, UMT5 text encoder); ``two_experts``: Wan 2.2 A14B's layout,
     a high-noise ``transformer`` and a low-noise ``transformer_2`` switched at ``boundary_ratio``."""
     from diffusers import UniPCMultistepScheduler
-    from transformers import UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
     models = [
-        ("text_encoder", lambda: UMT5EncoderModel(_t5_config(128, 2)), 1),
+        ("text_encoder", lambda: UMT5EncoderModel(UMT5Config(**_t5_config(128, 2).to_diff_dict())), 1),
         ("vae", _wan_vae, 2),
         ("transformer", _wan_transformer, 3),
     ]
@@ -188,6 +188,205 @@ def build_z_image(path: Path) -> Path:
     return _hub_names(path, {"tokenizer": ["transformers", "Qwen2Tokenizer"]})
 
 
+# ----------------------------------------------------------------------------- T5-only families
+
+
+def _t5_family(
+    path: Path, pipeline_class: str, transformer, vae, scheduler=None, tokenizer_name: str = "T5TokenizerFast", te=None
+) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import T5EncoderModel
+
+    _write_pipeline(
+        path,
+        pipeline_class,
+        parts={"scheduler": scheduler or FlowMatchEulerDiscreteScheduler(), "tokenizer": t5_tokenizer()},
+        models=[
+            ("text_encoder", te or (lambda: T5EncoderModel(_t5_config(128, 2))), 1),
+            ("vae", vae, 2),
+            ("transformer", transformer, 3),
+        ],
+        absent=(),
+        dtype=torch.bfloat16,
+        max_shard_size=None,
+    )
+    return _hub_names(path, {"tokenizer": ["transformers", tokenizer_name]})
+
+
+def build_chroma(path: Path) -> Path:
+    """Chroma (``ChromaPipeline``): FLUX-shaped, T5 only, a distilled modulation approximator."""
+    from diffusers import ChromaTransformer2DModel
+
+    def transformer():
+        return ChromaTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=64,
+            num_attention_heads=2,
+            joint_attention_dim=128,
+            axes_dims_rope=(16, 24, 24),
+            approximator_hidden_dim=64,
+            approximator_layers=1,
+            approximator_num_channels=64,
+        )
+
+    path = _t5_family(path, "ChromaPipeline", transformer, lambda: _vae(16, 0.3611, 0.1159))
+    index = json.loads((path / "model_index.json").read_text())
+    index.update({"image_encoder": [None, None], "feature_extractor": [None, None]})
+    (path / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def build_ltx(path: Path) -> Path:
+    """LTX-Video (``LTXPipeline``): T5, a causal video VAE folding 4 frames (here) into one."""
+    from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
+
+    def transformer():
+        return LTXVideoTransformer3DModel(
+            in_channels=16,
+            out_channels=16,
+            patch_size=1,
+            patch_size_t=1,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            cross_attention_dim=32,
+            num_layers=1,
+            caption_channels=128,
+        )
+
+    def vae():
+        return AutoencoderKLLTXVideo(
+            latent_channels=16,
+            block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_residual=(False, False, False, False),
+            upsample_factor=(1, 1, 1, 1),
+            patch_size=1,
+            patch_size_t=1,
+        )
+
+    return _t5_family(path, "LTXPipeline", transformer, vae)
+
+
+def build_pixart_sigma(path: Path) -> Path:
+    """PixArt-Sigma (``PixArtSigmaPipeline``): T5, DiT with a fixed sin-cos position buffer."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    def transformer():
+        return PixArtTransformer2DModel(
+            sample_size=32,
+            num_layers=1,
+            patch_size=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            caption_channels=128,
+            in_channels=4,
+            cross_attention_dim=32,
+            out_channels=8,
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+            norm_type="ada_norm_single",
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+            interpolation_scale=None,
+        )
+
+    def vae():  # 8x, as PixArt's resolution binning renders its 256-pixel bins
+        return AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(16, 16, 16, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=256,
+        )
+
+    return _t5_family(path, "PixArtSigmaPipeline", transformer, vae, DPMSolverMultistepScheduler(), "T5Tokenizer")
+
+
+def build_aura_flow(path: Path) -> Path:
+    """AuraFlow (``AuraFlowPipeline``): UMT5, a learned position table of ``pos_embed_max_size``."""
+    from diffusers import AuraFlowTransformer2DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    def transformer():
+        return AuraFlowTransformer2DModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=4,
+            num_mmdit_layers=1,
+            num_single_dit_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            caption_projection_dim=32,
+            joint_attention_dim=128,
+            out_channels=4,
+            pos_embed_max_size=256,
+        )
+
+    def te():
+        return UMT5EncoderModel(UMT5Config(**_t5_config(128, 2).to_diff_dict()))
+
+    return _t5_family(path, "AuraFlowPipeline", transformer, lambda: _vae(4, 0.13025, None), te=te)
+
+
+# ----------------------------------------------------------------------------- SDXL
+
+
+def build_sdxl(path: Path) -> Path:
+    """SDXL (``StableDiffusionXLPipeline``): two CLIP encoders, UNet with size conditioning."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    def unet():
+        return UNet2DConditionModel(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=64,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=16,
+            transformer_layers_per_block=(1, 1),
+            projection_class_embeddings_input_dim=16 * 6 + 32,
+            norm_num_groups=16,
+        )
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+    )
+    _write_pipeline(
+        path,
+        "StableDiffusionXLPipeline",
+        parts={"scheduler": scheduler, "tokenizer": clip_tokenizer(), "tokenizer_2": clip_tokenizer()},
+        models=[
+            ("text_encoder", lambda: CLIPTextModel(_clip_config(32, 2)), 1),
+            ("text_encoder_2", lambda: CLIPTextModelWithProjection(_clip_config(32, 2)), 2),
+            ("vae", lambda: _vae(4, 0.13025, None), 3),
+            ("unet", unet, 4),
+        ],
+        absent=("image_encoder", "feature_extractor"),
+        extra={"force_zeros_for_empty_prompt": True},
+        dtype=torch.bfloat16,
+        max_shard_size=None,
+    )
+    return path
+
+
 # ----------------------------------------------------------------------------- the table
 
 FAMILIES: dict[str, Family] = {
@@ -212,6 +411,11 @@ FAMILIES: dict[str, Family] = {
             sample={"max_sequence_length": 16},
         ),
         Family("Z-Image Turbo", "ZImagePipeline", build_z_image, sample={"max_sequence_length": 32}),
+        Family("SDXL", "StableDiffusionXLPipeline", build_sdxl, denoisers=("unet",), text_encoder="text_encoder_2"),
+        Family("PixArt-Sigma", "PixArtSigmaPipeline", build_pixart_sigma, sample={"max_sequence_length": 32}),
+        Family("Chroma", "ChromaPipeline", build_chroma, sample={"max_sequence_length": 32}),
+        Family("AuraFlow", "AuraFlowPipeline", build_aura_flow, sample={"max_sequence_length": 32}),
+        Family("LTX-Video", "LTXPipeline", build_ltx, num_frames=9, sample={"max_sequence_length": 32}),
     )
 }
 
@@ -251,4 +455,4 @@ def _marker_matches(folder: Path, recipe: dict[str, Any]) -> bool:
         return False
 
 
-__all__ = ["FAMILIES", "Family", "ensure_family", "folder_name", "_clip_config", "clip_tokenizer"]
+__all__ = ["FAMILIES", "Family", "ensure_family", "folder_name"]
