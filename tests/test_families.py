@@ -80,3 +80,34 @@ def test_family_end_to_end(name, families_root):
     tight = auto_plan(model, cpu, budget, "quality", width=family.size, height=family.size)
     assert tight.peak.total <= budget
     assert any(c.backend is not None for c in tight.choices.values())
+
+
+def test_video_working_memory_grows_with_latent_frames():
+    """Wan 2.1 14B at 832x480: 81 frames are 21 latent frames of 1 560 tokens each."""
+    from pipequant.resolver.decide.planner.working import working_memory
+
+    one = working_memory("WanPipeline", 832, 480, 1, None, None, num_frames=1)
+    video = working_memory("WanPipeline", 832, 480, 1, None, None, num_frames=81)
+    assert video.denoiser / GIB == pytest.approx(7.6, abs=0.2)
+    assert one.denoiser / GIB < 0.6
+    assert video.vae_decode == 81 * one.vae_decode
+    assert "Wan2.1-T2V-14B" in video.source
+    image = working_memory("FluxPipeline", 1024, 1024, 1, None, None, num_frames=81)
+    assert image == working_memory("FluxPipeline", 1024, 1024, 1, None, None)  # frames mean nothing to an image
+
+
+def test_sizes_and_frames_are_checked_from_the_config(families_root):
+    from pipequant.resolver.decide.limits import image_size_problems, latent_frames, max_image_side
+    from pipequant.resolver.files.inspect_model import inspect_model
+
+    aura = inspect_model(ensure_family("AuraFlow", families_root))
+    # 256 positions: a 16 x 16 square of 2x2 patches over a 1x VAE, so 32 pixels a side
+    assert max_image_side(aura) == 32
+    (problem,) = image_size_problems(aura, 32, 48)
+    assert problem.field == "height" and "use height 32 or less" in problem.suggestion
+    wan = inspect_model(ensure_family("Wan 2.1", families_root))
+    assert latent_frames(wan, 81) == 21
+    (problem,) = frame_problems(wan, 32)
+    assert "4k+1" in problem.message and problem.suggestion == "use 29 or 33"
+    ltx = inspect_model(ensure_family("LTX-Video", families_root))
+    assert [p.suggestion for p in frame_problems(ltx, 12)] == ["use 9 or 13"]  # this tiny VAE folds 4

@@ -8,10 +8,15 @@ covers (SD3's `pos_embed_max_size`) fails deep inside the model after the whole 
 
 from __future__ import annotations
 
+import math
+
 from ..constants import DENOISERS
 from ..files.inspect_model import ModelInfo
 from ..problems import Problem
 
+#: denoisers whose `pos_embed_max_size` counts positions, not positions per side: AuraFlow crops
+#: a square of isqrt(size) per side from its table (a larger image fails with an IndexError).
+POSITIONS_AS_COUNT = ("AuraFlowTransformer2DModel",)
 MAX_PROMPT_CHARS = 8192  # ~1 500+ tokens: three times what the longest text encoder (T5, 512) reads
 
 
@@ -62,6 +67,8 @@ def max_image_side(model: ModelInfo) -> int | None:
         config = info.config_dict if info is not None else {}
         size, patch = config.get("pos_embed_max_size"), config.get("patch_size", 1)
         if isinstance(size, int) and isinstance(patch, int) and size > 0 and patch > 0:
+            if info.class_name in POSITIONS_AS_COUNT:
+                size = math.isqrt(size)  # a table of size positions, a square of isqrt(size) per side
             return size * patch * _vae_scale(model)
     return None
 
@@ -76,7 +83,7 @@ def image_size_problems(model: ModelInfo, width, height) -> list[Problem]:
                     "image_too_large",
                     field,
                     f"{field} {value} is more than {model.pipeline_class} supports ({limit} pixels: "
-                    "the transformer's pos_embed_max_size)",
+                    "the transformer's position table, pos_embed_max_size)",
                     f"use {field} {limit} or less",
                 )
             )
