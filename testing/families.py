@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from .pipelines import MARKER, _clip_config, _t5_config, _vae, _write_pipeline, build_flux, build_sd, build_sd3
-from .tokenizers import clip_tokenizer, qwen_tokenizer, t5_tokenizer
+from .tokenizers import clip_tokenizer, gemma_tokenizer, llama_tokenizer, qwen_tokenizer, t5_tokenizer
 
 #: Bump when a builder changes what it writes: ensure_family rebuilds older folders.
 RECIPE_VERSION = 1
@@ -387,6 +388,386 @@ def build_sdxl(path: Path) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- LLM text encoders
+
+
+def _qwen25_vl(hidden: int = 32):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from .tokenizers import QWEN_SPECIAL, QWEN_VOCAB_SIZE
+
+    ids = {t: 256 + i for i, t in enumerate(QWEN_SPECIAL)}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "vocab_size": QWEN_VOCAB_SIZE,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+        },
+        hidden_size=hidden,
+        vocab_size=QWEN_VOCAB_SIZE,
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        vision_token_id=ids["<|image_pad|>"],
+        image_token_id=ids["<|image_pad|>"],
+    )
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def _gemma2(hidden: int = 32):
+    from transformers import Gemma2Config, Gemma2Model
+
+    from .tokenizers import SPM_VOCAB_SIZE
+
+    return Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            vocab_size=SPM_VOCAB_SIZE,
+            max_position_embeddings=1024,
+            sliding_window=64,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+        )
+    )
+
+
+def _vae8(latent_channels: int, scaling_factor: float, shift_factor: float | None):
+    """An 8x AutoencoderKL (4 blocks of 16 channels): for pipelines that assume a scale factor of 8."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=256,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=shift_factor is None,
+        use_post_quant_conv=shift_factor is None,
+    )
+
+
+def _simple(path: Path, pipeline_class: str, parts: dict, models: list, names: dict | None = None) -> Path:
+    _write_pipeline(
+        path, pipeline_class, parts=parts, models=models, absent=(), dtype=torch.bfloat16, max_shard_size=None
+    )
+    return _hub_names(path, names or {})
+
+
+def build_hunyuan_video(path: Path) -> Path:
+    """HunyuanVideo (``HunyuanVideoPipeline``): LLaMA + CLIP text encoders, a 4x temporal VAE."""
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+    from transformers import CLIPTextModel, LlamaConfig, LlamaModel
+
+    from .tokenizers import SPM_VOCAB_SIZE
+
+    def transformer():
+        return HunyuanVideoTransformer3DModel(
+            in_channels=16,
+            out_channels=16,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_layers=1,
+            num_single_layers=1,
+            num_refiner_layers=1,
+            patch_size=1,
+            patch_size_t=1,
+            guidance_embeds=True,
+            text_embed_dim=32,
+            pooled_projection_dim=32,
+            rope_axes_dim=(4, 6, 6),
+        )
+
+    def vae():
+        return AutoencoderKLHunyuanVideo(
+            latent_channels=16,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+            block_out_channels=(16, 16, 16, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            spatial_compression_ratio=8,
+            temporal_compression_ratio=4,
+        )
+
+    def llama():
+        return LlamaModel(
+            LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                num_hidden_layers=2,
+                vocab_size=SPM_VOCAB_SIZE,
+                max_position_embeddings=1024,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=2,
+            )
+        )
+
+    return _simple(
+        path,
+        "HunyuanVideoPipeline",
+        {
+            "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
+            "tokenizer": llama_tokenizer(),
+            "tokenizer_2": clip_tokenizer(),
+        },
+        [
+            ("text_encoder", llama, 1),
+            ("text_encoder_2", lambda: CLIPTextModel(_clip_config(32, 2)), 2),
+            ("vae", vae, 3),
+            ("transformer", transformer, 4),
+        ],
+        {"tokenizer": ["transformers", "LlamaTokenizerFast"]},
+    )
+
+
+def build_qwen_image(path: Path) -> Path:
+    """Qwen-Image (``QwenImagePipeline``): Qwen2.5-VL text encoder, Wan-style image VAE."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    def transformer():
+        return QwenImageTransformer2DModel(
+            patch_size=2,
+            in_channels=64,
+            out_channels=16,
+            num_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            guidance_embeds=False,
+            axes_dims_rope=(8, 4, 4),
+        )
+
+    def vae():
+        return AutoencoderKLQwenImage(
+            base_dim=16,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 16,
+            latents_std=[1.0] * 16,
+        )
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, use_dynamic_shifting=True
+    )
+    return _simple(
+        path,
+        "QwenImagePipeline",
+        {"scheduler": scheduler, "tokenizer": qwen_tokenizer()},
+        [("text_encoder", _qwen25_vl, 1), ("vae", vae, 2), ("transformer", transformer, 3)],
+        {"tokenizer": ["transformers", "Qwen2Tokenizer"]},
+    )
+
+
+def build_cogview4(path: Path) -> Path:
+    """CogView4 (``CogView4Pipeline``): GLM-4 text encoder, its tokenizer as a plain fast tokenizer."""
+    from diffusers import CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    from .tokenizers import QWEN_VOCAB_SIZE
+
+    def transformer():
+        return CogView4Transformer2DModel(
+            patch_size=2,
+            in_channels=16,
+            num_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            out_channels=16,
+            text_embed_dim=32,
+            time_embed_dim=32,
+            condition_dim=16,
+        )
+
+    def glm():
+        return GlmModel(
+            GlmConfig(
+                hidden_size=32,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                head_dim=16,
+                vocab_size=QWEN_VOCAB_SIZE,
+                pad_token_id=256,
+            )
+        )
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True, time_shift_type="linear"
+    )
+    return _simple(
+        path,
+        "CogView4Pipeline",
+        {"scheduler": scheduler, "tokenizer": qwen_tokenizer()},
+        [("text_encoder", glm, 1), ("vae", lambda: _vae(16, 1.0, None), 2), ("transformer", transformer, 3)],
+        {"tokenizer": ["transformers", "PreTrainedTokenizerFast"]},
+    )
+
+
+def build_sana(path: Path) -> Path:
+    """Sana (``SanaPipeline``): Gemma 2 text encoder, deep-compression autoencoder (DC-AE)."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
+
+    def transformer():
+        return SanaTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            out_channels=16,
+            num_layers=1,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=16,
+            cross_attention_dim=32,
+            caption_channels=32,
+            sample_size=16,  # the 512-pixel bins
+        )
+
+    def vae():
+        # 32x (six blocks), as Sana's: its resolution binning renders at least 512 pixels a side.
+        return AutoencoderDC(
+            in_channels=3,
+            latent_channels=16,
+            attention_head_dim=8,
+            encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+            decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+            encoder_block_out_channels=(16,) * 6,
+            decoder_block_out_channels=(16,) * 6,
+            encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+            decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+            encoder_layers_per_block=(1,) * 6,
+            decoder_layers_per_block=[1] * 6,
+            downsample_block_type="conv",
+            upsample_block_type="interpolate",
+            decoder_norm_types="rms_norm",
+            decoder_act_fns="silu",
+            scaling_factor=0.41407,
+        )
+
+    scheduler = DPMSolverMultistepScheduler(
+        flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction", algorithm_type="dpmsolver++"
+    )
+    return _simple(
+        path,
+        "SanaPipeline",
+        {"scheduler": scheduler, "tokenizer": gemma_tokenizer()},
+        [("text_encoder", _gemma2, 1), ("vae", vae, 2), ("transformer", transformer, 3)],
+        {"tokenizer": ["transformers", "GemmaTokenizerFast"]},
+    )
+
+
+def build_lumina2(path: Path) -> Path:
+    """Lumina Image 2.0 (``Lumina2Pipeline``): Gemma 2 text encoder, FLUX-style VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Transformer2DModel
+
+    def transformer():
+        return Lumina2Transformer2DModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=16,
+            hidden_size=32,
+            num_layers=1,
+            num_refiner_layers=1,
+            num_attention_heads=2,
+            num_kv_heads=2,
+            multiple_of=16,
+            axes_dim_rope=[8, 4, 4],
+            axes_lens=[256, 64, 64],
+            cap_feat_dim=32,
+        )
+
+    return _simple(
+        path,
+        "Lumina2Pipeline",
+        {"scheduler": FlowMatchEulerDiscreteScheduler(), "tokenizer": gemma_tokenizer()},
+        [("text_encoder", _gemma2, 1), ("vae", lambda: _vae8(16, 0.3611, 0.1159), 2), ("transformer", transformer, 3)],
+        {"tokenizer": ["transformers", "GemmaTokenizerFast"]},
+    )
+
+
+def build_flux2_klein(path: Path) -> Path:
+    """FLUX.2 [klein] (``Flux2KleinPipeline``): Qwen3 text encoder, FLUX.2's 32-channel VAE."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from .tokenizers import QWEN_VOCAB_SIZE
+
+    def transformer():
+        return Flux2Transformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=32,
+            num_attention_heads=2,
+            joint_attention_dim=96,  # the text encoder's three hidden-state layers, concatenated
+            timestep_guidance_channels=256,
+            axes_dims_rope=[8, 8, 8, 8],
+            guidance_embeds=False,
+        )
+
+    def qwen3():
+        return Qwen3ForCausalLM(
+            Qwen3Config(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=27,  # the pipeline reads hidden states 9, 18 and 27
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                head_dim=16,
+                vocab_size=QWEN_VOCAB_SIZE,
+                max_position_embeddings=1024,
+            )
+        )
+
+    def vae():
+        return AutoencoderKLFlux2(
+            sample_size=32,
+            down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",),
+            block_out_channels=(16,),
+            layers_per_block=1,
+            latent_channels=16,
+            norm_num_groups=4,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+
+    return _simple(
+        path,
+        "Flux2KleinPipeline",
+        {"scheduler": FlowMatchEulerDiscreteScheduler(), "tokenizer": qwen_tokenizer()},
+        [("text_encoder", qwen3, 1), ("vae", vae, 2), ("transformer", transformer, 3)],
+        {"tokenizer": ["transformers", "Qwen2TokenizerFast"]},
+    )
+
+
 # ----------------------------------------------------------------------------- the table
 
 FAMILIES: dict[str, Family] = {
@@ -416,13 +797,25 @@ FAMILIES: dict[str, Family] = {
         Family("Chroma", "ChromaPipeline", build_chroma, sample={"max_sequence_length": 32}),
         Family("AuraFlow", "AuraFlowPipeline", build_aura_flow, sample={"max_sequence_length": 32}),
         Family("LTX-Video", "LTXPipeline", build_ltx, num_frames=9, sample={"max_sequence_length": 32}),
+        Family(
+            "HunyuanVideo",
+            "HunyuanVideoPipeline",
+            build_hunyuan_video,
+            num_frames=5,
+            sample={"max_sequence_length": 32},
+        ),
+        Family("Qwen-Image", "QwenImagePipeline", build_qwen_image, sample={"max_sequence_length": 32}),
+        Family("CogView4", "CogView4Pipeline", build_cogview4, sample={"max_sequence_length": 32}),
+        Family("Sana", "SanaPipeline", build_sana, sample={"max_sequence_length": 32}),
+        Family("Lumina 2", "Lumina2Pipeline", build_lumina2, sample={"max_sequence_length": 32}),
+        Family("FLUX.2 [klein]", "Flux2KleinPipeline", build_flux2_klein, sample={"max_sequence_length": 32}),
     )
 }
 
 
 def folder_name(family: str) -> str:
     """``tiny-wan-2.1`` for "Wan 2.1"."""
-    return "tiny-" + "".join(c if c.isalnum() or c == "." else "-" for c in family.lower()).strip("-")
+    return "tiny-" + re.sub(r"[^a-z0-9.]+", "-", family.lower()).strip("-")
 
 
 def ensure_family(family: str, root: str | os.PathLike) -> Path:

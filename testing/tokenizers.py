@@ -73,3 +73,32 @@ def qwen_tokenizer(max_length: int = 512):
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=max_length)
     tok.chat_template = QWEN_CHAT_TEMPLATE
     return tok
+
+
+SPM_VOCAB_SIZE = 160  # specials + "▁" + printable ASCII + word starts, rounded up to 16
+
+
+def _spm_vocab(specials: tuple[str, ...]) -> dict[str, int]:
+    pieces = [*specials, "▁"]
+    pieces += [chr(c) for c in range(33, 127)]
+    pieces += ["▁" + chr(c) for c in range(ord("a"), ord("z") + 1)]
+    assert len(pieces) <= SPM_VOCAB_SIZE
+    return {p: i for i, p in enumerate(pieces)}
+
+
+def llama_tokenizer(max_length: int = 512):
+    """LLaMA (SentencePiece-style BPE with "▁" word starts) over printable ASCII, no merges."""
+    from transformers import LlamaTokenizer
+
+    vocab = _spm_vocab(("<unk>", "<s>", "</s>"))
+    tok = LlamaTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    tok.pad_token = "</s>"
+    return tok
+
+
+def gemma_tokenizer(max_length: int = 512):
+    """Gemma (SentencePiece-style BPE) over printable ASCII, with Gemma's special tokens."""
+    from transformers import GemmaTokenizer
+
+    vocab = _spm_vocab(("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"))
+    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=max_length)

@@ -12,6 +12,7 @@ import math
 
 from ..constants import DENOISERS
 from ..files.inspect_model import ModelInfo
+from ..known.class_facts import pipeline_call
 from ..problems import Problem
 
 #: denoisers whose `pos_embed_max_size` counts positions, not positions per side: AuraFlow crops
@@ -92,7 +93,9 @@ def image_size_problems(model: ModelInfo, width, height) -> list[Problem]:
 
 def temporal_factor(model: ModelInfo) -> int | None:
     """How many frames the VAE folds into one latent frame (Wan, HunyuanVideo 4, LTX 8), from its
-    config; None for an image model."""
+    config; None for an image pipeline."""
+    if not is_video(model):
+        return None
     vae = model.components.get("vae")
     config = vae.config_dict if vae is not None else {}
     for key in ("temporal_compression_ratio", "scale_factor_temporal"):
@@ -106,7 +109,14 @@ def temporal_factor(model: ModelInfo) -> int | None:
 
 
 def is_video(model: ModelInfo) -> bool:
-    return temporal_factor(model) is not None
+    """Whether the pipeline renders frames (its __call__ takes num_frames: Wan, HunyuanVideo, LTX);
+    Qwen-Image's VAE folds time too, but it renders images."""
+    return "num_frames" in pipeline_call(model.pipeline_class)
+
+
+def default_frames(model: ModelInfo) -> int | None:
+    """The frame count the pipeline renders when none is given (Wan 81, LTX 161); None for images."""
+    return pipeline_call(model.pipeline_class).get("num_frames")
 
 
 def latent_frames(model: ModelInfo, num_frames: int) -> int:

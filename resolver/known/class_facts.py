@@ -165,6 +165,27 @@ def live_pipeline(class_name: str) -> dict | None:
     return out
 
 
+#: the `__call__` arguments of a pipeline that say what it renders: frames (a video) and their rate.
+CALL_FACTS = ("num_frames", "frame_rate", "fps")
+
+
+def live_call(class_name: str) -> dict | None:
+    """{argument: default} of the CALL_FACTS a diffusers pipeline's __call__ takes ({} for an image
+    pipeline); None when `class_name` is not a pipeline built into diffusers."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        return None
+    params = inspect.signature(cls.__call__).parameters
+    out = {}
+    for name in CALL_FACTS:
+        if name in params:
+            default = params[name].default
+            out[name] = default if isinstance(default, (int, float)) and not isinstance(default, bool) else None
+    return out
+
+
 def live_class(library: str, class_name: str) -> dict | None:
     """{"role", "bases", "defaults"} of a class of `library` (bases and config defaults for models
     only); None when it has no such class."""
@@ -238,6 +259,18 @@ def _pipeline(class_name: str):
     return _from_table("pipelines", class_name, lambda: live_pipeline(class_name))
 
 
+@lru_cache(maxsize=None)
+def _call(class_name: str):
+    return _from_table("calls", class_name, lambda: live_call(class_name))
+
+
+def pipeline_call(class_name: str) -> dict:
+    """See live_call ({} for an unknown class); from the generated file where it can."""
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        return {}
+    return _call(class_name) or {}
+
+
 def pipeline_components(class_name: str) -> dict | None:
     """See live_pipeline; from the generated file where it can."""
     if not isinstance(class_name, str) or not class_name.isidentifier():
@@ -296,7 +329,7 @@ def generate() -> dict:
     quantization methods: what `validate` needs for the installed versions."""
     import diffusers
 
-    pipelines, wanted = {}, set()
+    pipelines, calls, wanted = {}, {}, set()
     for name in sorted(diffusers.__all__):
         try:
             found = live_pipeline(name)
@@ -305,6 +338,7 @@ def generate() -> dict:
         if found is None:
             continue
         pipelines[name] = found
+        calls[name] = live_call(name)
         wanted.update(q for slots in found.values() for q, _ in slots if q.split(".")[0] in LIBRARIES)
     for name in diffusers.__all__:
         try:
@@ -323,6 +357,7 @@ def generate() -> dict:
     return {
         "versions": installed_versions(),
         "pipelines": pipelines,
+        "calls": calls,
         "classes": classes,
         "quantization": {lib: live_quantization_methods(lib) for lib in LIBRARIES},
         "config_parameters": {lib: live_config_parameters(lib) for lib in LIBRARIES},
