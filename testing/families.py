@@ -768,6 +768,151 @@ def build_flux2_klein(path: Path) -> Path:
     )
 
 
+def _llama_causal(hidden: int = 32, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .tokenizers import SPM_VOCAB_SIZE
+
+    return LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            num_hidden_layers=layers,
+            vocab_size=SPM_VOCAB_SIZE,
+            max_position_embeddings=1024,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+            tie_word_embeddings=False,
+        )
+    )
+
+
+def build_hidream(path: Path) -> Path:
+    """HiDream-I1 (``HiDreamImagePipeline``): two CLIP-G/L, T5 and Llama 3.1 text encoders, a
+    mixture-of-experts transformer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImageTransformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    def transformer():
+        return HiDreamImageTransformer2DModel(
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            caption_channels=[128, 32],
+            text_emb_dim=64,
+            num_routed_experts=4,
+            num_activated_experts=2,
+            axes_dims_rope=(8, 4, 4),
+            max_resolution=(128, 128),
+            llama_layers=(0, 1),
+        )
+
+    return _simple(
+        path,
+        "HiDreamImagePipeline",
+        {
+            "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+            "tokenizer": clip_tokenizer(128),
+            "tokenizer_2": clip_tokenizer(128),
+            "tokenizer_3": t5_tokenizer(),
+            "tokenizer_4": llama_tokenizer(),
+        },
+        [
+            ("text_encoder", lambda: CLIPTextModelWithProjection(_clip_config(32, 2, max_positions=128)), 1),
+            ("text_encoder_2", lambda: CLIPTextModelWithProjection(_clip_config(32, 2, max_positions=128)), 2),
+            ("text_encoder_3", lambda: T5EncoderModel(_t5_config(128, 2)), 3),
+            ("text_encoder_4", _llama_causal, 4),
+            ("vae", lambda: _vae8(16, 0.3611, 0.1159), 5),
+            ("transformer", transformer, 6),
+        ],
+        {"tokenizer_3": ["transformers", "T5Tokenizer"], "tokenizer_4": ["transformers", "PreTrainedTokenizerFast"]},
+    )
+
+
+def build_hunyuan_image(path: Path) -> Path:
+    """HunyuanImage 2.1 (``HunyuanImagePipeline``): Qwen2.5-VL and ByT5 (glyph) text encoders,
+    two guiders saved as components."""
+    from diffusers import (
+        AdaptiveProjectedMixGuidance,
+        AutoencoderKLHunyuanImage,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanImageTransformer2DModel,
+    )
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    def transformer():
+        return HunyuanImageTransformer2DModel(
+            in_channels=16,
+            out_channels=16,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_layers=1,
+            num_single_layers=1,
+            num_refiner_layers=1,
+            patch_size=(1, 1),
+            guidance_embeds=False,
+            text_embed_dim=32,
+            text_embed_2_dim=32,
+            rope_axes_dim=(8, 8),
+        )
+
+    def vae():
+        return AutoencoderKLHunyuanImage(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            block_out_channels=(32, 32, 32, 32),  # the last a multiple of 2 x latent_channels
+            layers_per_block=1,
+            scaling_factor=0.476986,
+            spatial_compression_ratio=8,
+            sample_size=128,
+        )
+
+    def byt5():
+        return T5EncoderModel(
+            T5Config(
+                d_model=32,
+                d_kv=16,
+                d_ff=64,
+                num_layers=2,
+                num_heads=2,
+                relative_attention_num_buckets=8,
+                relative_attention_max_distance=32,
+                vocab_size=384,  # ByT5: 256 bytes + 3 specials + 125 extra ids
+                feed_forward_proj="gated-gelu",
+                is_encoder_decoder=False,
+                use_cache=False,
+                tie_word_embeddings=False,
+            )
+        )
+
+    return _simple(
+        path,
+        "HunyuanImagePipeline",
+        {
+            "scheduler": FlowMatchEulerDiscreteScheduler(shift=5.0),
+            "tokenizer": qwen_tokenizer(),
+            "tokenizer_2": ByT5Tokenizer(),
+            "guider": AdaptiveProjectedMixGuidance(adaptive_projected_guidance_start_step=2),
+            "ocr_guider": AdaptiveProjectedMixGuidance(adaptive_projected_guidance_start_step=3),
+        },
+        [
+            ("text_encoder", _qwen25_vl, 1),
+            ("text_encoder_2", byt5, 2),
+            ("vae", vae, 3),
+            ("transformer", transformer, 4),
+        ],
+        {"tokenizer": ["transformers", "Qwen2Tokenizer"]},
+    )
+
+
 # ----------------------------------------------------------------------------- the table
 
 FAMILIES: dict[str, Family] = {
@@ -809,6 +954,14 @@ FAMILIES: dict[str, Family] = {
         Family("Sana", "SanaPipeline", build_sana, sample={"max_sequence_length": 32}),
         Family("Lumina 2", "Lumina2Pipeline", build_lumina2, sample={"max_sequence_length": 32}),
         Family("FLUX.2 [klein]", "Flux2KleinPipeline", build_flux2_klein, sample={"max_sequence_length": 32}),
+        Family(
+            "HiDream-I1",
+            "HiDreamImagePipeline",
+            build_hidream,
+            text_encoder="text_encoder_4",
+            sample={"max_sequence_length": 32},
+        ),
+        Family("HunyuanImage 2.1", "HunyuanImagePipeline", build_hunyuan_image),
     )
 }
 

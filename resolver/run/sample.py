@@ -4,11 +4,31 @@
 from __future__ import annotations
 
 import inspect
+import math
+from contextlib import contextmanager
 from typing import Callable
 
 from . import img2img, video
 from .blocks import interrupt_check
 from .context import diffusers_context
+
+#: pipelines that rescale every request to the area of their default size (HiDream: about 1 MP,
+#: whatever width x height is asked); their `default_sample_size` is set for the run so the area
+#: is the one asked for, and the size is honoured.
+RESCALES_TO_DEFAULT_AREA = ("HiDreamImagePipeline",)
+
+
+@contextmanager
+def _honour_size(pipeline, width: int, height: int):
+    if type(pipeline).__name__ not in RESCALES_TO_DEFAULT_AREA or not getattr(pipeline, "vae_scale_factor", None):
+        yield
+        return
+    before = pipeline.default_sample_size
+    pipeline.default_sample_size = math.sqrt(width * height) / pipeline.vae_scale_factor
+    try:
+        yield
+    finally:
+        pipeline.default_sample_size = before
 
 
 def generate(
@@ -82,6 +102,6 @@ def generate(
 
         kwargs["callback_on_step_end"] = callback
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
-    with diffusers_context(), interrupt_check(check_interrupt):
+    with diffusers_context(), interrupt_check(check_interrupt), _honour_size(pipeline, width, height):
         output = pipeline(**kwargs)
     return video.as_image_batch(output)
