@@ -42,6 +42,13 @@ class Family:
     num_frames: int = 1  # > 1: a video family; the sample is frames x H x W
     size: int = 32
     sample: dict[str, Any] = field(default_factory=dict)  # further arguments of the test's sample
+    requires: tuple[str, ...] = ()  # modules the family's own classes import (PixtralProcessor: torchvision)
+
+    def missing(self) -> list[str]:
+        """The required modules this environment lacks."""
+        import importlib.util
+
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
     @property
     def is_video(self) -> bool:
@@ -913,6 +920,85 @@ def build_hunyuan_image(path: Path) -> Path:
     )
 
 
+def build_flux2_dev(path: Path) -> Path:
+    """FLUX.2 [dev] (``Flux2Pipeline``): Mistral Small 3 (with its Pixtral vision tower) as text
+    encoder, a PixtralProcessor in the ``tokenizer`` slot."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    from .tokenizers import SPM_VOCAB_SIZE, pixtral_processor
+
+    def transformer():
+        return Flux2Transformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=32,
+            num_attention_heads=2,
+            joint_attention_dim=96,  # hidden states 10, 20 and 30 of the text encoder, concatenated
+            timestep_guidance_channels=256,
+            axes_dims_rope=[8, 8, 8, 8],
+            guidance_embeds=True,
+        )
+
+    def mistral():
+        config = Mistral3Config(
+            text_config={
+                "model_type": "mistral",
+                "vocab_size": SPM_VOCAB_SIZE,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "max_position_embeddings": 1024,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 30,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "sliding_window": None,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "pad_token_id": 6,
+            },
+            vision_config={
+                "model_type": "pixtral",
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "head_dim": 16,
+                "intermediate_size": 32,
+                "image_size": 64,
+                "patch_size": 16,
+                "num_channels": 3,
+            },
+            spatial_merge_size=2,
+            image_token_index=3,
+            vision_feature_layer=-1,
+        )
+        return Mistral3ForConditionalGeneration(config)
+
+    def vae():
+        from diffusers import AutoencoderKLFlux2
+
+        return AutoencoderKLFlux2(
+            sample_size=32,
+            down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",),
+            block_out_channels=(16,),
+            layers_per_block=1,
+            latent_channels=16,
+            norm_num_groups=4,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+
+    return _simple(
+        path,
+        "Flux2Pipeline",
+        {"scheduler": FlowMatchEulerDiscreteScheduler(), "tokenizer": pixtral_processor()},
+        [("text_encoder", mistral, 1), ("vae", vae, 2), ("transformer", transformer, 3)],
+    )
+
+
 # ----------------------------------------------------------------------------- the table
 
 FAMILIES: dict[str, Family] = {
@@ -953,6 +1039,13 @@ FAMILIES: dict[str, Family] = {
         Family("CogView4", "CogView4Pipeline", build_cogview4, sample={"max_sequence_length": 32}),
         Family("Sana", "SanaPipeline", build_sana, sample={"max_sequence_length": 32}),
         Family("Lumina 2", "Lumina2Pipeline", build_lumina2, sample={"max_sequence_length": 32}),
+        Family(
+            "FLUX.2 [dev]",
+            "Flux2Pipeline",
+            build_flux2_dev,
+            sample={"max_sequence_length": 32},
+            requires=("torchvision",),
+        ),
         Family("FLUX.2 [klein]", "Flux2KleinPipeline", build_flux2_klein, sample={"max_sequence_length": 32}),
         Family(
             "HiDream-I1",

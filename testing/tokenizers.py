@@ -102,3 +102,31 @@ def gemma_tokenizer(max_length: int = 512):
 
     vocab = _spm_vocab(("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"))
     return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+#: A chat format for processors whose messages hold lists of parts (Mistral/Pixtral's layout).
+PARTS_CHAT_TEMPLATE = (
+    "{% for message in messages %}[{{ message['role'] }}]"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{% endfor %}"
+)
+
+
+def pixtral_processor(max_length: int = 512):
+    """A PixtralProcessor (FLUX.2 [dev]'s ``tokenizer`` slot): the LLaMA-style tokenizer with
+    Pixtral's image tokens and a chat template, and Pixtral's PIL image processor (no torchvision)."""
+    from transformers import LlamaTokenizer, PixtralImageProcessorPil, PixtralProcessor
+
+    vocab = _spm_vocab(("<unk>", "<s>", "</s>", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "<pad>"))
+    tok = LlamaTokenizer(vocab=vocab, merges=[], model_max_length=max_length, pad_token="<pad>")
+    return PixtralProcessor(
+        image_processor=PixtralImageProcessorPil(patch_size=16),
+        tokenizer=tok,
+        patch_size=16,
+        spatial_merge_size=2,
+        chat_template=PARTS_CHAT_TEMPLATE,
+        image_token="[IMG]",
+        image_break_token="[IMG_BREAK]",
+        image_end_token="[IMG_END]",
+    )

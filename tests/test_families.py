@@ -31,6 +31,8 @@ def families_root(tmp_path_factory):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_end_to_end(name, families_root):
     family = FAMILIES[name]
+    if family.missing():
+        pytest.skip(f"{name}'s own classes need {', '.join(family.missing())} (ComfyUI installs have it)")
     folder = ensure_family(name, families_root)
     roots = [families_root]
     # listed, and valid as it is
