@@ -5,6 +5,8 @@ auto-planned into a budget that forces quantization."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from helpers import quantized_weight_types
@@ -113,3 +115,54 @@ def test_sizes_and_frames_are_checked_from_the_config(families_root):
     assert "4k+1" in problem.message and problem.suggestion == "use 29 or 33"
     ltx = inspect_model(ensure_family("LTX-Video", families_root))
     assert [p.suggestion for p in frame_problems(ltx, 12)] == ["use 9 or 13"]  # this tiny VAE folds 4
+
+
+def _loaded(name, root):
+    folder = ensure_family(name, root)
+    with torch.inference_mode():
+        return load_plan(plan_named(folder.name, None, roots=[root], device="cpu"), cache=None)
+
+
+def test_the_sampler_renders_frames_as_one_image_batch_and_checks_the_frame_rule_first(families_root):
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
+    from pipequant.nodes.messages import NodeInputError
+
+    sampler = NODE_CLASS_MAPPINGS["PipeQuantSampler"]
+    assert list(sampler.INPUT_TYPES()["optional"])[-2:] == ["num_frames", "fps"]  # last: saved workflows load
+    wan = _loaded("Wan 2.1", families_root)
+    calls = []
+    original = type(wan.pipeline).__call__
+
+    @functools.wraps(original)  # the same signature: generate() passes what __call__ takes
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(type(wan.pipeline), "__call__", counted)
+        with pytest.raises(NodeInputError, match=r"num_frames.*4k\+1") as err:
+            sampler().sample(wan, "a cat", "", 2, 5.0, 32, 32, 0, 1, 16, num_frames=6)
+        assert "use 5 or 9" in str(err.value) and calls == []
+        with torch.inference_mode():
+            (frames,) = sampler().sample(wan, "a cat", "", 2, 5.0, 32, 32, 0, 2, 16, num_frames=5)
+    assert frames.shape == (2 * 5, 32, 32, 3)  # batch x frames, as CreateVideo / SaveAnimatedWEBP take
+    assert calls[-1]["num_frames"] == 5
+
+
+def test_image_to_video_through_the_image_input(families_root):
+    """LTX text-to-video starts from the image through its image-to-video pipeline (same modules)."""
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
+
+    ltx = _loaded("LTX-Video", families_root)
+    start = torch.rand(1, 32, 32, 3)
+    with torch.inference_mode():
+        (frames,) = NODE_CLASS_MAPPINGS["PipeQuantSampler"]().sample(
+            ltx, "a cat", "", 2, 3.0, 32, 32, 0, 1, 16, image=start, num_frames=9, fps=24.0
+        )
+    assert frames.shape == (9, 32, 32, 3) and torch.isfinite(frames).all()
+    z_image = _loaded("Z-Image Turbo", families_root)  # an image pipeline ignores num_frames
+    with torch.inference_mode():
+        (image,) = NODE_CLASS_MAPPINGS["PipeQuantSampler"]().sample(
+            z_image, "a cat", "", 2, 0.0, 32, 32, 0, 1, 16, num_frames=33
+        )
+    assert image.shape == (1, 32, 32, 3)
