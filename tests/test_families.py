@@ -166,3 +166,18 @@ def test_image_to_video_through_the_image_input(families_root):
             z_image, "a cat", "", 2, 0.0, 32, 32, 0, 1, 16, num_frames=33
         )
     assert image.shape == (1, 32, 32, 3)
+
+
+def test_the_auto_plan_node_plans_a_video_for_its_frames(families_root):
+    from pipequant.resolver.decide.planner.request import plan_for
+    from pipequant.resolver.problems import ValidationError
+
+    folder = ensure_family("Wan 2.1", families_root)
+    cpu = DeviceProfile("cpu", 16 * GIB, 16 * GIB, None)
+    short = plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=1)
+    long = plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=81)
+    assert long.working.denoiser > short.working.denoiser  # 21 latent frames against 1 (+ 512 text tokens)
+    assert long.working.vae_decode == 81 * short.working.vae_decode
+    with pytest.raises(ValidationError) as err:
+        plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=80)
+    assert [p.field for p in err.value.problems] == ["num_frames"]

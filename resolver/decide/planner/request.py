@@ -8,6 +8,7 @@ from ...files.inspect_model import inspect_model
 from ...files.variant import normalize as normalize_variant
 from ...files.variant import problems as variant_problems
 from ...problems import Problem, ValidationError
+from ..limits import frame_problems
 from . import AutoPlan, auto_plan
 from .device import GIB, DeviceProfile, ProfileError, detect
 from .search import GOALS
@@ -78,6 +79,7 @@ def plan_for(
     allow_offload: bool = True,
     profile: DeviceProfile | None = None,
     variant: str | None = None,
+    num_frames: int = 1,
 ) -> AutoPlan:
     """Check the inputs, inspect the model (headers only; `variant`'s files where a component has
     them, as the Load node will read) and plan. Raises ValidationError for bad input, `NothingFits`
@@ -87,6 +89,7 @@ def plan_for(
         raise ValidationError(problems)
     model = inspect_model(folder, variant=variant)
     wrong = variant_problems(model, variant)  # a variant no component has files for
+    wrong += frame_problems(model, num_frames)  # a video's frame rule (4k+1); nothing for images
     if wrong:
         raise ValidationError(wrong)
     profile = profile or detect()
@@ -101,4 +104,5 @@ def plan_for(
         batch_size=batch_size,
         allow_offload=bool(allow_offload),
         variant=normalize_variant(variant),
+        num_frames=num_frames,
     )
