@@ -9,7 +9,7 @@ import functools
 
 import pytest
 import torch
-from helpers import quantized_weight_types
+from helpers import count_storage_bytes, quantized_weight_types
 
 from pipequant.resolver import BackendSpec, ComponentCache
 from pipequant.resolver.decide.estimate import estimate
@@ -19,6 +19,7 @@ from pipequant.resolver.decide.planner.candidates import DENOISER
 from pipequant.resolver.files.roots import list_pipelines
 from pipequant.resolver.keep.load import load_plan
 from pipequant.resolver.keep.pipeline import check_model, plan_named
+from pipequant.resolver.run.blocks import repeated_blocks
 from pipequant.resolver.run.sample import generate
 from pipequant.testing.families import FAMILIES, ensure_family, folder_name
 
@@ -71,9 +72,15 @@ def test_family_end_to_end(name, families_root):
     assert images.shape == (family.num_frames, family.size, family.size, 3)
     assert torch.isfinite(images).all() and images.std() > 0
 
+    for component in family.denoisers:  # Cancel reaches every expert (Wan 2.2's transformer_2 too)
+        blocks = repeated_blocks(getattr(pipe, component))
+        assert blocks and all(b.__dict__.get("_pipequant_interrupt_hook") for b in blocks), component
     real = {r["component"]: r["bytes"] for r in result.rows if r.get("bytes")}
     for component, value in real.items():
         assert predicted[component] == pytest.approx(value, rel=0.02), component
+        # the pipeline holds the very modules that were loaded (Wan's optional transformers were
+        # once reloaded from disk, unquantized, behind the report's back)
+        assert count_storage_bytes(getattr(pipe, component)) == value, component
 
     model = plan.model
     cpu = DeviceProfile("cpu", 16 * GIB, 16 * GIB, None)
@@ -145,8 +152,10 @@ def test_the_sampler_renders_frames_as_one_image_batch_and_checks_the_frame_rule
         assert "use 5 or 9" in str(err.value) and calls == []
         with torch.inference_mode():
             (frames,) = sampler().sample(wan, "a cat", "", 2, 5.0, 32, 32, 0, 2, 16, num_frames=5)
+        with pytest.raises(NodeInputError, match="cannot start a video from an image"):
+            sampler().sample(wan, "a cat", "", 2, 5.0, 32, 32, 0, 1, 16, image=torch.rand(1, 32, 32, 3), num_frames=5)
     assert frames.shape == (2 * 5, 32, 32, 3)  # batch x frames, as CreateVideo / SaveAnimatedWEBP take
-    assert calls[-1]["num_frames"] == 5
+    assert len(calls) == 1 and calls[0]["num_frames"] == 5
 
 
 def test_image_to_video_through_the_image_input(families_root):

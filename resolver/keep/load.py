@@ -444,10 +444,15 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
 
 
 def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):
+    import diffusers
     import torch
-    from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(
+    # The pipeline's own class (validated as built into diffusers), not DiffusionPipeline: from the
+    # base class, diffusers reads `_optional_components` of the base, so a component the pipeline
+    # declares optional (Wan's transformer and transformer_2) was loaded again from disk, unquantized,
+    # in place of the module handed in.
+    pipeline_class = getattr(diffusers, plan.model.pipeline_class, None) or diffusers.DiffusionPipeline
+    return pipeline_class.from_pretrained(
         str(plan.model.folder),
         dtype=getattr(torch, plan.dtype),
         use_safetensors=not allow_pickle,

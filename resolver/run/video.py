@@ -11,8 +11,10 @@ import weakref
 from ..problems import Problem, ValidationError
 
 #: text-to-video pipeline -> its image-to-video pipeline over the same components (diffusers has
-#: no AutoPipeline for video).
-IMAGE_TO_VIDEO = {"LTXPipeline": "LTXImageToVideoPipeline", "WanPipeline": "WanImageToVideoPipeline"}
+#: no AutoPipeline for video). Only where the same transformer takes both: LTX conditions on the
+#: first latent frame; Wan's I2V transformers take 36 input channels (16 for T2V), so a Wan T2V
+#: folder cannot start from an image and its I2V folders take the image themselves.
+IMAGE_TO_VIDEO = {"LTXPipeline": "LTXImageToVideoPipeline"}
 _variants: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
