@@ -117,6 +117,9 @@ def test_sizes_and_frames_are_checked_from_the_config(families_root):
     (problem,) = image_size_problems(aura, 32, 48)
     assert problem.field == "height" and "use height 32 or less" in problem.suggestion
     wan = inspect_model(ensure_family("Wan 2.1", families_root))
+    # an 8x VAE (its config says so) and 2x2 patches: multiples of 16
+    (problem,) = image_size_problems(wan, 40, 32)
+    assert (problem.field, problem.suggestion) == ("width", "use width 32 or 48")
     assert latent_frames(wan, 81) == 21
     (problem,) = frame_problems(wan, 32)
     assert "4k+1" in problem.message and problem.suggestion == "use 29 or 33"

@@ -74,9 +74,40 @@ def max_image_side(model: ModelInfo) -> int | None:
     return None
 
 
+def size_multiple(model: ModelInfo) -> int:
+    """Width and height must be multiples of this: the VAE's spatial factor (where its config states
+    it: Wan, HunyuanVideo, HunyuanImage; else from AutoencoderKL's blocks) times the denoiser's patch."""
+    vae = model.components.get("vae")
+    config = vae.config_dict if vae is not None else {}
+    scale = next(
+        (config[k] for k in ("spatial_compression_ratio", "scale_factor_spatial") if isinstance(config.get(k), int)),
+        None,
+    )
+    if scale is None and vae is not None and vae.class_name == "AutoencoderKL":
+        scale = _vae_scale(model)
+    main = next((model.components[n] for n in DENOISERS if n in model.components), None)
+    patch = main.config_dict.get("patch_size", 1) if main is not None else 1
+    patch = patch[-1] if isinstance(patch, list) and patch else patch
+    ok = isinstance(scale, int) and scale > 0 and isinstance(patch, int) and patch > 0
+    return scale * patch if ok else 1
+
+
 def image_size_problems(model: ModelInfo, width, height) -> list[Problem]:
     limit = max_image_side(model)
+    multiple = size_multiple(model)
     problems = []
+    for field, value in (("width", width), ("height", height)):
+        if multiple > 1 and isinstance(value, int) and value % multiple:
+            below = max(multiple, value // multiple * multiple)
+            problems.append(
+                Problem(
+                    "image_size_invalid",
+                    field,
+                    f"{field} {value} is not a multiple of {multiple}, which {model.pipeline_class} needs "
+                    "(its VAE's scale times the transformer's patch size)",
+                    f"use {field} {below} or {below + multiple}",
+                )
+            )
     for field, value in (("width", width), ("height", height)):
         if limit is not None and isinstance(value, int) and value > limit:
             problems.append(
