@@ -193,3 +193,16 @@ def test_the_auto_plan_node_plans_a_video_for_its_frames(families_root):
     with pytest.raises(ValidationError) as err:
         plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=80)
     assert [p.field for p in err.value.problems] == ["num_frames"]
+
+
+def test_both_experts_are_wrapped_for_compile(families_root):
+    """Wan 2.2 A14B's transformer_2 runs every low-noise step: compile reaches it as the first expert."""
+    from pipequant.resolver.run.compile import compile_state
+
+    folder = ensure_family("Wan 2.2 A14B", families_root)
+    plan = plan_named(folder.name, None, roots=[families_root], device="cpu", compile="regional")
+    with torch.inference_mode():
+        result = load_plan(plan, cache=None, compile="regional")
+    states = [compile_state(getattr(result.pipeline, n)) for n in ("transformer", "transformer_2")]
+    assert all(s is not None and s.modules for s in states)
+    assert result.compiled is states[0] and result.compiled_more == (states[1],)
