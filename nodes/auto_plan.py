@@ -80,6 +80,18 @@ class PipeQuantAutoPlan:
                     },
                 ),
             },
+            "optional": {
+                "num_frames": (
+                    "INT",
+                    {
+                        "default": 33,
+                        "min": 1,
+                        "max": 1025,
+                        "tooltip": "Video pipelines (Wan, HunyuanVideo, LTX): frames you will render; working "
+                        "memory grows with them. Ignored for image pipelines.",
+                    },
+                ),
+            },
         }
 
     @classmethod
@@ -102,7 +114,7 @@ class PipeQuantAutoPlan:
             problems += exc.problems
         return validation_result(problems, PipeQuantAutoPlan.TITLE)
 
-    def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True):
+    def make_plan(self, model, budget_gb, goal, width, height, batch_size, allow_offload=True, num_frames=33):
         try:
             folder = resolve_model(model, host.model_roots())
             result = plan_for(
@@ -113,6 +125,7 @@ class PipeQuantAutoPlan:
                 height=height,
                 batch_size=batch_size,
                 allow_offload=allow_offload,
+                num_frames=num_frames,
             )
         except NothingFits as exc:
             raise_for([Problem("nothing_fits", "budget_gb", str(exc), "")], PipeQuantAutoPlan.TITLE)

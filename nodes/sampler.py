@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..resolver.decide import image_size_problems, prompt_problems
+from ..resolver.decide import frame_problems, image_size_problems, is_video, prompt_problems
 from ..resolver.problems import ValidationError
 from ..resolver.run import activate, generate
 from . import host
@@ -19,7 +19,10 @@ class PipeQuantSampler:
     )
     CATEGORY = "PipeQuant"
     RETURN_TYPES = ("IMAGE",)
-    OUTPUT_TOOLTIPS = ("Images as ComfyUI IMAGE (batch, height, width, 3) in 0..1.",)
+    OUTPUT_TOOLTIPS = (
+        "Images as ComfyUI IMAGE (batch, height, width, 3) in 0..1; a video's frames as one batch "
+        "(batch x frames) for CreateVideo / SaveAnimatedWEBP.",
+    )
     FUNCTION = "sample"
 
     @classmethod
@@ -90,6 +93,27 @@ class PipeQuantSampler:
                         "it fully); steps x denoise steps run.",
                     },
                 ),
+                "num_frames": (
+                    "INT",
+                    {
+                        "default": 33,
+                        "min": 1,
+                        "max": 1025,
+                        "tooltip": "Video pipelines (Wan, HunyuanVideo, LTX): frames to render, 4k+1 (LTX 8k+1). "
+                        "Ignored by image pipelines.",
+                    },
+                ),
+                "fps": (
+                    "FLOAT",
+                    {
+                        "default": 24.0,
+                        "min": 1.0,
+                        "max": 120.0,
+                        "step": 1.0,
+                        "tooltip": "Frame rate for pipelines that condition on it (LTX); give the same to "
+                        "CreateVideo. Ignored by the others.",
+                    },
+                ),
             },
         }
 
@@ -121,11 +145,15 @@ class PipeQuantSampler:
         image=None,
         mask=None,
         denoise=1.0,
+        num_frames=33,
+        fps=24.0,
     ):
+        model = pipeline.plan.model
         raise_for(
             prompt_problems(prompt)
             + prompt_problems(negative_prompt, "negative_prompt")
-            + image_size_problems(pipeline.plan.model, width, height),
+            + image_size_problems(model, width, height)
+            + frame_problems(model, num_frames),
             PipeQuantSampler.TITLE,
         )
         progress = host.Progress(steps)
@@ -153,6 +181,8 @@ class PipeQuantSampler:
                 mask=mask,
                 denoise=denoise,
                 check_interrupt=host.check_interrupt,
+                num_frames=num_frames if is_video(model) else 0,
+                fps=fps,
             )
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, PipeQuantSampler.TITLE)) from None

@@ -29,10 +29,16 @@ TRANSFORMERS = "transformers"
 #: torch.compile modes for the denoiser (``run/compile.py``).
 COMPILE_MODES = ("none", "regional", "full")
 
-#: diffusers' component names for the model run every step.
-DENOISERS = ("transformer", "unet")
+#: diffusers' component names for the models run every step: the main one first, then second
+#: experts (Wan 2.2 A14B's low-noise `transformer_2`, switched to at the pipeline's boundary_ratio).
+DENOISERS = ("transformer", "unet", "transformer_2", "unet_2")
 
 
 def denoiser_name(names) -> str | None:
-    """The denoiser among a pipeline's component names, or None."""
+    """The main denoiser among a pipeline's component names, or None."""
     return next((n for n in DENOISERS if n in names), None)
+
+
+def denoiser_names(names) -> list[str]:
+    """Every denoiser among a pipeline's component names, the main one first."""
+    return [n for n in DENOISERS if n in names]

@@ -1,5 +1,5 @@
-"""Stand-ins for the ComfyUI core nodes our workflows use (SaveImage, PreviewImage, LoadImage), so
-they run without ComfyUI."""
+"""Stand-ins for the ComfyUI core nodes our workflows use (SaveImage, PreviewImage, LoadImage,
+SaveAnimatedWEBP), so they run without ComfyUI."""
 
 from __future__ import annotations
 
@@ -51,6 +51,47 @@ class PreviewImage(SaveImage):
 
     def save_images(self, images, filename_prefix="preview"):
         return super().save_images(images, "preview")
+
+
+class SaveAnimatedWEBP(SaveImage):
+    """Writes the IMAGE batch as one animated WebP, as ComfyUI's SaveAnimatedWEBP does (a video's
+    frames from the Sampler): <prefix>_<counter>_.webp in the output folder."""
+
+    CATEGORY = "image/animation"
+    METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+                "fps": ("FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
+                "lossless": ("BOOLEAN", {"default": True}),
+                "quality": ("INT", {"default": 80, "min": 0, "max": 100}),
+                "method": (list(cls.METHODS),),
+            }
+        }
+
+    def save_images(self, images, filename_prefix="ComfyUI", fps=6.0, lossless=True, quality=80, method="default"):
+        import numpy as np
+        from PIL import Image
+
+        folder = Path(self.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = Path(str(filename_prefix)).name or "ComfyUI"
+        frames = [Image.fromarray((i.cpu().numpy() * 255).clip(0, 255).astype(np.uint8)) for i in images]
+        path = folder / f"{prefix}_{len(list(folder.glob(f'{prefix}_*_.webp'))) + 1:05d}_.webp"
+        frames[0].save(
+            path,
+            save_all=True,
+            append_images=frames[1:],
+            duration=int(1000.0 / fps),
+            lossless=lossless,
+            quality=quality,
+            method=self.METHODS.get(method, 4),
+        )
+        return {"ui": {"images": [str(path)], "animated": [True]}}
 
 
 class LoadImage:
@@ -127,4 +168,9 @@ class LoadImage:
         return (rgb, mask)
 
 
-BUILTIN_NODES = {"SaveImage": SaveImage, "PreviewImage": PreviewImage, "LoadImage": LoadImage}
+BUILTIN_NODES = {
+    "SaveImage": SaveImage,
+    "PreviewImage": PreviewImage,
+    "LoadImage": LoadImage,
+    "SaveAnimatedWEBP": SaveAnimatedWEBP,
+}

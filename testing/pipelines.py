@@ -174,7 +174,9 @@ def _write_pipeline(
 # ----------------------------------------------------------------------------- text encoders
 
 
-def _clip_config(hidden: int, layers: int, heads: int | None = None, projection_dim: int | None = None):
+def _clip_config(
+    hidden: int, layers: int, heads: int | None = None, projection_dim: int | None = None, max_positions: int = 77
+):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -183,7 +185,7 @@ def _clip_config(hidden: int, layers: int, heads: int | None = None, projection_
         intermediate_size=hidden * 4,
         num_hidden_layers=layers,
         num_attention_heads=heads or max(1, hidden // 64),
-        max_position_embeddings=77,
+        max_position_embeddings=max_positions,
         projection_dim=projection_dim or hidden,
         hidden_act="quick_gelu",
         bos_token_id=CLIP_BOS,

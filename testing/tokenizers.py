@@ -49,3 +49,84 @@ def t5_tokenizer(max_length: int = 512):
     pieces += [("▁" + chr(c), -3.0) for c in range(ord("a"), ord("z") + 1)]  # word starts: 124
     assert len(pieces) <= T5_VOCAB_SIZE
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+QWEN_VOCAB_SIZE = 272  # 256 byte chars + the special tokens, rounded up to 16
+# The Qwen chat format the Qwen-based pipelines (Z-Image, Qwen-Image, HunyuanImage) render prompts with.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen_tokenizer(max_length: int = 512):
+    """Qwen2 byte-level BPE tokenizer over the 256 byte characters (no merges), with Qwen's chat
+    template and special tokens."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(_bytes_to_unicode())}
+    vocab.update({t: 256 + i for i, t in enumerate(QWEN_SPECIAL)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok
+
+
+SPM_VOCAB_SIZE = 160  # specials + "▁" + printable ASCII + word starts, rounded up to 16
+
+
+def _spm_vocab(specials: tuple[str, ...]) -> dict[str, int]:
+    pieces = [*specials, "▁"]
+    pieces += [chr(c) for c in range(33, 127)]
+    pieces += ["▁" + chr(c) for c in range(ord("a"), ord("z") + 1)]
+    assert len(pieces) <= SPM_VOCAB_SIZE
+    return {p: i for i, p in enumerate(pieces)}
+
+
+def llama_tokenizer(max_length: int = 512):
+    """LLaMA (SentencePiece-style BPE with "▁" word starts) over printable ASCII, no merges."""
+    from transformers import LlamaTokenizer
+
+    vocab = _spm_vocab(("<unk>", "<s>", "</s>"))
+    tok = LlamaTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    tok.pad_token = "</s>"
+    return tok
+
+
+def gemma_tokenizer(max_length: int = 512):
+    """Gemma (SentencePiece-style BPE) over printable ASCII, with Gemma's special tokens."""
+    from transformers import GemmaTokenizer
+
+    vocab = _spm_vocab(("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"))
+    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+#: A chat format for processors whose messages hold lists of parts (Mistral/Pixtral's layout).
+PARTS_CHAT_TEMPLATE = (
+    "{% for message in messages %}[{{ message['role'] }}]"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{% endfor %}"
+)
+
+
+def pixtral_processor(max_length: int = 512):
+    """A PixtralProcessor (FLUX.2 [dev]'s ``tokenizer`` slot): the LLaMA-style tokenizer with
+    Pixtral's image tokens and a chat template, and Pixtral's PIL image processor (no torchvision)."""
+    from transformers import LlamaTokenizer, PixtralImageProcessorPil, PixtralProcessor
+
+    vocab = _spm_vocab(("<unk>", "<s>", "</s>", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "<pad>"))
+    tok = LlamaTokenizer(vocab=vocab, merges=[], model_max_length=max_length, pad_token="<pad>")
+    return PixtralProcessor(
+        image_processor=PixtralImageProcessorPil(patch_size=16),
+        tokenizer=tok,
+        patch_size=16,
+        spatial_merge_size=2,
+        chat_template=PARTS_CHAT_TEMPLATE,
+        image_token="[IMG]",
+        image_break_token="[IMG_BREAK]",
+        image_end_token="[IMG_END]",
+    )

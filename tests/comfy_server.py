@@ -45,6 +45,7 @@ READY_TIMEOUT = 120.0
 
 # Tiny pipelines under the names the example workflows use.
 PIPELINES = {"FLUX.1-dev": "flux", "stable-diffusion-3.5-medium": "sd3"}
+FAMILIES = {"Wan2.1-T2V-1.3B-Diffusers": "Wan 2.1"}  # pipequant.testing.families
 GGUF_FILES = {"flux1-dev-Q8_0.gguf": ("FLUX.1-dev", "transformer", "Q8_0")}
 
 
@@ -90,10 +91,12 @@ def build_models(models_root: Path, diffusion_models: Path) -> dict[str, Path]:
     diffusion_models.mkdir(parents=True, exist_ok=True)
     build = models_root.parent / ".tiny-build"
     built: dict[str, Path] = {}
-    for name, kind in PIPELINES.items():
+    from pipequant.testing.families import ensure_family
+
+    for name, kind in {**PIPELINES, **FAMILIES}.items():
         target = models_root / name
         if not (target / "model_index.json").is_file():
-            source = tiny.ensure_pipeline(kind, build)
+            source = ensure_family(kind, build) if name in FAMILIES else tiny.ensure_pipeline(kind, build)
             shutil.copytree(source, target)
         built[name] = target
     for filename, (pipeline, component, qtype) in GGUF_FILES.items():

@@ -29,6 +29,7 @@ def _clear():
     for f in (
         class_facts._table,
         class_facts._pipeline,
+        class_facts._call,
         class_facts._class,
         class_facts.quantization_methods,
         class_facts.config_parameters,

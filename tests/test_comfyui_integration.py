@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 from comfy_server import PACK_DIR, PACK_NAME, comfy_server  # noqa: F401 (the fixture)
+from PIL import Image
 
 from pipequant.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from pipequant.runner.builtin import BUILTIN_NODES
@@ -94,7 +95,7 @@ def cpu_variant(name: str, prompt: dict) -> dict:
             )
         for node in nodes(prompt, "PipeQuantSavePipeline"):
             node["inputs"]["folder_name"] = f"{name}-quanto-int8"
-    for node in nodes(prompt, "SaveImage"):
+    for node in nodes(prompt, "SaveImage") + nodes(prompt, "SaveAnimatedWEBP"):
         node["inputs"]["filename_prefix"] = f"pq-it-{name}"
     return prompt
 
@@ -195,6 +196,13 @@ def test_example_workflow_runs(comfy_server, name):
             f"/view?filename={images[0]['filename']}&type=output&subfolder={images[0]['subfolder']}"
         )
         assert status == 200 and raw[:8] == PNG_MAGIC
+
+    for save_id in [i for i, n in prompt.items() if n["class_type"] == "SaveAnimatedWEBP"]:  # a video's frames
+        (saved,) = outputs[save_id]["images"]
+        path = comfy_server.output_dir / saved["subfolder"] / saved["filename"]
+        frames = next(n for n in nodes(prompt, "PipeQuantSampler"))["inputs"]["num_frames"]
+        with Image.open(path) as video:
+            assert (video.format, video.n_frames, video.size) == ("WEBP", frames, (SIZE, SIZE)), path
 
     report_id = node_id(prompt, "PipeQuantMemoryReport")
     text = "\n".join(outputs[report_id]["text"])

@@ -131,7 +131,7 @@ def test_sampler_node_takes_image_mask_and_denoise(monkeypatch, models_root, tin
     monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
     load_node = NODE_CLASS_MAPPINGS["PipeQuantLoadPipeline"]
     optional = Sampler.INPUT_TYPES()["optional"]
-    assert list(optional)[-3:] == ["image", "mask", "denoise"] and optional["denoise"][1]["default"] == 1.0
+    assert list(optional)[-5:-2] == ["image", "mask", "denoise"] and optional["denoise"][1]["default"] == 1.0
     args = dict(
         prompt="a cat",
         negative_prompt="",

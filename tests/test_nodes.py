@@ -76,6 +76,7 @@ def test_contract_ids_and_display_names():
         "height",
         "batch_size",
         "allow_offload",
+        "num_frames",
     ]
     assert NODE_CLASS_MAPPINGS["PipeQuantAutoPlan"].RETURN_TYPES == ("PIPELINE_QUANT_CONFIG", "STRING")
     assert names["PipeQuantQualityCheck"] == [

@@ -39,17 +39,22 @@ SMALL = [
     ("PipeQuantSampler", "height", 32),
     ("PipeQuantSampler", "max_sequence_length", 32),
     ("PipeQuantLoadPipeline", "device", "cpu"),
+    ("PipeQuantSampler", "num_frames", 5),  # video templates (Wan); image pipelines ignore it
 ]
 
 
 @pytest.fixture
 def env(monkeypatch, tmp_path, models_root, tiny_flux, tiny_sd3, flux_gguf):
+    from pipequant.testing.families import ensure_family
+
+    ensure_family("Wan 2.1", models_root)  # what the Wan template runs on
     monkeypatch.setenv("PIPEQUANT_MODELS", str(models_root))
     monkeypatch.setenv("PIPEQUANT_GGUF", str(flux_gguf.parent))
-    from pipequant.runner.builtin import LoadImage, SaveImage
+    from pipequant.runner.builtin import LoadImage, SaveAnimatedWEBP, SaveImage
     from pipequant.testing import write_example_files
 
     monkeypatch.setattr(SaveImage, "output_dir", tmp_path / "out")
+    monkeypatch.setattr(SaveAnimatedWEBP, "output_dir", tmp_path / "out")
     write_example_files(tiny_flux, tmp_path / "loras", tmp_path / "input")  # what the LoRA template names
     monkeypatch.setenv("PIPEQUANT_LORAS", str(tmp_path / "loras"))
     monkeypatch.setattr(LoadImage, "input_dir", tmp_path / "input")
@@ -57,7 +62,8 @@ def env(monkeypatch, tmp_path, models_root, tiny_flux, tiny_sd3, flux_gguf):
 
 
 def _point_at_tiny(prompt: dict, path: Path) -> dict:
-    model = "tiny-sd3" if "sd3" in path.name.lower() else "tiny-flux"
+    name = path.name.lower()
+    model = "tiny-sd3" if "sd3" in name else "tiny-wan-2.1" if "wan" in name else "tiny-flux"
     overrides = SMALL + [
         ("PipeQuantLoadPipeline", "model", model),
         ("PipeQuantAutoPlan", "model", model),
@@ -111,6 +117,8 @@ def test_released_workflow_runs(path, env, bnb_cpu, models_root):
         assert images, "no image written"
         for image in images:
             assert image.exists() and Image.open(image).size == (32, 32)
+            if image.suffix == ".webp":  # a video's frames, saved by SaveAnimatedWEBP
+                assert Image.open(image).n_frames == 5
     assert any("TOTAL" in t for t in texts), "memory report missing"
 
 

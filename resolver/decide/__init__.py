@@ -1,7 +1,7 @@
 """Deciding before a weight is read: validation, the per-component plan, estimates, the auto planner."""
 
 from .estimate import component_estimate, estimate
-from .limits import image_size_problems, prompt_problems
+from .limits import frame_problems, image_size_problems, is_video, prompt_problems
 from .plan import KEEP, QUANTIZE, Plan
 from .planner import NothingFits
 from .planner.figures import ENV_FOLDER, library_versions
@@ -22,7 +22,9 @@ __all__ = [
     "estimate",
     "files_key",
     "first_use_notes",
+    "frame_problems",
     "image_size_problems",
+    "is_video",
     "library_versions",
     "plan_for",
     "prepare",

@@ -25,6 +25,7 @@ class Tensor:
     numel: int
     floating: bool
     itemsize: int  # of a non-floating tensor (kept as it is by every load)
+    kept: bool = False  # a non-persistent buffer: built by the model at `itemsize`, never cast by the load
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,18 @@ def layout(info: ComponentInfo) -> Layout:
     model = meta_model(info)
     tensors = []
     seen = set()
+    # Buffers outside the state dict (PixArt's sin-cos position table, rotary frequencies) are not
+    # in the weight files: the loaders leave them in the dtype the model builds them in (float32).
+    transient = {
+        f"{prefix}.{b}" if prefix else b
+        for prefix, m in model.named_modules()
+        for b in getattr(m, "_non_persistent_buffers_set", ())
+    }
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if id(t) in seen:
             continue
         seen.add(id(t))
-        tensors.append(Tensor(name, t.numel(), t.is_floating_point(), t.element_size()))
+        tensors.append(Tensor(name, t.numel(), t.is_floating_point(), t.element_size(), name in transient))
     linears = tuple(
         (f"{name}.weight", m.out_features, m.in_features)
         for name, m in model.named_modules()
@@ -123,6 +131,8 @@ def component_bytes(
         if t.name in quantized:
             out, _ = shapes[t.name]
             total += t.numel * storage["bytes_per_weight"] + out * storage["bytes_per_row"] + storage["bytes_per_layer"]
+        elif t.floating and t.kept:
+            total += t.numel * t.itemsize
         elif t.floating:
             total += t.numel * (4 if t.name in fp32 else width)
         else:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..known.class_facts import ANY_SCHEDULER, class_info, load_class, pipeline_components
+from ..known.class_facts import ANY_CLASS, ANY_SCHEDULER, class_info, load_class, pipeline_components, slot_roles
 from ..problems import Problem, ValidationError
 from ..safe_files import FileProblem, read_json_object
 from .meta_build import BuildRefused, build_on_meta, check_config
@@ -135,19 +135,22 @@ def _weight_files(folder: Path, present: set[str], variant: str | None = None) -
 def _fits(info: dict, slots: list) -> bool:
     """Whether a class (its facts) may fill a slot the pipeline declares as `slots`. A model must be
     the declared class or a subclass; any scheduler may replace a scheduler (diffusers swaps them),
-    any tokenizer a tokenizer, any processor a processor."""
+    any tokenizer a tokenizer, any processor a processor, any guider a guider; a slot typed with a
+    transformers Auto class takes what that class loads (AutoTokenizer: any tokenizer)."""
     role = info["role"]
     if role in (None, "pipeline"):
         return False
     if not slots:
         return True
     for want, want_role in slots:
+        if want == ANY_CLASS:
+            return True
         if want == ANY_SCHEDULER:
             if role == "scheduler":
                 return True
         elif role == "model" and want in info["bases"]:
             return True
-        elif role != "model" and want_role == role:
+        elif role != "model" and role in slot_roles(want, want_role):
             return True
     return False
 

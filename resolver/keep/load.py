@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..constants import COMPILE_MODES, DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED, denoiser_name
+from ..constants import COMPILE_MODES, DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED, denoiser_names
 from ..decide.plan import Plan
 from ..decide.prepare import prepare
 from ..files.inspect_model import ComponentInfo
@@ -66,10 +66,12 @@ class LoadResult:
     released: str = ""  # why the pipeline was emptied, once it was
     compiled: CompileState | None = None  # its notes grow if compile falls back to eager at run time
     load_notes: list[str] = field(default_factory=list)  # what happened during the load (disk cache)
+    compiled_more: tuple = ()  # the other denoisers' states (Wan 2.2's transformer_2)
 
     @property
     def notes(self) -> list[str]:
-        return [*self.plan.notes, *self.load_notes, *(self.compiled.notes if self.compiled else [])]
+        states = [s for s in (self.compiled, *self.compiled_more) if s is not None]
+        return [*self.plan.notes, *self.load_notes, *(n for s in states for n in s.notes)]
 
     @property
     def pipeline(self):
@@ -128,7 +130,7 @@ def cache_key(plan: Plan, name: str, compile: str = "none") -> tuple:
     info = plan.model.components[name]
     files = _component_files_key(info, plan.model.mtime_key)
     gguf = str(row.gguf_path) if row.gguf_path else ""
-    mode = compile if name == denoiser_name(plan.components) else "none"
+    mode = compile if name in denoiser_names(plan.components) else "none"
     return (str(plan.model.folder), name, files, row.fingerprint(), gguf, plan.device, plan.offload, mode, info.variant)
 
 
@@ -253,7 +255,7 @@ def load_plan(
             pipeline = _assemble(plan, {**loaded, **others}, allow_pickle)
             pipeline.quantization_config = _quantization_config(plan, configs, loaded)
             _place(pipeline, plan)
-            compiled = _prepare_denoiser(plan, loaded, compile, compile_backend)
+            compiled = _prepare_denoisers(plan, loaded, compile, compile_backend)
     except ValidationError:
         raise
     except Exception as exc:
@@ -292,22 +294,24 @@ def load_plan(
         # Quantizing left freed bf16 temporaries in the heap (0.5-0.8 GB at 200M parameters); giving
         # them back takes ~30 ms, off the load's path (ctypes releases the GIL).
         threading.Thread(target=trim_heap, name="pipequant-trim-heap", daemon=True).start()
-    result = LoadResult(pipeline, plan, ordered, compiled=compiled, load_notes=notes)
+    main, *more = compiled or [None]
+    result = LoadResult(pipeline, plan, ordered, compiled=main, load_notes=notes, compiled_more=tuple(more))
     if cache is not None:
         result.holder = cache
         cache.hold(result)
     return result
 
 
-def _prepare_denoiser(plan: Plan, loaded: dict, compile: str, compile_backend) -> CompileState | None:
-    """Hook the denoiser's blocks for Cancel within a step, then wrap it for compile."""
-    name = denoiser_name(loaded)
-    if name is None:
-        return None
-    install_interrupt_hooks(loaded[name])
-    spec = plan.components[name].spec
-    quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
-    return compile_component(loaded[name], name, compile, quant, backend=compile_backend)
+def _prepare_denoisers(plan: Plan, loaded: dict, compile: str, compile_backend) -> list[CompileState | None]:
+    """Hook every denoiser's blocks for Cancel within a step (both of Wan 2.2's experts), then wrap
+    each for compile; their compile states, the main denoiser's first."""
+    states = []
+    for name in denoiser_names(loaded):
+        install_interrupt_hooks(loaded[name])
+        spec = plan.components[name].spec
+        quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
+        states.append(compile_component(loaded[name], name, compile, quant, backend=compile_backend))
+    return states
 
 
 def _broken_first(files: list[Path]) -> list[str]:
@@ -432,10 +436,15 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
 
 
 def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):
+    import diffusers
     import torch
-    from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(
+    # The pipeline's own class (validated as built into diffusers), not DiffusionPipeline: from the
+    # base class, diffusers reads `_optional_components` of the base, so a component the pipeline
+    # declares optional (Wan's transformer and transformer_2) was loaded again from disk, unquantized,
+    # in place of the module handed in.
+    pipeline_class = getattr(diffusers, plan.model.pipeline_class, None) or diffusers.DiffusionPipeline
+    return pipeline_class.from_pretrained(
         str(plan.model.folder),
         dtype=getattr(torch, plan.dtype),
         use_safetensors=not allow_pickle,

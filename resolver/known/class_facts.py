@@ -24,6 +24,28 @@ from ..constants import DIFFUSERS, TRANSFORMERS
 LIBRARIES = (DIFFUSERS, TRANSFORMERS)
 FACTS_FILE = Path(__file__).parents[1] / "data" / "class_facts.json"
 ANY_SCHEDULER = "<any scheduler>"  # a slot typed with diffusers' KarrasDiffusionSchedulers enum
+ANY_CLASS = "typing.Any"  # a slot typed `Any`: diffusers checks nothing
+#: transformers' Auto classes a pipeline may type a slot with, and the roles of what each one loads
+#: (AutoProcessor falls back to a tokenizer when a folder has no processor).
+AUTO_ROLES = {
+    "AutoTokenizer": ("tokenizer",),
+    "AutoProcessor": ("processor", "tokenizer"),
+    "AutoImageProcessor": ("processor",),
+    "AutoFeatureExtractor": ("processor",),
+    "AutoVideoProcessor": ("processor",),
+}
+#: roles whose slot any class of the same role may fill (diffusers loads the class model_index.json
+#: names and only warns on a type mismatch): schedulers, tokenizers, processors and guiders are
+#: swapped freely; a model must be the declared class or a subclass.
+SWAPPABLE_ROLES = ("scheduler", "tokenizer", "processor", "guider")
+
+
+def slot_roles(declared: str, declared_role: str | None) -> tuple[str, ...]:
+    """The roles of the classes that may fill a slot typed with `declared` ("transformers.AutoTokenizer")."""
+    library, _, name = declared.partition(".")
+    if library == TRANSFORMERS and name in AUTO_ROLES:
+        return AUTO_ROLES[name]
+    return (declared_role,) if declared_role in SWAPPABLE_ROLES else ()
 
 
 # -- the live classes (imports diffusers / transformers) -------------------------------------------
@@ -42,13 +64,16 @@ def qualified(cls) -> str:
 
 
 def role_of(cls) -> str | None:
-    """What a class is for in a pipeline: pipeline, model, scheduler, tokenizer or processor."""
+    """What a class is for in a pipeline: pipeline, model, scheduler, tokenizer, processor or guider
+    (an Auto class: the first role of what it loads)."""
     import diffusers
     import torch
     import transformers
 
     if not isinstance(cls, type):
         return None
+    if cls.__module__.startswith("transformers.models.auto.") and cls.__name__ in AUTO_ROLES:
+        return AUTO_ROLES[cls.__name__][0]
     for role, bases in (
         ("pipeline", (diffusers.DiffusionPipeline,)),
         ("model", (torch.nn.Module,)),
@@ -58,6 +83,7 @@ def role_of(cls) -> str | None:
             "processor",
             (transformers.ImageProcessingMixin, transformers.FeatureExtractionMixin, transformers.ProcessorMixin),
         ),
+        ("guider", (diffusers.BaseGuidance,)),
     ):
         if issubclass(cls, bases):
             return role
@@ -94,6 +120,24 @@ def _annotation_classes(annotation) -> list:
     return [annotation]
 
 
+def _type_hints(function) -> dict:
+    """A function's annotations with strings resolved (`from __future__ import annotations` makes
+    every annotation a string), as diffusers' own `_get_signature_types` resolves them; one that
+    cannot be resolved stays a string (an untyped slot)."""
+    try:
+        return typing.get_type_hints(function)
+    except Exception:
+        pass
+    namespace = getattr(function, "__globals__", {})
+    out = {}
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        try:
+            out[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+        except Exception:
+            out[name] = annotation
+    return out
+
+
 def _slot(cls) -> list:
     """One class a pipeline declares for a component: [qualified name, its role]."""
     if isinstance(cls, type) and issubclass(cls, enum.Enum):
@@ -110,13 +154,35 @@ def live_pipeline(class_name: str) -> dict | None:
     if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
         return None
     params = inspect.signature(cls.__init__).parameters
+    hints = _type_hints(cls.__init__)
     out = {
-        n: [_slot(t) for t in _annotation_classes(p.annotation)]
+        n: [_slot(t) for t in _annotation_classes(hints.get(n, p.annotation))]
         for n, p in params.items()
         if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
     for name in getattr(cls, "_optional_components", []) or []:
         out.setdefault(name, [])
+    return out
+
+
+#: the `__call__` arguments of a pipeline that say what it renders: frames (a video) and their rate.
+CALL_FACTS = ("num_frames", "frame_rate", "fps")
+
+
+def live_call(class_name: str) -> dict | None:
+    """{argument: default} of the CALL_FACTS a diffusers pipeline's __call__ takes ({} for an image
+    pipeline); None when `class_name` is not a pipeline built into diffusers."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        return None
+    params = inspect.signature(cls.__call__).parameters
+    out = {}
+    for name in CALL_FACTS:
+        if name in params:
+            default = params[name].default
+            out[name] = default if isinstance(default, (int, float)) and not isinstance(default, bool) else None
     return out
 
 
@@ -193,6 +259,18 @@ def _pipeline(class_name: str):
     return _from_table("pipelines", class_name, lambda: live_pipeline(class_name))
 
 
+@lru_cache(maxsize=None)
+def _call(class_name: str):
+    return _from_table("calls", class_name, lambda: live_call(class_name))
+
+
+def pipeline_call(class_name: str) -> dict:
+    """See live_call ({} for an unknown class); from the generated file where it can."""
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        return {}
+    return _call(class_name) or {}
+
+
 def pipeline_components(class_name: str) -> dict | None:
     """See live_pipeline; from the generated file where it can."""
     if not isinstance(class_name, str) or not class_name.isidentifier():
@@ -251,7 +329,7 @@ def generate() -> dict:
     quantization methods: what `validate` needs for the installed versions."""
     import diffusers
 
-    pipelines, wanted = {}, set()
+    pipelines, calls, wanted = {}, {}, set()
     for name in sorted(diffusers.__all__):
         try:
             found = live_pipeline(name)
@@ -260,13 +338,14 @@ def generate() -> dict:
         if found is None:
             continue
         pipelines[name] = found
+        calls[name] = live_call(name)
         wanted.update(q for slots in found.values() for q, _ in slots if q.split(".")[0] in LIBRARIES)
     for name in diffusers.__all__:
         try:
             obj = getattr(diffusers, name)
         except Exception:
             continue
-        if isinstance(obj, type) and role_of(obj) in ("model", "scheduler"):
+        if isinstance(obj, type) and role_of(obj) in ("model", "scheduler", "guider"):
             wanted.add(qualified(obj))
     wanted.update(f"{TRANSFORMERS}.{name}" for name in _transformers_part_names())
     classes = {}
@@ -278,6 +357,7 @@ def generate() -> dict:
     return {
         "versions": installed_versions(),
         "pipelines": pipelines,
+        "calls": calls,
         "classes": classes,
         "quantization": {lib: live_quantization_methods(lib) for lib in LIBRARIES},
         "config_parameters": {lib: live_config_parameters(lib) for lib in LIBRARIES},

@@ -1,15 +1,35 @@
 """Run a loaded pipeline: text (and optionally an image and a mask) -> images as a float tensor
-(B, H, W, 3) in 0..1."""
+(B, H, W, 3) in 0..1; a video's frames as one batch (B*frames, H, W, 3)."""
 
 from __future__ import annotations
 
 import inspect
+import math
+from contextlib import contextmanager
 from typing import Callable
 
 from ..problems import Problem, ValidationError
-from . import img2img
+from . import img2img, video
 from .blocks import interrupt_check
 from .context import diffusers_context
+
+#: pipelines that rescale every request to the area of their default size (HiDream: about 1 MP,
+#: whatever width x height is asked); their `default_sample_size` is set for the run so the area
+#: is the one asked for, and the size is honoured.
+RESCALES_TO_DEFAULT_AREA = ("HiDreamImagePipeline",)
+
+
+@contextmanager
+def _honour_size(pipeline, width: int, height: int):
+    if type(pipeline).__name__ not in RESCALES_TO_DEFAULT_AREA or not getattr(pipeline, "vae_scale_factor", None):
+        yield
+        return
+    before = pipeline.default_sample_size
+    pipeline.default_sample_size = math.sqrt(width * height) / pipeline.vae_scale_factor
+    try:
+        yield
+    finally:
+        pipeline.default_sample_size = before
 
 
 def generate(
@@ -29,15 +49,24 @@ def generate(
     mask=None,
     denoise: float = 1.0,
     check_interrupt: Callable[[], None] | None = None,
+    num_frames: int = 0,
+    fps: float = 0,
 ):
     """`on_step(step, total)` runs after every step; raising from it stops sampling there. With
     `image` it runs image-to-image (`denoise`: how much of it is redrawn), with `mask` too inpainting.
-    `check_interrupt()` runs before every block of the denoiser; raising from it stops within the step."""
+    `check_interrupt()` runs before every block of the denoiser; raising from it stops within the step.
+    `num_frames` / `fps` go to a video pipeline (0: its default); with `image` a video starts from it."""
     import torch
 
     img2img.check_inputs(image, mask, denoise, batch_size)
     kwargs = {}
-    if image is not None:
+    is_video = "num_frames" in inspect.signature(pipeline.__call__).parameters
+    if image is not None and is_video:
+        pixels, _ = img2img.to_pixels(image[:1], None, width, height, 1)
+        pipeline = video.image_to_video(pipeline)
+        kwargs = {"image": video.first_frame(pixels)}
+        steps_run = steps
+    elif image is not None:
         pixels, mask_pixels = img2img.to_pixels(image, mask, width, height, batch_size)
         batch_size, steps_run = pixels.shape[0], int(steps * denoise)
         if steps_run < 1:
@@ -59,6 +88,11 @@ def generate(
     }
     if negative_prompt and "negative_prompt" in accepted:
         kwargs["negative_prompt"] = [negative_prompt] * batch_size
+    if num_frames and is_video:
+        kwargs["num_frames"] = int(num_frames)
+    for name in ("frame_rate", "fps"):
+        if fps and name in accepted:
+            kwargs[name] = fps
     if max_sequence_length and "max_sequence_length" in accepted:
         kwargs["max_sequence_length"] = max_sequence_length
     if on_step is not None and "callback_on_step_end" in accepted:
@@ -69,9 +103,9 @@ def generate(
 
         kwargs["callback_on_step_end"] = callback
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
-    with diffusers_context(), interrupt_check(check_interrupt):
-        images = pipeline(**kwargs).images
-    out = torch.from_numpy(images).float()
+    with diffusers_context(), interrupt_check(check_interrupt), _honour_size(pipeline, width, height):
+        output = pipeline(**kwargs)
+    out = video.as_image_batch(output)
     if not bool(torch.isfinite(out).all()):  # saved as a black image with no word otherwise
         dtype = str(getattr(pipeline, "dtype", "")).replace("torch.", "")
         raise ValidationError(
@@ -85,4 +119,4 @@ def generate(
                 )
             ]
         )
-    return out.clamp(0, 1)
+    return out

@@ -14,6 +14,7 @@ from ...files.inspect_model import ModelInfo
 from ...known import measured
 from ...links.spec import BackendSpec, ComponentMap
 from ...problems import Problem, ValidationError
+from ..limits import temporal_factor
 from .candidates import (
     DENOISER,
     VAE,
@@ -209,6 +210,7 @@ def auto_plan(
     batch_size: int = 1,
     allow_offload: bool = True,
     variant: str | None = None,
+    num_frames: int = 1,
 ) -> AutoPlan:
     if goal not in GOALS:
         raise ValidationError(
@@ -223,7 +225,16 @@ def auto_plan(
     dtype = load_dtype_for(profile)
     role = roles(model)
     configs = {r: model.components[n].config_dict for n, r in role.items()}
-    wm = working_memory(model.pipeline_class, width, height, batch_size, configs.get(DENOISER), configs.get(VAE))
+    wm = working_memory(
+        model.pipeline_class,
+        width,
+        height,
+        batch_size,
+        configs.get(DENOISER),
+        configs.get(VAE),
+        num_frames=num_frames,
+        temporal=temporal_factor(model),
+    )
     per, unavailable = {}, []
     for name in model.module_names:
         cs, un = component_choices(model, name, profile, dtype, variant)

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 
+from ...constants import denoiser_names
 from ...files.inspect_model import ComponentInfo, ModelInfo
 from ...known import catalogue, measured
 from ...known.catalogue import DIFFUSERS
@@ -65,13 +66,15 @@ def roles(model: ModelInfo) -> dict[str, str]:
     modules = {n: model.components[n] for n in model.module_names}
     out = {}
     diffusers_models = [n for n, c in modules.items() if c.library == "diffusers" and not is_autoencoder(c.class_name)]
-    denoiser = max(diffusers_models, key=lambda n: modules[n].params, default=None)
+    # Every denoiser by name (Wan 2.2's two experts), else the largest diffusers model.
+    denoisers = set(denoiser_names(diffusers_models)) or {max(diffusers_models, key=lambda n: modules[n].params)}
+    denoisers = denoisers if diffusers_models else set()
     texts = [n for n, c in modules.items() if c.library != "diffusers"]
     smallest = min(texts, key=lambda n: modules[n].params, default=None) if len(texts) > 1 else None
     for n, c in modules.items():
         if is_autoencoder(c.class_name):
             out[n] = VAE
-        elif n == denoiser:
+        elif n in denoisers:
             out[n] = DENOISER
         elif n == smallest:
             out[n] = SMALL_TEXT

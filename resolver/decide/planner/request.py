@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ...files.variant import normalize as normalize_variant
 from ...problems import Problem, ValidationError, errors
+from ..limits import frame_problems
 from ..prepare import prepare
 from . import AutoPlan, auto_plan
 from .device import GIB, DeviceProfile, ProfileError, detect
@@ -77,6 +78,7 @@ def plan_for(
     allow_offload: bool = True,
     profile: DeviceProfile | None = None,
     variant: str | None = None,
+    num_frames: int = 1,
 ) -> AutoPlan:
     """Check the inputs, inspect the model (headers only; `variant`'s files where a component has
     them, as the Load node will read) and plan. Raises ValidationError for bad input, `NothingFits`
@@ -94,8 +96,11 @@ def plan_for(
     if problems:
         raise ValidationError(problems)
     prepared = prepare(folder, variant=variant, plan=False)  # as the Load node checks it (a missing variant)
-    if not prepared.ok:
-        raise ValidationError(errors(prepared.problems))
+    wrong = errors(prepared.problems)
+    if prepared.model is not None:
+        wrong += frame_problems(prepared.model, num_frames)  # a video's frame rule (4k+1); nothing for images
+    if wrong:
+        raise ValidationError(wrong)
     model = prepared.model
     profile = profile or detect()
     budget = int(budget_gb * GIB) if budget_gb else None
@@ -109,4 +114,5 @@ def plan_for(
         batch_size=batch_size,
         allow_offload=allow_offload,
         variant=normalize_variant(variant),
+        num_frames=num_frames,
     )

@@ -65,17 +65,24 @@ def working_memory(
     batch_size: int,
     denoiser_config: dict | None = None,
     vae_config: dict | None = None,
+    num_frames: int = 1,
+    temporal: int | None = None,
 ) -> WorkingMemory:
     """The configs, where given, supply the widths (so a small model of a family is sized as itself);
-    the data file supplies the family's factors and the widths no config states."""
+    the data file supplies the family's factors and the widths no config states. A video's tokens
+    grow with its latent frames (`temporal`: the VAE's frames per latent frame, from its config,
+    else the family's), its decode with its frames."""
     family = family_of(pipeline_class)
     c = measured.working_memory(family) or measured.working_memory("default")
     scale, patch = c["latent_scale"], c["patch"]
     hidden = _inner_dim(denoiser_config or {}) or c["hidden"]
     vae_channels = _vae_channels(vae_config or {}) or c["vae_channels"]
-    tokens = (height // scale // patch) * (width // scale // patch) + c["text_tokens"]
+    temporal = temporal or c.get("temporal")
+    frames = max(1, num_frames) if temporal else 1
+    latent = (frames - 1) // temporal + 1 if temporal else 1
+    tokens = latent * (height // scale // patch) * (width // scale // patch) + c["text_tokens"]
     denoiser = c["cfg_batch"] * batch_size * tokens * hidden * c["act_factor"] * c["act_bytes"]
     pixels = width * height
-    vae = batch_size * pixels * vae_channels * c["vae_factor"] * c["vae_bytes"]
+    vae = batch_size * frames * pixels * vae_channels * c["vae_factor"] * c["vae_bytes"]
     tiled = int(vae * min(1.0, VAE_TILE * VAE_TILE / pixels)) if pixels else 0
     return WorkingMemory(family, int(denoiser), int(vae), tiled, c["source"])
