@@ -33,8 +33,35 @@ class SaveError(RuntimeError):
 
     def __init__(self, dest: Path, cause: BaseException):
         self.code, self.dest = "save_failed", dest
-        message = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
-        super().__init__(f"saving to {dest} failed ({type(cause).__name__}: {message}); nothing was left behind")
+        component = _failed_component(cause)
+        where = f' while writing "{component}"' if component else ""
+        super().__init__(f"saving to {dest} failed{where} ({cause_text(cause)}); nothing was left behind")
+
+
+def cause_text(exc: BaseException) -> str:
+    """`Type: first line`, and where an exception carries no message (a bare NotImplementedError),
+    the library function that raised it, so the error always names its cause."""
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return f"{type(exc).__name__} with no message"
+    last = frames[-1]
+    where = "/".join(Path(last.filename).parts[-2:])
+    return f"{type(exc).__name__} with no message, raised in {last.name}() at {where}:{last.lineno}"
+
+
+def _failed_component(exc: BaseException) -> str | None:
+    """The pipeline component diffusers' save_pretrained was writing when `exc` was raised."""
+    tb = exc.__traceback__
+    name = None
+    while tb is not None:
+        name = tb.tb_frame.f_locals.get("pipeline_component_name", name)
+        tb = tb.tb_next
+    return name if isinstance(name, str) else None
 
 
 def _roots(roots) -> list[Path]:
@@ -196,12 +223,32 @@ def _remove_partials(root: Path, folder_name: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def drop_load_only_conversions(module) -> None:
+    """A transformers model loaded pre-quantized (from a disk cache entry or a saved folder) keeps
+    the weight conversions it was read with, to undo them on save; the quantizers' deserialising
+    ones (torchao's) cannot be undone (`reverse_op` raises a bare NotImplementedError), and need not
+    be: the quantizer writes its own serialised layout. Keep only those a save can reverse."""
+    conversions = getattr(module, "_weight_conversions", None)
+    if not isinstance(conversions, list):
+        return
+    kept = []
+    for conversion in conversions:
+        try:
+            conversion.reverse_transform()
+        except NotImplementedError:
+            continue
+        kept.append(conversion)
+    if len(kept) != len(conversions):
+        module._weight_conversions = kept or None
+
+
 def save_component(module, dest: Path) -> None:
     """Write one component pre-quantized, with the arguments DiffusionPipeline.save_pretrained
     gives each component (what save() below writes per component, and what the disk cache
     writes): safetensors, and no PEFT adapter layout."""
     import inspect
 
+    drop_load_only_conversions(module)
     accepts = inspect.signature(module.save_pretrained).parameters
     kwargs = {}
     if "safe_serialization" in accepts:
@@ -226,6 +273,8 @@ def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | No
             raise ValidationError(problems)
         partial = root / f"{PARTIAL}{folder_name}-{uuid.uuid4().hex[:8]}"
         strip_adapters(result.pipeline)  # adapters other workflows loaded on shared modules are not weights
+        for module in result.pipeline.components.values():
+            drop_load_only_conversions(module)  # read from the disk cache or a saved copy: still savable
         try:
             with diffusers_context():
                 result.pipeline.save_pretrained(str(partial), safe_serialization=True)
