@@ -434,9 +434,41 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
         )
     module.eval()
     saved_by = catalogue.backend_for_saved(info.prequantized)
+    if saved_by is not None and backend is None and kwargs["dtype"] != torch.float32:
+        _restore_float32(module, info.weight_files)
     if backend is not None or saved_by is not None:
         (backend or saved_by).after_load(module, prequantized=backend is None)
     return module, config
+
+
+def _restore_float32(module, files) -> None:
+    """A pre-quantized copy keeps its float32 tensors (SDNQ's scales) in float32, but diffusers
+    casts every float tensor it reads to the load dtype, and the layer casts it back: bf16-rounded
+    scales (0.4 % on the output). Put back the exact values the file holds, so a saved or cached
+    copy reproduces the original bit for bit. Only plain float32 tensors are read again."""
+    import torch
+    from safetensors import safe_open
+
+    from ..files.safetensors_header import read_header
+
+    targets = {
+        name: t
+        for name, t in [*module.named_parameters(), *module.named_buffers()]
+        if type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == torch.float32
+    }
+    if not targets:
+        return
+    for path in files:
+        if Path(path).suffix != ".safetensors":
+            continue
+        wanted = [t.name for t in read_header(Path(path)) if t.name in targets and t.dtype == "F32"]
+        if not wanted:
+            continue
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in wanted:
+                exact, held = f.get_tensor(name), targets[name]
+                if exact.shape == held.shape and not torch.equal(exact.to(held.device), held.data):
+                    held.data.copy_(exact)
 
 
 def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):
