@@ -354,7 +354,11 @@ def _quantization_config(plan: Plan, configs: dict, loaded: dict):
         return None
     from diffusers import PipelineQuantizationConfig
 
-    return PipelineQuantizationConfig(quant_mapping=mapping)
+    config = PipelineQuantizationConfig(quant_mapping=mapping)
+    # diffusers fills config_mapping (what it prints) as it resolves each component in its own
+    # from_pretrained; PipeQuant loads the components itself, so it records them here.
+    config.config_mapping.update(mapping)
+    return config
 
 
 def _load_or_read(plan: Plan, row, allow_pickle: bool, disk_cache: DiskCache | None):

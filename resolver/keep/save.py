@@ -1,7 +1,8 @@
 """Save a quantized pipeline so it loads pre-quantized next time (faster: no quantize-on-load).
 
-A save never overwrites nor shadows a model: the name must be free in every model root (a later
-root's "my-flux" would otherwise resolve to the new copy). It is written into a hidden temporary
+A save never overwrites nor shadows a model: the name must be free in every model root, the
+Hugging Face cache included (a later root's "my-flux" would otherwise resolve to the new copy). It
+writes into the first plain model folder, never into a root with names of its own (the hub cache). It is written into a hidden temporary
 folder in the same root and renamed into place only when complete; a failure removes it. An
 exclusive lock (a folder created with mkdir) decides which of two saves to one name wins.
 """
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from ..files.roots import Root
 from ..known import catalogue
 from ..problems import Problem, ValidationError
 from ..run.context import diffusers_context
@@ -64,17 +66,39 @@ def _failed_component(exc: BaseException) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _roots(roots) -> list[Path]:
+def _roots(roots) -> list[Path | Root]:
+    """Plain folders as Paths; Root objects (the hub cache, whose names are not its sub-folders) kept."""
     if roots is None:
         return []
-    return [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    if isinstance(roots, (str, Path, Root)):
+        roots = [roots]
+    return [r if isinstance(r, Root) else Path(r) for r in roots]
+
+
+def _plain(root) -> bool:
+    """A folder a save may write into: not read-only, and its names are its sub-folders."""
+    return not isinstance(root, Root) or (type(root).locate is Root.locate and not root.read_only)
+
+
+def _where(root) -> Path | None:
+    return root.path if isinstance(root, Root) else root
+
+
+def _target(root, folder_name: str) -> Path | None:
+    """What `folder_name` names under `root` (None: nothing there)."""
+    return root.locate(folder_name) if isinstance(root, Root) else root / folder_name
+
+
+def write_root(roots) -> Path | None:
+    """The folder a save writes into: the first plain model folder."""
+    return next((_where(r) for r in _roots(roots) if _plain(r)), None)
 
 
 def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Problem]:
     """Whether `folder_name` is a plain name, free in every root (what the Save node and the editor
     check before a run; PipeQuant never overwrites nor shadows a model)."""
     roots = _roots(roots)
-    if not roots:
+    if write_root(roots) is None:
         return [
             Problem(
                 "no_model_folder",
@@ -92,8 +116,14 @@ def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Pr
                 "use letters, digits, '.', '_' and '-' only (up to 128), e.g. flux-nf4",
             )
         ]
+    first = write_root(roots)
     for root in roots:
-        target = root / folder_name
+        try:
+            target = _target(root, folder_name)
+        except OSError:
+            target = None
+        if target is None:
+            continue
         if os.path.islink(target) and not os.path.exists(target):
             return [
                 Problem(
@@ -104,7 +134,7 @@ def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Pr
                 )
             ]
         if os.path.lexists(target):
-            shadow = "" if root == roots[0] else f" (in a later model folder: a copy in {roots[0]} would hide it)"
+            shadow = "" if _where(root) == first else f" (in {root}: a copy in {first} would hide it)"
             return [
                 Problem(
                     "folder_exists",
@@ -219,8 +249,12 @@ def _name_lock(root: Path, folder_name: str):
 
 
 def _remove_partials(root: Path, folder_name: str) -> None:
-    for stale in root.glob(f"{PARTIAL}{folder_name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """The partial folders of saves to exactly `folder_name` (`flux` must not take `flux-nf4`'s):
+    matched by their full name, never a glob of the user's text."""
+    mine = re.compile(re.escape(f"{PARTIAL}{folder_name}-") + "[0-9a-f]{8}")
+    for stale in root.iterdir():
+        if mine.fullmatch(stale.name) and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def drop_load_only_conversions(module) -> None:
@@ -264,7 +298,7 @@ def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | No
     problems = save_problems(result, folder_name, roots)
     if problems:
         raise ValidationError(problems)
-    root = roots[0]
+    root = write_root(roots)
     root.mkdir(parents=True, exist_ok=True)
     dest = root / folder_name
     with _name_lock(root, folder_name):
