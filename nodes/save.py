@@ -31,8 +31,7 @@ class PipeQuantSavePipeline:
                     "STRING",
                     {
                         "default": "pipequant-saved",
-                        "tooltip": "New folder name under models/diffusers; never overwrites nor shadows a model "
-                        "(the Hugging Face cache included).",
+                        "tooltip": "New folder name under models/diffusers; never overwrites.",
                     },
                 ),
             }
