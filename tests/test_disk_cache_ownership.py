@@ -224,3 +224,15 @@ def test_an_edited_entry_config_is_evicted_and_rebuilt(tiny_flux, tmp_path, edit
     assert any("broken" in n for n in result.notes), result.notes
     assert json.loads((entry / "config.json").read_text())["axes_dims_rope"] == [16, 24, 24]
     assert torch.equal(_image(result), image)
+
+
+def test_an_entry_loaded_in_another_dtype_than_its_source_is_read(tiny_flux, tmp_path):
+    """The config check compares what describes the model, not what a save writes anew (the
+    source says bfloat16, an entry written from a float16 load says float16)."""
+    spec = BackendSpec.make("torchao", "int8_weight_only", components=["text_encoder_2"])
+    cache = DiskCache(tmp_path / "cache")
+    with torch.inference_mode():
+        first = load(tiny_flux, spec, dtype="float16", device="cpu", cache=None, disk_cache=cache)
+        second = load(tiny_flux, spec, dtype="float16", device="cpu", cache=None, disk_cache=cache)
+    assert _row(first, "text_encoder_2")["disk_cache"] == "written"
+    assert _row(second, "text_encoder_2")["disk_cache"] == "read", second.notes

@@ -67,6 +67,7 @@ OWNER = "pipequant-disk-cache"  # every manifest carries it: an entry the cache 
 FORMAT = 2  # bump when the entry layout or key material changes
 KEY = re.compile(r"[0-9a-f]{32}")
 TRANSIENT = re.compile(r"\.(tmp-[0-9a-f]{32}|trash-[0-9a-f]{32}-[0-9]+-[0-9]+)")
+REWRITTEN_FIELDS = ("quantization_config", "transformers_version", "architectures")
 MAX_SMALL_FILE = 16 * 1024 * 1024  # an entry's config files are hashed whole; weights by their header
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 LOCK_WAIT_SECONDS = 1800.0  # another load quantizing the same component: wait for its entry
@@ -371,6 +372,7 @@ class DiskCache:
             if not any(name.endswith(".safetensors") for name in files):
                 raise BrokenEntry("the writer produced no safetensors file")
             info = plan.model.components[row.name]
+            check_entry_config(tmp, info)  # an entry every read would reject is not worth writing
             manifest = {
                 "owner": OWNER,
                 "format": FORMAT,
@@ -650,8 +652,8 @@ def check_entry_config(path: Path, source) -> None:
     except BuildRefused as exc:
         raise BrokenEntry(str(exc)) from None
     for name, value in source.config_dict.items():
-        if name.startswith("_") or name == "quantization_config" or name not in defaults:
-            continue
+        if name.startswith("_") or name in REWRITTEN_FIELDS or "dtype" in name or name not in defaults:
+            continue  # what a save writes anew (the load dtype: a bf16 source loaded in fp16 says float16)
         if config.get(name, defaults[name]) != value:
             raise BrokenEntry(f'config.json: "{name}" is {config.get(name)!r:.60}, its source has {value!r:.60}')
 
