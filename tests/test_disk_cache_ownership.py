@@ -41,7 +41,7 @@ def _row(result, name="transformer") -> dict:
 
 def _image(result):
     with torch.inference_mode():
-        return generate(result.pipeline, prompt="a cat", steps=2, width=32, height=32, seed=3, max_sequence_length=32)
+        return generate(result.pipeline, prompt="a cat", steps=1, width=32, height=32, seed=3, max_sequence_length=32)
 
 
 def _tree(folder: Path) -> dict:
@@ -213,7 +213,9 @@ def _rope(text: str) -> str:
 )
 def test_an_edited_entry_config_is_evicted_and_rebuilt(tiny_flux, tmp_path, edit, update_manifest):
     cache = DiskCache(tmp_path / "cache")
-    image = _image(_load(tiny_flux, TRANSFORMER_INT8, cache))
+    first = _load(tiny_flux, TRANSFORMER_INT8, cache)
+    image = _image(first) if edit is _rope else None  # the edit that loads: does the output come back?
+    del first
     (entry,) = _entry_folders(cache)
     _edit_config(entry, edit, update_manifest)
 
@@ -223,7 +225,8 @@ def test_an_edited_entry_config_is_evicted_and_rebuilt(tiny_flux, tmp_path, edit
     assert _row(result)["disk_cache"] == "written", _row(result)
     assert any("broken" in n for n in result.notes), result.notes
     assert json.loads((entry / "config.json").read_text())["axes_dims_rope"] == [16, 24, 24]
-    assert torch.equal(_image(result), image)
+    if image is not None:
+        assert torch.equal(_image(result), image)
 
 
 def test_an_entry_loaded_in_another_dtype_than_its_source_is_read(tiny_flux, tmp_path):
