@@ -239,3 +239,41 @@ def test_an_entry_loaded_in_another_dtype_than_its_source_is_read(tiny_flux, tmp
         second = load(tiny_flux, spec, dtype="float16", device="cpu", cache=None, disk_cache=cache)
     assert _row(first, "text_encoder_2")["disk_cache"] == "written"
     assert _row(second, "text_encoder_2")["disk_cache"] == "read", second.notes
+
+
+def _store_is_a_link(folder: Path, outside: Path) -> None:
+    folder.mkdir()
+    (folder / disk_cache.STORE).symlink_to(outside, target_is_directory=True)
+
+
+def _marker_is_a_fifo(folder: Path, outside: Path) -> None:
+    (folder / disk_cache.STORE).mkdir(parents=True)
+    os.mkfifo(folder / disk_cache.STORE / disk_cache.MARKER_FILE)
+
+
+@pytest.mark.parametrize("plant", [_store_is_a_link, _marker_is_a_fifo], ids=["store-link", "marker-fifo"])
+def test_a_planted_store_is_refused_without_touching_anything(tiny_flux, tmp_path, plant):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    folder = tmp_path / "cache"
+    plant(folder, outside)
+    start = time.monotonic()
+    result = _load(tiny_flux, TRANSFORMER_INT8, DiskCache(folder))
+    assert time.monotonic() - start < 60
+    assert _row(result)["disk_cache"] == "not cached", _row(result)
+    assert [p.name for p in outside.iterdir()] == ["keep.txt"]
+    assert DiskCache(folder).clear() == []
+
+
+def test_a_planted_temp_link_is_dropped_not_followed(tiny_flux, tmp_path):
+    cache = DiskCache(tmp_path / "cache")
+    _load(tiny_flux, TRANSFORMER_FP8, cache)
+    plan = plan_load(tiny_flux, TRANSFORMER_INT8, device="cpu")
+    key = entry_key(plan, plan.components["transformer"])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (_store(cache) / f".tmp-{key}").symlink_to(outside, target_is_directory=True)
+    assert _row(_load(tiny_flux, TRANSFORMER_INT8, cache))["disk_cache"] == "written"
+    assert [p.name for p in outside.iterdir()] == ["keep.txt"]

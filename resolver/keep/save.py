@@ -22,6 +22,7 @@ from ..known import catalogue
 from ..problems import Problem, ValidationError
 from ..run.context import diffusers_context
 from ..run.lora import strip_adapters
+from ..safe_files import FileProblem, read_bytes
 
 if TYPE_CHECKING:  # annotations only: save is imported by the disk cache, which the loader imports
     from .load import LoadResult
@@ -224,9 +225,9 @@ def _name_lock(root: Path, folder_name: str):
             os.mkdir(lock)
             break
         except FileExistsError:
-            try:
-                pid = int((lock / "pid").read_text())
-            except (OSError, ValueError):
+            try:  # bounded, regular files only: a planted FIFO must not hang the save
+                pid = int(read_bytes(lock / "pid", 32)) if not lock.is_symlink() else None
+            except (OSError, ValueError, FileProblem):
                 pid = None
             if attempt == 2 or pid is None or _alive(pid):
                 raise ValidationError(
