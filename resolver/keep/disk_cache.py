@@ -62,6 +62,7 @@ OFF_WORDS = ("off", "0", "false", "no", "none")
 ENTRY_FILE = "pipequant-entry.json"
 STORE = "pipequant-disk-cache"  # the cache's own subfolder of the configured folder
 MARKER_FILE = "pipequant-disk-cache.json"
+NEW_STORE = ".pipequant-disk-cache-new-"  # a store being made, beside STORE
 MARKER = {"owner": "pipequant", "purpose": "disk cache of quantized components", "layout": 2}
 OWNER = "pipequant-disk-cache"  # every manifest carries it: an entry the cache wrote
 FORMAT = 2  # bump when the entry layout or key material changes
@@ -241,7 +242,7 @@ class DiskCache:
         if not stat.S_ISDIR(st.st_mode):
             return f"the cache folder {self.folder} is not a folder"
         try:
-            foreign = sorted(p.name for p in self.folder.iterdir() if p.name != STORE)
+            foreign = sorted(p.name for p in self.folder.iterdir() if p.name != STORE and not _new_store(p.name))
         except OSError as exc:
             return _why(exc, self.folder)
         if foreign:
@@ -263,10 +264,7 @@ class DiskCache:
             raise Refused(f"{self.store} is not a folder (a link or a file): not the disk cache's")
         marker = self.store / MARKER_FILE
         if not os.path.lexists(marker):
-            if any(True for _ in self.store.iterdir()):
-                raise Refused(f"{self.store} has no {MARKER_FILE}: it is not the disk cache's folder; left alone")
-            _write_synced(marker, json.dumps(MARKER))  # our own empty store, made by a process that died
-            return
+            raise Refused(f"{self.store} has no {MARKER_FILE}: it is not the disk cache's folder; left alone")
         try:
             found = read_json(marker, limit=64 * 1024)
         except FileProblem as exc:
@@ -280,10 +278,18 @@ class DiskCache:
         if why:
             raise Refused(why)
         self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self.store.mkdir()
-        except FileExistsError:
-            pass
+        if not os.path.lexists(self.store):
+            # Made whole, then renamed into place: a concurrent load never sees a store without its marker.
+            new = self.folder / f"{NEW_STORE}{os.getpid()}-{time.monotonic_ns()}"
+            new.mkdir()
+            try:
+                _write_synced(new / MARKER_FILE, json.dumps(MARKER))
+                os.rename(new, self.store)
+            except OSError:
+                if not os.path.lexists(self.store):
+                    raise
+            finally:
+                shutil.rmtree(new, ignore_errors=True)  # another load's store won the rename
         self._check_marker()
 
     # -- the loader's one call ----------------------------------------------------------------
@@ -413,7 +419,7 @@ class DiskCache:
         if not self.folder.is_dir():
             return out, skipped
         try:
-            skipped += [str(p) for p in self.folder.iterdir() if p.name != STORE]
+            skipped += [str(p) for p in self.folder.iterdir() if p.name != STORE and not _new_store(p.name)]
             if not os.path.lexists(self.store):
                 return out, sorted(skipped)
             self._check_marker()
@@ -552,6 +558,11 @@ class DiskCache:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _new_store(name: str) -> bool:
+    """A store another load is making right now (renamed to STORE in a moment)."""
+    return re.fullmatch(re.escape(NEW_STORE) + r"[0-9]+-[0-9]+", name) is not None
 
 
 def _open_lock(path: Path) -> int:
