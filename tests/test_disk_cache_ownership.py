@@ -277,3 +277,16 @@ def test_a_planted_temp_link_is_dropped_not_followed(tiny_flux, tmp_path):
     (_store(cache) / f".tmp-{key}").symlink_to(outside, target_is_directory=True)
     assert _row(_load(tiny_flux, TRANSFORMER_INT8, cache))["disk_cache"] == "written"
     assert [p.name for p in outside.iterdir()] == ["keep.txt"]
+
+
+def test_entries_of_the_first_layout_are_left_alone_with_a_hint(tiny_flux, tmp_path):
+    folder = tmp_path / "cache"
+    old_entry = folder / ("a" * 32)
+    old_entry.mkdir(parents=True)
+    (old_entry / ENTRY_FILE).write_text(json.dumps({"format": 1, "key": old_entry.name}))
+    (folder / f"{'a' * 32}.lock").write_text("")
+    before = _tree(folder)
+    result = _load(tiny_flux, TRANSFORMER_INT8, DiskCache(folder))
+    row = _row(result)
+    assert row["disk_cache"] == "not cached" and "earlier PipeQuant" in row["disk_cache_reason"], row
+    assert DiskCache(folder).clear() == [] and _tree(folder) == before

@@ -245,6 +245,12 @@ class DiskCache:
             foreign = sorted(p.name for p in self.folder.iterdir() if p.name != STORE and not _new_store(p.name))
         except OSError as exc:
             return _why(exc, self.folder)
+        if foreign and all(_legacy(n) for n in foreign):
+            return (
+                f"the cache folder {self.folder} holds {len(foreign)} item(s) of an earlier PipeQuant's disk cache "
+                f"(entries straight in the folder); the cache no longer touches them: delete them by hand, "
+                f"or point {ENV_FOLDER} at a new folder"
+            )
         if foreign:
             shown = ", ".join(ascii(n)[1:-1][:60] for n in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             return (
@@ -558,6 +564,11 @@ class DiskCache:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _legacy(name: str) -> bool:
+    """A name the first layout (entries straight in the configured folder) used."""
+    return bool(KEY.fullmatch(name) or KEY.fullmatch(name.removesuffix(".lock")) or TRANSIENT.fullmatch(name))
 
 
 def _new_store(name: str) -> bool:
