@@ -96,3 +96,17 @@ def test_a_save_error_names_its_cause_and_component(tiny_flux, tmp_path, monkeyp
     assert "NotImplementedError" in message and "raised in bare()" in message, message
     assert not (tmp_path / "models" / "broken").exists()
     assert [p.name for p in (tmp_path / "models").iterdir()] == []  # nothing left behind
+
+
+def test_a_bare_load_error_names_where_it_was_raised(tiny_flux, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from pipequant.resolver.keep.load import LoadError
+
+    def bare(*args, **kwargs):
+        raise NotImplementedError
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(lambda cls, *a, **k: bare()))
+    with pytest.raises(LoadError) as exc:
+        _load(tiny_flux, None)
+    assert '"vae"' in str(exc.value) and "raised in bare()" in str(exc.value), str(exc.value)

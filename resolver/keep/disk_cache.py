@@ -52,6 +52,7 @@ from ..files.safetensors_header import MAX_HEADER, HeaderError, read_header
 from ..known import catalogue
 from ..known.class_facts import config_defaults
 from ..safe_files import FileProblem, read_bytes, read_json
+from .save import cause_text
 
 log = logging.getLogger("pipequant.disk_cache")
 
@@ -343,7 +344,7 @@ class DiskCache:
             check_entry_config(path, source)
             module = load_saved(path)
         except Exception as exc:  # noqa: BLE001 (a broken entry must never fail the load: rebuild it)
-            warning = f"disk cache entry {key} was broken ({type(exc).__name__}: {_first_line(exc)}); " + (
+            warning = f"disk cache entry {key} was broken ({cause_text(exc)}); " + (
                 "deleted and rebuilt" if delete_broken else "not used"
             )
             if delete_broken:  # at its own key, in the marked store: the cache's, even with no manifest left
@@ -728,11 +729,6 @@ def _du(path: Path) -> int:
 
 def _gb(n: float) -> str:
     return f"{n / 1024**3:.2f} GB"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def _why(exc: OSError, folder: Path) -> str:

@@ -33,6 +33,7 @@ from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .disk_cache import DiskCache
 from .memory import main_device
 from .report import component_row, format_table, other_row
+from .save import cause_text
 
 # Never the network: every diffusers/transformers call reads the local folder only.
 OFFLINE = {"local_files_only": True}
@@ -43,13 +44,11 @@ class LoadError(RuntimeError):
 
     def __init__(self, component: str, files: list[str], cause: BaseException):
         self.component, self.files = component, files
-        self.cause_type, self.cause_message = (
-            type(cause).__name__,
-            str(cause).strip().splitlines()[0][:400] if str(cause).strip() else "",
-        )
+        # a bare exception (no message) is named by where it was raised: an error always names its cause
+        self.cause_type = type(cause).__name__
+        self.cause_message = cause_text(cause).removeprefix(f"{self.cause_type}: ").removeprefix(self.cause_type + " ")
         super().__init__(
-            f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: '
-            f"{self.cause_type}: {self.cause_message}"
+            f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: {cause_text(cause)}'
         )
 
 

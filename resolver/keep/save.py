@@ -46,7 +46,7 @@ def cause_text(exc: BaseException) -> str:
     the library function that raised it, so the error always names its cause."""
     text = str(exc).strip()
     if text:
-        return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
+        return f"{type(exc).__name__}: {text.splitlines()[0][:400]}"
     import traceback
 
     frames = traceback.extract_tb(exc.__traceback__)
