@@ -290,3 +290,33 @@ def test_entries_of_the_first_layout_are_left_alone_with_a_hint(tiny_flux, tmp_p
     row = _row(result)
     assert row["disk_cache"] == "not cached" and "earlier PipeQuant" in row["disk_cache_reason"], row
     assert DiskCache(folder).clear() == [] and _tree(folder) == before
+
+
+def test_a_real_t5_xxl_style_config_passes_its_own_check(tmp_path):
+    """T5-XXL's config.json (gated-gelu, is_encoder_decoder and use_cache true) comes back from a
+    save with derived fields added and the model's own switches flipped: still the same model."""
+    from types import SimpleNamespace
+
+    from transformers import T5Config, T5EncoderModel
+
+    source = {
+        "architectures": ["T5EncoderModel"],
+        "d_ff": 256,
+        "d_kv": 64,
+        "d_model": 128,
+        "feed_forward_proj": "gated-gelu",
+        "is_encoder_decoder": True,
+        "num_heads": 2,
+        "num_layers": 2,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 1000,
+    }
+    T5EncoderModel(T5Config.from_dict(source)).save_pretrained(tmp_path / "entry")
+    info = SimpleNamespace(library="transformers", config_dict=source, model_class=lambda: T5EncoderModel)
+    disk_cache.check_entry_config(tmp_path / "entry", info)
+    edited = json.loads((tmp_path / "entry" / "config.json").read_text())
+    edited["d_ff"] = 512
+    (tmp_path / "entry" / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(disk_cache.BrokenEntry, match="d_ff"):
+        disk_cache.check_entry_config(tmp_path / "entry", info)

@@ -674,11 +674,27 @@ def check_entry_config(path: Path, source) -> None:
         check_config(config, defaults, "the entry's config.json")
     except BuildRefused as exc:
         raise BrokenEntry(str(exc)) from None
-    for name, value in source.config_dict.items():
-        if name.startswith("_") or name in REWRITTEN_FIELDS or "dtype" in name or name not in defaults:
-            continue  # what a save writes anew (the load dtype: a bf16 source loaded in fp16 says float16)
-        if config.get(name, defaults[name]) != value:
-            raise BrokenEntry(f'config.json: "{name}" is {config.get(name)!r:.60}, its source has {value!r:.60}')
+    theirs, ours = _effective_config(source, source.config_dict), _effective_config(source, config)
+    for name in sorted(set(theirs) | set(ours)):
+        mine, source_value = ours.get(name), theirs.get(name)
+        if name.startswith("_") or name in REWRITTEN_FIELDS or "dtype" in name or isinstance(mine, bool):
+            # What a save writes anew: the load dtype (a bf16 source loaded in fp16 says float16), and
+            # switches the model sets on its own config (T5EncoderModel: use_cache, is_encoder_decoder).
+            continue
+        if mine != source_value:
+            raise BrokenEntry(f'config.json: "{name}" is {mine!r:.60}, its source has {source_value!r:.60}')
+
+
+def _effective_config(source, config: dict) -> dict:
+    """The configuration the class really builds from `config` (defaults and derived fields filled
+    in, as its save writes them), to compare an entry's with its source's field by field."""
+    cls = source.model_class()
+    try:
+        if source.library == "diffusers":
+            return dict(cls.extract_init_dict(dict(config))[0])
+        return cls.config_class.from_dict(dict(config)).to_dict()
+    except Exception as exc:  # noqa: BLE001 (a config the library rejects is a broken entry, not a failed load)
+        raise BrokenEntry(f"config.json cannot be read as a {cls.__name__} config ({cause_text(exc)})") from None
 
 
 def _describe_files(folder: Path) -> dict:
