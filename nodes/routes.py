@@ -338,7 +338,7 @@ def _saves(data: dict) -> list[tuple]:
 def _save_problems(saves, plan, reader) -> list[dict]:
     """The Save node's rules, before Run: its folder on the Save node; what cannot be saved on the
     Backend that quantizes it, and on the Save node too (that is where Run would fail)."""
-    roots = host.folder_roots()  # where the Save node writes and checks (not the read-only hub cache)
+    roots = host.model_roots()  # as the Save node checks: free in every root, the Hugging Face cache included
     found = plan_problems(plan)
     out = []
     for node, folder_name in saves:

@@ -39,11 +39,12 @@ class PipeQuantSavePipeline:
     @classmethod
     def VALIDATE_INPUTS(cls, folder_name):
         """Before the run: a name that is taken in any model folder is refused now, not after quantizing."""
-        return validation_result(folder_problems(folder_name, host.folder_roots()), PipeQuantSavePipeline.TITLE)
+        return validation_result(folder_problems(folder_name, host.model_roots()), PipeQuantSavePipeline.TITLE)
 
     def save(self, pipeline, folder_name):
         try:
-            dest = save(pipeline, folder_name, host.folder_roots())  # never the Hugging Face cache
+            # free in every root, the Hugging Face cache included; written into the first model folder
+            dest = save(pipeline, folder_name, host.model_roots())
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, PipeQuantSavePipeline.TITLE)) from None
         return {"ui": {"text": [describe_save(pipeline, dest)]}}

@@ -4,6 +4,7 @@ SaveAnimatedWEBP), so they run without ComfyUI."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..resolver.files import contained, list_files
@@ -34,14 +35,30 @@ class SaveImage:
         folder = Path(self.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         prefix = Path(str(filename_prefix)).name or "ComfyUI"  # never a path out of the output folder
-        existing = len(list(folder.glob(f"{prefix}_*_.png")))
+        counter = _last_counter(folder, prefix)
         written = []
-        for i, image in enumerate(images):
+        for image in images:
             array = (image.cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
-            path = folder / f"{prefix}_{existing + i + 1:05d}_.png"
-            Image.fromarray(array).save(path)
+            while True:  # never overwrite: an image written meanwhile (another run) takes the next number
+                counter += 1
+                path = folder / f"{prefix}_{counter:05d}_.png"
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                except FileExistsError:
+                    continue
+                break
+            with os.fdopen(fd, "wb") as f:
+                Image.fromarray(array).save(f, format="PNG")
             written.append(str(path))
         return {"ui": {"images": written}}
+
+
+def _last_counter(folder: Path, prefix: str) -> int:
+    """The highest number among <prefix>_<number>_.png (scanned, not counted: files deleted in the
+    middle or other prefixes must not make a number come twice); the prefix matched literally."""
+    pattern = re.compile(re.escape(prefix) + r"_([0-9]{1,18})_\.png")
+    numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.fullmatch(name))]
+    return max(numbers, default=0)
 
 
 class PreviewImage(SaveImage):

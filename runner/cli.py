@@ -348,8 +348,8 @@ def cmd_cache(args) -> int:
     from ..resolver.keep import DiskCache, human_bytes
 
     cache = DiskCache(_cache_folder(args))
+    entries, skipped = cache.inventory()
     if args.action == "list":
-        entries = cache.entries()
         if args.older_than is not None:
             entries = [e for e in entries if e["last_used"] < time.time() - args.older_than * 86400]
         print(f"{cache.folder}: {len(entries)} entries, {human_bytes(sum(e['bytes'] for e in entries))}")
@@ -362,6 +362,12 @@ def cmd_cache(args) -> int:
         for e in removed:
             print(f"removed {_entry_line(e)}")
         print(f"{cache.folder}: removed {len(removed)} entries, {human_bytes(sum(e['bytes'] for e in removed))}")
+    if skipped:  # the cache deletes only what it wrote: say what else is there
+        print(f"left alone {len(skipped)} item(s) the disk cache did not write:")
+        for path in skipped[:20]:
+            print(f"  {ascii(path)[1:-1]}")
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more")
     return 0
 
 

@@ -67,7 +67,9 @@ def _image(result):
 
 
 def _entries(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    """The entry folders in the cache configured at `folder` (they live in its marked store)."""
+    store = folder / disk_cache.STORE
+    return sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")) if store.is_dir() else []
 
 
 @pytest.fixture
@@ -180,14 +182,14 @@ def test_a_write_killed_midway_leaves_no_entry_and_the_next_load_works(tiny_flux
     child.join()
     assert child.exitcode == -signal.SIGKILL
     assert _entries(cache_dir) == [], "a killed write must not leave an entry"
-    assert any(p.name.startswith(".tmp-") for p in cache_dir.iterdir())  # what it was writing, unpublished
+    assert any(p.name.startswith(".tmp-") for p in (cache_dir / disk_cache.STORE).iterdir())  # unpublished
 
     result = _load(tiny_flux, TRANSFORMER_INT8, DiskCache(cache_dir))
     assert _rows(result)["transformer"]["disk_cache"] == "written"
     assert quantize_calls["quantize"] == 1
     (entry,) = _entries(cache_dir)
     check_entry(entry, entry.name)
-    assert not any(p.name.startswith(".tmp-") for p in cache_dir.iterdir())
+    assert not any(p.name.startswith(".tmp-") for p in (cache_dir / disk_cache.STORE).iterdir())
 
 
 def _truncate(entry: Path):
@@ -304,7 +306,8 @@ def test_a_full_disk_still_loads_without_caching_and_says_why(tiny_flux, tmp_pat
     assert row["disk_cache"] == "not cached" and "full" in row["disk_cache_reason"]
     assert any("transformer not cached" in n and "full" in n for n in result.notes)
     assert row["quantized_layers"] > 0
-    assert list((tmp_path / "cache").iterdir()) == [next((tmp_path / "cache").glob("*.lock"))]  # no temp left
+    store = tmp_path / "cache" / disk_cache.STORE
+    assert sorted(p.name for p in store.iterdir()) == sorted([disk_cache.MARKER_FILE, next(store.glob("*.lock")).name])
     assert torch.isfinite(_image(result)).all()
 
 

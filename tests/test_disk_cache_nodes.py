@@ -55,7 +55,10 @@ def test_node_writes_then_reads_and_the_toggle_turns_it_off(cache_env):
     rows, table = _node_load(disk_cache=False)
     assert rows["transformer"]["disk_cache"] is None and "(disk cache)" not in table
     COMPONENT_CACHE.clear()
-    assert len([p for p in cache_env.iterdir() if p.is_dir()]) == 1
+    from pipequant.resolver.keep.disk_cache import STORE
+
+    assert [p.name for p in cache_env.iterdir()] == [STORE]
+    assert len([p for p in (cache_env / STORE).iterdir() if p.is_dir()]) == 1
 
 
 def test_off_in_the_environment_means_no_cache(monkeypatch, models_root, tiny_flux, tmp_path):

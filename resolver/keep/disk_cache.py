@@ -1,12 +1,21 @@
 """On-disk cache of quantized components: quantize a component once, load it pre-quantized after.
 
-Folder layout (one folder, outside every model root: an entry is a component folder without a
-model_index.json, so it is never a pipeline and never reachable by a model name):
+Folder layout (the configured folder, outside every model root: an entry is a component folder
+without a model_index.json, so it is never a pipeline and never reachable by a model name):
 
-    <folder>/<key>/              one entry: the component as save_pretrained writes it, plus ENTRY_FILE
-    <folder>/<key>.lock          flock'd (exclusive) by the load that writes or evicts that entry
-    <folder>/.tmp-<key>/         a write in progress; renamed to <key> only once complete
-    <folder>/.trash-<key>-<n>/   an entry being deleted: renamed away first, so no reader sees it half gone
+    <folder>/                              holds nothing but STORE: a folder that holds anything else
+                                           (models, someone's files) is refused as the cache's folder
+    <folder>/pipequant-disk-cache/         STORE, the cache's own folder, marked by MARKER_FILE
+        pipequant-disk-cache.json          MARKER_FILE: says this folder is the disk cache's
+        <key>/                             one entry: the component as save_pretrained writes it, plus
+                                           ENTRY_FILE (its manifest, carrying OWNER)
+        <key>.lock                         flock'd (exclusive) by the load that writes or evicts that entry
+        .tmp-<key>/                        a write in progress; renamed to <key> only once complete
+        .trash-<key>-<n>/                  an entry being deleted: renamed away first, so no reader sees it half gone
+
+The cache touches only what it wrote: inside its marked folder, names of the shapes above, and as
+entries only folders whose manifest carries OWNER and their own key. Everything else is left alone
+and reported (`skipped`). Locks are opened without following links.
 
 The key hashes everything that changes the quantized weights: the source component's files
 (size, mtime and the sha256 of each safetensors header), the component's plan fingerprint, the
@@ -26,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import stat
 import struct
@@ -36,10 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..decide.plan import QUANTIZE
+from ..files.meta_build import BuildRefused, check_config
 from ..files.roots import walk_pipeline
 from ..files.safetensors_header import MAX_HEADER, HeaderError, read_header
 from ..known import catalogue
-from ..safe_files import FileProblem
+from ..known.class_facts import config_defaults
+from ..safe_files import FileProblem, read_bytes, read_json
+from .save import cause_text
 
 log = logging.getLogger("pipequant.disk_cache")
 
@@ -48,7 +61,16 @@ ENV_LIMIT_GB = "PIPEQUANT_DISK_CACHE_GB"
 DEFAULT_LIMIT_GB = 64.0
 OFF_WORDS = ("off", "0", "false", "no", "none")
 ENTRY_FILE = "pipequant-entry.json"
-FORMAT = 1  # bump when the entry layout or key material changes
+STORE = "pipequant-disk-cache"  # the cache's own subfolder of the configured folder
+MARKER_FILE = "pipequant-disk-cache.json"
+NEW_STORE = ".pipequant-disk-cache-new-"  # a store being made, beside STORE
+MARKER = {"owner": "pipequant", "purpose": "disk cache of quantized components", "layout": 2}
+OWNER = "pipequant-disk-cache"  # every manifest carries it: an entry the cache wrote
+FORMAT = 2  # bump when the entry layout or key material changes
+KEY = re.compile(r"[0-9a-f]{32}")
+TRANSIENT = re.compile(r"\.(tmp-[0-9a-f]{32}|trash-[0-9a-f]{32}-[0-9]+-[0-9]+)")
+REWRITTEN_FIELDS = ("quantization_config", "transformers_version", "architectures")
+MAX_SMALL_FILE = 16 * 1024 * 1024  # an entry's config files are hashed whole; weights by their header
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 LOCK_WAIT_SECONDS = 1800.0  # another load quantizing the same component: wait for its entry
 
@@ -185,9 +207,14 @@ class BrokenEntry(Exception):
     pass
 
 
+class Refused(Exception):
+    """The configured folder cannot be the cache's: it holds what the cache did not write."""
+
+
 class DiskCache:
     """`writer(module, folder)` writes one component (resolver.save.save_component, the Save node's
-    own path); tests inject a failing one to play a full disk."""
+    own path); tests inject a failing one to play a full disk. `folder` is the configured folder;
+    the entries live in its marked subfolder `store`."""
 
     def __init__(
         self,
@@ -198,9 +225,79 @@ class DiskCache:
         lock_wait: float = LOCK_WAIT_SECONDS,
     ):
         self.folder = Path(folder)
+        self.store = self.folder / STORE
         self.limit = limit
         self.writer = writer
         self.lock_wait = lock_wait
+
+    # -- whose folder this is -------------------------------------------------------------------
+    def refusal(self) -> str | None:
+        """Why the configured folder cannot hold the cache (None: it can). It may hold only the
+        cache's marked store; a store without the marker is someone else's folder of that name."""
+        try:
+            st = self.folder.stat()
+        except FileNotFoundError:
+            return None  # made on the first write
+        except OSError as exc:
+            return _why(exc, self.folder)
+        if not stat.S_ISDIR(st.st_mode):
+            return f"the cache folder {self.folder} is not a folder"
+        try:
+            foreign = sorted(p.name for p in self.folder.iterdir() if p.name != STORE and not _new_store(p.name))
+        except OSError as exc:
+            return _why(exc, self.folder)
+        if foreign and all(_legacy(n) for n in foreign):
+            return (
+                f"the cache folder {self.folder} holds {len(foreign)} item(s) of an earlier PipeQuant's disk cache "
+                f"(entries straight in the folder); the cache no longer touches them: delete them by hand, "
+                f"or point {ENV_FOLDER} at a new folder"
+            )
+        if foreign:
+            shown = ", ".join(ascii(n)[1:-1][:60] for n in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            return (
+                f"the cache folder {self.folder} holds {len(foreign)} item(s) the disk cache did not write "
+                f"({shown}); it needs a folder of its own: point {ENV_FOLDER} at a new or empty folder"
+            )
+        if os.path.lexists(self.store):
+            try:
+                self._check_marker()
+            except Refused as exc:
+                return str(exc)
+        return None
+
+    def _check_marker(self) -> None:
+        st = self.store.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise Refused(f"{self.store} is not a folder (a link or a file): not the disk cache's")
+        marker = self.store / MARKER_FILE
+        if not os.path.lexists(marker):
+            raise Refused(f"{self.store} has no {MARKER_FILE}: it is not the disk cache's folder; left alone")
+        try:
+            found = read_json(marker, limit=64 * 1024)
+        except FileProblem as exc:
+            raise Refused(f"{self.store}'s marker is unreadable ({exc}); left alone") from None
+        if not isinstance(found, dict) or found.get("owner") != MARKER["owner"]:
+            raise Refused(f"{self.store}'s {MARKER_FILE} is not the disk cache's marker; left alone")
+
+    def _open_store(self) -> None:
+        """Make (or check) the marked store before writing into it; raises OSError or Refused."""
+        why = self.refusal()
+        if why:
+            raise Refused(why)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(self.store):
+            # Made whole, then renamed into place: a concurrent load never sees a store without its marker.
+            new = self.folder / f"{NEW_STORE}{os.getpid()}-{time.monotonic_ns()}"
+            new.mkdir()
+            try:
+                _write_synced(new / MARKER_FILE, json.dumps(MARKER))
+                os.rename(new, self.store)
+            except OSError:
+                if not os.path.lexists(self.store):
+                    raise
+            finally:
+                shutil.rmtree(new, ignore_errors=True)  # another load's store won the rename
+        self._check_marker()
 
     # -- the loader's one call ----------------------------------------------------------------
     def load(self, plan, row, quantize: Callable[[], tuple], load_saved: Callable[[Path], object]) -> tuple:
@@ -212,23 +309,24 @@ class DiskCache:
         one carrying a LoRA adapter, offload hooks or compiled wrappers."""
         if row.action != QUANTIZE:
             return (*quantize(), None)  # kept, pre-quantized or GGUF: already loads from its own files
-        why = not_cacheable(row)
+        why = not_cacheable(row) or self.refusal()
         if why:
             return (*quantize(), Outcome("not cached", why))
         key = entry_key(plan, row)
-        found, warning = self._read(key, load_saved, delete_broken=False)
+        source = plan.model.components[row.name]
+        found, warning = self._read(key, source, load_saved, delete_broken=False)
         if found is not None:
             return found[0], None, Outcome("read", key=key, warning=warning, config=found[1])
         with ExitStack() as held:
             try:
                 held.enter_context(self._locked(key))
             except OSError as exc:
-                return (*quantize(), Outcome("not cached", _why(exc, self.folder), warning, key))
-            except TimeoutError as exc:
+                return (*quantize(), Outcome("not cached", _why(exc, self.store), warning, key))
+            except (TimeoutError, Refused) as exc:
                 return (*quantize(), Outcome("not cached", str(exc), warning, key))
             # Again under the lock: a concurrent load may have written the entry meanwhile (or
             # rebuilt a broken one); a broken entry is deleted only here, so never someone else's new one.
-            found, again = self._read(key, load_saved, delete_broken=True)
+            found, again = self._read(key, source, load_saved, delete_broken=True)
             warning = again or warning
             if found is not None:
                 return found[0], None, Outcome("read", key=key, warning=warning, config=found[1])
@@ -237,18 +335,19 @@ class DiskCache:
             return module, config, Outcome("written" if reason is None else "not cached", reason or "", warning, key)
 
     # -- reading ------------------------------------------------------------------------------
-    def _read(self, key: str, load_saved, delete_broken: bool) -> tuple[tuple | None, str | None]:
-        path = self.folder / key
-        if not path.exists():
+    def _read(self, key: str, source, load_saved, delete_broken: bool) -> tuple[tuple | None, str | None]:
+        path = self.store / key
+        if not os.path.lexists(path):
             return None, None
         try:
             manifest = check_entry(path, key)
+            check_entry_config(path, source)
             module = load_saved(path)
         except Exception as exc:  # noqa: BLE001 (a broken entry must never fail the load: rebuild it)
-            warning = f"disk cache entry {key} was broken ({type(exc).__name__}: {_first_line(exc)}); " + (
+            warning = f"disk cache entry {key} was broken ({cause_text(exc)}); " + (
                 "deleted and rebuilt" if delete_broken else "not used"
             )
-            if delete_broken:
+            if delete_broken:  # at its own key, in the marked store: the cache's, even with no manifest left
                 log.warning(warning)
                 self._delete(path)
             return None, warning
@@ -269,14 +368,16 @@ class DiskCache:
         if size > limit:
             return f"the component ({_gb(size)}) is larger than the cache limit ({_gb(limit)}, {ENV_LIMIT_GB})"
         try:
-            free = shutil.disk_usage(self.folder).free
+            free = shutil.disk_usage(self.store).free
         except OSError as exc:
-            return _why(exc, self.folder)
+            return _why(exc, self.store)
         if free < size * 1.1 + 64 * 1024**2:
             return f"only {_gb(free)} free in {self.folder} for a {_gb(size)} entry"
-        tmp = self.folder / f".tmp-{key}"
+        tmp = self.store / f".tmp-{key}"
         try:
-            if tmp.exists():  # left by a writer that died: we hold the key's lock, so nobody uses it
+            if os.path.islink(tmp):  # a link planted at our temp name: drop the link, never follow it
+                tmp.unlink()
+            elif tmp.exists():  # left by a writer that died: we hold the key's lock, so nobody uses it
                 shutil.rmtree(tmp)
             tmp.mkdir()
             (self.writer or save_component)(module, tmp)
@@ -284,7 +385,9 @@ class DiskCache:
             if not any(name.endswith(".safetensors") for name in files):
                 raise BrokenEntry("the writer produced no safetensors file")
             info = plan.model.components[row.name]
+            check_entry_config(tmp, info)  # an entry every read would reject is not worth writing
             manifest = {
+                "owner": OWNER,
                 "format": FORMAT,
                 "key": key,
                 "created": time.time(),
@@ -303,47 +406,70 @@ class DiskCache:
             }
             _write_synced(tmp / ENTRY_FILE, json.dumps(manifest, indent=1))
             _fsync_tree(tmp)
-            if (self.folder / key).exists():  # a broken entry that could not be renamed away earlier
-                shutil.rmtree(self.folder / key)
-            os.rename(tmp, self.folder / key)
-            _fsync(self.folder)
+            if os.path.lexists(self.store / key):  # a broken entry that could not be renamed away earlier
+                self._delete(self.store / key)
+            os.rename(tmp, self.store / key)
+            _fsync(self.store)
         except (OSError, BrokenEntry) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return _why(exc, self.folder) if isinstance(exc, OSError) else str(exc)
+            if not os.path.islink(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            return _why(exc, self.store) if isinstance(exc, OSError) else str(exc)
         self.evict(keep=key, limit=limit)
         return None
 
     # -- housekeeping -------------------------------------------------------------------------
-    def entries(self) -> list[dict]:
-        """Every entry, least recently used first: key, bytes, last used, source and plan."""
-        out = []
+    def inventory(self) -> tuple[list[dict], list[str]]:
+        """(the cache's entries, least recently used first; what it found and left alone). An entry
+        is a folder named by a key whose manifest carries OWNER and that key; everything else in the
+        configured folder or the store is someone else's and is only reported."""
+        out, skipped = [], []
         if not self.folder.is_dir():
-            return out
-        for path in self.folder.iterdir():
-            if path.name.startswith(".") or path.suffix == ".lock" or not path.is_dir() or path.is_symlink():
+            return out, skipped
+        try:
+            skipped += [str(p) for p in self.folder.iterdir() if p.name != STORE and not _new_store(p.name)]
+            if not os.path.lexists(self.store):
+                return out, sorted(skipped)
+            self._check_marker()
+            children = list(self.store.iterdir())
+        except (OSError, Refused):
+            return out, sorted(skipped + [str(self.store)])
+        for path in children:
+            name = path.name
+            if name == MARKER_FILE or TRANSIENT.fullmatch(name):
                 continue
-            try:
-                manifest = json.loads((path / ENTRY_FILE).read_text())
-                used = (path / ENTRY_FILE).stat().st_mtime
-            except (OSError, ValueError):
-                manifest, used = {}, path.stat().st_mtime
+            if name.endswith(".lock") and KEY.fullmatch(name[: -len(".lock")]) and not path.is_symlink():
+                continue
+            manifest = _own_manifest(path)
+            if manifest is None:
+                skipped.append(str(path))
+                continue
+            used = (path / ENTRY_FILE).stat().st_mtime
             size = manifest.get("bytes") if isinstance(manifest.get("bytes"), int) else _du(path)
             out.append(
                 {
-                    "key": path.name,
+                    "key": name,
                     "path": str(path),
                     "bytes": size,
                     "last_used": used,
                     "created": manifest.get("created"),
-                    "source": manifest.get("source") or {},
-                    "plan": manifest.get("plan") or {},
-                    "valid": bool(manifest),
+                    "source": manifest.get("source") if isinstance(manifest.get("source"), dict) else {},
+                    "plan": manifest.get("plan") if isinstance(manifest.get("plan"), dict) else {},
+                    "valid": True,
                 }
             )
-        return sorted(out, key=lambda e: e["last_used"])
+        return sorted(out, key=lambda e: e["last_used"]), sorted(skipped)
+
+    def entries(self) -> list[dict]:
+        """Every entry the cache wrote, least recently used first: key, bytes, last used, source and plan."""
+        return self.inventory()[0]
+
+    def skipped(self) -> list[str]:
+        """What the cache found beside its entries and will never touch."""
+        return self.inventory()[1]
 
     def evict(self, *, keep: str | None = None, limit: int | None = None) -> list[str]:
-        """Delete least-recently-used entries until the cache is within its limit."""
+        """Delete the cache's least-recently-used entries until they are within its limit (the
+        size of anything else in the folder is not the cache's business)."""
         limit = limit if limit is not None else (self.limit if self.limit is not None else limit_bytes())
         self._sweep()
         entries = self.entries()
@@ -358,7 +484,8 @@ class DiskCache:
         return removed
 
     def clear(self, older_than_days: float | None = None) -> list[dict]:
-        """Delete every entry (or those not used for `older_than_days`); entries being written are left."""
+        """Delete every entry (or those not used for `older_than_days`); entries being written, and
+        whatever the cache did not write, are left (see `skipped`)."""
         cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
         self._sweep()
         return [
@@ -368,23 +495,33 @@ class DiskCache:
     def _delete_if_free(self, key: str) -> bool:
         try:
             with self._locked(key, wait=0.0):
-                self._delete(self.folder / key)
-                (self.folder / f"{key}.lock").unlink(missing_ok=True)  # safe: _locked re-checks the inode
+                if _own_manifest(self.store / key) is None:
+                    return False  # replaced by something else since it was listed
+                self._delete(self.store / key)
+                (self.store / f"{key}.lock").unlink(missing_ok=True)  # safe: _locked re-checks the inode
             return True
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, Refused):
             return False  # in use by a load right now
 
     def _sweep(self) -> None:
-        """Remove what dead processes left: trash, and temp folders whose key nobody holds."""
-        if not self.folder.is_dir():
+        """Remove what dead processes left in the store: trash, and temp folders whose key nobody holds."""
+        try:
+            if not self.store.is_dir() or self.store.is_symlink():
+                return
+            self._check_marker()
+            children = list(self.store.iterdir())
+        except (OSError, Refused):
             return
-        for path in self.folder.glob(".trash-*"):
-            shutil.rmtree(path, ignore_errors=True)
-        for path in self.folder.glob(".tmp-*"):
+        for path in children:
+            if not TRANSIENT.fullmatch(path.name) or path.is_symlink():
+                continue
+            if path.name.startswith(".trash-"):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
             try:
                 with self._locked(path.name[len(".tmp-") :], wait=0.0):
                     shutil.rmtree(path, ignore_errors=True)
-            except (OSError, TimeoutError):
+            except (OSError, TimeoutError, Refused):
                 pass
 
     def _delete(self, path: Path) -> None:
@@ -393,18 +530,22 @@ class DiskCache:
             os.rename(path, trash)
         except OSError:
             return
-        shutil.rmtree(trash, ignore_errors=True)
+        if not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink(missing_ok=True)  # the link itself, never what it points at
 
     @contextmanager
     def _locked(self, key: str, wait: float | None = None):
-        """An exclusive flock on <key>.lock; raises OSError (folder not writable) or TimeoutError.
+        """An exclusive flock on <key>.lock; raises OSError (folder not writable, or the lock is a
+        link: never followed), Refused (not the cache's folder) or TimeoutError.
         The lock file may be unlinked by whoever holds it (eviction): a lock taken on a file that
         is no longer at that path is dropped and taken again on the new one."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{key}.lock"
+        self._open_store()
+        path = self.store / f"{key}.lock"
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -414,7 +555,7 @@ class DiskCache:
                 time.sleep(0.1)
                 continue
             try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -426,18 +567,61 @@ class DiskCache:
             os.close(fd)  # closing releases the lock
 
 
+def _legacy(name: str) -> bool:
+    """A name the first layout (entries straight in the configured folder) used."""
+    return bool(KEY.fullmatch(name) or KEY.fullmatch(name.removesuffix(".lock")) or TRANSIENT.fullmatch(name))
+
+
+def _new_store(name: str) -> bool:
+    """A store another load is making right now (renamed to STORE in a moment)."""
+    return re.fullmatch(re.escape(NEW_STORE) + r"[0-9]+-[0-9]+", name) is not None
+
+
+def _open_lock(path: Path) -> int:
+    """Open (or create) a lock file without following a link at its name, and only a regular file
+    (a FIFO or device planted there is refused, never waited on)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path.name} is not a regular file")
+    return fd
+
+
+def _own_manifest(path: Path) -> dict | None:
+    """The manifest of an entry the cache wrote (a real folder named by a key, whose manifest
+    carries OWNER and that key), else None."""
+    if not KEY.fullmatch(path.name) or path.is_symlink() or not path.is_dir():
+        return None
+    try:
+        manifest = read_json(path / ENTRY_FILE, limit=MAX_SMALL_FILE)
+    except FileProblem:
+        return None
+    if not isinstance(manifest, dict) or manifest.get("owner") != OWNER or manifest.get("key") != path.name:
+        return None
+    return manifest
+
+
 def check_entry(path: Path, key: str) -> dict:
     """The entry's manifest, after checking the entry is whole: raises BrokenEntry if not."""
     if path.is_symlink() or not path.is_dir():
         raise BrokenEntry("not a folder")
     try:
-        manifest = json.loads((path / ENTRY_FILE).read_text())
-    except (OSError, ValueError) as exc:
+        manifest = read_json(path / ENTRY_FILE, limit=MAX_SMALL_FILE)
+    except FileProblem as exc:
         raise BrokenEntry(f"{ENTRY_FILE} unreadable: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("key") != key:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("owner") != OWNER
+        or manifest.get("format") != FORMAT
+        or manifest.get("key") != key
+    ):
         raise BrokenEntry(f"{ENTRY_FILE} is not an entry for {key}")
     files = manifest.get("files")
-    if not isinstance(files, dict) or not any(name.endswith(".safetensors") for name in files):
+    if (
+        not isinstance(files, dict)
+        or not all(isinstance(m, dict) for m in files.values())
+        or not any(name.endswith(".safetensors") for name in files)
+    ):
         raise BrokenEntry("no safetensors files listed")
     try:
         present = [rel for rel, _ in walk_pipeline(path)]  # the roots module's check: regular files, no links out
@@ -467,7 +651,50 @@ def check_entry(path: Path, key: str) -> dict:
                     raise BrokenEntry(f"{name}'s header changed since it was written")
             except (HeaderError, OSError) as exc:
                 raise BrokenEntry(str(exc)) from None
+        elif _small_sha(p) != meta.get("sha256"):  # config.json & co: same size is not same content
+            raise BrokenEntry(f"{name} changed since it was written")
+    unlisted = {rel for rel in present if rel != ENTRY_FILE} - set(files)
+    if unlisted:
+        raise BrokenEntry(f"{min(unlisted)} was not written with the entry")
     return manifest
+
+
+def check_entry_config(path: Path, source) -> None:
+    """The entry's config.json gets the bounds a model folder's does (meta_build.check_config: field
+    types, layer counts) and must describe its source component (`source`, a ComponentInfo): every
+    field the class declares has the source's value; only the quantization_config is new."""
+    try:
+        config = read_json(path / "config.json")
+    except FileProblem as exc:
+        raise BrokenEntry(str(exc)) from None
+    if not isinstance(config, dict):
+        raise BrokenEntry("config.json is not an object")
+    defaults = config_defaults(source.model_class(), source.library)
+    try:
+        check_config(config, defaults, "the entry's config.json")
+    except BuildRefused as exc:
+        raise BrokenEntry(str(exc)) from None
+    theirs, ours = _effective_config(source, source.config_dict), _effective_config(source, config)
+    for name in sorted(set(theirs) | set(ours)):
+        mine, source_value = ours.get(name), theirs.get(name)
+        if name.startswith("_") or name in REWRITTEN_FIELDS or "dtype" in name or isinstance(mine, bool):
+            # What a save writes anew: the load dtype (a bf16 source loaded in fp16 says float16), and
+            # switches the model sets on its own config (T5EncoderModel: use_cache, is_encoder_decoder).
+            continue
+        if mine != source_value:
+            raise BrokenEntry(f'config.json: "{name}" is {mine!r:.60}, its source has {source_value!r:.60}')
+
+
+def _effective_config(source, config: dict) -> dict:
+    """The configuration the class really builds from `config` (defaults and derived fields filled
+    in, as its save writes them), to compare an entry's with its source's field by field."""
+    cls = source.model_class()
+    try:
+        if source.library == "diffusers":
+            return dict(cls.extract_init_dict(dict(config))[0])
+        return cls.config_class.from_dict(dict(config)).to_dict()
+    except Exception as exc:  # noqa: BLE001 (a config the library rejects is a broken entry, not a failed load)
+        raise BrokenEntry(f"config.json cannot be read as a {cls.__name__} config ({cause_text(exc)})") from None
 
 
 def _describe_files(folder: Path) -> dict:
@@ -477,8 +704,17 @@ def _describe_files(folder: Path) -> dict:
             meta = {"size": p.stat().st_size}
             if p.suffix == ".safetensors":
                 meta["header_sha256"] = _header_sha(p)
+            else:
+                meta["sha256"] = _small_sha(p)
             out[p.relative_to(folder).as_posix()] = meta
     return out
+
+
+def _small_sha(path: Path) -> str:
+    try:
+        return hashlib.sha256(read_bytes(path, MAX_SMALL_FILE)).hexdigest()
+    except FileProblem as exc:
+        raise BrokenEntry(str(exc)) from None
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -511,12 +747,9 @@ def _gb(n: float) -> str:
     return f"{n / 1024**3:.2f} GB"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
 def _why(exc: OSError, folder: Path) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"a link sits where the cache keeps a lock in {folder}; the disk cache never follows links"
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
         return f"the disk holding {folder} is full"
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

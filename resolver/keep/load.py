@@ -32,6 +32,7 @@ from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .disk_cache import DiskCache
 from .memory import main_device
 from .report import component_row, format_table, other_row
+from .save import cause_text
 
 # Never the network: every diffusers/transformers call reads the local folder only.
 OFFLINE = {"local_files_only": True}
@@ -42,13 +43,11 @@ class LoadError(RuntimeError):
 
     def __init__(self, component: str, files: list[str], cause: BaseException):
         self.component, self.files = component, files
-        self.cause_type, self.cause_message = (
-            type(cause).__name__,
-            str(cause).strip().splitlines()[0][:400] if str(cause).strip() else "",
-        )
+        # a bare exception (no message) is named by where it was raised: an error always names its cause
+        self.cause_type = type(cause).__name__
+        self.cause_message = cause_text(cause).removeprefix(f"{self.cause_type}: ").removeprefix(self.cause_type + " ")
         super().__init__(
-            f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: '
-            f"{self.cause_type}: {self.cause_message}"
+            f'loading component "{component}" from {", ".join(files) or "(no files)"} failed: {cause_text(cause)}'
         )
 
 
@@ -350,7 +349,11 @@ def _quantization_config(plan: Plan, configs: dict, loaded: dict):
         return None
     from diffusers import PipelineQuantizationConfig
 
-    return PipelineQuantizationConfig(quant_mapping=mapping)
+    config = PipelineQuantizationConfig(quant_mapping=mapping)
+    # diffusers fills config_mapping (what it prints) as it resolves each component in its own
+    # from_pretrained; PipeQuant loads the components itself, so it records them here.
+    config.config_mapping.update(mapping)
+    return config
 
 
 def _load_or_read(plan: Plan, row, allow_pickle: bool, disk_cache: DiskCache | None):
@@ -430,9 +433,41 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
         )
     module.eval()
     saved_by = catalogue.backend_for_saved(info.prequantized)
+    if saved_by is not None and backend is None and kwargs["dtype"] != torch.float32:
+        _restore_float32(module, info.weight_files)
     if backend is not None or saved_by is not None:
         (backend or saved_by).after_load(module, prequantized=backend is None)
     return module, config
+
+
+def _restore_float32(module, files) -> None:
+    """A pre-quantized copy keeps its float32 tensors (SDNQ's scales) in float32, but diffusers
+    casts every float tensor it reads to the load dtype, and the layer casts it back: bf16-rounded
+    scales (0.4 % on the output). Put back the exact values the file holds, so a saved or cached
+    copy reproduces the original bit for bit. Only plain float32 tensors are read again."""
+    import torch
+    from safetensors import safe_open
+
+    from ..files.safetensors_header import read_header
+
+    targets = {
+        name: t
+        for name, t in [*module.named_parameters(), *module.named_buffers()]
+        if type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == torch.float32
+    }
+    if not targets:
+        return
+    for path in files:
+        if Path(path).suffix != ".safetensors":
+            continue
+        wanted = [t.name for t in read_header(Path(path)) if t.name in targets and t.dtype == "F32"]
+        if not wanted:
+            continue
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in wanted:
+                exact, held = f.get_tensor(name), targets[name]
+                if exact.shape == held.shape and not torch.equal(exact.to(held.device), held.data):
+                    held.data.copy_(exact)
 
 
 def _assemble(plan: Plan, loaded: dict, allow_pickle: bool):

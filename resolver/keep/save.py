@@ -1,7 +1,8 @@
 """Save a quantized pipeline so it loads pre-quantized next time (faster: no quantize-on-load).
 
-A save never overwrites nor shadows a model: the name must be free in every model root (a later
-root's "my-flux" would otherwise resolve to the new copy). It is written into a hidden temporary
+A save never overwrites nor shadows a model: the name must be free in every model root, the
+Hugging Face cache included (a later root's "my-flux" would otherwise resolve to the new copy). It
+writes into the first plain model folder, never into a root with names of its own (the hub cache). It is written into a hidden temporary
 folder in the same root and renamed into place only when complete; a failure removes it. An
 exclusive lock (a folder created with mkdir) decides which of two saves to one name wins.
 """
@@ -16,10 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from ..files.roots import Root
 from ..known import catalogue
 from ..problems import Problem, ValidationError
 from ..run.context import diffusers_context
 from ..run.lora import strip_adapters
+from ..safe_files import FileProblem, read_bytes
 
 if TYPE_CHECKING:  # annotations only: save is imported by the disk cache, which the loader imports
     from .load import LoadResult
@@ -33,21 +36,70 @@ class SaveError(RuntimeError):
 
     def __init__(self, dest: Path, cause: BaseException):
         self.code, self.dest = "save_failed", dest
-        message = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
-        super().__init__(f"saving to {dest} failed ({type(cause).__name__}: {message}); nothing was left behind")
+        component = _failed_component(cause)
+        where = f' while writing "{component}"' if component else ""
+        super().__init__(f"saving to {dest} failed{where} ({cause_text(cause)}); nothing was left behind")
 
 
-def _roots(roots) -> list[Path]:
+def cause_text(exc: BaseException) -> str:
+    """`Type: first line`, and where an exception carries no message (a bare NotImplementedError),
+    the library function that raised it, so the error always names its cause."""
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text.splitlines()[0][:400]}"
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return f"{type(exc).__name__} with no message"
+    last = frames[-1]
+    where = "/".join(Path(last.filename).parts[-2:])
+    return f"{type(exc).__name__} with no message, raised in {last.name}() at {where}:{last.lineno}"
+
+
+def _failed_component(exc: BaseException) -> str | None:
+    """The pipeline component diffusers' save_pretrained was writing when `exc` was raised."""
+    tb = exc.__traceback__
+    name = None
+    while tb is not None:
+        name = tb.tb_frame.f_locals.get("pipeline_component_name", name)
+        tb = tb.tb_next
+    return name if isinstance(name, str) else None
+
+
+def _roots(roots) -> list[Path | Root]:
+    """Plain folders as Paths; Root objects (the hub cache, whose names are not its sub-folders) kept."""
     if roots is None:
         return []
-    return [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    if isinstance(roots, (str, Path, Root)):
+        roots = [roots]
+    return [r if isinstance(r, Root) else Path(r) for r in roots]
+
+
+def _plain(root) -> bool:
+    """A folder a save may write into: not read-only, and its names are its sub-folders."""
+    return not isinstance(root, Root) or (type(root).locate is Root.locate and not root.read_only)
+
+
+def _where(root) -> Path | None:
+    return root.path if isinstance(root, Root) else root
+
+
+def _target(root, folder_name: str) -> Path | None:
+    """What `folder_name` names under `root` (None: nothing there)."""
+    return root.locate(folder_name) if isinstance(root, Root) else root / folder_name
+
+
+def write_root(roots) -> Path | None:
+    """The folder a save writes into: the first plain model folder."""
+    return next((_where(r) for r in _roots(roots) if _plain(r)), None)
 
 
 def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Problem]:
     """Whether `folder_name` is a plain name, free in every root (what the Save node and the editor
     check before a run; PipeQuant never overwrites nor shadows a model)."""
     roots = _roots(roots)
-    if not roots:
+    if write_root(roots) is None:
         return [
             Problem(
                 "no_model_folder",
@@ -65,8 +117,14 @@ def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Pr
                 "use letters, digits, '.', '_' and '-' only (up to 128), e.g. flux-nf4",
             )
         ]
+    first = write_root(roots)
     for root in roots:
-        target = root / folder_name
+        try:
+            target = _target(root, folder_name)
+        except OSError:
+            target = None
+        if target is None:
+            continue
         if os.path.islink(target) and not os.path.exists(target):
             return [
                 Problem(
@@ -77,7 +135,7 @@ def folder_problems(folder_name, roots: Iterable[Path] | Path | None) -> list[Pr
                 )
             ]
         if os.path.lexists(target):
-            shadow = "" if root == roots[0] else f" (in a later model folder: a copy in {roots[0]} would hide it)"
+            shadow = "" if _where(root) == first else f" (in {root}: a copy in {first} would hide it)"
             return [
                 Problem(
                     "folder_exists",
@@ -167,9 +225,9 @@ def _name_lock(root: Path, folder_name: str):
             os.mkdir(lock)
             break
         except FileExistsError:
-            try:
-                pid = int((lock / "pid").read_text())
-            except (OSError, ValueError):
+            try:  # bounded, regular files only: a planted FIFO must not hang the save
+                pid = int(read_bytes(lock / "pid", 32)) if not lock.is_symlink() else None
+            except (OSError, ValueError, FileProblem):
                 pid = None
             if attempt == 2 or pid is None or _alive(pid):
                 raise ValidationError(
@@ -192,8 +250,31 @@ def _name_lock(root: Path, folder_name: str):
 
 
 def _remove_partials(root: Path, folder_name: str) -> None:
-    for stale in root.glob(f"{PARTIAL}{folder_name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """The partial folders of saves to exactly `folder_name` (`flux` must not take `flux-nf4`'s):
+    matched by their full name, never a glob of the user's text."""
+    mine = re.compile(re.escape(f"{PARTIAL}{folder_name}-") + "[0-9a-f]{8}")
+    for stale in root.iterdir():
+        if mine.fullmatch(stale.name) and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def drop_load_only_conversions(module) -> None:
+    """A transformers model loaded pre-quantized (from a disk cache entry or a saved folder) keeps
+    the weight conversions it was read with, to undo them on save; the quantizers' deserialising
+    ones (torchao's) cannot be undone (`reverse_op` raises a bare NotImplementedError), and need not
+    be: the quantizer writes its own serialised layout. Keep only those a save can reverse."""
+    conversions = getattr(module, "_weight_conversions", None)
+    if not isinstance(conversions, list):
+        return
+    kept = []
+    for conversion in conversions:
+        try:
+            conversion.reverse_transform()
+        except NotImplementedError:
+            continue
+        kept.append(conversion)
+    if len(kept) != len(conversions):
+        module._weight_conversions = kept or None
 
 
 def save_component(module, dest: Path) -> None:
@@ -202,6 +283,7 @@ def save_component(module, dest: Path) -> None:
     writes): safetensors, and no PEFT adapter layout."""
     import inspect
 
+    drop_load_only_conversions(module)
     accepts = inspect.signature(module.save_pretrained).parameters
     kwargs = {}
     if "safe_serialization" in accepts:
@@ -217,7 +299,7 @@ def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | No
     problems = save_problems(result, folder_name, roots)
     if problems:
         raise ValidationError(problems)
-    root = roots[0]
+    root = write_root(roots)
     root.mkdir(parents=True, exist_ok=True)
     dest = root / folder_name
     with _name_lock(root, folder_name):
@@ -226,6 +308,8 @@ def save(result: LoadResult, folder_name: str, roots: Iterable[Path] | Path | No
             raise ValidationError(problems)
         partial = root / f"{PARTIAL}{folder_name}-{uuid.uuid4().hex[:8]}"
         strip_adapters(result.pipeline)  # adapters other workflows loaded on shared modules are not weights
+        for module in result.pipeline.components.values():
+            drop_load_only_conversions(module)  # read from the disk cache or a saved copy: still savable
         try:
             with diffusers_context():
                 result.pipeline.save_pretrained(str(partial), safe_serialization=True)

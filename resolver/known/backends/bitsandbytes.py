@@ -57,6 +57,16 @@ class _BitsAndBytes(Backend):
         config = self.config_for(DIFFUSERS, self.quant_types[0].name, None, {})
         return _diffusers_bnb_runs_here(self.name, config)
 
+    def after_load(self, module, *, prequantized):
+        """bitsandbytes 0.50 repacks a 4-bit layer for its CPU kernel on the first forward, in
+        place: absmax rounded to bf16 and transposed, and its inverse (run by every save) leaves
+        absmax transposed, so a copy saved after a run reloads with scrambled scales and the cached
+        module no longer matches its own disk cache entry. Keep the layers as loaded: every copy
+        (disk cache entry, saved pipeline) then reproduces the original bit for bit."""
+        for sub in module.modules():
+            if hasattr(sub, "support_avx512bf16_for_cpu"):
+                sub.support_avx512bf16_for_cpu = False
+
 
 @dataclass(frozen=True)
 class BitsAndBytes4Bit(_BitsAndBytes):
