@@ -39,10 +39,6 @@ export function quantTypeNames(catalogue, backendName) {
   return findBackend(catalogue, backendName)?.quant_types.map((q) => q.name) ?? [];
 }
 
-export function findQuantType(catalogue, backendName, quantType) {
-  return findBackend(catalogue, backendName)?.quant_types.find((q) => q.name === quantType) ?? null;
-}
-
 /** The backend options a quant type takes (the backend's, when the type is unknown), in catalogue order. */
 export function applicableOptions(catalogue, backendName, quantType) {
   const backend = findBackend(catalogue, backendName);
