@@ -193,6 +193,9 @@ def test_the_auto_plan_node_plans_a_video_for_its_frames(families_root):
     with pytest.raises(ValidationError) as err:
         plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=80)
     assert [p.field for p in err.value.problems] == ["num_frames"]
+    for bad in ("33", 0, 10**9, True):  # what the HTTP route may be sent
+        with pytest.raises(ValidationError, match="not a frame count"):
+            plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=bad)
 
 
 def test_both_experts_are_wrapped_for_compile(families_root):

@@ -68,6 +68,9 @@ def profile_from(data) -> DeviceProfile:
         ) from None
 
 
+MAX_FRAMES = 1025  # the Sampler's and the Auto Plan node's widget maximum
+
+
 def plan_for(
     folder: Path,
     *,
@@ -85,6 +88,15 @@ def plan_for(
     them, as the Load node will read) and plan. Raises ValidationError for bad input, `NothingFits`
     when no plan fits."""
     problems = check_inputs(budget_gb, goal, width, height, batch_size)
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
+        problems.append(
+            Problem(
+                "frames_invalid",
+                "num_frames",
+                f"{num_frames!r:.40} is not a frame count",
+                f"a whole number from 1 to {MAX_FRAMES}",
+            )
+        )
     if problems:
         raise ValidationError(problems)
     model = inspect_model(folder, variant=variant)
