@@ -358,7 +358,8 @@ def auto_plan(data: dict) -> dict:
     name = _string(data, "model", None)
     if name is None or len(name) > MAX_NAME:
         raise _shape("model", 'a plan needs "model"', "pick a pipeline on the node")
-    inputs = {k: data[k] for k in ("budget_gb", "goal", "width", "height", "batch_size", "allow_offload") if k in data}
+    keys = ("budget_gb", "goal", "width", "height", "batch_size", "allow_offload", "num_frames")
+    inputs = {k: data[k] for k in keys if k in data}
     variant = _string(data, "variant", None)
     if variant is not None:
         inputs["variant"] = variant

@@ -16,9 +16,9 @@ from pipequant.resolver.decide.estimate import estimate
 from pipequant.resolver.decide.limits import frame_problems, is_video
 from pipequant.resolver.decide.planner import GIB, DeviceProfile, auto_plan
 from pipequant.resolver.decide.planner.candidates import DENOISER
+from pipequant.resolver.decide.prepare import prepare
 from pipequant.resolver.files.roots import list_pipelines
 from pipequant.resolver.keep.load import load_plan
-from pipequant.resolver.keep.pipeline import check_model, plan_named
 from pipequant.resolver.run.blocks import repeated_blocks
 from pipequant.resolver.run.sample import generate
 from pipequant.testing.families import FAMILIES, ensure_family, folder_name
@@ -40,10 +40,10 @@ def test_family_end_to_end(name, families_root):
     roots = [families_root]
     # listed, and valid as it is
     assert folder_name(name) in list_pipelines(roots)
-    assert check_model(folder.name, roots, device="cpu") == []
+    assert prepare(folder.name, roots=roots, device="cpu", plan=False).problems == []
     quantized = [*family.denoisers, family.text_encoder]
     spec = BackendSpec.make("torchao", "int8_weight_only", components=quantized)
-    plan = plan_named(folder.name, spec, roots=roots, device="cpu")
+    plan = prepare(folder.name, spec, roots=roots, device="cpu").plan_or_raise()
     assert plan.model.pipeline_class == family.pipeline_class
     assert is_video(plan.model) == family.is_video
     if family.is_video:
@@ -130,7 +130,7 @@ def test_sizes_and_frames_are_checked_from_the_config(families_root):
 def _loaded(name, root):
     folder = ensure_family(name, root)
     with torch.inference_mode():
-        return load_plan(plan_named(folder.name, None, roots=[root], device="cpu"), cache=None)
+        return load_plan(prepare(folder.name, None, roots=[root], device="cpu").plan_or_raise(), cache=None)
 
 
 def test_the_sampler_renders_frames_as_one_image_batch_and_checks_the_frame_rule_first(families_root):
@@ -193,6 +193,9 @@ def test_the_auto_plan_node_plans_a_video_for_its_frames(families_root):
     with pytest.raises(ValidationError) as err:
         plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=80)
     assert [p.field for p in err.value.problems] == ["num_frames"]
+    for bad in ("33", 0, 10**9, True):  # what the HTTP route may be sent
+        with pytest.raises(ValidationError, match="not a frame count"):
+            plan_for(folder, budget_gb=16, width=64, height=64, profile=cpu, num_frames=bad)
 
 
 def test_both_experts_are_wrapped_for_compile(families_root):
@@ -200,7 +203,7 @@ def test_both_experts_are_wrapped_for_compile(families_root):
     from pipequant.resolver.run.compile import compile_state
 
     folder = ensure_family("Wan 2.2 A14B", families_root)
-    plan = plan_named(folder.name, None, roots=[families_root], device="cpu", compile="regional")
+    plan = prepare(folder.name, None, roots=[families_root], device="cpu", compile="regional").plan_or_raise()
     with torch.inference_mode():
         result = load_plan(plan, cache=None, compile="regional")
     states = [compile_state(getattr(result.pipeline, n)) for n in ("transformer", "transformer_2")]

@@ -67,6 +67,9 @@ def profile_from(data) -> DeviceProfile:
         ) from None
 
 
+MAX_FRAMES = 1025  # the Sampler's and the Auto Plan node's widget maximum
+
+
 def plan_for(
     folder: Path,
     *,
@@ -91,6 +94,15 @@ def plan_for(
                 "allow_offload",
                 f"{allow_offload!r:.40} is not true or false",
                 "send a JSON boolean: true or false",
+            )
+        )
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
+        problems.append(
+            Problem(
+                "frames_invalid",
+                "num_frames",
+                f"{num_frames!r:.40} is not a frame count",
+                f"a whole number from 1 to {MAX_FRAMES}",
             )
         )
     if problems:
