@@ -33,10 +33,12 @@ def models(tmp_path, tiny_flux, monkeypatch):
 
 
 def _node(variant: str):
-    """The Load node: its live check, then its plan with the Backend's spec (and the estimate it reuses)."""
+    """The Load node: its own inputs together (`check`), then its plan with the Backend's spec (and the
+    estimate its load reuses)."""
     from pipequant.nodes.backend import PipeQuantBackend
 
-    checked = PipeQuantLoadPipeline.VALIDATE_INPUTS("flux-variants", "float32", "cpu", "none", variant=variant)
+    assert PipeQuantLoadPipeline.VALIDATE_INPUTS("flux-variants") is True  # ComfyUI's check: the model alone
+    checked = PipeQuantLoadPipeline.check("flux-variants", "float32", "cpu", "none", variant=variant)
     if checked is not True:
         return {"ok": False, "text": checked}, None
     (spec,) = PipeQuantBackend().build(**QUANT, options="{}")

@@ -1,5 +1,6 @@
-"""Image-to-image and inpainting on a loaded pipeline: diffusers' own variant pipeline built from
-the same components (`from_pipe`, nothing reloaded), fed ComfyUI IMAGE / MASK tensors."""
+"""Starting from an image on a loaded pipeline: image-to-image, inpainting and image-to-video, each
+diffusers' own variant pipeline built from the same components (`from_pipe`, nothing reloaded), fed
+ComfyUI IMAGE / MASK tensors."""
 
 from __future__ import annotations
 
@@ -135,3 +136,55 @@ def round_trip(pipeline, pixels):
     x = (pixels * 2 - 1).to(device=device, dtype=vae.dtype)
     decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
     return ((decoded.float() + 1) / 2).clamp(0, 1).movedim(1, -1).cpu()
+
+
+# -- image-to-video ---------------------------------------------------------------------------
+#: text-to-video pipeline -> its image-to-video pipeline over the same components (diffusers has
+#: no AutoPipeline for video). Only where the same transformer takes both: LTX conditions on the
+#: first latent frame; Wan's I2V transformers take 36 input channels (16 for T2V), so a Wan T2V
+#: folder cannot start from an image and its I2V folders take the image themselves.
+IMAGE_TO_VIDEO = {"LTXPipeline": "LTXImageToVideoPipeline"}
+
+
+def takes_image(pipeline) -> bool:
+    import inspect
+
+    return "image" in inspect.signature(pipeline.__call__).parameters
+
+
+def image_to_video(pipeline):
+    """The pipeline that starts a video from an image: itself when it takes one (Wan I2V, LTX
+    image-to-video folders), else its family's image-to-video pipeline over the same modules."""
+    if takes_image(pipeline):
+        return pipeline
+    name = IMAGE_TO_VIDEO.get(type(pipeline).__name__)
+    per_pipeline = _variants.setdefault(pipeline, {})
+    if name is not None and name not in per_pipeline:
+        import diffusers
+
+        try:
+            per_pipeline[name] = getattr(diffusers, name).from_pipe(pipeline)
+        except (ValueError, TypeError):
+            name = None
+    if name is None:
+        raise ValidationError(
+            [
+                Problem(
+                    "no_image_to_video",
+                    "image",
+                    f"{type(pipeline).__name__} cannot start a video from an image",
+                    "disconnect the image, or load the family's image-to-video pipeline (e.g. Wan2.1-I2V, LTX-Video)",
+                )
+            ]
+        )
+    variant = per_pipeline[name]
+    variant.set_progress_bar_config(disable=True)
+    return variant
+
+
+def first_frame(pixels):
+    """The start image as PIL (what the image-to-video pipelines take), from B,3,H,W in 0..1."""
+    from PIL import Image
+
+    array = (pixels[0].movedim(0, -1).clamp(0, 1) * 255).round().byte().cpu().numpy()
+    return Image.fromarray(array)

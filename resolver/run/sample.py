@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from ..problems import Problem, ValidationError
-from . import img2img, video
+from . import img2img
 from .blocks import interrupt_check
 from .context import diffusers_context
 
@@ -63,8 +63,8 @@ def generate(
     is_video = "num_frames" in inspect.signature(pipeline.__call__).parameters
     if image is not None and is_video:
         pixels, _ = img2img.to_pixels(image[:1], None, width, height, 1)
-        pipeline = video.image_to_video(pipeline)
-        kwargs = {"image": video.first_frame(pixels)}
+        pipeline = img2img.image_to_video(pipeline)
+        kwargs = {"image": img2img.first_frame(pixels)}
         steps_run = steps
     elif image is not None:
         pixels, mask_pixels = img2img.to_pixels(image, mask, width, height, batch_size)
@@ -105,7 +105,7 @@ def generate(
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
     with diffusers_context(), interrupt_check(check_interrupt), _honour_size(pipeline, width, height):
         output = pipeline(**kwargs)
-    out = video.as_image_batch(output)
+    out = as_image_batch(output)
     if not bool(torch.isfinite(out).all()):  # saved as a black image with no word otherwise
         dtype = str(getattr(pipeline, "dtype", "")).replace("torch.", "")
         raise ValidationError(
@@ -120,3 +120,17 @@ def generate(
             ]
         )
     return out
+
+
+def as_image_batch(output):
+    """Video pipelines return `.frames` (batch, frames, H, W, 3), image pipelines `.images`; ComfyUI's video
+    nodes take the frames as one IMAGE batch: (batch*frames, H, W, 3) float in 0..1."""
+    import numpy as np
+    import torch
+
+    frames = getattr(output, "frames", None)
+    if frames is None:
+        return torch.from_numpy(np.asarray(output.images)).float().clamp(0, 1)
+    array = np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames.cpu().numpy()
+    array = array.reshape(-1, *array.shape[-3:])
+    return torch.from_numpy(array).float().clamp(0, 1)
