@@ -49,11 +49,41 @@ def meta_model(info: ComponentInfo):
         raise ValidationError([Problem(exc.code, "model", str(exc), exc.suggestion, info.name)]) from None
 
 
-@lru_cache(maxsize=64)
+class _Shape:
+    """A component as far as its tensors' shapes go: library, class and config (without the
+    "_"-prefixed bookkeeping keys such as _name_or_path). Caches below are keyed by it, so a second
+    folder with the same architecture (another copy, a fine-tune) builds nothing; `info` builds."""
+
+    __slots__ = ("key", "info")
+
+    def __init__(self, info: ComponentInfo):
+        self.info = info
+        config = tuple(kv for kv in info.config if not str(kv[0]).startswith("_"))
+        self.key = (info.library, info.class_name, config)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Shape) and other.key == self.key
+
+
+@lru_cache(maxsize=4)
+def _shared_model(shape: _Shape):
+    """One meta instance per shape for the readers here (layout, dtype plan); never modified:
+    `quantized_weights`, whose quantizer rewrites the model, builds its own."""
+    return meta_model(shape.info)
+
+
 def layout(info: ComponentInfo) -> Layout:
+    return _layout(_Shape(info))
+
+
+@lru_cache(maxsize=64)
+def _layout(shape: _Shape) -> Layout:
     import torch
 
-    model = meta_model(info)
+    model = _shared_model(shape)
     tensors = []
     seen = set()
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
@@ -69,12 +99,17 @@ def layout(info: ComponentInfo) -> Layout:
     return Layout(tuple(tensors), linears)
 
 
-@lru_cache(maxsize=256)
 def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
     """Parameters the load keeps in float32 although `load_dtype` was asked for (the class's
     `_keep_in_fp32_modules`, with each library's own matching and dtype rule)."""
+    return _fp32_names(_Shape(info), load_dtype)
+
+
+@lru_cache(maxsize=256)
+def _fp32_names(shape: _Shape, load_dtype: str) -> frozenset[str]:
     import torch
 
+    info = shape.info
     dtype = getattr(torch, load_dtype)
     names = [t.name for t in layout(info).tensors if t.floating]
     cls = info.model_class()
@@ -87,7 +122,7 @@ def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
     # transformers: the model's dtype plan, matched as its loader matches it.
     from transformers.core_model_loading import build_glob_alternation
 
-    plan = meta_model(info)._get_dtype_plan(dtype)
+    plan = _shared_model(shape)._get_dtype_plan(dtype)
     plan = {k: v for k, v in plan.items() if v == torch.float32}
     if not plan:
         return frozenset()
@@ -95,10 +130,16 @@ def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
     return frozenset(n for n in names if pattern.search(n))
 
 
-@lru_cache(maxsize=256)
 def quantized_weights(info: ComponentInfo, backend_name: str, quant_type: str, options: tuple) -> frozenset[str]:
     """Linear weights the backend's quantizer quantizes in this component for one config."""
+    return _quantized_weights(_Shape(info), backend_name, quant_type, options)
+
+
+@lru_cache(maxsize=256)
+def _quantized_weights(shape: _Shape, backend_name: str, quant_type: str, options: tuple) -> frozenset[str]:
     import torch
+
+    info = shape.info
 
     from ..known import catalogue
 
