@@ -60,7 +60,10 @@ def prelude(mode: str = "auto") -> dict:
             __import__(module)
         except ImportError:
             pass
-    import pipequant.nodes.load  # noqa: F401 (the Load node, for the node path)
+    # The nodes (the Load node, for the node path) are imported here, as ComfyUI imports them at startup.
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
+
+    assert "PipeQuantLoadPipeline" in NODE_CLASS_MAPPINGS
     import pipequant.resolver.decide.prepare  # noqa: F401
     import pipequant.resolver.keep.save  # noqa: F401
 
@@ -115,12 +118,14 @@ def _node_load(root, name: str, spec, dtype: str, device: str, disk_cache: str |
     `disk_cache`: a folder (the node's default is on), or None for off."""
     import torch
 
-    from pipequant.nodes.load import PipeQuantLoadPipeline
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
 
     os.environ["PIPEQUANT_MODELS"] = str(root)
     os.environ["PIPEQUANT_DISK_CACHE"] = disk_cache or "off"
     with torch.inference_mode():
-        result, _ = PipeQuantLoadPipeline().load(name, dtype, device, "none", spec, disk_cache=disk_cache is not None)
+        result, _ = NODE_CLASS_MAPPINGS["PipeQuantLoadPipeline"]().load(
+            name, dtype, device, "none", spec, disk_cache=disk_cache is not None
+        )
     if meter is not None:
         meter.mark("node load")
     return result

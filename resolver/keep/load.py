@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 from ..constants import COMPILE_MODES, DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED, denoiser_name
 from ..decide.plan import Plan
 from ..decide.prepare import prepare
+from ..decide.slow_plan import compile_kept_eager
 from ..files.inspect_model import ComponentInfo
 from ..files.roots import INDEX
 from ..known import catalogue
@@ -318,6 +319,10 @@ def _prepare_denoiser(plan: Plan, loaded: dict, compile: str, compile_backend) -
     install_interrupt_hooks(loaded[name])
     spec = plan.components[name].spec
     quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
+    if compile != "none":
+        why = compile_kept_eager(spec.backend if spec else None, spec.quant_type if spec else plan.dtype, plan.device)
+        if why is not None:  # never slower than eager without a word: validation warned, the report says it
+            return CompileState(name, "none", notes=[f"compile ({compile}) not applied: {name} runs eager; {why}"])
     return compile_component(loaded[name], name, compile, quant, backend=compile_backend)
 
 
