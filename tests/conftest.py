@@ -19,6 +19,9 @@ if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an i
 # that no test reads another test's (or another checkout's) entries from ~/.cache. Tests of the
 # cache point PIPEQUANT_DISK_CACHE at their own temp folder. Subprocesses inherit this.
 os.environ["PIPEQUANT_DISK_CACHE"] = "off"
+# Likewise the on-disk store of shape facts (resolver/files/shape_store.py): a test that changes how a
+# quantizer answers must not get an answer stored by an earlier run. Its own tests point it at a temp folder.
+os.environ["PIPEQUANT_SHAPE_CACHE"] = "off"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..files import shape_store
 from ..files.inspect_model import ComponentInfo
 from ..files.meta_build import BuildRefused, build_on_meta
 from ..known.catalogue import DIFFUSERS
@@ -81,6 +82,15 @@ def layout(info: ComponentInfo) -> Layout:
 
 @lru_cache(maxsize=64)
 def _layout(shape: _Shape) -> Layout:
+    stored = shape_store.get(shape.key, "layout")
+    if stored is not None:
+        try:
+            return Layout(
+                tuple(Tensor(n, int(k), bool(f), int(i)) for n, k, f, i in stored["tensors"]),
+                tuple((n, int(o), int(i)) for n, o, i in stored["linears"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            pass  # not what this version writes: build it again
     import torch
 
     model = _shared_model(shape)
@@ -96,7 +106,13 @@ def _layout(shape: _Shape) -> Layout:
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear)
     )
-    return Layout(tuple(tensors), linears)
+    found = Layout(tuple(tensors), linears)
+    shape_store.put(
+        shape.key,
+        "layout",
+        {"tensors": [[t.name, t.numel, t.floating, t.itemsize] for t in found.tensors], "linears": list(linears)},
+    )
+    return found
 
 
 def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
@@ -107,6 +123,15 @@ def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
 
 @lru_cache(maxsize=256)
 def _fp32_names(shape: _Shape, load_dtype: str) -> frozenset[str]:
+    stored = shape_store.get(shape.key, f"fp32:{load_dtype}")
+    if isinstance(stored, list):
+        return frozenset(stored)
+    found = _fp32_names_built(shape, load_dtype)
+    shape_store.put(shape.key, f"fp32:{load_dtype}", sorted(found))
+    return found
+
+
+def _fp32_names_built(shape: _Shape, load_dtype: str) -> frozenset[str]:
     import torch
 
     info = shape.info
@@ -137,6 +162,16 @@ def quantized_weights(info: ComponentInfo, backend_name: str, quant_type: str, o
 
 @lru_cache(maxsize=256)
 def _quantized_weights(shape: _Shape, backend_name: str, quant_type: str, options: tuple) -> frozenset[str]:
+    fact = f"quantized:{backend_name}:{quant_type}:{options!r}"
+    stored = shape_store.get(shape.key, fact)
+    if isinstance(stored, list):
+        return frozenset(stored)
+    found = _quantized_weights_built(shape, backend_name, quant_type, options)
+    shape_store.put(shape.key, fact, sorted(found))
+    return found
+
+
+def _quantized_weights_built(shape: _Shape, backend_name: str, quant_type: str, options: tuple) -> frozenset[str]:
     import torch
 
     info = shape.info
