@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import PLANS
 from .pipelines import ensure, folder_name
-from .report import write_results
+from .report import provenance, write_results
 from .suite import Worker, fmt_spread, machine, spread
 
 DEFAULT_PLANS = ("nf4", "int8wo", "quanto8_tr")
@@ -203,6 +203,7 @@ def main(argv=None) -> int:
         "--drop-caches", action="store_true", help="drop the whole page cache (root; shared machines: no)"
     )
     args = parser.parse_args(argv)
+    provenance()  # the commit and tree as the bench starts: what the results come from
     t0 = time.time()
     results = run(
         args.sizes.split(","),

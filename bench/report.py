@@ -580,13 +580,29 @@ def plot_scaling(results: dict, path: Path) -> bool:
     return True
 
 
+_PROVENANCE: dict = {}
+
+
 def provenance() -> dict:
     """What produced a result file: the command as typed, the commit (and whether the tree had
-    uncommitted changes), the machine, the library versions, the load average and the time."""
+    uncommitted changes), the machine, the library versions, the load average and the time. Taken
+    once per process, at the first call: the benches call it when they start, so a commit made while
+    a bench runs is not credited with its results."""
+    if not _PROVENANCE:
+        _PROVENANCE.update(_provenance_now())
+    return {**_PROVENANCE, "written": _now()}
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _provenance_now() -> dict:
     import os
     import subprocess
     import sys
-    import time
 
     from .suite import REPO, machine
 
@@ -606,7 +622,7 @@ def provenance() -> dict:
         "uncommitted_changes": bool(status) if status is not None else None,
         "machine": machine(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "started": _now(),
     }
 
 

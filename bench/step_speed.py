@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import config
 from .pipelines import default_root, ensure
-from .report import write_results
+from .report import provenance, write_results
 from .suite import fmt_spread, machine, spread
 
 PLANS = {
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
         "10-30x slower and bimodal; 0 = torch's default)",
     )
     args = p.parse_args(argv)
+    provenance()  # the commit and tree as the bench starts: what the results come from
     threads = args.threads if args.threads is not None else (0 if args.device.startswith("cuda") else 1)
     if threads > 0:
         import torch

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..decide.plan import QUANTIZE
+from ..run.context import diffusers_context
 from .disk_cache import DiskCache, Outcome, not_cacheable
 
 log = logging.getLogger("pipequant.disk_cache")
@@ -109,8 +110,10 @@ class DeferredWriter:
 
     @staticmethod
     def write_now(cache: DiskCache, plan, row, module, config) -> Outcome:
-        """Write before returning (offload plans); the same lock and checks as a background write."""
-        _, _, outcome = cache.load(plan, row, lambda: (module, config), lambda folder: None)
+        """Write before returning (offload plans); the same lock and checks as a background write.
+        Under the same grad modes as the loader's own work (a new thread starts with torch's defaults)."""
+        with diffusers_context():
+            _, _, outcome = cache.load(plan, row, lambda: (module, config), lambda folder: None)
         return outcome
 
     def _run(self) -> None:
