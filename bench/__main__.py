@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import config
 from .pipelines import default_root
+from .report import provenance
 from .suite import BENCHMARKS, run_suite, write
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    provenance()  # the commit and tree as the bench starts: what the results come from
     if args.reps < 1:
         p.error("--reps must be at least 1")
     out = args.out

@@ -81,6 +81,15 @@ PLANS: dict[str, Plan] = {
         savable=True,
         bits=8,
     ),
+    # sdnq (SD.Next's engine, GPL-3.0, optional): only the disk-cache bench uses it (its plain-diffusers
+    # twin is not in the other benchmarks). SDNQ_USE_TORCH_COMPILE=0 keeps its first use eager on CPU.
+    "sdnq8_tr": Plan(
+        "sdnq8_tr",
+        "sdnq int8, transformer only",
+        {"kind": "granular", "components": {"transformer": _one("sdnq", "int8")}},
+        savable=True,
+        bits=8,
+    ),
 }
 
 OVERHEAD_PLANS = ("bf16", "nf4", "int8wo", "quanto8")  # benchmark 1, 2 and 5

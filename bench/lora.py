@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import config
 from .pipelines import default_root, ensure
-from .report import write_results
+from .report import provenance, write_results
 from .suite import machine
 
 PLANS = {
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
+    provenance()  # the commit and tree as the bench starts: what the results come from
     result = measure(ensure(args.size, args.root or default_root()), args.rounds, args.rank)
     write_results(args.out, "lora", result, to_markdown(result))
     print(to_markdown(result))

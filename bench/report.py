@@ -209,6 +209,44 @@ def markdown(results: dict, png_name: str | None = None) -> str:
                 for r in results["overhead"]
             ],
         )
+        if any(r.get("node_paired") for r in results["overhead"]):
+            from .suite import fmt_spread, median
+
+            out += [
+                "### The Load node as a user runs it, beside the resolver",
+                "",
+                "node = `PipeQuantLoadPipeline.load` with its defaults: the estimate it frees memory with, the disk "
+                "cache on and empty (a first load: the entries are written after the pipeline is handed back; "
+                "'write after' is that background write, not part of the load). resolver = `prepare` + `load_plan` "
+                "without the disk cache. Each ÷ the plain diffusers load of the same repetition: median (min–max) "
+                "of the pairs.",
+                "",
+            ]
+            out += _table(
+                [
+                    "size",
+                    "plan",
+                    "**node ÷ diffusers (wall)**",
+                    "node ÷ diffusers (CPU)",
+                    "resolver ÷ diffusers (wall)",
+                    "resolver ÷ diffusers (CPU)",
+                    "write after s (median)",
+                    "disk cache",
+                ],
+                [
+                    [
+                        r["size"],
+                        r["label"],
+                        fmt_spread(r.get("node_paired")),
+                        fmt_spread(r.get("node_paired_cpu")),
+                        fmt_spread(r.get("resolver_paired")),
+                        fmt_spread(r.get("resolver_paired_cpu")),
+                        _x(median(r.get("node_write_after_s") or []), 2),
+                        ", ".join(f"{c}: {s}" for c, s in (r.get("node_disk_cache") or [{}])[0].items()) or "-",
+                    ]
+                    for r in results["overhead"]
+                ],
+            )
     mem = results.get("memory")
     if mem:
         out += [
@@ -542,9 +580,79 @@ def plot_scaling(results: dict, path: Path) -> bool:
     return True
 
 
+_PROVENANCE: dict = {}
+
+
+def provenance() -> dict:
+    """What produced a result file: the command as typed, the commit (and whether the tree had
+    uncommitted changes), the machine, the library versions, the load average and the time. Taken
+    once per process, at the first call: the benches call it when they start, so a commit made while
+    a bench runs is not credited with its results."""
+    if not _PROVENANCE:
+        _PROVENANCE.update(_provenance_now())
+    return {**_PROVENANCE, "written": _now()}
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _provenance_now() -> dict:
+    import os
+    import subprocess
+    import sys
+
+    from .suite import REPO, machine
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    module = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else None
+    command = " ".join(["python", "-m", module, *sys.argv[1:]] if module else [sys.executable, *sys.argv])
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "command": command,
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_changes": bool(status) if status is not None else None,
+        "machine": machine(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "started": _now(),
+    }
+
+
+def provenance_line(p: dict) -> str:
+    m, v = p["machine"], p["machine"]["versions"]
+    commit = (p["commit"] or "unknown")[:12] + (" + uncommitted changes" if p["uncommitted_changes"] else "")
+    libs = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    load = ", ".join(f"{x:.1f}" for x in p["load_average"]) if p.get("load_average") else "?"
+    return (
+        f"Written {p['written']} by `{p['command']}` at commit {commit}; {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory_gb']} GB RAM; Python {m['python']}, {libs}; load average {load}."
+    )
+
+
 def write_results(out: Path, stem: str, data, markdown: str) -> Path:
-    """`out/<stem>.json` (every figure, raw) and `out/<stem>.md` (the table); the .md path."""
+    """`out/<stem>.json` (every figure, raw) and `out/<stem>.md` (the table); the .md path. Both
+    carry the provenance (command, commit, machine, library versions) of the process writing them."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown)
+    made = provenance()
+    if isinstance(data, dict):
+        data = {"provenance": made, **data}
+    else:
+        data = {"provenance": made, "rows": data}
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    (out / f"{stem}.md").write_text(_with_provenance(markdown, made))
     return out / f"{stem}.md"
+
+
+def _with_provenance(markdown: str, made: dict) -> str:
+    """The provenance line right under the title (or first, when there is no title)."""
+    lines = markdown.split("\n")
+    at = 1 if lines and lines[0].startswith("# ") else 0
+    return "\n".join(lines[:at] + ["", provenance_line(made)] + lines[at:])

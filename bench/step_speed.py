@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import config
 from .pipelines import default_root, ensure
-from .report import write_results
-from .suite import machine
+from .report import provenance, write_results
+from .suite import fmt_spread, machine, spread
 
 PLANS = {
     "bf16": None,
@@ -70,14 +70,20 @@ def measure(
     from pipequant.testing import bnb_cpu
 
     patched = device == "cpu" and bnb_cpu.needed()
-    loaded, compile_seconds, notes = {}, {}, {}
+    loaded, compile_seconds, notes, compile_vs_eager = {}, {}, {}, {}
     cache = ComponentCache()  # text encoders and VAE shared; compiled and eager transformers kept apart
     variants = [(name, mode) for name in plans for mode in modes]
     # inference mode: as ComfyUI runs nodes
     with bnb_cpu.bnb_on_cpu() if patched else contextlib.nullcontext(), torch.inference_mode():
         for name, mode in variants:
             spec = BackendSpec.make(*PLANS[name], components=["transformer"]) if PLANS[name] else None
-            result = load(folder, spec, device=device, cache=cache, compile="none" if mode == "eager" else mode)
+            if mode == "eager":
+                result = load(folder, spec, device=device, cache=cache)
+            else:
+                # The compile runtime itself, whatever the Load node would decide: this is the bench that
+                # measures whether compile pays (the node keeps a plan eager where it was measured not to).
+                result = load(folder, spec, device=device, cache=None)
+                result.compiled = _compile(result, spec, mode)
             loaded[name, mode] = result.pipeline
             start = time.perf_counter()
             _seconds_per_step(result.pipeline, device, 1, image_tokens)  # warm-up; compiles when compiling
@@ -91,6 +97,9 @@ def measure(
     base = statistics.median(times["bf16", "eager"]) if ("bf16", "eager") in times else None
     rows = []
     for (name, mode), t in times.items():
+        if mode != "eager" and (name, "eager") in times:  # per round: eager step ÷ compiled step
+            compile_vs_eager[name, mode] = spread([e / c for e, c in zip(times[name, "eager"], t)])
+    for (name, mode), t in times.items():
         step = statistics.median(t)
         row = {
             "plan": name,
@@ -99,8 +108,12 @@ def measure(
             "vs_bf16": round(step / base, 3) if base else None,
             "speed_vs_bf16": round(base / step, 3) if base else None,
             "runs": len(t),
+            "min_seconds": round(min(t), 4),
+            "max_seconds": round(max(t), 4),
             "notes": notes[name, mode],
         }
+        if (name, mode) in compile_vs_eager:
+            row["compile_vs_eager"] = compile_vs_eager[name, mode]
         if mode != "eager":
             row["compile_seconds"] = round(max(0.0, compile_seconds[name, mode] - step), 1)  # warm-up minus a step
         rows.append(row)
@@ -113,8 +126,17 @@ def measure(
         "image_tokens": image_tokens,
         "bnb_cpu_patch": patched,
         "modes": list(modes),
+        "torch_threads": torch.get_num_threads(),
         "rows": rows,
     }
+
+
+def _compile(result, spec, mode: str):
+    from pipequant.resolver.known import catalogue
+    from pipequant.resolver.run import compile_component
+
+    quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
+    return compile_component(result.pipeline.transformer, "transformer", mode, quant)
 
 
 def to_markdown(result: dict) -> str:
@@ -122,18 +144,21 @@ def to_markdown(result: dict) -> str:
         "# Denoising speed per step (transformer quantized, rest bf16; no VAE decode)",
         "",
         f"Device `{result['device']}`, {result['image_tokens']} image tokens, {result['steps']} steps x "
-        f"{result['rounds']} interleaved rounds, median; pipeline `{Path(result['folder']).name}`."
+        f"{result['rounds']} interleaved rounds, median; pipeline `{Path(result['folder']).name}`; "
+        f"{result.get('torch_threads', '?')} torch thread(s)."
         + (" bnb on CPU uses the tests' patch." if result["bnb_cpu_patch"] else ""),
         "",
-        "| plan | mode | step ÷ bf16 eager step | speed vs bf16 eager | s per step | compile s | note |",
-        "|---|---|---|---|---|---|---|",
+        "| plan | mode | step ÷ bf16 eager step | speed vs bf16 eager | s per step (min–max) | compile s | "
+        "compiled speed ÷ eager, per round: median (min–max) | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         compile_s = r.get("compile_seconds", "-")
         note = "; ".join(r.get("notes", [])).replace("|", "/")[:160]
         lines.append(
             f"| {r['plan']} | {r.get('mode', 'eager')} | {r['vs_bf16']} | {r.get('speed_vs_bf16', '-')} | "
-            f"{r['seconds_per_step']:.4f} | {compile_s} | {note} |"
+            f"{r['seconds_per_step']:.4f} ({r.get('min_seconds', 0):.4f}–{r.get('max_seconds', 0):.4f}) | "
+            f"{compile_s} | {fmt_spread(r.get('compile_vs_eager'))} | {note} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -158,7 +183,20 @@ def main(argv=None) -> int:
     p.add_argument("--plans", default=",".join(PLANS), help="comma-separated plan names: " + ", ".join(PLANS))
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on CPU: on a shared 2-core machine OpenMP spin-waits made steps "
+        "10-30x slower and bimodal; 0 = torch's default)",
+    )
     args = p.parse_args(argv)
+    provenance()  # the commit and tree as the bench starts: what the results come from
+    threads = args.threads if args.threads is not None else (0 if args.device.startswith("cuda") else 1)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     plans = tuple(n.strip() for n in args.plans.split(",") if n.strip())
     unknown = [m for m in modes if m not in ("eager", "regional", "full")] + [n for n in plans if n not in PLANS]

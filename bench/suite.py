@@ -109,6 +109,26 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def spread(values) -> dict | None:
+    """min / median / max of paired ratios (every pair shown: on a shared machine one noisy pair is
+    visible as such instead of moving a mean)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {
+        "min": round(min(values), 4),
+        "median": round(statistics.median(values), 4),
+        "max": round(max(values), 4),
+        "n": len(values),
+    }
+
+
+def fmt_spread(s: dict | None, digits: int = 3) -> str:
+    if not s:
+        return "-"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f}, n={s['n']})"
+
+
 def ratio(a, b):
     return round(a / b, 4) if a is not None and b else None
 
@@ -327,6 +347,20 @@ def _loop_jobs(size: str, rep: int, only, common: dict) -> list[dict]:
         ]
         if "overhead" not in only:
             pair = pair[1:]
+        else:  # the node path a user runs: the estimate, the disk cache on (its default), an empty cache
+            pair.append(
+                {
+                    "kind": "load",
+                    **common,
+                    "mode": "node",
+                    "name": name,
+                    "size": size,
+                    "plan": key,
+                    "spec": PLANS[key].spec,
+                    "disk_cache": str(Path(common["root"]) / "overhead-disk-cache" / f"{size}-{key}"),
+                    "empty_disk_cache": True,
+                }
+            )
         jobs += pair if rep % 2 == 0 else pair[::-1]
     if "prequant" in only:
         for key in config.PREQUANT_PLANS:
@@ -402,6 +436,7 @@ def aggregate(raw: dict, sizes, reps: int, device: str, only) -> dict:
                 w_pq, w_plain = median([r["wall"] for r in pq]), median([r["wall"] for r in plain])
                 c_pq, c_plain = median([r["cpu"] for r in pq]), median([r["cpu"] for r in plain])
                 paired = [a["wall"] / b["wall"] for a, b in zip(pq, plain)]
+                node = _loads(raw, size, key, "node")
                 rows.append(
                     {
                         "size": size,
@@ -422,6 +457,17 @@ def aggregate(raw: dict, sizes, reps: int, device: str, only) -> dict:
                         "assemble_report_ms": round(median([_phase(r, "assemble+report") for r in pq]) * 1000, 1),
                         "pipequant_runs": [r["wall"] for r in pq],
                         "diffusers_runs": [r["wall"] for r in plain],
+                        "resolver_paired": spread(paired),
+                        "resolver_paired_cpu": spread([a["cpu"] / b["cpu"] for a, b in zip(pq, plain)]),
+                        # The Load node as a user runs it (estimate + disk cache on, first load), per pair:
+                        "node_paired": spread([a["wall"] / b["wall"] for a, b in zip(node, plain)]),
+                        "node_paired_cpu": spread([a["cpu"] / b["cpu"] for a, b in zip(node, plain)]),
+                        "node_runs": [r["wall"] for r in node],
+                        "node_write_after_s": [r.get("write_after_load_s") for r in node],
+                        "node_disk_cache": [
+                            {c: v.get("disk_cache") for c, v in r["components"].items() if v.get("disk_cache")}
+                            for r in node
+                        ],
                     }
                 )
         res["overhead"] = rows
@@ -649,7 +695,7 @@ def _scaling(raw, sizes, cuda: bool) -> dict:
 
 
 def write(results: dict, out_dir: Path, plot: bool = True) -> list[Path]:
-    from .report import markdown, plot_scaling
+    from .report import _with_provenance, markdown, plot_scaling, provenance
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -657,7 +703,8 @@ def write(results: dict, out_dir: Path, plot: bool = True) -> list[Path]:
     md = out_dir / "results.md"
     png = out_dir / "scaling.png"
     made_png = plot and "scaling" in results and plot_scaling(results, png)
-    md.write_text(markdown(results, png.name if made_png else None))
+    results["provenance"] = provenance()
+    md.write_text(_with_provenance(markdown(results, png.name if made_png else None), results["provenance"]))
     written.append(md)
     if made_png:
         written.append(png)

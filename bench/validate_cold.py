@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .pipelines import default_root
-from .report import write_results
+from .report import provenance, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETS = (
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5, help="pairs of runs per pipeline (default 5)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    provenance()  # the commit and tree as the bench starts: what the results come from
     root = args.root or default_root() / "validate_cold"
     from pipequant.testing import ensure_pipeline
     from pipequant.testing.hollow import build_flux_dev

@@ -64,6 +64,10 @@ def prelude(mode: str = "auto") -> dict:
             __import__(module)
         except ImportError:
             pass
+    # The nodes (the Load node, for the node path) are imported here, as ComfyUI imports them at startup.
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
+
+    assert "PipeQuantLoadPipeline" in NODE_CLASS_MAPPINGS
     import pipequant.resolver.decide  # noqa: F401
     import pipequant.resolver.keep  # noqa: F401
 
@@ -112,6 +116,25 @@ def _load(root, name: str, spec, dtype: str, device: str, meter=None):
     return load_plan(plan, progress=lambda i, n, component: meter.mark(f"component#{i}"))
 
 
+def _node_load(root, name: str, spec, dtype: str, device: str, disk_cache: str | None, meter=None):
+    """What a user runs: the Load node's `load` (prepare, the estimate it frees memory with, the
+    disk cache as configured, the load, the report), inside inference mode as ComfyUI runs nodes.
+    `disk_cache`: a folder (the node's default is on), or None for off."""
+    import torch
+
+    from pipequant.nodes import NODE_CLASS_MAPPINGS
+
+    os.environ["PIPEQUANT_MODELS"] = str(root)
+    os.environ["PIPEQUANT_DISK_CACHE"] = disk_cache or "off"
+    with torch.inference_mode():
+        result, _ = NODE_CLASS_MAPPINGS["PipeQuantLoadPipeline"]().load(
+            name, dtype, device, "none", spec, disk_cache=disk_cache is not None
+        )
+    if meter is not None:
+        meter.mark("node load")
+    return result
+
+
 def _module_components(pipeline) -> dict:
     import torch
 
@@ -145,17 +168,31 @@ def job_load(job: dict) -> dict:
     # The on-disk cache of quantized components only where a benchmark asks for it (bench.disk_cache):
     # every other load must quantize, or the comparisons with plain diffusers would be unfair.
     os.environ["PIPEQUANT_DISK_CACHE"] = job.get("disk_cache") or "off"
+    if job.get("empty_disk_cache") and job.get("disk_cache"):  # a first load: nothing cached yet (untimed)
+        import shutil
+
+        shutil.rmtree(job["disk_cache"], ignore_errors=True)
     gc.collect()
     spec = _spec(job.get("spec"))
     meter = PhaseMeter(cuda=device.startswith("cuda"), sample=detail)
     names = None
-    if job["mode"] == "pipequant":
+    write_after = None
+    if job["mode"] in ("pipequant", "node"):
         c0, t0 = cpu_seconds(), time.perf_counter()
-        result = _load(root, name, spec, dtype, device, meter)
+        if job["mode"] == "node":
+            result = _node_load(root, name, spec, dtype, device, job.get("disk_cache"), meter)
+        else:
+            result = _load(root, name, spec, dtype, device, meter)
         _sync(device)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        if job["mode"] == "node":  # the disk-cache entries the node writes after handing the pipeline back
+            from pipequant.resolver.keep import wait_for_writes
+
+            w0 = time.perf_counter()
+            wait_for_writes()
+            write_after = round(time.perf_counter() - w0, 4)
         pipeline = result.pipeline
-        names = [r.name for r in result.plan.modules()]
+        names = [r.name for r in result.plan.modules()] if job["mode"] == "pipequant" else None
         report_rows = {r["component"]: r for r in result.rows if r["action"] != "not a model"}
     elif job["mode"] == "plain":
         from diffusers import DiffusionPipeline
@@ -194,6 +231,7 @@ def job_load(job: dict) -> dict:
             comps[cname]["report_load_seconds"] = row["load_seconds"]
             comps[cname]["quantized_layers"] = row["quantized_layers"]
             comps[cname]["disk_cache"] = row.get("disk_cache")
+            comps[cname]["disk_cache_reason"] = row.get("disk_cache_reason")
     total = sum(c["bytes"] for c in comps.values())
     out = {
         "wall": round(wall, 4),
@@ -202,6 +240,7 @@ def job_load(job: dict) -> dict:
         "phases": phases,
         "components": comps,
         "total_bytes": total,
+        "write_after_load_s": write_after,
     }
     if device.startswith("cuda"):
         out["cuda_final"] = torch.cuda.memory_allocated()

@@ -222,6 +222,7 @@ class PipeQuantLoadPipeline:
             progress=lambda i, n, name: progress.update(i, n),
             compile=compile,
             disk_cache=DiskCache(folder) if folder is not None else None,
+            write_later=True,  # the user has the pipeline before its disk-cache entries are written
         )
         host.track_loaded(result)
         return (result, result.table)

@@ -22,6 +22,9 @@ os.environ["PIPEQUANT_DISK_CACHE"] = "off"
 # Likewise the measured-quality figures (Plan Quality Check): the planner reads them, so a user's
 # ~/.cache/pipequant/quality must not change what the planner tests see.
 os.environ["PIPEQUANT_QUALITY_CACHE"] = "off"
+# Likewise the on-disk store of shape facts (resolver/files/shape_store.py): a test that changes how a
+# quantizer answers must not get an answer stored by an earlier run. Its own tests point it at a temp folder.
+os.environ["PIPEQUANT_SHAPE_CACHE"] = "off"
 
 
 def pytest_collection_modifyitems(config, items):

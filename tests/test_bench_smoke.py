@@ -145,3 +145,46 @@ def test_quality_check_bench_measures_errors_and_the_cost_of_a_check(tmp_path):
     assert spent["vs_sampler"]["sampler"] == 1.0 and all(_finite_positive(v) for v in spent["seconds"].values())
     md = to_markdown({"device": "cpu", "folder": str(folder), "steps": 1, "side": 32, "errors": rows, "cost": spent})
     assert "| torchao int8_weight_only |" in md and "÷ one Sampler run" in md
+
+
+def test_overhead_times_the_node_path_beside_the_resolver(results):
+    """The Load node as a user runs it (estimate, disk cache on and empty) is timed next to the
+    resolver path, and its disk cache really writes an entry for each quantized component."""
+    for r in results[0]["overhead"]:
+        for key in ("node_paired", "node_paired_cpu", "resolver_paired"):
+            spread = r[key]
+            assert spread["n"] == 1 and 0 < spread["min"] <= spread["median"] <= spread["max"]
+        (statuses,) = r["node_disk_cache"]
+        if r["plan"] != "bf16":
+            assert "written" in statuses.values(), statuses
+    md = (results[2] / "results.md").read_text()
+    assert "node ÷ diffusers (wall)" in md
+
+
+def test_result_files_say_what_wrote_them(results, tmp_path):
+    """Every result file carries the command, the commit, the machine and the library versions."""
+    from bench.report import write_results
+
+    data = json.loads((results[2] / "results.json").read_text())
+    written = write_results(tmp_path, "probe", [{"x": 1}], "# Probe\n\n| a |\n")
+    for prov in (data["provenance"], json.loads((tmp_path / "probe.json").read_text())["provenance"]):
+        assert prov["command"] and prov["commit"] and len(prov["commit"]) == 40
+        assert prov["machine"]["cores"] >= 1 and prov["machine"]["versions"]["torch"]
+    lines = written.read_text().splitlines()
+    assert lines[0] == "# Probe" and lines[2].startswith("Written ") and "at commit" in lines[2]
+    assert "Written " in (results[2] / "results.md").read_text()
+
+
+def test_disk_cache_bench_caches_something(tmp_path):
+    """The disk-cache bench through the Load node at the tiny size: the first load writes a real
+    entry (bytes > 0), the second reads it; a bench that cached nothing raises instead of writing."""
+    from bench import disk_cache
+
+    res = disk_cache.run(["tiny"], ["int8wo"], 1, tmp_path / "root", False, lambda msg: None)
+    (row,) = res["summary"]
+    assert row["entry_bytes"] > 0
+    kinds = {r["kind"]: r for r in res["runs"]}
+    assert "written" in kinds["first"]["disk_cache"].values() and "read" in kinds["second"]["disk_cache"].values()
+    assert row["second_over_first_spread"]["n"] == 1
+    md = disk_cache.write(res, tmp_path / "out").read_text()
+    assert "second ÷ first" in md and " 0.0 MB" not in md

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..files import shape_store
 from ..files.inspect_model import ComponentInfo
 from ..files.meta_build import BuildRefused, build_on_meta
 from ..known.catalogue import DIFFUSERS
@@ -50,11 +51,50 @@ def meta_model(info: ComponentInfo):
         raise ValidationError([Problem(exc.code, "model", str(exc), exc.suggestion, info.name)]) from None
 
 
-@lru_cache(maxsize=64)
+class _Shape:
+    """A component as far as its tensors' shapes go: library, class and config (without the
+    "_"-prefixed bookkeeping keys such as _name_or_path). Caches below are keyed by it, so a second
+    folder with the same architecture (another copy, a fine-tune) builds nothing; `info` builds."""
+
+    __slots__ = ("key", "info")
+
+    def __init__(self, info: ComponentInfo):
+        self.info = info
+        config = tuple(kv for kv in info.config if not str(kv[0]).startswith("_"))
+        self.key = (info.library, info.class_name, config)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Shape) and other.key == self.key
+
+
+@lru_cache(maxsize=4)
+def _shared_model(shape: _Shape):
+    """One meta instance per shape for the readers here (layout, dtype plan); never modified:
+    `quantized_weights`, whose quantizer rewrites the model, builds its own."""
+    return meta_model(shape.info)
+
+
 def layout(info: ComponentInfo) -> Layout:
+    return _layout(_Shape(info))
+
+
+@lru_cache(maxsize=64)
+def _layout(shape: _Shape) -> Layout:
+    stored = shape_store.get(shape.key, "layout")
+    if stored is not None:
+        try:
+            return Layout(
+                tuple(Tensor(n, int(k), bool(f), int(i)) for n, k, f, i in stored["tensors"]),
+                tuple((n, int(o), int(i)) for n, o, i in stored["linears"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            pass  # not what this version writes: build it again
     import torch
 
-    model = meta_model(info)
+    model = _shared_model(shape)
     tensors = []
     seen = set()
     # Buffers outside the state dict (PixArt's sin-cos position table, rotary frequencies) are not
@@ -74,15 +114,35 @@ def layout(info: ComponentInfo) -> Layout:
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear)
     )
-    return Layout(tuple(tensors), linears)
+    found = Layout(tuple(tensors), linears)
+    shape_store.put(
+        shape.key,
+        "layout",
+        {"tensors": [[t.name, t.numel, t.floating, t.itemsize] for t in found.tensors], "linears": list(linears)},
+    )
+    return found
 
 
-@lru_cache(maxsize=256)
 def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
     """Parameters the load keeps in float32 although `load_dtype` was asked for (the class's
     `_keep_in_fp32_modules`, with each library's own matching and dtype rule)."""
+    return _fp32_names(_Shape(info), load_dtype)
+
+
+@lru_cache(maxsize=256)
+def _fp32_names(shape: _Shape, load_dtype: str) -> frozenset[str]:
+    stored = shape_store.get(shape.key, f"fp32:{load_dtype}")
+    if isinstance(stored, list):
+        return frozenset(stored)
+    found = _fp32_names_built(shape, load_dtype)
+    shape_store.put(shape.key, f"fp32:{load_dtype}", sorted(found))
+    return found
+
+
+def _fp32_names_built(shape: _Shape, load_dtype: str) -> frozenset[str]:
     import torch
 
+    info = shape.info
     dtype = getattr(torch, load_dtype)
     names = [t.name for t in layout(info).tensors if t.floating]
     cls = info.model_class()
@@ -95,7 +155,7 @@ def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
     # transformers: the model's dtype plan, matched as its loader matches it.
     from transformers.core_model_loading import build_glob_alternation
 
-    plan = meta_model(info)._get_dtype_plan(dtype)
+    plan = _shared_model(shape)._get_dtype_plan(dtype)
     plan = {k: v for k, v in plan.items() if v == torch.float32}
     if not plan:
         return frozenset()
@@ -103,10 +163,26 @@ def fp32_names(info: ComponentInfo, load_dtype: str) -> frozenset[str]:
     return frozenset(n for n in names if pattern.search(n))
 
 
-@lru_cache(maxsize=256)
 def quantized_weights(info: ComponentInfo, backend_name: str, quant_type: str, options: tuple) -> frozenset[str]:
     """Linear weights the backend's quantizer quantizes in this component for one config."""
+    return _quantized_weights(_Shape(info), backend_name, quant_type, options)
+
+
+@lru_cache(maxsize=256)
+def _quantized_weights(shape: _Shape, backend_name: str, quant_type: str, options: tuple) -> frozenset[str]:
+    fact = f"quantized:{backend_name}:{quant_type}:{options!r}"
+    stored = shape_store.get(shape.key, fact)
+    if isinstance(stored, list):
+        return frozenset(stored)
+    found = _quantized_weights_built(shape, backend_name, quant_type, options)
+    shape_store.put(shape.key, fact, sorted(found))
+    return found
+
+
+def _quantized_weights_built(shape: _Shape, backend_name: str, quant_type: str, options: tuple) -> frozenset[str]:
     import torch
+
+    info = shape.info
 
     from ..known import catalogue
 

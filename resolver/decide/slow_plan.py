@@ -14,6 +14,44 @@ from ..problems import Problem
 SLOW = 0.9  # below this fraction of bf16's step speed, say so
 
 
+def compile_kept_eager(backend: str | None, quant_type: str, target: str) -> str | None:
+    """Why compile must not be applied to a denoiser of this plan on `target` (None: compile it):
+    measured slower than eager there, or failing there. Only figures of the target's own device
+    class count (a CPU figure says nothing about a GPU)."""
+    gen = measured.generation(devices.compute_capability(target))
+    figure = measured.compile_figure(backend, quant_type, gen)
+    if figure is None:
+        return None
+    plan = f"{backend} {quant_type}" if backend else quant_type
+    if figure["fails"]:
+        return f"compile of {plan} fails on {gen} ({figure['fails']}; {figure['source']})"
+    if figure["factor"] is not None and figure["factor"] < 1.0:
+        return f"{plan} runs at {figure['factor']:.2f}x its eager speed when compiled on {gen} ({figure['source']})"
+    return None
+
+
+def compile_warnings(assigned: dict, model, target: str, compile: str) -> list[Problem]:
+    """Before Run: where the denoiser will stay eager although compile was asked for, and why."""
+    name = denoiser_name(model.components)
+    if compile == "none" or name is None:
+        return []
+    spec = assigned.get(name)
+    backend, quant_type = (spec.backend, spec.quant_type) if spec is not None else (None, "bfloat16")
+    why = compile_kept_eager(backend, quant_type, target)
+    if why is None:
+        return []
+    return [
+        Problem(
+            "compile_kept_eager",
+            "compile",
+            f"{name} will run eager, not compiled: {why}",
+            'set compile to "none" (the same speed), or pick a plan that gains from compile here',
+            name,
+            severity="warning",
+        )
+    ]
+
+
 def _mode(compile: str) -> str:
     return "eager" if compile == "none" else "regional"  # full compile: the nearest measured figure
 
@@ -63,6 +101,8 @@ def slow_plan_warnings(assigned: dict, model, target: str, compile: str = "none"
     cc = devices.compute_capability(target)
     library = model.components[name].library
     mode = _mode(compile)
+    if mode != "eager" and compile_kept_eager(backend.name, quant.name, target):
+        mode = "eager"  # it will run eager (compile_warnings says why)
     for gen in _generations(measured.generation(cc)):
         figure = _figure(backend.name, quant.name, gen, mode)
         if figure is not None:

@@ -19,7 +19,7 @@ from ..links.spec import BackendSpec, ComponentMap
 from ..problems import Problem, ValidationError
 from ..suggest import closest, did_you_mean
 from .plan import default_components
-from .slow_plan import slow_plan_warnings
+from .slow_plan import compile_warnings, slow_plan_warnings
 
 
 def validate(
@@ -66,6 +66,7 @@ def validate(
         # a plan that cannot load gets its errors only; how fast it would run comes after
         assigned = {name: spec_one for _, spec_one, components in entries for name in components}
         problems += slow_plan_warnings(assigned, model, target, compile)
+        problems += compile_warnings(assigned, model, target, compile)
     if model is not None and not allow_pickle:
         problems += _check_pickle(model)
     return problems

@@ -2,6 +2,7 @@
 
 from . import disk_cache
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
+from .deferred_write import wait_for_writes
 from .disk_cache import DiskCache, configured_folder, default_folder
 from .load import LoadError, LoadResult, load, load_plan, plan_load
 from .memory import inner_tensors, main_device, param_count, tensor_bytes
@@ -35,4 +36,5 @@ __all__ = [
     "save",
     "tensor_bytes",
     "trim_heap",
+    "wait_for_writes",
 ]

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 from ..constants import COMPILE_MODES, DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED, denoiser_names
 from ..decide.plan import Plan
 from ..decide.prepare import prepare
+from ..decide.slow_plan import compile_kept_eager
 from ..files.inspect_model import ComponentInfo
 from ..files.roots import INDEX
 from ..known import catalogue
@@ -28,6 +29,7 @@ from ..run.blocks import install_interrupt_hooks
 from ..run.compile import CompileState, compile_component
 from ..run.context import diffusers_context
 from ..run.lora import hand_out_plain
+from . import deferred_write
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .disk_cache import DiskCache
 from .memory import main_device
@@ -208,9 +210,12 @@ def load_plan(
     compile: str = "none",
     compile_backend="inductor",
     disk_cache: DiskCache | None = None,
+    write_later: bool = False,
 ) -> LoadResult:
     """Load a plan made by `plan_load`: cached components are reused, the rest load and are cached.
-    `compile` (none/regional/full) wraps the denoiser for torch.compile; it compiles on first use."""
+    `compile` (none/regional/full) wraps the denoiser for torch.compile; it compiles on first use.
+    `write_later`: new disk-cache entries are written in the background once the pipeline is
+    returned (keep.deferred_write), so the load does not wait for them; else before it returns."""
     if compile not in COMPILE_MODES:
         raise ValidationError(
             [
@@ -224,6 +229,7 @@ def load_plan(
         )
     modules = plan.modules()
     loaded, rows, fresh, others, configs, notes = {}, {}, [], {}, {}, []
+    to_write = []  # (plan row, snapshot, config): disk-cache entries written after the load
     try:
         with diffusers_context():
             for i, row in enumerate(modules):
@@ -236,7 +242,9 @@ def load_plan(
                     configs[row.name] = getattr(entry.module, "pipequant_quantization_config", None)
                 else:
                     start = time.perf_counter()
-                    module, config, disk = _load_or_read(plan, row, allow_pickle, disk_cache)
+                    module, config, disk = _load_or_read(plan, row, allow_pickle, disk_cache, write_later)
+                    if disk is _LATER:
+                        disk = _snapshot_or_write(plan, row, module, config, disk_cache, to_write)
                     module.pipequant_quantization_config = configs[row.name] = config
                     loaded[row.name] = module
                     rows[row.name] = component_row(
@@ -278,6 +286,7 @@ def load_plan(
         traceback.clear_frames(exc.__traceback__)
         loaded.clear()
         others.clear()
+        to_write.clear()
         module = entry = pipeline = None  # noqa: F841
         free_memory()
         raise LoadError(component, files, exc) from None
@@ -298,17 +307,30 @@ def load_plan(
     if cache is not None:
         result.holder = cache
         cache.hold(result)
+    for row, copy_, config in to_write:  # the user has the pipeline; the entries follow
+        outcome = deferred_write.WRITER.schedule(disk_cache, plan, row, copy_, config, rows[row.name])
+        rows[row.name].update(outcome.row_fields())
     return result
 
 
 def _prepare_denoisers(plan: Plan, loaded: dict, compile: str, compile_backend) -> list[CompileState | None]:
     """Hook every denoiser's blocks for Cancel within a step (both of Wan 2.2's experts), then wrap
-    each for compile; their compile states, the main denoiser's first."""
+    each for compile, where compile is not measured slower than eager; their compile states, the main
+    denoiser's first."""
     states = []
     for name in denoiser_names(loaded):
         install_interrupt_hooks(loaded[name])
         spec = plan.components[name].spec
         quant = catalogue.get_backend(spec.backend).quant_type(spec.quant_type) if spec is not None else None
+        if compile != "none" and compile_backend == "inductor":  # the figures were measured with inductor
+            why = compile_kept_eager(
+                spec.backend if spec else None, spec.quant_type if spec else plan.dtype, plan.device
+            )
+            if why is not None:  # never slower than eager without a word: validation warned, the report says it
+                states.append(
+                    CompileState(name, "none", notes=[f"compile ({compile}) not applied: {name} runs eager; {why}"])
+                )
+                continue
         states.append(compile_component(loaded[name], name, compile, quant, backend=compile_backend))
     return states
 
@@ -356,14 +378,24 @@ def _quantization_config(plan: Plan, configs: dict, loaded: dict):
     return config
 
 
-def _load_or_read(plan: Plan, row, allow_pickle: bool, disk_cache: DiskCache | None):
-    """(module, config, disk cache Outcome or None). The disk cache writes a fresh entry inside
-    its `load` call, before this returns the module to anything else (see DiskCache.load)."""
+_LATER = object()  # _load_or_read's outcome for a component whose entry is to be written later
+
+
+def _load_or_read(plan: Plan, row, allow_pickle: bool, disk_cache: DiskCache | None, write_later: bool = False):
+    """(module, config, disk cache Outcome, None or _LATER). Without `write_later` the disk cache
+    writes a fresh entry inside its `load` call, before this returns the module to anything else
+    (see DiskCache.load); with it, a miss returns the quantized module and _LATER."""
     if disk_cache is None:
         return (*_load_component(plan, row, allow_pickle), None)
-    module, config, outcome = disk_cache.load(
-        plan, row, lambda: _load_component(plan, row, allow_pickle), lambda folder: _load_saved(plan, row, folder)
-    )
+    quantize = lambda: _load_component(plan, row, allow_pickle)  # noqa: E731
+    load_saved = lambda folder: _load_saved(plan, row, folder)  # noqa: E731
+    if write_later and not deferred_write.needs_now(plan):
+        found = deferred_write.probe(disk_cache, plan, row, quantize, load_saved)
+        if found is None:
+            return (*quantize(), _LATER)
+        module, config, outcome = found
+    else:
+        module, config, outcome = disk_cache.load(plan, row, quantize, load_saved)
     if config is None:  # read from an entry: the config it was saved with
         config = getattr(getattr(module, "hf_quantizer", None), "quantization_config", None)
     return module, config, outcome
@@ -390,6 +422,16 @@ def _load_saved(plan: Plan, row, folder: Path):
     )
     module, _ = _load_component(plan, replace(row, action=PREQUANTIZED, spec=None), False, info)
     return module
+
+
+def _snapshot_or_write(plan: Plan, row, module, config, disk_cache: DiskCache, to_write: list):
+    """Before the module goes anywhere: its snapshot queued for a write after the load (the disk
+    cache Outcome for the report is set then), or, where it cannot be copied, the entry written now."""
+    try:
+        to_write.append((row, deferred_write.snapshot(module), config))
+        return None
+    except Exception:  # noqa: BLE001 (a module deepcopy refuses: write it the synchronous way)
+        return deferred_write.WRITER.write_now(disk_cache, plan, row, module, config)
 
 
 def _disk_notes(name: str, disk) -> list[str]:

@@ -39,6 +39,25 @@ def rows(backend: str | None = None, quant_type: str | None = None) -> list[dict
     ]
 
 
+def compile_figure(backend: str | None, quant_type: str, gen: str) -> dict | None:
+    """What compile does to one plan on one generation (never borrowed from another): ``{"factor":
+    compiled step speed / eager step speed or None, "fails": why compile fails here or None,
+    "source": str}``, or None when compile was never measured there. From the ``compile`` rows
+    (failures, measured factors), else from a regional and an eager speed row of ``rows``."""
+    for r in data().get("compile", []):
+        if r["backend"] == backend and r["quant_type"] == quant_type and r["generation"] == gen:
+            return {
+                "factor": r.get("factor"),
+                "fails": r.get("fails"),
+                "source": data()["sources"].get(r["source"], r["source"]),
+            }
+    eager = speed_factor(backend, quant_type, gen, "eager")
+    compiled = speed_factor(backend, quant_type, gen, "regional")
+    if eager is None or compiled is None:
+        return None
+    return {"factor": round(compiled["speed"] / eager["speed"], 3), "fails": None, "source": compiled["source"]}
+
+
 def speed_factor(backend: str | None, quant_type: str, gen: str, mode: str = "eager") -> dict | None:
     """``{"speed": float, "source": str}`` for one plan on one generation, or None if never measured.
     ``backend`` None means unquantized (``quant_type`` is then the dtype name)."""

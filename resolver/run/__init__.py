@@ -1,6 +1,7 @@
 """What happens to loaded modules: the runtime context, blocks and Cancel, compile, LoRA, sampling."""
 
 from . import lora
+from .compile import compile_component
 from .context import diffusers_context
 from .encode import FAMILY_TITLES, denoiser_of, encode_prompt, families_text, family_of
 from .lora import ENV_VAR, STRENGTH_RANGE, activate, list_loras, load_adapter, make_spec, resolve_lora
@@ -11,6 +12,7 @@ __all__ = [
     "FAMILY_TITLES",
     "STRENGTH_RANGE",
     "activate",
+    "compile_component",
     "denoiser_of",
     "diffusers_context",
     "encode_prompt",

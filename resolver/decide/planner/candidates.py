@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 
 from ...constants import denoiser_names
+from ...files import shape_store
 from ...files.inspect_model import ComponentInfo, ModelInfo
 from ...known import catalogue, measured
 from ...known.catalogue import DIFFUSERS
@@ -94,6 +95,17 @@ def deprecated(backend_name: str) -> bool:
     backend = catalogue.get_backend(backend_name)
     if getattr(backend, "deprecated", False):
         return True
+    # Asking builds a config (imports diffusers and the backend's library): the answer is kept on disk,
+    # per installed library versions, like the shapes' facts.
+    stored = shape_store.get(("backend", backend_name), "deprecated")
+    if isinstance(stored, bool):
+        return stored
+    found = _deprecated_asked(backend)
+    shape_store.put(("backend", backend_name), "deprecated", found)
+    return found
+
+
+def _deprecated_asked(backend) -> bool:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...known import devices
+
 GIB = 1024**3
 MARGIN_FRACTION, MARGIN_MIN = 0.05, GIB // 2  # kept free for the CUDA context, allocator slack, ComfyUI
 
@@ -69,10 +71,11 @@ class DeviceProfile:
 
 
 def detect(device: str = "cuda") -> DeviceProfile:
-    """This machine's GPU (free memory from the driver), or its CPU and RAM when there is none."""
-    import torch
+    """This machine's GPU (free memory from the driver), or its CPU and RAM when there is none
+    (known without importing torch on a Linux machine without GPU device files: devices.cuda_available)."""
+    if device.startswith("cuda") and devices.cuda_available():
+        import torch
 
-    if torch.cuda.is_available() and device.startswith("cuda"):
         index = torch.device(device).index or 0
         free, total = torch.cuda.mem_get_info(index)
         return DeviceProfile(

@@ -1,0 +1,97 @@
+"""What a model's shapes imply, kept on disk between processes: a planner in a fresh process answers
+without importing torch or diffusers or building a model on the meta device.
+
+One small JSON file per (library, class, config, library versions), under the user's cache folder
+(PIPEQUANT_SHAPE_CACHE overrides it; "off" turns it off). Each holds named facts computed from a
+meta-device build (the layout, the float32-kept names per dtype, the quantized names per backend
+config). Nothing here is trusted blindly: a file that does not parse or does not match its key is
+ignored and rewritten; writes go to a temporary file renamed into place, so a reader never sees half
+a file. A fact that is not stored yet is computed the usual way and then stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+ENV = "PIPEQUANT_SHAPE_CACHE"
+FORMAT = 1
+LIBRARIES = ("torch", "diffusers", "transformers", "bitsandbytes", "torchao", "optimum-quanto", "sdnq")
+_VERSIONS: dict | None = None
+
+
+def folder() -> Path | None:
+    raw = os.environ.get(ENV, "").strip()
+    if raw.lower() in ("off", "0", "false", "no", "none"):
+        return None
+    if raw:
+        return Path(raw).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pipequant" / "shapes"
+
+
+def versions() -> dict:
+    """Installed versions of the libraries whose code decides shapes and skip lists (from package
+    metadata: nothing is imported). A new version means new facts."""
+    global _VERSIONS
+    if _VERSIONS is None:
+        found = {}
+        for name in LIBRARIES:
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                found[name] = None
+        _VERSIONS = found
+    return _VERSIONS
+
+
+def _path(shape_key: tuple) -> tuple[Path | None, str]:
+    where = folder()
+    material = json.dumps([FORMAT, repr(shape_key), versions()], sort_keys=True)
+    digest = hashlib.sha256(material.encode()).hexdigest()[:32]
+    return (where / f"{digest}.json" if where is not None else None), digest
+
+
+def get(shape_key: tuple, fact: str):
+    """The stored fact (JSON data) or None."""
+    path, digest = _path(shape_key)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != digest or not isinstance(data.get("facts"), dict):
+        return None
+    return data["facts"].get(fact)
+
+
+def put(shape_key: tuple, fact: str, value) -> None:
+    """Store one fact beside the others of this shape; never fails (an unwritable cache is no cache)."""
+    path, digest = _path(shape_key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            facts = data["facts"] if isinstance(data, dict) and data.get("key") == digest else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            facts = {}
+        if not isinstance(facts, dict):
+            facts = {}
+        facts[fact] = value
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"key": digest, "shape": repr(shape_key)[:300], "facts": facts}, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except (OSError, TypeError, ValueError):
+        pass
