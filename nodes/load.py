@@ -167,12 +167,16 @@ class PipeQuantLoadPipeline:
         allow_pickle=False,
         variant=DEFAULT_VARIANT,
         compile="none",
+        *,
+        check_fit=False,
         **_load_only,
     ):
         """Validate the whole plan, reading no weights; errors name the node and input at fault
         (upstream Backend/Map nodes included). The runner's `validate` calls this with every input
         (`_load_only`: inputs that matter only when loading). Returns `decide.prepare`'s result, whose
-        estimate the load reuses."""
+        estimate the load reuses. `check_fit` (the load): a plan certain to run out of memory is
+        refused, one that may is noted; the editor shows the same live (routes.estimate). Validation
+        alone skips it: the estimate builds models, and `validate`'s cold start imports no torch."""
         prepared = prepare(
             model,
             quantization,
@@ -187,7 +191,7 @@ class PipeQuantLoadPipeline:
         )
         try:
             plan = prepared.plan_or_raise()
-            found = prepared.fit_problems()
+            found = prepared.fit_problems() if check_fit else []
             if errors(found):  # a certain out-of-memory: refused before a weight is read
                 raise ValidationError(errors(found))
             plan.notes += [f"warning: {p}" for p in found if p.severity == "warning"]
@@ -209,7 +213,9 @@ class PipeQuantLoadPipeline:
         disk_cache=True,
         compile="none",
     ) -> tuple:
-        prepared = self.prepared(model, dtype, device, offload, quantization, allow_pickle, variant, compile)
+        prepared = self.prepared(
+            model, dtype, device, offload, quantization, allow_pickle, variant, compile, check_fit=True
+        )
         plan = prepared.plan
         host.free_comfy_models(plan.device, prepared.estimate()["total"]["bytes_after"])
         for note in first_use_notes(plan):

@@ -84,13 +84,13 @@ def test_the_load_node_refuses_a_certain_out_of_memory_before_reading(monkeypatc
     monkeypatch.setenv("PIPEQUANT_MODELS", str(flux_dev.parent))
     Load = NODE_CLASS_MAPPINGS["PipeQuantLoadPipeline"]
     monkeypatch.setattr(fits, "machine_memory", lambda device: CPU_24)
-    plan = Load.plan(flux_dev.name, "bfloat16", "cpu", "none")
+    plan = Load.prepared(flux_dev.name, "bfloat16", "cpu", "none", check_fit=True).plan  # as the load asks
     assert any(n.startswith("warning: ") and "33.7 GB of RAM" in n for n in plan.notes)
     monkeypatch.setattr(fits, "machine_memory", lambda device: _gpu(24))
     prepare_module = importlib.import_module("pipequant.resolver.decide.prepare")  # where every surface asks
     monkeypatch.setattr(prepare_module, "fit_problems", lambda p, e, m=None: fits.fit_problems(_as_cuda(p), e, m))
     with pytest.raises(NodeInputError) as info:
-        Load.plan(flux_dev.name, "bfloat16", "cpu", "none")
+        Load().load(flux_dev.name, "bfloat16", "cpu", "none")  # refused before a weight is read
     assert "would run out of memory" in str(info.value)
 
 

@@ -18,9 +18,10 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from ..known import catalogue
+
 ENV = "PIPEQUANT_SHAPE_CACHE"
 FORMAT = 1
-LIBRARIES = ("torch", "diffusers", "transformers", "bitsandbytes", "torchao", "optimum-quanto", "sdnq")
 _VERSIONS: dict | None = None
 
 
@@ -39,13 +40,16 @@ def versions() -> dict:
     metadata: nothing is imported). A new version means new facts."""
     global _VERSIONS
     if _VERSIONS is None:
-        found = {}
-        for name in LIBRARIES:
-            try:
-                found[name] = metadata.version(name)
-            except metadata.PackageNotFoundError:
-                found[name] = None
-        _VERSIONS = found
+        modules = ["torch", "diffusers", "transformers"]  # and every backend's, as the catalogue names them
+        modules += [m for name in catalogue.backend_names() for m in catalogue.get_backend(name).modules]
+        owners = metadata.packages_distributions()
+        _VERSIONS = {}
+        for module in modules:
+            for dist in sorted(set(owners.get(module.split(".")[0], []))) or [module]:
+                try:
+                    _VERSIONS[dist] = metadata.version(dist)
+                except metadata.PackageNotFoundError:
+                    _VERSIONS[dist] = None
     return _VERSIONS
 
 
