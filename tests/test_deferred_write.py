@@ -15,7 +15,7 @@ import torch
 
 from pipequant.resolver import BackendSpec
 from pipequant.resolver.keep.deferred_write import WRITING, snapshot, wait_for_writes
-from pipequant.resolver.keep.disk_cache import ENTRY_FILE, DiskCache
+from pipequant.resolver.keep.disk_cache import ENTRY_FILE, STORE, DiskCache
 from pipequant.resolver.keep.load import load_plan, plan_load
 from pipequant.resolver.keep.save import save_component
 
@@ -34,7 +34,7 @@ def _gated(gate: threading.Event, started: threading.Event):
 def _entry_keys(folder) -> set[str]:
     from safetensors import safe_open
 
-    (entry,) = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    (entry,) = [p for p in (folder / STORE).iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert (entry / ENTRY_FILE).is_file()
     keys = set()
     for f in entry.glob("*.safetensors"):
@@ -84,7 +84,7 @@ def test_a_reader_of_the_same_entry_waits_for_the_write(plan, tmp_path):
     row = next(r for r in second.rows if r["component"] == "transformer")
     assert row["disk_cache"] == "read"
     assert wait_for_writes(60)
-    manifest = json.loads(next(folder.glob(f"*/{ENTRY_FILE}")).read_text())
+    manifest = json.loads(next((folder / STORE).glob(f"*/{ENTRY_FILE}")).read_text())
     assert manifest["source"]["component"] == "transformer"
 
 
@@ -98,7 +98,9 @@ def test_a_failed_write_leaves_no_entry_and_says_why(plan, tmp_path):
     assert wait_for_writes(60)
     row = next(r for r in result.rows if r["component"] == "transformer")
     assert row["disk_cache"] == "not cached" and row["disk_cache_reason"]
-    assert not [p for p in folder.iterdir() if p.is_dir()]  # no entry, no temporary folder left
+    store = folder / STORE  # the cache's own subfolder: no entry in it, no temporary folder left
+    leftovers = [p for p in store.iterdir() if p.is_dir()] if store.is_dir() else []
+    assert leftovers == []
 
 
 def test_snapshot_shares_weights_not_structure():
