@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..safe_files import FileProblem, read_bytes
+from ..user_cache import is_off
 from .roots import INDEX, Root, contained
 
 ENV_VAR = "PIPEQUANT_HF_CACHE"
-OFF = ("off", "0", "false", "no", "none")
 REPO_PREFIX = "models--"
 _warned: set[str] = set()  # PIPEQUANT_HF_CACHE values already reported as not a folder
 MAX_REF_BYTES = 256  # a revision is a 40-character commit hash (or a short branch-like name)
@@ -31,7 +31,7 @@ MAX_REF_BYTES = 256  # a revision is a 40-character commit hash (or a short bran
 def cache_dir() -> Path | None:
     """The hub cache folder to read, or None when turned off or absent."""
     explicit = os.environ.get(ENV_VAR, "").strip()
-    if explicit.lower() in OFF:
+    if is_off(explicit):
         return None
     if explicit:
         path = Path(explicit).expanduser()

@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 from ..known import catalogue
+from ..known.class_facts import distribution_versions
+from ..user_cache import configured, user_folder
 
 ENV = "PIPEQUANT_SHAPE_CACHE"
 FORMAT = 1
@@ -26,13 +27,7 @@ _VERSIONS: dict | None = None
 
 
 def folder() -> Path | None:
-    raw = os.environ.get(ENV, "").strip()
-    if raw.lower() in ("off", "0", "false", "no", "none"):
-        return None
-    if raw:
-        return Path(raw).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pipequant" / "shapes"
+    return configured(ENV, user_folder("shapes"))
 
 
 def versions() -> dict:
@@ -42,14 +37,7 @@ def versions() -> dict:
     if _VERSIONS is None:
         modules = ["torch", "diffusers", "transformers"]  # and every backend's, as the catalogue names them
         modules += [m for name in catalogue.backend_names() for m in catalogue.get_backend(name).modules]
-        owners = metadata.packages_distributions()
-        _VERSIONS = {}
-        for module in modules:
-            for dist in sorted(set(owners.get(module.split(".")[0], []))) or [module]:
-                try:
-                    _VERSIONS[dist] = metadata.version(dist)
-                except metadata.PackageNotFoundError:
-                    _VERSIONS[dist] = None
+        _VERSIONS = {m: distribution_versions(m) or None for m in modules}
     return _VERSIONS
 
 

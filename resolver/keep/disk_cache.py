@@ -50,8 +50,9 @@ from ..files.meta_build import BuildRefused, check_config
 from ..files.roots import walk_pipeline
 from ..files.safetensors_header import MAX_HEADER, HeaderError, read_header
 from ..known import catalogue
-from ..known.class_facts import config_defaults
+from ..known.class_facts import config_defaults, distribution_versions
 from ..safe_files import FileProblem, read_bytes, read_json
+from ..user_cache import configured, user_folder
 from .save import cause_text
 
 log = logging.getLogger("pipequant.disk_cache")
@@ -59,7 +60,6 @@ log = logging.getLogger("pipequant.disk_cache")
 ENV_FOLDER = "PIPEQUANT_DISK_CACHE"  # a folder, or "off"
 ENV_LIMIT_GB = "PIPEQUANT_DISK_CACHE_GB"
 DEFAULT_LIMIT_GB = 64.0
-OFF_WORDS = ("off", "0", "false", "no", "none")
 ENTRY_FILE = "pipequant-entry.json"
 STORE = "pipequant-disk-cache"  # the cache's own subfolder of the configured folder
 MARKER_FILE = "pipequant-disk-cache.json"
@@ -76,19 +76,13 @@ LOCK_WAIT_SECONDS = 1800.0  # another load quantizing the same component: wait f
 
 
 def default_folder() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pipequant" / "quantized"
+    return user_folder("quantized")
 
 
 def configured_folder(fallback: Path | None = None) -> Path | None:
     """PIPEQUANT_DISK_CACHE if set ("off" turns the cache off), else `fallback` (ComfyUI's
     `pipequant_cache` folder), else the user's cache folder."""
-    raw = os.environ.get(ENV_FOLDER, "").strip()
-    if raw.lower() in OFF_WORDS:
-        return None
-    if raw:
-        return Path(raw).expanduser()
-    return Path(fallback) if fallback is not None else default_folder()
+    return configured(ENV_FOLDER, Path(fallback) if fallback is not None else default_folder())
 
 
 def limit_bytes() -> int:
@@ -132,10 +126,7 @@ def _version(module_name: str) -> str:
     version = getattr(module, "__version__", None)
     if version:
         return str(version)
-    from importlib import metadata
-
-    dists = metadata.packages_distributions().get(module_name.split(".")[0], [])
-    return ",".join(sorted(f"{d}={metadata.version(d)}" for d in set(dists))) or "unknown"
+    return distribution_versions(module_name) or "unknown"
 
 
 def library_versions(row) -> dict[str, str]:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from functools import cache
 from pathlib import Path
 
 from ...files.inspect_model import ModelInfo
 from ...known import catalogue
+from ...known.class_facts import distribution_versions
 from ...safe_files import FileProblem, read_json_object
+from ...user_cache import configured, user_folder
 
 ENV_FOLDER = "PIPEQUANT_QUALITY_CACHE"  # a folder, or "off"
-OFF_WORDS = ("off", "0", "false", "no", "none")
 FORMAT = 1  # bump when the key material or the entry layout changes
 WRITER = "pipequant quality check"  # every entry says who wrote it: nothing else is read or replaced
 SUFFIX = ".quality.json"
@@ -28,23 +27,7 @@ MAX_ENTRY_BYTES = 256 * 1024
 
 
 def folder() -> Path | None:
-    raw = os.environ.get(ENV_FOLDER, "").strip()
-    if raw.lower() in OFF_WORDS:
-        return None
-    if raw:
-        return Path(raw).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pipequant" / "quality"
-
-
-@cache
-def _distribution_version(module: str) -> str:
-    from importlib import metadata
-
-    top = module.split(".")[0]
-    dists = metadata.packages_distributions().get(top, [])
-    found = sorted(f"{d}={metadata.version(d)}" for d in set(dists))
-    return ",".join(found) or "absent"
+    return configured(ENV_FOLDER, user_folder("quality"))
 
 
 def library_versions(backend: str | None) -> dict[str, str]:
@@ -52,7 +35,7 @@ def library_versions(backend: str | None) -> dict[str, str]:
     names = ["torch", "diffusers", "transformers"]
     if backend is not None:
         names += list(catalogue.get_backend(backend).modules)
-    return {n: _distribution_version(n) for n in names}
+    return {n: distribution_versions(n) or "absent" for n in names}
 
 
 def normalized_options(backend: str | None, options: dict) -> dict:
