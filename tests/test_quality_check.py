@@ -147,8 +147,10 @@ def test_a_real_measurement_reaches_the_planner(tiny_flux, figures_folder):
     assert choice.error_measured and choice.error == report.components["transformer"]["relative_error"]
 
 
-def test_the_command_prints_the_json_shape_and_exits_2_on_bad_input(tiny_flux, figures_folder, capsys):
+def test_the_command_prints_the_json_shape_and_exits_2_on_bad_input(tiny_flux, figures_folder, capsys, monkeypatch):
     from pipequant.runner.cli import main
+
+    monkeypatch.setenv("PIPEQUANT_MODELS", str(tiny_flux.parent))  # --models sets it: undone after the test
 
     base = ["quality", tiny_flux.name, "--models", str(tiny_flux.parent), "--backend", "torchao"]
     small = ["--device", "cpu", "--steps", "2", "--width", "64", "--height", "64", "--max-sequence-length", "32"]
@@ -217,6 +219,8 @@ def test_a_reference_that_does_not_fit_the_device_runs_with_model_offload(tiny_f
 
 def test_a_failure_while_measuring_exits_4_naming_it_without_a_traceback(tiny_flux, monkeypatch, capsys):
     from pipequant.runner.cli import EXIT_RUN, main
+
+    monkeypatch.setenv("PIPEQUANT_MODELS", str(tiny_flux.parent))  # --models sets it: undone after the test
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
