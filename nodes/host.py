@@ -115,6 +115,11 @@ def default_device() -> str:
     return "auto"
 
 
+def device_for(device: str) -> str:
+    """A node's `device` input as the resolver takes it: "auto" is ComfyUI's own device."""
+    return default_device() if device == "auto" else device
+
+
 def request_interrupt() -> None:
     _interrupt.set()
 

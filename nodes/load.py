@@ -183,7 +183,7 @@ class PipeQuantLoadPipeline:
             roots=host.model_roots(),
             gguf_roots=host.gguf_roots(),
             dtype=dtype,
-            device=host.default_device() if device == "auto" else device,
+            device=host.device_for(device),
             offload=offload,
             allow_pickle=allow_pickle,
             compile=compile,

@@ -146,7 +146,7 @@ class PipeQuantQualityCheck:
                 roots=host.model_roots(),
                 gguf_roots=host.gguf_roots(),
                 dtype=dtype,
-                device=host.default_device() if device == "auto" else device,
+                device=host.device_for(device),
                 offload=offload,
                 prompt=prompt,
                 seed=seed,

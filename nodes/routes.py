@@ -267,7 +267,7 @@ def _options(data: dict) -> dict:
         raise _shape("allow_pickle", '"allow_pickle" must be true or false')
     return {
         "dtype": _string(data, "dtype", LOAD_DEFAULTS["dtype"]),
-        "device": host.default_device() if device == "auto" else device,
+        "device": host.device_for(device),
         "offload": _string(data, "offload", LOAD_DEFAULTS["offload"]),
         "allow_pickle": allow_pickle,
         "compile": _string(data, "compile", LOAD_DEFAULTS["compile"]),
