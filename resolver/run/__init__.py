@@ -3,13 +3,12 @@
 from . import lora
 from .compile import compile_component
 from .context import diffusers_context
-from .encode import FAMILY_TITLES, denoiser_of, encode_prompt, families_text, family_of
+from .encode import denoiser_of, encode_prompt, families_text, family_of
 from .lora import ENV_VAR, STRENGTH_RANGE, activate, list_loras, load_adapter, make_spec, resolve_lora
 from .sample import generate
 
 __all__ = [
     "ENV_VAR",
-    "FAMILY_TITLES",
     "STRENGTH_RANGE",
     "activate",
     "compile_component",
