@@ -226,12 +226,18 @@ def live_config_parameters(library: str) -> dict[str, list[str]]:
     }
 
 
+@lru_cache(maxsize=1)
+def _distributions_by_module() -> dict:
+    """Top-level module -> the distributions installing it. Scanning every installed package's
+    metadata is slow (seconds, megabytes read with many packages): once per process."""
+    return importlib.metadata.packages_distributions()
+
+
 @lru_cache(maxsize=None)
 def distribution_versions(module: str) -> str:
     """ "dist=version" of each installed distribution that provides `module` (optimum.quanto ->
-    "optimum-quanto=0.2.7"), read from package metadata without importing it; "" when none.
-    Scanning the metadata is slow (seconds with many packages): once per module and process."""
-    dists = importlib.metadata.packages_distributions().get(module.split(".")[0], [])
+    "optimum-quanto=0.2.7"), read from package metadata without importing it; "" when none."""
+    dists = _distributions_by_module().get(module.split(".")[0], [])
     return ",".join(sorted(f"{d}={importlib.metadata.version(d)}" for d in set(dists)))
 
 
