@@ -137,3 +137,15 @@ def test_validate_imports_neither_torch_nor_diffusers(tiny_flux, flux_dev, tmp_p
         assert "OK (validated against the models" in done.stdout
         imported = imported_by(done.stdout)
         assert imported == (["torch"] if gpu_files else []), imported
+
+
+def test_the_quantization_facts_do_not_depend_on_import_order():
+    """SDNQ adds itself to transformers' quantizer mapping when imported; the facts (and so the
+    comparison above) must read the same before and after."""
+    pytest.importorskip("sdnq")
+    import sdnq  # noqa: F401  (the import is the point: it registers sdnq with transformers)
+
+    table = json.loads(class_facts.FACTS_FILE.read_text())
+    for library in class_facts.LIBRARIES:
+        assert table["quantization"][library] == class_facts.live_quantization_methods(library)
+        assert table["config_parameters"][library] == class_facts.live_config_parameters(library)

@@ -213,16 +213,26 @@ def live_config_classes(library: str) -> dict:
     return dict(AUTO_QUANTIZATION_CONFIG_MAPPING)
 
 
+def live_own_config_classes(library: str) -> dict:
+    """live_config_classes less what other packages registered at import (SDNQ adds itself to
+    transformers' mapping when imported): the generated file must not depend on import order."""
+    return {
+        method: cls
+        for method, cls in live_config_classes(library).items()
+        if cls.__module__.split(".", 1)[0] == library
+    }
+
+
 def live_quantization_methods(library: str) -> list[str]:
-    """The quant_method names the library maps to a config class ([] if it is not installed)."""
-    return list(live_config_classes(library))
+    """The quant_method names the library itself maps to a config class ([] if it is not installed)."""
+    return list(live_own_config_classes(library))
 
 
 def live_config_parameters(library: str) -> dict[str, list[str]]:
     """quant_method -> the arguments its config class takes (global specs compare them)."""
     return {
         method: sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
-        for method, cls in live_config_classes(library).items()
+        for method, cls in live_own_config_classes(library).items()
     }
 
 
