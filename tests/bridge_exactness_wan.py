@@ -41,9 +41,7 @@ def denoiser_error(model, module, cond, seed: int, sigma: float) -> dict:
         denoised = model.model.apply_model(x, s, **{k: v.cond for k, v in kwargs.items()})
     dt = module.dtype
     with diffusers_context():
-        v = module(
-            hidden_states=x.to(dt), timestep=s * 1000, encoder_hidden_states=states.to(dt), return_dict=False
-        )[0]
+        v = module(hidden_states=x.to(dt), timestep=s * 1000, encoder_hidden_states=states.to(dt), return_dict=False)[0]
     expected = x - s * v.float()
     return {"denoiser_max_abs_error": err(denoised, expected), "output_scale": float(expected.abs().max())}
 
@@ -115,7 +113,8 @@ def check_wan22(root):
             low.model.diffusion_model.denoiser is pipe.transformer_2,
         ],
         "experts_differ": not torch.equal(
-            high.model.diffusion_model.denoiser.patch_embedding.weight, low.model.diffusion_model.denoiser.patch_embedding.weight
+            high.model.diffusion_model.denoiser.patch_embedding.weight,
+            low.model.diffusion_model.denoiser.patch_embedding.weight,
         ),
         "one_vae": vae_high is vae_low,
         "boundary_step_20": boundary_step(high.model.model_sampling, pipe.config.boundary_ratio, 20),
