@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from comfy_server import comfy_server, comfyui_dir, comfyui_python, skip_reason  # noqa: F401  (a fixture)
+from comfy_server import comfy_server, comfyui_dir, comfyui_python, skip_reason, video_size  # noqa: F401  (a fixture)
 from test_comfyui_bridge import _comfy_env, _run_ok
 
 from pipequant.resolver.keep.load import load
@@ -227,25 +227,10 @@ def test_wan22_experts_into_two_ksampler_advanced_save_a_video(wan_server):
     (saved,) = entry["outputs"]["12"]["images"]
     path = server.output_dir / saved["subfolder"] / saved["filename"]
     assert path.is_file() and path.stat().st_size > 0, saved
-    assert video_frames(path) == [5, 32, 32]
+    assert video_size(path) == [5, 32, 32]
     log = server.log()[start:]
     assert "Traceback" not in log and "!!! Exception" not in log, log[-4000:]
     assert "switches experts at sigma 0.875" in log, log[-4000:]
-
-
-def video_frames(path: Path) -> list[int]:
-    """[frames, width, height] of a saved video, read with ComfyUI's own PyAV (in its python)."""
-    code = (
-        "import av, json, sys\n"
-        "with av.open(sys.argv[1]) as f:\n"
-        "    s = f.streams.video[0]\n"
-        "    print(json.dumps([sum(1 for _ in f.decode(s)), s.width, s.height]))"
-    )
-    run = subprocess.run(
-        [str(comfyui_python(comfyui_dir())), "-c", code, str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
 
 
 @pytest.mark.comfyui
