@@ -53,7 +53,12 @@ class PipeQuantEncodePrompt:
                 ),
                 "max_sequence_length": (
                     "INT",
-                    {"default": 0, "min": 0, "max": 512, "tooltip": "T5 tokens (FLUX/SD3); 0 = pipeline default."},
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 512,
+                        "tooltip": "T5 tokens (FLUX/SD3/Wan); 0 = pipeline default (Wan: 512).",
+                    },
                 ),
             },
         }

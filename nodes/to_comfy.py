@@ -3,13 +3,25 @@ for core's KSampler, VAEDecode and everything else that takes them."""
 
 from __future__ import annotations
 
+import logging
+
 from ..resolver.problems import Problem
 from ..resolver.run import families_text, family_of
 from . import comfy_memory, host
 from .load import PIPELINE_TYPE
 from .messages import raise_for
 
+log = logging.getLogger("pipequant")
+
 TO_COMFY_NODE = "Pipeline to ComfyUI"
+# The `expert` input: which of the pipeline's denoisers becomes the MODEL (None: its one, first denoiser).
+EXPERTS = {"first": None, "second": "transformer_2"}
+EXPERT_TOOLTIP = (
+    "Which of the pipeline's denoisers becomes the MODEL. Wan 2.2 A14B has two experts: 'first' = transformer "
+    "(high noise, the first steps), 'second' = transformer_2 (low noise, the last steps). Use two of these nodes "
+    "into two KSamplerAdvanced split at the step the log names (the pipeline's boundary_ratio). Every other "
+    "pipeline has one denoiser: keep 'first'."
+)
 
 
 def family_problems(result, node: str) -> list[Problem]:
@@ -23,6 +35,22 @@ def family_problems(result, node: str) -> list[Problem]:
             input="pipeline",
             message=f"{type(result.pipeline).__name__} ({result.plan.model.folder.name}) has no ComfyUI mapping",
             suggestion=f"the families that work: {families_text()}; use Quantized Pipeline Sampler for the others",
+        )
+    ]
+
+
+def expert_problems(result, expert: str, node: str) -> list[Problem]:
+    """The second expert exists only in a two-denoiser pipeline (Wan 2.2 A14B)."""
+    component = EXPERTS.get(expert, "?")
+    if component is None or getattr(result.pipeline, component, None) is not None:
+        return []
+    return [
+        Problem(
+            code="bridge_expert",
+            input="expert",
+            message=f"{type(result.pipeline).__name__} ({result.plan.model.folder.name}) has one denoiser; "
+            f"'{expert}' is Wan 2.2 A14B's low-noise {component}",
+            suggestion="set expert to 'first' for this pipeline (or load a Wan 2.2 A14B pipeline)",
         )
     ]
 
@@ -53,18 +81,27 @@ class PipeQuantToComfy:
                     PIPELINE_TYPE,
                     {"tooltip": "From Load Quantized Pipeline (or Apply LoRA). Families: " + families_text() + "."},
                 ),
-            }
+            },
+            "optional": {
+                "expert": (list(EXPERTS), {"default": "first", "tooltip": EXPERT_TOOLTIP}),
+            },
         }
 
-    def convert(self, pipeline):
-        raise_for(family_problems(pipeline, TO_COMFY_NODE), TO_COMFY_NODE)
+    def convert(self, pipeline, expert="first"):
+        raise_for(
+            family_problems(pipeline, TO_COMFY_NODE) + expert_problems(pipeline, expert, TO_COMFY_NODE), TO_COMFY_NODE
+        )
         from .bridge import build_model, build_vae
+        from .bridge.wan import boundary_note
 
         mm = host.model_management
         if mm is None:
             raise RuntimeError(f"{TO_COMFY_NODE} needs ComfyUI (comfy.model_management is not importable)")
         pipe = pipeline.pipeline
-        model = build_model(pipeline, mm)
+        model = build_model(pipeline, mm, EXPERTS[expert])
+        note = boundary_note(pipe, model.model)
+        if note:
+            log.info(note)
         # One owner per module: ComfyUI manages the denoiser (and the wrapped VAE) through these
         # patchers now, not through the pack's component entries.
         comfy_memory.hand_over(mm, model.model.diffusion_model.denoiser)

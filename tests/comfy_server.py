@@ -362,3 +362,19 @@ def _print_uncaptured(request, text: str) -> None:
     context = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with context:
         sys.stderr.write(text + "\n")
+
+
+# -- reading what the server wrote ---------------------------------------------------------------
+def video_size(path: Path) -> list[int]:
+    """[frames, width, height] of a saved video, read with ComfyUI's own PyAV (in its python)."""
+    code = (
+        "import av, json, sys\n"
+        "with av.open(sys.argv[1]) as f:\n"
+        "    s = f.streams.video[0]\n"
+        "    print(json.dumps([sum(1 for _ in f.decode(s)), s.width, s.height]))"
+    )
+    run = subprocess.run(
+        [str(comfyui_python(comfyui_dir())), "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from comfy_server import PACK_DIR, PACK_NAME, comfy_server  # noqa: F401 (the fixture)
+from comfy_server import PACK_DIR, PACK_NAME, comfy_server, video_size  # noqa: F401 (the fixture)
 from PIL import Image
 
 from pipequant.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
@@ -31,6 +31,7 @@ EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 NODE_CLASSES = {**NODE_CLASS_MAPPINGS, **BUILTIN_NODES}
 SIZE = 32  # pixels; the tiny pipelines' VAEs do not downsample much
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VIDEO_FRAMES = 5  # 4k+1: two latent frames of the tiny Wan
 
 
 # -- building prompts ----------------------------------------------------------------------------
@@ -55,6 +56,8 @@ def example(name: str, server=None) -> tuple[dict, dict]:
     for kind in ("EmptySD3LatentImage", "EmptyLatentImage"):
         for node in nodes(prompt, kind):  # latent = size / 8; the tiny VAEs keep the latent's size
             node["inputs"].update(width=SIZE * 8, height=SIZE * 8)
+    for node in nodes(prompt, "EmptyHunyuanLatentVideo"):  # Wan's VAE does downsample (8x, 4x in time)
+        node["inputs"].update(width=SIZE, height=SIZE, length=VIDEO_FRAMES)
     for node in nodes(prompt, "PipeQuantEncodePrompt"):
         node["inputs"]["max_sequence_length"] = 32
     for node in nodes(prompt, "PipeQuantLoadPipeline"):
@@ -203,6 +206,11 @@ def test_example_workflow_runs(comfy_server, name):
         frames = next(n for n in nodes(prompt, "PipeQuantSampler"))["inputs"]["num_frames"]
         with Image.open(path) as video:
             assert (video.format, video.n_frames, video.size) == ("WEBP", frames, (SIZE, SIZE)), path
+
+    for save_id in [i for i, n in prompt.items() if n["class_type"] == "SaveVideo"]:  # core's video save
+        (saved,) = outputs[save_id]["images"]
+        path = comfy_server.output_dir / saved["subfolder"] / saved["filename"]
+        assert video_size(path) == [VIDEO_FRAMES, SIZE, SIZE], path
 
     report_id = node_id(prompt, "PipeQuantMemoryReport")
     text = "\n".join(outputs[report_id]["text"])

@@ -17,6 +17,7 @@ import logging
 from ...resolver.keep import tensor_bytes
 from ...resolver.run import denoiser_of, diffusers_context, family_of
 from .adapters import ADAPTERS, TO_COMFY_NODE
+from .wan import wan_config  # (importing wan also registers its adapter in ADAPTERS)
 
 log = logging.getLogger("pipequant")
 
@@ -128,6 +129,8 @@ def _refuse_weight_patching(*args, **kwargs):
 def _config(family: str, denoiser, scheduler):
     import comfy.supported_models as sm
 
+    if family == "wan":
+        return wan_config(denoiser, scheduler)
     cfg = denoiser.config
     sched = getattr(scheduler, "config", {}) or {}
     if family == "flux":
@@ -179,15 +182,28 @@ def _match_latent_format(config, vae) -> None:
         config.latent_format.scale_factor = float(scale)
     if shift is not None and shift != getattr(config.latent_format, "shift_factor", 0.0):
         config.latent_format.shift_factor = float(shift)
+    z_dim = getattr(vcfg, "z_dim", None)  # video VAEs (Wan): per-channel mean and std
+    for key in ("latents_mean", "latents_std"):
+        values = getattr(vcfg, key, None)
+        if values is not None and z_dim and hasattr(config.latent_format, key):
+            shape = (1, z_dim) + (1,) * (config.latent_format.latent_dimensions or 2)
+            setattr(config.latent_format, key, _tensor(values).view(shape))
 
 
-def build_model(result, model_management):
-    """The MODEL (a PipeQuantModelPatcher) for a loaded pipeline of a mapped family."""
+def _tensor(values):
+    import torch
+
+    return torch.tensor([float(v) for v in values])
+
+
+def build_model(result, model_management, component: str | None = None):
+    """The MODEL (a PipeQuantModelPatcher) for a loaded pipeline of a mapped family; `component`:
+    another denoiser of the pipeline than its first (Wan 2.2 A14B's transformer_2)."""
     import comfy.model_base as mb
 
     pipe = result.pipeline
     family = family_of(pipe)
-    denoiser = denoiser_of(pipe)
+    denoiser = getattr(pipe, component) if component else denoiser_of(pipe)
     config = _config(family, denoiser, getattr(pipe, "scheduler", None))
     _match_latent_format(config, getattr(pipe, "vae", None))
     model = config.get_model({})
@@ -205,5 +221,6 @@ def build_model(result, model_management):
         load, offload = model_management.get_torch_device(), model_management.unet_offload_device()
     model.device = here
     patcher = patcher_class()(model, load_device=load, offload_device=offload, size=size)
-    patcher.pipequant_what = f"{result.plan.model.folder.name}/{'unet' if family in ('sd1', 'sdxl') else 'transformer'}"
+    part = component or ("unet" if family in ("sd1", "sdxl") else "transformer")
+    patcher.pipequant_what = f"{result.plan.model.folder.name}/{part}"
     return patcher

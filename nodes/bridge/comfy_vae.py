@@ -55,6 +55,10 @@ def comfy_layout(vae) -> bool:
 def build_vae(vae, name: str):
     import comfy.sd
 
+    from .wan import is_wan_vae, wan_vae
+
+    if is_wan_vae(vae):  # video latents
+        return wan_vae(vae, name)
     if comfy_layout(vae):
         with diffusers_context():
             state = {k: v.detach().to("cpu").clone() for k, v in vae.state_dict().items()}
@@ -62,7 +66,8 @@ def build_vae(vae, name: str):
     return _wrapped_vae(vae, name)
 
 
-def _wrapped_vae(vae, name: str):
+def _wrapped_vae(vae, name: str, ratio: int | None = None, latent_channels: int | None = None):
+    """ratio / latent_channels: for VAEs whose config does not say them as AutoencoderKL's does."""
     import comfy.model_management as mm
     import comfy.sd
 
@@ -74,9 +79,9 @@ def _wrapped_vae(vae, name: str):
     finally:
         root.removeFilter(quiet)
     cfg = vae.config
-    ratio = 2 ** (len(cfg.block_out_channels) - 1)
+    ratio = ratio or 2 ** (len(cfg.block_out_channels) - 1)
     out.downscale_ratio = out.upscale_ratio = ratio
-    out.latent_channels = cfg.latent_channels
+    out.latent_channels = latent_channels or cfg.latent_channels
     out.first_stage_model = DiffusersVAEStage(vae).eval()
     out.device = mm.vae_device()
     out.vae_dtype = vae.dtype  # the pipeline's module is shared: never cast it

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 FAMILY_OF_DENOISER = {
     "FluxTransformer2DModel": "flux",
     "ChromaTransformer2DModel": "chroma",
+    "WanTransformer3DModel": "wan",  # text to video only (below)
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd1",  # "sdxl" when the UNet takes text_time embeddings (below)
 }
 FAMILY_TITLES = {
     "flux": "FLUX.1",
     "chroma": "Chroma",
+    "wan": "Wan 2.1 / 2.2 A14B (text to video)",
     "sd3": "Stable Diffusion 3 / 3.5",
     "sdxl": "SDXL",
     "sd1": "Stable Diffusion 1.x",
@@ -39,7 +41,16 @@ def family_of(pipe) -> str | None:
     family = FAMILY_OF_DENOISER.get(type(denoiser).__name__) if denoiser is not None else None
     if family == "sd1" and getattr(denoiser.config, "addition_embed_type", None) == "text_time":
         family = "sdxl"
+    if family == "wan" and not _wan_text_to_video(denoiser):
+        family = None
     return family
+
+
+def _wan_text_to_video(denoiser) -> bool:
+    """ComfyUI's WAN21_T2V shape: 16 latent channels in and out, no CLIP image states (image to
+    video and Wan 2.2 TI2V 5B's 48-channel latents are not mapped)."""
+    cfg = denoiser.config
+    return cfg.in_channels == (cfg.out_channels or cfg.in_channels) == 16 and not getattr(cfg, "image_dim", None)
 
 
 def families_text() -> str:
@@ -65,7 +76,17 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
         raise ValueError(f"no prompt encoding is mapped for {type(pipe).__name__}; mapped: {families_text()}")
     device = pipe._execution_device
     with diffusers_context():
-        if family == "flux":
+        if family == "wan":
+            # UMT5 states of the prompt's tokens (EOS included), zero-padded to 512 as the
+            # pipeline's __call__ does and as core's Wan text encoder gives them (min_length 512).
+            states, _neg = pipe.encode_prompt(
+                text,
+                do_classifier_free_guidance=False,
+                max_sequence_length=max_sequence_length or 512,
+                device=device,
+            )
+            extras = {"pooled_output": None}
+        elif family == "flux":
             kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
             states, pooled, _ids = pipe.encode_prompt(text, prompt_2=None, device=device, **kwargs)
             extras = {"pooled_output": pooled}

@@ -1,0 +1,136 @@
+"""Run by tests/test_comfyui_bridge_wan.py in ComfyUI's python (as bridge_exactness.py, whose helpers
+it uses): Wan 2.1 and Wan 2.2 A14B through the bridge. One denoiser call through the bridged MODEL
+(ComfyUI's apply_model with the conds its WAN21 model builds from the CONDITIONING) against the
+diffusers module; the CONDITIONING against the pipeline's encode_prompt; the video VAE's decode and
+encode against diffusers'. Prints one JSON object.
+
+usage: python bridge_exactness_wan.py <models folder>
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from bridge_exactness import _comfy, bridged, err
+
+PROMPT = "a lighthouse at dusk"
+
+
+def loaded_family(family: str, root: str, components: list[str]):
+    from pipequant.resolver.keep.load import load
+    from pipequant.resolver.links.spec import BackendSpec
+    from pipequant.testing.families import ensure_family
+
+    spec = BackendSpec.make("torchao", "int8_weight_only", components=components)
+    return load(ensure_family(family, root), spec, dtype="bfloat16", device="cpu", cache=None)
+
+
+def denoiser_error(model, module, cond, seed: int, sigma: float) -> dict:
+    """apply_model (sigma in, denoised out; ComfyUI builds the conds) against x - sigma * v, with v
+    the diffusers module's flow prediction at timestep sigma * 1000 on the same states."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    states, extras = cond[0]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, 2, 8, 6, generator=g)  # 5 frames at 64 x 48 pixels
+    s = torch.tensor([sigma])
+    with torch.inference_mode():
+        kwargs = model.model.extra_conds(cross_attn=states, device=torch.device("cpu"), noise=x, **extras)
+        denoised = model.model.apply_model(x, s, **{k: v.cond for k, v in kwargs.items()})
+    dt = module.dtype
+    with diffusers_context():
+        v = module(hidden_states=x.to(dt), timestep=s * 1000, encoder_hidden_states=states.to(dt), return_dict=False)[0]
+    expected = x - s * v.float()
+    return {"denoiser_max_abs_error": err(denoised, expected), "output_scale": float(expected.abs().max())}
+
+
+def conditioning_error(pipe, cond) -> float:
+    from pipequant.resolver.run.context import diffusers_context
+
+    with diffusers_context():
+        states, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=512, device="cpu")
+    return err(cond[0][0], states) if cond[0][0].shape == states.shape else float("inf")
+
+
+def vae_errors(vae, pipe) -> dict:
+    """ComfyUI's decode ((B, T, H, W, 3) in 0..1) and encode (the latent mean) against diffusers'."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    z = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        image = vae.decode(z)
+        latent = vae.encode(image[0])  # VAEEncode's input: the frames as a batch of images
+    dt = pipe.vae.dtype
+    with diffusers_context():
+        ref = ((pipe.vae.decode(z.to(dt)).sample.float() + 1) / 2).clamp(0, 1).movedim(1, -1)
+        frames = (image[0].movedim(-1, 0).unsqueeze(0) * 2 - 1).to(dt)
+        ref_latent = pipe.vae.encode(frames).latent_dist.mode().float()
+    return {
+        "frames": image.shape[1],
+        "decode_max_abs_error": err(image, ref),
+        "encode_max_abs_error": err(latent, ref_latent),
+        "latent_shape": list(latent.shape),
+    }
+
+
+def check_wan21(root):
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+
+    result = loaded_family("Wan 2.1", root, ["transformer", "text_encoder"])
+    pipe = result.pipeline
+    model, vae = bridged(result)
+    (cond,) = PipeQuantEncodePrompt().encode(result, PROMPT)
+    return {
+        **denoiser_error(model, pipe.transformer, cond, seed=10, sigma=0.8),
+        "conditioning_max_abs_error": conditioning_error(pipe, cond),
+        "conditioning_shape": list(cond[0][0].shape),
+        "pooled_output": cond[0][1].get("pooled_output", "absent"),
+        "model_type": model.model.model_type.name,
+        "latent_format": type(model.model.latent_format).__name__,
+        "shift": model.model.model_sampling.shift,
+        "vae": vae_errors(vae, pipe),
+    }
+
+
+def check_wan22(root):
+    """Each expert as its own MODEL: 'first' is transformer (high noise), 'second' transformer_2."""
+    from pipequant.nodes.bridge.wan import boundary_step
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+    from pipequant.nodes.to_comfy import PipeQuantToComfy
+
+    result = loaded_family("Wan 2.2 A14B", root, ["transformer", "transformer_2", "text_encoder"])
+    pipe = result.pipeline
+    high, vae_high = PipeQuantToComfy().convert(result, "first")
+    low, vae_low = PipeQuantToComfy().convert(result, "second")
+    (cond,) = PipeQuantEncodePrompt().encode(result, PROMPT)
+    out = {
+        "high": denoiser_error(high, pipe.transformer, cond, seed=11, sigma=0.95),
+        "low": denoiser_error(low, pipe.transformer_2, cond, seed=11, sigma=0.3),
+        "wraps": [
+            high.model.diffusion_model.denoiser is pipe.transformer,
+            low.model.diffusion_model.denoiser is pipe.transformer_2,
+        ],
+        "experts_differ": not torch.equal(
+            high.model.diffusion_model.denoiser.patch_embedding.weight,
+            low.model.diffusion_model.denoiser.patch_embedding.weight,
+        ),
+        "one_vae": vae_high is vae_low,
+        "boundary_step_20": boundary_step(high.model.model_sampling, pipe.config.boundary_ratio, 20),
+        "conditioning_max_abs_error": conditioning_error(pipe, cond),
+    }
+    # diffusers' own schedule at 20 steps: how many timesteps are >= boundary_ratio * 1000
+    pipe.scheduler.set_timesteps(20)
+    out["diffusers_high_steps_20"] = int((pipe.scheduler.timesteps >= pipe.config.boundary_ratio * 1000).sum())
+    return out
+
+
+def main() -> None:
+    root = sys.argv[1]
+    _comfy()  # ComfyUI parses sys.argv: read ours first
+    print("RESULT " + json.dumps({"wan21": check_wan21(root), "wan22": check_wan22(root)}))
+
+
+if __name__ == "__main__":
+    main()
