@@ -126,10 +126,55 @@ def check_wan22(root):
     return out
 
 
+def check_wan22_memory(root):
+    """ComfyUI's model management on the two experts: one owner per module (the pack's entries for
+    transformer, transformer_2 and the VAE handed over), each MODEL's size is its real bytes,
+    loading both loads them whole, unloading everything leaves nothing loaded."""
+    import comfy.model_management as mm
+
+    from pipequant.nodes import comfy_memory
+    from pipequant.nodes.to_comfy import PipeQuantToComfy
+    from pipequant.resolver.keep.memory import tensor_bytes
+
+    result = loaded_family("Wan 2.2 A14B", root, ["transformer", "transformer_2", "text_encoder"])
+    comfy_memory.track(mm, result)  # what the Load node does
+    pipe = result.pipeline
+
+    def owners(module):
+        def holds(patcher):
+            inner = getattr(patcher, "model", None)
+            adapter = getattr(inner, "diffusion_model", None)
+            return (
+                inner is module or getattr(adapter, "denoiser", None) is module or getattr(inner, "vae", None) is module
+            )
+
+        return sum(1 for m in mm.current_loaded_models if holds(m.model))
+
+    before = [owners(pipe.transformer), owners(pipe.transformer_2)]
+    high, vae = PipeQuantToComfy().convert(result, "first")
+    low, _ = PipeQuantToComfy().convert(result, "second")
+    with torch.inference_mode():
+        mm.load_models_gpu([high, low, vae.patcher])
+    out = {
+        "pack_entries_before": before,
+        "owners_after_load": [owners(pipe.transformer), owners(pipe.transformer_2), owners(pipe.vae)],
+        "sizes_are_real_bytes": [
+            high.size == tensor_bytes(pipe.transformer),
+            low.size == tensor_bytes(pipe.transformer_2),
+        ],
+        "loaded_sizes_equal_sizes": [high.loaded_size() == high.size, low.loaded_size() == low.size],
+    }
+    with torch.inference_mode():
+        mm.unload_all_models()
+    out["owners_after_unload_all"] = [owners(pipe.transformer), owners(pipe.transformer_2), owners(pipe.vae)]
+    return out
+
+
 def main() -> None:
     root = sys.argv[1]
     _comfy()  # ComfyUI parses sys.argv: read ours first
-    print("RESULT " + json.dumps({"wan21": check_wan21(root), "wan22": check_wan22(root)}))
+    out = {"wan21": check_wan21(root), "wan22": check_wan22(root), "wan22_memory": check_wan22_memory(root)}
+    print("RESULT " + json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,13 @@ def test_bridged_wan_equals_diffusers(models_root, tmp_path):
     assert vae["decode_max_abs_error"] <= 1e-6 and vae["encode_max_abs_error"] <= 1e-6, vae
     assert wan22["wraps"] == [True, True] and wan22["experts_differ"] and wan22["one_vae"]
     assert 0 < wan22["boundary_step_20"] < 20
+    assert measured["wan22_memory"] == {
+        "pack_entries_before": [1, 1],
+        "owners_after_load": [1, 1, 1],
+        "sizes_are_real_bytes": [True, True],
+        "loaded_sizes_equal_sizes": [True, True],
+        "owners_after_unload_all": [0, 0, 0],
+    }, measured["wan22_memory"]
 
 
 # -- in a real ComfyUI server -----------------------------------------------------------------------
