@@ -338,3 +338,14 @@ def test_hunyuan_video_into_ksampler_saves_an_animated_webp(wan_server):
         assert (video.n_frames, video.size) == (5, (32, 32))
     log = server.log()[start:]
     assert "Traceback" not in log and "!!! Exception" not in log, log[-4000:]
+
+
+def test_every_mapped_family_has_an_adapter_and_a_title():
+    """The registries the families add themselves to agree: a denoiser class the bridge maps has
+    an adapter and a title (the names the refusal lists)."""
+    from pipequant.nodes.bridge import ADAPTERS
+    from pipequant.resolver.run.encode import FAMILY_OF_DENOISER, FAMILY_TITLES
+
+    families = set(FAMILY_OF_DENOISER.values()) | {"sdxl"}  # sdxl: a UNet with text_time embeddings
+    assert families <= set(ADAPTERS) and families == set(FAMILY_TITLES)
+    assert {"wan", "hunyuan_video"} <= families
