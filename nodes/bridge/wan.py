@@ -7,21 +7,19 @@ KSamplerAdvanced and the low-noise expert (`transformer_2`) for the rest with a 
 expert becomes its own MODEL (Pipeline to ComfyUI's `expert` input), and the step where the
 pipeline's `boundary_ratio` falls is logged for the user's sampler settings.
 
-ComfyUI's own Wan VAE holds the original Wan checkpoint layout at full size only; the pipeline's
-AutoencoderKLWan is handed over as the wrapped module (one copy, moved whole by the pack's patcher).
+ComfyUI's own Wan VAE holds the original Wan checkpoint layout at full size only, and a converted
+copy would be a second copy of the VAE beside the pipeline's (which its own Sampler keeps using): the
+pipeline's AutoencoderKLWan is handed over as the wrapped module (one copy, moved whole by the pack's
+patcher).
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 
 from ...resolver.run import diffusers_context
 from .adapters import ADAPTERS, UNSUPPORTED_COND, DenoiserAdapter
 from .video_vae import video_vae
-
-log = logging.getLogger("pipequant")
 
 WAN_VAE = "AutoencoderKLWan"
 
