@@ -57,7 +57,7 @@ class PipeQuantEncodePrompt:
                         "default": 0,
                         "min": 0,
                         "max": 512,
-                        "tooltip": "T5 tokens (FLUX/SD3/Wan); 0 = pipeline default (Wan: 512).",
+                        "tooltip": "Text tokens (T5: FLUX/SD3/Wan; LLaMA: HunyuanVideo); 0 = pipeline default (Wan: 512).",
                     },
                 ),
             },

@@ -55,10 +55,13 @@ def comfy_layout(vae) -> bool:
 def build_vae(vae, name: str):
     import comfy.sd
 
+    from .hunyuan_video import hunyuan_video_vae, is_hunyuan_video_vae
     from .wan import is_wan_vae, wan_vae
 
     if is_wan_vae(vae):  # video latents
         return wan_vae(vae, name)
+    if is_hunyuan_video_vae(vae):
+        return hunyuan_video_vae(vae, name)
     if comfy_layout(vae):
         with diffusers_context():
             state = {k: v.detach().to("cpu").clone() for k, v in vae.state_dict().items()}

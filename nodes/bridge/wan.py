@@ -7,22 +7,19 @@ KSamplerAdvanced and the low-noise expert (`transformer_2`) for the rest with a 
 expert becomes its own MODEL (Pipeline to ComfyUI's `expert` input), and the step where the
 pipeline's `boundary_ratio` falls is logged for the user's sampler settings.
 
-ComfyUI's own Wan VAE holds the original Wan checkpoint layout at full size only; the pipeline's
-AutoencoderKLWan is handed over as the wrapped module (one copy, moved whole by the pack's patcher).
+ComfyUI's own Wan VAE holds the original Wan checkpoint layout at full size only, and a converted
+copy would be a second copy of the VAE beside the pipeline's (which its own Sampler keeps using): the
+pipeline's AutoencoderKLWan is handed over as the wrapped module (one copy, moved whole by the pack's
+patcher).
 """
 
 from __future__ import annotations
-
-import logging
-import math
-import weakref
 
 import torch
 
 from ...resolver.run import diffusers_context
 from .adapters import ADAPTERS, UNSUPPORTED_COND, DenoiserAdapter
-
-log = logging.getLogger("pipequant")
+from .video_vae import video_vae
 
 WAN_VAE = "AutoencoderKLWan"
 
@@ -140,40 +137,19 @@ def boundary_step(model_sampling, ratio: float, steps: int, scheduler: str = "si
 
 
 # -- the VAE ---------------------------------------------------------------------------------------
-_VAES: dict[int, tuple] = {}  # id(module) -> (weakref(module), weakref(ComfyUI VAE)): one VAE per module
-
-
 def is_wan_vae(vae) -> bool:
     return type(vae).__name__ == WAN_VAE
 
 
 def wan_vae(vae, name: str):
     """ComfyUI's VAE over the pipeline's AutoencoderKLWan: video latents (B, C, 1 + T/4, H/8, W/8),
-    4k+1 frames, as ComfyUI's own Wan 2.1 VAE. Both experts' nodes get the same object, so the
-    module has one patcher (one owner in ComfyUI's model management)."""
-    from .comfy_vae import _wrapped_vae
-
-    known = _VAES.get(id(vae))
-    if known is not None and known[0]() is vae and known[1]() is not None:
-        return known[1]()
+    4k+1 frames, as ComfyUI's own Wan 2.1 VAE (whose memory estimates scale with the width, 96)."""
     cfg = vae.config
-    spatial = 2 ** len(cfg.temperal_downsample)
-    temporal = 2 ** sum(cfg.temperal_downsample)
-    out = _wrapped_vae(vae, name, ratio=spatial, latent_channels=cfg.z_dim)
-    out.latent_dim = 3
-    out.upscale_ratio = (lambda a: max(0, a * temporal - (temporal - 1)), spatial, spatial)
-    out.upscale_index_formula = (temporal, spatial, spatial)
-    out.downscale_ratio = (lambda a: max(0, math.floor((a + temporal - 1) / temporal)), spatial, spatial)
-    out.downscale_index_formula = (temporal, spatial, spatial)
-    # ComfyUI's Wan 2.1 VAE estimates, scaled by this VAE's width (96 in the real one).
-    width = cfg.base_dim / 96
-    out.memory_used_encode = lambda shape, dtype: 6000 * width * shape[3] * shape[4] * _dtype_size(dtype)
-    out.memory_used_decode = lambda shape, dtype: 7000 * width * shape[3] * shape[4] * 64 * _dtype_size(dtype)
-    for key in [k for k, (m, v) in _VAES.items() if m() is None or v() is None]:
-        del _VAES[key]
-    _VAES[id(vae)] = (weakref.ref(vae), weakref.ref(out))
-    return out
-
-
-def _dtype_size(dtype) -> int:
-    return torch.tensor([], dtype=dtype).element_size()
+    return video_vae(
+        vae,
+        name,
+        spatial=2 ** len(cfg.temperal_downsample),
+        temporal=2 ** sum(cfg.temperal_downsample),
+        latent_channels=cfg.z_dim,
+        width=cfg.base_dim / 96,
+    )

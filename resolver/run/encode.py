@@ -13,6 +13,7 @@ FAMILY_OF_DENOISER = {
     "FluxTransformer2DModel": "flux",
     "ChromaTransformer2DModel": "chroma",
     "WanTransformer3DModel": "wan",  # text to video only (below)
+    "HunyuanVideoTransformer3DModel": "hunyuan_video",  # text to video only (below)
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd1",  # "sdxl" when the UNet takes text_time embeddings (below)
 }
@@ -20,6 +21,7 @@ FAMILY_TITLES = {
     "flux": "FLUX.1",
     "chroma": "Chroma",
     "wan": "Wan 2.1 / 2.2 A14B (text to video)",
+    "hunyuan_video": "HunyuanVideo (text to video)",
     "sd3": "Stable Diffusion 3 / 3.5",
     "sdxl": "SDXL",
     "sd1": "Stable Diffusion 1.x",
@@ -43,6 +45,8 @@ def family_of(pipe) -> str | None:
         family = "sdxl"
     if family == "wan" and not _wan_text_to_video(denoiser):
         family = None
+    if family == "hunyuan_video" and getattr(denoiser.config, "image_condition_type", None):
+        family = None  # HunyuanVideo image to video (latent concat / token replace)
     return family
 
 
@@ -86,6 +90,13 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
                 device=device,
             )
             extras = {"pooled_output": None}
+        elif family == "hunyuan_video":
+            kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+            states, pooled, mask = pipe.encode_prompt(text, device=device, **kwargs)
+            # The prompt's LLaMA states after the template, unpadded (the tokens the pipeline's mask
+            # keeps), as core's HunyuanVideo encoder gives them (it drops an all-ones mask).
+            states = states[:, : int(mask[0].sum())]
+            extras = {"pooled_output": pooled}
         elif family == "flux":
             kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
             states, pooled, _ids = pipe.encode_prompt(text, prompt_2=None, device=device, **kwargs)

@@ -1,10 +1,10 @@
-"""Run by tests/test_comfyui_bridge_wan.py in ComfyUI's python (as bridge_exactness.py, whose helpers
-it uses): Wan 2.1 and Wan 2.2 A14B through the bridge. One denoiser call through the bridged MODEL
+"""Run by tests/test_comfyui_bridge_video.py in ComfyUI's python (as bridge_exactness.py, whose helpers
+it uses): Wan 2.1, Wan 2.2 A14B and HunyuanVideo through the bridge. One denoiser call through the bridged MODEL
 (ComfyUI's apply_model with the conds its WAN21 model builds from the CONDITIONING) against the
 diffusers module; the CONDITIONING against the pipeline's encode_prompt; the video VAE's decode and
 encode against diffusers'. Prints one JSON object.
 
-usage: python bridge_exactness_wan.py <models folder>
+usage: python bridge_exactness_video.py <models folder>
 """
 
 from __future__ import annotations
@@ -126,10 +126,107 @@ def check_wan22(root):
     return out
 
 
+def check_hunyuan_video(root):
+    """HunyuanVideo: the bridged call (ComfyUI's conds: LLaMA states, CLIP pooled as y, guidance 6)
+    against the diffusers module (guidance * 1000, as HunyuanVideoPipeline passes it); a prompt's
+    unpadded states without a mask against the padded states with the pipeline's mask."""
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+    from pipequant.resolver.run.context import diffusers_context
+
+    result = loaded_family("HunyuanVideo", root, ["transformer", "text_encoder"])
+    pipe = result.pipeline
+    model, vae = bridged(result)
+    (cond,) = PipeQuantEncodePrompt().encode(result, PROMPT)
+    states, extras = cond[0]
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(1, 16, 2, 8, 6, generator=g)
+    s = torch.tensor([0.7])
+    keep = 20  # a prompt of 20 tokens: unpadded (the bridge, no mask) vs padded + mask (diffusers)
+    with torch.inference_mode():
+        kwargs = model.model.extra_conds(cross_attn=states[:, :keep], device=torch.device("cpu"), noise=x, **extras)
+        denoised = model.model.apply_model(x, s, **{k: v.cond for k, v in kwargs.items()})
+    dt = pipe.transformer.dtype
+    with diffusers_context():
+        ref_states, ref_pooled, ref_mask = pipe.encode_prompt(PROMPT, device="cpu")
+        mask = torch.zeros_like(ref_mask)
+        mask[:, :keep] = 1
+        v = pipe.transformer(
+            hidden_states=x.to(dt),
+            timestep=s * 1000,
+            encoder_hidden_states=ref_states,
+            encoder_attention_mask=mask,
+            pooled_projections=ref_pooled,
+            guidance=torch.tensor([6.0 * 1000]),
+            return_dict=False,
+        )[0]
+    expected = x - s * v.float()
+    kept = int(ref_mask[0].sum())
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": max(err(states, ref_states[:, :kept]), err(extras["pooled_output"], ref_pooled)),
+        "conditioning_tokens": [states.shape[1], kept],
+        "model_type": model.model.model_type.name,
+        "latent_format": type(model.model.latent_format).__name__,
+        "shift": model.model.model_sampling.shift,
+        "vae": vae_errors(vae, pipe),
+    }
+
+
+def check_wan22_memory(root):
+    """ComfyUI's model management on the two experts: one owner per module (the pack's entries for
+    transformer, transformer_2 and the VAE handed over), each MODEL's size is its real bytes,
+    loading both loads them whole, unloading everything leaves nothing loaded."""
+    import comfy.model_management as mm
+
+    from pipequant.nodes import comfy_memory
+    from pipequant.nodes.to_comfy import PipeQuantToComfy
+    from pipequant.resolver.keep.memory import tensor_bytes
+
+    result = loaded_family("Wan 2.2 A14B", root, ["transformer", "transformer_2", "text_encoder"])
+    comfy_memory.track(mm, result)  # what the Load node does
+    pipe = result.pipeline
+
+    def owners(module):
+        def holds(patcher):
+            inner = getattr(patcher, "model", None)
+            adapter = getattr(inner, "diffusion_model", None)
+            return (
+                inner is module or getattr(adapter, "denoiser", None) is module or getattr(inner, "vae", None) is module
+            )
+
+        return sum(1 for m in mm.current_loaded_models if holds(m.model))
+
+    before = [owners(pipe.transformer), owners(pipe.transformer_2)]
+    high, vae = PipeQuantToComfy().convert(result, "first")
+    low, _ = PipeQuantToComfy().convert(result, "second")
+    with torch.inference_mode():
+        mm.load_models_gpu([high, low, vae.patcher])
+    out = {
+        "pack_entries_before": before,
+        "owners_after_load": [owners(pipe.transformer), owners(pipe.transformer_2), owners(pipe.vae)],
+        "sizes_are_real_bytes": [
+            high.size == tensor_bytes(pipe.transformer),
+            low.size == tensor_bytes(pipe.transformer_2),
+        ],
+        "loaded_sizes_equal_sizes": [high.loaded_size() == high.size, low.loaded_size() == low.size],
+    }
+    with torch.inference_mode():
+        mm.unload_all_models()
+    out["owners_after_unload_all"] = [owners(pipe.transformer), owners(pipe.transformer_2), owners(pipe.vae)]
+    return out
+
+
 def main() -> None:
     root = sys.argv[1]
     _comfy()  # ComfyUI parses sys.argv: read ours first
-    print("RESULT " + json.dumps({"wan21": check_wan21(root), "wan22": check_wan22(root)}))
+    out = {
+        "wan21": check_wan21(root),
+        "wan22": check_wan22(root),
+        "wan22_memory": check_wan22_memory(root),
+        "hunyuan_video": check_hunyuan_video(root),
+    }
+    print("RESULT " + json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Pipeline to ComfyUI for Wan 2.1 and Wan 2.2 A14B (video latents).
+"""Pipeline to ComfyUI for the video families: Wan 2.1, Wan 2.2 A14B, HunyuanVideo (video latents).
 
 - Without ComfyUI: the adapter pads and calls the diffusers module as ComfyUI's WanModel would
   be called; a Wan 2.1 pipeline asked for the second expert is refused naming the node and input;
   Encode Prompt gives the pipeline's own UMT5 states, zero-padded to 512.
-- With COMFYUI_DIR (ComfyUI's python, tests/bridge_exactness_wan.py): one call through each bridged
-  MODEL equals the diffusers module (Wan 2.1 and both Wan 2.2 experts), the CONDITIONING equals
-  encode_prompt, the video VAE decodes and encodes as diffusers does.
+- With COMFYUI_DIR (ComfyUI's python, tests/bridge_exactness_video.py): one call through each bridged
+  MODEL equals the diffusers module (Wan 2.1, both Wan 2.2 experts, HunyuanVideo), the CONDITIONING
+  equals encode_prompt, the video VAEs decode and encode as diffusers does.
 - In a real ComfyUI server (CPU): Wan 2.2 A14B's two experts into two KSamplerAdvanced split at the
-  boundary step, VAEDecode, CreateVideo + SaveVideo, to a saved video, no traceback. (The Wan 2.1
+  boundary step, VAEDecode, CreateVideo + SaveVideo, to a saved video, no traceback; HunyuanVideo
+  through KSampler (FluxGuidance on its embedded guidance) to SaveAnimatedWEBP. (The Wan 2.1
   template, Load -> Pipeline to ComfyUI -> KSampler -> VAEDecode -> SaveVideo, runs in
   tests/test_comfyui_integration.py with every template.)
 """
@@ -30,6 +31,7 @@ from pipequant.resolver.run.context import diffusers_context
 from pipequant.testing.families import ensure_family
 
 WAN22 = "Wan2.2-T2V-A14B-Diffusers"  # the tiny Wan 2.2 A14B, under its hub name in the server
+HUNYUAN = "HunyuanVideo"  # the tiny HunyuanVideo
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,30 @@ def test_wan_conditioning_is_the_pipelines_umt5_states_padded_to_512(wan21):
     assert 1 < used < 512 and not states[0, used:].any()
 
 
-def test_image_to_video_and_5b_wan_are_not_mapped():
+def test_hunyuan_video_adapter_scales_guidance_as_the_pipeline_does(models_root):
+    from pipequant.nodes.bridge.hunyuan_video import HunyuanVideoAdapter
+
+    result = load(ensure_family("HunyuanVideo", models_root), None, dtype="float32", device="cpu", cache=None)
+    tr = result.pipeline.transformer
+    adapter = HunyuanVideoAdapter(result, tr)
+    g = torch.Generator().manual_seed(1)
+    x, ctx, pooled = torch.randn(1, 16, 2, 4, 6, generator=g), torch.randn(1, 9, 32, generator=g), torch.randn(1, 32)
+    t = torch.tensor([600.0])
+    with torch.inference_mode():
+        out = adapter(x, t, ctx, y=pooled, guidance=torch.tensor([4.5]))
+        default = adapter(x, t, ctx, y=pooled)  # ComfyUI's 6.0 when no FluxGuidance sets it
+    with diffusers_context():
+        ones = torch.ones(1, 9, dtype=torch.bool)
+
+        def call(guidance):
+            return tr(x, t, ctx, ones, pooled, guidance=torch.tensor([guidance]), return_dict=False)[0]
+
+        assert torch.equal(out, call(4500.0)) and torch.equal(default, call(6000.0))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="guiding_frame_index"):
+        adapter(x, t, ctx, y=pooled, guiding_frame_index=torch.tensor([0.0]))
+
+
+def test_image_to_video_5b_wan_and_hunyuan_i2v_are_not_mapped():
     from pipequant.resolver.run import family_of
 
     def pipe(**config):
@@ -107,6 +132,12 @@ def test_image_to_video_and_5b_wan_are_not_mapped():
     assert family_of(pipe()) == "wan"
     assert family_of(pipe(in_channels=36, image_dim=1280)) is None  # Wan 2.1 I2V
     assert family_of(pipe(in_channels=48, out_channels=48)) is None  # Wan 2.2 TI2V 5B
+    hunyuan = SimpleNamespace(
+        transformer=type(
+            "HunyuanVideoTransformer3DModel", (), {"config": SimpleNamespace(image_condition_type="token_replace")}
+        )()
+    )
+    assert family_of(hunyuan) is None  # HunyuanVideo image to video
 
 
 # -- in ComfyUI's python ----------------------------------------------------------------------------
@@ -116,7 +147,11 @@ def test_bridged_wan_equals_diffusers(models_root, tmp_path):
     if reason:
         pytest.skip(reason)
     run = subprocess.run(
-        [str(comfyui_python(comfyui_dir())), str(Path(__file__).parent / "bridge_exactness_wan.py"), str(models_root)],
+        [
+            str(comfyui_python(comfyui_dir())),
+            str(Path(__file__).parent / "bridge_exactness_video.py"),
+            str(models_root),
+        ],
         cwd=comfyui_dir(),
         env=_comfy_env(tmp_path),
         capture_output=True,
@@ -138,6 +173,17 @@ def test_bridged_wan_equals_diffusers(models_root, tmp_path):
     assert vae["decode_max_abs_error"] <= 1e-6 and vae["encode_max_abs_error"] <= 1e-6, vae
     assert wan22["wraps"] == [True, True] and wan22["experts_differ"] and wan22["one_vae"]
     assert 0 < wan22["boundary_step_20"] < 20
+    hv = measured["hunyuan_video"]
+    assert hv["denoiser_max_abs_error"] <= 2**-8 * hv["output_scale"] and hv["conditioning_max_abs_error"] == 0.0, hv
+    assert (hv["model_type"], hv["latent_format"], hv["shift"]) == ("FLOW", "HunyuanVideo", 7.0), hv
+    assert hv["vae"]["decode_max_abs_error"] <= 1e-6 and hv["vae"]["encode_max_abs_error"] <= 1e-6, hv
+    assert measured["wan22_memory"] == {
+        "pack_entries_before": [1, 1],
+        "owners_after_load": [1, 1, 1],
+        "sizes_are_real_bytes": [True, True],
+        "loaded_sizes_equal_sizes": [True, True],
+        "owners_after_unload_all": [0, 0, 0],
+    }, measured["wan22_memory"]
 
 
 # -- in a real ComfyUI server -----------------------------------------------------------------------
@@ -213,9 +259,10 @@ def wan22_prompt(split: int = 1, steps: int = 2) -> dict:
 
 @pytest.fixture(scope="module")
 def wan_server(comfy_server, models_root):  # noqa: F811
-    target = comfy_server.models_root / WAN22
-    if not target.exists():
-        shutil.copytree(ensure_family("Wan 2.2 A14B", models_root), target)
+    for name, family in ((WAN22, "Wan 2.2 A14B"), (HUNYUAN, "HunyuanVideo")):
+        target = comfy_server.models_root / name
+        if not target.exists():
+            shutil.copytree(ensure_family(family, models_root), target)
     return comfy_server
 
 
@@ -243,3 +290,62 @@ def test_wan21_asked_for_the_second_expert_stops_naming_the_input(wan_server):
     error = next(data for kind, data in entry["status"]["messages"] if kind == "execution_error")
     assert error["node_type"] == "PipeQuantToComfy" and error["node_id"] == "4"
     assert "expert" in error["exception_message"] and "transformer_2" in error["exception_message"]
+
+
+@pytest.mark.comfyui
+def test_hunyuan_video_into_ksampler_saves_an_animated_webp(wan_server):
+    from PIL import Image
+
+    server = wan_server
+    start = len(server.log())
+    prompt = wan22_prompt()
+    for key in ("4", "8", "11", "12"):
+        del prompt[key]
+    prompt["1"]["inputs"]["components"] = "transformer,text_encoder"
+    prompt["2"]["inputs"]["model"] = HUNYUAN
+    del prompt["3"]["inputs"]["expert"]  # a workflow saved before the input existed
+    prompt["13"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["5", 0], "guidance": 6.0}}
+    prompt["9"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["3", 0],
+            "seed": 4,
+            "steps": 2,
+            "cfg": 1.0,
+            "sampler_name": "euler",
+            "scheduler": "simple",
+            "positive": ["13", 0],
+            "negative": ["6", 0],
+            "latent_image": ["7", 0],
+            "denoise": 1.0,
+        },
+    }
+    prompt["10"]["inputs"]["vae"] = ["3", 1]
+    prompt["14"] = {
+        "class_type": "SaveAnimatedWEBP",
+        "inputs": {
+            "images": ["10", 0],
+            "filename_prefix": "pq-hunyuan",
+            "fps": 8.0,
+            "lossless": False,
+            "quality": 80,
+            "method": "default",
+        },
+    }
+    entry = _run_ok(server, prompt)
+    (saved,) = entry["outputs"]["14"]["images"]
+    with Image.open(server.output_dir / saved["subfolder"] / saved["filename"]) as video:
+        assert (video.n_frames, video.size) == (5, (32, 32))
+    log = server.log()[start:]
+    assert "Traceback" not in log and "!!! Exception" not in log, log[-4000:]
+
+
+def test_every_mapped_family_has_an_adapter_and_a_title():
+    """The registries the families add themselves to agree: a denoiser class the bridge maps has
+    an adapter and a title (the names the refusal lists)."""
+    from pipequant.nodes.bridge import ADAPTERS
+    from pipequant.resolver.run.encode import FAMILY_OF_DENOISER, FAMILY_TITLES
+
+    families = set(FAMILY_OF_DENOISER.values()) | {"sdxl"}  # sdxl: a UNet with text_time embeddings
+    assert families <= set(ADAPTERS) and families == set(FAMILY_TITLES)
+    assert {"wan", "hunyuan_video"} <= families
