@@ -17,6 +17,9 @@ import logging
 from ...resolver.keep import tensor_bytes
 from ...resolver.run import denoiser_of, diffusers_context, family_of
 from .adapters import ADAPTERS, TO_COMFY_NODE
+from .hidream import hidream_config
+from .lumina import lumina2_config, z_image_config
+from .qwen_image import match_latent_statistics, qwen_image_config
 
 log = logging.getLogger("pipequant")
 
@@ -125,9 +128,20 @@ def _refuse_weight_patching(*args, **kwargs):
 
 
 # -- the model config per family ----------------------------------------------------------------
+# Families whose config lives in their own module: family -> (denoiser, scheduler) -> config.
+FAMILY_CONFIGS = {
+    "qwen_image": qwen_image_config,
+    "lumina2": lumina2_config,
+    "z_image": z_image_config,
+    "hidream": hidream_config,
+}
+
+
 def _config(family: str, denoiser, scheduler):
     import comfy.supported_models as sm
 
+    if family in FAMILY_CONFIGS:
+        return FAMILY_CONFIGS[family](denoiser, scheduler)
     cfg = denoiser.config
     sched = getattr(scheduler, "config", {}) or {}
     if family == "flux":
@@ -179,6 +193,7 @@ def _match_latent_format(config, vae) -> None:
         config.latent_format.scale_factor = float(scale)
     if shift is not None and shift != getattr(config.latent_format, "shift_factor", 0.0):
         config.latent_format.shift_factor = float(shift)
+    match_latent_statistics(config, vae)
 
 
 def build_model(result, model_management):

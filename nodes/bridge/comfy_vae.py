@@ -55,6 +55,10 @@ def comfy_layout(vae) -> bool:
 def build_vae(vae, name: str):
     import comfy.sd
 
+    if type(vae).__name__ == "AutoencoderKLQwenImage":
+        from .qwen_image import build_qwen_vae
+
+        return build_qwen_vae(vae, name)
     if comfy_layout(vae):
         with diffusers_context():
             state = {k: v.detach().to("cpu").clone() for k, v in vae.state_dict().items()}
