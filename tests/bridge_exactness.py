@@ -310,7 +310,7 @@ def tiny_sdxl():
     return pipe.to(torch.bfloat16)
 
 
-def check_sdxl(root):
+def check_sdxl(root, pipe=None):
     """Through the node path: ComfyUI's own encode_adm builds `y` from the CONDITIONING's pooled
     vector and size conditions; diffusers gets text_embeds + the pipeline's add_time_ids."""
     from pathlib import Path
@@ -318,7 +318,7 @@ def check_sdxl(root):
 
     from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
 
-    pipe = tiny_sdxl()
+    pipe = pipe or tiny_sdxl()
     result = SimpleNamespace(
         pipeline=pipe, loras=(), plan=SimpleNamespace(model=SimpleNamespace(folder=Path("tiny-sdxl")))
     )
@@ -579,6 +579,15 @@ def vae_round_trip(pipe_vae, vae, ndim) -> dict:
 
 def _family_check(key):
     return lambda root: check_image_family(key, root)
+
+
+def check_sdxl_small_time_embedding(root):
+    """testing/families.py's SDXL embeds each size condition in 16 sinusoids, not SDXL's 256."""
+    from pipequant.resolver.keep.load import load
+    from pipequant.testing.families import ensure_family
+
+    pipe = load(ensure_family("SDXL", root), None, dtype="bfloat16", device="cpu", cache=None).pipeline
+    return check_sdxl(root, pipe)
 
 
 for _key in IMAGE_CASES:

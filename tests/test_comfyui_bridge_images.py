@@ -7,7 +7,8 @@
   node's CONDITIONING through core's extra_conds, equals the diffusers call within bf16 rounding
   (torchao int8 transformers), the CONDITIONING equals encode_prompt, the VAE decodes as diffusers.
 - In a real ComfyUI server (CPU): Load -> Pipeline to ComfyUI -> KSampler -> VAEDecode -> SaveImage
-  for tiny Qwen-Image, Lumina 2, Z-Image and HiDream, no traceback in the log.
+  for tiny Qwen-Image, Lumina 2, Z-Image and HiDream, no traceback in the log (the SDXL template
+  runs in tests/test_comfyui_integration.py).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def test_bridged_image_families_equal_diffusers(models_root, tmp_path):
         pytest.skip(reason)
     run = subprocess.run(
         [str(comfyui_python(comfyui_dir())), str(Path(__file__).parent / "bridge_exactness.py"), str(models_root)]
-        + sorted(IMAGE_CASES),
+        + sorted(IMAGE_CASES)
+        + ["sdxl_small_time_embedding"],
         cwd=comfyui_dir(),
         env=_comfy_env(tmp_path),
         capture_output=True,
@@ -89,6 +91,9 @@ def test_bridged_image_families_equal_diffusers(models_root, tmp_path):
     assert run.returncode == 0 and line, f"{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     measured = json.loads(line[len("RESULT ") :])
     print(json.dumps(measured, indent=1))
+    # The SDXL template's tiny UNet embeds size conditions in 16 sinusoids (core's SDXL: 256).
+    sdxl = measured.pop("sdxl_small_time_embedding")
+    assert sdxl["denoiser_max_abs_error"] == 0.0 and sdxl["conditioning_max_abs_error"] == 0.0, sdxl
     assert set(measured) == set(IMAGE_CASES)
     for family, m in measured.items():
         # Within bf16 rounding of the output (Lumina 2: the padded and the unpadded prompt differ

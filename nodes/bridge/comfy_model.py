@@ -196,6 +196,17 @@ def _match_latent_format(config, vae) -> None:
     match_latent_statistics(config, vae)
 
 
+def _match_size_embedding(model, cfg) -> None:
+    """ComfyUI's SDXL embeds each size condition in 256 sinusoids (its `y`), the width SDXL's UNet
+    takes; a UNet with another addition_time_embed_dim gets ComfyUI's embedder at its width (the
+    same sinusoids as diffusers' add_time_proj), so `y` fits its add_embedding."""
+    width = getattr(cfg, "addition_time_embed_dim", None)
+    if width and width != 256 and hasattr(model, "embedder"):
+        from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
+
+        model.embedder = Timestep(width)
+
+
 def build_model(result, model_management):
     """The MODEL (a PipeQuantModelPatcher) for a loaded pipeline of a mapped family."""
     import comfy.model_base as mb
@@ -209,6 +220,8 @@ def build_model(result, model_management):
     if family in ("sd1", "sdxl") and getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction":
         model.model_type = mb.ModelType.V_PREDICTION
         model.model_sampling = mb.model_sampling(config, mb.ModelType.V_PREDICTION)
+    if family == "sdxl":
+        _match_size_embedding(model, denoiser.config)
     model.diffusion_model = ADAPTERS[family](result, denoiser)
     model.state_dict = _refuse_weight_patching  # core LoRA key mapping reads it first: refuse there, clearly
     size = tensor_bytes(denoiser)
