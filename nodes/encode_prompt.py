@@ -53,7 +53,12 @@ class PipeQuantEncodePrompt:
                 ),
                 "max_sequence_length": (
                     "INT",
-                    {"default": 0, "min": 0, "max": 512, "tooltip": "T5 tokens (FLUX/SD3); 0 = pipeline default."},
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 512,
+                        "tooltip": "Prompt tokens: T5 for FLUX/SD3/HiDream, the LLM encoder for Qwen-Image/Lumina 2/Z-Image; 0 = pipeline default.",
+                    },
                 ),
             },
         }
