@@ -7,7 +7,8 @@
   node's CONDITIONING through core's extra_conds, equals the diffusers call within bf16 rounding
   (torchao int8 transformers), the CONDITIONING equals encode_prompt, the VAE decodes as diffusers.
 - In a real ComfyUI server (CPU): Load -> Pipeline to ComfyUI -> KSampler -> VAEDecode -> SaveImage
-  for tiny Qwen-Image, Lumina 2, Z-Image and HiDream, no traceback in the log (the SDXL template
+  for tiny Qwen-Image, Lumina 2, Z-Image and HiDream, Qwen-Image image-to-image through VAEEncode,
+  no traceback in the log (the SDXL template
   runs in tests/test_comfyui_integration.py).
 """
 
@@ -146,6 +147,17 @@ def test_core_ksampler_runs_the_bridged_image_families(image_server):
             prompt[node]["inputs"]["max_sequence_length"] = 32
         path = _image_of(server, _run_ok(server, prompt))
         assert Image.open(path).size == (LATENT // 8 * scale,) * 2, key
+    # Image-to-image through core on Qwen-Image's 3-D VAE: VAEEncode of a 4-D image, half denoise.
+    prompt = bridge_prompt(folder_name("Qwen-Image"), "qwen_image", seed=2)
+    for node in ("4", "5"):
+        prompt[node]["inputs"]["max_sequence_length"] = 32
+    prompt["10"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 8421504},
+    }
+    prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["3", 1]}}
+    prompt["7"]["inputs"].update(latent_image=["11", 0], denoise=0.5)
+    assert Image.open(_image_of(server, _run_ok(server, prompt))).size == (64, 64)
     log = server.log()[start:]
     assert "Traceback" not in log and "!!! Exception" not in log, log[-4000:]
     assert "model_type FLUX" in log and "model_type FLOW" in log
