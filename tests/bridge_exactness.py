@@ -14,6 +14,7 @@ import sys
 import torch
 
 FAMILIES = ("flux", "chroma", "sd3", "sd", "sdxl", "memory", "vae")
+IMAGE_FAMILIES = ("qwen_image", "lumina2", "z_image", "hidream")  # tests/test_comfyui_bridge_images.py
 
 
 def _comfy():
@@ -309,7 +310,7 @@ def tiny_sdxl():
     return pipe.to(torch.bfloat16)
 
 
-def check_sdxl(root):
+def check_sdxl(root, pipe=None):
     """Through the node path: ComfyUI's own encode_adm builds `y` from the CONDITIONING's pooled
     vector and size conditions; diffusers gets text_embeds + the pipeline's add_time_ids."""
     from pathlib import Path
@@ -317,7 +318,7 @@ def check_sdxl(root):
 
     from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
 
-    pipe = tiny_sdxl()
+    pipe = pipe or tiny_sdxl()
     result = SimpleNamespace(
         pipeline=pipe, loras=(), plan=SimpleNamespace(model=SimpleNamespace(folder=Path("tiny-sdxl")))
     )
@@ -417,6 +418,180 @@ def check_vae(root):
             ref = ((vae.decode(z).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
         out[name] = {"comfy_class": type(comfy_vae.first_stage_model).__name__, "decode_max_abs_error": err(image, ref)}
     return out
+
+
+def loaded_family(name, root):
+    """A tiny pipeline of testing/families.py, its transformer quantized (torchao int8, bf16)."""
+    from pipequant.resolver.keep.load import load
+    from pipequant.resolver.links.spec import BackendSpec
+    from pipequant.testing.families import ensure_family
+
+    spec = BackendSpec.make("torchao", "int8_weight_only", components=["transformer"])
+    return load(ensure_family(name, root), spec, dtype="bfloat16", device="cpu", cache=None)
+
+
+def through_comfy(model, x, sigma, states, extras):
+    """ComfyUI's own path from a CONDITIONING to the denoised latent: the model's extra_conds
+    (the family's cond keys), then apply_model."""
+    with torch.inference_mode():
+        kwargs = model.model.extra_conds(cross_attn=states, device=torch.device("cpu"), noise=x, **extras)
+        conds = {k: v.cond for k, v in kwargs.items()}
+        return model.model.apply_model(x, sigma, **conds)
+
+
+def encoded(result, text="a lighthouse at dusk", **kwargs):
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+
+    (cond,) = PipeQuantEncodePrompt().encode(result, text, **kwargs)
+    return cond[0]
+
+
+# -- the image families of tests/test_comfyui_bridge_images.py ---------------------------------------
+# Each reference calls the diffusers transformer the way its pipeline does and returns the
+# prediction in ComfyUI's convention (what the adapter must return: denoised = x - sigma * it).
+PROMPT = "a lighthouse at dusk"
+
+
+def qwen_image_reference(pipe, x, sigma):
+    """x: ComfyUI's (B, 16, 1, H, W). QwenImagePipeline: packed 2x2 tokens, img_shapes, timestep/1000."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    b, c, _, h, w = x.shape
+    with diffusers_context():
+        states, mask = pipe.encode_prompt(PROMPT, device="cpu", max_sequence_length=32)
+        packed = pipe._pack_latents(x[:, :, 0].to(tr.dtype), b, c, h, w)
+        v = tr(
+            hidden_states=packed,
+            timestep=sigma.to(tr.dtype),
+            encoder_hidden_states=states,
+            encoder_hidden_states_mask=mask,
+            img_shapes=[[(1, h // 2, w // 2)]] * b,
+            return_dict=False,
+        )[0]
+        return pipe._unpack_latents(v, h * 8, w * 8, 8).float(), states  # (B, C, 1, h, w)
+
+
+def lumina2_reference(pipe, x, sigma):
+    """Lumina2Pipeline: the padded states with their mask, t = 1 - sigma, the output negated."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    with diffusers_context():
+        padded, mask, *_ = pipe.encode_prompt(
+            PROMPT, do_classifier_free_guidance=False, device="cpu", max_sequence_length=512
+        )
+        v = tr(
+            hidden_states=x.to(tr.dtype),
+            timestep=1 - sigma,
+            encoder_hidden_states=padded,
+            encoder_attention_mask=mask,
+            return_dict=False,
+        )[0]
+    return -v.float(), padded[:, mask[0].bool()]
+
+
+def z_image_reference(pipe, x, sigma):
+    """ZImagePipeline: lists of (C, 1, H, W) latents and unpadded prompts, t = 1 - sigma, negated."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    with diffusers_context():
+        embeds, _ = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False, max_sequence_length=32)
+        outs = tr(list(x.unsqueeze(2).to(tr.dtype).unbind(0)), 1 - sigma, embeds * x.shape[0], return_dict=False)[0]
+    return -torch.stack([o.float() for o in outs]).squeeze(2), embeds[0].unsqueeze(0)
+
+
+def hidream_reference(pipe, x, sigma):
+    """HiDreamImagePipeline: the scheduler's timestep (sigma * 1000), four encoders, negated."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    tr = pipe.transformer
+    with diffusers_context():
+        t5, _, llama, _, pooled, _ = pipe.encode_prompt(
+            PROMPT, device="cpu", do_classifier_free_guidance=False, max_sequence_length=32
+        )
+        v = tr(
+            hidden_states=x.to(tr.dtype),
+            timesteps=sigma * 1000,
+            encoder_hidden_states_t5=t5,
+            encoder_hidden_states_llama3=llama,
+            pooled_embeds=pooled,
+            return_dict=False,
+        )[0]
+    return -v.float(), (t5, pooled, llama.movedim(0, 1))
+
+
+# family key -> (testing/families.py name, latent shape ComfyUI hands the model, reference, node kwargs)
+IMAGE_CASES = {
+    "qwen_image": ("Qwen-Image", (1, 16, 1, 8, 12), qwen_image_reference, {"max_sequence_length": 32}),
+    "lumina2": ("Lumina 2", (1, 16, 8, 12), lumina2_reference, {"max_sequence_length": 512}),
+    "z_image": ("Z-Image Turbo", (1, 16, 8, 12), z_image_reference, {"max_sequence_length": 32}),
+    "hidream": ("HiDream-I1", (1, 16, 8, 8), hidream_reference, {"max_sequence_length": 32}),
+}
+
+
+def image_conditioning_error(states, extras, ref) -> float:
+    """The node's CONDITIONING against the reference's encode_prompt (HiDream: three parts)."""
+    if isinstance(ref, tuple):
+        t5, pooled, llama = ref
+        return max(err(states, t5), err(extras["pooled_output"], pooled), err(extras["conditioning_llama3"], llama))
+    return err(states, ref)
+
+
+def check_image_family(key, root):
+    """One call through the bridged MODEL (ComfyUI's extra_conds from the node's CONDITIONING, then
+    apply_model) against the pipeline's own call of its transformer."""
+    name, shape, reference, node_kwargs = IMAGE_CASES[key]
+    result = loaded_family(name, root)
+    model, vae = bridged(result)
+    states, extras = encoded(result, **node_kwargs)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(11))
+    sigma = torch.tensor([0.6])
+    denoised = through_comfy(model, x, sigma, states, extras)
+    pred, ref_cond = reference(result.pipeline, x, sigma)
+    expected = x - sigma * pred
+    out = {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": image_conditioning_error(states, extras, ref_cond),
+        "conditioning_keys": sorted(extras),
+        "model_type": model.model.model_type.name,
+        "shift": float(model.model.model_sampling.shift),
+        "vae_kind": type(vae.first_stage_model).__name__,
+    }
+    out.update(vae_round_trip(result.pipeline.vae, vae, x.ndim))
+    return out
+
+
+def vae_round_trip(pipe_vae, vae, ndim) -> dict:
+    """ComfyUI's decode against diffusers' on the same latent; an encode's latent shape."""
+    from pipequant.resolver.run.context import diffusers_context
+
+    z = torch.randn(1, 16, *((1,) if ndim == 5 else ()), 4, 4, generator=torch.Generator().manual_seed(12))
+    with torch.inference_mode():
+        image = vae.decode(z)  # (B, H, W, 3) or (B, T, H, W, 3), 0..1
+        latent = vae.encode(image.reshape(-1, *image.shape[-3:])[:1])
+    with diffusers_context():
+        ref = ((pipe_vae.decode(z.to(pipe_vae.dtype)).sample.float() + 1) / 2).clamp(0, 1).movedim(1, -1)
+    return {"vae_decode_max_abs_error": err(image, ref), "vae_encode_shape": list(latent.shape)}
+
+
+def _family_check(key):
+    return lambda root: check_image_family(key, root)
+
+
+def check_sdxl_small_time_embedding(root):
+    """testing/families.py's SDXL embeds each size condition in 16 sinusoids, not SDXL's 256."""
+    from pipequant.resolver.keep.load import load
+    from pipequant.testing.families import ensure_family
+
+    pipe = load(ensure_family("SDXL", root), None, dtype="bfloat16", device="cpu", cache=None).pipeline
+    return check_sdxl(root, pipe)
+
+
+for _key in IMAGE_CASES:
+    globals()[f"check_{_key}"] = _family_check(_key)
 
 
 def main() -> None:

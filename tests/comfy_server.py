@@ -45,7 +45,10 @@ READY_TIMEOUT = 120.0
 
 # Tiny pipelines under the names the example workflows use.
 PIPELINES = {"FLUX.1-dev": "flux", "stable-diffusion-3.5-medium": "sd3"}
-FAMILIES = {"Wan2.1-T2V-1.3B-Diffusers": "Wan 2.1"}  # pipequant.testing.families
+FAMILIES = {
+    "Wan2.1-T2V-1.3B-Diffusers": "Wan 2.1",
+    "stable-diffusion-xl-base-1.0": "SDXL",
+}  # pipequant.testing.families
 GGUF_FILES = {"flux1-dev-Q8_0.gguf": ("FLUX.1-dev", "transformer", "Q8_0")}
 
 

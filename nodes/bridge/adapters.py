@@ -216,3 +216,23 @@ def _pass_through(module, inputs, output):
 
 
 ADAPTERS = {"flux": FluxAdapter, "chroma": ChromaAdapter, "sd3": SD3Adapter, "sdxl": UNetAdapter, "sd1": UNetAdapter}
+
+
+def _in_module(module: str, name: str):
+    """An adapter that lives in its family's own module (which imports this one): imported when
+    the first MODEL of that family is built."""
+
+    def make(result, denoiser):
+        import importlib
+
+        return getattr(importlib.import_module(f".{module}", __package__), name)(result, denoiser)
+
+    return make
+
+
+ADAPTERS.update(
+    qwen_image=_in_module("qwen_image", "QwenImageAdapter"),
+    lumina2=_in_module("lumina", "Lumina2Adapter"),
+    z_image=_in_module("lumina", "ZImageAdapter"),
+    hidream=_in_module("hidream", "HiDreamAdapter"),
+)

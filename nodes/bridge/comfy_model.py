@@ -17,8 +17,13 @@ import logging
 from ...resolver.keep import tensor_bytes
 from ...resolver.run import denoiser_of, diffusers_context, family_of
 from .adapters import ADAPTERS, TO_COMFY_NODE
-from .hunyuan_video import hunyuan_video_config  # (importing a family's module registers its adapter)
-from .wan import wan_config  # (importing wan also registers its adapter in ADAPTERS)
+
+# (importing a family's module also registers its adapter in ADAPTERS)
+from .hidream import hidream_config
+from .hunyuan_video import hunyuan_video_config
+from .lumina import lumina2_config, z_image_config
+from .qwen_image import qwen_image_config
+from .wan import wan_config
 
 log = logging.getLogger("pipequant")
 
@@ -127,13 +132,22 @@ def _refuse_weight_patching(*args, **kwargs):
 
 
 # -- the model config per family ----------------------------------------------------------------
+# Families whose config lives in their own module: family -> (denoiser, scheduler) -> config.
+FAMILY_CONFIGS = {
+    "qwen_image": qwen_image_config,
+    "lumina2": lumina2_config,
+    "z_image": z_image_config,
+    "hidream": hidream_config,
+    "wan": wan_config,
+    "hunyuan_video": hunyuan_video_config,
+}
+
+
 def _config(family: str, denoiser, scheduler):
     import comfy.supported_models as sm
 
-    if family == "wan":
-        return wan_config(denoiser, scheduler)
-    if family == "hunyuan_video":
-        return hunyuan_video_config(denoiser, scheduler)
+    if family in FAMILY_CONFIGS:
+        return FAMILY_CONFIGS[family](denoiser, scheduler)
     cfg = denoiser.config
     sched = getattr(scheduler, "config", {}) or {}
     if family == "flux":
@@ -185,12 +199,25 @@ def _match_latent_format(config, vae) -> None:
         config.latent_format.scale_factor = float(scale)
     if shift is not None and shift != getattr(config.latent_format, "shift_factor", 0.0):
         config.latent_format.shift_factor = float(shift)
-    z_dim = getattr(vcfg, "z_dim", None)  # video VAEs (Wan): per-channel mean and std
-    for key in ("latents_mean", "latents_std"):
-        values = getattr(vcfg, key, None)
-        if values is not None and z_dim and hasattr(config.latent_format, key):
-            shape = (1, z_dim) + (1,) * (config.latent_format.latent_dimensions or 2)
-            setattr(config.latent_format, key, _tensor(values).view(shape))
+    # Wan-style VAEs (Wan, Qwen-Image): core's Wan 2.1 latent format normalises per channel with
+    # the VAE's mean and std, the pipeline VAE's own config values.
+    fmt = config.latent_format
+    mean, std = getattr(vcfg, "latents_mean", None), getattr(vcfg, "latents_std", None)
+    if mean is not None and std is not None and hasattr(fmt, "latents_mean"):
+        shape = (1, len(mean)) + (1,) * (fmt.latents_mean.ndim - 2)
+        fmt.latents_mean = _tensor(mean).view(shape)
+        fmt.latents_std = _tensor(std).view(shape)
+
+
+def _match_size_embedding(model, cfg) -> None:
+    """ComfyUI's SDXL embeds each size condition in 256 sinusoids (its `y`), the width SDXL's UNet
+    takes; a UNet with another addition_time_embed_dim gets ComfyUI's embedder at its width (the
+    same sinusoids as diffusers' add_time_proj), so `y` fits its add_embedding."""
+    width = getattr(cfg, "addition_time_embed_dim", None)
+    if width and width != 256 and hasattr(model, "embedder"):
+        from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
+
+        model.embedder = Timestep(width)
 
 
 def _tensor(values):
@@ -213,6 +240,8 @@ def build_model(result, model_management, component: str | None = None):
     if family in ("sd1", "sdxl") and getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction":
         model.model_type = mb.ModelType.V_PREDICTION
         model.model_sampling = mb.model_sampling(config, mb.ModelType.V_PREDICTION)
+    if family == "sdxl":
+        _match_size_embedding(model, denoiser.config)
     model.diffusion_model = ADAPTERS[family](result, denoiser)
     model.state_dict = _refuse_weight_patching  # core LoRA key mapping reads it first: refuse there, clearly
     size = tensor_bytes(denoiser)

@@ -21,7 +21,9 @@ from ...resolver.run import diffusers_context
 from .adapters import ADAPTERS, UNSUPPORTED_COND, DenoiserAdapter
 from .video_vae import video_vae
 
-WAN_VAE = "AutoencoderKLWan"
+# Qwen-Image's VAE is Wan 2.1's architecture (same config keys, 8x spatial, 4x temporal, per-channel
+# mean/std): both are handed over as this video VAE.
+WAN_VAES = ("AutoencoderKLWan", "AutoencoderKLQwenImage")
 
 
 class WanAdapter(DenoiserAdapter):
@@ -138,7 +140,7 @@ def boundary_step(model_sampling, ratio: float, steps: int, scheduler: str = "si
 
 # -- the VAE ---------------------------------------------------------------------------------------
 def is_wan_vae(vae) -> bool:
-    return type(vae).__name__ == WAN_VAE
+    return type(vae).__name__ in WAN_VAES
 
 
 def wan_vae(vae, name: str):

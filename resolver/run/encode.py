@@ -16,6 +16,10 @@ FAMILY_OF_DENOISER = {
     "HunyuanVideoTransformer3DModel": "hunyuan_video",  # text to video only (below)
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd1",  # "sdxl" when the UNet takes text_time embeddings (below)
+    "QwenImageTransformer2DModel": "qwen_image",  # text-to-image only: the Edit pipelines need their image
+    "Lumina2Transformer2DModel": "lumina2",
+    "ZImageTransformer2DModel": "z_image",
+    "HiDreamImageTransformer2DModel": "hidream",
 }
 FAMILY_TITLES = {
     "flux": "FLUX.1",
@@ -25,6 +29,10 @@ FAMILY_TITLES = {
     "sd3": "Stable Diffusion 3 / 3.5",
     "sdxl": "SDXL",
     "sd1": "Stable Diffusion 1.x",
+    "qwen_image": "Qwen-Image",
+    "lumina2": "Lumina Image 2.0",
+    "z_image": "Z-Image",
+    "hidream": "HiDream-I1",
 }
 
 
@@ -47,6 +55,8 @@ def family_of(pipe) -> str | None:
         family = None
     if family == "hunyuan_video" and getattr(denoiser.config, "image_condition_type", None):
         family = None  # HunyuanVideo image to video (latent concat / token replace)
+    if family == "qwen_image" and "Edit" in type(pipe).__name__:
+        family = None  # an edit pipeline encodes its prompt with the input image: not mapped
     return family
 
 
@@ -80,23 +90,8 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
         raise ValueError(f"no prompt encoding is mapped for {type(pipe).__name__}; mapped: {families_text()}")
     device = pipe._execution_device
     with diffusers_context():
-        if family == "wan":
-            # UMT5 states of the prompt's tokens (EOS included), zero-padded to 512 as the
-            # pipeline's __call__ does and as core's Wan text encoder gives them (min_length 512).
-            states, _neg = pipe.encode_prompt(
-                text,
-                do_classifier_free_guidance=False,
-                max_sequence_length=max_sequence_length or 512,
-                device=device,
-            )
-            extras = {"pooled_output": None}
-        elif family == "hunyuan_video":
-            kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
-            states, pooled, mask = pipe.encode_prompt(text, device=device, **kwargs)
-            # The prompt's LLaMA states after the template, unpadded (the tokens the pipeline's mask
-            # keeps), as core's HunyuanVideo encoder gives them (it drops an all-ones mask).
-            states = states[:, : int(mask[0].sum())]
-            extras = {"pooled_output": pooled}
+        if family in FAMILY_ENCODERS:
+            states, extras = FAMILY_ENCODERS[family](pipe, text, device, max_sequence_length)
         elif family == "flux":
             kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
             states, pooled, _ids = pipe.encode_prompt(text, prompt_2=None, device=device, **kwargs)
@@ -125,6 +120,79 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
             states, _neg = pipe.encode_prompt(text, device, 1, False)
             extras = {}
     return Encoded(_plain(states), {k: _plain(v) for k, v in extras.items()})
+
+
+def _length(max_sequence_length: int) -> dict:
+    return {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+
+
+def _all_tokens(states) -> dict:
+    """The attention mask core's LLM encoders put beside unpadded states (every token attends)."""
+    return {"attention_mask": states.new_ones(states.shape[:2], dtype=states.dtype)}
+
+
+def _qwen_image(pipe, text, device, max_sequence_length):
+    """Qwen2.5-VL states after the template (as core's Qwen-Image encoder drops it); no pooled vector."""
+    states, mask = pipe.encode_prompt(text, device=device, **_length(max_sequence_length))
+    if mask is not None:  # one prompt has no padding; keep only real tokens all the same
+        states = states[:, mask[0].bool()]
+    return states, {"pooled_output": None}
+
+
+def _lumina2(pipe, text, device, max_sequence_length):
+    """Gemma 2 states of the prompt's tokens (the pipeline pads them; core's encoder does not)."""
+    states, mask, *_ = pipe.encode_prompt(
+        text, do_classifier_free_guidance=False, device=device, **_length(max_sequence_length)
+    )
+    states = states[:, mask[0].bool()]
+    return states, {"pooled_output": None, **_all_tokens(states)}
+
+
+def _z_image(pipe, text, device, max_sequence_length):
+    """Qwen3 states of the prompt's tokens (ZImagePipeline gives them unpadded, one per prompt)."""
+    embeds, _neg = pipe.encode_prompt(
+        text, device=device, do_classifier_free_guidance=False, **_length(max_sequence_length)
+    )
+    states = embeds[0].unsqueeze(0)
+    return states, {"pooled_output": None, **_all_tokens(states)}
+
+
+def _hidream(pipe, text, device, max_sequence_length):
+    """Core's HiDream layout: T5 states as the cross-attention, CLIP-L + CLIP-G pooled as
+    pooled_output, and the Llama 3.1 layers (batch first: (B, layers, tokens, width)) as
+    conditioning_llama3."""
+    t5, _neg_t5, llama, _neg_llama, pooled, _neg_pooled = pipe.encode_prompt(
+        text, device=device, do_classifier_free_guidance=False, **_length(max_sequence_length)
+    )
+    return t5, {"pooled_output": pooled, "conditioning_llama3": llama.movedim(0, 1)}
+
+
+def _wan(pipe, text, device, max_sequence_length):
+    """UMT5 states of the prompt's tokens (EOS included), zero-padded to 512 as the pipeline's
+    __call__ does and as core's Wan text encoder gives them (min_length 512)."""
+    states, _neg = pipe.encode_prompt(
+        text, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length or 512, device=device
+    )
+    return states, {"pooled_output": None}
+
+
+def _hunyuan_video(pipe, text, device, max_sequence_length):
+    """The prompt's LLaMA states after the template, unpadded (the tokens the pipeline's mask
+    keeps), as core's HunyuanVideo encoder gives them (it drops an all-ones mask)."""
+    states, pooled, mask = pipe.encode_prompt(text, device=device, **_length(max_sequence_length))
+    return states[:, : int(mask[0].sum())], {"pooled_output": pooled}
+
+
+# Families whose prompt encoding has a function of its own: (pipe, text, device, max_sequence_length)
+# -> (states, extras) in core's layout.
+FAMILY_ENCODERS = {
+    "qwen_image": _qwen_image,
+    "lumina2": _lumina2,
+    "z_image": _z_image,
+    "hidream": _hidream,
+    "wan": _wan,
+    "hunyuan_video": _hunyuan_video,
+}
 
 
 def _plain(tensor):
