@@ -57,7 +57,7 @@ class PipeQuantEncodePrompt:
                         "default": 0,
                         "min": 0,
                         "max": 512,
-                        "tooltip": "Text tokens (T5: FLUX/SD3/Wan; LLaMA: HunyuanVideo); 0 = pipeline default (Wan: 512).",
+                        "tooltip": "Text tokens (T5: FLUX/SD3/Wan/LTX; LLaMA: HunyuanVideo); 0 = pipeline default (Wan: 512).",
                     },
                 ),
             },

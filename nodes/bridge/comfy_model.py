@@ -18,6 +18,7 @@ from ...resolver.keep import tensor_bytes
 from ...resolver.run import denoiser_of, diffusers_context, family_of
 from .adapters import ADAPTERS, TO_COMFY_NODE
 from .hunyuan_video import hunyuan_video_config  # (importing a family's module registers its adapter)
+from .ltx import ltx_config
 from .wan import wan_config  # (importing wan also registers its adapter in ADAPTERS)
 
 log = logging.getLogger("pipequant")
@@ -134,6 +135,8 @@ def _config(family: str, denoiser, scheduler):
         return wan_config(denoiser, scheduler)
     if family == "hunyuan_video":
         return hunyuan_video_config(denoiser, scheduler)
+    if family == "ltx":
+        return ltx_config(denoiser, scheduler)
     cfg = denoiser.config
     sched = getattr(scheduler, "config", {}) or {}
     if family == "flux":

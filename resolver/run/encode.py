@@ -14,6 +14,7 @@ FAMILY_OF_DENOISER = {
     "ChromaTransformer2DModel": "chroma",
     "WanTransformer3DModel": "wan",  # text to video only (below)
     "HunyuanVideoTransformer3DModel": "hunyuan_video",  # text to video only (below)
+    "LTXVideoTransformer3DModel": "ltx",
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd1",  # "sdxl" when the UNet takes text_time embeddings (below)
 }
@@ -22,6 +23,7 @@ FAMILY_TITLES = {
     "chroma": "Chroma",
     "wan": "Wan 2.1 / 2.2 A14B (text to video)",
     "hunyuan_video": "HunyuanVideo (text to video)",
+    "ltx": "LTX-Video 0.9 (text to video)",
     "sd3": "Stable Diffusion 3 / 3.5",
     "sdxl": "SDXL",
     "sd1": "Stable Diffusion 1.x",
@@ -97,6 +99,12 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
             # keeps), as core's HunyuanVideo encoder gives them (it drops an all-ones mask).
             states = states[:, : int(mask[0].sum())]
             extras = {"pooled_output": pooled}
+        elif family == "ltx":
+            # T5 states padded to 128 with their mask, as core's LTXV encoder gives them
+            # (CONDITIONING's attention_mask).
+            kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+            states, mask, *_ = pipe.encode_prompt(text, do_classifier_free_guidance=False, device=device, **kwargs)
+            extras = {"pooled_output": None, "attention_mask": mask.long()}
         elif family == "flux":
             kwargs = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
             states, pooled, _ids = pipe.encode_prompt(text, prompt_2=None, device=device, **kwargs)
@@ -128,4 +136,8 @@ def encode_prompt(pipe, text: str, *, max_sequence_length: int = 0) -> Encoded:
 
 
 def _plain(tensor):
-    return None if tensor is None else tensor.detach().to("cpu").float().clone()
+    """float32 states on the CPU; masks keep their integer dtype (ComfyUI reads an integer mask as a mask)."""
+    if tensor is None:
+        return None
+    tensor = tensor.detach().to("cpu")
+    return (tensor.float() if tensor.is_floating_point() else tensor).clone()
