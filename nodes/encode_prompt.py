@@ -57,7 +57,7 @@ class PipeQuantEncodePrompt:
                         "default": 0,
                         "min": 0,
                         "max": 512,
-                        "tooltip": "Prompt tokens: T5 for FLUX/SD3/HiDream/Wan, the LLM encoder for Qwen-Image/Lumina 2/"
+                        "tooltip": "Prompt tokens: T5 for FLUX/SD3/HiDream/Wan/LTX, the LLM encoder for Qwen-Image/Lumina 2/"
                         "Z-Image/HunyuanVideo; 0 = pipeline default (Wan: 512).",
                     },
                 ),

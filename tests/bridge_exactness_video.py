@@ -1,5 +1,5 @@
 """Run by tests/test_comfyui_bridge_video.py in ComfyUI's python (as bridge_exactness.py, whose helpers
-it uses): Wan 2.1, Wan 2.2 A14B and HunyuanVideo through the bridge. One denoiser call through the bridged MODEL
+it uses): Wan 2.1, Wan 2.2 A14B, HunyuanVideo and LTX-Video through the bridge. One denoiser call through the bridged MODEL
 (ComfyUI's apply_model with the conds its WAN21 model builds from the CONDITIONING) against the
 diffusers module; the CONDITIONING against the pipeline's encode_prompt; the video VAE's decode and
 encode against diffusers'. Prints one JSON object.
@@ -173,6 +173,67 @@ def check_hunyuan_video(root):
     }
 
 
+def check_ltx(root):
+    """LTX-Video: the bridged call (sigma in, ComfyUI's conds: T5 states + attention mask, frame rate
+    25) against the diffusers module called as LTXPipeline calls it (packed tokens, timestep
+    sigma * 1000, rope scaled by the VAE's ratios and the frame rate); the VAE on normalized latents."""
+    from pipequant.nodes.encode_prompt import PipeQuantEncodePrompt
+    from pipequant.resolver.run.context import diffusers_context
+
+    result = loaded_family("LTX-Video", root, ["transformer", "text_encoder"])
+    pipe = result.pipeline
+    model, vae = bridged(result)
+    (cond,) = PipeQuantEncodePrompt().encode(result, PROMPT)
+    states, extras = cond[0]
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(1, 16, 2, 4, 6, generator=g)
+    s = torch.tensor([0.7])
+    with torch.inference_mode():
+        kwargs = model.model.extra_conds(cross_attn=states, device=torch.device("cpu"), noise=x, **extras)
+        denoised = model.model.apply_model(x, s, **{k: v.cond for k, v in kwargs.items()})
+    dt = pipe.transformer.dtype
+    t_ratio, s_ratio = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
+    with diffusers_context():
+        ref_states, ref_mask, *_ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, device="cpu")
+        v = pipe.transformer(
+            hidden_states=pipe._pack_latents(x.to(dt)),
+            encoder_hidden_states=ref_states,
+            timestep=s * 1000,
+            encoder_attention_mask=ref_mask,
+            num_frames=2,
+            height=4,
+            width=6,
+            rope_interpolation_scale=(t_ratio / 25, s_ratio, s_ratio),
+            return_dict=False,
+        )[0]
+        v = pipe._unpack_latents(v, 2, 4, 6)
+        z = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(14))
+        ref_image = pipe.vae.decode(pipe._denormalize_latents(z.to(dt), pipe.vae.latents_mean, pipe.vae.latents_std))
+        ref_image = ((ref_image.sample.float() + 1) / 2).clamp(0, 1).movedim(1, -1)
+    with torch.inference_mode():
+        image = vae.decode(z)
+        latent = vae.encode(image[0])
+    with diffusers_context():
+        frames = (image[0].movedim(-1, 0).unsqueeze(0) * 2 - 1).to(dt)
+        ref_latent = pipe._normalize_latents(
+            pipe.vae.encode(frames).latent_dist.mode(), pipe.vae.latents_mean, pipe.vae.latents_std
+        ).float()
+    expected = x - s * v.float()
+    return {
+        "denoiser_max_abs_error": err(denoised, expected),
+        "output_scale": float(expected.abs().max()),
+        "conditioning_max_abs_error": err(states, ref_states),
+        "mask_equal": bool(torch.equal(extras["attention_mask"].bool(), ref_mask.cpu())),
+        "model_type": model.model.model_type.name,
+        "latent_format": type(model.model.latent_format).__name__,
+        "vae": {
+            "frames": image.shape[1],
+            "decode_max_abs_error": err(image, ref_image),
+            "encode_max_abs_error": err(latent, ref_latent),
+        },
+    }
+
+
 def check_wan22_memory(root):
     """ComfyUI's model management on the two experts: one owner per module (the pack's entries for
     transformer, transformer_2 and the VAE handed over), each MODEL's size is its real bytes,
@@ -225,6 +286,7 @@ def main() -> None:
         "wan22": check_wan22(root),
         "wan22_memory": check_wan22_memory(root),
         "hunyuan_video": check_hunyuan_video(root),
+        "ltx": check_ltx(root),
     }
     print("RESULT " + json.dumps(out))
 

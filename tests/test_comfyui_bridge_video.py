@@ -1,14 +1,15 @@
-"""Pipeline to ComfyUI for the video families: Wan 2.1, Wan 2.2 A14B, HunyuanVideo (video latents).
+"""Pipeline to ComfyUI for the video families: Wan 2.1, Wan 2.2 A14B, HunyuanVideo, LTX-Video.
 
 - Without ComfyUI: the adapter pads and calls the diffusers module as ComfyUI's WanModel would
   be called; a Wan 2.1 pipeline asked for the second expert is refused naming the node and input;
   Encode Prompt gives the pipeline's own UMT5 states, zero-padded to 512.
 - With COMFYUI_DIR (ComfyUI's python, tests/bridge_exactness_video.py): one call through each bridged
-  MODEL equals the diffusers module (Wan 2.1, both Wan 2.2 experts, HunyuanVideo), the CONDITIONING
+  MODEL equals the diffusers module (Wan 2.1, both Wan 2.2 experts, HunyuanVideo, LTX), the CONDITIONING
   equals encode_prompt, the video VAEs decode and encode as diffusers does.
 - In a real ComfyUI server (CPU): Wan 2.2 A14B's two experts into two KSamplerAdvanced split at the
   boundary step, VAEDecode, CreateVideo + SaveVideo, to a saved video, no traceback; HunyuanVideo
-  through KSampler (FluxGuidance on its embedded guidance) to SaveAnimatedWEBP. (The Wan 2.1
+  through KSampler (FluxGuidance on its embedded guidance) to SaveAnimatedWEBP; LTX-Video through
+  LTXVConditioning and KSampler to SaveAnimatedWEBP. (The Wan 2.1
   template, Load -> Pipeline to ComfyUI -> KSampler -> VAEDecode -> SaveVideo, runs in
   tests/test_comfyui_integration.py with every template.)
 """
@@ -32,6 +33,7 @@ from pipequant.testing.families import ensure_family
 
 WAN22 = "Wan2.2-T2V-A14B-Diffusers"  # the tiny Wan 2.2 A14B, under its hub name in the server
 HUNYUAN = "HunyuanVideo"  # the tiny HunyuanVideo
+LTX = "LTX-Video"  # the tiny LTX-Video
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +179,11 @@ def test_bridged_wan_equals_diffusers(models_root, tmp_path):
     assert hv["denoiser_max_abs_error"] <= 2**-8 * hv["output_scale"] and hv["conditioning_max_abs_error"] == 0.0, hv
     assert (hv["model_type"], hv["latent_format"], hv["shift"]) == ("FLOW", "HunyuanVideo", 7.0), hv
     assert hv["vae"]["decode_max_abs_error"] <= 1e-6 and hv["vae"]["encode_max_abs_error"] <= 1e-6, hv
+    ltx = measured["ltx"]
+    assert ltx["denoiser_max_abs_error"] <= 2**-8 * ltx["output_scale"], ltx
+    assert ltx["conditioning_max_abs_error"] == 0.0 and ltx["mask_equal"], ltx
+    assert (ltx["model_type"], ltx["latent_format"]) == ("FLUX", "LTXV"), ltx
+    assert ltx["vae"]["decode_max_abs_error"] <= 1e-6 and ltx["vae"]["encode_max_abs_error"] <= 1e-6, ltx
     assert measured["wan22_memory"] == {
         "pack_entries_before": [1, 1],
         "owners_after_load": [1, 1, 1],
@@ -259,7 +266,7 @@ def wan22_prompt(split: int = 1, steps: int = 2) -> dict:
 
 @pytest.fixture(scope="module")
 def wan_server(comfy_server, models_root):  # noqa: F811
-    for name, family in ((WAN22, "Wan 2.2 A14B"), (HUNYUAN, "HunyuanVideo")):
+    for name, family in ((WAN22, "Wan 2.2 A14B"), (HUNYUAN, "HunyuanVideo"), (LTX, "LTX-Video")):
         target = comfy_server.models_root / name
         if not target.exists():
             shutil.copytree(ensure_family(family, models_root), target)
@@ -292,30 +299,35 @@ def test_wan21_asked_for_the_second_expert_stops_naming_the_input(wan_server):
     assert "expert" in error["exception_message"] and "transformer_2" in error["exception_message"]
 
 
-@pytest.mark.comfyui
-def test_hunyuan_video_into_ksampler_saves_an_animated_webp(wan_server):
-    from PIL import Image
-
-    server = wan_server
-    start = len(server.log())
+def one_model_prompt(model: str, guidance: str) -> dict:
+    """Load -> Pipeline to ComfyUI (no expert input: a workflow saved before it existed) -> KSampler
+    -> VAEDecode -> SaveAnimatedWEBP; `guidance` is the core node applied to the positive prompt."""
     prompt = wan22_prompt()
     for key in ("4", "8", "11", "12"):
         del prompt[key]
     prompt["1"]["inputs"]["components"] = "transformer,text_encoder"
-    prompt["2"]["inputs"]["model"] = HUNYUAN
-    del prompt["3"]["inputs"]["expert"]  # a workflow saved before the input existed
-    prompt["13"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["5", 0], "guidance": 6.0}}
+    prompt["2"]["inputs"]["model"] = model
+    del prompt["3"]["inputs"]["expert"]
+    if guidance == "FluxGuidance":
+        prompt["13"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["5", 0], "guidance": 6.0}}
+        positive, negative = ["13", 0], ["6", 0]
+    else:
+        prompt["13"] = {
+            "class_type": "LTXVConditioning",
+            "inputs": {"positive": ["5", 0], "negative": ["6", 0], "frame_rate": 24.0},
+        }
+        positive, negative = ["13", 0], ["13", 1]
     prompt["9"] = {
         "class_type": "KSampler",
         "inputs": {
             "model": ["3", 0],
             "seed": 4,
             "steps": 2,
-            "cfg": 1.0,
+            "cfg": 1.0 if guidance == "FluxGuidance" else 3.0,
             "sampler_name": "euler",
             "scheduler": "simple",
-            "positive": ["13", 0],
-            "negative": ["6", 0],
+            "positive": positive,
+            "negative": negative,
             "latent_image": ["7", 0],
             "denoise": 1.0,
         },
@@ -325,17 +337,30 @@ def test_hunyuan_video_into_ksampler_saves_an_animated_webp(wan_server):
         "class_type": "SaveAnimatedWEBP",
         "inputs": {
             "images": ["10", 0],
-            "filename_prefix": "pq-hunyuan",
+            "filename_prefix": f"pq-{model}",
             "fps": 8.0,
             "lossless": False,
             "quality": 80,
             "method": "default",
         },
     }
-    entry = _run_ok(server, prompt)
+    return prompt
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize(
+    "model,guidance,size", [(HUNYUAN, "FluxGuidance", 32), (LTX, "LTXVConditioning", 16)], ids=["hunyuan", "ltx"]
+)
+def test_one_model_video_family_into_ksampler_saves_an_animated_webp(wan_server, model, guidance, size):
+    """size: the tiny LTX VAE compresses 4x (EmptyHunyuanLatentVideo assumes 8x)."""
+    from PIL import Image
+
+    server = wan_server
+    start = len(server.log())
+    entry = _run_ok(server, one_model_prompt(model, guidance))
     (saved,) = entry["outputs"]["14"]["images"]
     with Image.open(server.output_dir / saved["subfolder"] / saved["filename"]) as video:
-        assert (video.n_frames, video.size) == (5, (32, 32))
+        assert (video.n_frames, video.size) == (5, (size, size))
     log = server.log()[start:]
     assert "Traceback" not in log and "!!! Exception" not in log, log[-4000:]
 
@@ -348,4 +373,4 @@ def test_every_mapped_family_has_an_adapter_and_a_title():
 
     families = set(FAMILY_OF_DENOISER.values()) | {"sdxl"}  # sdxl: a UNet with text_time embeddings
     assert families <= set(ADAPTERS) and families == set(FAMILY_TITLES)
-    assert {"wan", "hunyuan_video"} <= families
+    assert {"wan", "hunyuan_video", "ltx"} <= families

@@ -21,6 +21,7 @@ from .adapters import ADAPTERS, TO_COMFY_NODE
 # (importing a family's module also registers its adapter in ADAPTERS)
 from .hidream import hidream_config
 from .hunyuan_video import hunyuan_video_config
+from .ltx import ltx_config
 from .lumina import lumina2_config, z_image_config
 from .qwen_image import qwen_image_config
 from .wan import wan_config
@@ -140,6 +141,7 @@ FAMILY_CONFIGS = {
     "hidream": hidream_config,
     "wan": wan_config,
     "hunyuan_video": hunyuan_video_config,
+    "ltx": ltx_config,
 }
 
 

@@ -56,12 +56,15 @@ def build_vae(vae, name: str):
     import comfy.sd
 
     from .hunyuan_video import hunyuan_video_vae, is_hunyuan_video_vae
+    from .ltx import is_ltx_vae, ltx_vae
     from .wan import is_wan_vae, wan_vae
 
     if is_wan_vae(vae):  # video latents
         return wan_vae(vae, name)
     if is_hunyuan_video_vae(vae):
         return hunyuan_video_vae(vae, name)
+    if is_ltx_vae(vae):
+        return ltx_vae(vae, name)
     if comfy_layout(vae):
         with diffusers_context():
             state = {k: v.detach().to("cpu").clone() for k, v in vae.state_dict().items()}
@@ -69,8 +72,9 @@ def build_vae(vae, name: str):
     return _wrapped_vae(vae, name)
 
 
-def _wrapped_vae(vae, name: str, ratio: int | None = None, latent_channels: int | None = None):
-    """ratio / latent_channels: for VAEs whose config does not say them as AutoencoderKL's does."""
+def _wrapped_vae(vae, name: str, ratio: int | None = None, latent_channels: int | None = None, stage=None):
+    """ratio / latent_channels: for VAEs whose config does not say them as AutoencoderKL's does;
+    stage: a DiffusersVAEStage subclass for VAEs whose latents ComfyUI keeps otherwise (LTX)."""
     import comfy.model_management as mm
     import comfy.sd
 
@@ -85,7 +89,7 @@ def _wrapped_vae(vae, name: str, ratio: int | None = None, latent_channels: int 
     ratio = ratio or 2 ** (len(cfg.block_out_channels) - 1)
     out.downscale_ratio = out.upscale_ratio = ratio
     out.latent_channels = latent_channels or cfg.latent_channels
-    out.first_stage_model = DiffusersVAEStage(vae).eval()
+    out.first_stage_model = (stage or DiffusersVAEStage)(vae).eval()
     out.device = mm.vae_device()
     out.vae_dtype = vae.dtype  # the pipeline's module is shared: never cast it
     out.working_dtypes = [vae.dtype]

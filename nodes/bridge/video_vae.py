@@ -13,16 +13,16 @@ import torch
 _VAES: dict[int, tuple] = {}  # id(module) -> (weakref(module), weakref(ComfyUI VAE)): one VAE per module
 
 
-def video_vae(vae, name: str, *, spatial: int, temporal: int, latent_channels: int, width: float = 1.0):
+def video_vae(vae, name: str, *, spatial: int, temporal: int, latent_channels: int, width: float = 1.0, stage=None):
     """The ComfyUI VAE; every node asking for the same module gets the same object (Wan 2.2's two
     experts' nodes), so the module has one patcher: one owner in ComfyUI's model management.
-    width: the memory estimate's scale against ComfyUI's Wan 2.1 VAE."""
+    width: the memory estimate's scale against ComfyUI's Wan 2.1 VAE; stage: comfy_vae._wrapped_vae's."""
     from .comfy_vae import _wrapped_vae
 
     known = _VAES.get(id(vae))
     if known is not None and known[0]() is vae and known[1]() is not None:
         return known[1]()
-    out = _wrapped_vae(vae, name, ratio=spatial, latent_channels=latent_channels)
+    out = _wrapped_vae(vae, name, ratio=spatial, latent_channels=latent_channels, stage=stage)
     out.latent_dim = 3
     out.upscale_ratio = (lambda a: max(0, a * temporal - (temporal - 1)), spatial, spatial)
     out.upscale_index_formula = (temporal, spatial, spatial)

@@ -14,6 +14,7 @@ FAMILY_OF_DENOISER = {
     "ChromaTransformer2DModel": "chroma",
     "WanTransformer3DModel": "wan",  # text to video only (below)
     "HunyuanVideoTransformer3DModel": "hunyuan_video",  # text to video only (below)
+    "LTXVideoTransformer3DModel": "ltx",
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd1",  # "sdxl" when the UNet takes text_time embeddings (below)
     "QwenImageTransformer2DModel": "qwen_image",  # text-to-image only: the Edit pipelines need their image
@@ -26,6 +27,7 @@ FAMILY_TITLES = {
     "chroma": "Chroma",
     "wan": "Wan 2.1 / 2.2 A14B (text to video)",
     "hunyuan_video": "HunyuanVideo (text to video)",
+    "ltx": "LTX-Video 0.9 (text to video)",
     "sd3": "Stable Diffusion 3 / 3.5",
     "sdxl": "SDXL",
     "sd1": "Stable Diffusion 1.x",
@@ -183,6 +185,15 @@ def _hunyuan_video(pipe, text, device, max_sequence_length):
     return states[:, : int(mask[0].sum())], {"pooled_output": pooled}
 
 
+def _ltx(pipe, text, device, max_sequence_length):
+    """T5 states padded to 128 with their mask, as core's LTXV encoder gives them (CONDITIONING's
+    attention_mask)."""
+    states, mask, *_ = pipe.encode_prompt(
+        text, do_classifier_free_guidance=False, device=device, **_length(max_sequence_length)
+    )
+    return states, {"pooled_output": None, "attention_mask": mask.long()}
+
+
 # Families whose prompt encoding has a function of its own: (pipe, text, device, max_sequence_length)
 # -> (states, extras) in core's layout.
 FAMILY_ENCODERS = {
@@ -192,8 +203,13 @@ FAMILY_ENCODERS = {
     "hidream": _hidream,
     "wan": _wan,
     "hunyuan_video": _hunyuan_video,
+    "ltx": _ltx,
 }
 
 
 def _plain(tensor):
-    return None if tensor is None else tensor.detach().to("cpu").float().clone()
+    """float32 states on the CPU; masks keep their integer dtype (ComfyUI reads an integer mask as a mask)."""
+    if tensor is None:
+        return None
+    tensor = tensor.detach().to("cpu")
+    return (tensor.float() if tensor.is_floating_point() else tensor).clone()
