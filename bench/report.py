@@ -575,7 +575,8 @@ def plot_scaling(results: dict, path: Path) -> bool:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # The PNG carries its provenance too (a tEXt chunk), like every other result file.
+    fig.savefig(path, dpi=110, metadata={"Description": provenance_line(provenance())})
     plt.close(fig)
     return True
 
