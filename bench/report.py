@@ -616,7 +616,9 @@ def _provenance_now() -> dict:
 
     module = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else None
     command = " ".join(["python", "-m", module, *sys.argv[1:]] if module else [sys.executable, *sys.argv])
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # Result files are what benches write, not what they run: one bench's fresh results in the tree
+    # do not make the next bench's code "uncommitted".
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     return {
         "command": command,
         "commit": git("rev-parse", "HEAD"),
