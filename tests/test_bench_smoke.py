@@ -186,6 +186,9 @@ def test_disk_cache_bench_caches_something(tmp_path):
     kinds = {r["kind"]: r for r in res["runs"]}
     assert "written" in kinds["first"]["disk_cache"].values() and "read" in kinds["second"]["disk_cache"].values()
     assert row["second_over_first_spread"]["n"] == 1
+    assert row["cached_components"] == ["text_encoder", "text_encoder_2", "transformer"]
+    assert row["cached_first_s"] > 0 and row["cached_second_s"] > 0  # the cached components' own times
+    assert row["cpu_second_over_first_spread"]["n"] == 1
     md = disk_cache.write(res, tmp_path / "out").read_text()
     assert "second ÷ first" in md and " 0.0 MB" not in md
 
