@@ -118,6 +118,11 @@ def main(argv=None) -> int:
         build_flux_dev(hollow)
     rows = [measure(tiny.parent, tiny.name, args.runs), measure(hollow.parent, hollow.name, args.runs)]
     lines = [
+        "# Cold start of `python -m pipequant validate`",
+        "",
+        f"Fresh interpreters, alternating validate and `{IMPORTS}`, {args.runs} pairs per pipeline; "
+        "the ratio is the median of the pairs' ratios.",
+        "",
         "| pipeline | validate, median s | import torch+diffusers+transformers, median s | ratio (pairwise median) "
         "| heavy libraries validate imported |",
         "|---|---|---|---|---|",
