@@ -575,7 +575,8 @@ def plot_scaling(results: dict, path: Path) -> bool:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # The PNG carries its provenance too (a tEXt chunk), like every other result file.
+    fig.savefig(path, dpi=110, metadata={"Description": provenance_line(provenance())})
     plt.close(fig)
     return True
 
@@ -615,7 +616,9 @@ def _provenance_now() -> dict:
 
     module = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else None
     command = " ".join(["python", "-m", module, *sys.argv[1:]] if module else [sys.executable, *sys.argv])
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # Result files are what benches write, not what they run: one bench's fresh results in the tree
+    # do not make the next bench's code "uncommitted".
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     return {
         "command": command,
         "commit": git("rev-parse", "HEAD"),

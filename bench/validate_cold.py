@@ -74,10 +74,11 @@ def _timed(cmd: list[str]) -> tuple[float, str]:
     return took, done.stdout
 
 
-def measure(models: Path, name: str, runs: int) -> dict:
+def measure(models: Path, name: str, runs: int, warm_up: bool = True) -> dict:
     validate = validate_command(models, name)
     imports = [sys.executable, "-c", IMPORTS]
-    _timed(validate), _timed(imports)  # warm-up: page cache, .pyc files
+    if warm_up:  # page cache, .pyc files
+        _timed(validate), _timed(imports)
     a, b, imported = [], [], set()
     for _ in range(runs):
         took, out = _timed(validate)
@@ -117,6 +118,11 @@ def main(argv=None) -> int:
         build_flux_dev(hollow)
     rows = [measure(tiny.parent, tiny.name, args.runs), measure(hollow.parent, hollow.name, args.runs)]
     lines = [
+        "# Cold start of `python -m pipequant validate`",
+        "",
+        f"Fresh interpreters, alternating validate and `{IMPORTS}`, {args.runs} pairs per pipeline; "
+        "the ratio is the median of the pairs' ratios.",
+        "",
         "| pipeline | validate, median s | import torch+diffusers+transformers, median s | ratio (pairwise median) "
         "| heavy libraries validate imported |",
         "|---|---|---|---|---|",

@@ -59,7 +59,9 @@ def prelude(mode: str = "auto") -> dict:
     )
     from transformers import CLIPTextModel, T5EncoderModel  # noqa: F401
 
-    for module in ("bitsandbytes", "torchao.quantization", "optimum.quanto", "gguf"):
+    # sdnq too: its import runs a torch.compile self-test (about 2 s of CPU, once per process), a
+    # start-up cost like the other backends' imports, not a cost of any one load.
+    for module in ("bitsandbytes", "torchao.quantization", "optimum.quanto", "gguf", "sdnq"):
         try:
             __import__(module)
         except ImportError:

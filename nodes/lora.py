@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..resolver.keep import LoadResult
 from ..resolver.problems import ValidationError
-from ..resolver.run import STRENGTH_RANGE, list_loras, load_adapter, make_spec, resolve_lora
+from ..resolver.run import EXPERTS, STRENGTH_RANGE, list_loras, load_adapter, make_spec, placement, resolve_lora
 from . import host
 from .load import PIPELINE_TYPE
 from .messages import NodeInputError, describe, validation_result
@@ -52,6 +54,15 @@ class PipeQuantLoRA:
                         "tooltip": "Strength on the text encoders, for LoRAs that carry text-encoder weights.",
                     },
                 ),
+                "expert": (
+                    list(EXPERTS),
+                    {
+                        "default": EXPERTS[0],
+                        "tooltip": "Pipelines with two denoisers (Wan 2.2 A14B: transformer = high noise, transformer_2 "
+                        "= low noise): which one takes the LoRA. auto = the one(s) the file targets: its keys, else "
+                        "its name (high_noise / low_noise), else both. Other pipelines: leave on auto.",
+                    },
+                ),
             },
         }
 
@@ -72,11 +83,12 @@ class PipeQuantLoRA:
         except (ValidationError, OSError):
             return ""
 
-    def apply(self, pipeline: LoadResult, lora_name, strength, strength_text_encoder=1.0):
+    def apply(self, pipeline: LoadResult, lora_name, strength, strength_text_encoder=1.0, expert=EXPERTS[0]):
         try:
-            spec = make_spec(lora_name, host.lora_roots(), strength, strength_text_encoder)
+            spec = make_spec(lora_name, host.lora_roots(), strength, strength_text_encoder, expert)
             stack = {s.adapter_name for s in pipeline.loras} | {spec.adapter_name}
             load_adapter(pipeline, spec, keep=stack)  # checked against the pipeline before anything changes
+            spec = replace(spec, placed=placement(pipeline.pipeline, spec))  # which expert(s), for the report
         except ValidationError as exc:
             raise NodeInputError(exc.problems, describe(exc.problems, PipeQuantLoRA.TITLE)) from None
         return (pipeline.with_lora(spec),)

@@ -5,7 +5,7 @@ Used by the tests, the runner's demo and the benchmarks; the resolver never impo
 
 from .bnb_cpu import bnb_on_cpu
 from .gguf_writer import write_gguf
-from .lora_files import write_example_files, write_kohya_lora, write_peft_lora
+from .lora_files import write_example_files, write_kohya_lora, write_peft_lora, write_wan_comfy_lora
 from .pipelines import (
     FLUX_SIZES,
     MARKER,
@@ -33,4 +33,5 @@ __all__ = [
     "write_gguf",
     "write_kohya_lora",
     "write_peft_lora",
+    "write_wan_comfy_lora",
 ]

@@ -44,11 +44,19 @@ class Family:
     sample: dict[str, Any] = field(default_factory=dict)  # further arguments of the test's sample
     requires: tuple[str, ...] = ()  # modules the family's own classes import (PixtralProcessor: torchvision)
 
-    def missing(self) -> list[str]:
-        """The required modules this environment lacks."""
-        import importlib.util
+    def missing(self) -> dict[str, str]:
+        """{module: why} for each required module this environment cannot import. A module that is
+        installed but fails to import counts too (a CUDA torchvision build against a CPU torch)."""
+        import importlib
 
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+        out = {}
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from a missing native library
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                out[module] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        return out
 
     @property
     def is_video(self) -> bool:

@@ -91,6 +91,32 @@ def write_kohya_lora(
     return out
 
 
+def write_wan_comfy_lora(
+    pipeline_dir: Path, out: Path, *, rank: int = 4, scale: float = 0.5, seed: int = 0, alpha: float | None = None
+) -> Path:
+    """A Wan LoRA in the layout ComfyUI users share (original Wan names: "diffusion_model.blocks.<i>.
+    self_attn.q.lora_down.weight", ".lora_up.weight", ".alpha"), for the pipeline's `transformer`.
+    The layout names no expert: a Wan 2.2 file says high or low noise by its name only."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    shapes = linear_shapes(pipeline_dir, "transformer")
+    tensors = {}
+    for module, (fan_out, fan_in) in _pick(shapes, ATTENTION).items():
+        if ".attn1." not in module:
+            continue
+        block, leaf = module.split(".attn1.")
+        original = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}[leaf]
+        key = f"diffusion_model.{block}.self_attn.{original}"
+        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, fan_in, generator=g) * scale
+        tensors[f"{key}.lora_up.weight"] = torch.randn(fan_out, rank, generator=g) * scale
+        tensors[f"{key}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out))
+    return out
+
+
 EXAMPLE_LORA = "example_flux_lora.safetensors"  # the names the LoRA + image-to-image template uses
 EXAMPLE_IMAGE = "example.png"
 

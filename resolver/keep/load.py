@@ -72,7 +72,8 @@ class LoadResult:
     @property
     def notes(self) -> list[str]:
         states = [s for s in (self.compiled, *self.compiled_more) if s is not None]
-        return [*self.plan.notes, *self.load_notes, *(n for s in states for n in s.notes)]
+        placed = [s.placed for s in self.loras if getattr(s, "placed", "")]  # which expert took which LoRA
+        return [*self.plan.notes, *self.load_notes, *(n for s in states for n in s.notes), *placed]
 
     @property
     def pipeline(self):

@@ -4,11 +4,22 @@ from . import lora
 from .compile import compile_component
 from .context import diffusers_context
 from .encode import denoiser_of, encode_prompt, families_text, family_of
-from .lora import ENV_VAR, STRENGTH_RANGE, activate, list_loras, load_adapter, make_spec, resolve_lora
+from .lora import (
+    ENV_VAR,
+    EXPERTS,
+    STRENGTH_RANGE,
+    activate,
+    list_loras,
+    load_adapter,
+    make_spec,
+    placement,
+    resolve_lora,
+)
 from .sample import generate
 
 __all__ = [
     "ENV_VAR",
+    "EXPERTS",
     "STRENGTH_RANGE",
     "activate",
     "compile_component",
@@ -22,5 +33,6 @@ __all__ = [
     "load_adapter",
     "lora",
     "make_spec",
+    "placement",
     "resolve_lora",
 ]

@@ -12,13 +12,16 @@ adapters (`strip_adapters`), so no adapter ever reaches a plain pipeline.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..constants import DENOISERS
 from ..decide.plan import PREQUANTIZED
 from ..files.roots import contained, list_files
 from ..known import catalogue
@@ -33,6 +36,14 @@ MAX_LORAS_ENV = "PIPEQUANT_MAX_LORAS"
 DEFAULT_MAX_ADAPTERS = 8
 MAX_ADAPTERS: int | None = None  # set to override $PIPEQUANT_MAX_LORAS (tests); see max_adapters()
 STRENGTH_RANGE = (-4.0, 4.0)
+# Which denoiser(s) a LoRA goes to, on pipelines with several (Wan 2.2 A14B: a high-noise `transformer`
+# and a low-noise `transformer_2`). "auto": the one(s) the file targets (its keys, else its name, else all).
+EXPERT_AUTO, EXPERT_ALL = "auto", "all experts"
+EXPERT_ROLES = {"transformer": "high noise", "transformer_2": "low noise"}  # Wan 2.2's names for them
+EXPERTS = (EXPERT_AUTO, EXPERT_ALL, *(f"{c} ({r})" for c, r in EXPERT_ROLES.items()))
+# A file name's words that say which expert it was trained for (the hub's "high_noise_model.safetensors",
+# "…_HIGH_fp16", "…LowNoise…").
+_NAME_HINTS = {"transformer": ("high", "highnoise"), "transformer_2": ("low", "lownoise")}
 # How a converted key names its layer: "<component>.<module path><one of these>".
 _LAYER_SUFFIXES = (
     ".lora_A.weight",
@@ -86,10 +97,13 @@ class LoraSpec:
     file_key: tuple[int, int]  # (size, mtime_ns): a changed file is another adapter
     strength: float = 1.0
     strength_text_encoder: float = 1.0
+    expert: str = EXPERT_AUTO  # one of EXPERTS: which denoiser(s) it goes to where a pipeline has several
+    placed: str = ""  # where it went and why, once applied (the Memory Report's note)
 
     @property
     def adapter_name(self) -> str:
-        digest = hashlib.sha1(f"{self.path}|{self.file_key}".encode()).hexdigest()[:12]
+        chosen = "" if self.expert == EXPERT_AUTO else f"|{self.expert}"  # auto keeps the names it always had
+        digest = hashlib.sha1(f"{self.path}|{self.file_key}{chosen}".encode()).hexdigest()[:12]
         return f"pq_{digest}"
 
 
@@ -142,8 +156,21 @@ def resolve_lora(name: str, roots: Iterable[Path]) -> Path:
     raise _problem("lora_not_found", f'no LoRA "{name}" under {where}', did_you_mean(name, list_loras(roots)))
 
 
-def make_spec(name: str, roots: Iterable[Path], strength: float = 1.0, strength_text_encoder: float = 1.0) -> LoraSpec:
+def make_spec(
+    name: str,
+    roots: Iterable[Path],
+    strength: float = 1.0,
+    strength_text_encoder: float = 1.0,
+    expert: str = EXPERT_AUTO,
+) -> LoraSpec:
     path = resolve_lora(name, roots)
+    if expert not in EXPERTS:
+        raise _problem(
+            "lora_expert_invalid",
+            f"{str(expert)[:60]!r} is not an expert choice",
+            f"use one of: {', '.join(EXPERTS)}",
+            "expert",
+        )
     for field_name, value in (("strength", strength), ("strength_text_encoder", strength_text_encoder)):
         if (
             isinstance(value, bool)
@@ -158,7 +185,12 @@ def make_spec(name: str, roots: Iterable[Path], strength: float = 1.0, strength_
             )
     stat = path.stat()
     return LoraSpec(
-        name, str(path.resolve()), (stat.st_size, stat.st_mtime_ns), float(strength), float(strength_text_encoder)
+        name,
+        str(path.resolve()),
+        (stat.st_size, stat.st_mtime_ns),
+        float(strength),
+        float(strength_text_encoder),
+        expert,
     )
 
 
@@ -230,10 +262,106 @@ def _file_layers(pipeline, spec: LoraSpec) -> dict[str, lora_check.LayerShapes]:
     return lora_check.remember((type(pipeline).__name__, spec.path, spec.file_key), compute)
 
 
+def _experts(pipeline) -> list[str]:
+    """The pipeline's denoisers that can take a LoRA, the main one first."""
+    loadable = getattr(pipeline, "_lora_loadable_modules", ())
+    return [d for d in DENOISERS if d in loadable and getattr(pipeline, d, None) is not None]
+
+
+def _label(component: str, experts: Iterable[str] = ("transformer_2",)) -> str:
+    """ "transformer_2 (low noise)": the role shown where the pipeline has Wan 2.2's two experts."""
+    role = EXPERT_ROLES.get(component)
+    shown = role and (component == "transformer_2" or "transformer_2" in experts)
+    return f"{component} ({role})" if shown else component
+
+
+def _same_kind(part: str, expert: str) -> bool:
+    """ "transformer_2" is another transformer; "unet" (a file for another family) is not."""
+    return part.split("_")[0] == expert.split("_")[0]
+
+
+def _name_hint(name: str, experts: list[str]) -> str | None:
+    """The expert a file's name (folders included) says it was trained for, where it says one."""
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    said = [e for e in experts if words & set(_NAME_HINTS.get(e, ()))]
+    return said[0] if len(said) == 1 else None
+
+
+def route(pipeline, spec: LoraSpec, parts: Iterable[str]) -> tuple[dict[str, str] | None, str]:
+    """Where the file's denoiser layers go: ({denoiser: the file's part whose layers it takes}, why),
+    or (None, "") for diffusers' own placement (one denoiser, or a file without denoiser layers, on
+    "auto"). `parts`: the components the file's layers name. Raises, naming the valid values, for a
+    choice the pipeline lacks or a file that targets no expert of it."""
+    experts = _experts(pipeline)
+    cls = type(pipeline).__name__
+    file_parts = [p for p in DENOISERS if p in set(parts)]
+    choice = None if spec.expert in (EXPERT_AUTO, EXPERT_ALL) else spec.expert.split(" ")[0]
+    valid = [EXPERT_AUTO, EXPERT_ALL, *(v for v in EXPERTS[2:] if v.split(" ")[0] in experts)]
+    if choice is None and (not experts or any(not _same_kind(p, experts[0]) for p in file_parts)):
+        return None, ""  # a file for another family: targets() names its unmatched layers
+    if choice is not None and choice not in experts:
+        raise _problem(
+            "lora_expert_invalid",
+            f'{cls} has no expert "{spec.expert}" (its denoisers: {", ".join(_label(e, experts) for e in experts) or "none"})',
+            f"use one of: {', '.join(valid)}",
+            "expert",
+        )
+    if not file_parts:
+        if choice is not None:
+            raise _problem(
+                "lora_no_expert",
+                f'"{spec.name}" holds no denoiser layers, so it cannot go to {_label(choice)}',
+                f'set expert to "{EXPERT_AUTO}"',
+                "expert",
+            )
+        return None, ""
+    missing = [p for p in file_parts if p not in experts]
+    if len(file_parts) > 1:  # one file, one part per expert: each part to its own
+        if choice is not None:
+            if choice not in file_parts:
+                raise _problem(
+                    "lora_no_expert",
+                    f'"{spec.name}" has layers for {", ".join(map(_label, file_parts))}, none for {_label(choice)}',
+                    f"use one of: {', '.join([EXPERT_AUTO, EXPERT_ALL, *map(_label, file_parts)])}",
+                    "expert",
+                )
+            return {choice: choice}, f"the file's {choice} layers, chosen on the node"
+        if missing:
+            raise _problem(
+                "lora_no_expert",
+                f'"{spec.name}" targets {", ".join(map(_label, missing))}, which {cls} does not have '
+                f"(its denoisers: {', '.join(_label(e, experts) for e in experts)})",
+                "use a LoRA made for this model",
+                "expert",
+            )
+        return {p: p for p in file_parts}, "the file's keys name each expert"
+    part = file_parts[0]
+    if len(experts) == 1 and part == experts[0] and choice in (None, part):
+        return None, ""  # one denoiser, the file's: diffusers' own placement, as always
+    if choice is not None:
+        return {choice: part}, "chosen on the node"
+    if spec.expert == EXPERT_ALL:
+        return dict.fromkeys(experts, part), "chosen on the node"
+    if part in missing:
+        raise _problem(
+            "lora_no_expert",
+            f'"{spec.name}" targets {_label(part)}, which {cls} does not have '
+            f"(its denoisers: {', '.join(_label(e, experts) for e in experts) or 'none that takes a LoRA'})",
+            f"to load it anyway, set expert to one of: {', '.join(valid[1:])}" if experts else "use another pipeline",
+            "expert",
+        )
+    if part != experts[0]:
+        return {part: part}, "the file's keys name it"
+    hint = _name_hint(spec.name, experts)
+    if hint is not None:
+        return {hint: part}, f'the file name says "{EXPERT_ROLES.get(hint, hint)}"'
+    return dict.fromkeys(experts, part), "the file names no expert, so it goes to every expert"
+
+
 def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
     """{component: number of layers} the LoRA changes; raises a specific error for a file that is not
-    a LoRA, whose layers are not all in this pipeline (the first unmatched keys named), or whose
-    shapes do not fit the layers they target."""
+    a LoRA, whose layers are not all in this pipeline (the first unmatched keys named), whose
+    shapes do not fit the layers they target, or that targets no expert the pipeline has (route)."""
     if not hasattr(type(pipeline), "load_lora_weights"):
         raise _problem(
             "lora_unsupported_pipeline",
@@ -242,26 +370,32 @@ def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
             "pipeline",
         )
     layers = _file_layers(pipeline, spec)
+    routes, _ = route(pipeline, spec, {layer.partition(".")[0] for layer in layers})
     loadable = list(getattr(pipeline, "_lora_loadable_modules", ()))
     modules: dict[str, dict[str, object]] = {}
     unmatched, found, fitting = [], {}, []
     for layer, shapes in layers.items():
-        component, _, path = layer.partition(".")
-        if component not in loadable or getattr(pipeline, component, None) is None:
-            unmatched.append(shapes.key)
-            continue
-        if component not in modules:
-            modules[component] = {
-                n.replace(".base_layer", ""): m
-                for n, m in getattr(pipeline, component).named_modules()
-                if not n.endswith(".base_layer")
-            }
-        module = modules[component].get(path)
-        if module is None:
-            unmatched.append(shapes.key)
-        else:
-            found[component] = found.get(component, 0) + 1
-            fitting.append((layer, shapes, module))
+        part, _, path = layer.partition(".")
+        if routes is None or part not in DENOISERS:
+            places = [part]
+        else:  # a denoiser part goes where the route sends it (a part no expert takes is left out)
+            places = [target for target, source in routes.items() if source == part]
+        for component in places:
+            if component not in loadable or getattr(pipeline, component, None) is None:
+                unmatched.append(shapes.key)
+                continue
+            if component not in modules:
+                modules[component] = {
+                    n.replace(".base_layer", ""): m
+                    for n, m in getattr(pipeline, component).named_modules()
+                    if not n.endswith(".base_layer")
+                }
+            module = modules[component].get(path)
+            if module is None:
+                unmatched.append(shapes.key)
+            else:
+                found[component] = found.get(component, 0) + 1
+                fitting.append((layer, shapes, module))
     if unmatched:
         first = ", ".join(f'"{k}"' for k in unmatched[:3])
         prefixes = sorted({k.split(".")[0] for k in unmatched})
@@ -275,6 +409,44 @@ def targets(pipeline, spec: LoraSpec) -> dict[str, int]:
     for layer, shapes, module in fitting:
         lora_check.check_against(spec.name, layer, shapes, module)
     return found
+
+
+def placement(pipeline, spec: LoraSpec) -> str:
+    """Where the LoRA goes and why, for the report ("" where the pipeline has one denoiser)."""
+    experts = _experts(pipeline)
+    if len(experts) < 2:
+        return ""
+    routes, why = route(pipeline, spec, {layer.partition(".")[0] for layer in _file_layers(pipeline, spec)})
+    if routes is None:
+        return ""
+    return f'LoRA "{spec.name}" → {", ".join(_label(t) for t in routes)}: {why}'
+
+
+def _load_routed(pipeline, spec: LoraSpec, routes: dict[str, str]) -> None:
+    """Load the file's denoiser parts into the experts the route names (diffusers' `load_into_<name>`
+    for every expert but the main one); the file's other layers go with the first load."""
+    first = _experts(pipeline)[0]
+    state = _converted_state_dict(pipeline, spec)
+    rest = {k: v for k, v in state.items() if k.partition(".")[0] not in DENOISERS}
+    for i, (target, source) in enumerate(routes.items()):
+        part = {first + k[len(source) :]: v for k, v in state.items() if k.startswith(source + ".")}
+        kwargs = {} if target == first else {f"load_into_{target}": True}
+        pipeline.load_lora_weights({**part, **(rest if i == 0 else {})}, adapter_name=spec.adapter_name, **kwargs)
+
+
+def _check_routable(pipeline, spec: LoraSpec, routes: dict[str, str] | None) -> None:
+    if not routes:
+        return
+    first = _experts(pipeline)[0]
+    source = inspect.getsource(type(pipeline).load_lora_weights)
+    for target in routes:
+        if target != first and f"load_into_{target}" not in source:
+            raise _problem(
+                "lora_expert_unsupported",
+                f"diffusers' {type(pipeline).__name__} cannot load a LoRA into {_label(target)}",
+                f'set expert to "{_label(first)}"',
+                "expert",
+            )
 
 
 def backend_problems(result, components: Iterable[str]) -> list[Problem]:
@@ -396,6 +568,8 @@ def load_adapter(result, spec: LoraSpec, keep: Iterable[str] = ()) -> None:
     with _lock:
         pipeline = result.pipeline
         found = check(result, spec)
+        routes, _ = route(pipeline, spec, {layer.partition(".")[0] for layer in _file_layers(pipeline, spec)})
+        _check_routable(pipeline, spec, routes)
         carried = _carriers(pipeline, spec.adapter_name)
         if set(found) <= carried:
             return
@@ -405,7 +579,10 @@ def load_adapter(result, spec: LoraSpec, keep: Iterable[str] = ()) -> None:
         before = _fingerprint(pipeline, found)
         try:
             with diffusers_context():
-                pipeline.load_lora_weights(spec.path, adapter_name=spec.adapter_name)
+                if routes is None:
+                    pipeline.load_lora_weights(spec.path, adapter_name=spec.adapter_name)
+                else:
+                    _load_routed(pipeline, spec, routes)
         except Exception as exc:
             released = _undo(result, spec, found, before)
             note = (
