@@ -32,7 +32,7 @@ MAX_BATCH = 64 * 1024 * 1024
 BATCHES = 48  # a component is read in at least this many batches where it is large enough
 # Bytes read between two trims of the heap, as a share of the component's bytes (and at least
 # MIN_TRIM_EVERY). Trimming hands the freed pages back, so the next batch faults them in again: each
-# trim costs ~10-20 ms at 200M parameters; fewer trims, a higher peak (1.26-1.65x resident at 1/12).
+# trim costs ~10-20 ms at 200M parameters; fewer trims, a higher peak (bench/results/peak_load).
 TRIM_SHARE = 1 / 16
 MIN_TRIM_EVERY = 16 * 1024 * 1024
 
@@ -220,6 +220,7 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
         del model.state_dict
         for handle in handles.values():
             handle.close()
+    trim_heap()  # the holes since the last trim, before the next component loads
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:
         raise RuntimeError(f"{len(left)} tensors were not loaded (first: {left[0]})")
