@@ -188,3 +188,19 @@ def test_disk_cache_bench_caches_something(tmp_path):
     assert row["second_over_first_spread"]["n"] == 1
     md = disk_cache.write(res, tmp_path / "out").read_text()
     assert "second ÷ first" in md and " 0.0 MB" not in md
+
+
+def test_peak_load_bench_measures_a_peak_both_ways(tmp_path):
+    """The peak-at-load bench at the tiny size, one round: both paths load in fresh processes, each
+    measures a peak and resident bytes, and the streamed path really streamed the transformer (a bench
+    that compared diffusers' loader with itself would measure nothing)."""
+    from bench import peak_load
+
+    res = peak_load.run("tiny", ["int8wo"], 1, tmp_path / "root", log=lambda msg: None)
+    (row,) = res["summary"]
+    assert row["streamed"]["transformer"] is True
+    assert {r["path"] for r in res["runs"]} == {"stream", "library"}
+    for r in res["runs"]:
+        assert r["peak_bytes"] > 0 and r["resident_bytes"] > 0 and r["load_cpu_s"] > 0
+    md = peak_load.to_markdown(res)
+    assert "peak ÷ resident, streamed" in md and "n=1" in md
