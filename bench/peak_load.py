@@ -42,14 +42,12 @@ def child(job: dict) -> dict:
 
     import torch
 
-    from pipequant.resolver.keep import load_plan, plan_load
-    from pipequant.resolver.keep.memory import tensor_bytes
-    from pipequant.resolver.links.spec import spec_from_dict
+    from pipequant.resolver.keep import load_plan, plan_load, tensor_bytes
+    from pipequant.resolver.links import spec_from_dict
 
     from .measure import cpu_seconds, proc_status, reset_peak
 
     torch.set_num_threads(1)
-    importlib.import_module("pipequant.resolver.keep.load").STREAM = job["path"] == "stream"
     plan = plan_load(Path(job["folder"]), spec_from_dict(job["spec"]))
     for name in ("torchao", "optimum.quanto", "sdnq"):  # the backends' imports are not the load's
         try:
@@ -76,6 +74,7 @@ def child(job: dict) -> dict:
 
 def _run_child(job: dict) -> dict:
     env = {**os.environ, "SDNQ_USE_TORCH_COMPILE": "0", "OMP_NUM_THREADS": "1"}
+    env["PIPEQUANT_STREAM_LOAD"] = "on" if job["path"] == "stream" else "off"
     out = subprocess.run(
         [sys.executable, "-m", "bench.peak_load", "--child", json.dumps(job)],
         cwd=REPO,

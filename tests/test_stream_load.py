@@ -7,7 +7,6 @@ path streams the diffusers models of a plan and falls back, with a note, where i
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
@@ -15,10 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipequant.resolver.keep import stream
-from pipequant.resolver.links.spec import spec_from_dict
-
-keep_load = importlib.import_module("pipequant.resolver.keep.load")
+from pipequant.resolver.keep import load, stream
+from pipequant.resolver.links import spec_from_dict
 
 
 def _config(backend: str):
@@ -101,15 +98,18 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     assert torch.equal(_forward(streamed), _forward(plain))
 
 
-def test_the_load_streams_diffusers_models_and_says_which(tiny_flux):
+def test_the_load_streams_diffusers_models_and_says_which(tiny_flux, monkeypatch):
     one = {"backend": "torchao", "quant_type": "int8_weight_only", "compute_dtype": "auto", "options": {}}
     spec = spec_from_dict({"kind": "granular", "components": {"transformer": one, "text_encoder_2": one}})
-    result = keep_load.load(tiny_flux, spec, cache=None)
+    result = load(tiny_flux, spec, cache=None)
     rows = {r["component"]: r for r in result.rows}
     assert rows["transformer"]["streamed"] is True
     assert rows["text_encoder_2"]["streamed"] is False and "transformers" in rows["text_encoder_2"]["stream_reason"]
     assert "streamed" not in rows["vae"]  # not quantized: diffusers' loader, nothing to stream
     assert not [n for n in result.notes if "not streamed" in n]
+    monkeypatch.setenv("PIPEQUANT_STREAM_LOAD", "off")  # the escape hatch: diffusers' own loader
+    rows = {r["component"]: r for r in load(tiny_flux, spec, cache=None).rows}
+    assert "streamed" not in rows["transformer"] and rows["transformer"]["quantized_layers"] > 0
 
 
 def _extra_tensor(folder: Path) -> None:
@@ -127,9 +127,7 @@ def test_files_that_are_not_exactly_the_model_fall_back_to_diffusers_with_a_note
     shutil.copytree(tiny_flux, folder)
     _extra_tensor(folder / "transformer")
     one = {"backend": "torchao", "quant_type": "int8_weight_only", "compute_dtype": "auto", "options": {}}
-    result = keep_load.load(
-        folder, spec_from_dict({"kind": "granular", "components": {"transformer": one}}), cache=None
-    )
+    result = load(folder, spec_from_dict({"kind": "granular", "components": {"transformer": one}}), cache=None)
     row = next(r for r in result.rows if r["component"] == "transformer")
     assert row["streamed"] is False and "disagree" in row["stream_reason"]
     assert row["quantized_layers"] > 0  # diffusers quantized it

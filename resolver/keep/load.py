@@ -10,6 +10,7 @@ that name the component and its files.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import traceback
@@ -29,6 +30,7 @@ from ..run.blocks import install_interrupt_hooks
 from ..run.compile import CompileState, compile_component
 from ..run.context import diffusers_context
 from ..run.lora import hand_out_plain
+from ..user_cache import is_off
 from . import deferred_write, stream
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .disk_cache import DiskCache
@@ -500,8 +502,9 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
     return module, config
 
 
-# Set to False to load every component through its library's from_pretrained (the bench's "before").
-STREAM = True
+# PIPEQUANT_STREAM_LOAD=off loads every component through its library's from_pretrained (diffusers'
+# own peak while loading; the bench's "before").
+STREAM_ENV = "PIPEQUANT_STREAM_LOAD"
 
 
 def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
@@ -509,7 +512,7 @@ def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
     (keep/stream.py) where its backend and files allow, why "" ; else None, a fresh config for the
     library's own loader (a quantizer that started may have changed its config's skip list) and why
     not (None: the backend does not stream at all)."""
-    if not (STREAM and row.backend.streams and row.gguf_path is None):
+    if not row.backend.streams or row.gguf_path is not None or is_off(os.environ.get(STREAM_ENV, "")):
         return None, config, None
     why = stream.why_not(row.library, info.folder, info.variant, kwargs)
     if why is None:
