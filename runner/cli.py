@@ -232,10 +232,6 @@ def cmd_plan(args) -> int:
                 ]
             ) from None
     folder = resolve_model(args.model, env_roots(), field="MODEL")
-    # Importing sdnq (to ask its quantizer which layers it takes) test-compiles a function with
-    # torch.compile unless told not to: 3.5 s of a cold plan's 13 s CPU here. This process never runs
-    # an sdnq layer, so the test buys it nothing; a value the user set is kept.
-    os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")
     try:
         result = plan_for(
             folder,
