@@ -18,6 +18,7 @@ diffusers' path and the report says so.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 from ..constants import DIFFUSERS
@@ -30,12 +31,16 @@ from .cache import trim_heap
 MIN_BATCH = 8 * 1024 * 1024
 MAX_BATCH = 64 * 1024 * 1024
 BATCHES = 48  # a component is read in at least this many batches where it is large enough
-# Bytes read between two trims of the heap, as a share of the component's bytes (and at least
-# MIN_TRIM_EVERY). Trimming hands the freed pages back, so the next batch faults them in again: each
-# trim costs ~10-20 ms at 200M parameters; fewer trims, a higher peak (bench/results/peak_load).
-TRIM_SHARE = 1 / 16
-MIN_TRIM_EVERY = 16 * 1024 * 1024
+# How far the process may grow past what it held after the last trim of the heap, as a share of the
+# component's bytes (at least MIN_GROWTH), before the heap is trimmed again. glibc keeps the freed
+# load-dtype copies and the quantizers' temporaries as holes between the quantized weights: left
+# alone the heap grows by about the bytes read (SDNQ: ~45 MB per 7 MB batch at 200M parameters).
+# A trim hands the pages back, so the next batch faults them in again: a smaller share, a lower peak
+# and more CPU (bench/results/peak_load).
+GROWTH_SHARE = 1 / 16
+MIN_GROWTH = 16 * 1024 * 1024
 
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 WEIGHTS = "diffusion_pytorch_model"  # diffusers' weights name (SAFETENSORS_WEIGHTS_NAME)
 
 TORCH_DTYPES = {
@@ -133,6 +138,15 @@ def _read(handle, span: TensorSpan):
     return raw.view(getattr(torch, TORCH_DTYPES[span.info.dtype])).reshape(span.info.shape)
 
 
+def resident_bytes() -> int:
+    """The process's resident set, from one read of /proc/self/statm (0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _batches(spans: list[tuple[Path, TensorSpan]]):
     """Consecutive tensors in groups of at most the batch size (one tensor at least)."""
     total = sum(s.end - s.start for _, s in spans)
@@ -195,8 +209,9 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
     # which this snapshot answers the same.
     snapshot = model.state_dict()
     model.state_dict = lambda *args, **kwargs: snapshot
-    handles, since_trim = {}, 0
-    trim_every = max(MIN_TRIM_EVERY, int(TRIM_SHARE * sum(s.end - s.start for _, s in spans)))
+    handles = {}
+    growth = max(MIN_GROWTH, int(GROWTH_SHARE * sum(s.end - s.start for _, s in spans)))
+    mark = resident_bytes()
     try:
         for batch in _batches(spans):
             state = {}
@@ -204,18 +219,14 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
                 if path not in handles:
                     handles[path] = open_regular(path)
                 state[span.info.name] = _read(handles[path], span)
-                since_trim += span.end - span.start
             state = quantizer.maybe_update_state_dict(state)
             load_model_dict_into_meta(
                 model, state, dtype=dtype, hf_quantizer=quantizer, keep_in_fp32_modules=keep, unexpected_keys=[]
             )
             del state  # the load-dtype copies of quantized weights go now, before the next read
-            if since_trim >= trim_every:
-                # glibc keeps the freed copies and the quantizers' temporaries as holes between the
-                # quantized weights: left alone, the heap grows by about the bytes read (3.4x resident
-                # at 200M). Trimming costs page faults when the next batch reuses the pages.
+            if resident_bytes() > mark + growth:
                 trim_heap()
-                since_trim = 0
+                mark = resident_bytes()
     finally:
         del model.state_dict
         for handle in handles.values():
