@@ -246,3 +246,19 @@ def test_validate_cold_bench_times_validate_without_the_heavy_imports(tiny_flux)
     row = validate_cold.measure(tiny_flux.parent, tiny_flux.name, runs=1, warm_up=False)
     assert row["validate_s"] > 0 and row["imports_s"] > 0 and row["ratio"] > 0
     assert row["imported"] == []
+
+
+def test_peak_load_bench_measures_a_peak_both_ways(tmp_path):
+    """The peak-at-load bench at the tiny size, one round: both paths load in fresh processes, each
+    measures a peak and resident bytes, and the streamed path really streamed the transformer (a bench
+    that compared diffusers' loader with itself would measure nothing)."""
+    from bench import peak_load
+
+    res = peak_load.run("tiny", ["int8wo"], 1, tmp_path / "root", log=lambda msg: None)
+    (row,) = res["summary"]
+    assert row["streamed"]["transformer"] is True
+    assert {r["path"] for r in res["runs"]} == {"stream", "library"}
+    for r in res["runs"]:
+        assert r["peak_bytes"] > 0 and r["resident_bytes"] > 0 and r["load_cpu_s"] > 0
+    md = peak_load.to_markdown(res)
+    assert "peak ÷ resident, streamed" in md and "n=1" in md

@@ -250,6 +250,9 @@ def test_quantized_components_are_quantized_on_the_target_gpu(tiny_flux, monkeyp
     monkeypatch.setattr(devices, "cuda_available", lambda: True)
     monkeypatch.setattr(devices, "cuda_device_exists", lambda d: True)
     monkeypatch.setattr(devices, "compute_capability", lambda d: (9, 0))
+    # the arguments of the library's loader are checked: an offloaded plan's CPU load would otherwise
+    # stream (keep/stream.py) and never call it
+    monkeypatch.setenv("PIPEQUANT_STREAM_LOAD", "off")
     seen = {}
 
     class Stop(Exception):

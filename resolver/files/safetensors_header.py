@@ -56,7 +56,7 @@ def _malformed(path: Path, why: str) -> HeaderError:
     return HeaderError(f"{path.name} has a malformed safetensors header: {why}", "header_malformed")
 
 
-def _entry(path: Path, name, meta) -> tuple[TensorInfo, int]:
+def _entry(path: Path, name, meta) -> tuple[TensorInfo, int, int]:
     shown = ascii(name)[:80]
     if not isinstance(meta, dict):
         raise _malformed(path, f"the entry for {shown} is a {type(meta).__name__}, not an object")
@@ -76,17 +76,32 @@ def _entry(path: Path, name, meta) -> tuple[TensorInfo, int]:
             f"{shown} is {dtype} {list(shape)} ({info.nbytes:,} bytes) but its data takes "
             f"{offsets[1] - offsets[0]:,} bytes",
         )
-    return info, offsets[1]
+    return info, offsets[0], offsets[1]
 
 
 def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
+@dataclass(frozen=True)
+class TensorSpan:
+    """Where one tensor's bytes lie in its file: [start, end) from the file's first byte."""
+
+    info: TensorInfo
+    start: int
+    end: int
+
+
 def read_header(path: Path) -> list[TensorInfo]:
     """Tensors listed in the header; raises HeaderError if the file is not safetensors, its header
     is malformed, or it is shorter than its header says (a truncated download). Reads only the
     header, at most its declared length, bounded by the file's size."""
+    return [span.info for span in read_spans(path)[0]]
+
+
+def read_spans(path: Path) -> tuple[list[TensorSpan], dict]:
+    """Each tensor's place in the file (in header order) and the header's `__metadata__` (strings);
+    the same checks as `read_header`. What a loader needs to read one tensor with a bounded read."""
     path = Path(path)
     try:
         with open_regular(path) as f:
@@ -109,13 +124,14 @@ def read_header(path: Path) -> list[TensorInfo]:
         raise HeaderError(f"{path.name} has an unreadable header ({exc})", code) from None
     if not isinstance(header, dict):
         raise _malformed(path, f"it is a JSON {type(header).__name__}, not an object")
-    tensors, end = [], 0
+    spans, end, metadata = [], 0, {}
     for name, meta in header.items():
         if name == "__metadata__":
+            metadata = meta if isinstance(meta, dict) else {}
             continue
-        info, stop = _entry(path, name, meta)
-        tensors.append(info)
+        info, start, stop = _entry(path, name, meta)
+        spans.append(TensorSpan(info, 8 + n + start, 8 + n + stop))
         end = max(end, stop)
     if 8 + n + end > size:
         raise HeaderError(f"{path.name} is truncated: its header needs {8 + n + end} bytes, the file has {size}")
-    return tensors
+    return spans, metadata

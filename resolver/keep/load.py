@@ -10,6 +10,7 @@ that name the component and its files.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import traceback
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..constants import COMPILE_MODES, DEFAULT_DTYPE, NOT_A_MODEL, PREQUANTIZED, denoiser_names
+from ..constants import COMPILE_MODES, DEFAULT_DTYPE, DIFFUSERS, NOT_A_MODEL, PREQUANTIZED, denoiser_names
 from ..decide.plan import Plan
 from ..decide.prepare import prepare
 from ..decide.slow_plan import compile_kept_eager
@@ -29,7 +30,8 @@ from ..run.blocks import install_interrupt_hooks
 from ..run.compile import CompileState, compile_component
 from ..run.context import diffusers_context
 from ..run.lora import hand_out_plain
-from . import deferred_write
+from ..user_cache import is_off
+from . import deferred_write, stream
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
 from .disk_cache import DiskCache
 from .memory import main_device
@@ -251,6 +253,7 @@ def load_plan(
                     rows[row.name] = component_row(
                         row, plan.model.components[row.name], module, time.perf_counter() - start, config
                     )
+                    _stream_fields(rows[row.name], module, notes)
                     if disk is not None:
                         rows[row.name].update(disk.row_fields())
                         notes += _disk_notes(row.name, disk)
@@ -435,6 +438,19 @@ def _snapshot_or_write(plan: Plan, row, module, config, disk_cache: DiskCache, t
         return deferred_write.WRITER.write_now(disk_cache, plan, row, module, config)
 
 
+def _stream_fields(row: dict, module, notes: list) -> None:
+    """The row says whether the component was quantized as its weights streamed in; a diffusers
+    model that could not is named in the notes (its peak while loading is diffusers' own)."""
+    why = getattr(module, "pipequant_streamed", None)
+    if why is None:
+        return
+    row["streamed"] = why == ""
+    if why:
+        row["stream_reason"] = why
+        if row["library"] == DIFFUSERS:
+            notes.append(f"{row['component']}: read by diffusers' own loader, not streamed ({why})")
+
+
 def _disk_notes(name: str, disk) -> list[str]:
     notes = [f"disk cache: {disk.warning}"] if disk.warning else []
     if disk.status == "not cached":
@@ -465,15 +481,19 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
             # Quantize where the model will run: torchao's int4 packing has only a CUDA kernel,
             # and quantizing on the GPU is faster and spares CPU RAM.
             kwargs["device_map"] = {"": plan.device}
-        module = backend.load_component(
-            cls,
-            config,
-            folder=info.folder,
-            pipeline_folder=plan.model.folder,
-            name=row.name,
-            file=row.gguf_path,
-            **kwargs,
-        )
+        module, config, why = _stream(row, info, cls, config, kwargs)
+        if module is None:
+            module = backend.load_component(
+                cls,
+                config,
+                folder=info.folder,
+                pipeline_folder=plan.model.folder,
+                name=row.name,
+                file=row.gguf_path,
+                **kwargs,
+            )
+        if why is not None:
+            module.pipequant_streamed = why  # "": it streamed; else why the library's loader read it
     module.eval()
     saved_by = catalogue.backend_for_saved(info.prequantized)
     if saved_by is not None and backend is None and kwargs["dtype"] != torch.float32:
@@ -481,6 +501,29 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
     if backend is not None or saved_by is not None:
         (backend or saved_by).after_load(module, prequantized=backend is None)
     return module, config
+
+
+# PIPEQUANT_STREAM_LOAD=off loads every component through its library's from_pretrained (diffusers'
+# own peak while loading; the bench's "before").
+STREAM_ENV = "PIPEQUANT_STREAM_LOAD"
+
+
+def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
+    """(module or None, config, why): the component quantized as its weights stream in
+    (keep/stream.py) where its backend and files allow, why "" ; else None, a fresh config for the
+    library's own loader (a quantizer that started may have changed its config's skip list) and why
+    not (None: the backend does not stream at all)."""
+    if not row.backend.streams or row.gguf_path is not None or is_off(os.environ.get(STREAM_ENV, "")):
+        return None, config, None
+    why = stream.why_not(row.library, info.folder, info.variant, kwargs)
+    if why is None:
+        try:
+            module = stream.load(cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder))
+        except stream.CannotStream as exc:
+            why, config = str(exc), row.build_config()
+        else:
+            return module, config, ""
+    return None, config, why
 
 
 def _restore_float32(module, files) -> None:

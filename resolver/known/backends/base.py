@@ -116,6 +116,10 @@ class Backend:
     quant_method: str = ""
     # Added to the notes of every plan with a component on this backend (why it loads differently).
     plan_note: str = ""
+    # Whether its diffusers quantizer converts each weight as it is loaded (one module at a time), so
+    # the pack may stream a diffusers component's weights in bounded batches (keep/stream.py) and
+    # keep the peak while loading near the resident bytes.
+    streams: bool = False
     # diffusers LoRA loader mixins (by class name) that cannot load a LoRA onto this backend's
     # models, and why; per quant type, QuantType.lora. Measured on CPU (resolver/lora.py uses it).
     lora_refused_loaders: tuple[str, ...] = ()

@@ -159,6 +159,7 @@ QUANTO = Quanto(
     lora_refused_loaders=("FluxLoraLoaderMixin",),
     lora_note="diffusers' FLUX LoRA loader cannot read quanto weights; keep that component unquantized "
     "or use bitsandbytes, torchao int8/float8 or GGUF for it",
+    streams=True,
     help="Quanto weight quantization; works on CPU.",
     deprecated="diffusers 0.42 deprecates quanto (removed in diffusers 1.0); it still works here. "
     "For new workflows use torchao (int8/float8) or SDNQ.",

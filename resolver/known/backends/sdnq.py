@@ -92,5 +92,6 @@ SDNQ_BACKEND = SDNQ(
     options=OPTIONS,
     libraries=(DIFFUSERS, TRANSFORMERS),
     savable=(DIFFUSERS, TRANSFORMERS),
+    streams=True,
     help="SD.Next's quantization engine: on the fly on CPU and GPU, any bit width, saves pre-quantized. GPL-3.0.",
 )

@@ -118,5 +118,6 @@ TORCHAO = TorchAO(
     savable=("diffusers", "transformers"),
     # peft 0.21's torchao LoRA layer refuses int4 weights ("only supports int8 weights for now").
     lora_note="peft's torchao LoRA layer takes int8 and float8 weights only; use int8_weight_only for that component",
+    streams=True,
     help="PyTorch-native int8/int4/float8 tensor subclasses; composes with torch.compile.",
 )

@@ -1,0 +1,181 @@
+"""Peak memory while loading, streamed against diffusers' own loader, each load in a fresh process.
+
+For each plan and round, two fresh interpreters load the same pipeline through the resolver
+(`prepare` + `load_plan`, no caches): one quantizes as the weights stream in (`keep/stream.py`,
+the default), the other with streaming off, so every component goes through its library's
+`from_pretrained` (what round one measured). The order flips each round (interleaved pairs).
+Each child imports everything and plans first, then takes its RSS as the baseline, resets the
+kernel's high-water mark (`/proc/self/clear_refs`) and loads: peak = VmHWM - baseline, divided by
+the pipeline's resident bytes (every storage behind its tensors, `keep.memory.tensor_bytes`). The
+absolute `ru_maxrss` is kept too. Load time is the child's CPU time (user + system) of the load.
+
+    python -m bench.peak_load --size 200m --rounds 3      # ~3 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import config
+from .pipelines import default_root, ensure
+from .report import provenance, write_results
+from .suite import REPO, fmt_spread, spread
+
+PLANS = {
+    "int8wo": ("torchao int8 weight-only", config.PLANS["int8wo"].spec),
+    "quanto8": ("quanto int8", config.PLANS["quanto8"].spec),
+    "sdnq8": ("sdnq int8", {**config.PLANS["int8wo"].spec, "backend": "sdnq", "quant_type": "int8"}),
+}
+PATHS = ("stream", "library")
+
+
+def child(job: dict) -> dict:
+    """One load in this (fresh) process; the figures as a dict."""
+    import importlib
+    import resource
+    import time
+
+    import torch
+
+    from pipequant.resolver.keep import load_plan, plan_load, tensor_bytes
+    from pipequant.resolver.links import spec_from_dict
+
+    from .measure import cpu_seconds, proc_status, reset_peak
+
+    torch.set_num_threads(1)
+    plan = plan_load(Path(job["folder"]), spec_from_dict(job["spec"]))
+    for name in ("torchao", "optimum.quanto", "sdnq"):  # the backends' imports are not the load's
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    base = proc_status()["VmRSS"]
+    reset = reset_peak()
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    result = load_plan(plan, cache=None)
+    cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    status = proc_status()
+    resident = sum(tensor_bytes(m) for m in result.pipeline.components.values() if isinstance(m, torch.nn.Module))
+    return {
+        "peak_bytes": status["VmHWM"] - base if reset else None,
+        "baseline_bytes": base,
+        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "resident_bytes": resident,
+        "load_cpu_s": round(cpu, 4),
+        "load_wall_s": round(wall, 4),
+        "streamed": {r["component"]: r["streamed"] for r in result.rows if "streamed" in r},
+    }
+
+
+def _run_child(job: dict) -> dict:
+    env = {**os.environ, "SDNQ_USE_TORCH_COMPILE": "0", "OMP_NUM_THREADS": "1"}
+    env["PIPEQUANT_STREAM_LOAD"] = "on" if job["path"] == "stream" else "off"
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.peak_load", "--child", json.dumps(job)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    line = next((x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"peak_load child failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(line)
+
+
+def run(size: str, plans: list[str], rounds: int, root: Path, log=print) -> dict:
+    folder = ensure(size, root)
+    runs = []
+    for r in range(rounds):
+        for key in plans:
+            order = PATHS if r % 2 == 0 else PATHS[::-1]
+            for path in order:
+                figures = _run_child({"folder": str(folder), "spec": PLANS[key][1], "path": path})
+                runs.append({"round": r, "plan": key, "path": path, **figures})
+                log(f"round {r} {key} {path}: peak/resident {_ratio(figures):.2f}, cpu {figures['load_cpu_s']:.2f} s")
+    summary = []
+    for key in plans:
+        mine = {p: [x for x in runs if x["plan"] == key and x["path"] == p] for p in PATHS}
+        if not all(mine.values()) or any(x["peak_bytes"] is None or x["resident_bytes"] <= 0 for x in runs):
+            raise RuntimeError(f"{key}: a load measured nothing (no peak or no resident bytes)")
+        pairs = list(zip(mine["stream"], mine["library"]))
+        summary.append(
+            {
+                "plan": key,
+                "label": PLANS[key][0],
+                "resident_mb": round(mine["stream"][0]["resident_bytes"] / 2**20, 1),
+                **{f"{p}_peak_over_resident": spread([_ratio(x) for x in mine[p]]) for p in PATHS},
+                **{f"{p}_peak_mb": spread([x["peak_bytes"] / 2**20 for x in mine[p]]) for p in PATHS},
+                **{f"{p}_cpu_s": spread([x["load_cpu_s"] for x in mine[p]]) for p in PATHS},
+                "cpu_stream_over_library": spread([s["load_cpu_s"] / b["load_cpu_s"] for s, b in pairs]),
+                "wall_stream_over_library": spread([s["load_wall_s"] / b["load_wall_s"] for s, b in pairs]),
+                "streamed": mine["stream"][0]["streamed"],
+            }
+        )
+    return {"size": size, "rounds": rounds, "folder": str(folder), "summary": summary, "runs": runs}
+
+
+def _ratio(x: dict) -> float:
+    return x["peak_bytes"] / x["resident_bytes"]
+
+
+def to_markdown(res: dict) -> str:
+    lines = [
+        "# Peak memory while loading: streamed vs diffusers' own loader",
+        "",
+        f"Size {res['size']}, {res['rounds']} rounds of interleaved pairs, each load in a fresh process "
+        "(CPU, 1 torch thread). Peak = kernel RSS high-water mark during the load above the RSS after "
+        "imports and planning; resident = every storage behind the pipeline's tensors. "
+        "Figures: median (min–max, n).",
+        "",
+        "| plan | resident MB | peak ÷ resident, streamed | peak ÷ resident, diffusers' loader | "
+        "load CPU s, streamed | load CPU s, diffusers' loader | CPU streamed ÷ diffusers' loader | "
+        "streamed components |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["summary"]:
+        streamed = ", ".join(n for n, s in r["streamed"].items() if s) or "-"
+        lines.append(
+            f"| {r['label']} | {r['resident_mb']} | **{fmt_spread(r['stream_peak_over_resident'], 2)}** | "
+            f"{fmt_spread(r['library_peak_over_resident'], 2)} | {fmt_spread(r['stream_cpu_s'], 2)} | "
+            f"{fmt_spread(r['library_cpu_s'], 2)} | {fmt_spread(r['cpu_stream_over_library'])} | {streamed} |"
+        )
+    lines += [
+        "",
+        "Components not streamed load through their library's `from_pretrained` in both columns "
+        "(transformers models: CLIP and T5; their share of these pipelines is small).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.peak_load", description=__doc__)
+    p.add_argument("--size", default="200m", choices=config.ALL_SIZES)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--plans", default=",".join(PLANS), help="comma-separated: " + ", ".join(PLANS))
+    p.add_argument("--root", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "peak_load")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    provenance()  # the commit and tree as the bench starts: what the results come from
+    plans = [x.strip() for x in args.plans.split(",") if x.strip()]
+    unknown = [x for x in plans if x not in PLANS]
+    if unknown:
+        p.error("unknown plan: " + ", ".join(unknown))
+    res = run(args.size, plans, args.rounds, args.root or default_root())
+    write_results(args.out, "peak_load", res, to_markdown(res))
+    print(to_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Quantize as the weights stream in: a diffusers component read a few megabytes at a time.
+
+diffusers' `from_pretrained` memory-maps a whole shard and keeps it mapped while its quantizer
+converts the Linear weights, so the process peaks at about 5x the resident quantized bytes while
+loading (bench/results/memory: torchao int8 4.94x, quanto 4.35x at 200M parameters). Here the
+component is built on the meta device exactly as diffusers builds it, then its tensors are read
+with plain bounded reads (no mmap), a batch of a few megabytes at a time, and each batch goes
+through the function diffusers' own loader runs per shard (`load_model_dict_into_meta`) with the
+backend's own quantizer: the same casts, the same `quantize_` / `freeze` / SDNQ calls, so the
+tensors are bit for bit those of `from_pretrained` (tests/test_stream_load.py). Each batch's
+load-dtype copy is freed before the next is read.
+
+`why_not` says where this cannot be done (a transformers model, a device map, files that are not
+exactly the model's tensors, a pre-quantized or torchao-serialised file); the caller then takes
+diffusers' path and the report says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from ..constants import DIFFUSERS
+from ..files.safetensors_header import HeaderError, TensorSpan, read_spans
+from ..safe_files import FileProblem, open_regular, read_json_object
+from .cache import trim_heap
+
+# Bytes read before they are handed on: small against any component worth quantizing, large enough
+# that the per-batch cost (one state_dict() walk of the model in diffusers' loader) stays negligible.
+MIN_BATCH = 8 * 1024 * 1024
+MAX_BATCH = 64 * 1024 * 1024
+BATCHES = 48  # a component is read in at least this many batches where it is large enough
+# How far the process may grow past what it held after the last trim of the heap, as a share of the
+# component's bytes (at least MIN_GROWTH), before the heap is trimmed again. glibc keeps the freed
+# load-dtype copies and the quantizers' temporaries as holes between the quantized weights: left
+# alone the heap grows by about the bytes read (SDNQ: ~45 MB per 7 MB batch at 200M parameters).
+# A trim hands the pages back, so the next batch faults them in again: a smaller share, a lower peak
+# and more CPU (bench/results/peak_load).
+GROWTH_SHARE = 1 / 16
+MIN_GROWTH = 16 * 1024 * 1024
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+WEIGHTS = "diffusion_pytorch_model"  # diffusers' weights name (SAFETENSORS_WEIGHTS_NAME)
+
+TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+
+class CannotStream(Exception):
+    """This component loads through diffusers' own path; the message says why."""
+
+
+def why_not(library: str, folder: Path, variant: str | None, kwargs: dict) -> str | None:
+    """Why this component cannot stream (None: it can), before anything is built or read."""
+    if library != DIFFUSERS:
+        return "transformers models load through transformers' own loader"
+    if kwargs.get("device_map"):
+        return "a device map (the component is quantized on the GPU)"
+    if not kwargs.get("use_safetensors", True):
+        return "pickle weights"
+    try:
+        files(folder, variant)
+    except CannotStream as exc:
+        return str(exc)
+    return None
+
+
+def files(folder: Path, variant: str | None) -> list[Path]:
+    """The safetensors files diffusers would read for this component, in its order: the shards its
+    index names (sorted, as diffusers reads them), else the single weights file."""
+    suffix = f".{variant}" if variant else ""
+    index = folder / f"{WEIGHTS}.safetensors.index{suffix}.json"
+    single = folder / f"{WEIGHTS}{suffix}.safetensors"
+    if index.is_file():
+        try:
+            weight_map = read_json_object(index).get("weight_map")
+        except FileProblem as exc:
+            raise CannotStream(str(exc)) from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CannotStream(f"{index.name} has no weight_map of file names")
+        names = sorted(set(weight_map.values()))
+        if any(Path(n).name != n or not n.endswith(".safetensors") for n in names):
+            raise CannotStream(f"{index.name} names files outside its folder or not safetensors")
+        shards = [folder / n for n in names]
+    elif single.is_file():
+        shards = [single]
+    else:
+        raise CannotStream(f"no {single.name} or sharded index in {folder.name}")
+    return shards
+
+
+def _spans(paths: list[Path]) -> list[tuple[Path, TensorSpan]]:
+    found, seen = [], set()
+    for path in paths:
+        try:
+            spans, metadata = read_spans(path)
+        except HeaderError as exc:
+            raise CannotStream(str(exc)) from None
+        if metadata and set(metadata) - {"format"}:
+            raise CannotStream(f"{path.name} carries metadata a quantizer may read ({', '.join(sorted(metadata))})")
+        # diffusers reads a shard's tensors in safetensors' order (sorted by name)
+        for span in sorted(spans, key=lambda s: s.info.name):
+            if span.info.name in seen:
+                raise CannotStream(f"{span.info.name} is in more than one file")
+            if span.info.dtype not in TORCH_DTYPES:
+                raise CannotStream(f"{span.info.name} has dtype {span.info.dtype}")
+            seen.add(span.info.name)
+            found.append((path, span))
+    return found
+
+
+def _read(handle, span: TensorSpan):
+    """One tensor, read into memory of its own (no mapping of the file)."""
+    import torch
+
+    size = span.end - span.start
+    raw = torch.empty(size, dtype=torch.uint8)
+    view, done = memoryview(raw.numpy()), 0
+    handle.seek(span.start)
+    while done < size:
+        n = handle.readinto(view[done:])
+        if not n:
+            raise OSError(f"{span.info.name}: the file ended {size - done} bytes early")
+        done += n
+    return raw.view(getattr(torch, TORCH_DTYPES[span.info.dtype])).reshape(span.info.shape)
+
+
+def resident_bytes() -> int:
+    """The process's resident set, from one read of /proc/self/statm (0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _batches(spans: list[tuple[Path, TensorSpan]]):
+    """Consecutive tensors in groups of at most the batch size (one tensor at least)."""
+    total = sum(s.end - s.start for _, s in spans)
+    limit = min(MAX_BATCH, max(MIN_BATCH, total // BATCHES))
+    batch, size = [], 0
+    for item in spans:
+        length = item[1].end - item[1].start
+        if batch and size + length > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += length
+    if batch:
+        yield batch
+
+
+def load(model_class, quantization_config, folder: Path, variant: str | None, dtype, name_or_path: str):
+    """`model_class.from_pretrained(name_or_path, quantization_config=..., dtype=dtype,
+    low_cpu_mem_usage=True)` on the CPU, read in bounded batches. Raises CannotStream before any
+    weight is read where the files are not exactly the model's tensors."""
+    import accelerate
+    import torch
+    from diffusers.models.model_loading_utils import load_model_dict_into_meta
+    from diffusers.models.modeling_utils import no_init_weights
+    from diffusers.quantizers.auto import DiffusersAutoQuantizer
+
+    paths = files(folder, variant)
+    spans = _spans(paths)
+    config = copy.deepcopy(model_class.load_config(str(folder), local_files_only=True))
+    if config.get("quantization_config") is not None:
+        raise CannotStream("the component is saved pre-quantized")
+    config["quantization_config"] = quantization_config
+    quantizer = DiffusersAutoQuantizer.from_config(quantization_config, pre_quantized=False)
+    quantizer.validate_environment(torch_dtype=dtype, device_map=None)
+    dtype = quantizer.update_torch_dtype(dtype)
+    keep = model_class._keep_in_fp32_modules
+    if keep is not None and getattr(quantizer, "use_keep_in_fp32_modules", False):
+        keep = keep if isinstance(keep, list) else [keep]
+    else:
+        keep = []
+    default = model_class._set_default_torch_dtype(dtype)
+    try:
+        with no_init_weights(), accelerate.init_empty_weights():
+            model = model_class.from_config(config)
+    finally:
+        torch.set_default_dtype(default)
+    names = [s.info.name for _, s in spans]
+    if quantizer.maybe_update_loaded_keys(list(names), [str(p) for p in paths]) != names:
+        raise CannotStream("the quantizer reads these files' keys its own way")
+    quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=keep)
+    expected = set(model.state_dict())
+    missing = quantizer.update_missing_keys(model, sorted(expected - set(names)), prefix="")
+    unexpected = set(names) - expected
+    if missing or unexpected:
+        raise CannotStream(
+            f"the files and the model disagree ({len(missing)} tensors missing, {len(unexpected)} unexpected)"
+        )
+    # diffusers' loader walks the whole model for its state_dict on every call (14 ms per batch at 200M
+    # parameters, a third of the load); it reads only names and shapes of tensors not yet loaded,
+    # which this snapshot answers the same.
+    snapshot = model.state_dict()
+    model.state_dict = lambda *args, **kwargs: snapshot
+    handles = {}
+    growth = max(MIN_GROWTH, int(GROWTH_SHARE * sum(s.end - s.start for _, s in spans)))
+    mark = resident_bytes()
+    try:
+        for batch in _batches(spans):
+            state = {}
+            for path, span in batch:
+                if path not in handles:
+                    handles[path] = open_regular(path)
+                state[span.info.name] = _read(handles[path], span)
+            state = quantizer.maybe_update_state_dict(state)
+            load_model_dict_into_meta(
+                model, state, dtype=dtype, hf_quantizer=quantizer, keep_in_fp32_modules=keep, unexpected_keys=[]
+            )
+            del state  # the load-dtype copies of quantized weights go now, before the next read
+            if resident_bytes() > mark + growth:
+                trim_heap()
+                mark = resident_bytes()
+    finally:
+        del model.state_dict
+        for handle in handles.values():
+            handle.close()
+    trim_heap()  # the holes since the last trim, before the next component loads
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"{len(left)} tensors were not loaded (first: {left[0]})")
+    quantizer.postprocess_model(model)
+    model.hf_quantizer = quantizer
+    model.register_to_config(_name_or_path=name_or_path, _pre_quantization_dtype=dtype)
+    model.eval()
+    return model
