@@ -1409,3 +1409,129 @@ def test_did_you_mean_offers_what_the_chosen_quant_type_takes(editor):
     assert "not valid JSON" in text and "double_quant" not in text, text
     editor.screenshot("did-you-mean", clip=editor.nodes_box())
     editor.set_widget(backend, "options", "{}")
+
+
+# -- issue 26 item 11: the new nodes (Pipeline to ComfyUI, Encode Prompt, the Sampler's video inputs) --
+TO_COMFY, ENCODE, SAMPLER = "PipeQuantToComfy", "PipeQuantEncodePrompt", "PipeQuantSampler"
+UNMAPPED_FAMILY = "Sana"  # ComfyUI has no model config for it: the bridge can never map it
+UNMAPPED_NAME = "Sana_600M_1024px_diffusers"
+
+
+@pytest.fixture(scope="module")
+def unmapped_model(server, tmp_path_factory):
+    """A tiny pipeline of a family the bridge does not map, in the server's models root."""
+    from pipequant.testing.families import ensure_family
+
+    _, comfy_server = server  # noqa: F811
+    target = comfy_server.models_root / UNMAPPED_NAME
+    if not target.exists():
+        shutil.copytree(ensure_family(UNMAPPED_FAMILY, tmp_path_factory.mktemp("unmapped")), target)
+    yield UNMAPPED_NAME
+
+
+def problems_on(editor: Editor, node_id) -> list[tuple]:
+    return [(p["code"], p["input"]) for p in editor.node(node_id)["problems"]]
+
+
+def is_red(editor: Editor, node_id) -> bool:
+    if editor.js("() => window.pipequant.vueMode()"):
+        return editor.js(
+            "(id) => !!document.querySelector(`[data-node-id='${id}']`)?.classList.contains('pipequant-has-error')",
+            node_id,
+        )
+    return editor.js(
+        "(id) => { const n = app.graph.getNodeById(id); return !!n.strokeStyles?.pipequantProblem?.call(n); }", node_id
+    )
+
+
+def test_bridge_nodes_flag_an_unmapped_family_live_and_run_refuses_it_once(editor, unmapped_model):
+    """Item 11 (issue 24's "refused on the node before Run"): a Pipeline to ComfyUI (through Apply
+    LoRA) and an Encode Prompt fed by a Load node whose model the bridge does not map are flagged on
+    the node as soon as the model is picked; Run is refused by the server before anything executes,
+    one error each, on `pipeline`, naming the families that work once."""
+    from pipequant.resolver.run.encode import FAMILY_TITLES
+
+    def check(name):
+        editor.load(example("FLUX int8 into KSampler"), name)
+        load, to_comfy, encode = editor.ids(LOAD)[0], editor.ids(TO_COMFY)[0], editor.ids(ENCODE)[0]
+        # Apply LoRA between the Load node and Pipeline to ComfyUI.
+        lora = editor.js(
+            """([load, target]) => {
+            const l = LiteGraph.createNode('PipeQuantLoRA'), a = app.graph.getNodeById(load), t = app.graph.getNodeById(target);
+            l.pos = [40, 420]; app.graph.add(l);
+            a.connect(0, l, 0); l.connect(0, t, 0); return l.id; }""",
+            [load, to_comfy],
+        )
+        editor.settle()
+        assert not problems_on(editor, to_comfy) and not problems_on(editor, encode)
+        editor.set_widget(load, "model", unmapped_model)
+        editor.page.wait_for_function(
+            "(id) => (app.graph.getNodeById(id).pipequant.problems || []).length > 0", arg=to_comfy, timeout=30_000
+        )
+        time.sleep(1.0)
+        for node_id in (to_comfy, encode):
+            assert problems_on(editor, node_id) == [("bridge_family", "pipeline")], editor.node(node_id)
+            assert is_red(editor, node_id)
+            text = " ".join(editor.node(node_id)["panel"])
+            assert "SanaPipeline" in text and all(t in text for t in FAMILY_TITLES.values()), text
+        assert not problems_on(editor, lora)
+        assert editor.node(load)["estimate"] is not None  # the Load node itself is fine
+        editor.screenshot(name, clip=editor.nodes_box())
+        assert not overlaps(editor) or editor.js("() => window.pipequant.vueMode()"), overlaps(editor)
+        for node_id in (to_comfy, encode):
+            errors = queue_and_wait_for_errors(editor, node_id)
+            assert [e["extra_info"]["input_name"] for e in errors] == ["pipeline"], errors
+            details = errors[0]["details"]
+            assert "has no ComfyUI mapping" in details and details.count("FLUX.1") == 1, details
+        assert not editor.server.log().count("Traceback")  # refused before anything in its branch ran
+        editor.set_widget(load, "model", "FLUX.1-dev")
+        time.sleep(1.0)
+        assert not problems_on(editor, to_comfy) and not problems_on(editor, encode)
+
+    check("bridge-unmapped")
+    if editor.frontend == "newest":
+        with nodes_2(editor):
+            check("bridge-unmapped-vue")
+
+
+def test_sampler_video_inputs_follow_the_pipeline_and_the_frame_rule_is_checked_live(editor):
+    """Item 11 / issue 23: num_frames and fps mean something only to a video pipeline: an image
+    pipeline's Sampler hides them (and says why); on Wan, a num_frames that breaks its 4k+1 rule is
+    flagged on the Sampler before Run, naming the valid neighbours."""
+
+    def check(suffix):
+        editor.load(example("FLUX NF4 transformer"), f"sampler-image{suffix}")
+        sampler = editor.ids(SAMPLER)[0]
+        editor.page.wait_for_function("(id) => app.graph.getNodeById(id).pipequant.note", arg=sampler, timeout=30_000)
+        state = editor.node(sampler)
+        assert {"num_frames", "fps"} <= set(state["hidden"]), state
+        assert "num_frames, fps: not used (FluxPipeline renders images)" in " ".join(state["panel"]), state["panel"]
+        editor.show(sampler)
+        editor.screenshot(f"sampler-image{suffix}")
+
+        editor.load(example("Wan 2.1 T2V torchao int8 (transformer + T5)"), f"sampler-video{suffix}")
+        sampler = editor.ids(SAMPLER)[0]
+        editor.settle()
+        time.sleep(0.6)
+        state = editor.node(sampler)
+        assert "num_frames" not in state["hidden"] and not state["problems"], state
+        assert "fps" in state["hidden"] and "fps: not used (WanPipeline does not take it)" in " ".join(state["panel"])
+        editor.set_widget(sampler, "num_frames", 30)
+        editor.page.wait_for_function(
+            "(id) => (app.graph.getNodeById(id).pipequant.problems || []).length > 0", arg=sampler, timeout=30_000
+        )
+        time.sleep(0.6)
+        assert problems_on(editor, sampler) == [("frames_invalid", "num_frames")]
+        assert is_red(editor, sampler)
+        text = " ".join(editor.node(sampler)["panel"])
+        assert "4k+1" in text and "use 29 or 33" in text, text
+        editor.show(sampler)
+        editor.screenshot(f"sampler-frames{suffix}")
+        editor.set_widget(sampler, "num_frames", 29)
+        time.sleep(0.8)
+        assert not problems_on(editor, sampler)
+
+    check("")
+    if editor.frontend == "newest":
+        with nodes_2(editor):
+            check("-vue")

@@ -3,7 +3,7 @@
 from . import lora
 from .compile import compile_component
 from .context import diffusers_context
-from .encode import denoiser_of, encode_prompt, families_text, family_of
+from .encode import denoiser_of, encode_prompt, families_text, family_of, model_family
 from .lora import ENV_VAR, STRENGTH_RANGE, activate, list_loras, load_adapter, make_spec, resolve_lora
 from .sample import generate
 
@@ -17,6 +17,7 @@ __all__ = [
     "encode_prompt",
     "families_text",
     "family_of",
+    "model_family",
     "generate",
     "list_loras",
     "load_adapter",

@@ -24,22 +24,45 @@ FAMILY_TITLES = {
 }
 
 
+DENOISER_SLOTS = ("transformer", "unet")  # where the bridge looks for the denoiser, loaded or on disk
+
+
 def denoiser_of(pipe):
     """The pipeline's denoiser module (transformer or unet), or None."""
-    for name in ("transformer", "unet"):
+    for name in DENOISER_SLOTS:
         module = getattr(pipe, name, None)
         if module is not None:
             return module
     return None
 
 
+def denoiser_family(class_name: str | None, config=None) -> str | None:
+    """Which mapped family a denoiser is, from its class name and config alone (model_index.json and
+    the denoiser's config.json say it: no weights read), or None. The one rule: `family_of` (a loaded
+    pipeline) and `model_family` (a folder, before Run) both ask it."""
+    family = FAMILY_OF_DENOISER.get(class_name) if isinstance(class_name, str) else None
+    settings = config if hasattr(config, "get") else {}
+    if family == "sd1" and settings.get("addition_embed_type") == "text_time":
+        family = "sdxl"
+    return family
+
+
 def family_of(pipe) -> str | None:
     """Which mapped family the pipeline is ("flux", "sd3", "sdxl", "sd1"), or None."""
     denoiser = denoiser_of(pipe)
-    family = FAMILY_OF_DENOISER.get(type(denoiser).__name__) if denoiser is not None else None
-    if family == "sd1" and getattr(denoiser.config, "addition_embed_type", None) == "text_time":
-        family = "sdxl"
-    return family
+    if denoiser is None:
+        return None
+    return denoiser_family(type(denoiser).__name__, getattr(denoiser, "config", None))
+
+
+def model_family(model) -> tuple[str | None, str | None]:
+    """(family or None, denoiser class name or None) of a pipeline folder as `files.inspect_model`
+    reads it (its ModelInfo): the bridge's verdict before anything loads."""
+    for name in DENOISER_SLOTS:
+        info = model.components.get(name)
+        if info is not None:
+            return denoiser_family(info.class_name, info.config_dict), info.class_name
+    return None, None
 
 
 def families_text() -> str:

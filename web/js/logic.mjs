@@ -7,9 +7,13 @@ export const MAP = "PipeQuantComponentMap";
 export const LOAD = "PipeQuantLoadPipeline";
 export const SAVE = "PipeQuantSavePipeline";
 export const AUTO_PLAN = "PipeQuantAutoPlan"; // shows its own plan (autoplan.js)
-export const PACK_NODES = [BACKEND, MAP, LOAD, "PipeQuantSampler", "PipeQuantMemoryReport", SAVE];
-// Nodes that get an info panel (the Sampler has nothing to show).
-export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE];
+export const SAMPLER = "PipeQuantSampler";
+export const TO_COMFY = "PipeQuantToComfy";
+export const ENCODE = "PipeQuantEncodePrompt";
+export const PACK_NODES = [BACKEND, MAP, LOAD, SAMPLER, "PipeQuantMemoryReport", SAVE, TO_COMFY, ENCODE];
+// Nodes that get an info panel (empty, and so no room taken, while it has nothing to say): the
+// Sampler and the bridge nodes show the problems the Load node's live check finds for them.
+export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE, SAMPLER, TO_COMFY, ENCODE];
 const MUTED = 2;
 const BYPASSED = 4;
 
@@ -509,6 +513,57 @@ function downstream(snapshot, startId, isTarget, passesThrough) {
   return [...new Set(found)];
 }
 
+/** Node types the catalogue says check the model they are fed (`check_model`: the Sampler, the
+ * bridge nodes) and those that pass a pipeline on (Apply LoRA). */
+const modelChecks = (catalogue) => catalogue?.editor?.model_checks ?? [];
+const pipelinePassers = (catalogue) => catalogue?.editor?.pipeline_passers ?? [];
+
+/** The nodes a Load node's pipeline reaches (through Reroutes, bypassed nodes and Apply LoRA) that
+ * check its model before Run: [{node, type, inputs}], their number widgets as the graph holds them. */
+export function consumersFed(snapshot, loadId, catalogue) {
+  const checks = modelChecks(catalogue);
+  const passers = pipelinePassers(catalogue);
+  const ids = downstream(snapshot, loadId, (node) => checks.includes(node.type) && node.mode !== BYPASSED,
+    (node) => node.type === "Reroute" || node.mode === BYPASSED || passers.includes(node.type));
+  return ids.map((id) => {
+    const node = snapshot[id];
+    const inputs = Object.fromEntries(Object.entries(node.widgets ?? {}).filter(([, v]) => Number.isInteger(v)));
+    return { node: id, type: node.type, inputs };
+  });
+}
+
+/** The Load node a node's `pipeline` input comes from (through Reroutes, bypassed nodes and Apply
+ * LoRA), or null. */
+export function loadFeeding(snapshot, id, catalogue) {
+  const passers = pipelinePassers(catalogue);
+  let current = String(id);
+  const seen = new Set();
+  while (current !== null && !seen.has(current)) {
+    seen.add(current);
+    const from = source(snapshot, current, "pipeline");
+    if (from === null) return null;
+    let nodeId;
+    try {
+      nodeId = producer(snapshot, from, new Set(seen));
+    } catch {
+      return null;
+    }
+    if (nodeId === null) return null;
+    if (snapshot[nodeId].type === LOAD) return nodeId;
+    if (!passers.includes(snapshot[nodeId].type)) return null;
+    current = nodeId;
+  }
+  return null;
+}
+
+/** Which of the Sampler's video inputs show: all while the model is unknown, else those the
+ * pipeline uses (the server's `pipeline.video_inputs`). {name: shown}. */
+export function videoInputsShown(catalogue, answer) {
+  const all = catalogue?.editor?.video_inputs ?? [];
+  const used = answer?.pipeline?.video_inputs;
+  return Object.fromEntries(all.map((name) => [name, !Array.isArray(used) || used.includes(name)]));
+}
+
 /**
  * The body of POST /pipequant/estimate (or /validate without a model) for one Load node: its
  * widget values as the graph holds them (the server checks them), the spec from its links, and the
@@ -520,6 +575,8 @@ export function loadRequest(snapshot, loadId, catalogue) {
   const request = { model: isBlank(model) ? null : model, ...inputs, spec: specFrom(snapshot, loadId, "quantization", catalogue) };
   const saves = savesFed(snapshot, loadId);
   if (saves.length) request.save = saves.map((id) => ({ node: id, folder_name: snapshot[id].widgets?.folder_name ?? "" }));
+  const consumers = consumersFed(snapshot, loadId, catalogue);
+  if (consumers.length) request.consumers = consumers;
   return request;
 }
 

@@ -187,6 +187,7 @@ test("the Load node's request follows the links through the chain of maps", () =
         config: { kind: "global", node: "1", backend: "bitsandbytes_4bit", quant_type: "nf4", compute_dtype: "auto", components: "", options: '{"double_quant": true}', gguf_file: "none" },
       },
     },
+    consumers: [{ node: "6", type: L.SAMPLER, inputs: {} }], // it checks the model (size, frames)
   });
   assert.equal(L.requestKey(request), L.requestKey(L.loadRequest(mixedGraph(), "5", catalogue)));
 });
@@ -217,7 +218,8 @@ test("a Load node without a model or quantization", () => {
   g[5].widgets.model = undefined;
   g[5].widgets.allow_pickle = "yes"; // sent as the graph holds it: the server refuses what is not true/false
   g[5].inputs.quantization = null;
-  assert.deepEqual(L.loadRequest(g, "5", catalogue), { model: null, dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: "yes", spec: null });
+  assert.deepEqual(L.loadRequest(g, "5", catalogue), { model: null, dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: "yes", spec: null,
+    consumers: [{ node: "6", type: L.SAMPLER, inputs: {} }] });
 });
 
 test("a map finds the model of the Load node it feeds, downstream through other maps", () => {
@@ -511,4 +513,29 @@ test("the Memory Report's table keeps numbers whole and TOTAL, dropping columns 
     }
   }
   assert.ok(!L.reportLines(table, 300, measure).lines[0].text.includes("class")); // dropped first
+});
+
+test("a Load node's request names the nodes that check its model, through Apply LoRA", () => {
+  const g = mixedGraph();
+  g[6].widgets = { steps: 20, width: 512, height: 512, num_frames: 33, fps: 24.5, prompt: "a cat" };
+  g[5].outputs.push({ target: "7", input: "pipeline" });
+  g[7] = { id: "7", type: "PipeQuantLoRA", mode: 0, widgets: { strength: 1 }, inputs: { pipeline: "5" },
+    outputs: [{ target: "8", input: "pipeline" }, { target: "9", input: "pipeline" }] };
+  g[8] = { id: "8", type: L.TO_COMFY, mode: 0, widgets: {}, inputs: { pipeline: "7" }, outputs: [] };
+  g[9] = { id: "9", type: L.ENCODE, mode: 4, widgets: {}, inputs: { pipeline: "7" }, outputs: [] }; // bypassed
+  assert.deepEqual(L.loadRequest(g, "5", catalogue).consumers, [
+    { node: "6", type: L.SAMPLER, inputs: { steps: 20, width: 512, height: 512, num_frames: 33 } },
+    { node: "8", type: L.TO_COMFY, inputs: {} },
+  ]);
+  assert.equal(L.loadFeeding(g, "8", catalogue), "5");
+  assert.equal(L.loadFeeding(g, "6", catalogue), "5");
+  g[7].mode = 2; // a muted Apply LoRA cuts the pipeline
+  assert.equal(L.loadFeeding(g, "8", catalogue), null);
+  assert.equal(L.loadRequest(mixedGraph(), "5", { ...catalogue, editor: { ...catalogue.editor, model_checks: [] } }).consumers, undefined);
+});
+
+test("the Sampler's video inputs show where the pipeline uses them, all while that is unknown", () => {
+  assert.deepEqual(L.videoInputsShown(catalogue, null), { num_frames: true, fps: true });
+  assert.deepEqual(L.videoInputsShown(catalogue, { pipeline: { video_inputs: [] } }), { num_frames: false, fps: false });
+  assert.deepEqual(L.videoInputsShown(catalogue, { pipeline: { video_inputs: ["num_frames"] } }), { num_frames: true, fps: false });
 });
