@@ -40,8 +40,18 @@ class PipeQuantEncodePrompt:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline (or Apply LoRA)."}),
-                "text": ("STRING", {"default": "a photo of a cat", "multiline": True, "tooltip": "The prompt."}),
+                "pipeline": (
+                    PIPELINE_TYPE,
+                    {"tooltip": "From Load Quantized Pipeline (or Apply LoRA). Families: " + families_text() + "."},
+                ),
+                "text": (
+                    "STRING",
+                    {
+                        "default": "a photo of a cat",
+                        "multiline": True,
+                        "tooltip": "The prompt (at most 8192 characters).",
+                    },
+                ),
             },
             "optional": {
                 "width": (

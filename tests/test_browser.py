@@ -1535,3 +1535,42 @@ def test_sampler_video_inputs_follow_the_pipeline_and_the_frame_rule_is_checked_
     if editor.frontend == "newest":
         with nodes_2(editor):
             check("-vue")
+
+
+NEW_NODES = (TO_COMFY, ENCODE, "PipeQuantQualityCheck", SAMPLER)
+
+
+def test_new_nodes_have_tooltips_and_current_help_pages(editor):
+    """Item 11: the nodes added since (Pipeline to ComfyUI, Encode Prompt, Plan Quality Check, the
+    Sampler's video inputs), as the editor received them: a tooltip on every input and output; a
+    help page that names every input and output; the bridge pages keep no family list that goes
+    stale (the tooltip names the families, from the resolver), and Encode Prompt's layout table has
+    a row for every family the bridge maps."""
+    from pipequant.resolver.run.encode import FAMILY_TITLES
+
+    defs = editor.js(
+        """(types) => Object.fromEntries(types.map(t => [t, LiteGraph.registered_node_types[t]?.nodeData ?? null]))""",
+        list(NEW_NODES),
+    )
+    docs = editor.js(
+        """async ([pack, types]) => Object.fromEntries(await Promise.all(types.map(async t =>
+            [t, await (await fetch(`/extensions/${pack}/docs/${t}.md`)).text()])))""",
+        [editor.server.pack_name, list(NEW_NODES)],
+    )
+    for node_type, data in defs.items():
+        assert data, f"{node_type} is not registered in the editor"
+        inputs = {**data["input"].get("required", {}), **data["input"].get("optional", {})}
+        untipped = [name for name, spec in inputs.items() if not (len(spec) > 1 and spec[1].get("tooltip"))]
+        assert not untipped, (node_type, untipped)
+        outputs = data.get("output_name") or data.get("output")
+        assert len(data.get("output_tooltips") or []) == len(outputs) and all(data["output_tooltips"]), data
+        page = docs[node_type]
+        unnamed = [name for name in [*inputs, *data.get("output_name", [])] if f"`{name}`" not in page]
+        assert page.startswith("# ") and not unnamed, (node_type, unnamed)
+    families = ", ".join(FAMILY_TITLES.values())
+    for node_type in (TO_COMFY, ENCODE):
+        assert families in defs[node_type]["input"]["required"]["pipeline"][1]["tooltip"], node_type
+        assert families not in docs[node_type], f"{node_type}.md lists the families: it goes stale"
+    table = docs[ENCODE].split("## Output", 1)[1]
+    missing = [title for title in FAMILY_TITLES.values() if f"| {title} |" not in table]
+    assert not missing, f"PipeQuantEncodePrompt.md has no CONDITIONING layout row for {missing}"
