@@ -40,7 +40,7 @@ BACKEND, MAP, LOAD = "PipeQuantBackend", "PipeQuantComponentMap", "PipeQuantLoad
 SAVE, REPORT = "PipeQuantSavePipeline", "PipeQuantMemoryReport"
 FRONTENDS = ("pinned", "newest")
 THUMBNAILS_ENV = (
-    "PIPEQUANT_WRITE_THUMBNAILS"  # =1: the tidy screenshots become example_workflows/<name>.jpg, docs/editor.png
+    "PIPEQUANT_WRITE_THUMBNAILS"  # =1: tests/make_thumbnails.py: example_workflows/<name>.jpg, docs/editor.png
 )
 THUMBNAIL_SIZE = (512, 384)
 GPU_CODES = {"backend_needs_gpu", "needs_cuda", "offload_needs_cuda"}  # what a CPU server refuses
@@ -238,6 +238,19 @@ class Editor:
             const h = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
             ds.scale = Math.min(1, (r.width - 2 * margin) / w, (r.height - 2 * margin) / h);
             ds.offset[0] = margin / ds.scale; ds.offset[1] = margin / ds.scale;
+            app.canvas.setDirty(true, true);
+        }""")
+        time.sleep(0.5)
+
+    def fit_view(self) -> None:
+        """Scale and scroll the canvas so that every node is in view, moving none of them."""
+        self.js("""() => {
+            const ns = app.graph._nodes, t = LiteGraph.NODE_TITLE_HEIGHT, ds = app.canvas.ds, margin = 90;
+            const r = app.canvas.canvas.getBoundingClientRect();
+            const x0 = Math.min(...ns.map(n => n.pos[0])), y0 = Math.min(...ns.map(n => n.pos[1] - t));
+            const w = Math.max(...ns.map(n => n.pos[0] + n.size[0])) - x0, h = Math.max(...ns.map(n => n.pos[1] + n.size[1])) - y0;
+            ds.scale = Math.min(1, (r.width - 2 * margin) / w, (r.height - 2 * margin) / h);
+            ds.offset[0] = margin / ds.scale - x0; ds.offset[1] = margin / ds.scale - y0;
             app.canvas.setDirty(true, true);
         }""")
         time.sleep(0.5)
@@ -502,15 +515,19 @@ def test_example_loads_with_its_saved_state_and_round_trips(editor, catalogue, n
     time.sleep(0.5)
     errors = {n: [p["code"] for p in v["problems"] if p["severity"] == "error"] for n, v in view(editor).items()}
     assert not any(errors.values()), errors
-    # The same workflow laid out so that grown nodes do not overlap: a picture, and its JSON for
-    # whoever updates the example (the hand-written positions predate the estimate panels).
+    # The thumbnail: the template as it opens (its own layout, grown nodes pushed apart), fitted in
+    # view. tests/make_thumbnails.py writes it to example_workflows/<name>.jpg.
     refused = editor.js("() => window.pipequant.shared.catalogue.editor.refused")  # the test's temp path
     editor.js("() => { window.pipequant.shared.catalogue.editor.refused = []; }")
     try:
         for node_id in editor.ids(LOAD):
             editor.js("(id) => window.pipequant.contentChanged(app.graph.getNodeById(id))", node_id)
+        time.sleep(0.6)
+        editor.fit_view()
+        shot = editor.screenshot(f"example-{name}-opened", clip=editor.nodes_box())
+        # The same workflow laid out by role, and its JSON, for whoever rearranges the example.
         editor.tidy()
-        shot = editor.screenshot(f"example-{name}-tidy", clip=editor.nodes_box())
+        editor.screenshot(f"example-{name}-tidy", clip=editor.nodes_box())
     finally:
         editor.js("(r) => { window.pipequant.shared.catalogue.editor.refused = r; }", refused)
     thumbnail(shot, shot.with_suffix(".jpg"))
