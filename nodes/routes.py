@@ -301,7 +301,8 @@ def _check(data: dict, plan: bool = False):
     return result, prepared, reader
 
 
-CONSUMER_INPUTS = ("width", "height", "num_frames")  # the widget values a consumer's check_model reads
+CONSUMER_INPUTS = ("width", "height", "num_frames")  # the numbers a consumer's check_model reads
+CONSUMER_TEXTS = ("components",)  # and its texts (Plan Quality Check)
 
 
 def _consumers(data: dict) -> list[tuple]:
@@ -317,7 +318,8 @@ def _consumers(data: dict) -> list[tuple]:
         inputs = {
             k: v
             for k, v in entry.get("inputs", {}).items()
-            if k in CONSUMER_INPUTS and isinstance(v, int) and not isinstance(v, bool)
+            if (k in CONSUMER_INPUTS and isinstance(v, int) and not isinstance(v, bool))
+            or (k in CONSUMER_TEXTS and isinstance(v, str) and len(v) <= MAX_NAME)
         }
         out.append((_node_id(entry), _string(entry, "type", ""), inputs))
     return out

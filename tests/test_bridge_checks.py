@@ -140,3 +140,21 @@ def test_the_live_check_tags_the_consumers_it_refuses(roots, unmapped, video):
     assert body["pipeline"]["video_inputs"][0] == "num_frames"
     sampler["inputs"]["num_frames"] = below
     assert not [p for p in live({"model": video.name, "consumers": [sampler]})["problems"] if p["node"] == "9"]
+
+
+def test_the_quality_checks_own_inputs_are_checked_live(roots, tiny_sd3):
+    """Plan Quality Check loads its own model: its size and the components it measures are checked
+    against that folder before Run, as the Load node's live check checks the plan."""
+    check = {"node": "5", "type": "PipeQuantQualityCheck", "inputs": {"width": 63, "height": 64}}
+    check["inputs"]["components"] = "transformer, text_encodr"  # tiny SD3: multiples of 2, at most 64
+    body = live({"model": tiny_sd3.name, "consumers": [check]})
+    found = {(p["input"], p["code"]) for p in body["problems"] if p["node"] == "5"}
+    assert found == {("width", "image_size_invalid"), ("components", "component_not_measurable")}, body["problems"]
+    (typo,) = [p for p in body["problems"] if p["code"] == "component_not_measurable"]
+    assert "text_encodr" in typo["message"] and "text_encoder" in typo["suggestion"]
+    check["inputs"] = {"width": 64, "height": 64, "components": "vae"}  # compared through the images
+    assert [p["code"] for p in live({"model": tiny_sd3.name, "consumers": [check]})["problems"]] == [
+        "component_not_measurable"
+    ]
+    check["inputs"]["components"] = ""
+    assert not live({"model": tiny_sd3.name, "consumers": [check]})["problems"]

@@ -10,10 +10,13 @@ export const AUTO_PLAN = "PipeQuantAutoPlan"; // shows its own plan (autoplan.js
 export const SAMPLER = "PipeQuantSampler";
 export const TO_COMFY = "PipeQuantToComfy";
 export const ENCODE = "PipeQuantEncodePrompt";
-export const PACK_NODES = [BACKEND, MAP, LOAD, SAMPLER, "PipeQuantMemoryReport", SAVE, TO_COMFY, ENCODE];
+export const QUALITY = "PipeQuantQualityCheck"; // loads the model itself: checked live as a Load node is
+export const PACK_NODES = [BACKEND, MAP, LOAD, SAMPLER, "PipeQuantMemoryReport", SAVE, TO_COMFY, ENCODE, QUALITY];
 // Nodes that get an info panel (empty, and so no room taken, while it has nothing to say): the
 // Sampler and the bridge nodes show the problems the Load node's live check finds for them.
-export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE, SAMPLER, TO_COMFY, ENCODE];
+export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE, SAMPLER, TO_COMFY, ENCODE, QUALITY];
+// Nodes whose own widgets and quantization link name a model to load: each gets a live check.
+export const CHECKED_NODES = [LOAD, QUALITY];
 const MUTED = 2;
 const BYPASSED = 4;
 
@@ -577,6 +580,24 @@ export function loadRequest(snapshot, loadId, catalogue) {
   if (saves.length) request.save = saves.map((id) => ({ node: id, folder_name: snapshot[id].widgets?.folder_name ?? "" }));
   const consumers = consumersFed(snapshot, loadId, catalogue);
   if (consumers.length) request.consumers = consumers;
+  return request;
+}
+
+/**
+ * The body of POST /pipequant/validate for a Plan Quality Check: the inputs it shares with the Load
+ * node (model, dtype, device, offload) and its quantization link, checked as the Load node's are,
+ * and itself as a consumer of its model (size, the components it can measure). Not the prompt.
+ */
+export function qualityRequest(snapshot, id, catalogue) {
+  const w = snapshot[id]?.widgets ?? {};
+  const shared = new Set(inputNames(catalogue, LOAD));
+  const request = { model: isBlank(w.model) ? null : w.model };
+  for (const name of inputNames(catalogue, QUALITY)) {
+    if (shared.has(name) && name !== "model" && w[name] !== undefined) request[name] = w[name];
+  }
+  request.spec = specFrom(snapshot, id, "quantization", catalogue);
+  const inputs = Object.fromEntries(["width", "height", "components"].filter((k) => w[k] !== undefined).map((k) => [k, w[k]]));
+  request.consumers = [{ node: String(id), type: QUALITY, inputs }];
   return request;
 }
 

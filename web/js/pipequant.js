@@ -62,6 +62,7 @@ function itemsOf(node, width) {
   else if (type === L.MAP) items.push(...mapItems(node));
   else if (type === L.LOAD) items.push(...loadItems(node));
   else if (type === L.SAMPLER) items.push(...samplerItems(node));
+  else if (type === L.QUALITY) items.push(...(node.pipequant.check.status ? [{ kind: "muted", text: node.pipequant.check.status }] : []));
   else items.push(...outputItems(node, width));
   return items;
 }
@@ -83,7 +84,7 @@ function setupNode(node) {
     hookComponentPicker(node);
     chainCallback(widget(node, "component"), () => contentChanged(node));
   }
-  if (node.comfyClass === L.LOAD) setupLoad(node);
+  if (L.CHECKED_NODES.includes(node.comfyClass)) setupLoad(node);
 }
 
 /** A Map shows its component's facts: follow the model it feeds. */
@@ -180,9 +181,9 @@ function followRefresh() {
   };
 }
 
-/** Ask every Load node's check again: a run may have taken a Save name (or freed memory). */
+/** Ask every live check again (Load, Quality Check): a run may have taken a Save name (or freed memory). */
 function recheck() {
-  for (const node of nodesOf(L.LOAD)) node.pipequant.check.poll.reset();
+  for (const type of L.CHECKED_NODES) for (const node of nodesOf(type)) node.pipequant.check.poll.reset();
 }
 
 function tick() {

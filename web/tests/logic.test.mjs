@@ -539,3 +539,17 @@ test("the Sampler's video inputs show where the pipeline uses them, all while th
   assert.deepEqual(L.videoInputsShown(catalogue, { pipeline: { video_inputs: [] } }), { num_frames: false, fps: false });
   assert.deepEqual(L.videoInputsShown(catalogue, { pipeline: { video_inputs: ["num_frames"] } }), { num_frames: true, fps: false });
 });
+
+test("a Plan Quality Check is checked as a Load node is: its shared inputs, its link, itself as consumer", () => {
+  const g = mixedGraph();
+  g[4].outputs.push({ target: "10", input: "quantization" });
+  g[10] = { id: "10", type: L.QUALITY, mode: 0, inputs: { quantization: "4" }, outputs: [],
+    widgets: { model: "FLUX.1-dev", prompt: "x".repeat(9000), seed: 0, steps: 20, width: 1000, height: 512, measure: "both",
+      dtype: "bfloat16", device: "auto", offload: "none", components: "transformer, vea" } };
+  const cat = { ...catalogue, editor: { ...catalogue.editor, inputs: { ...catalogue.editor.inputs,
+    [L.QUALITY]: ["model", "prompt", "seed", "steps", "width", "height", "measure", "dtype", "device", "offload", "components"] } } };
+  const request = L.qualityRequest(g, "10", cat);
+  assert.equal(request.prompt, undefined); // not sent: the server does not check it here (and it may be long)
+  assert.deepEqual({ ...request, spec: request.spec.node }, { model: "FLUX.1-dev", dtype: "bfloat16", device: "auto", offload: "none",
+    spec: "4", consumers: [{ node: "10", type: L.QUALITY, inputs: { width: 1000, height: 512, components: "transformer, vea" } }] });
+});
