@@ -309,8 +309,9 @@ export function estimateRows(estimate, catalogue) {
   }
   const t = estimate.total ?? {};
   const percent = t.bytes_before ? ` (${Math.round((100 * t.bytes_after) / t.bytes_before)}%)` : "";
+  // pinned: the total shows however long the panel is (a long note below must not hide it)
   rows.push({ kind: "total", left: "total", right: `${formatBytes(t.bytes_before)} → ${formatBytes(t.bytes_after)}${percent}`,
-    short: `${formatBytes(t.bytes_before)}→${formatBytes(t.bytes_after)}${percent}` });
+    short: `${formatBytes(t.bytes_before)}→${formatBytes(t.bytes_after)}${percent}`, pinned: true });
   return rows;
 }
 

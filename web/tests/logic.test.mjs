@@ -131,7 +131,8 @@ test("estimate rows: per component before → after, then the total", () => {
   // a narrow node keeps the plan label and drops the size before quantization
   assert.deepEqual(rows[1], { kind: "row", left: "transformer  ·  nf4", short: "23.80 GB→6.70 GB", right: "23.80 GB → 6.70 GB" }); // narrow: before stays
   assert.deepEqual(rows[2], { kind: "muted", left: "vae", short: "163.84 MB", right: "163.84 MB" });
-  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)", short: "23.96 GB→6.86 GB (29%)" });
+  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)", short: "23.96 GB→6.86 GB (29%)",
+    pinned: true }); // shown however long the panel is
   assert.deepEqual(L.estimateRows(null), []);
 });
 
