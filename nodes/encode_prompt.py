@@ -7,7 +7,8 @@ from ..resolver.decide import prompt_problems
 from ..resolver.run import activate, encode_prompt, families_text, family_of
 from .load import PIPELINE_TYPE
 from .messages import raise_for, validation_result
-from .to_comfy import family_problems
+from .prompt_checks import verdict
+from .to_comfy import family_problems, model_family_problems
 
 ENCODE_NODE = "Encode Prompt with Pipeline"
 
@@ -39,8 +40,18 @@ class PipeQuantEncodePrompt:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "pipeline": (PIPELINE_TYPE, {"tooltip": "From Load Quantized Pipeline (or Apply LoRA)."}),
-                "text": ("STRING", {"default": "a photo of a cat", "multiline": True, "tooltip": "The prompt."}),
+                "pipeline": (
+                    PIPELINE_TYPE,
+                    {"tooltip": "From Load Quantized Pipeline (or Apply LoRA). Families: " + families_text() + "."},
+                ),
+                "text": (
+                    "STRING",
+                    {
+                        "default": "a photo of a cat",
+                        "multiline": True,
+                        "tooltip": "The prompt (at most 8192 characters).",
+                    },
+                ),
             },
             "optional": {
                 "width": (
@@ -65,8 +76,23 @@ class PipeQuantEncodePrompt:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, text):
+    def VALIDATE_INPUTS(cls, pipeline):
+        """Only `pipeline`, so that ComfyUI files a refusal once, on that input (it repeats it per
+        argument): the Load node's model's family, from the queued prompt (prompt_checks.py). The
+        text is checked first thing when the node runs, and by the runner's `check`."""
+        return verdict()
+
+    @classmethod
+    def check(cls, text):
+        """The headless runner's validate: the prompt text."""
         return validation_result(prompt_problems(text, "text"), ENCODE_NODE)
+
+    CHECKED_AT_QUEUE = True  # prompt_checks.on_prompt keeps check_model's verdict for VALIDATE_INPUTS
+
+    @classmethod
+    def check_model(cls, model, **_inputs):
+        """Before Run (the queue's check and the runner's): the folder's family is one the bridge maps."""
+        return model_family_problems(model)
 
     def encode(self, pipeline, text, width=1024, height=1024, max_sequence_length=0):
         raise_for(prompt_problems(text, "text") + family_problems(pipeline, ENCODE_NODE), ENCODE_NODE)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from ..resolver.constants import DEFAULT_DTYPE, LOAD_DTYPES
-from ..resolver.decide import estimate, prompt_problems
+from ..resolver.decide import estimate, image_size_problems, prompt_problems
 from ..resolver.files import list_pipelines
 from ..resolver.keep import DiskCache
 from ..resolver.known import DEVICES, OFFLOAD_MODES
 from ..resolver.links import parse_components
-from ..resolver.measure import BOTH, MEASURES, OWN_PROBLEMS, check_quality
+from ..resolver.measure import BOTH, MEASURES, OWN_PROBLEMS, check_quality, components_problems
 from ..resolver.problems import ValidationError
 from . import host
 from .backend import CONFIG_TYPE
@@ -110,6 +110,13 @@ class PipeQuantQualityCheck:
     @classmethod
     def VALIDATE_INPUTS(cls, prompt):
         return validation_result(prompt_problems(prompt), QUALITY_NODE)
+
+    @classmethod
+    def check_model(cls, model, width=None, height=None, components=None, **_other):
+        """Before Run, on its own model (the editor's live check): the size the model takes and the
+        components it can measure (the plan itself is checked as on the Load node)."""
+        found = components_problems(model, components) if isinstance(components, str) else []
+        return image_size_problems(model, width, height) + found
 
     def check(
         self,

@@ -24,7 +24,7 @@ except ImportError:  # the headless runner and the CLI do not need aiohttp
     web = None
 
 from ..resolver.constants import KEEP, NOT_A_MODEL, PREQUANTIZED, QUANTIZE
-from ..resolver.decide import prepare
+from ..resolver.decide import VIDEO_INPUTS, prepare, video_inputs
 from ..resolver.files import inspect_model, refused_pipelines, resolve_model
 from ..resolver.keep import folder_problems, plan_problems
 from ..resolver.known import catalogue
@@ -43,6 +43,7 @@ from ..resolver.problems import MAP as MAP_PART
 from ..resolver.safe_files import json_depth
 from . import host
 from .load import DEFAULTS as LOAD_DEFAULTS
+from .prompt_checks import on_prompt
 
 PREFIX = "/pipequant"
 MAX_BODY = 64 * 1024  # a spec is a few hundred bytes; anything near this is not from the editor
@@ -52,6 +53,7 @@ WORK_SECONDS = 60
 MAX_DEPTH = 4 * MAX_CHAIN + 16  # a map chain nests two levels per map; anything deeper is not from the editor
 MAP = "map"  # a Per-Component Map node, as the editor sends it
 MAX_SAVES = 16  # Save nodes fed by one Load node
+MAX_CONSUMERS = 64  # nodes that check the model a Load node feeds them (bridge nodes, Samplers)
 
 
 class BadRequest(Exception):
@@ -291,7 +293,48 @@ def _check(data: dict, plan: bool = False):
         "problems": reader.problems,
         "ok": not any(p["severity"] == "error" for p in reader.problems),
     }
+    consumers = _consumers(data)
+    if prepared.model is not None:
+        # What the nodes it feeds make of this model (they do not block the Load node's estimate).
+        result["problems"] = reader.problems + _consumer_problems(consumers, prepared.model)
+        result["pipeline"] = {"class": prepared.model.pipeline_class, "video_inputs": video_inputs(prepared.model)}
     return result, prepared, reader
+
+
+CONSUMER_INPUTS = ("width", "height", "num_frames")  # the numbers a consumer's check_model reads
+CONSUMER_TEXTS = ("components",)  # and its texts (Plan Quality Check)
+
+
+def _consumers(data: dict) -> list[tuple]:
+    """The nodes the Load node's pipeline reaches (through Apply LoRA) that check the model before
+    Run: [(node id, node type, {input: value})]."""
+    consumers = data.get("consumers", [])
+    if not isinstance(consumers, list) or len(consumers) > MAX_CONSUMERS:
+        raise _shape("consumers", f'"consumers" must be a list of at most {MAX_CONSUMERS} nodes')
+    out = []
+    for entry in consumers:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("inputs", {}), Mapping):
+            raise _shape("consumers", '"consumers" entries are {"node": id, "type": "...", "inputs": {...}}')
+        inputs = {
+            k: v
+            for k, v in entry.get("inputs", {}).items()
+            if (k in CONSUMER_INPUTS and isinstance(v, int) and not isinstance(v, bool))
+            or (k in CONSUMER_TEXTS and isinstance(v, str) and len(v) <= MAX_NAME)
+        }
+        out.append((_node_id(entry), _string(entry, "type", ""), inputs))
+    return out
+
+
+def _consumer_problems(consumers, model) -> list[dict]:
+    """Each consumer's `check_model` on the Load node's model, tagged with the consumer."""
+    from . import NODE_CLASS_MAPPINGS
+
+    out = []
+    for node, node_type, inputs in consumers:
+        check = getattr(NODE_CLASS_MAPPINGS.get(node_type), "check_model", None)
+        if check is not None:
+            out += [tagged(p, node) for p in check(model, **inputs)]
+    return out
 
 
 def check(data: dict) -> dict:
@@ -438,6 +481,14 @@ def editor_catalogue() -> dict:
         **{b.name: b.name for b in catalogue.file_backends()},
     }  # a file backend's name is its action
     refused = [{"name": name, "reason": why} for name, why in refused_pipelines(host.model_roots())]
+    # Nodes whose check the Load node's live check runs on its model (consumers), and those that
+    # pass a pipeline on (a `pipeline` input and the same type out: Apply LoRA).
+    model_checks = [node_id for node_id, cls in NODE_CLASS_MAPPINGS.items() if hasattr(cls, "check_model")]
+    passers = [
+        node_id
+        for node_id, cls in NODE_CLASS_MAPPINGS.items()
+        if cls.RETURN_TYPES[:1] == (cls.INPUT_TYPES().get("required", {}).get("pipeline", (None,))[0],)
+    ]
     return {
         **catalogue.describe(),
         "editor": {
@@ -447,6 +498,9 @@ def editor_catalogue() -> dict:
             "actions": actions,
             "device": device,
             "refused": refused,
+            "model_checks": model_checks,
+            "pipeline_passers": passers,
+            "video_inputs": list(VIDEO_INPUTS),
         },
     }
 
@@ -519,6 +573,10 @@ def register() -> bool:
     if instance is None or web is None:
         return False
     add_routes(instance.routes)
+    if hasattr(instance, "add_on_prompt_handler"):  # the checks ComfyUI's own validation cannot make
+        from . import NODE_CLASS_MAPPINGS
+
+        instance.add_on_prompt_handler(lambda data: on_prompt(data, NODE_CLASS_MAPPINGS, host.model_roots()))
     # web/js/pipequant.js imports logic.mjs: some Pythons do not know .mjs, and browsers refuse
     # a module served as application/octet-stream.
     mimetypes.add_type("text/javascript", ".mjs")

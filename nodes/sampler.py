@@ -130,6 +130,13 @@ class PipeQuantSampler:
             prompt_problems(prompt) + prompt_problems(negative_prompt, "negative_prompt"), PipeQuantSampler.TITLE
         )
 
+    @classmethod
+    def check_model(cls, model, width=None, height=None, num_frames=None, **_other):
+        """Before Run, on the linked Load node's model (the editor's live check, the runner): the
+        size it can take and, for a video, its frame rule (4k+1, LTX 8k+1) with the valid neighbours."""
+        frames = frame_problems(model, num_frames) if num_frames is not None else []
+        return image_size_problems(model, width, height) + frames
+
     def sample(
         self,
         pipeline,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 
 from ..resolver.problems import Problem
-from ..resolver.run import families_text, family_of
+from ..resolver.run import families_text, family_of, model_family
 from . import comfy_memory, host
 from .load import PIPELINE_TYPE
 from .messages import raise_for
+from .prompt_checks import verdict
 
 log = logging.getLogger("pipequant")
 
@@ -24,19 +25,28 @@ EXPERT_TOOLTIP = (
 )
 
 
+def unmapped_problem(pipeline_class: str, folder_name: str, denoiser: str | None = None) -> Problem:
+    """The refusal of a family the bridge does not map, as the node, the live check and the queue say it."""
+    what = f"{pipeline_class} ({folder_name}{f', denoiser {denoiser}' if denoiser else ''})"
+    return Problem(
+        code="bridge_family",
+        input="pipeline",
+        message=f"{what} has no ComfyUI mapping",
+        suggestion=f"the families that work: {families_text()}; use Quantized Pipeline Sampler for the others",
+    )
+
+
 def family_problems(result, node: str) -> list[Problem]:
-    """The pipeline's family must be one the bridge maps (checked before anything is built)."""
-    family = family_of(result.pipeline)
-    if family is not None:
+    """The loaded pipeline's family must be one the bridge maps (checked before anything is built)."""
+    if family_of(result.pipeline) is not None:
         return []
-    return [
-        Problem(
-            code="bridge_family",
-            input="pipeline",
-            message=f"{type(result.pipeline).__name__} ({result.plan.model.folder.name}) has no ComfyUI mapping",
-            suggestion=f"the families that work: {families_text()}; use Quantized Pipeline Sampler for the others",
-        )
-    ]
+    return [unmapped_problem(type(result.pipeline).__name__, result.plan.model.folder.name)]
+
+
+def model_family_problems(model) -> list[Problem]:
+    """The same verdict before Run, from the folder (model_index.json and the denoiser's config)."""
+    family, denoiser = model_family(model)
+    return [] if family is not None else [unmapped_problem(model.pipeline_class, model.folder.name, denoiser)]
 
 
 def expert_problems(result, expert: str, node: str) -> list[Problem]:
@@ -72,6 +82,19 @@ class PipeQuantToComfy:
         "The pipeline's VAE as a ComfyUI VAE.",
     )
     FUNCTION = "convert"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, pipeline):
+        """Only `pipeline` (one error, on that input): ComfyUI passes None for a linked input, so the
+        verdict on the Load node's model comes from the queued prompt (prompt_checks.py)."""
+        return verdict()
+
+    CHECKED_AT_QUEUE = True  # prompt_checks.on_prompt keeps check_model's verdict for VALIDATE_INPUTS
+
+    @classmethod
+    def check_model(cls, model, **_inputs):
+        """Before Run (the queue's check and the runner's): the folder's family is one the bridge maps."""
+        return model_family_problems(model)
 
     @classmethod
     def INPUT_TYPES(cls):

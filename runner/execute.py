@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 
 from ..nodes import NODE_CLASS_MAPPINGS
-from ..resolver.decide import Plan, image_size_problems
+from ..resolver.decide import Plan
 from ..resolver.keep import LoadError, SaveError
 from ..resolver.problems import Problem, ValidationError
 from .builtin import BUILTIN_NODES
@@ -317,10 +317,17 @@ def _validate_node(node_id, node, node_class, kwargs, prompt) -> tuple:
         return (node_class.plan(**kwargs),) + (None,) * (len(node_class.RETURN_TYPES) - 1)
     if node["class_type"] in CONFIG_NODES:
         return tuple(getattr(node_class(), node_class.FUNCTION)(**kwargs))
-    if isinstance(kwargs.get("pipeline"), Plan) and "width" in kwargs:  # a sampler fed by a planned loader
-        found = image_size_problems(kwargs["pipeline"].model, kwargs.get("width"), kwargs.get("height"))
-        if found:
-            raise ValidationError(
-                [Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion) for p in found]
-            )
-    return (None,) * max(1, len(node_class.RETURN_TYPES))
+    planned = kwargs.get("pipeline")
+    if not isinstance(planned, Plan):
+        return (None,) * max(1, len(node_class.RETURN_TYPES))
+    # A node fed by a planned loader checks the model (the Sampler its size and frame rule, the bridge
+    # nodes the family: `check_model`); a node that passes the pipeline on (Apply LoRA) passes the plan.
+    check = getattr(node_class, "check_model", None)
+    others = {k: v for k, v in kwargs.items() if k != "pipeline"}
+    found = check(planned.model, **others) if check is not None else []
+    if found:
+        raise ValidationError(
+            [Problem(p.code, f"{_label(node_id, prompt)}.{p.field}", p.message, p.suggestion) for p in found]
+        )
+    passes_on = node_class.RETURN_TYPES[:1] == (_declared(node_class)["pipeline"][0],)
+    return ((planned,) if passes_on else (None,)) + (None,) * (len(node_class.RETURN_TYPES) - 1)

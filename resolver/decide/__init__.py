@@ -1,7 +1,7 @@
 """Deciding before a weight is read: validation, the per-component plan, estimates, the auto planner."""
 
 from .estimate import component_estimate, estimate
-from .limits import frame_problems, image_size_problems, is_video, prompt_problems
+from .limits import VIDEO_INPUTS, frame_problems, image_size_problems, is_video, prompt_problems, video_inputs
 from .plan import KEEP, QUANTIZE, Plan
 from .planner import NothingFits
 from .planner.figures import ENV_FOLDER, library_versions
@@ -11,6 +11,7 @@ from .prepare import files_key, first_use_notes, prepare
 from .validate import validate
 
 __all__ = [
+    "VIDEO_INPUTS",
     "ENV_FOLDER",
     "GOALS",
     "KEEP",
@@ -31,4 +32,5 @@ __all__ = [
     "profile_from",
     "prompt_problems",
     "validate",
+    "video_inputs",
 ]

@@ -145,6 +145,18 @@ def is_video(model: ModelInfo) -> bool:
     return "num_frames" in pipeline_call(model.pipeline_class)
 
 
+FPS_ARGUMENTS = ("frame_rate", "fps")  # what a video pipeline's __call__ names its frame rate (LTX)
+VIDEO_INPUTS = ("num_frames", "fps")  # the Sampler's inputs only a video pipeline uses
+
+
+def video_inputs(model: ModelInfo) -> list[str]:
+    """The Sampler's video inputs this pipeline uses: `num_frames` for a video, `fps` where its call
+    takes a frame rate. An image pipeline uses neither (the editor shows them as not used)."""
+    call = pipeline_call(model.pipeline_class)
+    used = [VIDEO_INPUTS[0]] if "num_frames" in call else []
+    return used + ([VIDEO_INPUTS[1]] if used and any(name in call for name in FPS_ARGUMENTS) else [])
+
+
 def default_frames(model: ModelInfo) -> int | None:
     """The frame count the pipeline renders when none is given (Wan 81, LTX 161); None for images."""
     return pipeline_call(model.pipeline_class).get("num_frames")

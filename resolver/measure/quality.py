@@ -31,6 +31,7 @@ from ..decide.planner import figures
 from ..decide.prepare import prepare
 from ..keep.cache import COMPONENT_CACHE, free_memory
 from ..keep.load import load_plan
+from ..links import parse_components
 from ..problems import Problem, ValidationError
 from ..run.context import diffusers_context
 from ..run.sample import generate
@@ -163,19 +164,32 @@ def _input_problems(prompt, steps, measures, components, names) -> list[Problem]
                 'pip install torchmetrics (in PipeQuant\'s requirements), or measure "components" only',
             )
         )
+    return problems + _unmeasurable(components, names)
+
+
+def _unmeasurable(components, names) -> list[Problem]:
     from ..suggest import did_you_mean
 
-    for name in components or ():
-        if name not in names:
-            problems.append(
-                Problem(
-                    "component_not_measurable",
-                    "components",
-                    f'"{name}" is not a component this check can measure (the VAE is compared through the images)',
-                    did_you_mean(name, names),
-                )
-            )
-    return problems
+    return [
+        Problem(
+            "component_not_measurable",
+            "components",
+            f'"{name}" is not a component this check can measure (the VAE is compared through the images)',
+            did_you_mean(name, names),
+        )
+        for name in components or ()
+        if name not in names
+    ]
+
+
+def components_problems(model, components: str) -> list[Problem]:
+    """The check's `components` text against the model's folder, before Run (no plan, no weights):
+    its syntax, then each name a component the check can measure (a model, not the VAE)."""
+    names, found = parse_components(components)
+    if found:
+        return found
+    measurable_names = [c.name for c in model.components.values() if c.is_module and not is_autoencoder(c.class_name)]
+    return _unmeasurable(names, measurable_names)
 
 
 def _free_device_bytes(device: str) -> int | None:

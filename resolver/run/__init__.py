@@ -3,7 +3,7 @@
 from . import lora
 from .compile import compile_component
 from .context import diffusers_context
-from .encode import denoiser_of, encode_prompt, families_text, family_of
+from .encode import denoiser_of, encode_prompt, families_text, family_of, model_family
 from .lora import (
     ENV_VAR,
     EXPERTS,
@@ -28,6 +28,7 @@ __all__ = [
     "encode_prompt",
     "families_text",
     "family_of",
+    "model_family",
     "generate",
     "list_loras",
     "load_adapter",

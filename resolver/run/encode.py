@@ -38,35 +38,58 @@ FAMILY_TITLES = {
 }
 
 
+DENOISER_SLOTS = ("transformer", "unet")  # where the bridge looks for the denoiser, loaded or on disk
+
+
 def denoiser_of(pipe):
     """The pipeline's denoiser module (transformer or unet), or None."""
-    for name in ("transformer", "unet"):
+    for name in DENOISER_SLOTS:
         module = getattr(pipe, name, None)
         if module is not None:
             return module
     return None
 
 
-def family_of(pipe) -> str | None:
-    """Which mapped family the pipeline is ("flux", "sd3", "sdxl", "sd1"), or None."""
-    denoiser = denoiser_of(pipe)
-    family = FAMILY_OF_DENOISER.get(type(denoiser).__name__) if denoiser is not None else None
-    if family == "sd1" and getattr(denoiser.config, "addition_embed_type", None) == "text_time":
+def denoiser_family(class_name: str | None, config=None, pipeline_class: str = "") -> str | None:
+    """Which mapped family a denoiser is, from its class name and config alone (model_index.json and
+    the denoiser's config.json say it: no weights read), or None. The one rule: `family_of` (a loaded
+    pipeline) and `model_family` (a folder, before Run) both ask it."""
+    family = FAMILY_OF_DENOISER.get(class_name) if isinstance(class_name, str) else None
+    settings = config if hasattr(config, "get") else {}
+    if family == "sd1" and settings.get("addition_embed_type") == "text_time":
         family = "sdxl"
-    if family == "wan" and not _wan_text_to_video(denoiser):
+    if family == "wan" and not _wan_text_to_video(settings):
         family = None
-    if family == "hunyuan_video" and getattr(denoiser.config, "image_condition_type", None):
+    if family == "hunyuan_video" and settings.get("image_condition_type"):
         family = None  # HunyuanVideo image to video (latent concat / token replace)
-    if family == "qwen_image" and "Edit" in type(pipe).__name__:
+    if family == "qwen_image" and "Edit" in pipeline_class:
         family = None  # an edit pipeline encodes its prompt with the input image: not mapped
     return family
 
 
-def _wan_text_to_video(denoiser) -> bool:
+def _wan_text_to_video(settings) -> bool:
     """ComfyUI's WAN21_T2V shape: 16 latent channels in and out, no CLIP image states (image to
     video and Wan 2.2 TI2V 5B's 48-channel latents are not mapped)."""
-    cfg = denoiser.config
-    return cfg.in_channels == (cfg.out_channels or cfg.in_channels) == 16 and not getattr(cfg, "image_dim", None)
+    in_channels = settings.get("in_channels")
+    return in_channels == (settings.get("out_channels") or in_channels) == 16 and not settings.get("image_dim")
+
+
+def family_of(pipe) -> str | None:
+    """Which mapped family the pipeline is ("flux", "sd3", "sdxl", "sd1"), or None."""
+    denoiser = denoiser_of(pipe)
+    if denoiser is None:
+        return None
+    return denoiser_family(type(denoiser).__name__, getattr(denoiser, "config", None), type(pipe).__name__)
+
+
+def model_family(model) -> tuple[str | None, str | None]:
+    """(family or None, denoiser class name or None) of a pipeline folder as `files.inspect_model`
+    reads it (its ModelInfo): the bridge's verdict before anything loads."""
+    for name in DENOISER_SLOTS:
+        info = model.components.get(name)
+        if info is not None:
+            return denoiser_family(info.class_name, info.config_dict, model.pipeline_class), info.class_name
+    return None, None
 
 
 def families_text() -> str:

@@ -11,14 +11,20 @@ export function setupLoad(node) {
   node.pipequant.check = new LoadCheck();
 }
 
+/** The nodes that get a live check of the model they load (Load; Plan Quality Check). */
+function checkedNodes() {
+  return L.CHECKED_NODES.flatMap((type) => nodesOf(type));
+}
+
 async function ask(node, request) {
   const check = node.pipequant.check;
   check.status = check.answer ? "" : "checking…";
+  const estimate = request.model && node.comfyClass === L.LOAD; // the Quality Check loads its own copies
   await check.poll.send(L.requestKey(request), async () => {
     try {
-      const { ok, body } = await postJSON(request.model ? "/pipequant/estimate" : "/pipequant/validate", request);
+      const { ok, body } = await postJSON(estimate ? "/pipequant/estimate" : "/pipequant/validate", request);
       if (ok) {
-        const status = !request.model ? "pick a model to see the memory estimate"
+        const status = !estimate ? "" : !request.model ? "pick a model to see the memory estimate"
           : !body.estimate ? "no estimate until the problems marked in red are fixed" : "";
         return { answer: body, status };
       }
@@ -37,7 +43,7 @@ async function ask(node, request) {
 
 /** Put each problem of every Load node's answer (and the editor's own, `extra`) on its node. */
 export function distributeProblems(extra = shared.extraProblems ?? []) {
-  const answers = nodesOf(L.LOAD).map((n) => ({ loadId: String(n.id), problems: n.pipequant.check.answer?.problems ?? [] }));
+  const answers = checkedNodes().map((n) => ({ loadId: String(n.id), problems: n.pipequant.check.answer?.problems ?? [] }));
   const byNode = L.problemsByNode([...answers, ...extra]);
   for (const node of allNodes()) {
     if (!node.pipequant) continue;
@@ -52,7 +58,8 @@ export function distributeProblems(extra = shared.extraProblems ?? []) {
 
 function requestFor(snap, node) {
   try {
-    return { request: L.loadRequest(snap, String(node.id), shared.catalogue), key: null };
+    const make = node.comfyClass === L.QUALITY ? L.qualityRequest : L.loadRequest;
+    return { request: make(snap, String(node.id), shared.catalogue), key: null };
   } catch (err) {
     return { request: null, key: "unknown", why: err.message };
   }
@@ -60,7 +67,7 @@ function requestFor(snap, node) {
 
 /** One tick for every Load node: ask where the request changed and settled. */
 export function tickLoads(snap = snapshot()) {
-  for (const node of nodesOf(L.LOAD)) {
+  for (const node of checkedNodes()) {
     const check = node.pipequant.check;
     const { request, why } = requestFor(snap, node);
     if (!request) {
@@ -76,7 +83,7 @@ export function tickLoads(snap = snapshot()) {
     if (check.poll.due(L.requestKey(request))) ask(node, request);
   }
   // Problems of Load nodes that were deleted go with them.
-  const loads = new Set(nodesOf(L.LOAD).map((n) => String(n.id)));
+  const loads = new Set(checkedNodes().map((n) => String(n.id)));
   const removed = shared.loads && [...shared.loads].some((id) => !loads.has(id));
   shared.loads = loads;
   if (removed) distributeProblems();
@@ -97,7 +104,7 @@ export function loadItems(node) {
 export function settled() {
   if (!shared.catalogue) return false;
   const snap = snapshot();
-  return nodesOf(L.LOAD).every((node) => {
+  return checkedNodes().every((node) => {
     const { request } = requestFor(snap, node);
     return node.pipequant.check.poll.settled(request ? L.requestKey(request) : "unknown");
   });

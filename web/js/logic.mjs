@@ -7,9 +7,16 @@ export const MAP = "PipeQuantComponentMap";
 export const LOAD = "PipeQuantLoadPipeline";
 export const SAVE = "PipeQuantSavePipeline";
 export const AUTO_PLAN = "PipeQuantAutoPlan"; // shows its own plan (autoplan.js)
-export const PACK_NODES = [BACKEND, MAP, LOAD, "PipeQuantSampler", "PipeQuantMemoryReport", SAVE];
-// Nodes that get an info panel (the Sampler has nothing to show).
-export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE];
+export const SAMPLER = "PipeQuantSampler";
+export const TO_COMFY = "PipeQuantToComfy";
+export const ENCODE = "PipeQuantEncodePrompt";
+export const QUALITY = "PipeQuantQualityCheck"; // loads the model itself: checked live as a Load node is
+export const PACK_NODES = [BACKEND, MAP, LOAD, SAMPLER, "PipeQuantMemoryReport", SAVE, TO_COMFY, ENCODE, QUALITY];
+// Nodes that get an info panel (empty, and so no room taken, while it has nothing to say): the
+// Sampler and the bridge nodes show the problems the Load node's live check finds for them.
+export const PANEL_NODES = [BACKEND, MAP, LOAD, "PipeQuantMemoryReport", SAVE, SAMPLER, TO_COMFY, ENCODE, QUALITY];
+// Nodes whose own widgets and quantization link name a model to load: each gets a live check.
+export const CHECKED_NODES = [LOAD, QUALITY];
 const MUTED = 2;
 const BYPASSED = 4;
 
@@ -302,8 +309,9 @@ export function estimateRows(estimate, catalogue) {
   }
   const t = estimate.total ?? {};
   const percent = t.bytes_before ? ` (${Math.round((100 * t.bytes_after) / t.bytes_before)}%)` : "";
+  // pinned: the total shows however long the panel is (a long note below must not hide it)
   rows.push({ kind: "total", left: "total", right: `${formatBytes(t.bytes_before)} → ${formatBytes(t.bytes_after)}${percent}`,
-    short: `${formatBytes(t.bytes_before)}→${formatBytes(t.bytes_after)}${percent}` });
+    short: `${formatBytes(t.bytes_before)}→${formatBytes(t.bytes_after)}${percent}`, pinned: true });
   return rows;
 }
 
@@ -509,6 +517,57 @@ function downstream(snapshot, startId, isTarget, passesThrough) {
   return [...new Set(found)];
 }
 
+/** Node types the catalogue says check the model they are fed (`check_model`: the Sampler, the
+ * bridge nodes) and those that pass a pipeline on (Apply LoRA). */
+const modelChecks = (catalogue) => catalogue?.editor?.model_checks ?? [];
+const pipelinePassers = (catalogue) => catalogue?.editor?.pipeline_passers ?? [];
+
+/** The nodes a Load node's pipeline reaches (through Reroutes, bypassed nodes and Apply LoRA) that
+ * check its model before Run: [{node, type, inputs}], their number widgets as the graph holds them. */
+export function consumersFed(snapshot, loadId, catalogue) {
+  const checks = modelChecks(catalogue);
+  const passers = pipelinePassers(catalogue);
+  const ids = downstream(snapshot, loadId, (node) => checks.includes(node.type) && node.mode !== BYPASSED,
+    (node) => node.type === "Reroute" || node.mode === BYPASSED || passers.includes(node.type));
+  return ids.map((id) => {
+    const node = snapshot[id];
+    const inputs = Object.fromEntries(Object.entries(node.widgets ?? {}).filter(([, v]) => Number.isInteger(v)));
+    return { node: id, type: node.type, inputs };
+  });
+}
+
+/** The Load node a node's `pipeline` input comes from (through Reroutes, bypassed nodes and Apply
+ * LoRA), or null. */
+export function loadFeeding(snapshot, id, catalogue) {
+  const passers = pipelinePassers(catalogue);
+  let current = String(id);
+  const seen = new Set();
+  while (current !== null && !seen.has(current)) {
+    seen.add(current);
+    const from = source(snapshot, current, "pipeline");
+    if (from === null) return null;
+    let nodeId;
+    try {
+      nodeId = producer(snapshot, from, new Set(seen));
+    } catch {
+      return null;
+    }
+    if (nodeId === null) return null;
+    if (snapshot[nodeId].type === LOAD) return nodeId;
+    if (!passers.includes(snapshot[nodeId].type)) return null;
+    current = nodeId;
+  }
+  return null;
+}
+
+/** Which of the Sampler's video inputs show: all while the model is unknown, else those the
+ * pipeline uses (the server's `pipeline.video_inputs`). {name: shown}. */
+export function videoInputsShown(catalogue, answer) {
+  const all = catalogue?.editor?.video_inputs ?? [];
+  const used = answer?.pipeline?.video_inputs;
+  return Object.fromEntries(all.map((name) => [name, !Array.isArray(used) || used.includes(name)]));
+}
+
 /**
  * The body of POST /pipequant/estimate (or /validate without a model) for one Load node: its
  * widget values as the graph holds them (the server checks them), the spec from its links, and the
@@ -520,6 +579,26 @@ export function loadRequest(snapshot, loadId, catalogue) {
   const request = { model: isBlank(model) ? null : model, ...inputs, spec: specFrom(snapshot, loadId, "quantization", catalogue) };
   const saves = savesFed(snapshot, loadId);
   if (saves.length) request.save = saves.map((id) => ({ node: id, folder_name: snapshot[id].widgets?.folder_name ?? "" }));
+  const consumers = consumersFed(snapshot, loadId, catalogue);
+  if (consumers.length) request.consumers = consumers;
+  return request;
+}
+
+/**
+ * The body of POST /pipequant/validate for a Plan Quality Check: the inputs it shares with the Load
+ * node (model, dtype, device, offload) and its quantization link, checked as the Load node's are,
+ * and itself as a consumer of its model (size, the components it can measure). Not the prompt.
+ */
+export function qualityRequest(snapshot, id, catalogue) {
+  const w = snapshot[id]?.widgets ?? {};
+  const shared = new Set(inputNames(catalogue, LOAD));
+  const request = { model: isBlank(w.model) ? null : w.model };
+  for (const name of inputNames(catalogue, QUALITY)) {
+    if (shared.has(name) && name !== "model" && w[name] !== undefined) request[name] = w[name];
+  }
+  request.spec = specFrom(snapshot, id, "quantization", catalogue);
+  const inputs = Object.fromEntries(["width", "height", "components"].filter((k) => w[k] !== undefined).map((k) => [k, w[k]]));
+  request.consumers = [{ node: String(id), type: QUALITY, inputs }];
   return request;
 }
 

@@ -23,7 +23,7 @@ import * as L from "./logic.mjs";
 import { hookComponentPicker } from "./menus.mjs";
 import { MARGIN, addPanel, measure, problemItems } from "./panel.mjs";
 import { componentsNow, getComponents, loadCatalogue, refreshCatalogue, shared } from "./server.mjs";
-import { addStyles, contentChanged, followElement, markProblems, outlineProblems, redraw } from "./size.mjs";
+import { addStyles, contentChanged, followElement, markProblems, outlineProblems, redraw, setHidden } from "./size.mjs";
 import { NodeState } from "./state.mjs";
 
 const TICK_MS = 300; // how often the graph is compared with what the server last answered
@@ -61,6 +61,8 @@ function itemsOf(node, width) {
   if (type === L.BACKEND) items.push(...backendItems(node));
   else if (type === L.MAP) items.push(...mapItems(node));
   else if (type === L.LOAD) items.push(...loadItems(node));
+  else if (type === L.SAMPLER) items.push(...samplerItems(node));
+  else if (type === L.QUALITY) items.push(...(node.pipequant.check.status ? [{ kind: "muted", text: node.pipequant.check.status }] : []));
   else items.push(...outputItems(node, width));
   return items;
 }
@@ -82,7 +84,7 @@ function setupNode(node) {
     hookComponentPicker(node);
     chainCallback(widget(node, "component"), () => contentChanged(node));
   }
-  if (node.comfyClass === L.LOAD) setupLoad(node);
+  if (L.CHECKED_NODES.includes(node.comfyClass)) setupLoad(node);
 }
 
 /** A Map shows its component's facts: follow the model it feeds. */
@@ -94,6 +96,38 @@ function tickMaps(snap) {
     if (model) getComponents(model).then(() => contentChanged(node), () => {});
     contentChanged(node);
   }
+}
+
+function nodeById(id) {
+  return app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
+}
+
+/** A Sampler shows num_frames / fps only where its pipeline uses them (a video pipeline; fps where
+ * it takes a frame rate), as the Load node's live check says; all of them while that is unknown. */
+function tickSamplers(snap) {
+  for (const node of nodesOf(L.SAMPLER)) {
+    const loadId = L.loadFeeding(snap, String(node.id), shared.catalogue);
+    const answer = loadId === null ? null : nodeById(loadId)?.pipequant?.check?.answer;
+    const shown = L.videoInputsShown(shared.catalogue, answer);
+    let changed = false;
+    for (const [name, show] of Object.entries(shown)) {
+      const w = widget(node, name);
+      if (w) changed = setHidden(w, !show) || changed;
+    }
+    const hidden = Object.keys(shown).filter((name) => !shown[name]);
+    const pipeline = answer?.pipeline?.class ?? "this pipeline";
+    const why = hidden.length === Object.keys(shown).length ? `${pipeline} renders images` : `${pipeline} does not take it`;
+    const note = hidden.length ? `${hidden.join(", ")}: not used (${why})` : "";
+    if (note !== node.pipequant.note) {
+      node.pipequant.note = note;
+      changed = true;
+    }
+    if (changed) contentChanged(node, true);
+  }
+}
+
+function samplerItems(node) {
+  return node.pipequant.note ? [{ kind: "muted", text: node.pipequant.note }] : [];
 }
 
 /** Problems the editor finds in the graph itself (not the server): an Auto plan made for another
@@ -147,9 +181,9 @@ function followRefresh() {
   };
 }
 
-/** Ask every Load node's check again: a run may have taken a Save name (or freed memory). */
+/** Ask every live check again (Load, Quality Check): a run may have taken a Save name (or freed memory). */
 function recheck() {
-  for (const node of nodesOf(L.LOAD)) node.pipequant.check.poll.reset();
+  for (const type of L.CHECKED_NODES) for (const node of nodesOf(type)) node.pipequant.check.poll.reset();
 }
 
 function tick() {
@@ -162,6 +196,7 @@ function tick() {
   const snap = snapshot();
   tickLoads(snap);
   tickMaps(snap);
+  tickSamplers(snap);
   tickEditorProblems(snap);
   tickSaveNames(snap);
   if (vueMode()) {

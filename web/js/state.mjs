@@ -31,6 +31,7 @@ export class NodeState {
     this.model = null;
     this.plan = null;
     this.derivedName = null; // Save: the name its plan suggests, followed while folder_name is that one
+    this.note = ""; // Sampler: which video inputs are hidden, and why
   }
 }
 

@@ -131,7 +131,8 @@ test("estimate rows: per component before → after, then the total", () => {
   // a narrow node keeps the plan label and drops the size before quantization
   assert.deepEqual(rows[1], { kind: "row", left: "transformer  ·  nf4", short: "23.80 GB→6.70 GB", right: "23.80 GB → 6.70 GB" }); // narrow: before stays
   assert.deepEqual(rows[2], { kind: "muted", left: "vae", short: "163.84 MB", right: "163.84 MB" });
-  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)", short: "23.96 GB→6.86 GB (29%)" });
+  assert.deepEqual(rows[3], { kind: "total", left: "total", right: "23.96 GB → 6.86 GB (29%)", short: "23.96 GB→6.86 GB (29%)",
+    pinned: true }); // shown however long the panel is
   assert.deepEqual(L.estimateRows(null), []);
 });
 
@@ -187,6 +188,7 @@ test("the Load node's request follows the links through the chain of maps", () =
         config: { kind: "global", node: "1", backend: "bitsandbytes_4bit", quant_type: "nf4", compute_dtype: "auto", components: "", options: '{"double_quant": true}', gguf_file: "none" },
       },
     },
+    consumers: [{ node: "6", type: L.SAMPLER, inputs: {} }], // it checks the model (size, frames)
   });
   assert.equal(L.requestKey(request), L.requestKey(L.loadRequest(mixedGraph(), "5", catalogue)));
 });
@@ -217,7 +219,8 @@ test("a Load node without a model or quantization", () => {
   g[5].widgets.model = undefined;
   g[5].widgets.allow_pickle = "yes"; // sent as the graph holds it: the server refuses what is not true/false
   g[5].inputs.quantization = null;
-  assert.deepEqual(L.loadRequest(g, "5", catalogue), { model: null, dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: "yes", spec: null });
+  assert.deepEqual(L.loadRequest(g, "5", catalogue), { model: null, dtype: "bfloat16", device: "auto", offload: "none", allow_pickle: "yes", spec: null,
+    consumers: [{ node: "6", type: L.SAMPLER, inputs: {} }] });
 });
 
 test("a map finds the model of the Load node it feeds, downstream through other maps", () => {
@@ -511,4 +514,43 @@ test("the Memory Report's table keeps numbers whole and TOTAL, dropping columns 
     }
   }
   assert.ok(!L.reportLines(table, 300, measure).lines[0].text.includes("class")); // dropped first
+});
+
+test("a Load node's request names the nodes that check its model, through Apply LoRA", () => {
+  const g = mixedGraph();
+  g[6].widgets = { steps: 20, width: 512, height: 512, num_frames: 33, fps: 24.5, prompt: "a cat" };
+  g[5].outputs.push({ target: "7", input: "pipeline" });
+  g[7] = { id: "7", type: "PipeQuantLoRA", mode: 0, widgets: { strength: 1 }, inputs: { pipeline: "5" },
+    outputs: [{ target: "8", input: "pipeline" }, { target: "9", input: "pipeline" }] };
+  g[8] = { id: "8", type: L.TO_COMFY, mode: 0, widgets: {}, inputs: { pipeline: "7" }, outputs: [] };
+  g[9] = { id: "9", type: L.ENCODE, mode: 4, widgets: {}, inputs: { pipeline: "7" }, outputs: [] }; // bypassed
+  assert.deepEqual(L.loadRequest(g, "5", catalogue).consumers, [
+    { node: "6", type: L.SAMPLER, inputs: { steps: 20, width: 512, height: 512, num_frames: 33 } },
+    { node: "8", type: L.TO_COMFY, inputs: {} },
+  ]);
+  assert.equal(L.loadFeeding(g, "8", catalogue), "5");
+  assert.equal(L.loadFeeding(g, "6", catalogue), "5");
+  g[7].mode = 2; // a muted Apply LoRA cuts the pipeline
+  assert.equal(L.loadFeeding(g, "8", catalogue), null);
+  assert.equal(L.loadRequest(mixedGraph(), "5", { ...catalogue, editor: { ...catalogue.editor, model_checks: [] } }).consumers, undefined);
+});
+
+test("the Sampler's video inputs show where the pipeline uses them, all while that is unknown", () => {
+  assert.deepEqual(L.videoInputsShown(catalogue, null), { num_frames: true, fps: true });
+  assert.deepEqual(L.videoInputsShown(catalogue, { pipeline: { video_inputs: [] } }), { num_frames: false, fps: false });
+  assert.deepEqual(L.videoInputsShown(catalogue, { pipeline: { video_inputs: ["num_frames"] } }), { num_frames: true, fps: false });
+});
+
+test("a Plan Quality Check is checked as a Load node is: its shared inputs, its link, itself as consumer", () => {
+  const g = mixedGraph();
+  g[4].outputs.push({ target: "10", input: "quantization" });
+  g[10] = { id: "10", type: L.QUALITY, mode: 0, inputs: { quantization: "4" }, outputs: [],
+    widgets: { model: "FLUX.1-dev", prompt: "x".repeat(9000), seed: 0, steps: 20, width: 1000, height: 512, measure: "both",
+      dtype: "bfloat16", device: "auto", offload: "none", components: "transformer, vea" } };
+  const cat = { ...catalogue, editor: { ...catalogue.editor, inputs: { ...catalogue.editor.inputs,
+    [L.QUALITY]: ["model", "prompt", "seed", "steps", "width", "height", "measure", "dtype", "device", "offload", "components"] } } };
+  const request = L.qualityRequest(g, "10", cat);
+  assert.equal(request.prompt, undefined); // not sent: the server does not check it here (and it may be long)
+  assert.deepEqual({ ...request, spec: request.spec.node }, { model: "FLUX.1-dev", dtype: "bfloat16", device: "auto", offload: "none",
+    spec: "4", consumers: [{ node: "10", type: L.QUALITY, inputs: { width: 1000, height: 512, components: "transformer, vea" } }] });
 });
