@@ -6,6 +6,7 @@ auto-planned into a budget that forces quantization."""
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -28,11 +29,9 @@ STEPS = 2
 TORCHVISION_SKIP = (
     "FLUX.2 [dev]'s PixtralProcessor imports torchvision, which does not import here ({why}). The local "
     "package source has no CPU torchvision for torch 2.13.0; its only build, 0.28.0, is a CUDA build that "
-    "fails to import against CPU torch (libtorch_cuda.so missing), so it is not installed. Run this test in "
-    "ComfyUI's venv (torch 2.14.1 + torchvision 0.29.1), pytest kept outside it: "
-    "$COMFYUI_DIR/venv/bin/python -m pip install --target /tmp/pq-pytest pytest && "
-    "PYTHONPATH=/tmp/pq-pytest:<folder holding the pipequant package> $COMFYUI_DIR/venv/bin/python -m pytest "
-    "-q -p no:cacheprovider tests/test_families.py -k 'FLUX.2 and dev'"
+    "fails to import against CPU torch (libtorch_cuda.so missing), so it is not installed. The README's test "
+    "command runs this test next, in a side venv with torch 2.14.1 + torchvision 0.29.1: "
+    "bash tests/torchvision_family.sh"
 )
 
 
@@ -46,6 +45,8 @@ def test_family_end_to_end(name, families_root):
     family = FAMILIES[name]
     missing = family.missing()
     if missing.keys() == {"torchvision"}:
+        if os.environ.get("PIPEQUANT_NEEDS_TORCHVISION"):  # tests/torchvision_family.sh: must run
+            pytest.fail(f"{name} needs torchvision, which does not import here ({missing['torchvision']})")
         pytest.skip(TORCHVISION_SKIP.format(why=missing["torchvision"]))
     if missing:
         pytest.skip(f"{name}'s own classes cannot import {missing} (ComfyUI installs have them)")
