@@ -66,7 +66,9 @@ def test_contract_ids_and_display_names():
         "batch_size",
     ]
     assert names["PipeQuantSavePipeline"] == ["pipeline", "folder_name"]
-    assert names["PipeQuantLoRA"] == ["pipeline", "lora_name", "strength", "strength_text_encoder"]
+    # `expert` came later: optional and last, so saved workflows keep their widget positions
+    assert names["PipeQuantLoRA"] == ["pipeline", "lora_name", "strength", "strength_text_encoder", "expert"]
+    assert "expert" in NODE_CLASS_MAPPINGS["PipeQuantLoRA"].INPUT_TYPES()["optional"]
     assert names["PipeQuantSampler"][9:13] == ["max_sequence_length", "image", "mask", "denoise"]
     assert names["PipeQuantAutoPlan"] == [
         "model",
@@ -94,7 +96,8 @@ def test_contract_ids_and_display_names():
         "components",
     ]
     assert NODE_CLASS_MAPPINGS["PipeQuantQualityCheck"].RETURN_TYPES == ("STRING", "IMAGE")
-    assert names["PipeQuantToComfy"] == ["pipeline"]
+    assert names["PipeQuantToComfy"] == ["pipeline", "expert"]  # expert: optional, last (Wan 2.2's two)
+    assert "expert" in NODE_CLASS_MAPPINGS["PipeQuantToComfy"].INPUT_TYPES()["optional"]
     assert NODE_CLASS_MAPPINGS["PipeQuantToComfy"].RETURN_TYPES == ("MODEL", "VAE")
     assert names["PipeQuantEncodePrompt"] == ["pipeline", "text", "width", "height", "max_sequence_length"]
     assert NODE_CLASS_MAPPINGS["PipeQuantEncodePrompt"].RETURN_TYPES == ("CONDITIONING",)

@@ -55,7 +55,7 @@ def denoiser_family(class_name: str | None, config=None, pipeline_class: str = "
     the denoiser's config.json say it: no weights read), or None. The one rule: `family_of` (a loaded
     pipeline) and `model_family` (a folder, before Run) both ask it."""
     family = FAMILY_OF_DENOISER.get(class_name) if isinstance(class_name, str) else None
-    settings = config if hasattr(config, "get") else {}
+    settings = config if hasattr(config, "get") else vars(config) if hasattr(config, "__dict__") else {}
     if family == "sd1" and settings.get("addition_embed_type") == "text_time":
         family = "sdxl"
     if family == "wan" and not _wan_text_to_video(settings):
