@@ -503,8 +503,9 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
     return module, config
 
 
-# PIPEQUANT_STREAM_LOAD=off loads every component through its library's from_pretrained (diffusers'
-# own peak while loading; the bench's "before").
+# PIPEQUANT_STREAM_LOAD: "auto" (default) streams a component where diffusers' own loader's peak
+# would not fit in the host RAM available (streaming is slower); "on" streams wherever it can (the
+# bench's streamed path); "off" loads every component through its library's from_pretrained.
 STREAM_ENV = "PIPEQUANT_STREAM_LOAD"
 
 
@@ -513,9 +514,12 @@ def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
     (keep/stream.py) where its backend and files allow, why "" ; else None, a fresh config for the
     library's own loader (a quantizer that started may have changed its config's skip list) and why
     not (None: the backend does not stream at all)."""
-    if not row.backend.streams or row.gguf_path is not None or is_off(os.environ.get(STREAM_ENV, "")):
+    mode = os.environ.get(STREAM_ENV, "auto").strip().lower()
+    if not row.backend.streams or row.gguf_path is not None or is_off(mode):
         return None, config, None
     why = stream.why_not(row.library, info.folder, info.variant, kwargs)
+    if why is None and mode != "on" and stream.library_loader_fits(info.folder, info.variant):
+        return None, config, None  # room for diffusers' own, faster loader
     if why is None:
         try:
             module = stream.load(cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder))

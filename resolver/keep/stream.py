@@ -78,6 +78,25 @@ def why_not(library: str, folder: Path, variant: str | None, kwargs: dict) -> st
     return None
 
 
+# diffusers' own loader peaks at up to ~3x the checkpoint's bytes on the CPU (peak 3.3-6x the
+# quantized resident bytes, which are about half the bf16 checkpoint: bench/results/peak_load).
+LIBRARY_PEAK_PER_FILE_BYTE = 3
+
+
+def library_loader_fits(folder: Path, variant: str | None) -> bool:
+    """Whether diffusers' own (faster) loader's peak for this component fits in the host RAM
+    available now. Streaming costs 1.3-1.6x the load's CPU time (bench/results/peak_load), so by
+    default it runs only where the library's peak would not fit."""
+    from ..known.machine import available_ram_bytes
+
+    try:
+        checkpoint = sum(path.stat().st_size for path in files(folder, variant))
+    except (CannotStream, OSError):
+        return True  # why_not says why it cannot stream anyway
+    available = available_ram_bytes()
+    return available is None or LIBRARY_PEAK_PER_FILE_BYTE * checkpoint <= available
+
+
 def files(folder: Path, variant: str | None) -> list[Path]:
     """The safetensors files diffusers would read for this component, in its order: the shards its
     index names (sorted, as diffusers reads them), else the single weights file."""

@@ -1,4 +1,4 @@
-"""What the machine has: total RAM and GPU memory (for the cache's default budget)."""
+"""What the machine has: total and available RAM, GPU memory (the cache's default budget, the load path)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,23 @@ def total_ram_bytes() -> int:
         return int(psutil.virtual_memory().total)
     except ImportError:
         return FALLBACK_RAM
+
+
+def available_ram_bytes() -> int | None:
+    """Host RAM the OS can hand out now (MemAvailable; psutil elsewhere), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
 
 
 def total_vram_bytes() -> int:

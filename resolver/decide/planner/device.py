@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...known import devices
+from ...known import devices, machine
 
 GIB = 1024**3
 MARGIN_FRACTION, MARGIN_MIN = 0.05, GIB // 2  # kept free for the CUDA context, allocator slack, ComfyUI
@@ -81,11 +81,4 @@ def detect(device: str = "cuda") -> DeviceProfile:
         return DeviceProfile(
             torch.cuda.get_device_name(index), int(total), int(free), tuple(torch.cuda.get_device_capability(index))
         )
-    total = free = 0
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if ":" in line}
-        total, free = info.get("MemTotal", 0), info.get("MemAvailable", 0)
-    except OSError:
-        pass
-    return DeviceProfile("cpu", total, free, None)
+    return DeviceProfile("cpu", machine.total_ram_bytes(), machine.available_ram_bytes() or 0, None)
