@@ -37,14 +37,20 @@ print(json.dumps({"first_cpu_s": first, "new_model_cpu_s": time.process_time() -
 """
 
 
+SEED_OFF = "seed=off:"
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
-def _env(pythonpath: str, store: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "SDNQ_USE_TORCH_COMPILE"}
-    return {**env, "PYTHONPATH": pythonpath, "PIPEQUANT_SHAPE_CACHE": store}
+def _env(variant: str, store: str) -> dict:
+    """A variant is "[seed=off:]PYTHONPATH": seed=off plans without the facts shipped with the pack
+    (resolver/data/shape_seed.json), as for an architecture the seed does not hold."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SDNQ_USE_TORCH_COMPILE", "PIPEQUANT_SHAPE_SEED")}
+    seed, pythonpath = ("off", variant[len(SEED_OFF) :]) if variant.startswith(SEED_OFF) else ("on", variant)
+    return {**env, "PYTHONPATH": pythonpath, "PIPEQUANT_SHAPE_CACHE": store, "PIPEQUANT_SHAPE_SEED": seed}
 
 
 def cold_cli(pythonpath: str, models: Path) -> dict:
@@ -108,6 +114,8 @@ def to_markdown(res: dict) -> str:
         "",
         "Each run: `python -m pipequant plan hollow-flux-dev --budget 12` in a fresh process with an empty "
         "shape store; CPU = user + system of the child. Median (min–max, n), interleaved. "
+        '"Shipped facts off": PIPEQUANT_SHAPE_SEED=off, what the first plan of an architecture the pack '
+        "does not ship facts for costs. "
         '"New model, warm": the hollow SD3.5 Large planned in the process that has just planned FLUX.1-dev.',
         "",
         "| variant | cold CPU s | cold wall s | new model in a warm process, CPU s |",
@@ -129,7 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "plan_cold")
     args = p.parse_args(argv)
     provenance()
-    variants = {"this commit": os.environ.get("PYTHONPATH", "")}  # "" = the installed package
+    here = os.environ.get("PYTHONPATH", "")  # "" = the installed package
+    variants = {"this commit": here, "this commit, shipped facts off": SEED_OFF + here}
     for item in args.variant:
         name, _, folder = item.partition("=")
         variants[name] = folder

@@ -87,7 +87,7 @@ def _layout(shape: _Shape) -> Layout:
     if stored is not None:
         try:
             return Layout(
-                tuple(Tensor(n, int(k), bool(f), int(i)) for n, k, f, i in stored["tensors"]),
+                tuple(Tensor(n, int(k), bool(f), int(i), bool(kept)) for n, k, f, i, kept in stored["tensors"]),
                 tuple((n, int(o), int(i)) for n, o, i in stored["linears"]),
             )
         except (KeyError, TypeError, ValueError):
@@ -118,7 +118,10 @@ def _layout(shape: _Shape) -> Layout:
     shape_store.put(
         shape.key,
         "layout",
-        {"tensors": [[t.name, t.numel, t.floating, t.itemsize] for t in found.tensors], "linears": list(linears)},
+        {
+            "tensors": [[t.name, t.numel, t.floating, t.itemsize, t.kept] for t in found.tensors],
+            "linears": list(linears),
+        },
     )
     return found
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from ..known import catalogue
 from ..known.class_facts import distribution_versions
 from ..user_cache import configured, user_folder
+from . import shape_seed
 
 ENV = "PIPEQUANT_SHAPE_CACHE"
-FORMAT = 1
+FORMAT = shape_seed.FORMAT  # the facts' format: the seed holds the same facts
 _VERSIONS: dict | None = None
 
 
@@ -49,7 +50,12 @@ def _path(shape_key: tuple) -> tuple[Path | None, str]:
 
 
 def get(shape_key: tuple, fact: str):
-    """The stored fact (JSON data) or None."""
+    """The stored fact (JSON data), else the one shipped with the pack (shape_seed), else None."""
+    found = _stored(shape_key, fact)
+    return found if found is not None else shape_seed.get(shape_key, fact)
+
+
+def _stored(shape_key: tuple, fact: str):
     path, digest = _path(shape_key)
     if path is None:
         return None
@@ -60,6 +66,11 @@ def get(shape_key: tuple, fact: str):
     if not isinstance(data, dict) or data.get("key") != digest or not isinstance(data.get("facts"), dict):
         return None
     return data["facts"].get(fact)
+
+
+def _shape_json(shape_key: tuple) -> list:
+    """The key as JSON data (what the seed's generator reads back)."""
+    return [shape_seed.thawed(part) if isinstance(part, tuple) else part for part in shape_key]
 
 
 def put(shape_key: tuple, fact: str, value) -> None:
@@ -80,7 +91,7 @@ def put(shape_key: tuple, fact: str, value) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"key": digest, "shape": repr(shape_key)[:300], "facts": facts}, f)
+                json.dump({"key": digest, "shape": _shape_json(shape_key), "facts": facts}, f)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,147 @@
+"""Write resolver/data/shape_seed.json: the shape facts of the hollow full-size pipelines (FLUX.1-dev,
+SD3.5 Large, SDXL), computed by the libraries installed here.
+
+    python -m pipequant.testing.shape_seed [--models /tmp/hollow] [--out resolver/data/shape_seed.json]
+
+Each component's facts are computed the usual way (meta-device builds, each backend's own quantizer
+asked) into an empty shape store: its layout, the float32-kept names for every load dtype, and what
+every quant type of every backend quantizes; then `pipequant plan` runs on each model (CPU and an
+H100 profile) so that whatever else a plan asks is there too. The store's files become the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODELS = ("flux-dev", "sd35-large", "sdxl")
+GPU_PROFILE = json.dumps({"name": "NVIDIA H100", "total_gb": 80.0, "free_gb": 78.0, "compute_capability": [9, 0]})
+MIN_SHARED = 8  # name lists at least this long are kept once and referred to
+
+
+def _compute_facts(folder: Path, log) -> dict:
+    """Every fact of every module component of `folder`; returns {"library.Class": defaults}."""
+    from ..resolver.constants import LOAD_DTYPES
+    from ..resolver.decide import footprint
+    from ..resolver.files.inspect_model import inspect_model
+    from ..resolver.known import catalogue
+    from ..resolver.known.class_facts import config_defaults
+
+    defaults = {}
+    for info in inspect_model(folder).components.values():
+        if not info.is_module:
+            continue
+        defaults[f"{info.library}.{info.class_name}"] = config_defaults(info.model_class(), info.library)
+        footprint.layout(info)
+        for dtype in LOAD_DTYPES:
+            footprint.fp32_names(info, dtype)
+        for name in catalogue.backend_names():
+            backend = catalogue.get_backend(name)
+            if info.library not in backend.libraries or backend.needs_file:
+                continue
+            for quant in backend.quant_types:
+                try:
+                    footprint.quantized_weights(info, name, quant.name, ())
+                except Exception as exc:  # what the library cannot build here is asked at plan time
+                    log(f"  {info.name} {name} {quant.name}: not seeded ({type(exc).__name__}: {exc})"[:200])
+    return defaults
+
+
+def _plan_everything(models: Path) -> None:
+    from ..runner.cli import main
+
+    for kind in MODELS:
+        for extra in ([], ["--device-profile", GPU_PROFILE]):
+            for budget in ("0", "8", "24"):
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    main(["plan", f"hollow-{kind}", "--models", str(models), "--budget", budget, "--json", *extra])
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def build_seed(store: Path, defaults: dict, command: str) -> dict:
+    """The seed from the store's files: facts keyed as shape_seed looks them up."""
+    from ..resolver.files import shape_seed, shape_store
+
+    shapes: dict[str, dict] = {}
+    sets: list[list] = []
+    set_index: dict[str, int] = {}
+    for path in sorted(store.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        shape = data["shape"]
+        if len(shape) == 3:
+            class_defaults = defaults.get(f"{shape[0]}.{shape[1]}")
+            shape_key = (shape[0], shape[1], tuple(shape[2].items()))
+        else:
+            class_defaults, shape_key = None, tuple(shape)
+        key = shape_seed.seed_key(shape_key, class_defaults)
+        if key is None:
+            continue
+        facts = {}
+        for fact, value in sorted(data["facts"].items()):
+            if isinstance(value, list) and len(value) >= MIN_SHARED:
+                text = json.dumps(value)
+                if text not in set_index:
+                    set_index[text] = len(sets)
+                    sets.append(value)
+                value = {"set": set_index[text]}
+            facts[fact] = value
+        shapes.setdefault(key, {}).update(facts)
+    return {
+        "format": shape_seed.FORMAT,
+        "command": command,
+        "commit": _commit(),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "versions": shape_store.versions(),
+        "defaults": defaults,
+        "shapes": shapes,
+        "sets": sets,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=None, help="where the hollow pipelines are built")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent.parent / "resolver/data/shape_seed.json"
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        os.environ["PIPEQUANT_SHAPE_CACHE"] = str(store)
+        os.environ["PIPEQUANT_SHAPE_SEED"] = "off"  # computed from the libraries, never from an older seed
+        from . import hollow
+
+        models = args.models or Path(tmp) / "models"
+        defaults: dict = {}
+        for kind in MODELS:
+            folder = hollow.ensure_hollow(kind, models)
+            print(f"{folder.name}: computing facts", flush=True)
+            defaults.update(_compute_facts(folder, print))
+        _plan_everything(models)
+        command = "python -m pipequant.testing.shape_seed" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+        seed = build_seed(store, defaults, command)
+    text = json.dumps(seed, sort_keys=True, separators=(",", ":"))
+    tmp_out = args.out.with_suffix(".tmp")
+    tmp_out.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp_out, args.out)
+    print(f"wrote {args.out} ({len(text) / 1e6:.2f} MB, {len(seed['shapes'])} shapes, {len(seed['sets'])} name sets)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
