@@ -19,6 +19,7 @@ from typing import Any
 # Parameter counts of the real models, counted on the meta device (README "Facts").
 PARAMS = {
     "flux_transformer": 11_901_408_320,
+    "flux_schnell_transformer": 11_891_178_560,  # FLUX.1-dev less its guidance embedder
     "t5_xxl": 4_762_310_656,
     "clip_l": 123_060_480,
     "flux_vae": 83_819_683,
@@ -334,7 +335,7 @@ def _pipeline(root: Path, pipeline_class: str, parts: dict[str, tuple], dtype: s
     return root
 
 
-def build_flux_dev(root: str | os.PathLike) -> Path:
+def build_flux_dev(root: str | os.PathLike, transformer: dict = FLUX_TRANSFORMER, params: int | None = None) -> Path:
     """FLUX.1-dev as on the hub: bf16, transformer in 3 shards, T5-XXL in 2."""
     return _pipeline(
         Path(root),
@@ -343,8 +344,8 @@ def build_flux_dev(root: str | os.PathLike) -> Path:
             "transformer": (
                 "diffusers",
                 "FluxTransformer2DModel",
-                FLUX_TRANSFORMER,
-                {"shards": 3, "expect_params": PARAMS["flux_transformer"]},
+                transformer,
+                {"shards": 3, "expect_params": params or PARAMS["flux_transformer"]},
             ),
             "text_encoder": ("transformers", "CLIPTextModel", CLIP_L, {"expect_params": PARAMS["clip_l"]}),
             "text_encoder_2": (
@@ -360,6 +361,11 @@ def build_flux_dev(root: str | os.PathLike) -> Path:
         },
         "bfloat16",
     )
+
+
+def build_flux_schnell(root: str | os.PathLike) -> Path:
+    """FLUX.1-schnell: FLUX.1-dev's pipeline without the guidance embedder (guidance-distilled away)."""
+    return build_flux_dev(root, FLUX_TRANSFORMER | {"guidance_embeds": False}, PARAMS["flux_schnell_transformer"])
 
 
 def build_sd35_large(root: str | os.PathLike) -> Path:
@@ -416,7 +422,7 @@ def build_sdxl(root: str | os.PathLike) -> Path:
     )
 
 
-BUILDERS = {"flux-dev": build_flux_dev, "sd35-large": build_sd35_large, "sdxl": build_sdxl}
+BUILDERS = {"flux-dev": build_flux_dev, "flux-schnell": build_flux_schnell, "sd35-large": build_sd35_large, "sdxl": build_sdxl}
 
 
 def ensure_hollow(kind: str, root: str | os.PathLike) -> Path:

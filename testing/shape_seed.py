@@ -1,5 +1,5 @@
 """Write resolver/data/shape_seed.json: the shape facts of the hollow full-size pipelines (FLUX.1-dev,
-SD3.5 Large, SDXL), computed by the libraries installed here.
+FLUX.1-schnell, SD3.5 Large, SDXL), computed by the libraries installed here.
 
     python -m pipequant.testing.shape_seed [--models /tmp/hollow] [--out resolver/data/shape_seed.json]
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODELS = ("flux-dev", "sd35-large", "sdxl")
+MODELS = ("flux-dev", "flux-schnell", "sd35-large", "sdxl")
 GPU_PROFILE = json.dumps({"name": "NVIDIA H100", "total_gb": 80.0, "free_gb": 78.0, "compute_capability": [9, 0]})
 MIN_SHARED = 8  # name lists at least this long are kept once and referred to
 
