@@ -157,6 +157,62 @@ T5_XXL = {
     "eos_token_id": 1,
     "decoder_start_token_id": 0,
 }
+# FLUX.1-dev's text encoders' config.json as the hub has them (written by transformers 4.43, legacy
+# and run-time fields included); the hollow folders hold what transformers 5 writes for CLIP_L and
+# T5_XXL. The shipped shape facts cover both (testing/shape_seed.py).
+HUB_T5_XXL = {
+    "_name_or_path": "google/t5-v1_1-xxl",
+    "architectures": ["T5EncoderModel"],
+    "classifier_dropout": 0.0,
+    "d_ff": 10240,
+    "d_kv": 64,
+    "d_model": 4096,
+    "decoder_start_token_id": 0,
+    "dense_act_fn": "gelu_new",
+    "dropout_rate": 0.1,
+    "eos_token_id": 1,
+    "feed_forward_proj": "gated-gelu",
+    "initializer_factor": 1.0,
+    "is_encoder_decoder": True,
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-06,
+    "model_type": "t5",
+    "num_decoder_layers": 24,
+    "num_heads": 64,
+    "num_layers": 24,
+    "output_past": True,
+    "pad_token_id": 0,
+    "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.3",
+    "use_cache": True,
+    "vocab_size": 32128,
+}
+HUB_CLIP_L = {
+    "_name_or_path": "openai/clip-vit-large-patch14",
+    "architectures": ["CLIPTextModel"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "dropout": 0.0,
+    "eos_token_id": 2,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 768,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 1,
+    "projection_dim": 768,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.3",
+    "vocab_size": 49408,
+}
 FLOW_SCHEDULER = {
     "_class_name": "FlowMatchEulerDiscreteScheduler",
     "num_train_timesteps": 1000,
@@ -422,7 +478,12 @@ def build_sdxl(root: str | os.PathLike) -> Path:
     )
 
 
-BUILDERS = {"flux-dev": build_flux_dev, "flux-schnell": build_flux_schnell, "sd35-large": build_sd35_large, "sdxl": build_sdxl}
+BUILDERS = {
+    "flux-dev": build_flux_dev,
+    "flux-schnell": build_flux_schnell,
+    "sd35-large": build_sd35_large,
+    "sdxl": build_sdxl,
+}
 
 
 def ensure_hollow(kind: str, root: str | os.PathLike) -> Path:

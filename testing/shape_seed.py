@@ -6,13 +6,15 @@ FLUX.1-schnell, SD3.5 Large, SDXL), computed by the libraries installed here.
 Each component's facts are computed the usual way (meta-device builds, each backend's own quantizer
 asked) into an empty shape store: its layout, the float32-kept names for every load dtype, and what
 every quant type of every backend quantizes; then `pipequant plan` runs on each model (CPU and an
-H100 profile) so that whatever else a plan asks is there too. The store's files become the seed.
+H100 profile) so that whatever else a plan asks is there too. FLUX.1-dev's text encoders are seeded with the hub's
+config.json as well (hollow.HUB_T5_XXL, HUB_CLIP_L). The store's files become the seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -28,17 +30,22 @@ MIN_SHARED = 8  # name lists at least this long are kept once and referred to
 
 
 def _compute_facts(folder: Path, log) -> dict:
-    """Every fact of every module component of `folder`; returns {"library.Class": defaults}."""
+    """Every fact of every module component of `folder`, and of the same component with its hub
+    config.json where that differs (HUB_CONFIGS); returns {"library.Class": defaults}."""
     from ..resolver.constants import LOAD_DTYPES
     from ..resolver.decide import footprint
-    from ..resolver.files.inspect_model import inspect_model
+    from ..resolver.files.inspect_model import _freeze, inspect_model
     from ..resolver.known import catalogue
     from ..resolver.known.class_facts import config_defaults
+    from .hollow import HUB_CLIP_L, HUB_T5_XXL
 
+    hub_configs = {"CLIPTextModel": HUB_CLIP_L, "T5EncoderModel": HUB_T5_XXL}
     defaults = {}
-    for info in inspect_model(folder).components.values():
-        if not info.is_module:
-            continue
+    infos = [i for i in inspect_model(folder).components.values() if i.is_module]
+    infos += [
+        dataclasses.replace(i, config=_freeze(hub_configs[i.class_name])) for i in infos if i.class_name in hub_configs
+    ]
+    for info in infos:
         defaults[f"{info.library}.{info.class_name}"] = config_defaults(info.model_class(), info.library)
         footprint.layout(info)
         for dtype in LOAD_DTYPES:

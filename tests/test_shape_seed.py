@@ -18,6 +18,7 @@ from pipequant.resolver.decide.planner import candidates
 from pipequant.resolver.files import shape_seed, shape_store
 from pipequant.resolver.files.inspect_model import _freeze, inspect_model
 from pipequant.resolver.known import catalogue
+from pipequant.testing.hollow import HUB_CLIP_L, HUB_T5_XXL
 
 REGENERATE = "regenerate it: python -m pipequant.testing.shape_seed"
 
@@ -125,6 +126,18 @@ def test_the_hub_config_and_one_listing_every_default_find_the_same_facts(flux_d
     # A field that changes the model finds nothing: the usual way computes it.
     assert shape_seed.get((library, class_name, _freeze(listed | {"num_layers": 18})), "layout") is None
     assert shape_seed.get(("diffusers", "NoSuchModel", config), "layout") is None
+
+
+@pytest.mark.parametrize("name, hub", [("text_encoder_2", HUB_T5_XXL), ("text_encoder", HUB_CLIP_L)])
+def test_the_hubs_text_encoder_configs_find_the_shipped_facts(flux_dev, seed_on, name, hub):
+    _seed_matches_this_install()
+    info = next(i for i in inspect_model(flux_dev).components.values() if i.name == name)
+    library, class_name, config = _shape(info)
+    assert shape_seed.thawed(config) != {k: v for k, v in hub.items() if not k.startswith("_")}
+    found = shape_seed.get((library, class_name, _freeze(hub)), "layout")
+    assert found is not None and found == shape_seed.get((library, class_name, config), "layout")
+    # A field the model is built from still tells them apart.
+    assert shape_seed.get((library, class_name, _freeze(hub | {"vocab_size": 32000})), "layout") is None
 
 
 def test_facts_from_other_library_versions_are_not_used(flux_dev, seed_on, monkeypatch):

@@ -5,9 +5,10 @@ SDXL): the first plan on a machine answers without importing torch or building a
 are planned, written from the libraries themselves by `python -m pipequant.testing.shape_seed`,
 with the versions that computed it. A fact is taken from it only where those versions are installed
 (torch, diffusers and transformers for every fact; the backend's own library too for what it
-quantizes), else it is computed the usual way. Configs are compared without bookkeeping fields and
-without fields equal to the class's default, so the hub's config.json and one that lists every
-default find the same facts; any other difference finds nothing.
+quantizes), else it is computed the usual way. Configs are compared without bookkeeping fields,
+without fields equal to the class's default and, for transformers models, without the fields only a
+run reads, so the hub's config.json and one that lists every default find the same facts; any other
+difference finds nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from functools import cache
 from pathlib import Path
 
+from ..constants import TRANSFORMERS
 from ..known import catalogue
 from ..known.class_facts import distribution_versions
 from ..user_cache import is_off
@@ -28,6 +30,28 @@ FORMAT = 2  # of the facts (here and in shape_store): 2 = a layout's tensors say
 CORE = ("torch", "diffusers", "transformers")
 # Config fields that say where or how a file was written, never what is built from it.
 BOOKKEEPING = frozenset({"architectures", "transformers_version", "torch_dtype", "dtype", "model_type"})
+# transformers config fields read only when the model runs or trains (generation, dropout, init
+# scales, special token ids), or only by a decoder the seeded encoders do not have: the hub's files
+# carry them in whatever form their writer's version used (T5-XXL's "output_past", "num_decoder_layers").
+RUNTIME_FIELDS = frozenset(
+    {
+        "use_cache",
+        "output_attentions",
+        "output_past",
+        "is_encoder_decoder",
+        "num_decoder_layers",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "decoder_start_token_id",
+        "initializer_factor",
+        "initializer_range",
+        "dropout",
+        "dropout_rate",
+        "attention_dropout",
+        "classifier_dropout",
+    }
+)
 _MISSING = object()
 
 
@@ -54,7 +78,7 @@ def seed_key(shape_key: tuple, defaults: dict | None) -> str | None:
         return None
     fields = {}
     for k, v in thawed(config).items():
-        if str(k).startswith("_") or k in BOOKKEEPING:
+        if str(k).startswith("_") or k in BOOKKEEPING or (library == TRANSFORMERS and k in RUNTIME_FIELDS):
             continue
         if k in defaults and _canonical(defaults[k]) == _canonical(v):
             continue  # what the class builds when the field is left out
