@@ -4,6 +4,7 @@ warns before Run and the load keeps the denoiser eager, saying why in the report
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipequant.resolver import BackendSpec
@@ -53,3 +54,19 @@ def test_the_load_keeps_that_denoiser_eager_and_the_report_says_why(tiny_flux):
     assert result.compiled.mode == "none"
     assert any("not applied" in n and "runs eager" in n for n in result.notes)
     assert "compile" in result.table and "eager" in result.table
+
+
+def test_validate_says_so_where_compile_was_never_measured(tiny_flux, monkeypatch):
+    """A plan whose compile speed nobody measured on this device class is compiled, with a warning
+    before Run: never a silent slow-down, never a silent refusal."""
+    pytest.importorskip("sdnq", reason="SDNQ is an optional extra (pip install sdnq)")
+    model = inspect_model(tiny_flux)
+    sdnq = G("sdnq", "int8", components=["transformer"])
+    assert measured.compile_figure("sdnq", "int8", "cpu") is None
+    (w,) = [p for p in validate(sdnq, model, device="cpu", compile="regional") if p.code == "compile_not_measured"]
+    assert w.severity == "warning" and w.field == "compile" and w.component == "transformer"
+    assert "sdnq int8" in w.message and "never measured on cpu" in w.message and "bench.step_speed" in w.suggestion
+    # A measured plan gets the measured verdict only; no compile asked: nothing.
+    assert not [p for p in validate(INT8, model, device="cpu", compile="regional") if p.code == "compile_not_measured"]
+    assert not [p for p in validate(None, model, device="cpu", compile="regional") if p.code == "compile_not_measured"]
+    assert not [p for p in validate(sdnq, model, device="cpu", compile="none") if p.code == "compile_not_measured"]

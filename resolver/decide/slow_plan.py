@@ -31,7 +31,8 @@ def compile_kept_eager(backend: str | None, quant_type: str, target: str) -> str
 
 
 def compile_warnings(assigned: dict, model, target: str, compile: str) -> list[Problem]:
-    """Before Run: where the denoiser will stay eager although compile was asked for, and why."""
+    """Before Run: where the denoiser will stay eager although compile was asked for, and why; or
+    where it will be compiled without a measurement that compiling it gains here."""
     name = denoiser_name(model.components)
     if compile == "none" or name is None:
         return []
@@ -39,7 +40,22 @@ def compile_warnings(assigned: dict, model, target: str, compile: str) -> list[P
     backend, quant_type = (spec.backend, spec.quant_type) if spec is not None else (None, "bfloat16")
     why = compile_kept_eager(backend, quant_type, target)
     if why is None:
-        return []
+        gen = measured.generation(devices.compute_capability(target))
+        if measured.compile_figure(backend, quant_type, gen) is not None:
+            return []  # measured faster compiled
+        plan = f"{backend} {quant_type}" if backend else quant_type
+        return [
+            Problem(
+                "compile_not_measured",
+                "compile",
+                f"{name} will be compiled, but compile of {plan} was never measured on {gen}: "
+                "it may run slower than eager, as some quantized plans do when compiled",
+                'set compile to "none" to be sure of eager speed, or measure it: '
+                "python -m bench.step_speed --modes eager,regional",
+                name,
+                severity="warning",
+            )
+        ]
     return [
         Problem(
             "compile_kept_eager",
