@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -262,3 +263,11 @@ def test_peak_load_bench_measures_a_peak_both_ways(tmp_path):
         assert r["peak_bytes"] > 0 and r["resident_bytes"] > 0 and r["load_cpu_s"] > 0
     md = peak_load.to_markdown(res)
     assert "peak ÷ resident, streamed" in md and "n=1" in md
+
+
+def test_plan_cold_bench_times_a_real_plan_in_a_fresh_process(flux_dev, tmp_path):
+    """The cold-plan bench's child really plans (a failed plan raises) and its CPU time is counted."""
+    from bench.plan_cold import cold_cli
+
+    figures = cold_cli(os.environ.get("PYTHONPATH", ""), flux_dev.parent)
+    assert _finite_positive(figures["cpu_s"]) and _finite_positive(figures["wall_s"])
