@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -26,39 +25,21 @@ from pathlib import Path
 
 MODELS = ("flux-dev", "flux-schnell", "sd35-large", "sdxl")
 GPU_PROFILE = json.dumps({"name": "NVIDIA H100", "total_gb": 80.0, "free_gb": 78.0, "compute_capability": [9, 0]})
-MIN_SHARED = 8  # name lists at least this long are kept once and referred to
 
 
 def _compute_facts(folder: Path, log) -> dict:
     """Every fact of every module component of `folder`, and of the same component with its hub
-    config.json where that differs (HUB_CONFIGS); returns {"library.Class": defaults}."""
-    from ..resolver.constants import LOAD_DTYPES
-    from ..resolver.decide import footprint
-    from ..resolver.files.inspect_model import _freeze, inspect_model
-    from ..resolver.known import catalogue
-    from ..resolver.known.class_facts import config_defaults
+    config.json where that differs; returns {"library.Class": defaults}."""
+    from ..resolver.decide import compute_shape_facts
+    from ..resolver.files import inspect_model
     from .hollow import HUB_CLIP_L, HUB_T5_XXL
 
     hub_configs = {"CLIPTextModel": HUB_CLIP_L, "T5EncoderModel": HUB_T5_XXL}
-    defaults = {}
     infos = [i for i in inspect_model(folder).components.values() if i.is_module]
-    infos += [
-        dataclasses.replace(i, config=_freeze(hub_configs[i.class_name])) for i in infos if i.class_name in hub_configs
-    ]
+    infos += [i.with_config(hub_configs[i.class_name]) for i in infos if i.class_name in hub_configs]
+    defaults = {}
     for info in infos:
-        defaults[f"{info.library}.{info.class_name}"] = config_defaults(info.model_class(), info.library)
-        footprint.layout(info)
-        for dtype in LOAD_DTYPES:
-            footprint.fp32_names(info, dtype)
-        for name in catalogue.backend_names():
-            backend = catalogue.get_backend(name)
-            if info.library not in backend.libraries or backend.needs_file:
-                continue
-            for quant in backend.quant_types:
-                try:
-                    footprint.quantized_weights(info, name, quant.name, ())
-                except Exception as exc:  # what the library cannot build here is asked at plan time
-                    log(f"  {info.name} {name} {quant.name}: not seeded ({type(exc).__name__}: {exc})"[:200])
+        defaults.update(compute_shape_facts(info, log))
     return defaults
 
 
@@ -78,46 +59,6 @@ def _commit() -> str | None:
         return out.stdout.strip() or None
     except OSError:
         return None
-
-
-def build_seed(store: Path, defaults: dict, command: str) -> dict:
-    """The seed from the store's files: facts keyed as shape_seed looks them up."""
-    from ..resolver.files import shape_seed, shape_store
-
-    shapes: dict[str, dict] = {}
-    sets: list[list] = []
-    set_index: dict[str, int] = {}
-    for path in sorted(store.glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        shape = data["shape"]
-        if len(shape) == 3:
-            class_defaults = defaults.get(f"{shape[0]}.{shape[1]}")
-            shape_key = (shape[0], shape[1], tuple(shape[2].items()))
-        else:
-            class_defaults, shape_key = None, tuple(shape)
-        key = shape_seed.seed_key(shape_key, class_defaults)
-        if key is None:
-            continue
-        facts = {}
-        for fact, value in sorted(data["facts"].items()):
-            if isinstance(value, list) and len(value) >= MIN_SHARED:
-                text = json.dumps(value)
-                if text not in set_index:
-                    set_index[text] = len(sets)
-                    sets.append(value)
-                value = {"set": set_index[text]}
-            facts[fact] = value
-        shapes.setdefault(key, {}).update(facts)
-    return {
-        "format": shape_seed.FORMAT,
-        "command": command,
-        "commit": _commit(),
-        "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "versions": shape_store.versions(),
-        "defaults": defaults,
-        "shapes": shapes,
-        "sets": sets,
-    }
 
 
 def main(argv=None) -> int:
@@ -140,8 +81,12 @@ def main(argv=None) -> int:
             print(f"{folder.name}: computing facts", flush=True)
             defaults.update(_compute_facts(folder, print))
         _plan_everything(models)
-        command = "python -m pipequant.testing.shape_seed" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
-        seed = build_seed(store, defaults, command)
+        from ..resolver.files import shape_store
+
+        seed = shape_store.export_seed(defaults)
+    seed["command"] = "python -m pipequant.testing.shape_seed" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    seed["commit"] = _commit()
+    seed["written"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     text = json.dumps(seed, sort_keys=True, separators=(",", ":"))
     tmp_out = args.out.with_suffix(".tmp")
     tmp_out.write_text(text + "\n", encoding="utf-8")

@@ -1,6 +1,7 @@
 """Deciding before a weight is read: validation, the per-component plan, estimates, the auto planner."""
 
 from .estimate import component_estimate, estimate
+from .footprint import compute_shape_facts
 from .limits import VIDEO_INPUTS, frame_problems, image_size_problems, is_video, prompt_problems, video_inputs
 from .plan import KEEP, QUANTIZE, Plan
 from .planner import NothingFits
@@ -20,6 +21,7 @@ __all__ = [
     "QUANTIZE",
     "check_inputs",
     "component_estimate",
+    "compute_shape_facts",
     "estimate",
     "files_key",
     "first_use_notes",

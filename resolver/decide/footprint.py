@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..constants import LOAD_DTYPES
 from ..files import shape_store
 from ..files.inspect_model import ComponentInfo
 from ..files.meta_build import BuildRefused, build_on_meta
@@ -194,6 +195,29 @@ def _quantized_weights_built(shape: _Shape, backend_name: str, quant_type: str, 
     config = backend.build_config(info.library, quant_type, torch.bfloat16, full)
     candidates = [name for name, _, _ in layout(info).linear_weights]
     return frozenset(backend.quantized_weights(meta_model(info), info.library, config, candidates))
+
+
+def compute_shape_facts(info: ComponentInfo, log=print) -> dict:
+    """Every fact a plan can ask of this component, computed (and stored) now: its layout, the
+    float32-kept names for each load dtype, what each quant type of each backend quantizes (with
+    default options). What a backend cannot build here is left for plan time, and logged. Returns
+    the class's config defaults, {"library.Class": {...}} (what the shipped seed compares with)."""
+    from ..known import catalogue
+    from ..known.class_facts import config_defaults
+
+    layout(info)
+    for dtype in LOAD_DTYPES:
+        fp32_names(info, dtype)
+    for name in catalogue.backend_names():
+        backend = catalogue.get_backend(name)
+        if info.library not in backend.libraries or backend.needs_file:
+            continue
+        for quant in backend.quant_types:
+            try:
+                quantized_weights(info, name, quant.name, ())
+            except Exception as exc:  # a library's own refusal: asked again at plan time
+                log(f"{info.name} {name} {quant.name}: not computed ({type(exc).__name__}: {exc})"[:200])
+    return {f"{info.library}.{info.class_name}": config_defaults(info.model_class(), info.library)}
 
 
 def component_bytes(

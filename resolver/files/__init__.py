@@ -1,6 +1,6 @@
 """What a model folder holds, read without loading a weight: roots, hub cache, headers, variants, configs."""
 
-from . import hub_cache
+from . import hub_cache, shape_seed, shape_store
 from .inspect_model import inspect_model
 from .meta_build import isolate_empty_init
 from .roots import (
@@ -31,4 +31,6 @@ __all__ = [
     "list_pipelines",
     "refused_pipelines",
     "resolve_model",
+    "shape_seed",
+    "shape_store",
 ]

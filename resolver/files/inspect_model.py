@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +60,10 @@ class ComponentInfo:
     @property
     def config_dict(self) -> dict:
         return _thaw(self.config)
+
+    def with_config(self, config: dict) -> ComponentInfo:
+        """The same component with another config.json (what another copy of the model would hold)."""
+        return dataclasses.replace(self, config=_freeze(config))
 
     def describe(self) -> dict:
         return {

@@ -98,3 +98,35 @@ def put(shape_key: tuple, fact: str, value) -> None:
             raise
     except (OSError, TypeError, ValueError):
         pass
+
+
+def export_seed(defaults: dict, min_shared: int = 8) -> dict:
+    """This store's facts as the pack ships them (shape_seed): keyed by shape_seed.seed_key with the
+    classes' config `defaults`, name lists of at least `min_shared` names kept once."""
+    where = folder()
+    shapes: dict[str, dict] = {}
+    sets: list[list] = []
+    set_index: dict[str, int] = {}
+    for path in sorted(where.glob("*.json")) if where is not None else ():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        shape = data["shape"]
+        if len(shape) == 3:
+            library, class_name, config = shape
+            key = shape_seed.seed_key(
+                (library, class_name, tuple(config.items())), defaults.get(f"{library}.{class_name}")
+            )
+        else:
+            key = shape_seed.seed_key(tuple(shape), None)
+        if key is None:
+            continue
+        facts = {}
+        for fact, value in sorted(data["facts"].items()):
+            if isinstance(value, list) and len(value) >= min_shared:
+                text = json.dumps(value)
+                if text not in set_index:
+                    set_index[text] = len(sets)
+                    sets.append(value)
+                value = {"set": set_index[text]}
+            facts[fact] = value
+        shapes.setdefault(key, {}).update(facts)
+    return {"format": FORMAT, "versions": versions(), "defaults": defaults, "shapes": shapes, "sets": sets}
