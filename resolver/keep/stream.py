@@ -93,7 +93,7 @@ LIBRARY_PEAK_PER_FILE_BYTE = 3
 
 def library_loader_fits(folder: Path, variant: str | None) -> bool:
     """Whether diffusers' own (faster) loader's peak for this component fits in the host RAM
-    available now. Streaming costs 1.3-1.6x the load's CPU time (bench/results/peak_load), so by
+    available now. Streaming costs 1.2-1.5x the load's CPU time (bench/results/peak_load), so by
     default it runs only where the library's peak would not fit."""
     from ..known.machine import available_ram_bytes
 
