@@ -36,7 +36,15 @@ BATCHES = 48  # a component is read in at least this many batches where it is la
 # load-dtype copies and the quantizers' temporaries as holes between the quantized weights: left
 # alone the heap grows by about the bytes read (SDNQ: ~45 MB per 7 MB batch at 200M parameters).
 # A trim hands the pages back, so the next batch faults them in again: a smaller share, a lower peak
-# and more CPU (bench/results/peak_load).
+# and more CPU (bench/results/peak_load). That is the whole CPU cost of streaming: its user time is
+# at par with diffusers' loader, its system time (page faults) 2-5x. The quantizers allocate and free
+# about 10x the checkpoint's bytes in temporaries (torchao int8: ~4 GB of page faults for a 379 MB
+# transformer when every temporary is a fresh mapping), and on glibc 2.36 those 64-byte-aligned
+# blocks fragment the heap (3.3x resident with no trim at all). Tried without a lasting gain (200M,
+# torchao): one reused read buffer, quantizing in a worker thread (its arena grows the same),
+# copying the kept tensors into another thread's heap, building the model in a helper thread, a
+# fixed mmap threshold, reading in size order. Some processes never fragment (1.20x peak, CPU at
+# par with no tuning); which ones is not decided by the hash seed and was not found.
 GROWTH_SHARE = 1 / 16
 MIN_GROWTH = 16 * 1024 * 1024
 
@@ -85,7 +93,7 @@ LIBRARY_PEAK_PER_FILE_BYTE = 3
 
 def library_loader_fits(folder: Path, variant: str | None) -> bool:
     """Whether diffusers' own (faster) loader's peak for this component fits in the host RAM
-    available now. Streaming costs 1.3-1.6x the load's CPU time (bench/results/peak_load), so by
+    available now. Streaming costs 1.2-1.5x the load's CPU time (bench/results/peak_load), so by
     default it runs only where the library's peak would not fit."""
     from ..known.machine import available_ram_bytes
 
