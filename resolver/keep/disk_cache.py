@@ -305,7 +305,6 @@ class DiskCache:
             return (*quantize(), Outcome("not cached", why))
         key = entry_key(plan, row)
         source = plan.model.components[row.name]
-        load_saved = _in_read_context(row, load_saved)
         found, warning = self._read(key, source, load_saved, delete_broken=False)
         if found is not None:
             return found[0], None, Outcome("read", key=key, warning=warning, config=found[1])
@@ -557,17 +556,6 @@ class DiskCache:
             yield
         finally:
             os.close(fd)  # closing releases the lock
-
-
-def _in_read_context(row, load_saved: Callable[[Path], object]) -> Callable[[Path], object]:
-    """`load_saved` run in the context the row's backend reads its saved copies in."""
-    backend = catalogue.get_backend(row.spec.backend)
-
-    def read(folder: Path):
-        with backend.saved_read_context():
-            return load_saved(folder)
-
-    return read
 
 
 def _legacy(name: str) -> bool:

@@ -30,6 +30,7 @@ from ..run.blocks import install_interrupt_hooks
 from ..run.compile import CompileState, compile_component
 from ..run.context import diffusers_context
 from ..run.lora import hand_out_plain
+from ..safe_files import open_regular
 from ..user_cache import is_off
 from . import deferred_write, stream
 from .cache import COMPONENT_CACHE, ComponentCache, free_memory, trim_heap
@@ -474,8 +475,14 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
     if info.variant:
         kwargs["variant"] = info.variant  # the files inspection read (and the estimate counted)
     backend = row.backend
+    saved_by = catalogue.backend_for_saved(info.prequantized)
     if backend is None:
-        module = cls.from_pretrained(str(info.folder), **kwargs)
+        module = _read_saved(saved_by, cls, info, kwargs) if saved_by is not None else None
+        if module is None and saved_by is not None:
+            with saved_by.saved_read_context():
+                module = cls.from_pretrained(str(info.folder), **kwargs)
+        elif module is None:
+            module = cls.from_pretrained(str(info.folder), **kwargs)
     else:
         if plan.device.startswith("cuda") and plan.offload == "none":
             # Quantize where the model will run: torchao's int4 packing has only a CUDA kernel,
@@ -495,12 +502,38 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
         if why is not None:
             module.pipequant_streamed = why  # "": it streamed; else why the library's loader read it
     module.eval()
-    saved_by = catalogue.backend_for_saved(info.prequantized)
     if saved_by is not None and backend is None and kwargs["dtype"] != torch.float32:
         _restore_float32(module, info.weight_files)
     if backend is not None or saved_by is not None:
         (backend or saved_by).after_load(module, prequantized=backend is None)
     return module, config
+
+
+def _read_saved(backend, cls, info: ComponentInfo, kwargs: dict):
+    """A saved quantized component (a disk-cache entry, a saved pipeline's folder) rebuilt by the
+    backend that wrote it, where it has a reader of its own (`Backend.read_saved`), from its
+    safetensors files read one tensor at a time into memory of its own; else None (nothing read)."""
+    if kwargs.get("device_map") or info.variant or not kwargs["use_safetensors"] or not info.weight_files:
+        return None
+    files = [Path(f) for f in info.weight_files]
+    if any(f.suffix != ".safetensors" for f in files):
+        return None
+    try:
+        spans = stream._spans(files)
+    except stream.CannotStream:
+        return None  # the library's loader reads it (or names what is wrong with it)
+
+    def read() -> dict:
+        tensors = {}
+        for path in files:
+            with open_regular(path) as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                for _, span in sorted((s for s in spans if s[0] == path), key=lambda s: s[1].start):
+                    tensors[span.info.name] = stream._read(handle, span)
+        return tensors
+
+    names = {span.info.name: tuple(span.info.shape) for _, span in spans}
+    return backend.read_saved(cls, info.library, info.folder, kwargs["dtype"], names, read)
 
 
 # PIPEQUANT_STREAM_LOAD: "auto" (default) streams a component where diffusers' own loader's peak

@@ -276,8 +276,17 @@ class Backend:
         """Runs on every component this backend quantized, once loaded (`prequantized`: it was
         read from a copy saved quantized, not quantized now). Default: nothing."""
 
+    def read_saved(self, model_class: type, library: str, folder: Path, dtype, names: dict, read: Any):
+        """A component this backend saved (a disk-cache entry, a saved pipeline's folder) rebuilt
+        without the library's own loader, on the CPU: `names` are the tensors its files hold (name ->
+        shape), `read()` reads them (name -> tensor, each in memory of its own). None where this backend
+        has no such reader or the files are not what it expects (nothing read yet): the library's
+        `from_pretrained` reads it then. Default: None."""
+        return None
+
     def saved_read_context(self):
-        """The context a copy this backend saved (a disk cache entry) is read in. Default: none."""
+        """The context the library's `from_pretrained` reads a copy this backend saved in (a disk
+        cache entry, a saved pipeline's folder), where `read_saved` does not. Default: none."""
         return contextlib.nullcontext()
 
 
