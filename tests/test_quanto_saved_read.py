@@ -21,9 +21,9 @@ from pipequant.resolver.known.backends import quanto
 SPEC = BackendSpec.make("quanto", "int8", components=["transformer"])
 
 
-def _load(folder, cache):
+def _load(folder, cache, spec=SPEC):
     with torch.inference_mode():
-        result = load(folder, SPEC, device="cpu", cache=None, disk_cache=cache)
+        result = load(folder, spec, device="cpu", cache=None, disk_cache=cache)
     wait_for_writes()
     return result
 
@@ -65,9 +65,13 @@ def _output(module):
         )[0]
 
 
-def test_a_cached_quanto_component_is_read_by_the_fast_reader_as_diffusers_reads_it(tiny_flux, tmp_path, monkeypatch):
+@pytest.mark.parametrize("quant_type", ["int8", "float8"])
+def test_a_cached_quanto_component_is_read_by_the_fast_reader_as_diffusers_reads_it(
+    tiny_flux, tmp_path, monkeypatch, quant_type
+):
+    spec = BackendSpec.make("quanto", quant_type, components=["transformer"])
     cache = DiskCache(tmp_path / "cache")
-    fresh = _load(tiny_flux, cache).pipeline.transformer  # quantized now; the entry is written after
+    fresh = _load(tiny_flux, cache, spec).pipeline.transformer  # quantized now; the entry is written after
 
     calls = []
     real = quanto.Quanto.read_saved
@@ -78,14 +82,14 @@ def test_a_cached_quanto_component_is_read_by_the_fast_reader_as_diffusers_reads
         return module
 
     monkeypatch.setattr(quanto.Quanto, "read_saved", spy)
-    result = _load(tiny_flux, cache)
+    result = _load(tiny_flux, cache, spec)
     assert calls == [True], "the entry was not read by quanto's own reader"
     row = next(r for r in result.rows if r["component"] == "transformer")
     assert row["disk_cache"] == "read" and row["quantized_layers"] > 0
     fast = result.pipeline.transformer
 
     monkeypatch.setattr(quanto.Quanto, "read_saved", lambda self, *args: None)  # diffusers' from_pretrained
-    library = _load(tiny_flux, cache).pipeline.transformer
+    library = _load(tiny_flux, cache, spec).pipeline.transformer
 
     _same(_tensors(fast), _tensors(fresh))
     data = [m.weight._data for m in fast.modules() if hasattr(getattr(m, "weight", None), "_data")]
