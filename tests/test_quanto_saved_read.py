@@ -2,7 +2,7 @@
 the module it builds is the one diffusers' `from_pretrained` builds from the same files, tensor
 for tensor, and the one quantized on the first load, and it runs to the same output. diffusers
 freezes every layer on the meta device before overwriting its weights; the reader makes each
-weight once from its stored parts, into memory of its own (no misaligned int8 data to copy again).
+weight once from its stored parts.
 """
 
 from __future__ import annotations

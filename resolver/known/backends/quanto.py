@@ -98,12 +98,11 @@ class Quanto(Backend):
 
     def read_saved(self, model_class, library, folder, dtype, names, read):
         """A saved diffusers component with 8-bit weights, rebuilt as diffusers' own loader rebuilds it
-        (the same skeleton, quantizer, casts and config), but without its costly steps: diffusers
-        freezes every layer on the meta device first (quantizing empty weights, 0.23 s at 200M
-        parameters) only to overwrite each quantized weight's parts with the file's, then maps the file
-        and `after_load` copies its misaligned int8 data again. Here each weight is made once from its
-        stored parts (quanto's own deserialisation: `WeightQBytesTensor.load_from_state_dict`), which
-        `read()` gave memory of their own. 4- and 2-bit weights (packed) keep diffusers' path."""
+        (the same skeleton, quantizer, casts and config) but without its costliest step: diffusers
+        freezes every layer on the meta device first (quantizing empty weights: 0.23 s at 200M
+        parameters) only to overwrite each quantized weight's parts with the file's. Here each weight
+        is made once from its stored parts (quanto's own deserialisation,
+        `WeightQBytesTensor.load_from_state_dict`). 4- and 2-bit weights (packed) keep diffusers' path."""
         if library != DIFFUSERS:
             return None
         return _read_saved_qbytes(model_class, folder, dtype, names, read)
