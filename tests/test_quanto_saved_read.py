@@ -7,6 +7,8 @@ weight once from its stored parts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -94,6 +96,11 @@ def test_a_cached_quanto_component_is_read_by_the_fast_reader_as_diffusers_reads
     _same(_tensors(fast), _tensors(fresh))
     data = [m.weight._data for m in fast.modules() if hasattr(getattr(m, "weight", None), "_data")]
     assert data and all(d.data_ptr() % 64 == 0 for d in data), "int8 data the CPU kernel needs aligned"
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # aligned in the entry's file: mapped from it, not copied
+        mapped = [line.split()[0].split("-") for line in maps.read_text().splitlines() if ".safetensors" in line]
+        spans = [(int(a, 16), int(b, 16)) for a, b in mapped]
+        assert all(any(a <= d.data_ptr() < b for a, b in spans) for d in data)
     # diffusers' read leaves each weight's wrapper on the meta device; its parts are the same
     _same(
         {k: v for k, v in _tensors(fast).items() if k.endswith("#values")},
@@ -135,3 +142,36 @@ def test_files_that_are_not_exactly_the_models_tensors_go_to_diffusers(tiny_flux
     bias = next(n for n in names if n.endswith(".bias"))
     assert backend.read_saved(*args, {**names, bias: (1, 2)}, read) is None
     assert backend.read_saved(FluxTransformer2DModel, "transformers", entry.parent, torch.bfloat16, names, read) is None
+
+
+def test_an_entrys_byte_tensors_are_aligned_in_its_file_and_read_the_same(tmp_path):
+    """quanto entries are written with their int8/float8 data 64-byte aligned in the file (only the
+    header grows, with spaces), so a read maps them instead of copying them for quanto's CPU kernel."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from pipequant.resolver.files.safetensors_header import read_spans
+    from pipequant.resolver.keep.disk_cache import align_byte_tensors
+
+    tensors = {
+        "a.bias": torch.randn(3, dtype=torch.bfloat16),  # 6 bytes: every int8 tensor after it is off
+        "a.input_scale": torch.ones((), dtype=torch.bfloat16),
+        "a.weight._data": torch.randint(-127, 127, (64, 32), dtype=torch.int8),
+        "b.weight._data": torch.randint(-127, 127, (16, 64), dtype=torch.int8),
+        "b.weight._scale": torch.randn(16, 1, dtype=torch.bfloat16),
+    }
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    starts = lambda: {s.info.name: s.start for s in read_spans(path)[0]}  # noqa: E731
+    assert any(v % 64 for k, v in starts().items() if k.endswith("_data")), "the example must start misaligned"
+    align_byte_tensors(path, 64)
+    assert all(v % 64 == 0 for k, v in starts().items() if k.endswith("_data"))
+    (n,) = __import__("struct").unpack("<Q", path.read_bytes()[:8])
+    assert n % 8 == 0
+    again = load_file(str(path))
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    before = path.read_bytes()
+    align_byte_tensors(path, 64)  # already aligned: untouched
+    assert path.read_bytes() == before

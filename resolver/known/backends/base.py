@@ -126,6 +126,9 @@ class Backend:
     lora_note: str = ""
     help: str = ""
     deprecated: str = ""  # why and what instead, when the library deprecates this backend (still works)
+    # Bytes its 1-byte tensors (int8/float8 data) should start at in a file it saved: a disk-cache
+    # entry is written so, and then read mapped instead of copied (0: no need).
+    saved_alignment: int = 0
 
     # -- lookups ---------------------------------------------------------------------------
     def quant_type(self, name: str) -> QuantType | None:

@@ -110,7 +110,8 @@ class Quanto(Backend):
     def after_load(self, module, *, prequantized):
         """quanto's CPU int8 kernel crashes the process (a segfault, not an exception) on int8
         data that is not 64-byte aligned, which weights memory-mapped from a saved safetensors
-        file can be: copy those into fresh, aligned storage."""
+        file can be: copy those into fresh, aligned storage. (A disk-cache entry is written with its
+        int8 data aligned, `saved_alignment`: it stays mapped, read from the disk when first used.)"""
         if not prequantized:
             return
         import torch
@@ -171,6 +172,7 @@ QUANTO = Quanto(
     lora_note="diffusers' FLUX LoRA loader cannot read quanto weights; keep that component unquantized "
     "or use bitsandbytes, torchao int8/float8 or GGUF for it",
     streams=True,
+    saved_alignment=64,  # its CPU int8 kernel's need (after_load)
     help="Quanto weight quantization; works on CPU.",
     deprecated="diffusers 0.42 deprecates quanto (removed in diffusers 1.0); it still works here. "
     "For new workflows use torchao (int8/float8) or SDNQ.",
