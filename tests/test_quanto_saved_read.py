@@ -175,3 +175,18 @@ def test_an_entrys_byte_tensors_are_aligned_in_its_file_and_read_the_same(tmp_pa
     before = path.read_bytes()
     align_byte_tensors(path, 64)  # already aligned: untouched
     assert path.read_bytes() == before
+
+
+def test_a_writer_file_that_cannot_be_aligned_is_not_cached_and_leaves_nothing(tiny_flux, tmp_path):
+    """Aligning reads the written file's header: an unreadable one means "not cached", not a failed load."""
+
+    def bad_writer(module, folder):
+        (folder / "config.json").write_text("{}")
+        (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 64)
+
+    cache = DiskCache(tmp_path / "cache", writer=bad_writer)
+    with torch.inference_mode():
+        result = load(tiny_flux, SPEC, device="cpu", cache=None, disk_cache=cache)  # writes before returning
+    row = next(r for r in result.rows if r["component"] == "transformer")
+    assert row["disk_cache"] == "not cached" and "header" in row["disk_cache_reason"]
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".tmp-") or p.suffix == ".aligned"]

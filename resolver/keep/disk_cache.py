@@ -404,7 +404,7 @@ class DiskCache:
                 self._delete(self.store / key)
             os.rename(tmp, self.store / key)
             _fsync(self.store)
-        except (OSError, BrokenEntry) as exc:
+        except (OSError, BrokenEntry, HeaderError) as exc:  # HeaderError: the writer's file, unreadable
             if not os.path.islink(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
             return _why(exc, self.store) if isinstance(exc, OSError) else str(exc)
