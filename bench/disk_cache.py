@@ -7,6 +7,7 @@ shared, nothing loaded), each through the Load node, each cold:
   off     the load as it is without the cache (quantize on load)
   first   the first load with the cache on: quantizes and writes the entry (cache emptied before)
   second  the next load: reads the entry
+("off" runs before "first" in even rounds and after "second" in odd rounds, so drift cancels.)
 "Cold" means the pipeline's and the cache's files are evicted from the page cache before every
 load: with /proc/sys/vm/drop_caches where it is writable (--drop-caches; it drops every user's
 page cache, so it is not the default on a shared machine), else posix_fadvise(DONTNEED) on each
@@ -85,7 +86,11 @@ def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log) -> dict:
                 for key in plans:
                     folder = cache_root / f"{size}-{key}"
                     shutil.rmtree(folder, ignore_errors=True)
-                    for kind in ("off", "first", "second"):
+                    # "off" before "first" in even rounds, after "second" in odd ones: on a machine
+                    # whose speed drifts, a fixed order would bias first ÷ off (the first load came
+                    # always after the load without the cache, 1.11-1.16 on a slowing machine).
+                    order = ("off", "first", "second") if rnd % 2 == 0 else ("first", "second", "off")
+                    for kind in order:
                         cold = evict([pipeline, folder], drop_caches)
                         job = {
                             "kind": "load",
@@ -183,8 +188,9 @@ def write(results: dict, out_dir: Path) -> Path:
     m = results["machine"]
     how = results["runs"][0]["cold"]["how"] if results["runs"] else "-"
     intro = (
-        f"`python -m bench.disk_cache`, {results['rounds']} interleaved rounds (medians), fresh process per "
-        f"load, 1 torch thread, page cache evicted before every load ({how}). Machine: {m.get('cpu', '?')}, "
+        f"`python -m bench.disk_cache`, {results['rounds']} interleaved rounds (medians; off before first in "
+        f"even rounds, after second in odd ones), fresh process per load, 1 torch thread, page cache evicted "
+        f"before every load ({how}). Machine: {m.get('cpu', '?')}, "
         f"{m.get('cores', '?')} cores, GPU: {m.get('gpu') or 'none'}."
     )
     header = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ DTYPE_BYTES = {
 }
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 MAX_DIMS = 8
+MAX_REMEMBERED = 1024 * 1024  # headers up to this size are parsed once per process (_parsed)
 
 
 class HeaderError(ValueError):
@@ -115,8 +117,31 @@ def read_spans(path: Path) -> tuple[list[TensorSpan], dict]:
                     f"{path.name} has a header of {n} bytes but the file is {size} bytes: not safetensors, or truncated"
                 )
             raw = f.read(n)
+            if len(raw) != n:
+                raise HeaderError(f"{path.name} ended inside its {n}-byte header: truncated")
     except FileProblem as exc:
         raise HeaderError(str(exc), exc.code) from None
+    if n <= MAX_REMEMBERED:
+        spans, metadata, end = _parsed(raw, path)
+    else:
+        spans, metadata, end = _parse(raw, path)
+    if 8 + n + end > size:
+        raise HeaderError(f"{path.name} is truncated: its header needs {8 + n + end} bytes, the file has {size}")
+    return list(spans), dict(metadata)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed(raw: bytes, path: Path) -> tuple[tuple[TensorSpan, ...], dict, int]:
+    """`_parse`, remembered by the header's bytes: a header read again (a disk-cache entry is checked,
+    then read; the planner inspects a folder more than once) is parsed once (40 ms for a 200M FLUX
+    transformer's 740 tensors). Errors are not remembered."""
+    spans, metadata, end = _parse(raw, path)
+    return tuple(spans), metadata, end
+
+
+def _parse(raw: bytes, path: Path) -> tuple[list[TensorSpan], dict, int]:
+    """The spans (from the file's first byte), metadata and end of the data a header describes."""
+    n = len(raw)
     try:
         header = parse_json(raw, path)
     except FileProblem as exc:
@@ -132,6 +157,4 @@ def read_spans(path: Path) -> tuple[list[TensorSpan], dict]:
         info, start, stop = _entry(path, name, meta)
         spans.append(TensorSpan(info, 8 + n + start, 8 + n + stop))
         end = max(end, stop)
-    if 8 + n + end > size:
-        raise HeaderError(f"{path.name} is truncated: its header needs {8 + n + end} bytes, the file has {size}")
-    return spans, metadata
+    return spans, metadata, end

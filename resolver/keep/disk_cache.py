@@ -48,10 +48,10 @@ from pathlib import Path
 from ..decide.plan import QUANTIZE
 from ..files.meta_build import BuildRefused, check_config
 from ..files.roots import walk_pipeline
-from ..files.safetensors_header import MAX_HEADER, HeaderError, read_header
+from ..files.safetensors_header import DTYPE_BYTES, MAX_HEADER, HeaderError, read_header, read_spans
 from ..known import catalogue
 from ..known.class_facts import config_defaults, distribution_versions
-from ..safe_files import FileProblem, read_bytes, read_json
+from ..safe_files import FileProblem, open_regular, read_bytes, read_json
 from ..user_cache import configured, user_folder
 from .save import cause_text
 
@@ -305,7 +305,6 @@ class DiskCache:
             return (*quantize(), Outcome("not cached", why))
         key = entry_key(plan, row)
         source = plan.model.components[row.name]
-        load_saved = _in_read_context(row, load_saved)
         found, warning = self._read(key, source, load_saved, delete_broken=False)
         if found is not None:
             return found[0], None, Outcome("read", key=key, warning=warning, config=found[1])
@@ -373,6 +372,9 @@ class DiskCache:
                 shutil.rmtree(tmp)
             tmp.mkdir()
             (self.writer or save_component)(module, tmp)
+            alignment = catalogue.get_backend(row.spec.backend).saved_alignment
+            for path in sorted(tmp.rglob("*.safetensors")) if alignment else ():
+                align_byte_tensors(path, alignment)
             files = _describe_files(tmp)
             if not any(name.endswith(".safetensors") for name in files):
                 raise BrokenEntry("the writer produced no safetensors file")
@@ -402,7 +404,7 @@ class DiskCache:
                 self._delete(self.store / key)
             os.rename(tmp, self.store / key)
             _fsync(self.store)
-        except (OSError, BrokenEntry) as exc:
+        except (OSError, BrokenEntry, HeaderError) as exc:  # HeaderError: the writer's file, unreadable
             if not os.path.islink(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
             return _why(exc, self.store) if isinstance(exc, OSError) else str(exc)
@@ -559,15 +561,27 @@ class DiskCache:
             os.close(fd)  # closing releases the lock
 
 
-def _in_read_context(row, load_saved: Callable[[Path], object]) -> Callable[[Path], object]:
-    """`load_saved` run in the context the row's backend reads its saved copies in."""
-    backend = catalogue.get_backend(row.spec.backend)
-
-    def read(folder: Path):
-        with backend.saved_read_context():
-            return load_saved(folder)
-
-    return read
+def align_byte_tensors(path: Path, alignment: int) -> None:
+    """Rewrite a safetensors file, where needed, so that its 1-byte tensors (quanto's int8/float8
+    data) start at a multiple of `alignment` bytes in the file: a mapped file's pages are aligned, so
+    they are then aligned in memory too, and a read maps them instead of copying them (quanto's CPU
+    kernel crashes on misaligned int8 data). Only the header grows: padded with spaces, in steps of
+    8 bytes, as safetensors pads it; the step that aligns the most of those bytes is taken."""
+    spans, _ = read_spans(path)
+    byte_spans = [s for s in spans if DTYPE_BYTES.get(s.info.dtype) == 1 and s.end > s.start]
+    aligned = {
+        pad: sum(s.end - s.start for s in byte_spans if (s.start + pad) % alignment == 0)
+        for pad in range(0, alignment, 8)
+    }
+    pad = max(aligned, key=lambda p: (aligned[p], -p))
+    if pad == 0:
+        return
+    new = path.with_name(path.name + ".aligned")
+    with open_regular(path) as src, open(new, "wb") as out:
+        (n,) = struct.unpack("<Q", src.read(8))
+        out.write(struct.pack("<Q", n + pad) + src.read(n) + b" " * pad)
+        shutil.copyfileobj(src, out, 16 * 1024 * 1024)
+    os.replace(new, path)
 
 
 def _legacy(name: str) -> bool:

@@ -126,6 +126,9 @@ class Backend:
     lora_note: str = ""
     help: str = ""
     deprecated: str = ""  # why and what instead, when the library deprecates this backend (still works)
+    # Bytes its 1-byte tensors (int8/float8 data) should start at in a file it saved: a disk-cache
+    # entry is written so, and then read mapped instead of copied (0: no need).
+    saved_alignment: int = 0
 
     # -- lookups ---------------------------------------------------------------------------
     def quant_type(self, name: str) -> QuantType | None:
@@ -276,24 +279,40 @@ class Backend:
         """Runs on every component this backend quantized, once loaded (`prequantized`: it was
         read from a copy saved quantized, not quantized now). Default: nothing."""
 
+    def read_saved(self, model_class: type, library: str, folder: Path, dtype, names: dict, read: Any):
+        """A component this backend saved (a disk-cache entry, a saved pipeline's folder) rebuilt
+        without the library's own loader, on the CPU: `names` are the tensors its files hold (name ->
+        shape), `read()` reads them (name -> tensor, each in memory of its own). None where this backend
+        has no such reader or the files are not what it expects (nothing read yet): the library's
+        `from_pretrained` reads it then. Default: None."""
+        return None
+
     def saved_read_context(self):
-        """The context a copy this backend saved (a disk cache entry) is read in. Default: none."""
+        """The context the library's `from_pretrained` reads a copy this backend saved in (a disk
+        cache entry, a saved pipeline's folder), where `read_saved` does not. Default: none."""
         return contextlib.nullcontext()
 
 
 def meta_shortcuts(custom_ops: dict | None = None):
     """A context in which shape-only work on the meta device skips torch's Python reference
-    implementations, which cost 3-7 ms per clamp on CPU: a quantizer that rebuilds its layers on
-    the meta device before reading saved weights (quanto's freeze, SDNQ's pre-quantized conversion)
-    spent 0.5-0.9 s of a 200M transformer's cached read there. clamp/clip/round of a meta tensor by
-    numbers answer a meta tensor of the same shape and dtype at once; `custom_ops` maps a custom op's
+    implementations, which cost 0.3-7 ms per op on CPU: a quantizer that rebuilds its layers on the
+    meta device before reading saved weights (quanto's freeze, SDNQ's pre-quantized conversion)
+    spent 0.5-0.9 s of a 200M transformer's cached read there. Answered at once, as torch answers
+    them: clamp/clip/round/abs of a meta tensor by numbers (same shape, strides and dtype); in place,
+    those and div_/mul_ of a floating meta tensor by a number (the tensor itself); amax over
+    dimensions of a contiguous meta tensor; div of two contiguous floating meta tensors of one dtype
+    whose broadcast shape is one of theirs (contiguous, that dtype). `custom_ops` maps a custom op's
     name ("quanto::quantize_symmetric") to a function of its arguments giving its meta result.
     Anything else, and every real tensor, runs as it always does."""
     import torch
     from torch.overrides import TorchFunctionMode
 
-    same = {torch.clamp, torch.clip, torch.round, torch.Tensor.clamp, torch.Tensor.clip, torch.Tensor.round}
-    in_place = {torch.Tensor.clamp_, torch.Tensor.clip_, torch.Tensor.round_}
+    T = torch.Tensor
+    same = {torch.clamp, torch.clip, torch.round, torch.abs, T.clamp, T.clip, T.round, T.abs}
+    in_place = {T.clamp_, T.clip_, T.round_}
+    scaled = {T.div_, T.mul_}  # by a number, in place
+    reduce_max = {torch.amax, T.amax}
+    divide = {torch.div, torch.true_divide, T.div, T.true_divide}
     custom = dict(custom_ops or {})
 
     def meta_only(args, kwargs) -> bool:
@@ -303,8 +322,29 @@ def meta_shortcuts(custom_ops: dict | None = None):
             and isinstance(args[0], torch.Tensor)
             and args[0].is_meta
             and not any(isinstance(a, torch.Tensor) for a in rest)
-            and not ({"out", "decimals"} & set(kwargs))
+            and not ({"out", "decimals", "rounding_mode"} & set(kwargs))
         )
+
+    def amax(x, dim=(), keepdim=False, **kwargs):
+        keepdim = kwargs.pop("keepdims", keepdim)
+        if kwargs or not x.is_contiguous():
+            return None
+        dims = [dim] if isinstance(dim, int) else list(dim)
+        if not dims:
+            dims = list(range(x.ndim))
+        dims = {d % x.ndim for d in dims} if x.ndim else set()
+        shape = [1 if i in dims else n for i, n in enumerate(x.shape) if keepdim or i not in dims]
+        return torch.empty(shape, dtype=x.dtype, device="meta")
+
+    def div(a, b, **kwargs):
+        if kwargs or not all(isinstance(t, torch.Tensor) and t.is_meta and t.is_contiguous() for t in (a, b)):
+            return None
+        if a.dtype != b.dtype or not a.dtype.is_floating_point:
+            return None
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        if shape not in (a.shape, b.shape):
+            return None
+        return torch.empty(shape, dtype=a.dtype, device="meta")
 
     class MetaShortcuts(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -315,7 +355,14 @@ def meta_shortcuts(custom_ops: dict | None = None):
             if (func in same or func in in_place) and meta_only(args, kwargs):
                 x = args[0]
                 return x if func in in_place else torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
-            return func(*args, **kwargs)
+            if func in scaled and meta_only(args, kwargs) and args[0].dtype.is_floating_point and len(args) == 2:
+                return args[0]
+            found = None
+            if func in reduce_max and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+                found = amax(*args, **kwargs)
+            elif func in divide and len(args) == 2:
+                found = div(*args, **kwargs)
+            return found if found is not None else func(*args, **kwargs)
 
     return MetaShortcuts()
 
