@@ -148,7 +148,8 @@ def test_absurd_configs_stop_building_quickly(tmp_path, tiny_flux, change, code)
 # -- the routes keep answering ---------------------------------------------------------------------
 def test_a_request_that_would_block_does_not_starve_the_others(hostile, monkeypatch):
     """The FIFO model (which blocked a worker for ever before) and a broken estimate go in beside
-    an ordinary request: the ordinary one answers within a second, the others with their codes."""
+    an ordinary request: the ordinary one answers at once (starved, it would wait for a worker the
+    FIFO blocked: for ever before the fix), the others with their codes."""
     monkeypatch.setenv("PIPEQUANT_MODELS", str(hostile))
 
     async def scenario():
@@ -168,7 +169,9 @@ def test_a_request_that_would_block_does_not_starve_the_others(hostile, monkeypa
             return await asyncio.gather(*blocking, normal)
 
     (t1, s1, b1), (t2, s2, b2), (t3, s3, b3) = asyncio.run(scenario())
-    assert t3 < 1.0 and s3 == 200 and b3["backends"]
+    # 5 s, not 1: on a loaded 2-core CI machine the catalogue itself took 1.8 s once, beside the two
+    # other requests' work.
+    assert t3 < 5.0 and s3 == 200 and b3["backends"]
     assert s1 == 400 and b1["problems"][0]["code"] == "not_a_regular_file"
     assert s2 == 200 and [p["code"] for p in b2["problems"]] == ["not_a_regular_file"] and b2["estimate"] is None
     assert max(t1, t2) < 10
