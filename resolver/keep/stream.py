@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..constants import DIFFUSERS
 from ..files.safetensors_header import HeaderError, TensorSpan, read_spans
+from ..known.backends.base import diffusers_skeleton
 from ..safe_files import FileProblem, open_regular, read_json_object
 from .cache import trim_heap
 
@@ -194,10 +195,7 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
     """`model_class.from_pretrained(name_or_path, quantization_config=..., dtype=dtype,
     low_cpu_mem_usage=True)` on the CPU, read in bounded batches. Raises CannotStream before any
     weight is read where the files are not exactly the model's tensors."""
-    import accelerate
-    import torch
     from diffusers.models.model_loading_utils import load_model_dict_into_meta
-    from diffusers.models.modeling_utils import no_init_weights
     from diffusers.quantizers.auto import DiffusersAutoQuantizer
 
     paths = files(folder, variant)
@@ -207,19 +205,7 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
         raise CannotStream("the component is saved pre-quantized")
     config["quantization_config"] = quantization_config
     quantizer = DiffusersAutoQuantizer.from_config(quantization_config, pre_quantized=False)
-    quantizer.validate_environment(torch_dtype=dtype, device_map=None)
-    dtype = quantizer.update_torch_dtype(dtype)
-    keep = model_class._keep_in_fp32_modules
-    if keep is not None and getattr(quantizer, "use_keep_in_fp32_modules", False):
-        keep = keep if isinstance(keep, list) else [keep]
-    else:
-        keep = []
-    default = model_class._set_default_torch_dtype(dtype)
-    try:
-        with no_init_weights(), accelerate.init_empty_weights():
-            model = model_class.from_config(config)
-    finally:
-        torch.set_default_dtype(default)
+    model, keep, dtype = diffusers_skeleton(model_class, config, quantizer, dtype)
     names = [s.info.name for _, s in spans]
     if quantizer.maybe_update_loaded_keys(list(names), [str(p) for p in paths]) != names:
         raise CannotStream("the quantizer reads these files' keys its own way")

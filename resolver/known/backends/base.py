@@ -367,6 +367,30 @@ def meta_shortcuts(custom_ops: dict | None = None):
     return MetaShortcuts()
 
 
+def diffusers_skeleton(model_class, config: dict, quantizer, dtype):
+    """The component on the meta device as diffusers' `from_pretrained` builds it before its
+    quantizer replaces layers: (model, the float32-kept module names, the load dtype after the
+    quantizer's say). Weights are neither initialised nor allocated."""
+    import accelerate
+    import torch
+    from diffusers.models.modeling_utils import no_init_weights
+
+    quantizer.validate_environment(torch_dtype=dtype, device_map=None)
+    dtype = quantizer.update_torch_dtype(dtype)
+    keep = model_class._keep_in_fp32_modules
+    if keep is not None and getattr(quantizer, "use_keep_in_fp32_modules", False):
+        keep = keep if isinstance(keep, list) else [keep]
+    else:
+        keep = []
+    default = model_class._set_default_torch_dtype(dtype)
+    try:
+        with no_init_weights(), accelerate.init_empty_weights():
+            model = model_class.from_config(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model, keep, dtype
+
+
 def module_skip_list(options: dict) -> list[str] | None:
     skip = options.get("modules_to_not_convert")
     return list(skip) if skip else None

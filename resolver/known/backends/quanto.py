@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...problems import Problem
-from .base import DIFFUSERS, MODULES_TO_NOT_CONVERT, Backend, QuantType, meta_shortcuts, module_skip_list
+from .base import (
+    DIFFUSERS,
+    MODULES_TO_NOT_CONVERT,
+    Backend,
+    QuantType,
+    diffusers_skeleton,
+    meta_shortcuts,
+    module_skip_list,
+)
 
 # Packed int4/int2 weights are unpacked on CPU by quanto's C++ extension, which
 # torch.utils.cpp_extension builds on first use (about 5 minutes here, with a C++ compiler and ninja).
@@ -181,7 +189,6 @@ QUANTO = Quanto(
 
 def _read_saved_qbytes(model_class, folder, dtype, names, read):
     """Quanto.read_saved for a diffusers model; None where the files are not exactly its tensors."""
-    import accelerate
     import torch
     from diffusers.models.modeling_utils import no_init_weights
     from diffusers.quantizers.auto import DiffusersAutoQuantizer
@@ -194,19 +201,7 @@ def _read_saved_qbytes(model_class, folder, dtype, names, read):
         config["quantization_config"], None
     )
     quantizer = DiffusersAutoQuantizer.from_config(config["quantization_config"], pre_quantized=True)
-    quantizer.validate_environment(torch_dtype=dtype, device_map=None)
-    dtype = quantizer.update_torch_dtype(dtype)
-    keep = model_class._keep_in_fp32_modules
-    if keep is not None and getattr(quantizer, "use_keep_in_fp32_modules", False):
-        keep = keep if isinstance(keep, list) else [keep]
-    else:
-        keep = []
-    default = model_class._set_default_torch_dtype(dtype)
-    try:
-        with no_init_weights(), accelerate.init_empty_weights():
-            model = model_class.from_config(config)
-    finally:
-        torch.set_default_dtype(default)
+    model, keep, dtype = diffusers_skeleton(model_class, config, quantizer, dtype)
     # diffusers' own layer replacement, without the freeze on meta that a pre-quantized load adds
     quantizer.pre_quantized = False
     try:
