@@ -16,7 +16,7 @@ from pipequant.resolver.constants import LOAD_DTYPES
 from pipequant.resolver.decide import footprint
 from pipequant.resolver.decide.planner import candidates
 from pipequant.resolver.files import shape_seed, shape_store
-from pipequant.resolver.files.inspect_model import _freeze, inspect_model
+from pipequant.resolver.files.inspect_model import _freeze, inspect_model, thaw
 from pipequant.resolver.known import catalogue
 from pipequant.testing.hollow import HUB_CLIP_L, HUB_T5_XXL
 
@@ -117,7 +117,7 @@ def test_the_hub_config_and_one_listing_every_default_find_the_same_facts(flux_d
     _seed_matches_this_install()
     info = next(i for i in inspect_model(flux_dev).components.values() if i.name == "transformer")
     library, class_name, config = _shape(info)
-    listed = dict(shape_seed.thawed(config))
+    listed = dict(thaw(config))
     assert "axes_dims_rope" in listed  # the hollow config lists this default
     hub = {k: v for k, v in listed.items() if k != "axes_dims_rope"}
     hub |= {"_class_name": class_name, "_diffusers_version": "0.30.0.dev0"}
@@ -133,7 +133,7 @@ def test_the_hubs_text_encoder_configs_find_the_shipped_facts(flux_dev, seed_on,
     _seed_matches_this_install()
     info = next(i for i in inspect_model(flux_dev).components.values() if i.name == name)
     library, class_name, config = _shape(info)
-    assert shape_seed.thawed(config) != {k: v for k, v in hub.items() if not k.startswith("_")}
+    assert thaw(config) != {k: v for k, v in hub.items() if not k.startswith("_")}
     found = shape_seed.get((library, class_name, _freeze(hub)), "layout")
     assert found is not None and found == shape_seed.get((library, class_name, config), "layout")
     # A field the model is built from still tells them apart.

@@ -59,7 +59,7 @@ class ComponentInfo:
 
     @property
     def config_dict(self) -> dict:
-        return _thaw(self.config)
+        return thaw(self.config)
 
     def with_config(self, config: dict) -> ComponentInfo:
         """The same component with another config.json (what another copy of the model would hold)."""
@@ -115,11 +115,12 @@ def _freeze(value):
     return value
 
 
-def _thaw(value):
+def thaw(value):
+    """A frozen config (the tuples above) as JSON data again."""
     if isinstance(value, tuple) and len(value) == 2 and value[0] == "__list__":
-        return [_thaw(v) for v in value[1]]
+        return [thaw(v) for v in value[1]]
     if isinstance(value, tuple):
-        return {k: _thaw(v) for k, v in value}
+        return {k: thaw(v) for k, v in value}
     return value
 
 

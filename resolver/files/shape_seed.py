@@ -23,6 +23,7 @@ from ..constants import TRANSFORMERS
 from ..known import catalogue
 from ..known.class_facts import distribution_versions
 from ..user_cache import is_off
+from .inspect_model import thaw
 
 ENV = "PIPEQUANT_SHAPE_SEED"  # "off": never read the shipped facts
 PATH = Path(__file__).resolve().parent.parent / "data" / "shape_seed.json"
@@ -59,15 +60,6 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def thawed(value):
-    """A frozen config (inspect_model's tuples) as JSON data."""
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__list__":
-        return [thawed(v) for v in value[1]]
-    if isinstance(value, tuple):
-        return {k: thawed(v) for k, v in value}
-    return value
-
-
 def seed_key(shape_key: tuple, defaults: dict | None) -> str | None:
     """The seed's name for a shape: ("backend", name) as it is; a model's (library, class, config)
     by its fields that differ from the class's `defaults` (None: the class is not in the seed)."""
@@ -77,7 +69,7 @@ def seed_key(shape_key: tuple, defaults: dict | None) -> str | None:
     if defaults is None:
         return None
     fields = {}
-    for k, v in thawed(config).items():
+    for k, v in thaw(config).items():
         if str(k).startswith("_") or k in BOOKKEEPING or (library == TRANSFORMERS and k in RUNTIME_FIELDS):
             continue
         if k in defaults and _canonical(defaults[k]) == _canonical(v):

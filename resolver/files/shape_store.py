@@ -21,6 +21,7 @@ from ..known import catalogue
 from ..known.class_facts import distribution_versions
 from ..user_cache import configured, user_folder
 from . import shape_seed
+from .inspect_model import thaw
 
 ENV = "PIPEQUANT_SHAPE_CACHE"
 FORMAT = shape_seed.FORMAT  # the facts' format: the seed holds the same facts
@@ -70,7 +71,7 @@ def _stored(shape_key: tuple, fact: str):
 
 def _shape_json(shape_key: tuple) -> list:
     """The key as JSON data (what the seed's generator reads back)."""
-    return [shape_seed.thawed(part) if isinstance(part, tuple) else part for part in shape_key]
+    return [thaw(part) if isinstance(part, tuple) else part for part in shape_key]
 
 
 def put(shape_key: tuple, fact: str, value) -> None:
