@@ -105,7 +105,7 @@ def test_the_load_streams_diffusers_models_and_says_which(tiny_flux, monkeypatch
     result = load(tiny_flux, spec, cache=None)
     rows = {r["component"]: r for r in result.rows}
     assert rows["transformer"]["streamed"] is True
-    assert rows["text_encoder_2"]["streamed"] is False and "transformers" in rows["text_encoder_2"]["stream_reason"]
+    assert rows["text_encoder_2"]["streamed"] is True  # transformers models too (test_stream_transformers.py)
     assert "streamed" not in rows["vae"]  # not quantized: diffusers' loader, nothing to stream
     assert not [n for n in result.notes if "not streamed" in n]
     monkeypatch.setenv("PIPEQUANT_STREAM_LOAD", "off")  # the escape hatch: diffusers' own loader
@@ -172,7 +172,7 @@ def test_which_files_diffusers_reads(tmp_path):
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(stream.CannotStream, match="outside"):
         stream.files(folder, None)
-    assert "transformers" in stream.why_not("transformers", folder, None, {})
+    assert "no model.safetensors" in stream.why_not("transformers", folder, None, {})  # transformers' file names
     assert "device map" in stream.why_not("diffusers", folder, None, {"device_map": {"": "cuda"}})
     assert "pickle" in stream.why_not("diffusers", folder, None, {"use_safetensors": False})
 

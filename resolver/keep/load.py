@@ -553,11 +553,14 @@ def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
     if not row.backend.streams or row.gguf_path is not None or is_off(mode):
         return None, config, None
     why = stream.why_not(row.library, info.folder, info.variant, kwargs)
-    if why is None and mode != "on" and stream.library_loader_fits(info.folder, info.variant):
-        return None, config, None  # room for diffusers' own, faster loader
+    diffusers_model = row.library == DIFFUSERS
+    stem = stream.WEIGHTS if diffusers_model else stream.TRANSFORMERS_WEIGHTS
+    if why is None and mode != "on" and stream.library_loader_fits(info.folder, info.variant, stem):
+        return None, config, None  # room for the library's own, faster loader
     if why is None:
         try:
-            module = stream.load(cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder))
+            read = stream.load if diffusers_model else stream.load_transformers
+            module = read(cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder))
         except stream.CannotStream as exc:
             why, config = str(exc), row.build_config()
         else:

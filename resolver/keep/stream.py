@@ -51,6 +51,7 @@ MIN_GROWTH = 16 * 1024 * 1024
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 WEIGHTS = "diffusion_pytorch_model"  # diffusers' weights name (SAFETENSORS_WEIGHTS_NAME)
+TRANSFORMERS_WEIGHTS = "model"  # transformers' (SAFE_WEIGHTS_NAME)
 
 TORCH_DTYPES = {
     "F64": "float64",
@@ -74,14 +75,14 @@ class CannotStream(Exception):
 
 def why_not(library: str, folder: Path, variant: str | None, kwargs: dict) -> str | None:
     """Why this component cannot stream (None: it can), before anything is built or read."""
-    if library != DIFFUSERS:
-        return "transformers models load through transformers' own loader"
+    if library != DIFFUSERS and not _transformers_reads_lazily():
+        return "transformers models load through transformers' own loader (before transformers 5)"
     if kwargs.get("device_map"):
         return "a device map (the component is quantized on the GPU)"
     if not kwargs.get("use_safetensors", True):
         return "pickle weights"
     try:
-        files(folder, variant)
+        files(folder, variant, WEIGHTS if library == DIFFUSERS else TRANSFORMERS_WEIGHTS)
     except CannotStream as exc:
         return str(exc)
     return None
@@ -92,26 +93,27 @@ def why_not(library: str, folder: Path, variant: str | None, kwargs: dict) -> st
 LIBRARY_PEAK_PER_FILE_BYTE = 3
 
 
-def library_loader_fits(folder: Path, variant: str | None) -> bool:
+def library_loader_fits(folder: Path, variant: str | None, stem: str = WEIGHTS) -> bool:
     """Whether diffusers' own (faster) loader's peak for this component fits in the host RAM
     available now. Streaming costs 1.2-1.5x the load's CPU time (bench/results/peak_load), so by
     default it runs only where the library's peak would not fit."""
     from ..known.machine import available_ram_bytes
 
     try:
-        checkpoint = sum(path.stat().st_size for path in files(folder, variant))
+        checkpoint = sum(path.stat().st_size for path in files(folder, variant, stem))
     except (CannotStream, OSError):
         return True  # why_not says why it cannot stream anyway
     available = available_ram_bytes()
     return available is None or LIBRARY_PEAK_PER_FILE_BYTE * checkpoint <= available
 
 
-def files(folder: Path, variant: str | None) -> list[Path]:
-    """The safetensors files diffusers would read for this component, in its order: the shards its
-    index names (sorted, as diffusers reads them), else the single weights file."""
+def files(folder: Path, variant: str | None, stem: str = WEIGHTS) -> list[Path]:
+    """The safetensors files the library would read for this component (`stem`: diffusers' or
+    transformers' weights name; both name variants alike), in its order: the shards its index
+    names (sorted, as both read them), else the single weights file."""
     suffix = f".{variant}" if variant else ""
-    index = folder / f"{WEIGHTS}.safetensors.index{suffix}.json"
-    single = folder / f"{WEIGHTS}{suffix}.safetensors"
+    index = folder / f"{stem}.safetensors.index{suffix}.json"
+    single = folder / f"{stem}{suffix}.safetensors"
     if index.is_file():
         try:
             weight_map = read_json_object(index).get("weight_map")
@@ -175,6 +177,20 @@ def resident_bytes() -> int:
         return 0
 
 
+class _HeapBound:
+    """Called between reads: trims the heap once the process has grown past what it held after the
+    last trim by GROWTH_SHARE of the component's `total` bytes (at least MIN_GROWTH)."""
+
+    def __init__(self, total: int):
+        self.growth = max(MIN_GROWTH, int(GROWTH_SHARE * total))
+        self.mark = resident_bytes()
+
+    def __call__(self) -> None:
+        if resident_bytes() > self.mark + self.growth:
+            trim_heap()
+            self.mark = resident_bytes()
+
+
 def _batches(spans: list[tuple[Path, TensorSpan]]):
     """Consecutive tensors in groups of at most the batch size (one tensor at least)."""
     total = sum(s.end - s.start for _, s in spans)
@@ -223,8 +239,7 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
     snapshot = model.state_dict()
     model.state_dict = lambda *args, **kwargs: snapshot
     handles = {}
-    growth = max(MIN_GROWTH, int(GROWTH_SHARE * sum(s.end - s.start for _, s in spans)))
-    mark = resident_bytes()
+    bound_heap = _HeapBound(sum(s.end - s.start for _, s in spans))
     try:
         for batch in _batches(spans):
             state = {}
@@ -237,9 +252,7 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
                 model, state, dtype=dtype, hf_quantizer=quantizer, keep_in_fp32_modules=keep, unexpected_keys=[]
             )
             del state  # the load-dtype copies of quantized weights go now, before the next read
-            if resident_bytes() > mark + growth:
-                trim_heap()
-                mark = resident_bytes()
+            bound_heap()
     finally:
         del model.state_dict
         for handle in handles.values():
@@ -251,5 +264,66 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
     quantizer.postprocess_model(model)
     model.hf_quantizer = quantizer
     model.register_to_config(_name_or_path=name_or_path, _pre_quantization_dtype=dtype)
+    model.eval()
+    return model
+
+
+# -- transformers models ------------------------------------------------------------------------------
+# transformers 5 reads a checkpoint lazily: `from_pretrained` maps every shard and hands its loop one
+# slice per tensor, which it reads (`slice[...]`), casts and quantizes one at a time. The mapped pages
+# it has read stay in the process until the end, and its quantizers' temporaries fragment the heap:
+# peak 2.5-5x the resident bytes for a 234M T5 encoder with torchao int8. Handed the same tensors as
+# slices that read with bounded reads (no mapping) and keep the heap bounded as above, the same loop
+# gives the same tensors at 1.34x (bench/results/peak_load).
+
+
+def _transformers_reads_lazily() -> bool:
+    try:
+        from transformers import core_model_loading  # noqa: F401  (transformers 5's lazy loading loop)
+    except ImportError:
+        return False
+    return True
+
+
+class _LazyTensor:
+    """One checkpoint tensor, read into memory of its own when transformers' loader asks for it."""
+
+    def __init__(self, handle, span: TensorSpan, bound_heap: _HeapBound):
+        self.handle, self.span, self.bound_heap = handle, span, bound_heap
+
+    def get_shape(self) -> list[int]:
+        return list(self.span.info.shape)
+
+    def get_dtype(self) -> str:
+        return self.span.info.dtype
+
+    def __getitem__(self, index):
+        self.bound_heap()
+        tensor = _read(self.handle, self.span)
+        return tensor if index is Ellipsis else tensor[index]
+
+
+def load_transformers(model_class, quantization_config, folder: Path, variant: str | None, dtype, name_or_path: str):
+    """`model_class.from_pretrained(name_or_path, quantization_config=..., dtype=dtype)` on the CPU,
+    its tensors read one at a time with bounded reads: transformers' own loading loop and quantizer,
+    handed the checkpoint as a state dict of lazy tensors. Raises CannotStream before any weight is
+    read where the files or the config are not what that loop would read itself."""
+    paths = files(folder, variant, TRANSFORMERS_WEIGHTS)
+    spans = _spans(paths)
+    config = model_class.config_class.from_pretrained(str(folder), local_files_only=True)
+    if getattr(config, "quantization_config", None) is not None:
+        raise CannotStream("the component is saved pre-quantized")
+    bound_heap = _HeapBound(sum(s.end - s.start for _, s in spans))
+    handles = {path: open_regular(path) for path in paths}
+    try:
+        state = {span.info.name: _LazyTensor(handles[path], span, bound_heap) for path, span in spans}
+        model = model_class.from_pretrained(
+            None, config=config, state_dict=state, quantization_config=quantization_config, dtype=dtype
+        )
+    finally:
+        for handle in handles.values():
+            handle.close()
+    trim_heap()
+    model.name_or_path = model.config._name_or_path = name_or_path  # from_pretrained(None) says "None"
     model.eval()
     return model
