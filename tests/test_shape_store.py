@@ -17,7 +17,7 @@ from pipequant.resolver import BackendSpec
 from pipequant.resolver.decide import footprint
 from pipequant.resolver.decide.planner import candidates
 from pipequant.resolver.decide.prepare import prepare
-from pipequant.resolver.files import shape_store
+from pipequant.resolver.files import shape_seed, shape_store
 
 SPEC = BackendSpec.make("torchao", "int8_weight_only", components=["transformer", "text_encoder_2"])
 
@@ -32,6 +32,7 @@ def _clear_memory_caches():
 @pytest.fixture
 def store(monkeypatch, tmp_path):
     monkeypatch.setenv(shape_store.ENV, str(tmp_path / "shapes"))
+    monkeypatch.setenv(shape_seed.ENV, "off")  # the store itself, not the facts shipped with the pack
     _clear_memory_caches()
     yield tmp_path / "shapes"
     _clear_memory_caches()
