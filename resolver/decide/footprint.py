@@ -14,7 +14,7 @@ from functools import lru_cache
 from ..constants import LOAD_DTYPES
 from ..files import shape_store
 from ..files.inspect_model import ComponentInfo
-from ..files.meta_build import BuildRefused, build_on_meta
+from ..files.meta_build import BuildRefused, build_on_meta, skipping_init
 from ..known.catalogue import DIFFUSERS
 from ..problems import Problem, ValidationError
 
@@ -194,7 +194,9 @@ def _quantized_weights_built(shape: _Shape, backend_name: str, quant_type: str, 
     full = {o.name: o.default for o in backend.options} | dict(options)
     config = backend.build_config(info.library, quant_type, torch.bfloat16, full)
     candidates = [name for name, _, _ in layout(info).linear_weights]
-    return frozenset(backend.quantized_weights(meta_model(info), info.library, config, candidates))
+    model = meta_model(info)
+    with skipping_init():  # the quantizer's new layers (bnb, quanto) are built on meta too
+        return frozenset(backend.quantized_weights(model, info.library, config, candidates))
 
 
 def compute_shape_facts(info: ComponentInfo, log=print) -> dict:

@@ -133,7 +133,7 @@ def build_on_meta(cls, library: str, config: dict, where: str):
 
     isolate_empty_init()
     check_config(config, config_defaults(cls, library), where)
-    with bounded(where), torch.device("meta"):
+    with bounded(where), torch.device("meta"), skipping_init():
         try:
             if library == "diffusers":
                 return cls.from_config(config)
@@ -243,3 +243,49 @@ def isolate_empty_init() -> bool:
             peft_integrations._init_on_device = replacement
         _installed = True
         return True
+
+
+# -- no weight initialisation while building on meta ---------------------------------------------------
+# A meta tensor holds no values, yet every `torch.nn.init` call on it still dispatches: 60 % of the 12B
+# FLUX transformer's 0.1 s meta build, and a plan builds each component once per quant type. Installed
+# once, each public init function hands its tensor back untouched while `skipping_init` is active in
+# the calling thread; everywhere else (every real load, other threads) it runs as it always does.
+_SKIP_INIT = threading.local()
+_init_installed = False
+
+
+def _install_init_skip() -> None:
+    global _init_installed
+    with _INSTALL_LOCK:
+        if _init_installed:
+            return
+        import torch.nn.init as init
+
+        def skippable(function):
+            def wrapper(tensor, *args, **kwargs):
+                if getattr(_SKIP_INIT, "depth", 0):
+                    return tensor
+                return function(tensor, *args, **kwargs)
+
+            wrapper.__name__ = wrapper.__qualname__ = function.__name__
+            wrapper.__doc__ = function.__doc__
+            wrapper.__wrapped__ = function
+            return wrapper
+
+        for name in dir(init):
+            function = getattr(init, name)
+            if name.endswith("_") and not name.startswith("_") and callable(function):
+                setattr(init, name, skippable(function))
+        _init_installed = True
+
+
+@contextmanager
+def skipping_init():
+    """`torch.nn.init`'s in-place initialisers do nothing in this thread inside the context (for
+    models built on the meta device, whose tensors hold no values)."""
+    _install_init_skip()
+    _SKIP_INIT.depth = getattr(_SKIP_INIT, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _SKIP_INIT.depth -= 1

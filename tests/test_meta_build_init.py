@@ -1,0 +1,46 @@
+"""A meta build skips torch.nn.init in its own thread only (resolver/files/meta_build.skipping_init):
+the same model, faster, while a load in another thread still initialises its layers."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from pipequant.resolver.files.meta_build import build_on_meta, skipping_init
+
+
+def test_init_is_skipped_only_inside_the_context_and_only_in_its_thread():
+    plain = torch.zeros(64)
+    with skipping_init():
+        skipped = torch.zeros(64)
+        torch.nn.init.normal_(skipped)
+        elsewhere = {}
+
+        def other_thread():
+            t = torch.zeros(64)
+            torch.nn.init.normal_(t)
+            elsewhere["changed"] = bool(t.abs().sum() > 0)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    torch.nn.init.normal_(plain)
+    assert torch.equal(skipped, torch.zeros(64))
+    assert elsewhere["changed"] and plain.abs().sum() > 0
+    layer = torch.nn.Linear(8, 8, bias=False)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.kaiming_uniform_(layer.weight, a=5**0.5)  # the wrapper passes arguments through
+    assert layer.weight.abs().sum() > 0
+
+
+def test_a_meta_build_gives_the_same_model_as_one_that_initialises():
+    from transformers import T5Config, T5EncoderModel
+
+    config = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 2, "vocab_size": 100}
+    built = build_on_meta(T5EncoderModel, "transformers", config, "test")
+    with torch.device("meta"):
+        reference = T5EncoderModel(T5Config.from_dict(config))
+    shapes = {n: (t.shape, t.dtype) for n, t in reference.state_dict().items()}
+    assert {n: (t.shape, t.dtype) for n, t in built.state_dict().items()} == shapes
+    assert all(t.device.type == "meta" for t in built.state_dict().values())
