@@ -28,9 +28,9 @@ pytestmark = pytest.mark.skipif(
 SPEC = BackendSpec.make("sdnq", "int8", components=["transformer"])
 
 
-def _load(folder, cache):
+def _load(folder, cache, spec=SPEC):
     with torch.inference_mode():
-        result = load(folder, SPEC, device="cpu", cache=None, disk_cache=cache)
+        result = load(folder, spec, device="cpu", cache=None, disk_cache=cache)
     wait_for_writes()
     return result
 
@@ -77,9 +77,13 @@ def _output(module):
         )[0]
 
 
-def test_a_cached_sdnq_component_is_read_by_its_own_reader_as_it_was_quantized(tiny_flux, tmp_path, monkeypatch):
+@pytest.mark.parametrize("quant_type", ["int8", "uint4"])  # uint4: packed weights and a zero point
+def test_a_cached_sdnq_component_is_read_by_its_own_reader_as_it_was_quantized(
+    tiny_flux, tmp_path, monkeypatch, quant_type
+):
+    spec = BackendSpec.make("sdnq", quant_type, components=["transformer"])
     cache = DiskCache(tmp_path / "cache")
-    first = _load(tiny_flux, cache)
+    first = _load(tiny_flux, cache, spec)
     assert _row(first)["disk_cache"] == "written"
     fresh = first.pipeline.transformer
 
@@ -92,16 +96,17 @@ def test_a_cached_sdnq_component_is_read_by_its_own_reader_as_it_was_quantized(t
         return module
 
     monkeypatch.setattr(sdnq.SDNQ, "read_saved", spy)
-    result = _load(tiny_flux, cache)
+    result = _load(tiny_flux, cache, spec)
     assert calls == [True], "the entry was not read by SDNQ's own reader"
     assert _row(result)["disk_cache"] == "read"
     fast = result.pipeline.transformer
     scales = [t for n, t in _tensors(fast).items() if n.endswith(".scale")]
     assert scales and all(t.dtype == torch.float32 for t in scales)
+    assert quant_type != "uint4" or any(n.endswith(".zero_point") for n in _tensors(fast))
     _same_tensors(fast, fresh)  # float32 scales included: exact, with nothing put back after
 
     monkeypatch.setattr(sdnq.SDNQ, "read_saved", lambda self, *args: None)  # diffusers' from_pretrained
-    library = _load(tiny_flux, cache).pipeline.transformer
+    library = _load(tiny_flux, cache, spec).pipeline.transformer
     _same_tensors(fast, library)
     assert _layers(fast) == _layers(library) == _layers(fresh)
     assert dict(fast.config) == dict(library.config)
