@@ -476,8 +476,10 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
         kwargs["variant"] = info.variant  # the files inspection read (and the estimate counted)
     backend = row.backend
     saved_by = catalogue.backend_for_saved(info.prequantized)
+    read_by_backend = False  # rebuilt by the backend's own reader: every tensor as its file holds it
     if backend is None:
         module = _read_saved(saved_by, cls, info, kwargs) if saved_by is not None else None
+        read_by_backend = module is not None
         if module is None:
             with saved_by.saved_read_context() if saved_by is not None else contextlib.nullcontext():
                 module = cls.from_pretrained(str(info.folder), **kwargs)
@@ -500,7 +502,7 @@ def _load_component(plan: Plan, row, allow_pickle: bool, info: ComponentInfo | N
         if why is not None:
             module.pipequant_streamed = why  # "": it streamed; else why the library's loader read it
     module.eval()
-    if saved_by is not None and backend is None and kwargs["dtype"] != torch.float32:
+    if saved_by is not None and backend is None and not read_by_backend and kwargs["dtype"] != torch.float32:
         _restore_float32(module, info.weight_files)
     if backend is not None or saved_by is not None:
         (backend or saved_by).after_load(module, prequantized=backend is None)

@@ -284,7 +284,9 @@ class Backend:
         without the library's own loader, on the CPU: `names` are the tensors its files hold (name ->
         shape), `read()` reads them (name -> tensor, each in memory of its own). None where this backend
         has no such reader or the files are not what it expects (nothing read yet): the library's
-        `from_pretrained` reads it then. Default: None."""
+        `from_pretrained` reads it then. Its float32 tensors hold the file's values (not rounded through
+        the load dtype, as diffusers' loader rounds SDNQ's scales): the loader does not read them again.
+        Default: None."""
         return None
 
     def saved_read_context(self):
@@ -389,6 +391,64 @@ def diffusers_skeleton(model_class, config: dict, quantizer, dtype):
     finally:
         torch.set_default_dtype(default)
     return model, keep, dtype
+
+
+def saved_diffusers_skeleton(model_class, folder: Path, dtype):
+    """(model, quantizer, the float32-kept module names, the load dtype) for a diffusers component saved
+    quantized in `folder`, as diffusers' `from_pretrained` has them before its quantizer's
+    `preprocess_model`: the folder's config, its quantization config merged as diffusers merges it,
+    the pre-quantized quantizer and the meta skeleton. None where config.json has no quantization config."""
+    from diffusers.quantizers.auto import DiffusersAutoQuantizer
+
+    config = model_class.load_config(str(folder), local_files_only=True)
+    if not isinstance(config.get("quantization_config"), dict):
+        return None
+    config["quantization_config"] = DiffusersAutoQuantizer.merge_quantization_configs(
+        config["quantization_config"], None
+    )
+    quantizer = DiffusersAutoQuantizer.from_config(config["quantization_config"], pre_quantized=True)
+    model, keep, dtype = diffusers_skeleton(model_class, config, quantizer, dtype)
+    return model, quantizer, keep, dtype
+
+
+def as_diffusers_cast(name: str, tensor, dtype, keep: list):
+    """The cast diffusers' loader gives a tensor it reads (load_model_dict_into_meta): floating tensors
+    to the load dtype, float32 in modules kept in float32, a quantizer's float8 data as stored."""
+    import torch
+
+    if not torch.is_floating_point(tensor):
+        return tensor
+    if any(k in name.split(".") for k in keep):
+        return tensor.to(torch.float32)
+    if tensor.dtype == getattr(torch, "float8_e4m3fn", None):
+        return tensor
+    return tensor.to(dtype)
+
+
+def put_tensor(module, attr: str, tensor) -> None:
+    """A plain tensor read from a file in the place of `module`'s parameter or buffer `attr`, as
+    diffusers' loader puts it (a parameter keeps its requires_grad)."""
+    import torch
+
+    held = module._parameters.get(attr)
+    if attr in module._parameters:
+        module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=held.requires_grad)
+    else:
+        module._buffers[attr] = tensor
+
+
+def finish_saved_read(model, quantizer, folder: Path, dtype):
+    """What diffusers' `from_pretrained` does once a quantized model's weights are in: every tensor
+    read (none left on the meta device, else RuntimeError), the quantizer's postprocess, the model's
+    `hf_quantizer`, its config's name and pre-quantization dtype, eval mode. Returns the model."""
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"{len(left)} tensors were not read from {folder} (first: {left[0]})")
+    quantizer.postprocess_model(model)
+    model.hf_quantizer = quantizer
+    model.register_to_config(_name_or_path=str(folder), _pre_quantization_dtype=dtype)
+    model.eval()
+    return model
 
 
 def module_skip_list(options: dict) -> list[str] | None:

@@ -14,9 +14,12 @@ from .base import (
     MODULES_TO_NOT_CONVERT,
     Backend,
     QuantType,
-    diffusers_skeleton,
+    as_diffusers_cast,
+    finish_saved_read,
     meta_shortcuts,
     module_skip_list,
+    put_tensor,
+    saved_diffusers_skeleton,
 )
 
 # Packed int4/int2 weights are unpacked on CPU by quanto's C++ extension, which
@@ -191,17 +194,12 @@ def _read_saved_qbytes(model_class, folder, dtype, names, read):
     """Quanto.read_saved for a diffusers model; None where the files are not exactly its tensors."""
     import torch
     from diffusers.models.modeling_utils import no_init_weights
-    from diffusers.quantizers.auto import DiffusersAutoQuantizer
     from optimum.quanto import QModuleMixin, WeightQBytesTensor
 
-    config = model_class.load_config(str(folder), local_files_only=True)
-    if not isinstance(config.get("quantization_config"), dict):
+    start = saved_diffusers_skeleton(model_class, folder, dtype)
+    if start is None:
         return None
-    config["quantization_config"] = DiffusersAutoQuantizer.merge_quantization_configs(
-        config["quantization_config"], None
-    )
-    quantizer = DiffusersAutoQuantizer.from_config(config["quantization_config"], pre_quantized=True)
-    model, keep, dtype = diffusers_skeleton(model_class, config, quantizer, dtype)
+    model, quantizer, keep, dtype = start
     # diffusers' own layer replacement, without the freeze on meta that a pre-quantized load adds
     quantizer.pre_quantized = False
     try:
@@ -226,18 +224,13 @@ def _read_saved_qbytes(model_class, folder, dtype, names, read):
     modules = dict(model.named_modules())
     parts: dict[str, dict] = {}
     for name, tensor in read().items():
-        tensor = _as_diffusers_casts(name, tensor, dtype, keep)
+        tensor = as_diffusers_cast(name, tensor, dtype, keep)
         owner, _, attr = name.rpartition(".")
         layer = owner.removesuffix("weight").removesuffix(".")
         if attr in ("_data", "_scale") and owner.endswith("weight") and layer in layers:
             parts.setdefault(layer, {})[attr] = tensor
             continue
-        module = modules[owner]
-        if attr in module._parameters:
-            held = module._parameters[attr]
-            module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=held.requires_grad)
-        else:
-            module._buffers[attr] = tensor
+        put_tensor(modules[owner], attr, tensor)
     for name, layer in layers.items():
         weight = WeightQBytesTensor.load_from_state_dict(
             parts[name],
@@ -250,25 +243,4 @@ def _read_saved_qbytes(model_class, folder, dtype, names, read):
             missing_keys=[],
         )
         layer.weight = torch.nn.Parameter(weight.optimize())  # as quanto's own _load_from_state_dict
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-    if left:
-        raise RuntimeError(f"{len(left)} tensors were not read from {folder} (first: {left[0]})")
-    quantizer.postprocess_model(model)
-    model.hf_quantizer = quantizer
-    model.register_to_config(_name_or_path=str(folder), _pre_quantization_dtype=dtype)
-    model.eval()
-    return model
-
-
-def _as_diffusers_casts(name: str, tensor, dtype, keep: list):
-    """The cast diffusers' loader gives a tensor it reads (load_model_dict_into_meta): floating tensors
-    to the load dtype, float32 in modules kept in float32, a quantizer's float8 data as stored."""
-    import torch
-
-    if not torch.is_floating_point(tensor):
-        return tensor
-    if any(k in name.split(".") for k in keep):
-        return tensor.to(torch.float32)
-    if tensor.dtype == getattr(torch, "float8_e4m3fn", None):
-        return tensor
-    return tensor.to(dtype)
+    return finish_saved_read(model, quantizer, folder, dtype)

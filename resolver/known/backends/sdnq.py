@@ -16,8 +16,12 @@ from .base import (
     Backend,
     Option,
     QuantType,
+    as_diffusers_cast,
+    finish_saved_read,
     meta_shortcuts,
     module_skip_list,
+    put_tensor,
+    saved_diffusers_skeleton,
 )
 
 GROUP_SIZE = Option(
@@ -65,6 +69,16 @@ class SDNQ(Backend):
         0.44-0.9 s in torch's meta clamp_; the shape alone is known."""
         return meta_shortcuts()
 
+    def read_saved(self, model_class, library, folder, dtype, names, read):
+        """A saved diffusers component, rebuilt as diffusers' own loader rebuilds it (the same skeleton,
+        SDNQ's own layer replacement on the meta device, its own `create_quantized_param` per quantized
+        tensor, the same casts and config) without the loader's per-tensor bookkeeping. Each SDNQ tensor
+        goes to SDNQ as the file holds it: diffusers casts the float32 scales to the load dtype first
+        (and `keep.load` puts the exact values back after), here they are exact from the start."""
+        if library != DIFFUSERS:
+            return None
+        return _read_saved_diffusers(self, model_class, folder, dtype, names, read)
+
     def build_config(self, library, quant_type, compute_dtype, options):
         import sdnq  # registers SDNQ's quantizer with transformers
 
@@ -95,3 +109,27 @@ SDNQ_BACKEND = SDNQ(
     streams=True,
     help="SD.Next's quantization engine: on the fly on CPU and GPU, any bit width, saves pre-quantized. GPL-3.0.",
 )
+
+
+def _read_saved_diffusers(backend, model_class, folder, dtype, names, read):
+    """SDNQ.read_saved for a diffusers model; None where the files are not exactly its tensors."""
+    import torch
+
+    start = saved_diffusers_skeleton(model_class, folder, dtype)
+    if start is None:
+        return None
+    model, quantizer, keep, dtype = start
+    with backend.saved_read_context():
+        quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=keep)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if expected != {name: tuple(shape) for name, shape in names.items()}:
+        return None  # diffusers' loader reads it (or names what is wrong with it)
+    modules = dict(model.named_modules())
+    cpu = torch.device("cpu")
+    for name, tensor in read().items():
+        if quantizer.check_if_quantized_param(model, tensor, name):
+            quantizer.create_quantized_param(model, tensor, name, cpu, dtype=dtype)
+        else:
+            owner, _, attr = name.rpartition(".")
+            put_tensor(modules[owner], attr, as_diffusers_cast(name, tensor, dtype, keep))
+    return finish_saved_read(model, quantizer, folder, dtype)
