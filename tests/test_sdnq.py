@@ -43,6 +43,7 @@ def test_global_sdnq_int8_loads_and_samples(tiny_flux):
         for name in ("transformer", "text_encoder", "text_encoder_2"):  # diffusers and transformers models
             assert rows[name]["quant_type"] == "int8" and rows[name]["backend"] == "sdnq"
             assert rows[name]["bytes"] < 0.75 * rows[name]["bytes_before"], rows[name]
+            assert rows[name]["quantized_layers"] > 0, rows[name]  # SDNQ keeps plain Linear classes
         assert rows["vae"]["action"] == "keep"
         _sample(result)
 

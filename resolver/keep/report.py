@@ -7,14 +7,17 @@ from .memory import main_device, param_count, tensor_bytes
 
 
 def is_quantized_weight(module) -> bool:
-    """True for a layer whose weight is held by a quantization backend (bnb, torchao, quanto, GGUF)."""
+    """True for a layer whose weight is held by a quantization backend (bnb, torchao, quanto, GGUF,
+    SDNQ: a plain Linear with a plain int8 weight, known by the dequantizer SDNQ attaches)."""
     import torch
 
     weight = getattr(module, "weight", None)
     if weight is None or not isinstance(weight, torch.Tensor):
         return False
-    return type(weight) not in (torch.Tensor, torch.nn.Parameter) or type(module).__module__.startswith(
-        "optimum.quanto"
+    return (
+        type(weight) not in (torch.Tensor, torch.nn.Parameter)
+        or type(module).__module__.startswith("optimum.quanto")
+        or getattr(module, "sdnq_dequantizer", None) is not None
     )
 
 
