@@ -282,7 +282,7 @@ class Backend:
     def read_saved(self, model_class: type, library: str, folder: Path, dtype, names: dict, read: Any):
         """A component this backend saved (a disk-cache entry, a saved pipeline's folder) rebuilt
         without the library's own loader, on the CPU: `names` are the tensors its files hold (name ->
-        shape), `read()` reads them (name -> tensor, each in memory of its own). None where this backend
+        shape), `read()` reads them (name -> tensor, as safetensors maps them). None where this backend
         has no such reader or the files are not what it expects (nothing read yet): the library's
         `from_pretrained` reads it then. Its float32 tensors hold the file's values (not rounded through
         the load dtype, as diffusers' loader rounds SDNQ's scales): the loader does not read them again.
