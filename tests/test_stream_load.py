@@ -183,3 +183,70 @@ def test_a_file_that_is_not_safetensors_is_refused_before_any_build(tmp_path):
     (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(stream.CannotStream):
         stream._spans(stream.files(folder, None))
+
+
+def _heap_ranges() -> list[tuple[int, int]]:
+    with open("/proc/self/maps") as f:
+        lines = [line.split() for line in f]
+    return [tuple(int(x, 16) for x in parts[0].split("-")) for parts in lines if parts[-1] == "[heap]"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs /proc/self/maps (Linux)")
+@pytest.mark.parametrize("backend", ["torchao", "quanto", "sdnq"])
+def test_streamed_tensors_live_outside_the_heap_and_count_copy_and_save_as_diffusers_own(
+    tiny_flux, tmp_path, backend, monkeypatch
+):
+    """Each kept tensor is moved out of the heap into a storage of its own (so the heap is all free
+    space between batches); the memory report, a deep copy and a safetensors save see no difference."""
+    import copy
+
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file, save_file
+
+    from pipequant.resolver.keep.memory import inner_tensors, tensor_bytes
+
+    monkeypatch.setenv("SDNQ_USE_TORCH_COMPILE", "0")
+    folder = tiny_flux / "transformer"
+    streamed = stream.load(FluxTransformer2DModel, _config(backend), folder, None, torch.bfloat16, str(folder))
+    plain = FluxTransformer2DModel.from_pretrained(
+        str(folder), quantization_config=_config(backend), dtype=torch.bfloat16, local_files_only=True
+    )
+    heap = _heap_ranges()
+    inner = [i for t in [*streamed.parameters(), *streamed.buffers()] for i in inner_tensors(t)]
+    assert inner and heap
+    assert [i.shape for i in inner if any(lo <= i.untyped_storage().data_ptr() < hi for lo, hi in heap)] == []
+    assert tensor_bytes(streamed) == tensor_bytes(plain)
+    flat = _flat(streamed)
+    try:
+        copy.deepcopy(plain)
+    except RuntimeError:  # quanto's tensors cannot be deep-copied, however loaded
+        with pytest.raises(RuntimeError):
+            copy.deepcopy(streamed)
+    else:
+        copied = _flat(copy.deepcopy(streamed))
+        assert [k for k in flat if not _same(copied[k], flat[k])] == []
+    plain_tensors = {k: v.contiguous() for k, v in flat.items() if isinstance(v, torch.Tensor)}
+    save_file(plain_tensors, str(tmp_path / "copy.safetensors"))
+    back = load_file(str(tmp_path / "copy.safetensors"))
+    assert [k for k in plain_tensors if not _same(back[k], plain_tensors[k])] == []
+
+
+def test_the_heap_thresholds_end_where_glibc_settles_even_after_a_failure(monkeypatch):
+    """mallopt turns glibc's dynamic thresholds off for good: after a streamed load (or a failed
+    one) they are left where the dynamic rule settles, not at 'never trim'."""
+    import ctypes
+
+    from pipequant.resolver.keep import cache
+
+    calls = []
+
+    class Libc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    with pytest.raises(RuntimeError), cache.heap_kept():
+        assert (cache.M_TRIM_THRESHOLD, cache.NEVER_TRIM) in calls
+        raise RuntimeError("the load failed")
+    assert dict(calls[-2:]) == {cache.M_TRIM_THRESHOLD: 64 * 2**20, cache.M_MMAP_THRESHOLD: 32 * 2**20}
