@@ -11,7 +11,6 @@ the weights alive; `releases(folder)` tells the loader that the next run must lo
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
@@ -162,38 +161,6 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-# glibc's mallopt parameters (malloc.h) and the values its dynamic rule settles at on 64-bit Linux once
-# a 32 MB mapped block was freed (DEFAULT_MMAP_THRESHOLD_MAX; the trim threshold follows at twice it).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
-SETTLED = {M_TRIM_THRESHOLD: 2 * MMAP_THRESHOLD_MAX, M_MMAP_THRESHOLD: MMAP_THRESHOLD_MAX}
-NEVER_TRIM = 2**31 - 1  # mallopt takes a C int
-
-
-@contextlib.contextmanager
-def heap_kept():
-    """While a streamed load runs, glibc neither hands the heap's free top back to the OS nor maps
-    blocks under 32 MB on their own: each batch's temporaries reuse the pages the last batch freed
-    instead of faulting fresh ones in (bench/results/peak_load). Afterwards the two thresholds are
-    set to where glibc's dynamic rule settles in any process that once freed a 32 MB block (ComfyUI
-    does on its first image): glibc has no call that reads them back or turns the dynamic rule on
-    again, which any mallopt call turns off for the process. A no-op where there is no glibc."""
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        yield
-        return
-    mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
-    try:
-        yield
-    finally:
-        for param, value in SETTLED.items():
-            mallopt(param, value)
 
 
 def free_memory() -> None:

@@ -25,36 +25,29 @@ from ..constants import DIFFUSERS
 from ..files.safetensors_header import HeaderError, TensorSpan, read_spans
 from ..known.backends.base import diffusers_skeleton
 from ..safe_files import FileProblem, open_regular, read_json_object
-from .cache import heap_kept, trim_heap
+from .cache import trim_heap
 
 # Bytes read before they are handed on: small against any component worth quantizing, large enough
 # that the per-batch cost (one state_dict() walk of the model in diffusers' loader) stays negligible.
 MIN_BATCH = 8 * 1024 * 1024
 MAX_BATCH = 64 * 1024 * 1024
 BATCHES = 48  # a component is read in at least this many batches where it is large enough
-# The heap is trimmed (its free pages handed back) only when the process has grown past this share of
-# the bytes the component will keep, projected from those kept so far: each trim makes the next
-# batch fault its temporaries in again, and page faults are the whole CPU cost of streaming (its
-# user time is below diffusers' loader's). The quantizers allocate and free about 10x the
-# checkpoint's bytes in temporaries; for those to reuse the same pages batch after batch, nothing
-# long-lived may sit between them: reads and kept tensors live in mappings of their own (`_read`,
-# `_move_out`) and glibc keeps the heap's top while the load runs (`heap_kept`). What is left is
-# glibc's per-thread cache (tcache): it keeps the small slivers that every 64-byte-aligned block
-# (torch's CPU allocator) leaves behind as "in use", small objects then live in them, and the
-# heap fragments between them. A process with GLIBC_TUNABLES=glibc.malloc.tcache_count=0 loads
-# a 200M torchao transformer at 153k faults and 1.22x peak (diffusers' loader: 160k, 5x); the
-# tcache cannot be switched off at run time, and how a process starts decides whether it
-# fragments: with address randomization off, every one did. Measured at 200M parameters,
-# transformer alone, one process each (faults; peak / resident): processes that do not fragment,
-# 153k, 1.22x (torchao, sdnq); those that do, 480-580k, 1.36-1.44x (before these changes 720-800k
-# and 383k, 1.28x). Tried without a gain: mapping reads or moving kept tensors out alone, a fixed
-# trim or mmap threshold alone, one reused read buffer, quantizing in a worker thread or a fresh
-# thread per batch (which empties its tcache at exit: 3.3x with no trim), copying the kept tensors
-# into another thread's heap, building the model in a helper thread, reading in size order, a
-# small allocation to shift the heap's alignment, trimming less often (share 1/2 of the checkpoint:
-# 300k faults at 1.7x; every trim frees all holes, so faults scale with trims x a batch's working
-# set), glibc.malloc.hugetlb=1 (130k faults but 2.7 s of system time).
-PEAK_BOUND = 1.25
+# How far the process may grow past what it held after the last trim of the heap, as a share of the
+# component's bytes (at least MIN_GROWTH), before the heap is trimmed again. glibc keeps the freed
+# load-dtype copies and the quantizers' temporaries as holes between the quantized weights: left
+# alone the heap grows by about the bytes read (SDNQ: ~45 MB per 7 MB batch at 200M parameters).
+# A trim hands the pages back, so the next batch faults them in again: a smaller share, a lower peak
+# and more CPU (bench/results/peak_load). That is the whole CPU cost of streaming: its user time is
+# at par with diffusers' loader, its system time (page faults) 2-5x. The quantizers allocate and free
+# about 10x the checkpoint's bytes in temporaries (torchao int8: ~4 GB of page faults for a 379 MB
+# transformer when every temporary is a fresh mapping), and on glibc 2.36 those 64-byte-aligned
+# blocks fragment the heap (3.3x resident with no trim at all). Tried without a lasting gain (200M,
+# torchao): one reused read buffer, quantizing in a worker thread (its arena grows the same),
+# copying the kept tensors into another thread's heap, building the model in a helper thread, a
+# fixed mmap threshold, reading in size order. Some processes never fragment (1.20x peak, CPU at
+# par with no tuning); which ones is not decided by the hash seed and was not found.
+GROWTH_SHARE = 1 / 16
+MIN_GROWTH = 16 * 1024 * 1024
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 WEIGHTS = "diffusion_pytorch_model"  # diffusers' weights name (SAFETENSORS_WEIGHTS_NAME)
@@ -157,26 +150,12 @@ def _spans(paths: list[Path]) -> list[tuple[Path, TensorSpan]]:
     return found
 
 
-def _own_buffer(size: int):
-    """`size` bytes as a uint8 tensor over an anonymous mapping of its own, outside the heap: its
-    storage holds the mapping, which goes back to the OS when the last tensor using it goes."""
-    import mmap
-
-    import torch
-
-    if not size:
-        return torch.empty(0, dtype=torch.uint8)
-    return torch.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=torch.uint8)
-
-
 def _read(handle, span: TensorSpan):
-    """One tensor, read into a mapping of its own (no mapping of the file): a weight kept as read
-    never sits in the heap between the quantizers' temporaries, and a quantized one's load-dtype
-    copy is unmapped whole when it goes."""
+    """One tensor, read into memory of its own (no mapping of the file)."""
     import torch
 
     size = span.end - span.start
-    raw = _own_buffer(size)
+    raw = torch.empty(size, dtype=torch.uint8)
     view, done = memoryview(raw.numpy()), 0
     handle.seek(span.start)
     while done < size:
@@ -185,42 +164,6 @@ def _read(handle, span: TensorSpan):
             raise OSError(f"{span.info.name}: the file ended {size - done} bytes early")
         done += n
     return raw.view(getattr(torch, TORCH_DTYPES[span.info.dtype])).reshape(span.info.shape)
-
-
-def _move_out(model, names, own: set[int], reads: set[int]) -> int:
-    """Copy every tensor a batch left in the heap (what the quantizer made: int8 weights, scales,
-    casts) into a mapping of its own, so that the heap holds nothing but free space between batches
-    and the next batch's temporaries reuse its pages. Left there, these long-lived blocks sit
-    between freed temporaries and the heap fragments (3-4x the resident bytes with no trim). Each
-    tensor keeps a storage of its own, so saving, copies and memory accounting see what they saw.
-    `own`: data pointers already in such mappings (grows); `reads`: this batch's read buffers.
-    Returns the bytes this batch keeps outside the heap."""
-    import torch
-
-    from .memory import inner_tensors
-
-    moved, kept = {}, 0
-    with torch.no_grad():
-        for prefix in {name.rpartition(".")[0] for name in names}:
-            module = model.get_submodule(prefix)
-            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
-                for inner in inner_tensors(tensor):
-                    storage = inner.untyped_storage()
-                    key = storage.data_ptr()
-                    if inner.device.type != "cpu" or not storage.nbytes():
-                        continue
-                    if key in reads:  # kept as read: already in a mapping of its own
-                        reads.discard(key)
-                        own.add(key)
-                        kept += storage.nbytes()
-                    elif key not in own:
-                        if key not in moved:
-                            moved[key] = _own_buffer(storage.nbytes()).untyped_storage()
-                            moved[key].copy_(storage)
-                            kept += storage.nbytes()
-                        inner.set_(moved[key], inner.storage_offset(), inner.size(), inner.stride())
-    own.update(s.data_ptr() for s in moved.values())
-    return kept
 
 
 def resident_bytes() -> int:
@@ -232,13 +175,10 @@ def resident_bytes() -> int:
         return 0
 
 
-def _batch_limit(total: int) -> int:
-    return min(MAX_BATCH, max(MIN_BATCH, total // BATCHES))
-
-
 def _batches(spans: list[tuple[Path, TensorSpan]]):
     """Consecutive tensors in groups of at most the batch size (one tensor at least)."""
-    limit = _batch_limit(sum(s.end - s.start for _, s in spans))
+    total = sum(s.end - s.start for _, s in spans)
+    limit = min(MAX_BATCH, max(MIN_BATCH, total // BATCHES))
     batch, size = [], 0
     for item in spans:
         length = item[1].end - item[1].start
@@ -283,30 +223,23 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
     snapshot = model.state_dict()
     model.state_dict = lambda *args, **kwargs: snapshot
     handles = {}
-    own: set[int] = set()
-    held = read = 0  # bytes the model keeps (in mappings of their own), bytes read
-    total = sum(s.end - s.start for _, s in spans)
-    margin = 2 * _batch_limit(total)
-    base = resident_bytes()
+    growth = max(MIN_GROWTH, int(GROWTH_SHARE * sum(s.end - s.start for _, s in spans)))
+    mark = resident_bytes()
     try:
-        with heap_kept():
-            for batch in _batches(spans):
-                state = {}
-                for path, span in batch:
-                    if path not in handles:
-                        handles[path] = open_regular(path)
-                    state[span.info.name] = _read(handles[path], span)
-                    read += span.end - span.start
-                reads = {t.untyped_storage().data_ptr() for t in state.values()}
-                state = quantizer.maybe_update_state_dict(state)
-                load_model_dict_into_meta(
-                    model, state, dtype=dtype, hf_quantizer=quantizer, keep_in_fp32_modules=keep, unexpected_keys=[]
-                )
-                held += _move_out(model, state, own, reads)
-                del state  # the load-dtype copies of quantized weights go now, before the next read
-                # the heap fragmented after all: trim it before the load's peak passes its bound
-                if read and resident_bytes() - base > PEAK_BOUND * held * total / read - margin:
-                    trim_heap()
+        for batch in _batches(spans):
+            state = {}
+            for path, span in batch:
+                if path not in handles:
+                    handles[path] = open_regular(path)
+                state[span.info.name] = _read(handles[path], span)
+            state = quantizer.maybe_update_state_dict(state)
+            load_model_dict_into_meta(
+                model, state, dtype=dtype, hf_quantizer=quantizer, keep_in_fp32_modules=keep, unexpected_keys=[]
+            )
+            del state  # the load-dtype copies of quantized weights go now, before the next read
+            if resident_bytes() > mark + growth:
+                trim_heap()
+                mark = resident_bytes()
     finally:
         del model.state_dict
         for handle in handles.values():
