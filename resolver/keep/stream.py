@@ -45,7 +45,19 @@ BATCHES = 48  # a component is read in at least this many batches where it is la
 # torchao): one reused read buffer, quantizing in a worker thread (its arena grows the same),
 # copying the kept tensors into another thread's heap, building the model in a helper thread, a
 # fixed mmap threshold, reading in size order. Some processes never fragment (1.20x peak, CPU at
-# par with no tuning); which ones is not decided by the hash seed and was not found.
+# par with no tuning); which ones is not decided by the hash seed and was not found (with address
+# randomisation off, 7 of 7 fragmented). What fragments it is glibc's per-thread cache (tcache):
+# each 64-byte-aligned block torch allocates leaves a 32-96 byte sliver that tcache holds as "in
+# use", small long-lived objects then live in those slivers, and freed temporaries can no longer
+# merge. With GLIBC_TUNABLES=glibc.malloc.tcache_count=0 (start-up only: no call changes it in a
+# running process) and reads plus kept tensors moved into anonymous mappings of their own plus
+# mallopt (no trim, 32 MB mmap threshold) during the load, the transformer alone loads at 153-166k
+# faults and 1.22-1.48x peak (diffusers' loader: 160k, 5x). Without the tunable that scheme was
+# no better than this code (commit 29f291e, reverted; bench/results/peak_load_mapped and
+# bench/README.md): the tcache still fragments most processes, and fresh mappings per read cost
+# system time of their own. Also without a gain: a fresh thread per batch (its tcache is emptied
+# at exit: 3.3x with no trim), a small allocation to shift the heap's alignment, trimming only
+# near a peak bound, glibc.malloc.hugetlb=1 (130k faults, 2.7 s of system time).
 GROWTH_SHARE = 1 / 16
 MIN_GROWTH = 16 * 1024 * 1024
 
