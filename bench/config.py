@@ -15,7 +15,7 @@ ALL_SIZES = ("tiny", "20m", "200m", "2b")
 
 # Shard the transformer the way the hub does (FLUX.1-dev: 3 transformer shards, 2 T5 shards):
 # a few shards per transformer at every size. Text encoders and VAE stay single-file (tiny).
-SHARD_SIZE = {"tiny": "4MB", "20m": "16MB", "200m": "128MB", "2b": "1GB"}
+SHARD_SIZE = {"tiny": "4MB", "20m": "16MB", "200m": "128MB", "2b": "1GB", "t5-130m": "128MB"}
 
 # The components a global spec quantizes by default (PipeQuant keeps the VAE unquantized).
 QUANTIZED = ("transformer", "text_encoder", "text_encoder_2")

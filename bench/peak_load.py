@@ -1,8 +1,8 @@
-"""Peak memory while loading, streamed against diffusers' own loader, each load in a fresh process.
+"""Peak memory while loading, streamed against the libraries' own loaders, each load in a fresh process.
 
 For each plan and round, two fresh interpreters load the same pipeline through the resolver
 (`prepare` + `load_plan`, no caches): one quantizes as the weights stream in (`keep/stream.py`,
-the default), the other with streaming off, so every component goes through its library's
+PIPEQUANT_STREAM_LOAD=on), the other with streaming off, so every component goes through its library's
 `from_pretrained` (what round one measured). The order flips each round (interleaved pairs).
 Each child imports everything and plans first, then takes its RSS as the baseline, resets the
 kernel's high-water mark (`/proc/self/clear_refs`) and loads: peak = VmHWM - baseline, divided by
@@ -10,6 +10,7 @@ the pipeline's resident bytes (every storage behind its tensors, `keep.memory.te
 absolute `ru_maxrss` is kept too. Load time is the child's CPU time (user + system) of the load.
 
     python -m bench.peak_load --size 200m --rounds 3      # ~3 min on 2 cores
+    python -m bench.peak_load --size t5-130m --plans int8wo_t5,quanto8_t5,sdnq8_t5   # the T5 encoder
 """
 
 from __future__ import annotations
@@ -26,11 +27,22 @@ from .pipelines import default_root, ensure
 from .report import provenance, write_results
 from .suite import REPO, fmt_spread, spread
 
+
+def _t5_only(backend: str, quant_type: str) -> dict:
+    one = {"backend": backend, "quant_type": quant_type, "compute_dtype": "auto", "options": {}}
+    return {"kind": "granular", "components": {"text_encoder_2": one}}
+
+
 PLANS = {
     "int8wo": ("torchao int8 weight-only", config.PLANS["int8wo"].spec),
     "quanto8": ("quanto int8", config.PLANS["quanto8"].spec),
     "sdnq8": ("sdnq int8", {**config.PLANS["int8wo"].spec, "backend": "sdnq", "quant_type": "int8"}),
+    # the T5 encoder alone (a transformers model), for ENCODER_SIZE, whose weight is in its T5
+    "int8wo_t5": ("torchao int8 weight-only, T5 only", _t5_only("torchao", "int8_weight_only")),
+    "quanto8_t5": ("quanto int8, T5 only", _t5_only("quanto", "int8")),
+    "sdnq8_t5": ("sdnq int8, T5 only", _t5_only("sdnq", "int8")),
 }
+ENCODER_SIZE = "t5-130m"  # python -m bench.peak_load --size t5-130m --plans int8wo_t5,quanto8_t5,sdnq8_t5
 PATHS = ("stream", "library")
 
 
@@ -136,15 +148,15 @@ def _ratio(x: dict) -> float:
 
 def to_markdown(res: dict) -> str:
     lines = [
-        "# Peak memory while loading: streamed vs diffusers' own loader",
+        "# Peak memory while loading: streamed vs the libraries' own loaders",
         "",
         f"Size {res['size']}, {res['rounds']} rounds of interleaved pairs, each load in a fresh process "
         "(CPU, 1 torch thread). Peak = kernel RSS high-water mark during the load above the RSS after "
         "imports and planning; resident = every storage behind the pipeline's tensors. "
         "Figures: median (min–max, n).",
         "",
-        "| plan | resident MB | peak ÷ resident, streamed | peak ÷ resident, diffusers' loader | "
-        "load CPU s, streamed | load CPU s, diffusers' loader | CPU streamed ÷ diffusers' loader | "
+        "| plan | resident MB | peak ÷ resident, streamed | peak ÷ resident, library's loader | "
+        "load CPU s, streamed | load CPU s, library's loader | CPU streamed ÷ library's loader | "
         "streamed components |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -157,14 +169,15 @@ def to_markdown(res: dict) -> str:
         )
     lines += [
         "",
-        "Components not streamed load through their library's `from_pretrained` in both columns "
-        "(transformers models: CLIP and T5; their share of these pipelines is small).",
+        "Components not quantized load through their library's `from_pretrained` in both columns. "
+        "diffusers models stream through diffusers' per-shard loader, transformers models (T5, CLIP) "
+        "through transformers' own loading loop handed lazily read tensors (`keep/stream.py`).",
         "",
         "Where the load's CPU time goes (user / system seconds; minor page faults in thousands): system "
         "time is mostly page faults, fresh heap pages the kernel zeroes.",
         "",
-        "| plan | user s, streamed | user s, diffusers' loader | system s, streamed | system s, diffusers' loader "
-        "| minor faults k, streamed | minor faults k, diffusers' loader |",
+        "| plan | user s, streamed | user s, library's loader | system s, streamed | system s, library's loader "
+        "| minor faults k, streamed | minor faults k, library's loader |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in res["summary"]:
@@ -178,7 +191,7 @@ def to_markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.peak_load", description=__doc__)
-    p.add_argument("--size", default="200m", choices=config.ALL_SIZES)
+    p.add_argument("--size", default="200m", choices=(*config.ALL_SIZES, ENCODER_SIZE))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--plans", default=",".join(PLANS), help="comma-separated: " + ", ".join(PLANS))
     p.add_argument("--root", type=Path, default=None)

@@ -68,6 +68,16 @@ FLUX_SIZES: dict[str, dict[str, Any]] = {
     "2b": dict(
         num_layers=3, num_single_layers=7, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=512
     ),
+    # Most of the weight in the T5 encoder instead (130 M params, 1024 wide, 12 layers; the transformer
+    # 2.4 M): what a transformers model's load is measured on (bench/peak_load.py). 265 MB.
+    "t5-130m": dict(
+        num_layers=1,
+        num_single_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=64,
+        joint_attention_dim=1024,
+        text_layers=12,
+    ),
 }
 
 
@@ -75,7 +85,8 @@ def flux_size_kwargs(size: str) -> dict[str, Any]:
     """Keyword arguments for :func:`build_flux` giving a transformer of ``size``.
 
     ``size`` is one of ``"tiny"`` (1.0 M params), ``"20m"`` (20.6 M), ``"200m"`` (198.6 M),
-    ``"2b"`` (2.06 B). Text encoders and VAE stay tiny at every size.
+    ``"2b"`` (2.06 B). Text encoders and VAE stay tiny at every size but ``"t5-130m"``, whose weight
+    is in a 130 M-parameter T5 encoder.
     """
     try:
         return dict(FLUX_SIZES[size.lower()])

@@ -257,7 +257,7 @@ def test_peak_load_bench_measures_a_peak_both_ways(tmp_path):
 
     res = peak_load.run("tiny", ["int8wo"], 1, tmp_path / "root", log=lambda msg: None)
     (row,) = res["summary"]
-    assert row["streamed"]["transformer"] is True
+    assert row["streamed"]["transformer"] is True and row["streamed"]["text_encoder_2"] is True
     assert {r["path"] for r in res["runs"]} == {"stream", "library"}
     for r in res["runs"]:
         assert r["peak_bytes"] > 0 and r["resident_bytes"] > 0 and r["load_cpu_s"] > 0
