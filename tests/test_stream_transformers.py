@@ -74,3 +74,18 @@ def test_a_pre_quantized_or_misnamed_encoder_falls_back_to_transformers_with_the
     for path in folder.glob("model*.safetensors*"):
         path.rename(path.with_name(path.name.replace("model", "weights")))
     assert "no model.safetensors" in stream.why_not("transformers", folder, None, {})
+
+
+def test_an_encoder_that_cannot_stream_is_named_in_the_notes(tiny_flux, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPEQUANT_STREAM_LOAD", "on")
+    folder = tmp_path / tiny_flux.name
+    shutil.copytree(tiny_flux, folder)
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "text_encoder_2" / "model.safetensors"
+    save_file(load_file(str(path)), str(path), metadata={"format": "pt", "written_by": "someone"})
+    one = {"backend": "torchao", "quant_type": "int8_weight_only", "compute_dtype": "auto", "options": {}}
+    result = load(folder, spec_from_dict({"kind": "granular", "components": {"text_encoder_2": one}}), cache=None)
+    row = next(r for r in result.rows if r["component"] == "text_encoder_2")
+    assert row["streamed"] is False and "metadata" in row["stream_reason"] and row["quantized_layers"] > 0
+    assert any("text_encoder_2: read by transformers' own loader, not streamed" in n for n in result.notes)

@@ -440,16 +440,15 @@ def _snapshot_or_write(plan: Plan, row, module, config, disk_cache: DiskCache, t
 
 
 def _stream_fields(row: dict, module, notes: list) -> None:
-    """The row says whether the component was quantized as its weights streamed in; a diffusers
-    model that could not is named in the notes (its peak while loading is diffusers' own)."""
+    """The row says whether the component was quantized as its weights streamed in; one that could
+    not is named in the notes (its peak while loading is its library's own)."""
     why = getattr(module, "pipequant_streamed", None)
     if why is None:
         return
     row["streamed"] = why == ""
     if why:
         row["stream_reason"] = why
-        if row["library"] == DIFFUSERS:
-            notes.append(f"{row['component']}: read by diffusers' own loader, not streamed ({why})")
+        notes.append(f"{row['component']}: read by {row['library']}' own loader, not streamed ({why})")
 
 
 def _disk_notes(name: str, disk) -> list[str]:
