@@ -109,3 +109,10 @@ def test_snapshot_shares_weights_not_structure():
     assert copy_[0].weight is model[0].weight and copy_[1].bias is model[1].bias
     model[0].extra = torch.nn.Linear(2, 2)
     assert "0.extra.weight" not in copy_.state_dict()
+    model[1].weight = torch.nn.Parameter(torch.zeros(4))  # a replaced parameter stays in the original
+    model[1].register_buffer("probe", torch.ones(1))
+    model.register_state_dict_post_hook(lambda module, state, prefix, local: state.update(hooked=torch.ones(1)))
+    state = copy_.state_dict()
+    assert state.keys() == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert state["1.weight"] is not model[1].weight and torch.equal(state["1.weight"], torch.ones(4))
+    assert copy_(torch.ones(1, 4)).shape == (1, 4)  # still a working module
