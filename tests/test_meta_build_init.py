@@ -34,6 +34,21 @@ def test_init_is_skipped_only_inside_the_context_and_only_in_its_thread():
     assert layer.weight.abs().sum() > 0
 
 
+def test_the_skip_survives_a_library_that_puts_back_the_initialisers_it_saved():
+    import torch.nn.init as init
+
+    with skipping_init():
+        pass
+    saved = {name: getattr(init, name).__wrapped__ for name in ("normal_", "uniform_")}
+    for name, original in saved.items():  # what transformers' init guards do on exit
+        setattr(init, name, original)
+    with skipping_init():
+        t = torch.zeros(8)
+        init.normal_(t)
+        init.uniform_(t)
+    assert torch.equal(t, torch.zeros(8))
+
+
 def test_a_meta_build_gives_the_same_model_as_one_that_initialises():
     from transformers import T5Config, T5EncoderModel
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from ..constants import LOAD_DTYPES
 from ..files import shape_store
 from ..files.inspect_model import ComponentInfo
-from ..files.meta_build import BuildRefused, build_on_meta, skipping_init
+from ..files.meta_build import BuildRefused, build_on_meta, skipping_init, structural_copy
 from ..known.catalogue import DIFFUSERS
 from ..problems import Problem, ValidationError
 
@@ -74,7 +74,7 @@ class _Shape:
 @lru_cache(maxsize=4)
 def _shared_model(shape: _Shape):
     """One meta instance per shape for the readers here (layout, dtype plan); never modified:
-    `quantized_weights`, whose quantizer rewrites the model, builds its own."""
+    `quantized_weights`, whose quantizer rewrites the model, works on a structural copy."""
     return meta_model(shape.info)
 
 
@@ -194,7 +194,9 @@ def _quantized_weights_built(shape: _Shape, backend_name: str, quant_type: str, 
     full = {o.name: o.default for o in backend.options} | dict(options)
     config = backend.build_config(info.library, quant_type, torch.bfloat16, full)
     candidates = [name for name, _, _ in layout(info).linear_weights]
-    model = meta_model(info)
+    # The quantizer rewrites the model it is given: a structural copy of the shared meta instance
+    # (milliseconds) instead of a new build per quant type (0.04-0.12 s for a 8-12B transformer).
+    model = structural_copy(_shared_model(shape), own_tensors=True)
     with skipping_init():  # the quantizer's new layers (bnb, quanto) are built on meta too
         return frozenset(backend.quantized_weights(model, info.library, config, candidates))
 

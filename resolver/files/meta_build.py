@@ -9,9 +9,11 @@ parameter and module as it is registered and stop the build past a size or time 
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 
 from ..known.class_facts import config_defaults
@@ -251,32 +253,32 @@ def isolate_empty_init() -> bool:
 # once, each public init function hands its tensor back untouched while `skipping_init` is active in
 # the calling thread; everywhere else (every real load, other threads) it runs as it always does.
 _SKIP_INIT = threading.local()
-_init_installed = False
 
 
 def _install_init_skip() -> None:
-    global _init_installed
+    """Wrap each public initialiser not wrapped yet: checked on every use, since a library that
+    swaps `torch.nn.init`'s functions for its own and puts back what it saved at import
+    (transformers' weight-init guards) drops the wrappers."""
+    import torch.nn.init as init
+
+    def skippable(function):
+        def wrapper(tensor, *args, **kwargs):
+            if getattr(_SKIP_INIT, "depth", 0):
+                return tensor
+            return function(tensor, *args, **kwargs)
+
+        wrapper.__name__ = wrapper.__qualname__ = function.__name__
+        wrapper.__doc__ = function.__doc__
+        wrapper.__wrapped__ = function
+        wrapper.pipequant_skippable = True
+        return wrapper
+
     with _INSTALL_LOCK:
-        if _init_installed:
-            return
-        import torch.nn.init as init
-
-        def skippable(function):
-            def wrapper(tensor, *args, **kwargs):
-                if getattr(_SKIP_INIT, "depth", 0):
-                    return tensor
-                return function(tensor, *args, **kwargs)
-
-            wrapper.__name__ = wrapper.__qualname__ = function.__name__
-            wrapper.__doc__ = function.__doc__
-            wrapper.__wrapped__ = function
-            return wrapper
-
         for name in dir(init):
             function = getattr(init, name)
             if name.endswith("_") and not name.startswith("_") and callable(function):
-                setattr(init, name, skippable(function))
-        _init_installed = True
+                if not getattr(function, "pipequant_skippable", False):
+                    setattr(init, name, skippable(function))
 
 
 @contextmanager
@@ -289,3 +291,49 @@ def skipping_init():
         yield
     finally:
         _SKIP_INIT.depth -= 1
+
+
+# -- copies of a module tree --------------------------------------------------------------------------
+def structural_copy(module, own_tensors: bool = False, _memo: dict | None = None):
+    """A copy of a module tree: every module a shallow copy with fresh containers (children,
+    parameters, buffers, hooks), so a layer, parameter or hook replaced in one never reaches the other
+    (1.3 ms for a 200M FLUX transformer; a deepcopy sharing the tensors took 15 ms). The tensors are
+    shared; with `own_tensors` each parameter and buffer is a new tensor object over the same data
+    (ties kept), so a quantizer that sets `.data` on a meta weight changes only its own copy."""
+    memo = {} if _memo is None else _memo
+    state = {}
+    for key, value in vars(module).items():
+        if key == "_modules":
+            state[key] = {
+                name: structural_copy(child, own_tensors, memo) if child is not None else None
+                for name, child in value.items()
+            }
+        elif own_tensors and key in ("_parameters", "_buffers"):
+            state[key] = {name: _own(t, memo) for name, t in value.items()}
+        elif type(value) in _CONTAINERS:  # parameters, buffers, hooks, non-persistent names
+            state[key] = value.copy()
+        elif isinstance(value, (dict, set, list)):
+            state[key] = copy.copy(value)
+        else:
+            state[key] = value
+    twin = type(module).__new__(type(module))  # as copy.copy makes it, without its generic path
+    object.__setattr__(twin, "__dict__", state)
+    return twin
+
+
+_CONTAINERS = (dict, set, list, OrderedDict)
+
+
+def _own(tensor, memo: dict):
+    import torch
+
+    if tensor is None:
+        return None
+    if id(tensor) not in memo:
+        if isinstance(tensor, torch.nn.Parameter):
+            fresh = torch.nn.Parameter(tensor.data, requires_grad=tensor.requires_grad)
+            fresh.__dict__.update(tensor.__dict__)
+        else:
+            fresh = tensor.data
+        memo[id(tensor)] = fresh
+    return memo[id(tensor)]
