@@ -59,3 +59,18 @@ def test_a_meta_build_gives_the_same_model_as_one_that_initialises():
     shapes = {n: (t.shape, t.dtype) for n, t in reference.state_dict().items()}
     assert {n: (t.shape, t.dtype) for n, t in built.state_dict().items()} == shapes
     assert all(t.device.type == "meta" for t in built.state_dict().values())
+
+
+def test_a_structural_copy_takes_a_quantizers_rewrites_and_leaves_the_original_alone():
+    from pipequant.resolver.files.meta_build import structural_copy
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    model[1].weight = model[0].weight  # tied
+    twin = structural_copy(model, own_tensors=True)
+    assert twin[1].weight is twin[0].weight and twin[0].weight is not model[0].weight
+    twin[0] = torch.nn.Identity()  # a quantizer replacing a layer
+    twin[1].weight.data = torch.empty(4, 4, device="meta")  # or packing a weight in place
+    twin[1].quantized = True
+    assert isinstance(model[0], torch.nn.Linear) and model[0].weight.shape == (8, 8)
+    assert not hasattr(model[1], "quantized") and model[1].weight.shape == (8, 8)
