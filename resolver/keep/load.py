@@ -553,11 +553,11 @@ def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
     mode = os.environ.get(STREAM_ENV, "auto").strip().lower()
     if not row.backend.streams or row.gguf_path is not None or is_off(mode):
         return None, config, None
-    why = stream.why_not(row.library, info.folder, info.variant, kwargs)
     diffusers_model = row.library == DIFFUSERS
     stem = stream.WEIGHTS if diffusers_model else stream.TRANSFORMERS_WEIGHTS
-    if why is None and mode != "on" and stream.library_loader_fits(info.folder, info.variant, stem):
-        return None, config, None  # room for the library's own, faster loader
+    if mode != "on" and stream.library_loader_fits(info.folder, info.variant, stem):
+        return None, config, None  # room for the library's own, faster loader: nothing to say
+    why = stream.why_not(row.library, info.folder, info.variant, kwargs)
     if why is None:
         try:
             read = stream.load if diffusers_model else stream.load_transformers
