@@ -539,7 +539,7 @@ def _read_saved(backend, cls, info: ComponentInfo, kwargs: dict):
     return backend.read_saved(cls, info.library, info.folder, kwargs["dtype"], names, read)
 
 
-# PIPEQUANT_STREAM_LOAD: "auto" (default) streams a component where diffusers' own loader's peak
+# PIPEQUANT_STREAM_LOAD: "auto" (default) streams a component where its library's own loader's peak
 # would not fit in the host RAM available (streaming is slower); "on" streams wherever it can (the
 # bench's streamed path); "off" loads every component through its library's from_pretrained.
 STREAM_ENV = "PIPEQUANT_STREAM_LOAD"
@@ -553,14 +553,12 @@ def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
     mode = os.environ.get(STREAM_ENV, "auto").strip().lower()
     if not row.backend.streams or row.gguf_path is not None or is_off(mode):
         return None, config, None
-    diffusers_model = row.library == DIFFUSERS
-    stem = stream.WEIGHTS if diffusers_model else stream.TRANSFORMERS_WEIGHTS
-    if mode != "on" and stream.library_loader_fits(info.folder, info.variant, stem):
+    if mode != "on" and stream.library_loader_fits(info.folder, info.variant, row.library):
         return None, config, None  # room for the library's own, faster loader: nothing to say
     why = stream.why_not(row.library, info.folder, info.variant, kwargs)
     if why is None:
         try:
-            read = stream.load if diffusers_model else stream.load_transformers
+            read = stream.load if row.library == DIFFUSERS else stream.load_transformers
             module = read(cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder))
         except stream.CannotStream as exc:
             why, config = str(exc), row.build_config()

@@ -21,7 +21,7 @@ import copy
 import os
 from pathlib import Path
 
-from ..constants import DIFFUSERS
+from ..constants import DIFFUSERS, TRANSFORMERS
 from ..files.safetensors_header import HeaderError, TensorSpan, read_spans
 from ..known.backends.base import diffusers_skeleton
 from ..safe_files import FileProblem, open_regular, read_json_object
@@ -94,7 +94,7 @@ def why_not(library: str, folder: Path, variant: str | None, kwargs: dict) -> st
     if not kwargs.get("use_safetensors", True):
         return "pickle weights"
     try:
-        files(folder, variant, WEIGHTS if library == DIFFUSERS else TRANSFORMERS_WEIGHTS)
+        files(folder, variant, library)
     except CannotStream as exc:
         return str(exc)
     return None
@@ -105,24 +105,25 @@ def why_not(library: str, folder: Path, variant: str | None, kwargs: dict) -> st
 LIBRARY_PEAK_PER_FILE_BYTE = 3
 
 
-def library_loader_fits(folder: Path, variant: str | None, stem: str = WEIGHTS) -> bool:
-    """Whether diffusers' own (faster) loader's peak for this component fits in the host RAM
+def library_loader_fits(folder: Path, variant: str | None, library: str = DIFFUSERS) -> bool:
+    """Whether its library's own (faster) loader's peak for this component fits in the host RAM
     available now. Streaming costs 1.2-1.5x the load's CPU time (bench/results/peak_load), so by
     default it runs only where the library's peak would not fit."""
     from ..known.machine import available_ram_bytes
 
     try:
-        checkpoint = sum(path.stat().st_size for path in files(folder, variant, stem))
+        checkpoint = sum(path.stat().st_size for path in files(folder, variant, library))
     except (CannotStream, OSError):
         return True  # why_not says why it cannot stream anyway
     available = available_ram_bytes()
     return available is None or LIBRARY_PEAK_PER_FILE_BYTE * checkpoint <= available
 
 
-def files(folder: Path, variant: str | None, stem: str = WEIGHTS) -> list[Path]:
-    """The safetensors files the library would read for this component (`stem`: diffusers' or
-    transformers' weights name; both name variants alike), in its order: the shards its index
-    names (sorted, as both read them), else the single weights file."""
+def files(folder: Path, variant: str | None, library: str = DIFFUSERS) -> list[Path]:
+    """The safetensors files `library` (diffusers or transformers, which name variants alike) would
+    read for this component, in its order: the shards its index names (sorted, as both read them),
+    else the single weights file."""
+    stem = WEIGHTS if library == DIFFUSERS else TRANSFORMERS_WEIGHTS
     suffix = f".{variant}" if variant else ""
     index = folder / f"{stem}.safetensors.index{suffix}.json"
     single = folder / f"{stem}{suffix}.safetensors"
@@ -320,7 +321,7 @@ def load_transformers(model_class, quantization_config, folder: Path, variant: s
     its tensors read one at a time with bounded reads: transformers' own loading loop and quantizer,
     handed the checkpoint as a state dict of lazy tensors. Raises CannotStream before any weight is
     read where the files or the config are not what that loop would read itself."""
-    paths = files(folder, variant, TRANSFORMERS_WEIGHTS)
+    paths = files(folder, variant, TRANSFORMERS)
     spans = _spans(paths)
     config = model_class.config_class.from_pretrained(str(folder), local_files_only=True)
     if getattr(config, "quantization_config", None) is not None:
