@@ -87,3 +87,32 @@ HUGE_ARRAY_GGUF = (
     + (0).to_bytes(4, "little")
     + (2**40).to_bytes(8, "little")
 ).ljust(100, b"\0")
+
+
+def load_with_disk_cache(folder, spec, cache):
+    """The Load path as a node runs it (inference mode), with `cache` as its disk cache; returns once
+    the background entry writes are done."""
+    from pipequant.resolver.keep import wait_for_writes
+    from pipequant.resolver.keep.load import load
+
+    with torch.inference_mode():
+        result = load(folder, spec, device="cpu", cache=None, disk_cache=cache)
+    wait_for_writes()
+    return result
+
+
+def flux_transformer_output(module) -> torch.Tensor:
+    """One forward of a (tiny) FLUX transformer on fixed random inputs, for comparing two loads."""
+    torch.manual_seed(0)
+    config = module.config
+    with torch.inference_mode():
+        return module(
+            hidden_states=torch.randn(1, 16, config.in_channels, dtype=torch.bfloat16),
+            encoder_hidden_states=torch.randn(1, 8, config.joint_attention_dim, dtype=torch.bfloat16),
+            pooled_projections=torch.randn(1, config.pooled_projection_dim, dtype=torch.bfloat16),
+            timestep=torch.tensor([0.5]),
+            img_ids=torch.zeros(16, 3),
+            txt_ids=torch.zeros(8, 3),
+            guidance=torch.tensor([3.5]) if config.guidance_embeds else None,
+            return_dict=False,
+        )[0]

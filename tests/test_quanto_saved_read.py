@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import flux_transformer_output, load_with_disk_cache
 
 pytest.importorskip("optimum.quanto")
 
 from pipequant.resolver import BackendSpec
-from pipequant.resolver.keep import wait_for_writes
 from pipequant.resolver.keep.disk_cache import DiskCache
 from pipequant.resolver.keep.load import load
 from pipequant.resolver.known.backends import quanto
@@ -24,10 +24,7 @@ SPEC = BackendSpec.make("quanto", "int8", components=["transformer"])
 
 
 def _load(folder, cache, spec=SPEC):
-    with torch.inference_mode():
-        result = load(folder, spec, device="cpu", cache=None, disk_cache=cache)
-    wait_for_writes()
-    return result
+    return load_with_disk_cache(folder, spec, cache)
 
 
 def _tensors(module) -> dict:
@@ -47,24 +44,6 @@ def _same(a: dict, b: dict) -> None:
             assert all(torch.equal(x, y) for x, y in zip(a[name], b[name], strict=True)), name
         else:
             assert a[name] == b[name], name
-
-
-def _output(module):
-    torch.manual_seed(0)
-    config = module.config
-    latents = torch.randn(1, 16, config.in_channels, dtype=torch.bfloat16)
-    text = torch.randn(1, 8, config.joint_attention_dim, dtype=torch.bfloat16)
-    with torch.inference_mode():
-        return module(
-            hidden_states=latents,
-            encoder_hidden_states=text,
-            pooled_projections=torch.randn(1, config.pooled_projection_dim, dtype=torch.bfloat16),
-            timestep=torch.tensor([0.5]),
-            img_ids=torch.zeros(16, 3),
-            txt_ids=torch.zeros(8, 3),
-            guidance=torch.tensor([3.5]) if config.guidance_embeds else None,
-            return_dict=False,
-        )[0]
 
 
 @pytest.mark.parametrize("quant_type", ["int8", "float8"])
@@ -113,8 +92,8 @@ def test_a_cached_quanto_component_is_read_by_the_fast_reader_as_diffusers_reads
     assert dict(fast.config) == dict(library.config)
     assert fast.hf_quantizer.pre_quantized and fast.is_quantized and not fast.training
     assert fast.hf_quantizer.quantization_config.to_dict() == library.hf_quantizer.quantization_config.to_dict()
-    assert torch.equal(_output(fast), _output(fresh))
-    assert torch.equal(_output(fast), _output(library))
+    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(fresh))
+    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(library))
 
 
 def test_files_that_are_not_exactly_the_models_tensors_go_to_diffusers(tiny_flux, tmp_path):

@@ -12,13 +12,12 @@ import os
 
 import pytest
 import torch
+from helpers import flux_transformer_output, load_with_disk_cache
 
 os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")  # eager: compiling takes minutes on CPU (test_sdnq.py)
 
 from pipequant.resolver import BackendSpec
-from pipequant.resolver.keep import wait_for_writes
 from pipequant.resolver.keep.disk_cache import DiskCache
-from pipequant.resolver.keep.load import load
 from pipequant.resolver.known.backends import sdnq
 
 pytestmark = pytest.mark.skipif(
@@ -29,10 +28,7 @@ SPEC = BackendSpec.make("sdnq", "int8", components=["transformer"])
 
 
 def _load(folder, cache, spec=SPEC):
-    with torch.inference_mode():
-        result = load(folder, spec, device="cpu", cache=None, disk_cache=cache)
-    wait_for_writes()
-    return result
+    return load_with_disk_cache(folder, spec, cache)
 
 
 def _row(result) -> dict:
@@ -59,22 +55,6 @@ def _layers(module) -> list:
         dequantizer = getattr(m, "sdnq_dequantizer", None)
         out.append((name, type(m).__name__, dict(vars(dequantizer)) if dequantizer is not None else None))
     return out
-
-
-def _output(module):
-    torch.manual_seed(0)
-    config = module.config
-    with torch.inference_mode():
-        return module(
-            hidden_states=torch.randn(1, 16, config.in_channels, dtype=torch.bfloat16),
-            encoder_hidden_states=torch.randn(1, 8, config.joint_attention_dim, dtype=torch.bfloat16),
-            pooled_projections=torch.randn(1, config.pooled_projection_dim, dtype=torch.bfloat16),
-            timestep=torch.tensor([0.5]),
-            img_ids=torch.zeros(16, 3),
-            txt_ids=torch.zeros(8, 3),
-            guidance=torch.tensor([3.5]) if config.guidance_embeds else None,
-            return_dict=False,
-        )[0]
 
 
 @pytest.mark.parametrize("quant_type", ["int8", "uint4"])  # uint4: packed weights and a zero point
@@ -112,8 +92,8 @@ def test_a_cached_sdnq_component_is_read_by_its_own_reader_as_it_was_quantized(
     assert dict(fast.config) == dict(library.config)
     assert fast.hf_quantizer.pre_quantized and fast.is_quantized and not fast.training
     assert fast.hf_quantizer.quantization_config.to_dict() == library.hf_quantizer.quantization_config.to_dict()
-    assert torch.equal(_output(fast), _output(fresh))
-    assert torch.equal(_output(fast), _output(library))
+    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(fresh))
+    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(library))
 
 
 def test_files_that_are_not_exactly_the_models_tensors_go_to_diffusers(tiny_flux, tmp_path):
