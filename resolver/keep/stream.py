@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..constants import DIFFUSERS, TRANSFORMERS
 from ..files.safetensors_header import HeaderError, TensorSpan, read_spans
-from ..known.backends.base import diffusers_skeleton
+from ..known.backends.base import diffusers_skeleton, finish_quantized_load
 from ..safe_files import FileProblem, open_regular, read_json_object
 from .cache import trim_heap
 
@@ -271,14 +271,7 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
         for handle in handles.values():
             handle.close()
     trim_heap()  # the holes since the last trim, before the next component loads
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-    if left:
-        raise RuntimeError(f"{len(left)} tensors were not loaded (first: {left[0]})")
-    quantizer.postprocess_model(model)
-    model.hf_quantizer = quantizer
-    model.register_to_config(_name_or_path=name_or_path, _pre_quantization_dtype=dtype)
-    model.eval()
-    return model
+    return finish_quantized_load(model, quantizer, name_or_path, dtype)
 
 
 # -- transformers models ------------------------------------------------------------------------------

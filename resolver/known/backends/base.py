@@ -437,10 +437,11 @@ def put_tensor(module, attr: str, tensor) -> None:
         module._buffers[attr] = tensor
 
 
-def finish_saved_read(model, quantizer, folder: Path, dtype):
-    """What diffusers' `from_pretrained` does once a quantized model's weights are in: every tensor
-    read (none left on the meta device, else RuntimeError), the quantizer's postprocess, the model's
-    `hf_quantizer`, its config's name and pre-quantization dtype, eval mode. Returns the model."""
+def finish_quantized_load(model, quantizer, folder: Path | str, dtype):
+    """What diffusers' `from_pretrained` does once a quantized model's weights are in (a saved copy
+    read, or weights quantized as they streamed in): every tensor read (none left on the meta device,
+    else RuntimeError), the quantizer's postprocess, the model's `hf_quantizer`, its config's name and
+    pre-quantization dtype, eval mode. Returns the model."""
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:
         raise RuntimeError(f"{len(left)} tensors were not read from {folder} (first: {left[0]})")

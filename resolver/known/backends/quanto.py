@@ -15,7 +15,7 @@ from .base import (
     Backend,
     QuantType,
     as_diffusers_cast,
-    finish_saved_read,
+    finish_quantized_load,
     meta_shortcuts,
     module_skip_list,
     put_tensor,
@@ -243,4 +243,4 @@ def _read_saved_qbytes(model_class, folder, dtype, names, read):
             missing_keys=[],
         )
         layer.weight = torch.nn.Parameter(weight.optimize())  # as quanto's own _load_from_state_dict
-    return finish_saved_read(model, quantizer, folder, dtype)
+    return finish_quantized_load(model, quantizer, folder, dtype)

@@ -17,7 +17,7 @@ from .base import (
     Option,
     QuantType,
     as_diffusers_cast,
-    finish_saved_read,
+    finish_quantized_load,
     meta_shortcuts,
     module_skip_list,
     put_tensor,
@@ -132,4 +132,4 @@ def _read_saved_diffusers(backend, model_class, folder, dtype, names, read):
         else:
             owner, _, attr = name.rpartition(".")
             put_tensor(modules[owner], attr, as_diffusers_cast(name, tensor, dtype, keep))
-    return finish_saved_read(model, quantizer, folder, dtype)
+    return finish_quantized_load(model, quantizer, folder, dtype)
