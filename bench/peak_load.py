@@ -29,8 +29,7 @@ from .suite import REPO, fmt_spread, spread
 
 
 def _t5_only(backend: str, quant_type: str) -> dict:
-    one = {"backend": backend, "quant_type": quant_type, "compute_dtype": "auto", "options": {}}
-    return {"kind": "granular", "components": {"text_encoder_2": one}}
+    return {"kind": "granular", "components": {"text_encoder_2": config._one(backend, quant_type)}}
 
 
 PLANS = {
