@@ -249,9 +249,9 @@ def isolate_empty_init() -> bool:
 
 # -- no weight initialisation while building on meta ---------------------------------------------------
 # A meta tensor holds no values, yet every `torch.nn.init` call on it still dispatches: 60 % of the 12B
-# FLUX transformer's 0.1 s meta build, and a plan builds each component once per quant type. Installed
-# once, each public init function hands its tensor back untouched while `skipping_init` is active in
-# the calling thread; everywhere else (every real load, other threads) it runs as it always does.
+# FLUX transformer's 0.1 s meta build. Wrapped on first use, each public init function hands its
+# tensor back untouched while `skipping_init` is active in the calling thread; everywhere else (every
+# real load, other threads) it runs as it always does.
 _SKIP_INIT = threading.local()
 
 
@@ -312,7 +312,7 @@ def structural_copy(module, own_tensors: bool = False, _memo: dict | None = None
             state[key] = {name: _own(t, memo) for name, t in value.items()}
         elif type(value) in _CONTAINERS:  # parameters, buffers, hooks, non-persistent names
             state[key] = value.copy()
-        elif isinstance(value, (dict, set, list)):
+        elif isinstance(value, (dict, set, list)):  # a subclass: .copy() could change its type
             state[key] = copy.copy(value)
         else:
             state[key] = value
