@@ -116,3 +116,17 @@ def flux_transformer_output(module) -> torch.Tensor:
             guidance=torch.tensor([3.5]) if config.guidance_embeds else None,
             return_dict=False,
         )[0]
+
+
+def forget_shape_facts() -> None:
+    """What a new process holds in memory of models' shapes: nothing (the planner's and the
+    estimate's in-process caches cleared; the disk store and the shipped seed are left as set)."""
+    from pipequant.resolver.decide import footprint
+    from pipequant.resolver.decide.planner import candidates
+    from pipequant.resolver.files import shape_seed
+
+    for cached in (footprint._layout, footprint._fp32_names, footprint._quantized_weights, footprint._shared_model):
+        cached.cache_clear()
+    candidates._choices.cache_clear()
+    candidates.deprecated.cache_clear()
+    shape_seed._matches.cache_clear()

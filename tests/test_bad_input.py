@@ -27,7 +27,7 @@ from typing import Callable
 
 import pytest
 import torch
-from helpers import HUGE_ARRAY_GGUF, routes_client
+from helpers import HUGE_ARRAY_GGUF, forget_shape_facts, routes_client
 
 from pipequant.nodes.backend import PipeQuantBackend
 from pipequant.nodes.component_map import PipeQuantComponentMap
@@ -118,14 +118,6 @@ def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
 def _fake_header(path: Path, header: bytes) -> None:
     path.unlink()
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 64)
-
-
-def _forget_shapes() -> None:
-    """What a process that never built this architecture has: the next estimate builds it."""
-    from pipequant.resolver.decide import footprint
-
-    for cached in (footprint._layout, footprint._fp32_names, footprint._quantized_weights, footprint._shared_model):
-        cached.cache_clear()
 
 
 def _hostile(root: Path, tiny_flux: Path) -> None:
@@ -1834,7 +1826,7 @@ CASES = [
         None,
         "model",
         "far larger than any real one",
-        setup=lambda env: (_forget_shapes(), env.mp.setattr(meta_build, "MAX_SECONDS", 0.0)),
+        setup=lambda env: (forget_shape_facts(), env.mp.setattr(meta_build, "MAX_SECONDS", 0.0)),
     ),
     Case(
         "model-name-too-long",

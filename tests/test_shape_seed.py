@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import forget_shape_facts
 
 from pipequant.resolver.constants import LOAD_DTYPES
 from pipequant.resolver.decide import footprint
-from pipequant.resolver.decide.planner import candidates
 from pipequant.resolver.files import shape_seed, shape_store
 from pipequant.resolver.files.inspect_model import _freeze, inspect_model, thaw
 from pipequant.resolver.known import catalogue
@@ -23,21 +23,13 @@ from pipequant.testing.hollow import HUB_CLIP_L, HUB_T5_XXL
 REGENERATE = "regenerate it: python -m pipequant.testing.shape_seed"
 
 
-def _clear_memory_caches():
-    for f in (footprint._layout, footprint._fp32_names, footprint._quantized_weights, footprint._shared_model):
-        f.cache_clear()
-    candidates._choices.cache_clear()
-    candidates.deprecated.cache_clear()
-    shape_seed._matches.cache_clear()
-
-
 @pytest.fixture
 def seed_on(monkeypatch):
     monkeypatch.setenv(shape_store.ENV, "off")
     monkeypatch.setenv(shape_seed.ENV, "on")
-    _clear_memory_caches()
+    forget_shape_facts()
     yield
-    _clear_memory_caches()
+    forget_shape_facts()
 
 
 def _seed_matches_this_install():
@@ -59,12 +51,12 @@ def test_the_shipped_facts_are_what_the_installed_libraries_compute(flux_dev, se
             continue
         assert shape_seed.get(_shape(info), "layout") is not None, f"{info.name} not in the seed: {REGENERATE}"
         monkeypatch.setenv(shape_seed.ENV, "off")
-        _clear_memory_caches()
+        forget_shape_facts()
         truth = {"layout": footprint.layout(info)}
         for dtype in LOAD_DTYPES:
             truth[f"fp32:{dtype}"] = footprint.fp32_names(info, dtype)
         monkeypatch.setenv(shape_seed.ENV, "on")
-        _clear_memory_caches()
+        forget_shape_facts()
         assert footprint.layout(info) == truth["layout"], info.name
         for dtype in LOAD_DTYPES:
             assert footprint.fp32_names(info, dtype) == truth[f"fp32:{dtype}"], (info.name, dtype)
@@ -77,7 +69,7 @@ def test_the_shipped_facts_are_what_the_installed_libraries_compute(flux_dev, se
                 if shipped is None:
                     continue
                 monkeypatch.setenv(shape_seed.ENV, "off")
-                _clear_memory_caches()
+                forget_shape_facts()
                 assert footprint.quantized_weights(info, name, quant.name, ()) == frozenset(shipped), (
                     info.name,
                     name,

@@ -12,30 +12,23 @@ import subprocess
 import sys
 
 import pytest
+from helpers import forget_shape_facts
 
 from pipequant.resolver import BackendSpec
 from pipequant.resolver.decide import footprint
-from pipequant.resolver.decide.planner import candidates
 from pipequant.resolver.decide.prepare import prepare
 from pipequant.resolver.files import shape_seed, shape_store
 
 SPEC = BackendSpec.make("torchao", "int8_weight_only", components=["transformer", "text_encoder_2"])
 
 
-def _clear_memory_caches():
-    for f in (footprint._layout, footprint._fp32_names, footprint._quantized_weights, footprint._shared_model):
-        f.cache_clear()
-    candidates._choices.cache_clear()
-    candidates.deprecated.cache_clear()
-
-
 @pytest.fixture
 def store(monkeypatch, tmp_path):
     monkeypatch.setenv(shape_store.ENV, str(tmp_path / "shapes"))
     monkeypatch.setenv(shape_seed.ENV, "off")  # the store itself, not the facts shipped with the pack
-    _clear_memory_caches()
+    forget_shape_facts()
     yield tmp_path / "shapes"
-    _clear_memory_caches()
+    forget_shape_facts()
 
 
 def _forbid_builds(monkeypatch):
@@ -48,7 +41,7 @@ def _forbid_builds(monkeypatch):
 def test_a_fresh_process_estimates_from_the_store_without_building(store, flux_dev, monkeypatch):
     first = prepare(flux_dev, SPEC, device="cpu").estimate()
     assert any(store.glob("*.json"))
-    _clear_memory_caches()  # what a new process has: nothing in memory
+    forget_shape_facts()  # what a new process has: nothing in memory
     _forbid_builds(monkeypatch)
     assert prepare(flux_dev, SPEC, device="cpu").estimate() == first
 
@@ -74,7 +67,7 @@ def test_a_broken_store_file_is_ignored_and_rewritten(store, flux_dev):
     first = prepare(flux_dev, SPEC, device="cpu").estimate()
     for path in store.glob("*.json"):
         path.write_text("{not json")
-    _clear_memory_caches()
+    forget_shape_facts()
     assert prepare(flux_dev, SPEC, device="cpu").estimate() == first
     assert all(json.loads(p.read_text())["facts"] for p in store.glob("*.json"))
 
