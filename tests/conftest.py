@@ -46,6 +46,12 @@ def models_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def families_root(tmp_path_factory) -> Path:
+    """Session folder holding the tiny pipeline of each family (testing/families.py)."""
+    return tmp_path_factory.mktemp("families")
+
+
+@pytest.fixture(scope="session")
 def tiny_flux(models_root) -> Path:
     return tiny.ensure_pipeline("flux", models_root)
 

@@ -125,7 +125,13 @@ def forget_shape_facts() -> None:
     from pipequant.resolver.decide.planner import candidates
     from pipequant.resolver.files import shape_seed
 
-    for cached in (footprint._layout, footprint._fp32_names, footprint._quantized_weights, footprint._shared_model):
+    for cached in (
+        footprint._layout,
+        footprint._fp32_names,
+        footprint._quantized_weights,
+        footprint._shared_model,
+        footprint._folded_model,
+    ):
         cached.cache_clear()
     candidates._choices.cache_clear()
     candidates.deprecated.cache_clear()

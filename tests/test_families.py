@@ -35,11 +35,6 @@ TORCHVISION_SKIP = (
 )
 
 
-@pytest.fixture(scope="session")
-def families_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("families")
-
-
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_end_to_end(name, families_root):
     family = FAMILIES[name]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..constants import DTYPE_BYTES, NOT_A_MODEL, PREQUANTIZED, QUANTIZE  # noqa: F401 (DTYPE_BYTES re-exported)
+from ..files import shape_store
 from ..files.inspect_model import ComponentInfo
 from ..gguf_file import GGUFFileError, read_gguf
 from ..known import catalogue, measured
@@ -115,6 +116,7 @@ def file_bytes(path: Path, load_dtype: str) -> int:
         return path.stat().st_size
 
 
+@shape_store.batched()  # the facts it computes, written once per shape at the end
 def estimate(plan: Plan, variant: str | None = None) -> dict:
     variant = variant if variant is not None else getattr(plan, "variant", None)
     rows = []

@@ -135,7 +135,7 @@ def build_on_meta(cls, library: str, config: dict, where: str):
 
     isolate_empty_init()
     check_config(config, config_defaults(cls, library), where)
-    with bounded(where), torch.device("meta"), skipping_init():
+    with bounded(where), torch.device("meta"), skipping_init(), paused_gc():
         try:
             if library == "diffusers":
                 return cls.from_config(config)
@@ -293,20 +293,52 @@ def skipping_init():
         _SKIP_INIT.depth -= 1
 
 
+# -- no garbage collection while a model is built or rewritten -------------------------------------------
+# A meta build or a quantizer's layer replacement allocates tens of thousands of small objects, and
+# each few hundred start a collection that walks every object the process holds, the cached meta
+# models included: 40 % of a new model's plan in a warm process (0.8 of 2.0 s for SD3.5 Large).
+# Nothing built there is cyclic garbage worth collecting early; the next collection after it finds it.
+_GC_LOCK = threading.Lock()
+_gc = {"pauses": 0, "was_on": False}
+
+
+@contextmanager
+def paused_gc():
+    """Python's cyclic garbage collector paused for the duration (process-wide; nested and
+    concurrent uses counted, and it is left off where it was off before the first)."""
+    import gc
+
+    with _GC_LOCK:
+        if _gc["pauses"] == 0:
+            _gc["was_on"] = gc.isenabled()
+            gc.disable()
+        _gc["pauses"] += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _gc["pauses"] -= 1
+            if _gc["pauses"] == 0 and _gc["was_on"]:
+                gc.enable()
+
+
 # -- copies of a module tree --------------------------------------------------------------------------
-def structural_copy(module, own_tensors: bool = False, _memo: dict | None = None):
+def structural_copy(module, own_tensors: bool = False, leave_out: dict | None = None, _memo: dict | None = None):
     """A copy of a module tree: every module a shallow copy with fresh containers (children,
     parameters, buffers, hooks), so a layer, parameter or hook replaced in one never reaches the other
     (1.3 ms for a 200M FLUX transformer; a deepcopy sharing the tensors took 15 ms). The tensors are
     shared; with `own_tensors` each parameter and buffer is a new tensor object over the same data
-    (ties kept), so a quantizer that sets `.data` on a meta weight changes only its own copy."""
+    (ties kept), so a quantizer that sets `.data` on a meta weight changes only its own copy.
+    `leave_out` maps id(a module) to names of its children the copy goes without."""
     memo = {} if _memo is None else _memo
     state = {}
     for key, value in vars(module).items():
         if key == "_modules":
+            dropped = leave_out.get(id(module), ()) if leave_out else ()
             state[key] = {
-                name: structural_copy(child, own_tensors, memo) if child is not None else None
+                name: structural_copy(child, own_tensors, leave_out, memo) if child is not None else None
                 for name, child in value.items()
+                if name not in dropped
             }
         elif own_tensors and key in ("_parameters", "_buffers"):
             state[key] = {name: _own(t, memo) for name, t in value.items()}

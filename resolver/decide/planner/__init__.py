@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
+from ...files import shape_store
 from ...files.inspect_model import ModelInfo
 from ...known import measured
 from ...links.spec import BackendSpec, ComponentMap
@@ -199,6 +200,7 @@ def _budget_problem(message: str, suggestion: str) -> ValidationError:
     return ValidationError([Problem("budget_invalid", "budget_gb", message, suggestion)])
 
 
+@shape_store.batched()  # the facts it computes, written once per shape at the end
 def auto_plan(
     model: ModelInfo,
     profile: DeviceProfile,
