@@ -1,4 +1,4 @@
-"""The planner asks a quantizer about one block of each run of alike blocks (decide/block_fold.py):
+"""The planner asks a quantizer about one block of each run of alike blocks (decide/footprint.py):
 its answer, spread back over the run, is the whole model's answer for every backend and quant type,
 on the full-size FLUX.1-dev and SDXL and on every family with its block counts raised to six; where
 a rule singles out a block (a config naming it, a quantizer treating the last one apart) the whole
@@ -13,7 +13,8 @@ import pytest
 import torch
 from helpers import forget_shape_facts
 
-from pipequant.resolver.decide import block_fold, footprint
+from pipequant.resolver.decide import footprint
+from pipequant.resolver.decide.footprint import answer_from_fold, fold_runs, names_blocks
 from pipequant.resolver.files import shape_seed, shape_store
 from pipequant.resolver.files.inspect_model import inspect_model
 from pipequant.resolver.files.meta_build import build_on_meta, paused_gc
@@ -58,7 +59,7 @@ def _linear_names(model) -> list[str]:
 
 def _assert_folded_answers_match(whole, library: str, where: str) -> int:
     """Every backend's folded answer equals its whole-model answer; returns how many were compared."""
-    folded = block_fold.fold(whole)
+    folded = fold_runs(whole)
     candidates = _linear_names(whole)
     compared = 0
     for backend, quant, config in _configs(library):
@@ -72,7 +73,7 @@ def _assert_folded_answers_match(whole, library: str, where: str) -> int:
             asked_whole.append(model is whole)
             return footprint._ask(backend, model, library, made, names)
 
-        got = block_fold.answered(folded, whole, made, candidates, ask)
+        got = answer_from_fold(folded, whole, made, candidates, ask)
         assert got == expected, f"{where} {backend.name} {quant}: {sorted(got ^ expected)[:4]}"
         assert asked_whole == [False], f"{where} {backend.name} {quant}: the whole model was asked"
         compared += 1
@@ -94,7 +95,7 @@ def test_every_family_with_six_blocks_gets_the_whole_models_answer(name, familie
         if isinstance(config.get("layer_types"), list) and type(config.get("num_hidden_layers")) is int:
             config["layer_types"] = config["layer_types"][:1] * config["num_hidden_layers"]
         whole = build_on_meta(cls, info.library, config, component)
-        folded_any |= bool(block_fold.fold(whole).stand_ins)
+        folded_any |= bool(fold_runs(whole).stand_ins)
         assert _assert_folded_answers_match(whole, info.library, f"{name}/{component}") > 0
     assert folded_any, f"{name}: no component had a run of blocks to fold"
 
@@ -159,7 +160,7 @@ def _ask_by(rule):
 def test_runs_are_cut_to_first_second_and_last_and_names_map_back():
     with torch.device("meta"):
         toy = Toy()
-    folded = block_fold.fold(toy)
+    folded = fold_runs(toy)
     kept = list(folded.model.blocks._modules)
     # 0-5 alike, 6 wider, 7-11 alike: each run of six / five keeps its first, second and last
     assert kept == ["0", "1", "5", "6", "7", "8", "11"]
@@ -185,7 +186,7 @@ def test_rules_on_kept_blocks_are_answered_from_the_fold(rule):
         toy = Toy()
     candidates = _linear_names(toy)
     ask, seen = _ask_by(rule)
-    got = block_fold.answered(block_fold.fold(toy), toy, Config(), candidates, ask)
+    got = answer_from_fold(fold_runs(toy), toy, Config(), candidates, ask)
     assert got == {n for n in candidates if rule(n)}
     assert [model is toy for model, _ in seen] == [False]
     assert len(seen[0][1]) < len(candidates) / 2
@@ -196,7 +197,7 @@ def test_a_quantizer_that_treats_the_last_block_apart_is_asked_of_the_whole_mode
         toy = Toy()
     candidates = _linear_names(toy)
     ask, seen = _ask_by(lambda n: not n.startswith("blocks.11."))
-    got = block_fold.answered(block_fold.fold(toy), toy, Config(), candidates, ask)
+    got = answer_from_fold(fold_runs(toy), toy, Config(), candidates, ask)
     assert got == {n for n in candidates if not n.startswith("blocks.11.")}
     assert [model is toy for model, _ in seen] == [False, True]
 
@@ -207,14 +208,14 @@ def test_a_config_that_names_a_block_by_number_is_asked_of_the_whole_model(skip)
         toy = Toy()
     candidates = _linear_names(toy)
     ask, seen = _ask_by(lambda n: not n.startswith("blocks.3."))
-    got = block_fold.answered(block_fold.fold(toy), toy, Config(skip), candidates, ask)
+    got = answer_from_fold(fold_runs(toy), toy, Config(skip), candidates, ask)
     assert got == {n for n in candidates if not n.startswith("blocks.3.")}
     assert [model is toy for model, _ in seen] == [True]
 
 
 def test_version_strings_and_plain_names_do_not_count_as_block_numbers():
-    assert not block_fold.names_blocks(Config(["proj_out", "norm_out", "0.2.8", "int8_weight_only"]))
-    assert block_fold.names_blocks(Config(["single_transformer_blocks.0.norm.linear.weight"]))
+    assert not names_blocks(Config(["proj_out", "norm_out", "0.2.8", "int8_weight_only"]))
+    assert names_blocks(Config(["single_transformer_blocks.0.norm.linear.weight"]))
 
 
 # -- the process-wide helpers the fold runs under -----------------------------------------------------------
