@@ -118,6 +118,21 @@ def flux_transformer_output(module) -> torch.Tensor:
         )[0]
 
 
+@contextlib.contextmanager
+def shape_facts(monkeypatch, store: str, seed: str):
+    """The planner's shape facts from `store` (a folder, or "off") and the shipped seed ("on" or
+    "off"), with none of them in memory before or after (as in a new process)."""
+    from pipequant.resolver.files import shape_seed, shape_store
+
+    monkeypatch.setenv(shape_store.ENV, store)
+    monkeypatch.setenv(shape_seed.ENV, seed)
+    forget_shape_facts()
+    try:
+        yield
+    finally:
+        forget_shape_facts()
+
+
 def forget_shape_facts() -> None:
     """What a new process holds in memory of models' shapes: nothing (the planner's and the
     estimate's in-process caches cleared; the disk store and the shipped seed are left as set)."""

@@ -11,7 +11,7 @@ import re
 
 import pytest
 import torch
-from helpers import forget_shape_facts
+from helpers import shape_facts
 
 from pipequant.resolver.decide import footprint
 from pipequant.resolver.decide.footprint import answer_from_fold, fold_runs, names_blocks
@@ -26,11 +26,8 @@ BLOCK_COUNT = re.compile(r"num_(\w+_)?(layers|blocks)")  # block counts, not wid
 
 @pytest.fixture
 def no_stored_facts(monkeypatch):
-    monkeypatch.setenv(shape_store.ENV, "off")
-    monkeypatch.setenv(shape_seed.ENV, "off")
-    forget_shape_facts()
-    yield
-    forget_shape_facts()
+    with shape_facts(monkeypatch, "off", seed="off"):
+        yield
 
 
 def _configs(library: str):

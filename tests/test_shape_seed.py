@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import forget_shape_facts
+from helpers import forget_shape_facts, shape_facts
 
 from pipequant.resolver.constants import LOAD_DTYPES
 from pipequant.resolver.decide import footprint
@@ -25,11 +25,8 @@ REGENERATE = "regenerate it: python -m pipequant.testing.shape_seed"
 
 @pytest.fixture
 def seed_on(monkeypatch):
-    monkeypatch.setenv(shape_store.ENV, "off")
-    monkeypatch.setenv(shape_seed.ENV, "on")
-    forget_shape_facts()
-    yield
-    forget_shape_facts()
+    with shape_facts(monkeypatch, "off", seed="on"):
+        yield
 
 
 def _seed_matches_this_install():

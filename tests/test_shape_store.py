@@ -12,23 +12,20 @@ import subprocess
 import sys
 
 import pytest
-from helpers import forget_shape_facts
+from helpers import forget_shape_facts, shape_facts
 
 from pipequant.resolver import BackendSpec
 from pipequant.resolver.decide import footprint
 from pipequant.resolver.decide.prepare import prepare
-from pipequant.resolver.files import shape_seed, shape_store
+from pipequant.resolver.files import shape_store
 
 SPEC = BackendSpec.make("torchao", "int8_weight_only", components=["transformer", "text_encoder_2"])
 
 
 @pytest.fixture
 def store(monkeypatch, tmp_path):
-    monkeypatch.setenv(shape_store.ENV, str(tmp_path / "shapes"))
-    monkeypatch.setenv(shape_seed.ENV, "off")  # the store itself, not the facts shipped with the pack
-    forget_shape_facts()
-    yield tmp_path / "shapes"
-    forget_shape_facts()
+    with shape_facts(monkeypatch, str(tmp_path / "shapes"), seed="off"):  # the store, not the shipped facts
+        yield tmp_path / "shapes"
 
 
 def _forbid_builds(monkeypatch):
