@@ -210,6 +210,27 @@ def test_a_config_that_names_a_block_by_number_is_asked_of_the_whole_model(skip)
     assert [model is toy for model, _ in seen] == [True]
 
 
+def test_a_container_at_two_places_is_answered_as_the_layout_names_it():
+    with torch.device("meta"):
+        toy = Toy()
+        toy.again = toy.blocks  # one ModuleList at two places: the layout names it once, as here
+    candidates = _linear_names(toy)
+    ask, seen = _ask_by(lambda n: ".out." in n)
+    got = answer_from_fold(fold_runs(toy), toy, Config(), candidates, ask)
+    assert got == {n for n in candidates if ".out." in n}
+
+
+def test_a_name_the_fold_cannot_place_is_asked_of_the_whole_model():
+    with torch.device("meta"):
+        toy = Toy()
+    folded = fold_runs(toy)
+    folded.stand_ins["blocks"]["3"] = "2"  # a stand-in the folded copy does not hold
+    candidates = _linear_names(toy)
+    ask, seen = _ask_by(lambda n: True)
+    assert answer_from_fold(folded, toy, Config(), candidates, ask) == set(candidates)
+    assert [model is toy for model, _ in seen] == [True]
+
+
 def test_version_strings_and_plain_names_do_not_count_as_block_numbers():
     assert not names_blocks(Config(["proj_out", "norm_out", "0.2.8", "int8_weight_only"]))
     assert names_blocks(Config(["single_transformer_blocks.0.norm.linear.weight"]))

@@ -300,6 +300,7 @@ class Folded:
         self.stand_ins = stand_ins  # container path -> {dropped child key: kept key answering for it}
         self.runs = runs  # (container path, second key, last key) of every folded run
         self._names: dict[str, str] = {}  # name_for's answers: each quant type asks the same names
+        self.parameters = {n for n, _ in model.named_parameters(remove_duplicate=False)}
 
     def name_for(self, name: str) -> str:
         """The name in the folded model that answers for `name` of the whole model."""
@@ -333,10 +334,11 @@ def _child(path: str, key: str) -> str:
 
 def answer_from_fold(folded: Folded, whole, config, candidates: list[str], ask) -> frozenset[str]:
     """Which of `candidates` (names in the whole model) the quantizer quantizes: `ask(model, names)`
-    of the folded model, or of the `whole` model where the config names blocks by number or the
-    folded answer shows the last block of a run treated apart from the second."""
-    if not names_blocks(config):
-        asked = {folded.name_for(n) for n in candidates}
+    of the folded model, or of the `whole` model where the config names blocks by number, a name
+    has no stand-in in the folded model (a block shared by two containers) or the folded answer
+    shows the last block of a run treated apart from the second."""
+    asked = {folded.name_for(n) for n in candidates}
+    if not names_blocks(config) and asked <= folded.parameters:
         answer = ask(folded.model, asked)
         if folded.second_and_last_agree(asked, answer):
             return frozenset(n for n in candidates if folded.name_for(n) in answer)
