@@ -7,6 +7,7 @@ Exit codes: 0 ok; 2 invalid input (workflow, model folder, plan: nothing was loa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -573,12 +574,33 @@ def _quality_parser(sub) -> None:
     p.set_defaults(func=cmd_quality)
 
 
+# What `_configure` sets for the nodes a command runs; `main` puts it back, so a caller running
+# commands in its own process (a test, a benchmark) keeps its own roots and folders.
+CONFIGURED_ENV = ("PIPEQUANT_MODELS", "PIPEQUANT_GGUF", "PIPEQUANT_LORAS")
+
+
+@contextlib.contextmanager
+def _restoring_configuration():
+    env = {k: os.environ.get(k) for k in CONFIGURED_ENV}
+    folders = SaveImage.output_dir, LoadImage.input_dir
+    try:
+        yield
+    finally:
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        SaveImage.output_dir, LoadImage.input_dir = folders
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not getattr(args, "verbose", False):
         quiet_third_party()  # before anything imports torch & co.
     try:
-        return args.func(args)
+        with _restoring_configuration():
+            return args.func(args)
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

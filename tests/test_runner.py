@@ -161,6 +161,22 @@ def test_cli_run_validate_and_errors(env, models_root, tmp_path, capsys):
     assert "is not JSON" in capsys.readouterr().err
 
 
+def test_a_command_run_in_process_leaves_the_callers_configuration_as_it_was(models_root, tmp_path, monkeypatch):
+    """The CLI points the nodes at --models / --output for the command only: a test or benchmark
+    calling `main` keeps its own roots afterwards."""
+    from pipequant.runner.builtin import SaveImage
+
+    monkeypatch.setenv("PIPEQUANT_MODELS", "/the/callers/models")
+    monkeypatch.delenv("PIPEQUANT_LORAS", raising=False)
+    before = SaveImage.output_dir
+    wf = EXAMPLES / "SD3.5 torchao int8 (global).json"
+    args = ["--models", str(models_root), "--loras", str(tmp_path), "--output", str(tmp_path / "o")]
+    assert main(["validate", str(wf), *args, "--set", "PipeQuantLoadPipeline.model=tiny-sd4"]) == 2
+    assert os.environ["PIPEQUANT_MODELS"] == "/the/callers/models"
+    assert "PIPEQUANT_LORAS" not in os.environ
+    assert SaveImage.output_dir == before
+
+
 def test_demo_command_runs_on_a_fresh_cache(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pipequant", "demo", "--output", str(tmp_path / "o"), "--cache", str(tmp_path / "c")],
