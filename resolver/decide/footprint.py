@@ -279,7 +279,7 @@ def component_bytes(
 # every block between the second and the last answers as the second does. Asking every block of
 # SD3.5 Large's 38 joint blocks, T5-XXL's 24 layers and CLIP-G's 32 cost 2 s of CPU for a new model
 # in a warm process (issue 25). Rules that name a block by number are what could tell those blocks
-# apart: the first block is kept for those libraries ship (SDNQ keeps FLUX's
+# apart: the first block is kept for the rules libraries ship (SDNQ keeps FLUX's
 # "single_transformer_blocks.0.norm.linear" unquantized, and a first block's layer in five other
 # families); a quantizer that treats the last block apart is caught by comparing it with the second
 # (`second_and_last_agree`); a quantization config naming a block by number ("transformer_blocks.7",
@@ -335,8 +335,8 @@ def _child(path: str, key: str) -> str:
 def answer_from_fold(folded: Folded, whole, config, candidates: list[str], ask) -> frozenset[str]:
     """Which of `candidates` (names in the whole model) the quantizer quantizes: `ask(model, names)`
     of the folded model, or of the `whole` model where the config names blocks by number, a name
-    has no stand-in in the folded model (a block shared by two containers) or the folded answer
-    shows the last block of a run treated apart from the second."""
+    maps to one the folded copy does not hold, or the folded answer shows the last block of a run
+    treated apart from the second."""
     asked = {folded.name_for(n) for n in candidates}
     if not names_blocks(config) and asked <= folded.parameters:
         answer = ask(folded.model, asked)
