@@ -4,8 +4,8 @@ Each run is the CLI a user types, on the hollow FLUX.1-dev (full-size configs, h
 fresh interpreter with its own empty shape store (PIPEQUANT_SHAPE_CACHE), timed as the child's CPU
 (user + system, from the parent's RUSAGE_CHILDREN). Several package checkouts can be compared
 (`--variant before=/path/to/an/exported/tree`: the folder holding a `pipequant` package), interleaved
-round by round. A second figure, "new model in a warm process", plans the hollow SD3.5 Large in the
-process that has just planned FLUX.1-dev (imports done, nothing stored for SD3.5).
+round by round. A second figure, "new model in a warm process", plans the hollow SD3.5 Large in a
+process that has just planned FLUX.1-dev (imports done, nothing stored for SD3.5), once per round.
 
     python -m bench.plan_cold --runs 5 [--variant before=/tmp/before]
 """
@@ -94,14 +94,19 @@ def run(variants: dict[str, str], runs: int, models: Path, log=print) -> dict:
     for r in range(runs):
         for name in names if r % 2 == 0 else names[::-1]:
             figures = cold_cli(variants[name], models)
-            rows.append({"round": r, "variant": name, **figures})
-            log(f"round {r} {name}: cold plan {figures['cpu_s']:.2f} s CPU")
-    warm = {name: warm_new_model(variants[name], models) for name in names}
+            warm = warm_new_model(variants[name], models)
+            rows.append({"round": r, "variant": name, **figures, "warm_new_model_cpu_s": warm["new_model_cpu_s"]})
+            log(
+                f"round {r} {name}: cold plan {figures['cpu_s']:.2f} s CPU, new model warm {warm['new_model_cpu_s']:.2f} s"
+            )
     summary = {
         name: {
-            "cold_cpu_s": spread([x["cpu_s"] for x in rows if x["variant"] == name]),
-            "cold_wall_s": spread([x["wall_s"] for x in rows if x["variant"] == name]),
-            "warm_new_model_cpu_s": round(warm[name]["new_model_cpu_s"], 3),
+            key: spread([x[field] for x in rows if x["variant"] == name])
+            for key, field in (
+                ("cold_cpu_s", "cpu_s"),
+                ("cold_wall_s", "wall_s"),
+                ("warm_new_model_cpu_s", "warm_new_model_cpu_s"),
+            )
         }
         for name in names
     }
@@ -124,7 +129,7 @@ def to_markdown(res: dict) -> str:
     for name, s in res["summary"].items():
         lines.append(
             f"| {name} | {fmt_spread(s['cold_cpu_s'], 2)} | {fmt_spread(s['cold_wall_s'], 2)} | "
-            f"{s['warm_new_model_cpu_s']:.2f} |"
+            f"{fmt_spread(s['warm_new_model_cpu_s'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
