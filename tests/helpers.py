@@ -101,6 +101,32 @@ def load_with_disk_cache(folder, spec, cache):
     return result
 
 
+def spy_on_read_saved(monkeypatch, backend_class) -> list:
+    """Records, per call of `backend_class.read_saved`, whether the backend's own reader read the
+    entry (True) or left it to the library's loader (False)."""
+    calls = []
+    real = backend_class.read_saved
+
+    def spy(self, *args):
+        module = real(self, *args)
+        calls.append(module is not None)
+        return module
+
+    monkeypatch.setattr(backend_class, "read_saved", spy)
+    return calls
+
+
+def assert_read_as_diffusers_reads_it(fast, library, fresh) -> None:
+    """A cached FLUX transformer read by its backend's own reader (`fast`) against the same entry read
+    by diffusers' loader (`library`) and the module quantized in the first load (`fresh`): the same
+    config and quantizer, in eval mode, and the same output as both."""
+    assert dict(fast.config) == dict(library.config)
+    assert fast.hf_quantizer.pre_quantized and fast.is_quantized and not fast.training
+    assert fast.hf_quantizer.quantization_config.to_dict() == library.hf_quantizer.quantization_config.to_dict()
+    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(fresh))
+    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(library))
+
+
 def flux_transformer_output(module) -> torch.Tensor:
     """One forward of a (tiny) FLUX transformer on fixed random inputs, for comparing two loads."""
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import flux_transformer_output, load_with_disk_cache
+from helpers import assert_read_as_diffusers_reads_it, load_with_disk_cache, spy_on_read_saved
 
 pytest.importorskip("optimum.quanto")
 
@@ -54,15 +54,7 @@ def test_a_cached_quanto_component_is_read_by_the_fast_reader_as_diffusers_reads
     cache = DiskCache(tmp_path / "cache")
     fresh = _load(tiny_flux, cache, spec).pipeline.transformer  # quantized now; the entry is written after
 
-    calls = []
-    real = quanto.Quanto.read_saved
-
-    def spy(self, *args):
-        module = real(self, *args)
-        calls.append(module is not None)
-        return module
-
-    monkeypatch.setattr(quanto.Quanto, "read_saved", spy)
+    calls = spy_on_read_saved(monkeypatch, quanto.Quanto)
     result = _load(tiny_flux, cache, spec)
     assert calls == [True], "the entry was not read by quanto's own reader"
     row = next(r for r in result.rows if r["component"] == "transformer")
@@ -89,11 +81,7 @@ def test_a_cached_quanto_component_is_read_by_the_fast_reader_as_diffusers_reads
     assert [getattr(m, "source_cls", None) for m in fast.modules()] == [
         getattr(m, "source_cls", None) for m in library.modules()
     ]
-    assert dict(fast.config) == dict(library.config)
-    assert fast.hf_quantizer.pre_quantized and fast.is_quantized and not fast.training
-    assert fast.hf_quantizer.quantization_config.to_dict() == library.hf_quantizer.quantization_config.to_dict()
-    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(fresh))
-    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(library))
+    assert_read_as_diffusers_reads_it(fast, library, fresh)
 
 
 def test_files_that_are_not_exactly_the_models_tensors_go_to_diffusers(tiny_flux, tmp_path):

@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from helpers import flux_transformer_output, load_with_disk_cache
+from helpers import assert_read_as_diffusers_reads_it, load_with_disk_cache, spy_on_read_saved
 
 os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")  # eager: compiling takes minutes on CPU (test_sdnq.py)
 
@@ -67,15 +67,7 @@ def test_a_cached_sdnq_component_is_read_by_its_own_reader_as_it_was_quantized(
     assert _row(first)["disk_cache"] == "written"
     fresh = first.pipeline.transformer
 
-    calls = []
-    real = sdnq.SDNQ.read_saved
-
-    def spy(self, *args):
-        module = real(self, *args)
-        calls.append(module is not None)
-        return module
-
-    monkeypatch.setattr(sdnq.SDNQ, "read_saved", spy)
+    calls = spy_on_read_saved(monkeypatch, sdnq.SDNQ)
     result = _load(tiny_flux, cache, spec)
     assert calls == [True], "the entry was not read by SDNQ's own reader"
     assert _row(result)["disk_cache"] == "read"
@@ -89,11 +81,7 @@ def test_a_cached_sdnq_component_is_read_by_its_own_reader_as_it_was_quantized(
     library = _load(tiny_flux, cache, spec).pipeline.transformer
     _same_tensors(fast, library)
     assert _layers(fast) == _layers(library) == _layers(fresh)
-    assert dict(fast.config) == dict(library.config)
-    assert fast.hf_quantizer.pre_quantized and fast.is_quantized and not fast.training
-    assert fast.hf_quantizer.quantization_config.to_dict() == library.hf_quantizer.quantization_config.to_dict()
-    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(fresh))
-    assert torch.equal(flux_transformer_output(fast), flux_transformer_output(library))
+    assert_read_as_diffusers_reads_it(fast, library, fresh)
 
 
 def test_files_that_are_not_exactly_the_models_tensors_go_to_diffusers(tiny_flux, tmp_path):
