@@ -53,10 +53,12 @@ BATCHES = 48  # a component is read in at least this many batches where it is la
 # running process) and reads plus kept tensors moved into anonymous mappings of their own plus
 # mallopt (no trim, 32 MB mmap threshold) during the load, the transformer alone loads at 153-166k
 # faults and 1.22-1.48x peak (diffusers' loader: 160k, 5x). Without the tunable that scheme was
-# no better than this code (commit 29f291e, reverted; its figures in bench/README.md): the tcache still fragments most processes, and fresh mappings per read cost
-# system time of their own. Also without a gain: a fresh thread per batch (its tcache is emptied
-# at exit: 3.3x with no trim), a small allocation to shift the heap's alignment, trimming only
-# near a peak bound, glibc.malloc.hugetlb=1 (130k faults, 2.7 s of system time).
+# no better than this code (commit 29f291e, reverted; its figures in bench/README.md): the tcache
+# still fragments most processes, and fresh mappings per read cost system time of their own. Also
+# without a gain: a fresh thread per batch (its tcache is emptied at exit: 3.3x with no trim), a
+# small allocation to shift the heap's alignment, trimming only near a peak bound,
+# glibc.malloc.hugetlb=1 (130k faults, 2.7 s of system time), compacting the heap in place after
+# each batch (bench/README.md, round five).
 GROWTH_SHARE = 1 / 16
 MIN_GROWTH = 16 * 1024 * 1024
 
