@@ -2,8 +2,8 @@
 
 For each plan and round, two fresh interpreters load the same pipeline through the resolver
 (`prepare` + `load_plan`, no caches): one quantizes as the weights stream in (`keep/stream.py`,
-PIPEQUANT_STREAM_LOAD=on), the other with streaming off, so every component goes through its library's
-`from_pretrained` (what round one measured). The order flips each round (interleaved pairs).
+PIPEQUANT_STREAM_LOAD=on: for torchao and quanto the default too, their weights quantized by rows),
+the other with streaming off, so every component goes through its library's `from_pretrained`. The order flips each round (interleaved pairs).
 Each child imports everything and plans first, then takes its RSS as the baseline, resets the
 kernel's high-water mark (`/proc/self/clear_refs`) and loads: peak = VmHWM - baseline, divided by
 the pipeline's resident bytes (every storage behind its tensors, `keep.memory.tensor_bytes`). The
@@ -170,7 +170,10 @@ def to_markdown(res: dict) -> str:
         "",
         "Components not quantized load through their library's `from_pretrained` in both columns. "
         "diffusers models stream through diffusers' per-shard loader, transformers models (T5, CLIP) "
-        "through transformers' own loading loop handed lazily read tensors (`keep/stream.py`).",
+        "through transformers' own loading loop handed lazily read tensors (`keep/stream.py`). "
+        "torchao's and quanto's diffusers models are quantized by rows in a worker thread "
+        "(`Backend.row_quantizer`) and stream by default (`PIPEQUANT_STREAM_LOAD=auto`); the others "
+        "stream by default only where their library's peak would not fit in the RAM available.",
         "",
         "Where the load's CPU time goes (user / system seconds; minor page faults in thousands): system "
         "time is mostly page faults, fresh heap pages the kernel zeroes.",

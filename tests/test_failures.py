@@ -229,22 +229,39 @@ def test_gguf_with_wrong_tensor_shape(tiny_flux, flux_gguf, tmp_path, created_mo
 
 # -- 3. an exception raised inside a quantizer ------------------------------------------------------------------
 def _break_torchao_quantizer(monkeypatch, after: int, seen_rss: list | None = None):
-    """diffusers' torchao quantizer raises after quantizing `after` parameters of the transformer."""
+    """torchao raises after quantizing `after` parameters of the transformer: in diffusers' quantizer
+    (a weight quantized whole) and in the row quantizer the default streamed load uses (a weight
+    quantized by rows: the first call per weight looks at its first two rows)."""
     from diffusers.quantizers.torchao.torchao_quantizer import TorchAoHfQuantizer
 
-    original = TorchAoHfQuantizer.create_quantized_param
+    from pipequant.resolver.known.backends.torchao import _AORows
+
+    original, original_rows = TorchAoHfQuantizer.create_quantized_param, _AORows.quantize
     calls = [0]
 
-    def create_quantized_param(self, *args, **kwargs):
-        calls[0] += 1
+    def count_and_break(params: int) -> None:
+        calls[0] += params
         if calls[0] > after:
             if seen_rss is not None:
                 seen_rss.append(rss())
             raise RuntimeError("injected failure inside the torchao quantizer")
+
+    def create_quantized_param(self, *args, **kwargs):
+        count_and_break(1)
         return original(self, *args, **kwargs)
 
+    def quantize(self, module, rows):
+        count_and_break(1 if rows.shape[0] == 2 else 0)
+        return original_rows(self, module, rows)
+
     monkeypatch.setattr(TorchAoHfQuantizer, "create_quantized_param", create_quantized_param)
-    return lambda: monkeypatch.setattr(TorchAoHfQuantizer, "create_quantized_param", original)
+    monkeypatch.setattr(_AORows, "quantize", quantize)
+
+    def restore():
+        monkeypatch.setattr(TorchAoHfQuantizer, "create_quantized_param", original)
+        monkeypatch.setattr(_AORows, "quantize", original_rows)
+
+    return restore
 
 
 def test_exception_inside_a_quantizer(flux_20m, monkeypatch, created_models):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,26 @@ from pipequant.resolver.links import spec_from_dict
 def _config(backend: str):
     import diffusers
 
-    if backend == "torchao":
-        from torchao.quantization import Int8WeightOnlyConfig
+    if backend.startswith("torchao"):
+        import torchao.quantization as ao
 
-        return diffusers.TorchAoConfig(Int8WeightOnlyConfig())
-    if backend == "quanto":
-        return diffusers.QuantoConfig(weights_dtype="int8")
+        kind = {
+            "torchao": ao.Int8WeightOnlyConfig(),
+            "torchao-int8-dynamic": ao.Int8DynamicActivationInt8WeightConfig(),
+            "torchao-float8": ao.Float8WeightOnlyConfig(),
+            "torchao-per-tensor": ao.Int8WeightOnlyConfig(granularity=ao.PerTensor()),
+        }[backend]
+        return diffusers.TorchAoConfig(kind)
+    if backend.startswith("quanto"):
+        return diffusers.QuantoConfig(weights_dtype=backend.partition("-")[2] or "int8")
     sdnq = pytest.importorskip("sdnq")
     return sdnq.SDNQConfig(weights_dtype="int8")
+
+
+def _rows(backend: str, config):
+    from pipequant.resolver.known import catalogue
+
+    return catalogue.get_backend(backend.partition("-")[0]).row_quantizer(config)
 
 
 def _flat(model) -> dict:
@@ -73,13 +86,42 @@ def _forward(model):
         ).sample
 
 
-@pytest.mark.parametrize("backend", ["torchao", "quanto", "sdnq"])
-def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, backend, monkeypatch):
+def _spy_rows(rows, monkeypatch) -> list:
+    """(rows quantized, thread) of every call of the row quantizer."""
+    calls, quantize = [], rows.quantize
+
+    def spy(module, part):
+        calls.append((part.shape[0], threading.current_thread().name))
+        return quantize(module, part)
+
+    monkeypatch.setattr(rows, "quantize", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["torchao", "torchao-int8-dynamic", "torchao-float8", "torchao-per-tensor", "quanto", "quanto-float8", "sdnq"],
+)
+def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, backend, monkeypatch, caplog):
+    """Streamed as the Load node streams it: by rows where the backend has a row quantizer, a few
+    rows at a time (ROW_BYTES made small so the tiny weights are cut in several parts)."""
     from diffusers import FluxTransformer2DModel
 
     monkeypatch.setenv("SDNQ_USE_TORCH_COMPILE", "0")
+    monkeypatch.setattr(stream, "ROW_BYTES", 256)
     folder = tiny_flux / "transformer"
-    streamed = stream.load(FluxTransformer2DModel, _config(backend), folder, None, torch.bfloat16, str(folder))
+    config = _config(backend)
+    rows = _rows(backend, config)
+    assert (rows is not None) == (backend != "sdnq")
+    calls = _spy_rows(rows, monkeypatch) if rows is not None else []
+    streamed = stream.load(FluxTransformer2DModel, config, folder, None, torch.bfloat16, str(folder), rows=rows)
+    assert "quantized whole" not in caplog.text
+    weights = len([p for p in streamed.parameters() if hasattr(p, "__tensor_flatten__")])
+    if backend == "torchao-per-tensor":  # one scale for the whole weight: quantized whole, by torchao
+        assert weights and len(calls) == weights  # each weight's first two rows looked at, no more
+    elif rows is not None:
+        assert weights and len(calls) >= 3 * weights, "the weights were not cut in parts"  # 2 rows, then parts
+        assert {thread for _, thread in calls} == {"pipequant-rows_0"}  # its temporaries in its own heap
     plain = FluxTransformer2DModel.from_pretrained(
         str(folder),
         quantization_config=_config(backend),
@@ -90,7 +132,7 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     a, b = _flat(streamed), _flat(plain)
     assert a.keys() == b.keys()
     assert [k for k in a if not _same(a[k], b[k])] == []
-    quantized = [k for k in a if a[k].dtype == torch.int8]
+    quantized = [k for k in a if a[k].element_size() == 1]  # int8 or float8 data
     assert quantized, "nothing was quantized: the comparison proves nothing"
     assert type(streamed.transformer_blocks[0].attn.to_q) is type(plain.transformer_blocks[0].attn.to_q)
     assert dict(streamed.config) == dict(plain.config)
@@ -113,13 +155,33 @@ def test_the_load_streams_diffusers_models_and_says_which(tiny_flux, monkeypatch
     assert "streamed" not in rows["transformer"] and rows["transformer"]["quantized_layers"] > 0
 
 
-def test_by_default_it_streams_only_where_diffusers_own_loader_would_not_fit(tiny_flux, monkeypatch):
-    """Streaming is slower (1.3-1.6x the load's CPU time): with room for diffusers' own peak the
-    default loads through it; with less host RAM available than that peak, the same load streams."""
+@pytest.mark.parametrize(
+    "backend,quant_type",
+    [("torchao", "int8_weight_only"), ("torchao", "float8_weight_only"), ("quanto", "int8"), ("quanto", "float8")],
+)
+def test_by_default_a_backend_that_quantizes_by_rows_streams(tiny_flux, backend, quant_type, monkeypatch):
+    """Quantized by rows, streaming is at par with diffusers' loader (bench/results/peak_load), so
+    the default streams even with room for diffusers' own peak."""
     from pipequant.resolver.known import machine
 
     monkeypatch.delenv("PIPEQUANT_STREAM_LOAD", raising=False)
-    one = {"backend": "torchao", "quant_type": "int8_weight_only", "compute_dtype": "auto", "options": {}}
+    monkeypatch.setattr(machine, "available_ram_bytes", lambda: 1 << 50)
+    one = {"backend": backend, "quant_type": quant_type, "compute_dtype": "auto", "options": {}}
+    spec = spec_from_dict({"kind": "granular", "components": {"transformer": one}})
+    rows = {r["component"]: r for r in load(tiny_flux, spec, cache=None).rows}
+    assert rows["transformer"]["streamed"] is True and rows["transformer"]["quantized_layers"] > 0
+
+
+def test_by_default_other_backends_stream_only_where_the_library_loader_would_not_fit(tiny_flux, monkeypatch):
+    """Without a row quantizer streaming is slower (1.3-1.6x the load's CPU time): with room for
+    diffusers' own peak the default loads through it; with less host RAM available than that peak,
+    the same load streams."""
+    pytest.importorskip("sdnq")
+    from pipequant.resolver.known import machine
+
+    monkeypatch.delenv("PIPEQUANT_STREAM_LOAD", raising=False)
+    monkeypatch.setenv("SDNQ_USE_TORCH_COMPILE", "0")
+    one = {"backend": "sdnq", "quant_type": "int8", "compute_dtype": "auto", "options": {}}
     spec = spec_from_dict({"kind": "granular", "components": {"transformer": one}})
     weights = (tiny_flux / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size
     monkeypatch.setattr(machine, "available_ram_bytes", lambda: 100 * weights)
@@ -128,6 +190,30 @@ def test_by_default_it_streams_only_where_diffusers_own_loader_would_not_fit(tin
     monkeypatch.setattr(machine, "available_ram_bytes", lambda: 2 * weights)
     rows = {r["component"]: r for r in load(tiny_flux, spec, cache=None).rows}
     assert rows["transformer"]["streamed"] is True and rows["transformer"]["quantized_layers"] > 0
+
+
+def test_quantized_by_rows_under_inference_mode_as_comfyui_runs_nodes(tiny_flux, monkeypatch, caplog):
+    """ComfyUI runs a node under torch.inference_mode: the worker thread quantizes in the same mode
+    (a tensor made in inference mode cannot be written outside it), and the tensors are the same."""
+    from diffusers import FluxTransformer2DModel
+
+    monkeypatch.setattr(stream, "ROW_BYTES", 256)
+    folder = tiny_flux / "transformer"
+    with torch.inference_mode():
+        streamed = stream.load(
+            FluxTransformer2DModel,
+            _config("torchao"),
+            folder,
+            None,
+            torch.bfloat16,
+            str(folder),
+            rows=_rows("torchao", _config("torchao")),
+        )
+    plain = stream.load(FluxTransformer2DModel, _config("torchao"), folder, None, torch.bfloat16, str(folder))
+    a, b = _flat(streamed), _flat(plain)
+    assert a.keys() == b.keys() and [k for k in a if not _same(a[k], b[k])] == []
+    assert "quantized whole" not in caplog.text  # by rows, not by the library after a failure
+    assert not [t for t in threading.enumerate() if t.name.startswith("pipequant-rows")]  # the worker is gone
 
 
 def _extra_tensor(folder: Path) -> None:

@@ -539,9 +539,11 @@ def _read_saved(backend, cls, info: ComponentInfo, kwargs: dict):
     return backend.read_saved(cls, info.library, info.folder, kwargs["dtype"], names, read)
 
 
-# PIPEQUANT_STREAM_LOAD: "auto" (default) streams a component where its library's own loader's peak
-# would not fit in the host RAM available (streaming is slower); "on" streams wherever it can (the
-# bench's streamed path); "off" loads every component through its library's from_pretrained.
+# PIPEQUANT_STREAM_LOAD: "auto" (default) streams a diffusers component whose backend quantizes its
+# weights by rows (at par with the library's loader, at ~1.2x the resident bytes instead of ~5x:
+# bench/results/peak_load), and any other component where its library's own loader's peak would not
+# fit in the host RAM available (streaming it is slower); "on" streams wherever it can; "off" loads
+# every component through its library's from_pretrained.
 STREAM_ENV = "PIPEQUANT_STREAM_LOAD"
 
 
@@ -553,15 +555,25 @@ def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
     mode = os.environ.get(STREAM_ENV, "auto").strip().lower()
     if not row.backend.streams or row.gguf_path is not None or is_off(mode):
         return None, config, None
-    if mode != "on" and stream.library_loader_fits(info.folder, info.variant, row.library):
+    rows = row.backend.row_quantizer(config) if row.library == DIFFUSERS else None
+    needed = mode == "on" or not stream.library_loader_fits(info.folder, info.variant, row.library)
+    if not needed and rows is None:
         return None, config, None  # room for the library's own, faster loader: nothing to say
     why = stream.why_not(row.library, info.folder, info.variant, kwargs)
+    if why is not None and not needed:
+        return None, config, None  # streamed only because it is as fast; the library's loader fits
     if why is None:
         try:
-            read = stream.load if row.library == DIFFUSERS else stream.load_transformers
-            module = read(cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder))
+            if row.library == DIFFUSERS:
+                module = stream.load(
+                    cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder), rows=rows
+                )
+            else:
+                module = stream.load_transformers(
+                    cls, config, info.folder, info.variant, kwargs["dtype"], str(info.folder)
+                )
         except stream.CannotStream as exc:
-            why, config = str(exc), row.build_config()
+            why, config = (str(exc) if needed else None), row.build_config()
         else:
             return module, config, ""
     return None, config, why

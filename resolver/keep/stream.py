@@ -10,6 +10,12 @@ backend's own quantizer: the same casts, the same `quantize_` / `freeze` / SDNQ 
 tensors are bit for bit those of `from_pretrained` (tests/test_stream_load.py). Each batch's
 load-dtype copy is freed before the next is read.
 
+Where the backend's scheme gives each weight row its own scale (torchao int8/float8, quanto
+int8/float8: `Backend.row_quantizer`), a weight is quantized a megabyte of rows at a time in a
+worker thread (`_ByRows`): at par with diffusers' loader in CPU time, at ~1.2x the resident bytes,
+so the default streams those components. The others stream by default only where their library's
+peak would not fit in the RAM available (streaming them whole costs 1.2-1.5x the CPU time).
+
 `why_not` says where this cannot be done (a transformers model, a device map, files that are not
 exactly the model's tensors, a pre-quantized or torchao-serialised file); the caller then takes
 diffusers' path and the report says so.
@@ -18,7 +24,9 @@ diffusers' path and the report says so.
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import traceback
 from pathlib import Path
 
 from ..constants import DIFFUSERS, TRANSFORMERS
@@ -26,6 +34,8 @@ from ..files.safetensors_header import HeaderError, TensorSpan, read_spans
 from ..known.backends.base import diffusers_skeleton, finish_quantized_load
 from ..safe_files import FileProblem, open_regular, read_json_object
 from .cache import trim_heap
+
+log = logging.getLogger("pipequant")
 
 # Bytes read before they are handed on: small against any component worth quantizing, large enough
 # that the per-batch cost (one state_dict() walk of the model in diffusers' loader) stays negligible.
@@ -61,6 +71,10 @@ BATCHES = 48  # a component is read in at least this many batches where it is la
 # each batch (bench/README.md, round five).
 GROWTH_SHARE = 1 / 16
 MIN_GROWTH = 16 * 1024 * 1024
+# Quantized by rows (_ByRows) the loading thread's heap keeps no temporaries, so its growth is the
+# weights kept: trimmed at 1/16 the process faulted 100-180k pages (200M, torchao), at 1/4 66-85k
+# at a peak of 1.19-1.26x the resident bytes, with no trim 60k at 1.26-1.32x.
+ROWS_GROWTH_SHARE = 1 / 4
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 WEIGHTS = "diffusion_pytorch_model"  # diffusers' weights name (SAFETENSORS_WEIGHTS_NAME)
@@ -166,12 +180,13 @@ def _spans(paths: list[Path]) -> list[tuple[Path, TensorSpan]]:
     return found
 
 
-def _read(handle, span: TensorSpan):
-    """One tensor, read into memory of its own (no mapping of the file)."""
+def _read(handle, span: TensorSpan, raw=None):
+    """One tensor, read into memory of its own (no mapping of the file), or into `raw` (uint8, its
+    size)."""
     import torch
 
     size = span.end - span.start
-    raw = torch.empty(size, dtype=torch.uint8)
+    raw = torch.empty(size, dtype=torch.uint8) if raw is None else raw
     view, done = memoryview(raw.numpy()), 0
     handle.seek(span.start)
     while done < size:
@@ -180,6 +195,11 @@ def _read(handle, span: TensorSpan):
             raise OSError(f"{span.info.name}: the file ended {size - done} bytes early")
         done += n
     return raw.view(getattr(torch, TORCH_DTYPES[span.info.dtype])).reshape(span.info.shape)
+
+
+def _module_of(model, name: str):
+    path, _, attribute = name.rpartition(".")
+    return model.get_submodule(path), attribute
 
 
 def resident_bytes() -> int:
@@ -193,10 +213,10 @@ def resident_bytes() -> int:
 
 class _HeapBound:
     """Called between reads: trims the heap once the process has grown past what it held after the
-    last trim by GROWTH_SHARE of the component's `total` bytes (at least MIN_GROWTH)."""
+    last trim by `share` of the component's `total` bytes (at least MIN_GROWTH)."""
 
-    def __init__(self, total: int):
-        self.growth = max(MIN_GROWTH, int(GROWTH_SHARE * total))
+    def __init__(self, total: int, share: float = GROWTH_SHARE):
+        self.growth = max(MIN_GROWTH, int(share * total))
         self.mark = resident_bytes()
 
     def __call__(self) -> None:
@@ -221,11 +241,123 @@ def _batches(spans: list[tuple[Path, TensorSpan]]):
         yield batch
 
 
-def load(model_class, quantization_config, folder: Path, variant: str | None, dtype, name_or_path: str):
-    """`model_class.from_pretrained(name_or_path, quantization_config=..., dtype=dtype,
-    low_cpu_mem_usage=True)` on the CPU, read in bounded batches. Raises CannotStream before any
-    weight is read where the files are not exactly the model's tensors."""
+# Load-dtype bytes of a weight quantized at a time where its backend quantizes by rows: the
+# quantizers' temporaries (~4x these bytes) stay small and of the same few sizes, so the worker
+# thread's heap reuses them (larger: 2-4 MB fell to glibc's fresh mappings, 0.3-0.7 M page faults).
+ROW_BYTES = 1 << 20
+
+
+class _ByRows:
+    """Quantizes the weights a backend's RowQuantizer takes ROW_BYTES of rows at a time, in a worker
+    thread of its own, into tensors allocated whole on the loading thread. The quantizers'
+    temporaries then live and die in the worker's heap, and the loading thread's heap holds only
+    what the model keeps: no holes to trim, so no pages faulted in twice. (The same quantizers run
+    whole in the loading thread fragment its heap in most processes: bench/README.md, streamed
+    loads.) Such a weight is read into one buffer reused for each, and handed to diffusers' loader
+    alone, whose call to the quantizer's `create_quantized_param` lands here."""
+
+    def __init__(self, rows, quantizer, bound_heap):
+        import torch
+
+        self.rows, self.bound_heap = rows, bound_heap
+        self.quantizer, self.original = quantizer, quantizer.create_quantized_param
+        self.inference = torch.is_inference_mode_enabled()  # the worker quantizes in the same mode
+        self.buffer, self.taken, self.worker = None, set(), None
+        quantizer.create_quantized_param = self._create_quantized_param
+
+    def takes(self, model, name: str, span: TensorSpan) -> bool:
+        import torch
+
+        if len(span.info.shape) != 2 or span.info.shape[0] < 2 or span.info.dtype not in ("F32", "F16", "BF16"):
+            return False
+        module, attribute = _module_of(model, name)
+        meta = torch.empty(span.info.shape, dtype=getattr(torch, TORCH_DTYPES[span.info.dtype]), device="meta")
+        taken = self.rows.takes(module, attribute) and self.quantizer.check_if_quantized_param(
+            model, meta, name, {}, param_device="cpu"
+        )
+        if taken:
+            self.taken.add(name)
+        return taken
+
+    def read(self, handle, span: TensorSpan):
+        import torch
+
+        size = span.end - span.start
+        if self.buffer is None or self.buffer.numel() < size:
+            self.buffer = None
+            self.buffer = torch.empty(size, dtype=torch.uint8)
+        return _read(handle, span, self.buffer[:size])
+
+    def _create_quantized_param(self, model, param, name, device, *args, **kwargs):
+        if name not in self.taken:
+            return self.original(model, param, name, device, *args, **kwargs)
+        module, attribute = _module_of(model, name)
+        try:
+            whole = self._quantize(module, param)
+        except (ValueError, TypeError, RuntimeError, AttributeError) as exc:
+            # Its message only: the exception's frames hold the weight and the model.
+            log.warning("PipeQuant: %s is quantized whole, not by rows: %s", name, str(exc) or type(exc).__name__)
+            traceback.clear_frames(exc.__traceback__)
+            whole = None
+        if whole is None:  # the library quantizes it whole, from a copy (the buffer is read again)
+            return self.original(model, param.clone(), name, device, *args, **kwargs)
+        self.rows.put(module, attribute, whole)
+        self.bound_heap()
+
+    def _quantize(self, module, weight):
+        import torch
+
+        sample = self._in_worker(lambda: self.rows.quantize(module, weight[:2]))
+        names, _ = sample.__tensor_flatten__()
+        parts = {n: getattr(sample, n) for n in names}
+        if not all(isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 2 for t in parts.values()):
+            return None  # some tensor is not one row per weight row: not a per-row scheme
+        count = weight.shape[0]
+        whole = {n: torch.empty((count, *t.shape[1:]), dtype=t.dtype) for n, t in parts.items()}
+        step = max(2, ROW_BYTES // max(1, weight[0].numel() * weight.element_size()))
+        del parts
+
+        def quantize_rows():
+            with torch.inference_mode(self.inference), torch.no_grad():
+                for start in range(0, count, step):
+                    part = self.rows.quantize(module, weight[start : start + step])
+                    for n in names:
+                        whole[n][start : start + step].copy_(getattr(part, n))
+                    del part
+
+        self._in_worker(quantize_rows)
+        return self.rows.assemble(sample, whole, weight.shape)
+
+    def _in_worker(self, job):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.worker is None:
+            self.worker = ThreadPoolExecutor(1, thread_name_prefix="pipequant-rows")
+        return self.worker.submit(job).result()
+
+    def close(self) -> None:
+        self.quantizer.create_quantized_param = self.original
+        if self.worker is not None:
+            self.worker.shutdown()
+        self.buffer = None
+
+
+def _put(model, state: dict, quantizer, dtype, keep) -> None:
+    """`state`'s tensors into `model` as diffusers' loader puts a shard's. (Not a closure: a frame
+    keeps its function after `traceback.clear_frames`, and the function its closure: the model.)"""
     from diffusers.models.model_loading_utils import load_model_dict_into_meta
+
+    state = quantizer.maybe_update_state_dict(state)
+    load_model_dict_into_meta(
+        model, state, dtype=dtype, hf_quantizer=quantizer, keep_in_fp32_modules=keep, unexpected_keys=[]
+    )
+
+
+def load(model_class, quantization_config, folder: Path, variant: str | None, dtype, name_or_path: str, rows=None):
+    """`model_class.from_pretrained(name_or_path, quantization_config=..., dtype=dtype,
+    low_cpu_mem_usage=True)` on the CPU, read in bounded batches; the weights `rows` (the backend's
+    RowQuantizer, or None) takes are quantized by rows (_ByRows). Raises CannotStream before any
+    weight is read where the files are not exactly the model's tensors."""
     from diffusers.quantizers.auto import DiffusersAutoQuantizer
 
     paths = files(folder, variant)
@@ -253,22 +385,27 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
     snapshot = model.state_dict()
     model.state_dict = lambda *args, **kwargs: snapshot
     handles = {}
-    bound_heap = _HeapBound(sum(s.end - s.start for _, s in spans))
+    total = sum(s.end - s.start for _, s in spans)
+    bound_heap = _HeapBound(total, GROWTH_SHARE if rows is None else ROWS_GROWTH_SHARE)
+    by_rows = _ByRows(rows, quantizer, bound_heap) if rows is not None else None
+
     try:
         for batch in _batches(spans):
             state = {}
             for path, span in batch:
                 if path not in handles:
                     handles[path] = open_regular(path)
-                state[span.info.name] = _read(handles[path], span)
-            state = quantizer.maybe_update_state_dict(state)
-            load_model_dict_into_meta(
-                model, state, dtype=dtype, hf_quantizer=quantizer, keep_in_fp32_modules=keep, unexpected_keys=[]
-            )
+                if by_rows is not None and by_rows.takes(model, span.info.name, span):
+                    _put(model, {span.info.name: by_rows.read(handles[path], span)}, quantizer, dtype, keep)
+                else:
+                    state[span.info.name] = _read(handles[path], span)
+            _put(model, state, quantizer, dtype, keep)
             del state  # the load-dtype copies of quantized weights go now, before the next read
             bound_heap()
     finally:
         del model.state_dict
+        if by_rows is not None:
+            by_rows.close()
         for handle in handles.values():
             handle.close()
     trim_heap()  # the holes since the last trim, before the next component loads

@@ -294,6 +294,37 @@ class Backend:
         cache entry, a saved pipeline's folder), where `read_saved` does not. Default: none."""
         return contextlib.nullcontext()
 
+    def row_quantizer(self, config) -> RowQuantizer | None:
+        """For a diffusers component quantized with `config`: how its library quantizes a few rows
+        of a weight, where the library's scheme treats each row on its own (a scale per row), so a
+        streamed load (keep/stream.py) may quantize a weight a megabyte of rows at a time and get
+        the whole weight's tensors bit for bit. None (the default): weights are quantized whole."""
+        return None
+
+
+class RowQuantizer:
+    """A library's own quantization applied to some rows of a weight (Backend.row_quantizer).
+    keep/stream.py opens the result up with `__tensor_flatten__`, copies its tensors into the
+    whole weight's (every one has a row per weight row, or the rows are not taken), and asks
+    `assemble` for the whole weight's tensor and `put` to place it."""
+
+    def takes(self, module, tensor_name: str) -> bool:
+        """Whether this weight (one the library's quantizer would quantize) is quantized by rows."""
+        raise NotImplementedError
+
+    def quantize(self, module, rows):
+        """The library's quantized tensor for `rows` (a slice of the weight, in the load dtype),
+        as it would quantize `module`'s weight if it held only these rows."""
+        raise NotImplementedError
+
+    def assemble(self, sample, inner: dict, shape):
+        """The whole weight's quantized tensor: `inner` has `sample`'s inner tensors at full size."""
+        raise NotImplementedError
+
+    def put(self, module, tensor_name: str, tensor) -> None:
+        """Place it as the library's `create_quantized_param` leaves the module."""
+        raise NotImplementedError
+
 
 def meta_shortcuts(custom_ops: dict | None = None):
     """A context in which shape-only work on the meta device skips torch's Python reference

@@ -14,6 +14,7 @@ from .base import (
     MODULES_TO_NOT_CONVERT,
     Backend,
     QuantType,
+    RowQuantizer,
     as_diffusers_cast,
     finish_quantized_load,
     meta_shortcuts,
@@ -69,8 +70,48 @@ def _needs_build(quant_type: str, device: str) -> bool:
     return quant_type in PACKED and str(device).startswith("cpu") and not cpp_extension_built()
 
 
+# Weight types quanto scales per output row (axis 0, no groups): a row's values depend on it alone.
+ROW_WEIGHTS = ("int8", "float8")
+
+
+class _QuantoRows(RowQuantizer):
+    """The quantized weight `freeze` makes (the module's own `qweight`), computed for some rows."""
+
+    def takes(self, module, tensor_name):
+        from optimum.quanto import QModuleMixin
+
+        return isinstance(module, QModuleMixin) and tensor_name == "weight" and module.weight_group_size is None
+
+    def quantize(self, module, rows):
+        from types import SimpleNamespace
+
+        holder = SimpleNamespace(
+            weight=rows,
+            weight_qtype=module.weight_qtype,
+            optimizer=module.optimizer,
+            weight_group_size=module.weight_group_size,
+            activation_qtype=module.activation_qtype,
+        )
+        return type(module).qweight.fget(holder)
+
+    def assemble(self, sample, inner, shape):
+        names, meta = sample.__tensor_flatten__()
+        if meta.get("axis") != "0":
+            raise ValueError("not one scale per row")
+        meta = dict(meta, size=str(list(shape)), stride=str([shape[1], 1]))
+        return type(sample).__tensor_unflatten__(inner, meta, shape, None)
+
+    def put(self, module, tensor_name, tensor):
+        import torch
+
+        setattr(module, tensor_name, torch.nn.Parameter(tensor, requires_grad=False))
+
+
 @dataclass(frozen=True)
 class Quanto(Backend):
+    def row_quantizer(self, config):
+        return _QuantoRows() if getattr(config, "weights_dtype", None) in ROW_WEIGHTS else None
+
     def skips(self, library, module_name, entry):
         """diffusers' quanto replaces a Linear unless its *own* name is listed: a parent module's
         name ("transformer_blocks") keeps nothing out (diffusers/quantizers/quanto/utils.py)."""

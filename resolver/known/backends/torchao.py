@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import MODULES_TO_NOT_CONVERT, Backend, Option, QuantType, module_skip_list
+from .base import MODULES_TO_NOT_CONVERT, Backend, Option, QuantType, RowQuantizer, module_skip_list
 
 GROUP_SIZE = Option(
     "group_size",
@@ -47,12 +47,71 @@ def _ao_config(quant_type: str, options: dict):
     raise KeyError(quant_type)
 
 
+# Configs whose weights get one scale per row (PerRow, their default), so a row's values depend on
+# that row alone, and the function in torchao.quantization.quant_api that their transform (what
+# `quantize_` runs per Linear) calls on the weight. A config set per-tensor is caught when the rows
+# are opened up (keep/stream.py).
+ROW_FUNCTIONS = {
+    "Int8WeightOnlyConfig": "_int8_weight_only_quantize_tensor",
+    "Int8DynamicActivationInt8WeightConfig": "_int8_dynamic_activation_int8_weight_quantize_tensor",
+    "Float8WeightOnlyConfig": "_float8_weight_only_quant_tensor",
+}
+
+
+class _AORows(RowQuantizer):
+    """The weight half of torchao's transform, on some rows (the module half in `put`). Called
+    directly: the transform's own module handling costs as much as the math on a megabyte of rows."""
+
+    def __init__(self, ao_config, function):
+        self.ao_config, self.function = ao_config, function
+
+    def takes(self, module, tensor_name):
+        import torch
+
+        return type(module) is torch.nn.Linear and tensor_name == "weight"
+
+    def quantize(self, module, rows):
+        return self.function(rows, self.ao_config)
+
+    def assemble(self, sample, inner, shape):
+        if list(getattr(sample, "block_size", [1]))[0] != 1:
+            raise ValueError("not one scale per row")
+        _, attributes = sample.__tensor_flatten__()
+        return type(sample).__tensor_unflatten__(inner, attributes, shape, None)
+
+    def put(self, module, tensor_name, tensor):
+        """The rest of the transform: the inductor settings, the parameter, the repr."""
+        import types
+        from functools import partial
+
+        import torch
+        from torchao.quantization.utils import _module_extra_repr, recommended_inductor_config_setter
+
+        if getattr(self.ao_config, "set_inductor_config", False):
+            recommended_inductor_config_setter()
+        module._parameters[tensor_name] = torch.nn.Parameter(tensor, requires_grad=False)
+        module.extra_repr = types.MethodType(
+            partial(_module_extra_repr, original_extra_repr=module.extra_repr, parameter_name=tensor_name), module
+        )
+
+
 @dataclass(frozen=True)
 class TorchAO(Backend):
     def build_config(self, library, quant_type, compute_dtype, options):
         return self.config_class(library)(
             quant_type=_ao_config(quant_type, options), modules_to_not_convert=module_skip_list(options)
         )
+
+    def row_quantizer(self, config):
+        ao_config = getattr(config, "quant_type", None)
+        name = ROW_FUNCTIONS.get(type(ao_config).__name__)
+        try:
+            from torchao.quantization import quant_api
+            from torchao.quantization.utils import _module_extra_repr, recommended_inductor_config_setter  # noqa: F401
+        except ImportError:
+            return None
+        function = getattr(quant_api, name, None) if name else None
+        return _AORows(ao_config, function) if function is not None else None
 
 
 TORCHAO = TorchAO(
