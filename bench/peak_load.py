@@ -42,7 +42,9 @@ PLANS = {
     "sdnq8_t5": ("sdnq int8, T5 only", _t5_only("sdnq", "int8")),
 }
 ENCODER_SIZE = "t5-130m"  # python -m bench.peak_load --size t5-130m --plans int8wo_t5,quanto8_t5,sdnq8_t5
-PATHS = ("stream", "library")
+# "default": PIPEQUANT_STREAM_LOAD unset, what a user gets; "stream": on, wherever it can; "library": off.
+PATHS = ("default", "stream", "library")
+ENV = {"default": None, "stream": "on", "library": "off"}
 
 
 def child(job: dict) -> dict:
@@ -91,7 +93,9 @@ def child(job: dict) -> dict:
 
 def _run_child(job: dict) -> dict:
     env = {**os.environ, "SDNQ_USE_TORCH_COMPILE": "0", "OMP_NUM_THREADS": "1"}
-    env["PIPEQUANT_STREAM_LOAD"] = "on" if job["path"] == "stream" else "off"
+    env.pop("PIPEQUANT_STREAM_LOAD", None)
+    if ENV[job["path"]] is not None:
+        env["PIPEQUANT_STREAM_LOAD"] = ENV[job["path"]]
     out = subprocess.run(
         [sys.executable, "-m", "bench.peak_load", "--child", json.dumps(job)],
         cwd=REPO,
@@ -121,7 +125,6 @@ def run(size: str, plans: list[str], rounds: int, root: Path, log=print) -> dict
         mine = {p: [x for x in runs if x["plan"] == key and x["path"] == p] for p in PATHS}
         if not all(mine.values()) or any(x["peak_bytes"] is None or x["resident_bytes"] <= 0 for x in runs):
             raise RuntimeError(f"{key}: a load measured nothing (no peak or no resident bytes)")
-        pairs = list(zip(mine["stream"], mine["library"]))
         summary.append(
             {
                 "plan": key,
@@ -133,9 +136,15 @@ def run(size: str, plans: list[str], rounds: int, root: Path, log=print) -> dict
                 **{f"{p}_user_s": spread([x["load_user_s"] for x in mine[p]]) for p in PATHS},
                 **{f"{p}_sys_s": spread([x["load_sys_s"] for x in mine[p]]) for p in PATHS},
                 **{f"{p}_minor_faults_k": spread([x["minor_faults"] / 1000 for x in mine[p]]) for p in PATHS},
-                "cpu_stream_over_library": spread([s["load_cpu_s"] / b["load_cpu_s"] for s, b in pairs]),
-                "wall_stream_over_library": spread([s["load_wall_s"] / b["load_wall_s"] for s, b in pairs]),
+                **{
+                    f"{what}_{p}_over_library": spread(
+                        [s[f"load_{what}_s"] / b[f"load_{what}_s"] for s, b in zip(mine[p], mine["library"])]
+                    )
+                    for p in ("default", "stream")
+                    for what in ("cpu", "wall")
+                },
                 "streamed": mine["stream"][0]["streamed"],
+                "streamed_by_default": mine["default"][0]["streamed"],
             }
         )
     return {"size": size, "rounds": rounds, "folder": str(folder), "summary": summary, "runs": runs}
@@ -147,24 +156,26 @@ def _ratio(x: dict) -> float:
 
 def to_markdown(res: dict) -> str:
     lines = [
-        "# Peak memory while loading: streamed vs the libraries' own loaders",
+        "# Peak memory while loading: the default, streamed, and the libraries' own loaders",
         "",
         f"Size {res['size']}, {res['rounds']} rounds of interleaved pairs, each load in a fresh process "
         "(CPU, 1 torch thread). Peak = kernel RSS high-water mark during the load above the RSS after "
         "imports and planning; resident = every storage behind the pipeline's tensors. "
         "Figures: median (min–max, n).",
         "",
-        "| plan | resident MB | peak ÷ resident, streamed | peak ÷ resident, library's loader | "
-        "load CPU s, streamed | load CPU s, library's loader | CPU streamed ÷ library's loader | "
-        "streamed components |",
-        "|---|---|---|---|---|---|---|---|",
+        "| plan | resident MB | peak ÷ resident, default | peak ÷ resident, streamed | peak ÷ resident, "
+        "library's loader | CPU default ÷ library's loader | CPU streamed ÷ library's loader | load CPU s, "
+        "default / streamed / library's loader | streamed by default | streamed (on) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["summary"]:
-        streamed = ", ".join(n for n, s in r["streamed"].items() if s) or "-"
+        names = {k: ", ".join(n for n, s in r[k].items() if s) or "-" for k in ("streamed_by_default", "streamed")}
+        cpu = " / ".join(fmt_spread(r[f"{p}_cpu_s"], 2) for p in PATHS)
         lines.append(
-            f"| {r['label']} | {r['resident_mb']} | **{fmt_spread(r['stream_peak_over_resident'], 2)}** | "
-            f"{fmt_spread(r['library_peak_over_resident'], 2)} | {fmt_spread(r['stream_cpu_s'], 2)} | "
-            f"{fmt_spread(r['library_cpu_s'], 2)} | {fmt_spread(r['cpu_stream_over_library'])} | {streamed} |"
+            f"| {r['label']} | {r['resident_mb']} | **{fmt_spread(r['default_peak_over_resident'], 2)}** | "
+            f"{fmt_spread(r['stream_peak_over_resident'], 2)} | {fmt_spread(r['library_peak_over_resident'], 2)} | "
+            f"**{fmt_spread(r['cpu_default_over_library'])}** | {fmt_spread(r['cpu_stream_over_library'])} | "
+            f"{cpu} | {names['streamed_by_default']} | {names['streamed']} |"
         )
     lines += [
         "",
@@ -175,18 +186,22 @@ def to_markdown(res: dict) -> str:
         "(`Backend.row_quantizer`) and stream by default (`PIPEQUANT_STREAM_LOAD=auto`); the others "
         "stream by default only where their library's peak would not fit in the RAM available.",
         "",
-        "Where the load's CPU time goes (user / system seconds; minor page faults in thousands): system "
-        "time is mostly page faults, fresh heap pages the kernel zeroes.",
+        "Where the load's CPU time goes (user / system seconds; minor page faults in thousands; "
+        "default / streamed / library's loader): system time is mostly page faults, fresh heap pages the "
+        "kernel zeroes.",
         "",
-        "| plan | user s, streamed | user s, library's loader | system s, streamed | system s, library's loader "
-        "| minor faults k, streamed | minor faults k, library's loader |",
-        "|---|---|---|---|---|---|---|",
+        "| plan | user s, default / streamed / library | system s, default / streamed / library | "
+        "minor faults k, default / streamed / library |",
+        "|---|---|---|---|",
     ]
     for r in res["summary"]:
         lines.append(
-            f"| {r['label']} | {fmt_spread(r['stream_user_s'], 2)} | {fmt_spread(r['library_user_s'], 2)} | "
-            f"{fmt_spread(r['stream_sys_s'], 2)} | {fmt_spread(r['library_sys_s'], 2)} | "
-            f"{fmt_spread(r['stream_minor_faults_k'], 0)} | {fmt_spread(r['library_minor_faults_k'], 0)} |"
+            f"| {r['label']} | "
+            + " | ".join(
+                " / ".join(fmt_spread(r[f"{p}_{what}"], digits) for p in PATHS)
+                for what, digits in (("user_s", 2), ("sys_s", 2), ("minor_faults_k", 0))
+            )
+            + " |"
         )
     return "\n".join(lines) + "\n"
 

@@ -258,12 +258,13 @@ def test_peak_load_bench_measures_a_peak_both_ways(tmp_path):
     res = peak_load.run("tiny", ["int8wo"], 1, tmp_path / "root", log=lambda msg: None)
     (row,) = res["summary"]
     assert row["streamed"]["transformer"] is True and row["streamed"]["text_encoder_2"] is True
-    assert {r["path"] for r in res["runs"]} == {"stream", "library"}
+    assert row["streamed_by_default"]["transformer"] is True  # torchao: by rows, the default
+    assert {r["path"] for r in res["runs"]} == {"default", "stream", "library"}
     for r in res["runs"]:
         assert r["peak_bytes"] > 0 and r["resident_bytes"] > 0 and r["load_cpu_s"] > 0
         assert r["minor_faults"] > 0 and r["load_user_s"] + r["load_sys_s"] > 0
     md = peak_load.to_markdown(res)
-    assert "peak ÷ resident, streamed" in md and "n=1" in md and "minor faults k, streamed" in md
+    assert "peak ÷ resident, default" in md and "n=1" in md and "minor faults k, default" in md
 
 
 def test_plan_cold_bench_times_a_real_plan_in_a_fresh_process(flux_dev, tmp_path):
