@@ -305,6 +305,10 @@ class _ByRows:
         self.bound_heap()
 
     def _quantize(self, module, weight):
+        """The whole weight's quantized tensor, or None where the library's result for its first two
+        rows is not one row per weight row (a per-tensor scale). Every quantizer call runs in the
+        worker: one on this thread too leaves its OpenMP threads spinning against the worker's (0.3 s
+        of a 0.5 s load), and a part kept across calls would leave holes in the worker's heap."""
         import torch
 
         sample = self._in_worker(lambda: self.rows.quantize(module, weight[:2]))
@@ -318,22 +322,29 @@ class _ByRows:
         del parts
 
         def quantize_rows():
-            with torch.inference_mode(self.inference), torch.no_grad():
-                for start in range(0, count, step):
-                    part = self.rows.quantize(module, weight[start : start + step])
-                    for n in names:
-                        whole[n][start : start + step].copy_(getattr(part, n))
-                    del part
+            for start in range(0, count, step):
+                part = self.rows.quantize(module, weight[start : start + step])
+                for n in names:
+                    whole[n][start : start + step].copy_(getattr(part, n))
+                del part
 
         self._in_worker(quantize_rows)
         return self.rows.assemble(sample, whole, weight.shape)
 
     def _in_worker(self, job):
+        """`job()` in the worker thread, in this thread's inference mode (ComfyUI runs nodes in it),
+        without autograd."""
         from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        def in_mode():
+            with torch.inference_mode(self.inference), torch.no_grad():
+                return job()
 
         if self.worker is None:
             self.worker = ThreadPoolExecutor(1, thread_name_prefix="pipequant-rows")
-        return self.worker.submit(job).result()
+        return self.worker.submit(in_mode).result()
 
     def close(self) -> None:
         self.quantizer.create_quantized_param = self.original
