@@ -68,7 +68,8 @@ BATCHES = 48  # a component is read in at least this many batches where it is la
 # without a gain: a fresh thread per batch (its tcache is emptied at exit: 3.3x with no trim), a
 # small allocation to shift the heap's alignment, trimming only near a peak bound,
 # glibc.malloc.hugetlb=1 (130k faults, 2.7 s of system time), compacting the heap in place after
-# each batch (bench/README.md, round five).
+# each batch (bench/README.md, round five). What works is keeping the temporaries out of this heap
+# altogether, where the quantizer can run on rows in another thread (_ByRows: torchao, quanto).
 GROWTH_SHARE = 1 / 16
 MIN_GROWTH = 16 * 1024 * 1024
 # Quantized by rows (_ByRows) the loading thread's heap keeps no temporaries, so its growth is the
