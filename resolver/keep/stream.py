@@ -285,7 +285,7 @@ class _ByRows:
 
         size = span.end - span.start
         if self.buffer is None or self.buffer.numel() < size:
-            self.buffer = None
+            self.buffer = None  # the smaller one goes before the larger one is made
             self.buffer = torch.empty(size, dtype=torch.uint8)
         return _read(handle, span, self.buffer[:size])
 

@@ -62,8 +62,9 @@ class _AORows(RowQuantizer):
     """The weight half of torchao's transform, on some rows (the module half in `put`). Called
     directly: the transform's own module handling costs as much as the math on a megabyte of rows."""
 
-    def __init__(self, ao_config, function):
+    def __init__(self, ao_config, function, module_repr, inductor_settings):
         self.ao_config, self.function = ao_config, function
+        self.module_repr, self.inductor_settings = module_repr, inductor_settings
 
     def takes(self, module, tensor_name):
         import torch
@@ -85,13 +86,12 @@ class _AORows(RowQuantizer):
         from functools import partial
 
         import torch
-        from torchao.quantization.utils import _module_extra_repr, recommended_inductor_config_setter
 
         if getattr(self.ao_config, "set_inductor_config", False):
-            recommended_inductor_config_setter()
+            self.inductor_settings()
         module._parameters[tensor_name] = torch.nn.Parameter(tensor, requires_grad=False)
         module.extra_repr = types.MethodType(
-            partial(_module_extra_repr, original_extra_repr=module.extra_repr, parameter_name=tensor_name), module
+            partial(self.module_repr, original_extra_repr=module.extra_repr, parameter_name=tensor_name), module
         )
 
 
@@ -105,13 +105,15 @@ class TorchAO(Backend):
     def row_quantizer(self, config):
         ao_config = getattr(config, "quant_type", None)
         name = ROW_FUNCTIONS.get(type(ao_config).__name__)
-        try:
+        try:  # torchao's own pieces, private ones included: where one is gone, weights quantize whole
             from torchao.quantization import quant_api
-            from torchao.quantization.utils import _module_extra_repr, recommended_inductor_config_setter  # noqa: F401
+            from torchao.quantization.utils import _module_extra_repr, recommended_inductor_config_setter
         except ImportError:
             return None
         function = getattr(quant_api, name, None) if name else None
-        return _AORows(ao_config, function) if function is not None else None
+        if function is None:
+            return None
+        return _AORows(ao_config, function, _module_extra_repr, recommended_inductor_config_setter)
 
 
 TORCHAO = TorchAO(
