@@ -228,7 +228,7 @@ def test_gguf_with_wrong_tensor_shape(tiny_flux, flux_gguf, tmp_path, created_mo
 
 
 # -- 3. an exception raised inside a quantizer ------------------------------------------------------------------
-def _break_torchao_quantizer(monkeypatch, after: int, seen_rss: list | None = None):
+def _break_torchao_quantizer(monkeypatch, after: int, held: list | None = None):
     """torchao raises after quantizing `after` parameters of the transformer: in diffusers' quantizer
     (a weight quantized whole) and in the row quantizer the default streamed load uses (a weight
     quantized by rows: the first call per weight looks at its first two rows)."""
@@ -242,8 +242,8 @@ def _break_torchao_quantizer(monkeypatch, after: int, seen_rss: list | None = No
     def count_and_break(params: int) -> None:
         calls[0] += params
         if calls[0] > after:
-            if seen_rss is not None:
-                seen_rss.append(rss())
+            if held is not None:
+                held.append(live_tensor_bytes())
             raise RuntimeError("injected failure inside the torchao quantizer")
 
     def create_quantized_param(self, *args, **kwargs):
@@ -270,15 +270,15 @@ def test_exception_inside_a_quantizer(flux_20m, monkeypatch, created_models):
     keys = cache.keys()
     # text_encoder (transformers' quantizer) loads fresh and completes; the transformer fails.
     spec = G("torchao", "int8_weight_only", components=["text_encoder", "transformer"])
-    peak: list[int] = []
-    restore = _break_torchao_quantizer(monkeypatch, after=50, seen_rss=peak)
+    held: list[int] = []
+    restore = _break_torchao_quantizer(monkeypatch, after=60, held=held)
     # Warm the failing path once too (first-time imports and kernels are not a leak).
     with torch.inference_mode(), pytest.raises(LoadError):
         load(flux_20m, spec, device="cpu", cache=cache)
     restore()
-    restore = _break_torchao_quantizer(monkeypatch, after=50, seen_rss=peak)
+    restore = _break_torchao_quantizer(monkeypatch, after=60, held=held)
     created_models.clear()
-    peak.clear()
+    held.clear()
     rss_before, tensors_before = rss(), live_tensor_bytes()
 
     with torch.inference_mode(), pytest.raises(LoadError) as info:
@@ -288,7 +288,7 @@ def test_exception_inside_a_quantizer(flux_20m, monkeypatch, created_models):
     weights = flux_20m / "transformer" / "diffusion_pytorch_model.safetensors"
     assert error.files == [str(weights)] and weights.name in str(error)
     assert "injected failure inside the torchao quantizer" in str(error)
-    assert peak and peak[0] - rss_before > 15 * MB, "the failed load held too little for the RSS check to mean much"
+    assert held and held[0] - tensors_before > 15 * MB, "the failed load held too little for the checks to mean much"
     assert_nothing_survives(error, created_models, cache, keys, rss_before, tensors_before)
 
     restore()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,15 @@ def _config(backend: str):
     if backend.startswith("quanto"):
         return diffusers.QuantoConfig(weights_dtype=backend.partition("-")[2] or "int8")
     sdnq = pytest.importorskip("sdnq")
-    return sdnq.SDNQConfig(weights_dtype="int8")
+    kind, _, option = backend.partition("-")[2].partition("-")
+    options = {"group": {"group_size": -1}}.get(option, {})
+    return sdnq.SDNQConfig(weights_dtype=kind or "int8", **options)
 
 
 def _rows(backend: str, config):
     from pipequant.resolver.known import catalogue
 
-    return catalogue.get_backend(backend.partition("-")[0]).row_quantizer(config)
+    return catalogue.get_backend(backend.partition("-")[0]).row_quantizer(config, torch.bfloat16)
 
 
 def _flat(model) -> dict:
@@ -56,6 +59,21 @@ def _flat(model) -> dict:
             todo += [(f"{name}.{n}", getattr(value, n)) for n in inner]
         else:
             out[name] = value
+    return out
+
+
+PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.Size, list, tuple, type, types.FunctionType)
+
+
+def _layers(model) -> dict:
+    """Each module's class and plain attributes (SDNQ's dequantizer opened up, its Nones and forward
+    function kept)."""
+    out = {}
+    for name, module in model.named_modules():
+        facts = {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, PLAIN)}
+        if hasattr(module, "sdnq_dequantizer"):
+            facts["sdnq_dequantizer"] = vars(module.sdnq_dequantizer)
+        out[name] = (type(module), facts)
     return out
 
 
@@ -98,13 +116,28 @@ def _spy_rows(rows, monkeypatch) -> list:
     return calls
 
 
+NOT_BY_ROWS = ("sdnq-int4",)  # packed: streamed whole
+
+
 @pytest.mark.parametrize(
     "backend",
-    ["torchao", "torchao-int8-dynamic", "torchao-float8", "torchao-per-tensor", "quanto", "quanto-float8", "sdnq"],
+    [
+        "torchao",
+        "torchao-int8-dynamic",
+        "torchao-float8",
+        "torchao-per-tensor",
+        "quanto",
+        "quanto-float8",
+        "sdnq",
+        "sdnq-float8_e4m3fn",
+        "sdnq-int8-group",
+        "sdnq-int4",
+    ],
 )
 def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, backend, monkeypatch, caplog):
     """Streamed as the Load node streams it: by rows where the backend has a row quantizer, a few
-    rows at a time (ROW_BYTES made small so the tiny weights are cut in several parts)."""
+    rows at a time (ROW_BYTES made small so the tiny weights are cut in several parts), on the
+    loading thread (a worker thread's OpenMP team halved the speed on 2 cores)."""
     from diffusers import FluxTransformer2DModel
 
     monkeypatch.setenv("SDNQ_USE_TORCH_COMPILE", "0")
@@ -112,16 +145,17 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     folder = tiny_flux / "transformer"
     config = _config(backend)
     rows = _rows(backend, config)
-    assert (rows is not None) == (backend != "sdnq")
+    assert (rows is None) == (backend in NOT_BY_ROWS)
     calls = _spy_rows(rows, monkeypatch) if rows is not None else []
     streamed = stream.load(FluxTransformer2DModel, config, folder, None, torch.bfloat16, str(folder), rows=rows)
     assert "quantized whole" not in caplog.text
-    weights = len([p for p in streamed.parameters() if hasattr(p, "__tensor_flatten__")])
+    linears = len([m for m in streamed.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "SDNQLinear"])
     if backend == "torchao-per-tensor":  # one scale for the whole weight: quantized whole, by torchao
-        assert weights and len(calls) == weights  # each weight's first two rows looked at, no more
+        assert linears and len(calls) == linears  # each weight's first two rows looked at, no more
     elif rows is not None:
-        assert weights and len(calls) >= 3 * weights, "the weights were not cut in parts"  # 2 rows, then parts
-        assert {thread for _, thread in calls} == {"pipequant-rows_0"}  # its temporaries in its own heap
+        assert linears and len(calls) >= 3 * linears, "the weights were not cut in parts"  # 2 rows, then parts
+        assert {thread for _, thread in calls} == {threading.current_thread().name}
+        assert not [t for t in threading.enumerate() if t.name.startswith("pipequant-keep")]  # the keeper is gone
     plain = FluxTransformer2DModel.from_pretrained(
         str(folder),
         quantization_config=_config(backend),
@@ -134,10 +168,29 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     assert [k for k in a if not _same(a[k], b[k])] == []
     quantized = [k for k in a if a[k].element_size() == 1]  # int8 or float8 data
     assert quantized, "nothing was quantized: the comparison proves nothing"
-    assert type(streamed.transformer_blocks[0].attn.to_q) is type(plain.transformer_blocks[0].attn.to_q)
+    assert _layers(streamed) == _layers(plain)
     assert dict(streamed.config) == dict(plain.config)
     assert type(streamed.hf_quantizer) is type(plain.hf_quantizer) and not streamed.training
     assert torch.equal(_forward(streamed), _forward(plain))
+
+
+def test_sdnq_quantizes_by_rows_only_where_its_choices_keep_rows_apart():
+    """A low-rank fit (SVD, random: not reproducible even by SDNQ itself), a packed or unsigned type,
+    a quantized matmul (transposed weights): the whole weight decides, so no row quantizer."""
+    sdnq = pytest.importorskip("sdnq")
+    from pipequant.resolver.known import catalogue
+
+    backend = catalogue.get_backend("sdnq")
+    for kind, options in [("int8", {}), ("float8_e4m3fn", {}), ("int8", {"group_size": 64})]:
+        assert backend.row_quantizer(sdnq.SDNQConfig(weights_dtype=kind, **options), torch.bfloat16) is not None
+    for kind, options in [
+        ("int8", {"use_svd": True}),
+        ("int8", {"use_quantized_matmul": True}),
+        ("int8", {"use_stochastic_rounding": True}),
+        ("int4", {}),
+        ("uint4", {}),
+    ]:
+        assert backend.row_quantizer(sdnq.SDNQConfig(weights_dtype=kind, **options), torch.bfloat16) is None
 
 
 def test_the_load_streams_diffusers_models_and_says_which(tiny_flux, monkeypatch):
@@ -157,13 +210,23 @@ def test_the_load_streams_diffusers_models_and_says_which(tiny_flux, monkeypatch
 
 @pytest.mark.parametrize(
     "backend,quant_type",
-    [("torchao", "int8_weight_only"), ("torchao", "float8_weight_only"), ("quanto", "int8"), ("quanto", "float8")],
+    [
+        ("torchao", "int8_weight_only"),
+        ("torchao", "float8_weight_only"),
+        ("quanto", "int8"),
+        ("quanto", "float8"),
+        ("sdnq", "int8"),
+        ("sdnq", "float8_e4m3fn"),
+    ],
 )
 def test_by_default_a_backend_that_quantizes_by_rows_streams(tiny_flux, backend, quant_type, monkeypatch):
     """Quantized by rows, streaming is at par with diffusers' loader (bench/results/peak_load), so
     the default streams even with room for diffusers' own peak."""
     from pipequant.resolver.known import machine
 
+    if backend == "sdnq":
+        pytest.importorskip("sdnq")
+        monkeypatch.setenv("SDNQ_USE_TORCH_COMPILE", "0")
     monkeypatch.delenv("PIPEQUANT_STREAM_LOAD", raising=False)
     monkeypatch.setattr(machine, "available_ram_bytes", lambda: 1 << 50)
     one = {"backend": backend, "quant_type": quant_type, "compute_dtype": "auto", "options": {}}
@@ -181,7 +244,7 @@ def test_by_default_other_backends_stream_only_where_the_library_loader_would_no
 
     monkeypatch.delenv("PIPEQUANT_STREAM_LOAD", raising=False)
     monkeypatch.setenv("SDNQ_USE_TORCH_COMPILE", "0")
-    one = {"backend": "sdnq", "quant_type": "int8", "compute_dtype": "auto", "options": {}}
+    one = {"backend": "sdnq", "quant_type": "int4", "compute_dtype": "auto", "options": {}}  # packed: not by rows
     spec = spec_from_dict({"kind": "granular", "components": {"transformer": one}})
     weights = (tiny_flux / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size
     monkeypatch.setattr(machine, "available_ram_bytes", lambda: 100 * weights)
@@ -193,8 +256,8 @@ def test_by_default_other_backends_stream_only_where_the_library_loader_would_no
 
 
 def test_quantized_by_rows_under_inference_mode_as_comfyui_runs_nodes(tiny_flux, monkeypatch, caplog):
-    """ComfyUI runs a node under torch.inference_mode: the worker thread quantizes in the same mode
-    (a tensor made in inference mode cannot be written outside it), and the tensors are the same."""
+    """ComfyUI runs a node under torch.inference_mode: the keeper thread allocates in the same mode,
+    so the tensors are inference tensors as the library's are, and the same."""
     from diffusers import FluxTransformer2DModel
 
     monkeypatch.setattr(stream, "ROW_BYTES", 256)
@@ -209,11 +272,14 @@ def test_quantized_by_rows_under_inference_mode_as_comfyui_runs_nodes(tiny_flux,
             str(folder),
             rows=_rows("torchao", _config("torchao")),
         )
-    plain = stream.load(FluxTransformer2DModel, _config("torchao"), folder, None, torch.bfloat16, str(folder))
+        plain = FluxTransformer2DModel.from_pretrained(
+            str(folder), quantization_config=_config("torchao"), dtype=torch.bfloat16, local_files_only=True
+        )
     a, b = _flat(streamed), _flat(plain)
     assert a.keys() == b.keys() and [k for k in a if not _same(a[k], b[k])] == []
+    assert [k for k in a if a[k].is_inference() != b[k].is_inference()] == []
+    assert any(t.is_inference() for t in a.values())
     assert "quantized whole" not in caplog.text  # by rows, not by the library after a failure
-    assert not [t for t in threading.enumerate() if t.name.startswith("pipequant-rows")]  # the worker is gone
 
 
 def _extra_tensor(folder: Path) -> None:

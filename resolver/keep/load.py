@@ -555,7 +555,7 @@ def _stream(row, info: ComponentInfo, cls, config, kwargs: dict):
     mode = os.environ.get(STREAM_ENV, "auto").strip().lower()
     if not row.backend.streams or row.gguf_path is not None or is_off(mode):
         return None, config, None
-    rows = row.backend.row_quantizer(config) if row.library == DIFFUSERS else None
+    rows = row.backend.row_quantizer(config, kwargs["dtype"]) if row.library == DIFFUSERS else None
     needed = mode == "on" or not stream.library_loader_fits(info.folder, info.variant, row.library)
     if not needed and rows is None:
         return None, config, None  # room for the library's own, faster loader: nothing to say

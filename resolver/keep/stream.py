@@ -11,9 +11,9 @@ tensors are bit for bit those of `from_pretrained` (tests/test_stream_load.py). 
 load-dtype copy is freed before the next is read.
 
 Where the backend's scheme gives each weight row its own scale (torchao int8/float8, quanto
-int8/float8: `Backend.row_quantizer`), a weight is quantized a megabyte of rows at a time in a
-worker thread (`_ByRows`): at par with diffusers' loader in CPU time, at ~1.2x the resident bytes,
-so the default streams those components. The others stream by default only where their library's
+int8/float8, SDNQ int8/float8: `Backend.row_quantizer`), a weight is quantized a megabyte of rows at
+a time into tensors a keeper thread allocates (`_ByRows`): near par with diffusers' loader in time,
+at ~1.2x the resident bytes, so the default streams those components. The others stream by default only where their library's
 peak would not fit in the RAM available (streaming them whole costs 1.2-1.5x the CPU time).
 
 `why_not` says where this cannot be done (a transformers model, a device map, files that are not
@@ -68,8 +68,8 @@ BATCHES = 48  # a component is read in at least this many batches where it is la
 # without a gain: a fresh thread per batch (its tcache is emptied at exit: 3.3x with no trim), a
 # small allocation to shift the heap's alignment, trimming only near a peak bound,
 # glibc.malloc.hugetlb=1 (130k faults, 2.7 s of system time), compacting the heap in place after
-# each batch (bench/README.md, round five). What works is keeping the temporaries out of this heap
-# altogether, where the quantizer can run on rows in another thread (_ByRows: torchao, quanto).
+# each batch (bench/README.md, round five). What works is keeping the temporaries and the kept
+# tensors in different heaps, where the quantizer can run on rows (_ByRows).
 GROWTH_SHARE = 1 / 16
 MIN_GROWTH = 16 * 1024 * 1024
 # Quantized by rows (_ByRows) the loading thread's heap keeps no temporaries, so its growth is the
@@ -243,18 +243,21 @@ def _batches(spans: list[tuple[Path, TensorSpan]]):
 
 
 # Load-dtype bytes of a weight quantized at a time where its backend quantizes by rows: the
-# quantizers' temporaries (~4x these bytes) stay small and of the same few sizes, so the worker
-# thread's heap reuses them (larger: 2-4 MB fell to glibc's fresh mappings, 0.3-0.7 M page faults).
+# quantizers' temporaries (~4x these bytes) stay small and of the same few sizes, so the heap reuses
+# them (larger: 2-8 MB fell to glibc's fresh mappings, 0.15-0.55 M page faults, slower).
 ROW_BYTES = 1 << 20
 
 
 class _ByRows:
-    """Quantizes the weights a backend's RowQuantizer takes ROW_BYTES of rows at a time, in a worker
-    thread of its own, into tensors allocated whole on the loading thread. The quantizers'
-    temporaries then live and die in the worker's heap, and the loading thread's heap holds only
-    what the model keeps: no holes to trim, so no pages faulted in twice. (The same quantizers run
-    whole in the loading thread fragment its heap in most processes: bench/README.md, streamed
-    loads.) Such a weight is read into one buffer reused for each, and handed to diffusers' loader
+    """Quantizes the weights a backend's RowQuantizer takes ROW_BYTES of rows at a time on the
+    loading thread, into tensors allocated whole by a keeper thread. The tensors the model keeps
+    then live in the keeper's heap, and the quantizers' temporaries live and die in the loading
+    thread's: no kept block between them, so no holes to trim and no pages faulted in twice. (The
+    same quantizers run whole fragment the heap in most processes: bench/README.md, streamed loads.)
+    The keeper only allocates: it never starts an OpenMP team of its own, which would make OpenMP
+    put its threads to sleep between parallel regions (more OpenMP threads than cores): with the
+    quantizer in a worker thread instead, once the loading thread had run one parallel op, the 200M
+    transformer's rows took 0.79 s of wall time for 0.89 s of CPU time on 2 threads (0.49 s before). Such a weight is read into one buffer reused for each, and handed to diffusers' loader
     alone, whose call to the quantizer's `create_quantized_param` lands here."""
 
     def __init__(self, rows, quantizer, bound_heap):
@@ -262,8 +265,8 @@ class _ByRows:
 
         self.rows, self.bound_heap = rows, bound_heap
         self.quantizer, self.original = quantizer, quantizer.create_quantized_param
-        self.inference = torch.is_inference_mode_enabled()  # the worker quantizes in the same mode
-        self.buffer, self.taken, self.worker = None, set(), None
+        self.inference = torch.is_inference_mode_enabled()  # the keeper allocates in the same mode
+        self.buffer, self.taken, self.keeper = None, set(), None
         quantizer.create_quantized_param = self._create_quantized_param
 
     def takes(self, model, name: str, span: TensorSpan) -> bool:
@@ -271,9 +274,9 @@ class _ByRows:
 
         if len(span.info.shape) != 2 or span.info.shape[0] < 2 or span.info.dtype not in ("F32", "F16", "BF16"):
             return False
-        module, attribute = _module_of(model, name)
+        module, _ = _module_of(model, name)
         meta = torch.empty(span.info.shape, dtype=getattr(torch, TORCH_DTYPES[span.info.dtype]), device="meta")
-        taken = self.rows.takes(module, attribute) and self.quantizer.check_if_quantized_param(
+        taken = self.rows.takes(module, name) and self.quantizer.check_if_quantized_param(
             model, meta, name, {}, param_device="cpu"
         )
         if taken:
@@ -289,10 +292,19 @@ class _ByRows:
             self.buffer = torch.empty(size, dtype=torch.uint8)
         return _read(handle, span, self.buffer[:size])
 
+    def allocate(self, spans):
+        """(path, span, memory of its size) for each of `spans`, allocated by the keeper: the
+        tensors the model keeps as read stay out of the loading thread's heap too."""
+        import torch
+
+        sizes = [s.end - s.start for _, s in spans]
+        raws = self._in_keeper(lambda: [torch.empty(n, dtype=torch.uint8) for n in sizes]) if spans else []
+        return [(p, s, raw) for (p, s), raw in zip(spans, raws)]
+
     def _create_quantized_param(self, model, param, name, device, *args, **kwargs):
         if name not in self.taken:
             return self.original(model, param, name, device, *args, **kwargs)
-        module, attribute = _module_of(model, name)
+        module, _ = _module_of(model, name)
         try:
             whole = self._quantize(module, param)
         except (ValueError, TypeError, RuntimeError, AttributeError) as exc:
@@ -302,55 +314,51 @@ class _ByRows:
             whole = None
         if whole is None:  # the library quantizes it whole, from a copy (the buffer is read again)
             return self.original(model, param.clone(), name, device, *args, **kwargs)
-        self.rows.put(module, attribute, whole)
+        self.rows.put(model, name, whole)
         self.bound_heap()
 
     def _quantize(self, module, weight):
         """The whole weight's quantized tensor, or None where the library's result for its first two
-        rows is not one row per weight row (a per-tensor scale). Every quantizer call runs in the
-        worker: one on this thread too leaves its OpenMP threads spinning against the worker's (0.3 s
-        of a 0.5 s load), and a part kept across calls would leave holes in the worker's heap."""
+        rows is not one row per weight row (a per-tensor scale). No part is kept across calls: its
+        blocks would sit between the next parts' temporaries."""
         import torch
 
-        sample = self._in_worker(lambda: self.rows.quantize(module, weight[:2]))
-        names, _ = sample.__tensor_flatten__()
-        parts = {n: getattr(sample, n) for n in names}
-        if not all(isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 2 for t in parts.values()):
-            return None  # some tensor is not one row per weight row: not a per-row scheme
-        count = weight.shape[0]
-        whole = {n: torch.empty((count, *t.shape[1:]), dtype=t.dtype) for n, t in parts.items()}
-        step = max(2, ROW_BYTES // max(1, weight[0].numel() * weight.element_size()))
-        del parts
-
-        def quantize_rows():
+        with torch.no_grad():
+            sample = self.rows.quantize(module, weight[:2])
+            parts = self.rows.parts(sample)
+            if not all(isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 2 for t in parts.values()):
+                return None  # some tensor is not one row per weight row: not a per-row scheme
+            count = weight.shape[0]
+            shapes = {n: ((count, *t.shape[1:]), t.dtype) for n, t in parts.items()}
+            del parts
+            whole = self._in_keeper(lambda: {n: torch.empty(shape, dtype=dt) for n, (shape, dt) in shapes.items()})
+            step = max(2, ROW_BYTES // max(1, weight[0].numel() * weight.element_size()))
             for start in range(0, count, step):
-                part = self.rows.quantize(module, weight[start : start + step])
-                for n in names:
-                    whole[n][start : start + step].copy_(getattr(part, n))
-                del part
-
-        self._in_worker(quantize_rows)
+                parts = self.rows.parts(self.rows.quantize(module, weight[start : start + step]))
+                for n, part in parts.items():
+                    whole[n][start : start + step].copy_(part)
+                del parts
         return self.rows.assemble(sample, whole, weight.shape)
 
-    def _in_worker(self, job):
-        """`job()` in the worker thread, in this thread's inference mode (ComfyUI runs nodes in it),
-        without autograd."""
+    def _in_keeper(self, job):
+        """`job()` (allocations only) in the keeper thread, in this thread's inference mode (ComfyUI
+        runs nodes in it; a tensor made in it is an inference tensor, as the library's would be)."""
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
         def in_mode():
-            with torch.inference_mode(self.inference), torch.no_grad():
+            with torch.inference_mode(self.inference):
                 return job()
 
-        if self.worker is None:
-            self.worker = ThreadPoolExecutor(1, thread_name_prefix="pipequant-rows")
-        return self.worker.submit(in_mode).result()
+        if self.keeper is None:
+            self.keeper = ThreadPoolExecutor(1, thread_name_prefix="pipequant-keep")
+        return self.keeper.submit(in_mode).result()
 
     def close(self) -> None:
         self.quantizer.create_quantized_param = self.original
-        if self.worker is not None:
-            self.worker.shutdown()
+        if self.keeper is not None:
+            self.keeper.shutdown()
         self.buffer = None
 
 
@@ -407,10 +415,15 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
             for path, span in batch:
                 if path not in handles:
                     handles[path] = open_regular(path)
-                if by_rows is not None and by_rows.takes(model, span.info.name, span):
+            if by_rows is None:
+                rest = [(path, span, None) for path, span in batch]
+            else:
+                taken = [(p, s) for p, s in batch if by_rows.takes(model, s.info.name, s)]
+                for path, span in taken:
                     _put(model, {span.info.name: by_rows.read(handles[path], span)}, quantizer, dtype, keep)
-                else:
-                    state[span.info.name] = _read(handles[path], span)
+                rest = by_rows.allocate([(p, s) for p, s in batch if (p, s) not in taken])
+            for path, span, raw in rest:
+                state[span.info.name] = _read(handles[path], span, raw)
             _put(model, state, quantizer, dtype, keep)
             del state  # the load-dtype copies of quantized weights go now, before the next read
             bound_heap()

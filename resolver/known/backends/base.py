@@ -294,8 +294,8 @@ class Backend:
         cache entry, a saved pipeline's folder), where `read_saved` does not. Default: none."""
         return contextlib.nullcontext()
 
-    def row_quantizer(self, config) -> RowQuantizer | None:
-        """For a diffusers component quantized with `config`: how its library quantizes a few rows
+    def row_quantizer(self, config, dtype) -> RowQuantizer | None:
+        """For a diffusers component quantized with `config`, loaded in `dtype`: how its library quantizes a few rows
         of a weight, where the library's scheme treats each row on its own (a scale per row), so a
         streamed load (keep/stream.py) may quantize a weight a megabyte of rows at a time and get
         the whole weight's tensors bit for bit. None (the default): weights are quantized whole."""
@@ -304,12 +304,13 @@ class Backend:
 
 class RowQuantizer:
     """A library's own quantization applied to some rows of a weight (Backend.row_quantizer).
-    keep/stream.py opens the result up with `__tensor_flatten__`, copies its tensors into the
-    whole weight's (every one has a row per weight row, or the rows are not taken), and asks
-    `assemble` for the whole weight's tensor and `put` to place it."""
+    keep/stream.py opens the result up with `parts`, copies its tensors into the whole weight's
+    (every one has a row per weight row, or the rows are not taken), and asks `assemble` for the
+    whole weight's result and `put` to place it."""
 
-    def takes(self, module, tensor_name: str) -> bool:
-        """Whether this weight (one the library's quantizer would quantize) is quantized by rows."""
+    def takes(self, module, name: str) -> bool:
+        """Whether `module`'s weight `name` (its full name in the model; one the library's quantizer
+        would quantize) is quantized by rows."""
         raise NotImplementedError
 
     def quantize(self, module, rows):
@@ -317,12 +318,17 @@ class RowQuantizer:
         as it would quantize `module`'s weight if it held only these rows."""
         raise NotImplementedError
 
+    def parts(self, quantized) -> dict:
+        """The tensors inside a result of `quantize`, by name."""
+        names, _ = quantized.__tensor_flatten__()
+        return {n: getattr(quantized, n) for n in names}
+
     def assemble(self, sample, inner: dict, shape):
-        """The whole weight's quantized tensor: `inner` has `sample`'s inner tensors at full size."""
+        """The whole weight's result: `inner` has `sample`'s parts at full size."""
         raise NotImplementedError
 
-    def put(self, module, tensor_name: str, tensor) -> None:
-        """Place it as the library's `create_quantized_param` leaves the module."""
+    def put(self, model, name: str, quantized) -> None:
+        """Place it as the library's `create_quantized_param` leaves the model."""
         raise NotImplementedError
 
 

@@ -77,10 +77,14 @@ ROW_WEIGHTS = ("int8", "float8")
 class _QuantoRows(RowQuantizer):
     """The quantized weight `freeze` makes (the module's own `qweight`), computed for some rows."""
 
-    def takes(self, module, tensor_name):
+    def takes(self, module, name):
         from optimum.quanto import QModuleMixin
 
-        return isinstance(module, QModuleMixin) and tensor_name == "weight" and module.weight_group_size is None
+        return (
+            isinstance(module, QModuleMixin)
+            and name.rpartition(".")[2] == "weight"
+            and module.weight_group_size is None
+        )
 
     def quantize(self, module, rows):
         from types import SimpleNamespace
@@ -101,15 +105,16 @@ class _QuantoRows(RowQuantizer):
         meta = dict(meta, size=str(list(shape)), stride=str([shape[1], 1]))
         return type(sample).__tensor_unflatten__(inner, meta, shape, None)
 
-    def put(self, module, tensor_name, tensor):
+    def put(self, model, name, tensor):
         import torch
 
-        setattr(module, tensor_name, torch.nn.Parameter(tensor, requires_grad=False))
+        module_name, _, tensor_name = name.rpartition(".")
+        setattr(model.get_submodule(module_name), tensor_name, torch.nn.Parameter(tensor, requires_grad=False))
 
 
 @dataclass(frozen=True)
 class Quanto(Backend):
-    def row_quantizer(self, config):
+    def row_quantizer(self, config, dtype):
         return _QuantoRows() if getattr(config, "weights_dtype", None) in ROW_WEIGHTS else None
 
     def skips(self, library, module_name, entry):

@@ -16,6 +16,7 @@ from .base import (
     Backend,
     Option,
     QuantType,
+    RowQuantizer,
     as_diffusers_cast,
     finish_quantized_load,
     meta_shortcuts,
@@ -53,8 +54,130 @@ def _type(name: str, bits: int, group: int, help: str) -> QuantType:
     return QuantType(name, name, bits, NAMES, scale_bytes_per_weight=4 / group, help=help)
 
 
+# SDNQ's layer setup (`sdnq_quantize_layer`) pops these before it quantizes the weight.
+_LAYER_KWARGS = ("return_device", "quantization_device", "non_blocking", "use_dynamic_quantization")
+# Choices that make the weight's result depend on more than its own row: a low-rank fit of the
+# whole weight, a rotation, a codebook, a search over types, random rounding, a transposed layout.
+_WHOLE_WEIGHT = (
+    "use_svd",
+    "use_hadamard",
+    "use_codebook",
+    "use_dynamic_quantization",
+    "use_stochastic_rounding",
+    "use_quantized_matmul",
+)
+
+
+class _SDNQRows(RowQuantizer):
+    """SDNQ's `create_quantized_param` for some rows of a Linear weight, where its scheme keeps each
+    row on its own: an unpacked type (int8, float8) with float scales and none of _WHOLE_WEIGHT.
+    Its groups then split a row and never span two; what the whole weight changes is only the row
+    count in the dequantizer's shapes. A result is (dequantizer, SDNQ's tensors by name)."""
+
+    SHAPES = ("result_shape", "original_shape", "quantized_weight_shape", "quantized_scale_shape")
+    SHAPES += ("quantized_zero_point_shape",)
+
+    def __init__(self, config, dtype):
+        self.config, self.dtype, self.kwargs = config, dtype, {}
+
+    def takes(self, module, name):
+        from sdnq.common import dtype_dict, linear_types
+        from sdnq.utils import check_param_name_in, check_quant_is_allowed, get_quant_kwargs
+
+        kind = type(module).__name__
+        if name.rpartition(".")[2] != "weight" or kind not in linear_types:
+            return False
+        # what SDNQ's check_if_quantized_param asks, without its side effect on the config
+        if check_param_name_in(name, self.config.modules_to_not_convert) is not None:
+            return False
+        if not check_quant_is_allowed(kind, module.weight, self.config):
+            return False
+        kwargs = get_quant_kwargs(module, self.config, torch_dtype=self.dtype, param_name=name)
+        weights = dtype_dict[kwargs["weights_dtype"]]
+        if (
+            any(kwargs[k] for k in _WHOLE_WEIGHT)
+            or kwargs["quantization_device"] is not None
+            or kwargs["return_device"] is not None
+            or kwargs["scale_dtype"] not in (None, "none")
+            or kwargs["zero_point_dtype"] not in (None, "none")
+            or weights["is_packed"]
+            or weights["is_unsigned"]
+        ):
+            return False
+        self.kwargs[module] = {k: v for k, v in kwargs.items() if k not in _LAYER_KWARGS}
+        return True
+
+    def quantize(self, module, rows):
+        import torch
+        from sdnq.quantizer import sdnq_quantize_layer_weight
+
+        # as create_quantized_param hands it on: float32 (float64 stays)
+        weight = rows.detach().to(dtype=torch.float32 if rows.dtype != torch.float64 else torch.float64)
+        return sdnq_quantize_layer_weight(weight, **self.kwargs[module])
+
+    def parts(self, quantized):
+        return {n: t for n, t in quantized[1].items() if t is not None}
+
+    def assemble(self, sample, inner, shape):
+        import copy
+
+        import torch
+
+        dequantizer, tensors = sample
+        whole = copy.copy(dequantizer)
+        for attribute in self.SHAPES:
+            value = getattr(whole, attribute)
+            if value is not None:
+                setattr(whole, attribute, torch.Size((shape[0], *value[1:])))
+        return whole, {n: inner.get(n) for n in tensors}  # SDNQ's order, its None entries kept
+
+    def put(self, model, name, quantized):
+        """The rest of `sdnq_quantize_layer`: the wrapper layer, its tensors as parameters, the
+        Nones as attributes, the wrapper in the parent's place."""
+        import torch
+        from sdnq.forward import get_forward_func
+        from sdnq.layers import get_sdnq_wrapper_class
+
+        dequantizer, tensors = quantized
+        module_name = name.rpartition(".")[0]
+        parent_name, _, child = module_name.rpartition(".")
+        layer = model.get_submodule(module_name)
+        del self.kwargs[layer]
+        layer.sdnq_dequantizer = dequantizer
+        layer = get_sdnq_wrapper_class(
+            layer,
+            get_forward_func(
+                type(layer).__name__, dequantizer.quantized_matmul_dtype, dequantizer.use_quantized_matmul
+            ),
+        )
+        for key, value in tensors.items():
+            if value is None:
+                setattr(layer, key, value)
+            else:
+                setattr(layer, key, torch.nn.Parameter(value, requires_grad=False))
+                getattr(layer, key)._is_hf_initialized = True
+        setattr(model.get_submodule(parent_name), child, layer)
+
+
 @dataclass(frozen=True)
 class SDNQ(Backend):
+    def row_quantizer(self, config, dtype):
+        """Where the config's own choices keep rows apart (_SDNQRows); a layer whose own settings
+        (SDNQ's per-module configs) do not is quantized whole."""
+        from sdnq.common import dtype_dict
+
+        weights = dtype_dict.get(config.weights_dtype)
+        if (
+            weights is None
+            or weights["is_packed"]
+            or weights["is_unsigned"]
+            or any(getattr(config, k, False) for k in _WHOLE_WEIGHT)
+            or config.scale_dtype not in (None, "none")
+            or config.zero_point_dtype not in (None, "none")
+        ):
+            return None
+        return _SDNQRows(config, dtype)
+
     def config_class(self, library: str) -> type:
         import sdnq  # noqa: F401 (transformers' mapping gains "sdnq" only now)
 

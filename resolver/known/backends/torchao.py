@@ -66,10 +66,10 @@ class _AORows(RowQuantizer):
         self.ao_config, self.function = ao_config, function
         self.module_repr, self.inductor_settings = module_repr, inductor_settings
 
-    def takes(self, module, tensor_name):
+    def takes(self, module, name):
         import torch
 
-        return type(module) is torch.nn.Linear and tensor_name == "weight"
+        return type(module) is torch.nn.Linear and name.rpartition(".")[2] == "weight"
 
     def quantize(self, module, rows):
         return self.function(rows, self.ao_config)
@@ -80,13 +80,15 @@ class _AORows(RowQuantizer):
         _, attributes = sample.__tensor_flatten__()
         return type(sample).__tensor_unflatten__(inner, attributes, shape, None)
 
-    def put(self, module, tensor_name, tensor):
+    def put(self, model, name, tensor):
         """The rest of the transform: the inductor settings, the parameter, the repr."""
         import types
         from functools import partial
 
         import torch
 
+        module_name, _, tensor_name = name.rpartition(".")
+        module = model.get_submodule(module_name)
         if getattr(self.ao_config, "set_inductor_config", False):
             self.inductor_settings()
         module._parameters[tensor_name] = torch.nn.Parameter(tensor, requires_grad=False)
@@ -102,7 +104,7 @@ class TorchAO(Backend):
             quant_type=_ao_config(quant_type, options), modules_to_not_convert=module_skip_list(options)
         )
 
-    def row_quantizer(self, config):
+    def row_quantizer(self, config, dtype):
         ao_config = getattr(config, "quant_type", None)
         name = ROW_FUNCTIONS.get(type(ao_config).__name__)
         try:  # torchao's own pieces, private ones included: where one is gone, weights quantize whole
