@@ -174,6 +174,26 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     assert torch.equal(_forward(streamed), _forward(plain))
 
 
+def test_without_madvise_the_weights_are_read_into_a_buffer_with_the_same_result(tiny_flux, monkeypatch):
+    """Mapped from the file where its pages can be handed back after each weight (Linux, macOS), else
+    read into one reused buffer (Windows): the same tensors."""
+    from diffusers import FluxTransformer2DModel
+
+    monkeypatch.setattr(stream, "ROW_BYTES", 256)
+    folder = tiny_flux / "transformer"
+    loaded = {}
+    for can in (True, False):
+        monkeypatch.setattr(stream, "CAN_RELEASE_PAGES", can)
+        config = _config("torchao")
+        loaded[can] = _flat(
+            stream.load(
+                FluxTransformer2DModel, config, folder, None, torch.bfloat16, str(folder), rows=_rows("torchao", config)
+            )
+        )
+    assert loaded[True].keys() == loaded[False].keys()
+    assert [k for k in loaded[True] if not _same(loaded[True][k], loaded[False][k])] == []
+
+
 def test_sdnq_quantizes_by_rows_only_where_its_choices_keep_rows_apart():
     """A low-rank fit (SVD, random: not reproducible even by SDNQ itself), a packed or unsigned type,
     a quantized matmul (transposed weights): the whole weight decides, so no row quantizer."""
