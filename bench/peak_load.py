@@ -182,9 +182,11 @@ def to_markdown(res: dict) -> str:
         "Components not quantized load through their library's `from_pretrained` in both columns. "
         "diffusers models stream through diffusers' per-shard loader, transformers models (T5, CLIP) "
         "through transformers' own loading loop handed lazily read tensors (`keep/stream.py`). "
-        "torchao's and quanto's diffusers models are quantized by rows in a worker thread "
-        "(`Backend.row_quantizer`) and stream by default (`PIPEQUANT_STREAM_LOAD=auto`); the others "
-        "stream by default only where their library's peak would not fit in the RAM available.",
+        "Where a backend's scheme keeps weight rows apart (torchao int8/float8, quanto int8/float8, "
+        "SDNQ int8/float8: `Backend.row_quantizer`), a diffusers model's weights are quantized by rows "
+        "into tensors a keeper thread allocates, and those models stream by default "
+        "(`PIPEQUANT_STREAM_LOAD=auto`); the others stream by default only where their library's peak "
+        "would not fit in the RAM available.",
         "",
         "Where the load's CPU time goes (user / system seconds; minor page faults in thousands; "
         "default / streamed / library's loader): system time is mostly page faults, fresh heap pages the "
