@@ -13,8 +13,9 @@ load-dtype copy is freed before the next is read.
 Where the backend's scheme gives each weight row its own scale (torchao int8/float8, quanto
 int8/float8, SDNQ int8/float8: `Backend.row_quantizer`), a weight is quantized a megabyte of rows at
 a time into tensors a keeper thread allocates (`_ByRows`): near par with diffusers' loader in time,
-at ~1.2x the resident bytes, so the default streams those components. The others stream by default only where their library's
-peak would not fit in the RAM available (streaming them whole costs 1.2-1.5x the CPU time).
+at ~1.2x the resident bytes, so the default streams those components. The others stream by default
+only where their library's peak would not fit in the RAM available (streaming them whole costs
+1.2-1.5x the CPU time).
 
 `why_not` says where this cannot be done (a transformers model, a device map, files that are not
 exactly the model's tensors, a pre-quantized or torchao-serialised file); the caller then takes
@@ -436,11 +437,12 @@ def load(model_class, quantization_config, folder: Path, variant: str | None, dt
             if by_rows is None:
                 rest = [(path, span, None) for path, span in batch]
             else:
-                taken = [(p, s) for p, s in batch if by_rows.takes(model, s.info.name, s)]
-                for path, span in taken:
-                    _put(model, {span.info.name: by_rows.read(handles[path], span)}, quantizer, dtype, keep)
-                    by_rows.release(handles[path], span)
-                rest = by_rows.allocate([(p, s) for p, s in batch if (p, s) not in taken])
+                taken = {s.info.name for p, s in batch if by_rows.takes(model, s.info.name, s)}
+                for path, span in batch:
+                    if span.info.name in taken:  # alone through diffusers' loader, quantized by rows
+                        _put(model, {span.info.name: by_rows.read(handles[path], span)}, quantizer, dtype, keep)
+                        by_rows.release(handles[path], span)
+                rest = by_rows.allocate([(p, s) for p, s in batch if s.info.name not in taken])
             for path, span, raw in rest:
                 state[span.info.name] = _read(handles[path], span, raw)
             _put(model, state, quantizer, dtype, keep)
