@@ -68,6 +68,25 @@ _WHOLE_WEIGHT = (
 )
 
 
+def _keeps_rows_apart(setting) -> bool:
+    """Whether SDNQ settings (`setting(name)`: a config's attribute or a layer's quant kwarg) keep
+    each weight row on its own: an unpacked signed type, float scales, none of _WHOLE_WEIGHT, and
+    quantized where it stays."""
+    from sdnq.common import dtype_dict
+
+    weights = dtype_dict.get(setting("weights_dtype"))
+    return (
+        weights is not None
+        and not weights["is_packed"]
+        and not weights["is_unsigned"]
+        and not any(setting(k) for k in _WHOLE_WEIGHT)
+        and setting("scale_dtype") in (None, "none")
+        and setting("zero_point_dtype") in (None, "none")
+        and setting("quantization_device") is None
+        and setting("return_device") is None
+    )
+
+
 class _SDNQRows(RowQuantizer):
     """SDNQ's `create_quantized_param` for some rows of a Linear weight, where its scheme keeps each
     row on its own: an unpacked type (int8, float8) with float scales and none of _WHOLE_WEIGHT.
@@ -81,7 +100,7 @@ class _SDNQRows(RowQuantizer):
         self.config, self.dtype, self.kwargs = config, dtype, {}
 
     def takes(self, module, name):
-        from sdnq.common import dtype_dict, linear_types
+        from sdnq.common import linear_types
         from sdnq.utils import check_param_name_in, check_quant_is_allowed, get_quant_kwargs
 
         kind = type(module).__name__
@@ -93,16 +112,7 @@ class _SDNQRows(RowQuantizer):
         if not check_quant_is_allowed(kind, module.weight, self.config):
             return False
         kwargs = get_quant_kwargs(module, self.config, torch_dtype=self.dtype, param_name=name)
-        weights = dtype_dict[kwargs["weights_dtype"]]
-        if (
-            any(kwargs[k] for k in _WHOLE_WEIGHT)
-            or kwargs["quantization_device"] is not None
-            or kwargs["return_device"] is not None
-            or kwargs["scale_dtype"] not in (None, "none")
-            or kwargs["zero_point_dtype"] not in (None, "none")
-            or weights["is_packed"]
-            or weights["is_unsigned"]
-        ):
+        if not _keeps_rows_apart(kwargs.get):
             return False
         self.kwargs[module] = {k: v for k, v in kwargs.items() if k not in _LAYER_KWARGS}
         return True
@@ -164,19 +174,7 @@ class SDNQ(Backend):
     def row_quantizer(self, config, dtype):
         """Where the config's own choices keep rows apart (_SDNQRows); a layer whose own settings
         (SDNQ's per-module configs) do not is quantized whole."""
-        from sdnq.common import dtype_dict
-
-        weights = dtype_dict.get(config.weights_dtype)
-        if (
-            weights is None
-            or weights["is_packed"]
-            or weights["is_unsigned"]
-            or any(getattr(config, k, False) for k in _WHOLE_WEIGHT)
-            or config.scale_dtype not in (None, "none")
-            or config.zero_point_dtype not in (None, "none")
-        ):
-            return None
-        return _SDNQRows(config, dtype)
+        return _SDNQRows(config, dtype) if _keeps_rows_apart(lambda k: getattr(config, k, None)) else None
 
     def config_class(self, library: str) -> type:
         import sdnq  # noqa: F401 (transformers' mapping gains "sdnq" only now)
