@@ -104,16 +104,23 @@ def _forward(model):
         ).sample
 
 
-def _spy_rows(rows, monkeypatch) -> list:
-    """(rows quantized, thread) of every call of the row quantizer."""
-    calls, quantize = [], rows.quantize
+def _spy_rows(rows, monkeypatch) -> tuple[list, list]:
+    """(rows, thread) of every part of a weight the row quantizer wrote, and the thread of every
+    sample it was asked for."""
+    parts, samples = [], []
+    quantize_into, sample = rows.quantize_into, rows.sample
 
-    def spy(module, part):
-        calls.append((part.shape[0], threading.current_thread().name))
-        return quantize(module, part)
+    def spy_parts(module, part, out):
+        parts.append((part.shape[0], threading.current_thread().name))
+        return quantize_into(module, part, out)
 
-    monkeypatch.setattr(rows, "quantize", spy)
-    return calls
+    def spy_sample(module, weight):
+        samples.append(threading.current_thread().name)
+        return sample(module, weight)
+
+    monkeypatch.setattr(rows, "quantize_into", spy_parts)
+    monkeypatch.setattr(rows, "sample", spy_sample)
+    return parts, samples
 
 
 NOT_BY_ROWS = ("sdnq-int4",)  # packed: streamed whole
@@ -146,15 +153,16 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     config = _config(backend)
     rows = _rows(backend, config)
     assert (rows is None) == (backend in NOT_BY_ROWS)
-    calls = _spy_rows(rows, monkeypatch) if rows is not None else []
+    parts, samples = _spy_rows(rows, monkeypatch) if rows is not None else ([], [])
     streamed = stream.load(FluxTransformer2DModel, config, folder, None, torch.bfloat16, str(folder), rows=rows)
     assert "quantized whole" not in caplog.text
     linears = len([m for m in streamed.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "SDNQLinear"])
     if backend == "torchao-per-tensor":  # one scale for the whole weight: quantized whole, by torchao
-        assert linears and len(calls) == linears  # each weight's first two rows looked at, no more
+        assert linears and len(samples) == linears and parts == []  # each weight looked at, no more
     elif rows is not None:
-        assert linears and len(calls) >= 3 * linears, "the weights were not cut in parts"  # 2 rows, then parts
-        assert {thread for _, thread in calls} == {threading.current_thread().name}
+        assert 0 < len(samples) <= linears  # a sample per weight quantized by rows
+        assert len(parts) >= 2 * len(samples), "the weights were not cut in parts"
+        assert set(samples) | {thread for _, thread in parts} == {threading.current_thread().name}
         assert not [t for t in threading.enumerate() if t.name.startswith("pipequant-keep")]  # the keeper is gone
     plain = FluxTransformer2DModel.from_pretrained(
         str(folder),
@@ -172,6 +180,106 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     assert dict(streamed.config) == dict(plain.config)
     assert type(streamed.hf_quantizer) is type(plain.hf_quantizer) and not streamed.training
     assert torch.equal(_forward(streamed), _forward(plain))
+
+
+def _stream_torchao(tiny_flux, backend: str, monkeypatch) -> tuple[dict, list]:
+    """The tiny transformer streamed with `backend` (a torchao int8 one), and the row counts torchao's
+    own function was called with."""
+    from diffusers import FluxTransformer2DModel
+
+    monkeypatch.setattr(stream, "ROW_BYTES", 256)
+    folder = tiny_flux / "transformer"
+    config = _config(backend)
+    rows = _rows(backend, config)
+    calls, function = [], rows.function
+
+    def spy(weight, ao_config):
+        calls.append(weight.shape[0])
+        return function(weight, ao_config)
+
+    spy.__name__ = function.__name__
+    monkeypatch.setattr(rows, "function", spy)
+    streamed = stream.load(FluxTransformer2DModel, config, folder, None, torch.bfloat16, str(folder), rows=rows)
+    plain = FluxTransformer2DModel.from_pretrained(
+        str(folder), quantization_config=_config(backend), dtype=torch.bfloat16, local_files_only=True
+    )
+    a, b = _flat(streamed), _flat(plain)
+    assert a.keys() == b.keys() and [k for k in a if not _same(a[k], b[k])] == []
+    widths = {m.in_features for m in plain.modules() if isinstance(m, torch.nn.Linear)}
+    return widths, calls
+
+
+@pytest.mark.parametrize("backend", ["torchao", "torchao-int8-dynamic"])
+def test_torchao_int8_rows_are_written_without_torchao_once_checked_against_it(tiny_flux, backend, monkeypatch):
+    """torchao quantizes two rows once per row length (the sample `_int8_rows` is checked against);
+    every part is then written by `_int8_rows`, and the tensors are torchao's, bit for bit."""
+    widths, calls = _stream_torchao(tiny_flux, backend, monkeypatch)
+    assert calls == [2] * len(widths)
+
+
+def test_where_the_arithmetic_differs_from_torchao_torchao_quantizes_every_part(tiny_flux, monkeypatch):
+    """A torchao whose int8 arithmetic has changed (here: `_int8_rows` made wrong) is caught by the
+    check against its own sample; torchao then quantizes each part itself."""
+    from pipequant.resolver.known.backends import torchao as torchao_backend
+
+    right = torchao_backend._int8_rows
+
+    def wrong(rows, out, int8_range, scratch):
+        right(rows, out, int8_range, scratch)
+        out["qdata"].neg_()
+
+    monkeypatch.setattr(torchao_backend, "_int8_rows", wrong)
+    widths, calls = _stream_torchao(tiny_flux, "torchao", monkeypatch)
+    assert calls.count(2) >= len(widths) and len(calls) > 2 * len(widths)  # samples, then every part
+
+
+def _edge_rows(dtype) -> torch.Tensor:
+    """Rows that test the arithmetic's corners: zeros of both signs, subnormals, values past the
+    dtype's range, exact halves after scaling, an infinity, a NaN."""
+    width = 64
+    gen = torch.Generator().manual_seed(0)
+    rows = [
+        torch.zeros(width),
+        -torch.zeros(width),
+        torch.full((width,), 1e-30),
+        torch.full((width,), -1e-40),
+        torch.randn(width, generator=gen) * 1e30,
+        torch.linspace(-127.5, 127.5, width),
+        torch.arange(width) - 32.5,
+        torch.randn(width, generator=gen) * 1e-3,
+        torch.randn(width, generator=gen),
+        torch.cat([torch.tensor([float("inf")]), torch.randn(width - 1, generator=gen)]),
+        torch.cat([torch.tensor([float("nan")]), torch.randn(width - 1, generator=gen)]),
+    ]
+    return torch.stack(rows).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("kind", ["weight_only", "dynamic", "dynamic-reduce_range"])
+def test_int8_rows_are_torchaos_own_on_every_corner(dtype, kind):
+    import torchao.quantization as ao
+    from torchao.quantization import quant_api
+
+    from pipequant.resolver.known.backends.torchao import _int8_rows
+
+    config, function = {
+        "weight_only": (ao.Int8WeightOnlyConfig(), quant_api._int8_weight_only_quantize_tensor),
+        "dynamic": (
+            ao.Int8DynamicActivationInt8WeightConfig(),
+            quant_api._int8_dynamic_activation_int8_weight_quantize_tensor,
+        ),
+        "dynamic-reduce_range": (
+            ao.Int8DynamicActivationInt8WeightConfig(reduce_range=True),
+            quant_api._int8_dynamic_activation_int8_weight_quantize_tensor,
+        ),
+    }[kind]
+    rows = _edge_rows(dtype)
+    theirs = function(rows, config)
+    mine = {n: torch.full_like(getattr(theirs, n), 7) for n in ("qdata", "scale", "zero_point")}
+    _int8_rows(rows, mine, (-64, 63) if kind.endswith("reduce_range") else (-128, 127), {})
+    assert torch.equal(mine["qdata"], theirs.qdata) and torch.equal(mine["zero_point"], theirs.zero_point)
+    assert torch.equal(mine["scale"].nan_to_num(), theirs.scale.nan_to_num())  # the NaN row's scale is NaN
+    assert theirs.scale.isnan().sum() == mine["scale"].isnan().sum() == 1
 
 
 def test_without_madvise_the_weights_are_read_into_a_buffer_with_the_same_result(tiny_flux, monkeypatch):

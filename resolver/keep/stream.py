@@ -12,10 +12,11 @@ load-dtype copy is freed before the next is read.
 
 Where the backend's scheme gives each weight row its own scale (torchao int8/float8, quanto
 int8/float8, SDNQ int8/float8: `Backend.row_quantizer`), a weight is quantized a megabyte of rows at
-a time into tensors a keeper thread allocates (`_ByRows`): near par with diffusers' loader in time,
-at ~1.2x the resident bytes, so the default streams those components. The others stream by default
-only where their library's peak would not fit in the RAM available (streaming them whole costs
-1.2-1.5x the CPU time).
+a time into tensors a keeper thread allocates (`_ByRows`; torchao int8's rows by torchao's arithmetic
+written out, checked against torchao's own result: known/backends/torchao.py): at par with
+diffusers' loader in time or faster, at ~1.2x the resident bytes, so the default streams those
+components. The others stream by default only where their library's peak would not fit in the RAM
+available (streaming them whole costs 1.2-1.5x the CPU time).
 
 `why_not` says where this cannot be done (a transformers model, a device map, files that are not
 exactly the model's tensors, a pre-quantized or torchao-serialised file); the caller then takes
@@ -337,13 +338,13 @@ class _ByRows:
         self.bound_heap()
 
     def _quantize(self, module, weight):
-        """The whole weight's quantized tensor, or None where the library's result for its first two
-        rows is not one row per weight row (a per-tensor scale). No part is kept across calls: its
-        blocks would sit between the next parts' temporaries."""
+        """The whole weight's quantized tensor, or None where the library's result for two rows is not
+        one row per weight row (a per-tensor scale). No part is kept across calls: its blocks would
+        sit between the next parts' temporaries."""
         import torch
 
         with torch.no_grad():
-            sample = self.rows.quantize(module, weight[:2])
+            sample = self.rows.sample(module, weight)
             parts = self.rows.parts(sample)
             if not all(isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == 2 for t in parts.values()):
                 return None  # some tensor is not one row per weight row: not a per-row scheme
@@ -353,10 +354,8 @@ class _ByRows:
             whole = self._in_keeper(lambda: {n: torch.empty(shape, dtype=dt) for n, (shape, dt) in shapes.items()})
             step = max(2, ROW_BYTES // max(1, weight[0].numel() * weight.element_size()))
             for start in range(0, count, step):
-                parts = self.rows.parts(self.rows.quantize(module, weight[start : start + step]))
-                for n, part in parts.items():
-                    whole[n][start : start + step].copy_(part)
-                del parts
+                part = slice(start, start + step)
+                self.rows.quantize_into(module, weight[part], {n: t[part] for n, t in whole.items()})
         return self.rows.assemble(sample, whole, weight.shape)
 
     def _in_keeper(self, job):

@@ -304,9 +304,9 @@ class Backend:
 
 class RowQuantizer:
     """A library's own quantization applied to some rows of a weight (Backend.row_quantizer).
-    keep/stream.py opens the result up with `parts`, copies its tensors into the whole weight's
-    (every one has a row per weight row, or the rows are not taken), and asks `assemble` for the
-    whole weight's result and `put` to place it."""
+    keep/stream.py opens a `sample` up with `parts` (every part has a row per weight row, or the
+    rows are not taken), has each few rows' parts written into the whole weight's
+    (`quantize_into`), and asks `assemble` for the whole weight's result and `put` to place it."""
 
     def takes(self, module, name: str) -> bool:
         """Whether `module`'s weight `name` (its full name in the model; one the library's quantizer
@@ -322,6 +322,17 @@ class RowQuantizer:
         """The tensors inside a result of `quantize`, by name."""
         names, _ = quantized.__tensor_flatten__()
         return {n: getattr(quantized, n) for n in names}
+
+    def sample(self, module, weight):
+        """A result of `quantize` for two of `weight`'s rows: what the whole weight's result is made
+        of (its parts' dtypes and trailing shapes, its attributes). Default: the first two."""
+        return self.quantize(module, weight[:2])
+
+    def quantize_into(self, module, rows, out: dict) -> None:
+        """`parts(quantize(module, rows))` written into `out` (the whole weight's parts, cut to these
+        rows). Default: exactly that."""
+        for name, part in self.parts(self.quantize(module, rows)).items():
+            out[name].copy_(part)
 
     def assemble(self, sample, inner: dict, shape):
         """The whole weight's result: `inner` has `sample`'s parts at full size."""
