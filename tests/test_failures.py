@@ -231,12 +231,12 @@ def test_gguf_with_wrong_tensor_shape(tiny_flux, flux_gguf, tmp_path, created_mo
 def _break_torchao_quantizer(monkeypatch, after: int, held: list | None = None):
     """torchao raises after quantizing `after` parameters of the transformer: in diffusers' quantizer
     (a weight quantized whole) and in the row quantizer the default streamed load uses (a weight
-    quantized by rows: the first call per weight looks at its first two rows)."""
+    quantized by rows: the first call per weight asks for its sample)."""
     from diffusers.quantizers.torchao.torchao_quantizer import TorchAoHfQuantizer
 
     from pipequant.resolver.known.backends.torchao import _AORows
 
-    original, original_rows = TorchAoHfQuantizer.create_quantized_param, _AORows.quantize
+    original, original_rows = TorchAoHfQuantizer.create_quantized_param, _AORows.sample
     calls = [0]
 
     def count_and_break(params: int) -> None:
@@ -250,16 +250,16 @@ def _break_torchao_quantizer(monkeypatch, after: int, held: list | None = None):
         count_and_break(1)
         return original(self, *args, **kwargs)
 
-    def quantize(self, module, rows):
-        count_and_break(1 if rows.shape[0] == 2 and rows.storage_offset() == 0 else 0)
-        return original_rows(self, module, rows)
+    def sample(self, module, weight):
+        count_and_break(1)
+        return original_rows(self, module, weight)
 
     monkeypatch.setattr(TorchAoHfQuantizer, "create_quantized_param", create_quantized_param)
-    monkeypatch.setattr(_AORows, "quantize", quantize)
+    monkeypatch.setattr(_AORows, "sample", sample)
 
     def restore():
         monkeypatch.setattr(TorchAoHfQuantizer, "create_quantized_param", original)
-        monkeypatch.setattr(_AORows, "quantize", original_rows)
+        monkeypatch.setattr(_AORows, "sample", original_rows)
 
     return restore
 

@@ -182,54 +182,56 @@ def test_streamed_tensors_are_bit_for_bit_those_of_from_pretrained(tiny_flux, ba
     assert torch.equal(_forward(streamed), _forward(plain))
 
 
-def _stream_torchao(tiny_flux, backend: str, monkeypatch) -> tuple[dict, list]:
-    """The tiny transformer streamed with `backend` (a torchao int8 one), and the row counts torchao's
-    own function was called with."""
+def _stream_counting(tiny_flux, backend: str, monkeypatch) -> tuple[set, list]:
+    """The tiny transformer streamed with `backend`, checked bit for bit against `from_pretrained`:
+    the row lengths of its quantized weights, and the row counts its library was called with."""
     from diffusers import FluxTransformer2DModel
 
     monkeypatch.setattr(stream, "ROW_BYTES", 256)
     folder = tiny_flux / "transformer"
     config = _config(backend)
     rows = _rows(backend, config)
-    calls, function = [], rows.function
+    calls, quantize = [], rows.quantize
 
-    def spy(weight, ao_config):
-        calls.append(weight.shape[0])
-        return function(weight, ao_config)
+    def spy(module, part):
+        calls.append(part.shape[0])
+        return quantize(module, part)
 
-    spy.__name__ = function.__name__
-    monkeypatch.setattr(rows, "function", spy)
+    monkeypatch.setattr(rows, "quantize", spy)
     streamed = stream.load(FluxTransformer2DModel, config, folder, None, torch.bfloat16, str(folder), rows=rows)
     plain = FluxTransformer2DModel.from_pretrained(
         str(folder), quantization_config=_config(backend), dtype=torch.bfloat16, local_files_only=True
     )
     a, b = _flat(streamed), _flat(plain)
     assert a.keys() == b.keys() and [k for k in a if not _same(a[k], b[k])] == []
-    widths = {m.in_features for m in plain.modules() if isinstance(m, torch.nn.Linear)}
-    return widths, calls
+    quantized = [m.weight for m in streamed.modules() if hasattr(getattr(m, "weight", None), "__tensor_flatten__")]
+    return {w.shape[1] for w in quantized}, calls
 
 
-@pytest.mark.parametrize("backend", ["torchao", "torchao-int8-dynamic"])
-def test_torchao_int8_rows_are_written_without_torchao_once_checked_against_it(tiny_flux, backend, monkeypatch):
-    """torchao quantizes two rows once per row length (the sample `_int8_rows` is checked against);
-    every part is then written by `_int8_rows`, and the tensors are torchao's, bit for bit."""
-    widths, calls = _stream_torchao(tiny_flux, backend, monkeypatch)
-    assert calls == [2] * len(widths)
+@pytest.mark.parametrize("backend", ["torchao", "torchao-int8-dynamic", "quanto"])
+def test_int8_rows_are_written_without_the_library_once_checked_against_it(tiny_flux, backend, monkeypatch):
+    """The library quantizes two rows once per row length (the sample the written arithmetic is
+    checked against); every part is then written by PipeQuant (torchao `_int8_rows`, quanto
+    `_qint8_rows`), and the tensors are the library's, bit for bit."""
+    widths, calls = _stream_counting(tiny_flux, backend, monkeypatch)
+    assert widths and calls == [2] * len(widths)
 
 
-def test_where_the_arithmetic_differs_from_torchao_torchao_quantizes_every_part(tiny_flux, monkeypatch):
-    """A torchao whose int8 arithmetic has changed (here: `_int8_rows` made wrong) is caught by the
-    check against its own sample; torchao then quantizes each part itself."""
-    from pipequant.resolver.known.backends import torchao as torchao_backend
+@pytest.mark.parametrize("backend, writer", [("torchao", "_int8_rows"), ("quanto", "_qint8_rows")])
+def test_where_the_arithmetic_differs_from_the_library_it_quantizes_every_part(tiny_flux, backend, writer, monkeypatch):
+    """A library whose int8 arithmetic has changed (here: the written one made wrong) is caught by
+    the check against its own sample; the library then quantizes each part itself."""
+    import importlib
 
-    right = torchao_backend._int8_rows
+    module = importlib.import_module(f"pipequant.resolver.known.backends.{backend}")
+    right = getattr(module, writer)
 
-    def wrong(rows, out, int8_range, scratch):
-        right(rows, out, int8_range, scratch)
-        out["qdata"].neg_()
+    def wrong(rows, out, scratch, **kwargs):
+        right(rows, out, scratch, **kwargs)
+        next(t for t in out.values() if t.dtype == torch.int8).neg_()
 
-    monkeypatch.setattr(torchao_backend, "_int8_rows", wrong)
-    widths, calls = _stream_torchao(tiny_flux, "torchao", monkeypatch)
+    monkeypatch.setattr(module, writer, wrong)
+    widths, calls = _stream_counting(tiny_flux, backend, monkeypatch)
     assert calls.count(2) >= len(widths) and len(calls) > 2 * len(widths)  # samples, then every part
 
 
@@ -276,7 +278,7 @@ def test_int8_rows_are_torchaos_own_on_every_corner(dtype, kind):
     rows = _edge_rows(dtype)
     theirs = function(rows, config)
     mine = {n: torch.full_like(getattr(theirs, n), 7) for n in ("qdata", "scale", "zero_point")}
-    _int8_rows(rows, mine, (-64, 63) if kind.endswith("reduce_range") else (-128, 127), {})
+    _int8_rows(rows, mine, {}, (-64, 63) if kind.endswith("reduce_range") else (-128, 127))
     assert torch.equal(mine["qdata"], theirs.qdata) and torch.equal(mine["zero_point"], theirs.zero_point)
     assert torch.equal(mine["scale"].nan_to_num(), theirs.scale.nan_to_num())  # the NaN row's scale is NaN
     assert theirs.scale.isnan().sum() == mine["scale"].isnan().sum() == 1
@@ -463,3 +465,19 @@ def test_a_file_that_is_not_safetensors_is_refused_before_any_build(tmp_path):
     (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(stream.CannotStream):
         stream._spans(stream.files(folder, None))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_qint8_rows_are_quantos_own_on_every_corner(dtype):
+    from optimum.quanto import QLinear, qint8
+
+    from pipequant.resolver.known.backends.quanto import _qint8_rows, _QuantoRows
+
+    rows = _edge_rows(dtype)
+    module = QLinear(rows.shape[1], rows.shape[0], bias=False, weights=qint8, dtype=dtype)
+    theirs = _QuantoRows().parts(_QuantoRows().quantize(module, rows))
+    mine = {n: torch.full_like(t, 7) for n, t in theirs.items()}
+    _qint8_rows(rows, mine, {})
+    assert torch.equal(mine["_data"], theirs["_data"])
+    assert torch.equal(mine["_scale"].nan_to_num(), theirs["_scale"].nan_to_num())  # the NaN row's scale is NaN
+    assert theirs["_scale"].isnan().sum() == mine["_scale"].isnan().sum() == 1

@@ -12,9 +12,9 @@ load-dtype copy is freed before the next is read.
 
 Where the backend's scheme gives each weight row its own scale (torchao int8/float8, quanto
 int8/float8, SDNQ int8/float8: `Backend.row_quantizer`), a weight is quantized a megabyte of rows at
-a time into tensors a keeper thread allocates (`_ByRows`; torchao int8's rows by torchao's arithmetic
-written out, checked against torchao's own result: known/backends/torchao.py): at par with
-diffusers' loader in time or faster, at ~1.2x the resident bytes, so the default streams those
+a time into tensors a keeper thread allocates (`_ByRows`; torchao's and quanto's int8 rows by their
+arithmetic written out, checked against the library's own result: known/rows.py): at par
+with diffusers' loader in time or faster, at ~1.2x the resident bytes, so the default streams those
 components. The others stream by default only where their library's peak would not fit in the RAM
 available (streaming them whole costs 1.2-1.5x the CPU time).
 

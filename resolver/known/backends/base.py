@@ -18,9 +18,12 @@ import contextlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...constants import DIFFUSERS, LOAD_DTYPES, TRANSFORMERS  # noqa: F401 (re-exported to the backends)
+
+if TYPE_CHECKING:
+    from ..rows import RowQuantizer
 
 
 @dataclass(frozen=True)
@@ -300,47 +303,6 @@ class Backend:
         streamed load (keep/stream.py) may quantize a weight a megabyte of rows at a time and get
         the whole weight's tensors bit for bit. None (the default): weights are quantized whole."""
         return None
-
-
-class RowQuantizer:
-    """A library's own quantization applied to some rows of a weight (Backend.row_quantizer).
-    keep/stream.py opens a `sample` up with `parts` (every part has a row per weight row, or the
-    rows are not taken), has each few rows' parts written into the whole weight's
-    (`quantize_into`), and asks `assemble` for the whole weight's result and `put` to place it."""
-
-    def takes(self, module, name: str) -> bool:
-        """Whether `module`'s weight `name` (its full name in the model; one the library's quantizer
-        would quantize) is quantized by rows."""
-        raise NotImplementedError
-
-    def quantize(self, module, rows):
-        """The library's quantized tensor for `rows` (a slice of the weight, in the load dtype),
-        as it would quantize `module`'s weight if it held only these rows."""
-        raise NotImplementedError
-
-    def parts(self, quantized) -> dict:
-        """The tensors inside a result of `quantize`, by name."""
-        names, _ = quantized.__tensor_flatten__()
-        return {n: getattr(quantized, n) for n in names}
-
-    def sample(self, module, weight):
-        """A result of `quantize` for two of `weight`'s rows: what the whole weight's result is made
-        of (its parts' dtypes and trailing shapes, its attributes). Default: the first two."""
-        return self.quantize(module, weight[:2])
-
-    def quantize_into(self, module, rows, out: dict) -> None:
-        """`parts(quantize(module, rows))` written into `out` (the whole weight's parts, cut to these
-        rows). Default: exactly that."""
-        for name, part in self.parts(self.quantize(module, rows)).items():
-            out[name].copy_(part)
-
-    def assemble(self, sample, inner: dict, shape):
-        """The whole weight's result: `inner` has `sample`'s parts at full size."""
-        raise NotImplementedError
-
-    def put(self, model, name: str, quantized) -> None:
-        """Place it as the library's `create_quantized_param` leaves the model."""
-        raise NotImplementedError
 
 
 def meta_shortcuts(custom_ops: dict | None = None):

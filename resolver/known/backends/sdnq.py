@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..rows import RowQuantizer
 from .base import (
     DIFFUSERS,
     MODULES_TO_NOT_CONVERT,
@@ -16,7 +17,6 @@ from .base import (
     Backend,
     Option,
     QuantType,
-    RowQuantizer,
     as_diffusers_cast,
     finish_quantized_load,
     meta_shortcuts,

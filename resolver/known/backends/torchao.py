@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
-from .base import MODULES_TO_NOT_CONVERT, Backend, Option, QuantType, RowQuantizer, module_skip_list
+from ..rows import WrittenRows, scratch_tensor
+from .base import MODULES_TO_NOT_CONVERT, Backend, Option, QuantType, module_skip_list
 
 GROUP_SIZE = Option(
     "group_size",
@@ -62,16 +64,15 @@ ROW_FUNCTIONS = {
 INT8_FUNCTIONS = ("_int8_weight_only_quantize_tensor", "_int8_dynamic_activation_int8_weight_quantize_tensor")
 
 
-class _AORows(RowQuantizer):
+class _AORows(WrittenRows):
     """The weight half of torchao's transform, on some rows (the module half in `put`). Called
     directly: the transform's own module handling costs as much as the math on a megabyte of rows.
-    int8 rows are written by `_int8_rows` where it gives torchao's own result for a sample."""
+    int8 rows are written by `_int8_rows` where it gives torchao's own result."""
 
     def __init__(self, ao_config, function, module_repr, inductor_settings):
+        super().__init__()
         self.ao_config, self.function = ao_config, function
         self.module_repr, self.inductor_settings = module_repr, inductor_settings
-        # (row length, dtype) -> (torchao's result for two rows, the int8 range `_int8_rows` uses or None)
-        self.samples, self.scratch = {}, {}
 
     def takes(self, module, name):
         import torch
@@ -81,39 +82,15 @@ class _AORows(RowQuantizer):
     def quantize(self, module, rows):
         return self.function(rows, self.ao_config)
 
-    def sample(self, module, weight):
-        """One per row length and dtype (torchao's result for rows depends on nothing else): made
-        anew for each weight, it cost 0.25 ms, 35 ms of a 200M transformer's 0.55 s load."""
-        key = (weight.shape[1], weight.dtype)
-        if key not in self.samples:
-            sample = self.quantize(module, weight[:2])
-            self.samples[key] = (sample, self._int8_range(sample, weight[:2]))
-        return self.samples[key][0]
-
-    def quantize_into(self, module, rows, out):
-        _, int8_range = self.samples.get((rows.shape[1], rows.dtype), (None, None))
-        if int8_range is None:
-            return super().quantize_into(module, rows, out)
-        _int8_rows(rows, out, int8_range, self.scratch)
-
-    def _int8_range(self, sample, rows):
-        """The int8 range `_int8_rows` gives torchao's own `sample` of `rows` with, or None where it
-        does not (another scheme, or a torchao whose arithmetic has changed)."""
-        import torch
-
+    def writer(self, module, sample):
         if self.function.__name__ not in INT8_FUNCTIONS or type(sample).__name__ != "Int8Tensor":
             return None
         names, attributes = sample.__tensor_flatten__()
-        per_row = list(attributes.get("block_size", ())) == [1, rows.shape[1]]
+        per_row = list(attributes.get("block_size", ())) == [1, sample.shape[-1]]
         if set(names) != {"qdata", "scale", "zero_point"} or not per_row:
             return None
         int8_range = (-64, 63) if attributes.get("reduce_range") else (-128, 127)
-        mine = {n: torch.empty_like(getattr(sample, n)) for n in names}
-        try:
-            _int8_rows(rows, mine, int8_range, {})
-        except (RuntimeError, TypeError, ValueError):
-            return None
-        return int8_range if all(torch.equal(mine[n], getattr(sample, n)) for n in names) else None
+        return partial(_int8_rows, int8_range=int8_range)
 
     def assemble(self, sample, inner, shape):
         if list(getattr(sample, "block_size", [1]))[0] != 1:
@@ -124,7 +101,6 @@ class _AORows(RowQuantizer):
     def put(self, model, name, tensor):
         """The rest of the transform: the inductor settings, the parameter, the repr."""
         import types
-        from functools import partial
 
         import torch
 
@@ -138,7 +114,7 @@ class _AORows(RowQuantizer):
         )
 
 
-def _int8_rows(rows, out: dict, int8_range: tuple[int, int], scratch: dict) -> None:
+def _int8_rows(rows, out: dict, scratch: dict, int8_range: tuple[int, int]) -> None:
     """torchao's Int8Tensor.from_hp (symmetric, a scale per row) for `rows`, written into `out`: the
     same operations on the same dtypes (torchao 0.18's choose_qparams_affine and quantize_affine), in
     scratch memory reused from call to call. The 200M transformer streamed in 0.36-0.43 s on 2
@@ -146,30 +122,17 @@ def _int8_rows(rows, out: dict, int8_range: tuple[int, int], scratch: dict) -> N
     diffusers' loader. Two steps differ without changing a bit: a row's largest magnitude is |x|'s
     maximum, not max(-min(min x, 0), max(max x, 0)) (one pass, not two: the same value, NaN
     included), and the zero point (0) is not added before the clamp (that only turns -0.0 into 0.0,
-    as the int8 cast does). `_AORows` checks it against torchao's own result for each row length
-    before using it."""
+    as the int8 cast does). Checked against torchao's own result for each row length before use
+    (WrittenRows)."""
     import torch
 
     low, high = int8_range
-    magnitude = torch.abs(rows, out=_scratch(scratch, "magnitude", rows.shape, rows.dtype))
+    magnitude = torch.abs(rows, out=scratch_tensor(scratch, "magnitude", rows.shape, rows.dtype))
     scale = magnitude.amax(dim=1, keepdim=True) / (float(high - low) / 2)
     out["scale"].copy_(torch.clamp(scale, min=torch.finfo(torch.float32).eps))  # float32, torchao's scale_dtype
-    values = torch.mul(rows, 1.0 / out["scale"], out=_scratch(scratch, "values", rows.shape, torch.float32))
+    values = torch.mul(rows, 1.0 / out["scale"], out=scratch_tensor(scratch, "values", rows.shape, torch.float32))
     out["qdata"].copy_(values.round_().clamp_(low, high))
     out["zero_point"].zero_()
-
-
-def _scratch(scratch: dict, name: str, shape, dtype):
-    """Reusable memory of this shape: the block held under `name`, or a larger one in its place."""
-    import math
-
-    import torch
-
-    size, held = math.prod(shape), scratch.get(name)
-    if held is None or held.numel() < size or held.dtype != dtype:
-        scratch[name] = None  # the smaller one goes before the larger one is made
-        held = scratch[name] = torch.empty(size, dtype=dtype)
-    return held[:size].view(shape)
 
 
 @dataclass(frozen=True)
