@@ -101,6 +101,7 @@ def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log) -> dict:
                             "size": size,
                             "plan": key,
                             "disk_cache": str(folder) if kind != "off" else None,
+                            "every_plan": True,  # also a plan measured not to pay: this measures it again
                         }
                         out = worker.run(job)
                         if not out.get("ok"):

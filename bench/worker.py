@@ -170,6 +170,8 @@ def job_load(job: dict) -> dict:
     # The on-disk cache of quantized components only where a benchmark asks for it (bench.disk_cache):
     # every other load must quantize, or the comparisons with plain diffusers would be unfair.
     os.environ["PIPEQUANT_DISK_CACHE"] = job.get("disk_cache") or "off"
+    # bench.disk_cache measures every plan, those the cache was measured not to pay for too
+    os.environ["PIPEQUANT_DISK_CACHE_EVERY_PLAN"] = "1" if job.get("every_plan") else ""
     if job.get("empty_disk_cache") and job.get("disk_cache"):  # a first load: nothing cached yet (untimed)
         import shutil
 

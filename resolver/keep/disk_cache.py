@@ -49,7 +49,7 @@ from ..decide.plan import QUANTIZE
 from ..files.meta_build import BuildRefused, check_config
 from ..files.roots import walk_pipeline
 from ..files.safetensors_header import DTYPE_BYTES, MAX_HEADER, HeaderError, read_header, read_spans
-from ..known import catalogue
+from ..known import catalogue, devices, measured
 from ..known.class_facts import config_defaults, distribution_versions
 from ..safe_files import FileProblem, open_regular, read_bytes, read_json
 from ..user_cache import configured, user_folder
@@ -59,6 +59,12 @@ log = logging.getLogger("pipequant.disk_cache")
 
 ENV_FOLDER = "PIPEQUANT_DISK_CACHE"  # a folder, or "off"
 ENV_LIMIT_GB = "PIPEQUANT_DISK_CACHE_GB"
+# "1": cache every plan that can be saved, also where reading a copy was measured not to pay (the
+# disk-cache benchmark sets it to measure those plans again)
+ENV_EVERY_PLAN = "PIPEQUANT_DISK_CACHE_EVERY_PLAN"
+# The quantize-once goal: a cold load that reads the cached copy takes at most this share of the
+# cold first load's time; a plan measured above it on the device it quantizes on gets no entry.
+PAYS = 0.3
 DEFAULT_LIMIT_GB = 64.0
 ENTRY_FILE = "pipequant-entry.json"
 STORE = "pipequant-disk-cache"  # the cache's own subfolder of the configured folder
@@ -116,6 +122,25 @@ def not_cacheable(row) -> str | None:
     if row.library not in backend.savable:
         return f"{backend.name} cannot save a {row.library} model"
     return None
+
+
+def does_not_pay(plan, row) -> str | None:
+    """Why a copy of this component is not worth writing (None: it is, or it was never measured):
+    reading it cold was measured above PAYS of quantizing it cold, on the device class it is
+    quantized on (measurements.json, "disk_cache"): int8 weights quantized as they stream in cost
+    little more than reading the bf16 files, and their copy is half those bytes."""
+    if os.environ.get(ENV_EVERY_PLAN, "").strip() == "1" or row.spec is None:
+        return None
+    device = quantize_device(plan)
+    gen = measured.generation(devices.compute_capability(plan.device) if device != "cpu" else None)
+    figure = measured.disk_cache_figure(row.spec.backend, row.spec.quant_type, gen)
+    if figure is None or figure["second_over_first"] <= PAYS:
+        return None
+    return (
+        f"reading a cached {row.spec.backend} {row.spec.quant_type} copy was measured at "
+        f"{figure['second_over_first']:.2f}x the time of quantizing it on load on {gen} (the cache pays at "
+        f"{PAYS}x or less; {figure['source']}), so none is written ({ENV_EVERY_PLAN}=1 writes it anyway)"
+    )
 
 
 def _version(module_name: str) -> str:
@@ -300,7 +325,7 @@ class DiskCache:
         one carrying a LoRA adapter, offload hooks or compiled wrappers."""
         if row.action != QUANTIZE:
             return (*quantize(), None)  # kept, pre-quantized or GGUF: already loads from its own files
-        why = not_cacheable(row) or self.refusal()
+        why = not_cacheable(row) or does_not_pay(plan, row) or self.refusal()
         if why:
             return (*quantize(), Outcome("not cached", why))
         key = entry_key(plan, row)

@@ -58,6 +58,16 @@ def compile_figure(backend: str | None, quant_type: str, gen: str) -> dict | Non
     return {"factor": round(compiled["speed"] / eager["speed"], 3), "fails": None, "source": compiled["source"]}
 
 
+def disk_cache_figure(backend: str, quant_type: str, gen: str) -> dict | None:
+    """What the disk cache gains one plan on one generation (never borrowed from another):
+    ``{"second_over_first": a cold load that reads the cached copy / the cold first load that
+    quantized it, "source": str}``, or None where it was never measured."""
+    for r in data().get("disk_cache", []):
+        if r["backend"] == backend and r["quant_type"] == quant_type and r["generation"] == gen:
+            return {"second_over_first": r["second_over_first"], "source": source(r["source"])}
+    return None
+
+
 def speed_factor(backend: str | None, quant_type: str, gen: str, mode: str = "eager") -> dict | None:
     """``{"speed": float, "source": str}`` for one plan on one generation, or None if never measured.
     ``backend`` None means unquantized (``quant_type`` is then the dtype name)."""
