@@ -127,8 +127,9 @@ def not_cacheable(row) -> str | None:
 def does_not_pay(plan, row) -> str | None:
     """Why a copy of this component is not worth writing (None: it is, or it was never measured):
     reading it cold was measured above PAYS of quantizing it cold, on the device class it is
-    quantized on (measurements.json, "disk_cache"): int8 weights quantized as they stream in cost
-    little more than reading the bf16 files, and their copy is half those bytes."""
+    quantized on, for components at least this one's size (measurements.json, "disk_cache"): int8
+    weights quantized as they stream in cost little more than reading the bf16 files, and their
+    copy is half those bytes."""
     if os.environ.get(ENV_EVERY_PLAN, "").strip() == "1" or row.spec is None:
         return None
     device = quantize_device(plan)
@@ -136,11 +137,18 @@ def does_not_pay(plan, row) -> str | None:
     figure = measured.disk_cache_figure(row.spec.backend, row.spec.quant_type, gen)
     if figure is None or figure["second_over_first"] <= PAYS:
         return None
+    checkpoint = sum(size for rel, _, size in plan.model.mtime_key if _weights_of(rel, row.name))
+    if checkpoint < figure["min_checkpoint_bytes"]:
+        return None  # smaller than every component measured: no figure (none is borrowed)
     return (
         f"reading a cached {row.spec.backend} {row.spec.quant_type} copy was measured at "
         f"{figure['second_over_first']:.2f}x the time of quantizing it on load on {gen} (the cache pays at "
         f"{PAYS}x or less; {figure['source']}), so none is written ({ENV_EVERY_PLAN}=1 writes it anyway)"
     )
+
+
+def _weights_of(rel: str, name: str) -> bool:
+    return rel.startswith(name + "/") and rel.endswith(".safetensors")
 
 
 def _version(module_name: str) -> str:

@@ -61,10 +61,15 @@ def compile_figure(backend: str | None, quant_type: str, gen: str) -> dict | Non
 def disk_cache_figure(backend: str, quant_type: str, gen: str) -> dict | None:
     """What the disk cache gains one plan on one generation (never borrowed from another):
     ``{"second_over_first": a cold load that reads the cached copy / the cold first load that
-    quantized it, "source": str}``, or None where it was never measured."""
+    quantized it, "min_checkpoint_bytes": the smallest component it was measured on, "source":
+    str}``, or None where it was never measured."""
     for r in data().get("disk_cache", []):
         if r["backend"] == backend and r["quant_type"] == quant_type and r["generation"] == gen:
-            return {"second_over_first": r["second_over_first"], "source": source(r["source"])}
+            return {
+                "second_over_first": r["second_over_first"],
+                "min_checkpoint_bytes": r["min_checkpoint_bytes"],
+                "source": source(r["source"]),
+            }
     return None
 
 
