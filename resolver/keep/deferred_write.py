@@ -31,7 +31,7 @@ from typing import Callable
 from ..decide.plan import QUANTIZE
 from ..files.meta_build import structural_copy
 from ..run.context import diffusers_context
-from .disk_cache import DiskCache, Outcome, does_not_pay, not_cacheable
+from .disk_cache import DiskCache, Outcome, why_no_entry
 
 log = logging.getLogger("pipequant.disk_cache")
 
@@ -48,7 +48,7 @@ def probe(cache: DiskCache, plan, row, quantize: Callable[[], tuple], load_saved
     """DiskCache.load's (module, config, Outcome or None) where it reads an entry or where the
     component gets none (quantized now by `quantize`); None on a miss: quantize, `snapshot`, and
     `schedule` the write. A broken entry is deleted here, under the key's lock, as DiskCache does."""
-    if row.action != QUANTIZE or not_cacheable(row) or does_not_pay(plan, row):
+    if row.action != QUANTIZE or why_no_entry(plan, row):
         return cache.load(plan, row, quantize, load_saved)
 
     def refuse():

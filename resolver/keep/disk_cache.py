@@ -147,6 +147,11 @@ def does_not_pay(plan, row) -> str | None:
     )
 
 
+def why_no_entry(plan, row) -> str | None:
+    """Why this component gets no entry under its plan (None: it gets one)."""
+    return not_cacheable(row) or does_not_pay(plan, row)
+
+
 def _weights_of(rel: str, name: str) -> bool:
     return rel.startswith(name + "/") and rel.endswith(".safetensors")
 
@@ -333,7 +338,7 @@ class DiskCache:
         one carrying a LoRA adapter, offload hooks or compiled wrappers."""
         if row.action != QUANTIZE:
             return (*quantize(), None)  # kept, pre-quantized or GGUF: already loads from its own files
-        why = not_cacheable(row) or does_not_pay(plan, row) or self.refusal()
+        why = why_no_entry(plan, row) or self.refusal()
         if why:
             return (*quantize(), Outcome("not cached", why))
         key = entry_key(plan, row)

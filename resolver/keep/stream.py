@@ -35,6 +35,7 @@ from pathlib import Path
 from ..constants import DIFFUSERS, TRANSFORMERS
 from ..files.safetensors_header import HeaderError, TensorSpan, read_spans
 from ..known.backends.base import diffusers_skeleton, finish_quantized_load
+from ..known.rows import owner_of
 from ..safe_files import FileProblem, open_regular, read_json_object
 from .cache import trim_heap
 
@@ -201,11 +202,6 @@ def _read(handle, span: TensorSpan, raw=None):
     return raw.view(getattr(torch, TORCH_DTYPES[span.info.dtype])).reshape(span.info.shape)
 
 
-def _module_of(model, name: str):
-    path, _, attribute = name.rpartition(".")
-    return model.get_submodule(path), attribute
-
-
 def resident_bytes() -> int:
     """The process's resident set, from one read of /proc/self/statm (0 where there is none)."""
     try:
@@ -279,7 +275,7 @@ class _ByRows:
 
         if len(span.info.shape) != 2 or span.info.shape[0] < 2 or span.info.dtype not in ("F32", "F16", "BF16"):
             return False
-        module, _ = _module_of(model, name)
+        module, _ = owner_of(model, name)
         meta = torch.empty(span.info.shape, dtype=getattr(torch, TORCH_DTYPES[span.info.dtype]), device="meta")
         taken = self.rows.takes(module, name) and self.quantizer.check_if_quantized_param(
             model, meta, name, {}, param_device="cpu"
@@ -324,7 +320,7 @@ class _ByRows:
     def _create_quantized_param(self, model, param, name, device, *args, **kwargs):
         if name not in self.taken:
             return self.original(model, param, name, device, *args, **kwargs)
-        module, _ = _module_of(model, name)
+        module, _ = owner_of(model, name)
         try:
             whole = self._quantize(module, param)
         except (ValueError, TypeError, RuntimeError, AttributeError) as exc:

@@ -98,6 +98,12 @@ class WrittenRows(RowQuantizer):
         return write if all(torch.equal(mine[n], t) for n, t in parts.items()) else None
 
 
+def owner_of(model, name: str):
+    """(the module holding tensor `name` of `model`, the tensor's attribute name)."""
+    path, _, attribute = name.rpartition(".")
+    return model.get_submodule(path), attribute
+
+
 def scratch_tensor(scratch: dict, name: str, shape, dtype):
     """Reusable memory of this shape: the block held under `name`, or a larger one in its place."""
     import math

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...problems import Problem
-from ..rows import WrittenRows, scratch_tensor
+from ..rows import WrittenRows, owner_of, scratch_tensor
 from .base import (
     DIFFUSERS,
     MODULES_TO_NOT_CONVERT,
@@ -124,8 +124,8 @@ class _QuantoRows(WrittenRows):
     def put(self, model, name, tensor):
         import torch
 
-        module_name, _, tensor_name = name.rpartition(".")
-        setattr(model.get_submodule(module_name), tensor_name, torch.nn.Parameter(tensor, requires_grad=False))
+        module, tensor_name = owner_of(model, name)
+        setattr(module, tensor_name, torch.nn.Parameter(tensor, requires_grad=False))
 
 
 def _qint8_rows(rows, out: dict, scratch: dict) -> None:

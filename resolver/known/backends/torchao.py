@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from ..rows import WrittenRows, scratch_tensor
+from ..rows import WrittenRows, owner_of, scratch_tensor
 from .base import MODULES_TO_NOT_CONVERT, Backend, Option, QuantType, module_skip_list
 
 GROUP_SIZE = Option(
@@ -104,8 +104,7 @@ class _AORows(WrittenRows):
 
         import torch
 
-        module_name, _, tensor_name = name.rpartition(".")
-        module = model.get_submodule(module_name)
+        module, tensor_name = owner_of(model, name)
         if getattr(self.ao_config, "set_inductor_config", False):
             self.inductor_settings()
         module._parameters[tensor_name] = torch.nn.Parameter(tensor, requires_grad=False)
