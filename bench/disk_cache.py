@@ -27,7 +27,7 @@ from pathlib import Path
 from .config import PLANS
 from .pipelines import ensure, folder_name
 from .report import provenance, write_results
-from .suite import Worker, fmt_spread, machine, spread
+from .suite import Worker, fmt_spread, isolation_for, machine, spread
 
 DEFAULT_PLANS = ("nf4", "int8wo", "quanto8_tr")
 OUT = Path(__file__).resolve().parent / "results" / "disk_cache"
@@ -75,11 +75,12 @@ def _resident(files: list[Path]) -> int | None:
     return sum(int(x) for x in out.stdout.split())
 
 
-def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log) -> dict:
+def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log, device: str = "cpu") -> dict:
     raw = []
     cache_root = root / "disk-cache-bench"
     root.mkdir(parents=True, exist_ok=True)
-    with Worker("fork", log=root / "disk-cache-bench.log", threads=1) as worker:
+    threads = 0 if device.startswith("cuda") else 1  # 0: torch's default
+    with Worker(isolation_for(device), log=root / "disk-cache-bench.log", threads=threads) as worker:
         for size in sizes:
             pipeline = ensure(size, root)
             for rnd in range(rounds):
@@ -100,6 +101,7 @@ def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log) -> dict:
                             "spec": PLANS[key].spec,
                             "size": size,
                             "plan": key,
+                            "device": device,
                             "disk_cache": str(folder) if kind != "off" else None,
                             "every_plan": True,  # also a plan measured not to pay: this measures it again
                         }
@@ -139,7 +141,13 @@ def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log) -> dict:
                             f"{size} {key:<10} round {rnd} {kind:<6} {out['wall']:7.2f} s  "
                             f"(evicted by {cold['how']}, resident after: {cold['resident_bytes']})  {status}"
                         )
-    return {"machine": machine(), "rounds": rounds, "runs": raw, "summary": summarize(raw, sizes, plans)}
+    return {
+        "machine": machine(),
+        "device": device,
+        "rounds": rounds,
+        "runs": raw,
+        "summary": summarize(raw, sizes, plans),
+    }
 
 
 def summarize(raw, sizes, plans) -> list[dict]:
@@ -190,9 +198,9 @@ def write(results: dict, out_dir: Path) -> Path:
     how = results["runs"][0]["cold"]["how"] if results["runs"] else "-"
     intro = (
         f"`python -m bench.disk_cache`, {results['rounds']} interleaved rounds (medians; off before first in "
-        f"even rounds, after second in odd ones), fresh process per load, 1 torch thread, page cache evicted "
+        f"even rounds, after second in odd ones), fresh process per load, 1 torch thread on CPU, page cache evicted "
         f"before every load ({how}). Machine: {m.get('cpu', '?')}, "
-        f"{m.get('cores', '?')} cores, GPU: {m.get('gpu') or 'none'}."
+        f"{m.get('cores', '?')} cores, GPU: {m.get('gpu') or 'none'}; loads on `{results.get('device', 'cpu')}`."
     )
     header = (
         "| size | plan | off (quantize on load) s | first (quantize; entry written after) s | second (read) s | "
@@ -234,6 +242,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("PIPEQUANT_BENCH_DIR", "/tmp/pqbench")))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--device", default="cpu", help="where the Load node loads: cpu or cuda")
     parser.add_argument(
         "--drop-caches", action="store_true", help="drop the whole page cache (root; shared machines: no)"
     )
@@ -247,6 +256,7 @@ def main(argv=None) -> int:
         args.root,
         args.drop_caches,
         lambda msg: print(f"[{time.time() - t0:6.0f} s] {msg}", flush=True),
+        args.device,
     )
     print(write(results, args.out).read_text())
     return 0

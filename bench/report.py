@@ -602,6 +602,7 @@ def _now() -> str:
 
 def _provenance_now() -> dict:
     import os
+    import shlex
     import subprocess
     import sys
 
@@ -615,13 +616,14 @@ def _provenance_now() -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     module = sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None) else None
-    command = " ".join(["python", "-m", module, *sys.argv[1:]] if module else [sys.executable, *sys.argv])
+    command = shlex.join(["python", "-m", module, *sys.argv[1:]] if module else [sys.executable, *sys.argv])
     # Result files are what benches write, not what they run: one bench's fresh results in the tree
     # do not make the next bench's code "uncommitted".
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     return {
         "command": command,
-        "commit": git("rev-parse", "HEAD"),
+        # a copy of the tree without its .git (a GPU machine's) is told its commit by the caller
+        "commit": git("rev-parse", "HEAD") or os.environ.get("PIPEQUANT_BENCH_COMMIT"),
         "uncommitted_changes": bool(status) if status is not None else None,
         "machine": machine(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -28,6 +28,8 @@ PLANS = {
     "torchao int8 wo": ("torchao", "int8_weight_only"),
     "quanto int8": ("quanto", "int8"),
 }
+# By name only (--plans): measured where asked, e.g. on a GPU (bench/device_figures.py).
+NAMED_PLANS = {**PLANS, "sdnq int8": ("sdnq", "int8")}
 
 
 def _seconds_per_step(pipe, device: str, steps: int, image_tokens: int) -> float:
@@ -76,7 +78,7 @@ def measure(
     # inference mode: as ComfyUI runs nodes
     with bnb_cpu.bnb_on_cpu() if patched else contextlib.nullcontext(), torch.inference_mode():
         for name, mode in variants:
-            spec = BackendSpec.make(*PLANS[name], components=["transformer"]) if PLANS[name] else None
+            spec = BackendSpec.make(*NAMED_PLANS[name], components=["transformer"]) if NAMED_PLANS[name] else None
             if mode == "eager":
                 result = load(folder, spec, device=device, cache=cache)
             else:
@@ -180,7 +182,7 @@ def main(argv=None) -> int:
         default="eager",
         help="comma-separated: eager, regional, full (e.g. eager,regional: side by side in one run)",
     )
-    p.add_argument("--plans", default=",".join(PLANS), help="comma-separated plan names: " + ", ".join(PLANS))
+    p.add_argument("--plans", default=",".join(PLANS), help="comma-separated plan names: " + ", ".join(NAMED_PLANS))
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument(
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     plans = tuple(n.strip() for n in args.plans.split(",") if n.strip())
-    unknown = [m for m in modes if m not in ("eager", "regional", "full")] + [n for n in plans if n not in PLANS]
+    unknown = [m for m in modes if m not in ("eager", "regional", "full")] + [n for n in plans if n not in NAMED_PLANS]
     if unknown:
         p.error(f"unknown mode or plan: {', '.join(unknown)}")
     result = measure(

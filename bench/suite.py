@@ -103,6 +103,12 @@ class Worker:
         self.close()
 
 
+def isolation_for(device: str, isolation: str = "fork") -> str:
+    """A fork server cannot serve CUDA jobs: its imports (and the GPU's name it reports) start CUDA,
+    and a process forked after that cannot use it. On a GPU every job gets a fresh interpreter."""
+    return "spawn" if device.startswith("cuda") else isolation
+
+
 # -- helpers ----------------------------------------------------------------------------------
 def median(values):
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -198,6 +204,7 @@ def run_suite(
     machine, where OpenMP spin-waits made multi-threaded loads 3x slower and bimodal), 0 = torch's default."""
     if threads is None:
         threads = 0 if device.startswith("cuda") else 1
+    isolation = isolation_for(device, isolation)
     root = Path(root or default_root())
     root.mkdir(parents=True, exist_ok=True)
     only = tuple(only)
