@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from . import config
 from .pipelines import default_root, ensure
 from .report import provenance, write_results
-from .suite import REPO, fmt_spread, spread
+from .suite import fmt_spread, run_child, spread
 
 
 def _t5_only(backend: str, quant_type: str) -> dict:
@@ -96,18 +94,7 @@ def _run_child(job: dict) -> dict:
     env.pop("PIPEQUANT_STREAM_LOAD", None)
     if ENV[job["path"]] is not None:
         env["PIPEQUANT_STREAM_LOAD"] = ENV[job["path"]]
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.peak_load", "--child", json.dumps(job)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    line = next((x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"peak_load child failed ({out.returncode}): {out.stderr[-2000:]}")
-    return json.loads(line)
+    return run_child("bench.peak_load", job, env, timeout=1800)
 
 
 def run(size: str, plans: list[str], rounds: int, root: Path, log=print) -> dict:

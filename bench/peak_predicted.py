@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from .pipelines import default_root, ensure, ensure_full
 from .report import provenance, write_results
-from .suite import REPO
+from .suite import run_child
 
 DEFAULT_PLANS = "quality:0,balanced:16"  # goal:budget GiB (0: the planner's default budget for the device)
 GIB = 1024**3
@@ -102,21 +101,6 @@ def child(job: dict) -> dict:
     }
 
 
-def _run_child(job: dict, timeout: float) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.peak_predicted", "--child", json.dumps(job)],
-        cwd=REPO,
-        env={**os.environ, "PIPEQUANT_DISK_CACHE": "off"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    line = next((x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"peak_predicted child failed ({out.returncode}): {out.stderr[-3000:]}")
-    return json.loads(line)
-
-
 def parse_plans(text: str) -> list[tuple[str, float]]:
     plans = []
     for item in filter(None, (x.strip() for x in text.split(","))):
@@ -131,7 +115,7 @@ def run(model: str, device: str, side: int, steps: int, plans, root: Path, timeo
     for goal, budget in plans:
         job = {"folder": str(folder), "device": device, "side": side, "steps": steps, "goal": goal, "budget_gb": budget}
         try:
-            figures = _run_child(job, timeout)
+            figures = run_child("bench.peak_predicted", job, {**os.environ, "PIPEQUANT_DISK_CACHE": "off"}, timeout)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one plan's failure is a finding too
             rows.append({"goal": goal, "budget_gb": budget, "error": str(exc)[-3000:]})
             log(f"{goal}:{budget} GiB: failed: {str(exc)[-500:]}")

@@ -103,6 +103,23 @@ class Worker:
         self.close()
 
 
+def run_child(module: str, job: dict, env: dict, timeout: float) -> dict:
+    """`python -m <module> --child <job as JSON>` in a fresh interpreter with `env`: the last JSON
+    line it prints. A bench whose figures need a process of their own (a peak, from a clean start)."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--child", json.dumps(job)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    line = next((x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"{module} child failed ({out.returncode}): {out.stderr[-3000:]}")
+    return json.loads(line)
+
+
 def isolation_for(device: str, isolation: str = "fork") -> str:
     """A fork server cannot serve CUDA jobs: its imports (and the GPU's name it reports) start CUDA,
     and a process forked after that cannot use it. On a GPU every job gets a fresh interpreter."""
