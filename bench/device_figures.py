@@ -4,8 +4,8 @@
     python -m bench.device_figures --write DIR/device_figures.json    # then, here: rows into the data file
 
 Stages, in this order, each bench run in its own processes and given what is left of `--seconds`
-(at most `--run-seconds`; a run that runs out of time is stopped, and the summary says so and writes
-no row from it):
+(at most `--peak-seconds` for the peak, `--run-seconds` for each other run; a run that runs out of
+time is stopped, and the summary says so and writes no row from it):
   peak     bench.peak_predicted: FLUX.1-dev-shaped 12 B (its own configs, random weights) at
            1024x1024: the auto planner's predicted peak against the peak measured while sampling.
   cache    bench.disk_cache on the device, 2B FLUX-shaped pipeline, one plan per run: a cold load
@@ -103,7 +103,7 @@ def measure(args, scratch: Path, log) -> dict:
         found = out / RESULTS[stage]
         found.unlink(missing_ok=True)  # an earlier call's file is not this run's result
         t0 = time.monotonic()
-        returncode, stderr = _run(argv, min(left, args.run_seconds))
+        returncode, stderr = _run(argv, min(left, args.peak_seconds if stage == "peak" else args.run_seconds))
         if returncode is None:
             entry["timed_out_after_s"] = round(time.monotonic() - t0)
             log(f"{stage} {label}: stopped after {entry['timed_out_after_s']} s\n{_tail(stderr)}")
@@ -287,7 +287,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)  # the data file (tests: a copy)
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--seconds", type=float, default=540, help="for all stages together")
-    p.add_argument("--run-seconds", type=float, default=240, help="for one bench run at most")
+    p.add_argument("--run-seconds", type=float, default=240, help="for one cache or compile run at most")
+    p.add_argument("--peak-seconds", type=float, default=360, help="for the peak stage (its 34 GB build too)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--size", default="2b", help="the cache and compile stages' pipeline")
     p.add_argument("--model", default="full", help="the peak stage's pipeline: full (12 B) or a bench size")

@@ -84,7 +84,7 @@ def test_write_adds_rows_once_and_keeps_other_sources(cpu_figures, tmp_path):
 
 
 def test_a_stage_out_of_time_is_stopped_with_its_children(tmp_path):
-    figures = _run(tmp_path, "cpu", "--stages", "peak", "--peak-plans", "quality:0", "--run-seconds", "3")
+    figures = _run(tmp_path, "cpu", "--stages", "peak", "--peak-plans", "quality:0", "--peak-seconds", "3")
     (run,) = figures["results"]["runs"]
     assert run["timed_out_after_s"] >= 2 and "result" not in run
     assert figures["rows"]["peak_check"] == []
