@@ -2,7 +2,9 @@
 # The one call on a lent GPU machine for the figures bench/device_figures.py measures (issue 25, item 6).
 # Here, once, the wheels the machine lacks (into .whl/, ignored by git): ../shared/tools/gpu-wheels.sh, then
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     -d .whl sdnq==0.2.8 transformers==5.23.0
+#     -d .whl sdnq==0.2.8
+# (58 MB with the tree: the device tool carries 64 MiB at most, so the machine's own transformers,
+# 5.17 when last read, is used rather than a 13 MB wheel of 5.23.)
 # Then the device call, carrying [".whl"], with the commit it runs (that copy of the tree has no .git):
 #   PIPEQUANT_BENCH_COMMIT=<sha> bash bench/device_run.sh [device_figures options]
 # The results land in $OUT; here, copy them to bench/results/device/ and run
