@@ -27,7 +27,7 @@ from pathlib import Path
 from .config import PLANS
 from .pipelines import ensure, folder_name
 from .report import provenance, write_results
-from .suite import Worker, fmt_spread, isolation_for, machine, spread
+from .suite import Worker, default_threads, fmt_spread, isolation_for, machine, spread
 
 DEFAULT_PLANS = ("nf4", "int8wo", "quanto8_tr")
 OUT = Path(__file__).resolve().parent / "results" / "disk_cache"
@@ -79,8 +79,7 @@ def run(sizes, plans, rounds: int, root: Path, drop_caches: bool, log, device: s
     raw = []
     cache_root = root / "disk-cache-bench"
     root.mkdir(parents=True, exist_ok=True)
-    threads = 0 if device.startswith("cuda") else 1  # 0: torch's default
-    with Worker(isolation_for(device), log=root / "disk-cache-bench.log", threads=threads) as worker:
+    with Worker(isolation_for(device), log=root / "disk-cache-bench.log", threads=default_threads(device)) as worker:
         for size in sizes:
             pipeline = ensure(size, root)
             for rnd in range(rounds):

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import config
 from .pipelines import default_root, ensure
 from .report import provenance, write_results
-from .suite import fmt_spread, machine, spread
+from .suite import default_threads, fmt_spread, machine, spread
 
 PLANS = {
     "bf16": None,
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
     provenance()  # the commit and tree as the bench starts: what the results come from
-    threads = args.threads if args.threads is not None else (0 if args.device.startswith("cuda") else 1)
+    threads = args.threads if args.threads is not None else default_threads(args.device)
     if threads > 0:
         import torch
 

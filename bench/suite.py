@@ -120,6 +120,12 @@ def run_child(module: str, job: dict, env: dict, timeout: float) -> dict:
     return json.loads(line)
 
 
+def default_threads(device: str) -> int:
+    """Torch CPU threads for a bench: 1 on CPU (on a shared 2-core machine OpenMP spin-waits made
+    loads 3x slower and bimodal), torch's default (0) where a GPU does the work."""
+    return 0 if device.startswith("cuda") else 1
+
+
 def isolation_for(device: str, isolation: str = "fork") -> str:
     """A fork server cannot serve CUDA jobs: its imports (and the GPU's name it reports) start CUDA,
     and a process forked after that cannot use it. On a GPU every job gets a fresh interpreter."""
@@ -217,10 +223,9 @@ def run_suite(
     validate_reps: int = 20,
     threads: int | None = None,
 ) -> dict:
-    """`threads`: torch CPU threads in the workers; None = 1 on CPU (stable on a shared 2-core
-    machine, where OpenMP spin-waits made multi-threaded loads 3x slower and bimodal), 0 = torch's default."""
+    """`threads`: torch CPU threads in the workers; None = `default_threads(device)`, 0 = torch's default."""
     if threads is None:
-        threads = 0 if device.startswith("cuda") else 1
+        threads = default_threads(device)
     isolation = isolation_for(device, isolation)
     root = Path(root or default_root())
     root.mkdir(parents=True, exist_ok=True)

@@ -39,18 +39,27 @@ def rows(backend: str | None = None, quant_type: str | None = None) -> list[dict
     ]
 
 
+def _row(section: str, backend: str | None, quant_type: str, gen: str, **match) -> dict | None:
+    """The first row of `section` for one plan on one generation (and `match`'s fields), or None."""
+    for r in data().get(section, []):
+        if (
+            r["backend"] == backend
+            and r["quant_type"] == quant_type
+            and r["generation"] == gen
+            and all(r.get(k) == v for k, v in match.items())
+        ):
+            return r
+    return None
+
+
 def compile_figure(backend: str | None, quant_type: str, gen: str) -> dict | None:
     """What compile does to one plan on one generation (never borrowed from another): ``{"factor":
     compiled step speed / eager step speed or None, "fails": why compile fails here or None,
     "source": str}``, or None when compile was never measured there. From the ``compile`` rows
     (failures, measured factors), else from a regional and an eager speed row of ``rows``."""
-    for r in data().get("compile", []):
-        if r["backend"] == backend and r["quant_type"] == quant_type and r["generation"] == gen:
-            return {
-                "factor": r.get("factor"),
-                "fails": r.get("fails"),
-                "source": data()["sources"].get(r["source"], r["source"]),
-            }
+    r = _row("compile", backend, quant_type, gen)
+    if r is not None:
+        return {"factor": r.get("factor"), "fails": r.get("fails"), "source": source(r["source"])}
     eager = speed_factor(backend, quant_type, gen, "eager")
     compiled = speed_factor(backend, quant_type, gen, "regional")
     if eager is None or compiled is None:
@@ -63,23 +72,21 @@ def disk_cache_figure(backend: str, quant_type: str, gen: str) -> dict | None:
     ``{"second_over_first": a cold load that reads the cached copy / the cold first load that
     quantized it, "min_checkpoint_bytes": the smallest component it was measured on, "source":
     str}``, or None where it was never measured."""
-    for r in data().get("disk_cache", []):
-        if r["backend"] == backend and r["quant_type"] == quant_type and r["generation"] == gen:
-            return {
-                "second_over_first": r["second_over_first"],
-                "min_checkpoint_bytes": r["min_checkpoint_bytes"],
-                "source": source(r["source"]),
-            }
-    return None
+    r = _row("disk_cache", backend, quant_type, gen)
+    if r is None:
+        return None
+    return {
+        "second_over_first": r["second_over_first"],
+        "min_checkpoint_bytes": r["min_checkpoint_bytes"],
+        "source": source(r["source"]),
+    }
 
 
 def speed_factor(backend: str | None, quant_type: str, gen: str, mode: str = "eager") -> dict | None:
     """``{"speed": float, "source": str}`` for one plan on one generation, or None if never measured.
     ``backend`` None means unquantized (``quant_type`` is then the dtype name)."""
-    for r in data()["rows"]:
-        if r["backend"] == backend and r["quant_type"] == quant_type and r["generation"] == gen and r["mode"] == mode:
-            return {"speed": r["speed"], "source": data()["sources"].get(r["source"], r["source"])}
-    return None
+    r = _row("rows", backend, quant_type, gen, mode=mode)
+    return None if r is None else {"speed": r["speed"], "source": source(r["source"])}
 
 
 def _options_match(row: dict, options: dict) -> int | None:
